@@ -1,0 +1,1 @@
+"""QuantTrade real-time backbone: the shared package of every Lambda function and the local stack."""

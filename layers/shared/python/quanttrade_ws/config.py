@@ -1,0 +1,125 @@
+"""Settings: one validated model, read from the environment in handlers only.
+
+Domain code receives a `Settings` instance; it never reads os.environ. The
+defaults are the seed's configuration. The CDK stack sets each field from
+context, and the local stack from its own command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from quanttrade_ws import topology
+
+ENV_PREFIX = "QT_"
+
+
+class Limits(BaseModel):
+    """Per-client limits (seed configuration)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rooms_per_client: int = Field(10, ge=1)
+    clients_per_room: int = Field(1000, ge=1)
+    subscriptions_free: int = Field(5, ge=0)
+    subscriptions_basic: int = Field(20, ge=0)
+    subscriptions_premium: int = Field(50, ge=0)
+    subscriptions_enterprise: int = Field(50, ge=0)
+    room_message_bytes: int = Field(4096, ge=1)
+    messages_per_second: int = Field(100, ge=1)
+    rate_limit_warnings: int = Field(3, ge=0)  # RATE_LIMIT replies before the connection is closed
+    connections_per_minute: int = Field(60, ge=1)
+    max_message_bytes: int = Field(128 * 1024, ge=1)
+
+    def subscriptions_for(self, level: str) -> int:
+        return int(getattr(self, f"subscriptions_{level}", self.subscriptions_free))
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # where things are
+    region: str = "us-east-1"
+    connections_table: str = "quanttrade-connections"
+    subscriptions_table: str = "quanttrade-subscriptions"
+    rooms_table: str = "quanttrade-rooms"
+    streams_table: str = "quanttrade-streams"
+    delivery_queue_url: str = ""
+    aws_endpoint_url: str | None = None  # local stack: moto server
+    management_endpoint: str | None = None  # API Gateway Management API (https://{api}.execute-api.{region}.amazonaws.com/{stage})
+
+    # authentication
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: str | None = Field(None, repr=False)
+    jwt_secret_arn: str | None = None  # Secrets Manager secret holding the HS256 key
+    jwks_url: str | None = None
+    jwt_issuer: str = "quanttrade-auth"
+    jwt_audience: str = "quanttrade-websocket"
+    token_expiry_hours: int = Field(24, ge=1)
+    refresh_window_days: int = Field(7, ge=1)
+
+    # lifecycle (API Gateway's own limits)
+    connection_ttl_seconds: int = Field(3 * 3600, ge=60)  # beyond API Gateway's 2 hour maximum
+    idle_timeout_seconds: int = Field(600, ge=1)
+
+    # replay
+    history_seconds: int = Field(300, ge=1)
+    history_messages: int = Field(1000, ge=1)
+
+    # fan-out
+    chunk_size: int = Field(1000, ge=1)  # audiences larger than this go out as delivery chunks
+    post_concurrency: int = Field(64, ge=1)
+    subscriber_cache_seconds: float = Field(0.5, ge=0)
+    max_post_attempts: int = Field(6, ge=1)
+
+    limits: Limits = Limits()
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.jwt_algorithm == "RS256" and not self.jwks_url:
+            raise ValueError("RS256 needs jwks_url")
+        if self.jwt_algorithm == "HS256" and not (self.jwt_secret or self.jwt_secret_arn):
+            raise ValueError("HS256 needs jwt_secret or jwt_secret_arn")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `QT_*` variables and the table/queue variables the stack sets."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        limits: dict[str, str] = {}
+        for key, value in env.items():
+            if key.startswith(ENV_PREFIX + "LIMIT_"):
+                limits[key[len(ENV_PREFIX) + 6 :].lower()] = value
+            elif key.startswith(ENV_PREFIX):
+                name = key[len(ENV_PREFIX) :].lower()
+                if name in cls.model_fields and name != "limits":
+                    values[name] = value
+        for table in topology.TABLES:
+            if table.env_var in env:
+                values[table.env_var.lower()] = env[table.env_var]
+        if topology.DELIVERY_QUEUE.env_var in env:
+            values["delivery_queue_url"] = env[topology.DELIVERY_QUEUE.env_var]
+        if "AWS_REGION" in env and "region" not in values:
+            values["region"] = env["AWS_REGION"]
+        if limits:
+            values["limits"] = limits
+        return cls.model_validate(values)
+
+    def to_env(self) -> dict[str, str]:
+        """The inverse of `from_env`: environment variables that rebuild these settings."""
+        table_fields = {table.env_var.lower() for table in topology.TABLES}
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"limits"} | table_fields).items():
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = str(value)
+        for name, value in self.limits.model_dump().items():
+            env[f"{ENV_PREFIX}LIMIT_{name.upper()}"] = str(value)
+        for table in topology.TABLES:
+            env[table.env_var] = getattr(self, table.env_var.lower())
+        return env

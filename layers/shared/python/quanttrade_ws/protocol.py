@@ -1,0 +1,239 @@
+"""The wire protocol: client frames in, server messages out.
+
+These models are the contract. The handlers validate with them, the Python
+client builds with them, and the AsyncAPI document is generated from them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+
+class StreamType(StrEnum):
+    MARKET_DATA = "market_data"
+    PREDICTIONS = "predictions"
+    ALERTS = "alerts"
+    PERFORMANCE = "performance"
+    SYSTEM_STATUS = "system_status"
+    MARKET_REGIME = "market_regime"
+
+
+class MessageType(StrEnum):
+    CONNECT = "connect"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    JOIN_ROOM = "join_room"
+    LEAVE_ROOM = "leave_room"
+    ROOM_MESSAGE = "room_message"
+    PONG = "pong"
+    REFRESH = "refresh"
+    RESUMED = "resumed"
+    MARKET_DATA = "market_data"
+    PREDICTION = "prediction"
+    ALERT = "alert"
+    PERFORMANCE = "performance"
+    SYSTEM_STATUS = "system_status"
+    MARKET_REGIME = "market_regime"
+    HEARTBEAT = "heartbeat"
+    BATCH = "batch"
+    ERROR = "error"
+
+
+class ErrorCode(StrEnum):
+    AUTH_FAILED = "AUTH_FAILED"
+    RATE_LIMIT = "RATE_LIMIT"
+    SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
+    ROOM_LIMIT = "ROOM_LIMIT"
+    ROOM_FULL = "ROOM_FULL"
+    INVALID_ROOM = "INVALID_ROOM"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_ACTION = "UNKNOWN_ACTION"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_IN_ROOM = "NOT_IN_ROOM"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    INTERNAL = "INTERNAL"
+
+
+ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
+
+# ---------------------------------------------------------------- client frames
+
+Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+RequestId = Annotated[str, StringConstraints(max_length=128)]
+FilterValue = Annotated[str, StringConstraints(max_length=128)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: RequestId | None = None
+
+
+class StreamSpec(BaseModel):
+    """One stream a client wants: a stream type, optionally narrowed to one symbol."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stream_type: StreamType
+    symbol: Symbol | None = None
+    interval: Annotated[float, Field(gt=0, le=86400)] | None = None
+    filters: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], FilterValue], Field(max_length=16)] = {}
+
+    @property
+    def key(self) -> str:
+        """The subscription key fan-out Queries: `market_data:AAPL`, or `market_data:*` for every symbol."""
+        return f"{self.stream_type.value}:{self.symbol.upper() if self.symbol else '*'}"
+
+
+class Hello(_Frame):
+    action: Literal["hello"]
+
+
+class Subscribe(_Frame):
+    action: Literal["subscribe"]
+    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
+
+
+class Unsubscribe(_Frame):
+    action: Literal["unsubscribe"]
+    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
+
+
+class JoinRoom(_Frame):
+    action: Literal["joinRoom"]
+    room: Annotated[str, StringConstraints(max_length=256)]
+
+
+class LeaveRoom(_Frame):
+    action: Literal["leaveRoom"]
+    room: Annotated[str, StringConstraints(max_length=256)]
+
+
+class SendRoomMessage(_Frame):
+    action: Literal["sendRoomMessage"]
+    room: Annotated[str, StringConstraints(max_length=256)]
+    # The configured room message limit is checked by the domain (MESSAGE_TOO_LARGE);
+    # this bound only keeps absurd frames out of the parser.
+    message: Annotated[str, StringConstraints(max_length=128 * 1024)]
+
+
+class Ping(_Frame):
+    action: Literal["ping"]
+
+
+class Refresh(_Frame):
+    action: Literal["refresh"]
+    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+
+
+class Resume(_Frame):
+    action: Literal["resume"]
+    session_token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    last_seq: Annotated[dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]], Field(max_length=100)] = {}
+
+
+ClientFrame = Annotated[
+    Hello | Subscribe | Unsubscribe | JoinRoom | LeaveRoom | SendRoomMessage | Ping | Refresh | Resume,
+    Field(discriminator="action"),
+]
+CLIENT_FRAMES: tuple[type[_Frame], ...] = (
+    Hello,
+    Subscribe,
+    Unsubscribe,
+    JoinRoom,
+    LeaveRoom,
+    SendRoomMessage,
+    Ping,
+    Refresh,
+    Resume,
+)
+KNOWN_ACTIONS = frozenset(frame.model_fields["action"].annotation.__args__[0] for frame in CLIENT_FRAMES)  # type: ignore[union-attr]
+_client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+
+
+class ProtocolError(Exception):
+    """A client frame we cannot act on. Carries the error code and a plain-words message."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def parse_client_frame(body: str | bytes | None) -> Any:
+    """Parse one client frame, or raise ProtocolError with INVALID_MESSAGE / UNKNOWN_ACTION."""
+    try:
+        raw = json.loads(body or "")
+    except (ValueError, TypeError):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame must be a JSON object")
+    request_id = raw.get("request_id") if isinstance(raw.get("request_id"), str) else None
+    if request_id is not None and len(request_id) > 128:
+        request_id = None
+    action = raw.get("action")
+    if not isinstance(action, str) or not action:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame needs a string 'action'", request_id)
+    if action not in KNOWN_ACTIONS:
+        raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"Unknown action '{action[:64]}'", request_id)
+    try:
+        return _client_frame.validate_python(raw)
+    except ValidationError as error:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, describe_validation_error(error), request_id) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Plain words for the first few problems, without echoing the input back."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in item["loc"])
+        parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- server messages
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ServerMessage(BaseModel):
+    """The seed's WebSocketMessage envelope. `stream` and `seq` are set on data messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str = Field(default_factory=new_message_id)
+    message_type: MessageType
+    payload: dict[str, Any] = {}
+    timestamp: str = Field(default_factory=utc_now_iso)
+    source: str | None = None
+    target: str | None = None
+    room: str | None = None
+    request_id: str | None = None
+    stream: str | None = None
+    seq: int | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def error_message(code: ErrorCode, message: str, request_id: str | None = None) -> ServerMessage:
+    return ServerMessage(
+        message_type=MessageType.ERROR,
+        payload={"error_code": code.value, "message": message},
+        request_id=request_id,
+    )

@@ -1,0 +1,242 @@
+"""The deployable shape of the service, declared once.
+
+The CDK stack (infra/) and the local stack (local/) both build their tables,
+queues, event bus, rules, functions and WebSocket routes from these
+declarations, so the two can never drift apart. Plain data only: importing this
+module costs nothing at Lambda cold start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------- DynamoDB
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    partition_key: str
+    sort_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A DynamoDB table. Every key attribute is a string unless listed in `number_keys`."""
+
+    logical_id: str
+    env_var: str
+    partition_key: str
+    sort_key: str | None = None
+    ttl_attribute: str = "expires_at"
+    indexes: tuple[Index, ...] = ()
+    number_keys: frozenset[str] = frozenset()
+    stream: bool = False
+
+    def key_type(self, attribute: str) -> str:
+        return "N" if attribute in self.number_keys else "S"
+
+
+# One item per live connection (pk = API Gateway connection id), plus two other
+# kinds that share the connection's lifecycle and TTL: `session#<id>` snapshots
+# kept after a disconnect so a client can resume, and `user#<id>#<minute>`
+# counters for the per-user connection rate.
+CONNECTIONS = Table(logical_id="ConnectionsTable", env_var="CONNECTIONS_TABLE", partition_key="pk")
+
+# One item per (stream key, connection). Fan-out Queries the stream key; the
+# by_connection index lets $disconnect find what a connection owns without a Scan.
+SUBSCRIPTIONS = Table(
+    logical_id="SubscriptionsTable",
+    env_var="SUBSCRIPTIONS_TABLE",
+    partition_key="stream_key",
+    sort_key="connection_id",
+    indexes=(Index("by_connection", "connection_id", "stream_key"),),
+)
+
+# One item per (room, member) plus a `#meta` item holding the member count that
+# makes room capacity a conditional write. The meta item has no connection_id,
+# so the by_connection index stays sparse.
+ROOMS = Table(
+    logical_id="RoomsTable",
+    env_var="ROOMS_TABLE",
+    partition_key="room",
+    sort_key="member",
+    indexes=(Index("by_connection", "connection_id", "room"),),
+)
+
+# Per data stream: a head item (seq = 0) with the sequence counter and the last
+# value, and the retained history items (seq = 1, 2, ...) that resume replays.
+# `event#<id>` items remember which seq an upstream event got, so a redelivered
+# event keeps it.
+STREAMS = Table(
+    logical_id="StreamsTable",
+    env_var="STREAMS_TABLE",
+    partition_key="stream",
+    sort_key="seq",
+    number_keys=frozenset({"seq"}),
+)
+
+TABLES: tuple[Table, ...] = (CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS)
+
+# ---------------------------------------------------------------- messaging
+
+EVENT_BUS_NAME = "quanttrade"
+
+
+@dataclass(frozen=True)
+class Queue:
+    logical_id: str
+    env_var: str
+    visibility_timeout_seconds: int
+    fifo: bool = False
+    max_receive_count: int = 5
+
+    @property
+    def dlq_logical_id(self) -> str:
+        return f"{self.logical_id}Dlq"
+
+
+# FIFO with one message group per upstream source: sequence numbers are given
+# out and delivered in the order events leave the queue, so no client sees an
+# older message of a stream after a newer one.
+EVENTS_QUEUE = Queue(logical_id="EventsQueue", env_var="EVENTS_QUEUE_URL", visibility_timeout_seconds=60, fifo=True)
+# Delivery chunks of large audiences and retries of failed posts. FIFO grouped
+# by stream and chunk so each connection keeps its per-stream order.
+DELIVERY_QUEUE = Queue(
+    logical_id="DeliveryQueue", env_var="DELIVERY_QUEUE_URL", visibility_timeout_seconds=60, fifo=True
+)
+QUEUES: tuple[Queue, ...] = (EVENTS_QUEUE, DELIVERY_QUEUE)
+
+
+@dataclass(frozen=True)
+class Source:
+    """An upstream service: its EventBridge source, the detail-type it sends, the stream type it feeds."""
+
+    source: str
+    detail_type: str
+    stream_type: str
+
+    @property
+    def rule_logical_id(self) -> str:
+        name = self.source.split(".", 1)[1].title().replace("-", "")
+        return f"{name}Rule"
+
+    @property
+    def message_group(self) -> str:
+        return self.source.split(".", 1)[1]
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("quanttrade.market-data", "MarketData", "market_data"),
+    Source("quanttrade.prediction", "Prediction", "predictions"),
+    Source("quanttrade.alerting", "Alert", "alerts"),
+    Source("quanttrade.performance", "Performance", "performance"),
+    Source("quanttrade.market-regime", "MarketRegime", "market_regime"),
+    Source("quanttrade.system", "SystemStatus", "system_status"),
+)
+
+# ---------------------------------------------------------------- functions
+
+
+@dataclass(frozen=True)
+class Function:
+    """A Lambda function: its handler, what it may touch, and how it is triggered."""
+
+    name: str
+    handler: str  # module.attribute under handlers/
+    reads: tuple[Table, ...] = ()
+    writes: tuple[Table, ...] = ()
+    posts_to_connections: bool = False
+    consumes: Queue | None = None
+    sends_to: tuple[Queue, ...] = ()
+    timeout_seconds: int = 10
+    memory_mb: int = 256
+    batch_size: int = 10
+    reserved_pool: int = 8  # local stack: worker threads, like Lambda's concurrency for this function
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+AUTHORIZER = Function("authorizer", "authorizer.handler", timeout_seconds=5, memory_mb=256)
+CONNECT = Function("connect", "connect.handler", reads=(CONNECTIONS,), writes=(CONNECTIONS,))
+DISCONNECT = Function(
+    "disconnect",
+    "disconnect.handler",
+    reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+)
+MESSAGE = Function(
+    "message",
+    "message.handler",
+    reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS),
+    writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    posts_to_connections=True,
+    reserved_pool=16,
+)
+FANOUT = Function(
+    "fanout",
+    "fanout.handler",
+    reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS),
+    writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS),
+    posts_to_connections=True,
+    consumes=EVENTS_QUEUE,
+    sends_to=(DELIVERY_QUEUE,),
+    timeout_seconds=30,
+    memory_mb=1024,
+    reserved_pool=1,
+)
+DELIVERY = Function(
+    "delivery",
+    "delivery.handler",
+    reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    posts_to_connections=True,
+    consumes=DELIVERY_QUEUE,
+    timeout_seconds=30,
+    memory_mb=1024,
+    batch_size=10,
+    reserved_pool=2,
+)
+SWEEPER = Function(
+    "sweeper",
+    "sweeper.handler",
+    reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
+    posts_to_connections=True,
+    timeout_seconds=300,
+    reserved_pool=1,
+)
+ADMIN = Function("admin", "admin.handler", reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS), reserved_pool=2)
+
+FUNCTIONS: tuple[Function, ...] = (AUTHORIZER, CONNECT, DISCONNECT, MESSAGE, FANOUT, DELIVERY, SWEEPER, ADMIN)
+
+# ---------------------------------------------------------------- WebSocket API
+
+ROUTE_SELECTION_EXPRESSION = "$request.body.action"
+ACTIONS: tuple[str, ...] = (
+    "hello",
+    "subscribe",
+    "unsubscribe",
+    "joinRoom",
+    "leaveRoom",
+    "sendRoomMessage",
+    "ping",
+    "refresh",
+    "resume",
+)
+# route key -> function. Every action and $default go to the message function,
+# which replies through the Management API (so no route response is configured).
+ROUTES: dict[str, Function] = {
+    "$connect": CONNECT,
+    "$disconnect": DISCONNECT,
+    "$default": MESSAGE,
+    **{action: MESSAGE for action in ACTIONS},
+}
+AUTHORIZER_IDENTITY_SOURCE = "route.request.querystring.token"
+
+# Admin HTTP API routes (IAM-authorised on AWS); the local gateway serves the same.
+ADMIN_ROUTES: tuple[str, ...] = (
+    "GET /connections/{connection_id}",
+    "GET /connections/{connection_id}/subscriptions",
+    "GET /rooms/{room}/members",
+    "GET /stats",
+)

@@ -1,0 +1,226 @@
+"""Upstream events: what the market data, prediction, alerting, performance,
+regime and system services put on the `quanttrade` bus, validated at the edge.
+
+Each detail model knows its stream (`market_data:AAPL`, `alerts`, ...), the
+server message type it becomes, and the data room that also receives it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, StreamType
+
+Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+LongText = Annotated[str, StringConstraints(max_length=4096)]
+Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    stream_type: ClassVar[StreamType]
+    message_type: ClassVar[MessageType]
+
+    @property
+    def symbol_key(self) -> str | None:
+        return getattr(self, "symbol", None)
+
+    @property
+    def stream(self) -> str:
+        symbol = self.symbol_key
+        return f"{self.stream_type.value}:{symbol.upper()}" if symbol else self.stream_type.value
+
+    @property
+    def data_room(self) -> str | None:
+        """The seed's data room that also receives this event, if any."""
+        return None
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        """Whether a subscription with these filters wants this event. Unknown filters pass."""
+        return True
+
+
+class MarketData(_Detail):
+    stream_type = StreamType.MARKET_DATA
+    message_type = MessageType.MARKET_DATA
+
+    symbol: Symbol
+    price: Price
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    timestamp: datetime
+    bid: Price | None = None
+    ask: Price | None = None
+
+    @property
+    def data_room(self) -> str:
+        return f"market_data_{self.symbol.upper()}"
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        return _at_least(filters.get("min_volume"), self.volume)
+
+
+class Prediction(_Detail):
+    stream_type = StreamType.PREDICTIONS
+    message_type = MessageType.PREDICTION
+
+    symbol: Symbol
+    direction: Literal["up", "down", "flat", "bullish", "bearish", "neutral"]
+    confidence: Fraction
+    horizon: ShortText
+    predicted_price: Price
+    model: ShortText
+    timestamp: datetime
+
+    @property
+    def data_room(self) -> str:
+        return f"predictions_{self.symbol.upper()}"
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        wanted = filters.get("direction")
+        return _at_least(filters.get("min_confidence"), self.confidence) and (wanted is None or wanted == self.direction)
+
+
+class Alert(_Detail):
+    stream_type = StreamType.ALERTS
+    message_type = MessageType.ALERT
+
+    alert_type: ShortText
+    message: LongText
+    severity: Literal["low", "medium", "high", "critical"]
+    symbol: Symbol | None = None
+
+    @property
+    def data_room(self) -> str:
+        return "alerts"
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        minimum = filters.get("min_severity")
+        if minimum is not None and SEVERITY_ORDER.get(self.severity, 0) < SEVERITY_ORDER.get(minimum, 0):
+            return False
+        wanted = filters.get("alert_type")
+        return wanted is None or wanted == self.alert_type
+
+
+class Performance(_Detail):
+    stream_type = StreamType.PERFORMANCE
+    message_type = MessageType.PERFORMANCE
+
+    metrics: Annotated[dict[str, Any], Field(max_length=256)]
+    strategy: ShortText | None = None
+
+    @property
+    def symbol_key(self) -> str | None:
+        return self.strategy
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        wanted = filters.get("metric")
+        return wanted is None or wanted in self.metrics
+
+
+class MarketRegime(_Detail):
+    stream_type = StreamType.MARKET_REGIME
+    message_type = MessageType.MARKET_REGIME
+
+    symbol: Symbol | None = None
+    market: Symbol | None = None
+    regime: ShortText
+    confidence: Fraction
+
+    @property
+    def symbol_key(self) -> str | None:
+        return self.symbol or self.market
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        return _at_least(filters.get("min_confidence"), self.confidence)
+
+
+class SystemStatus(_Detail):
+    stream_type = StreamType.SYSTEM_STATUS
+    message_type = MessageType.SYSTEM_STATUS
+
+    service: ShortText
+    status: Literal["healthy", "degraded", "down", "maintenance"]
+    message: LongText = ""
+
+    def passes(self, filters: dict[str, str]) -> bool:
+        wanted_service, wanted_status = filters.get("service"), filters.get("status")
+        return (wanted_service is None or wanted_service == self.service) and (
+            wanted_status is None or wanted_status == self.status
+        )
+
+
+def _at_least(threshold: str | None, value: float) -> bool:
+    if threshold is None:
+        return True
+    try:
+        limit = float(threshold)
+    except ValueError:
+        return True  # validated on subscribe; an old row never blocks delivery
+    return math.isnan(limit) or value >= limit
+
+
+DETAILS_BY_TYPE: dict[str, type[_Detail]] = {
+    "MarketData": MarketData,
+    "Prediction": Prediction,
+    "Alert": Alert,
+    "Performance": Performance,
+    "MarketRegime": MarketRegime,
+    "SystemStatus": SystemStatus,
+}
+# Filters each stream type understands; subscribe rejects the rest so typos surface.
+FILTERS_BY_STREAM: dict[StreamType, dict[str, str]] = {
+    StreamType.MARKET_DATA: {"min_volume": "number"},
+    StreamType.PREDICTIONS: {"min_confidence": "number", "direction": "text"},
+    StreamType.ALERTS: {"min_severity": "low|medium|high|critical", "alert_type": "text"},
+    StreamType.PERFORMANCE: {"metric": "text"},
+    StreamType.MARKET_REGIME: {"min_confidence": "number"},
+    StreamType.SYSTEM_STATUS: {"service": "text", "status": "text"},
+}
+
+
+class UpstreamEvent(BaseModel):
+    """An EventBridge event as it arrives in the SQS body."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    id: ShortText
+    source: ShortText
+    detail_type: ShortText = Field(alias="detail-type")
+    time: datetime
+    detail: _Detail
+
+    @property
+    def event_time(self) -> datetime:
+        """When the upstream service says the event happened (detail.timestamp when given)."""
+        stamp = getattr(self.detail, "timestamp", None) or self.time
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+class InvalidEvent(ValueError):
+    """An upstream event that cannot be delivered: wrong shape, unknown type or bad values."""
+
+
+def parse_upstream_event(raw: dict[str, Any]) -> UpstreamEvent:
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event must be a JSON object")
+    detail_type = raw.get("detail-type")
+    model = DETAILS_BY_TYPE.get(detail_type) if isinstance(detail_type, str) else None
+    if model is None:
+        raise InvalidEvent(f"unknown detail-type {str(detail_type)[:64]!r}")
+    try:
+        detail = model.model_validate(raw.get("detail"))
+        return UpstreamEvent.model_validate({**raw, "detail": detail})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)[:3]
+        )
+        raise InvalidEvent(f"{detail_type}: {problems}") from None
