@@ -49,8 +49,11 @@ class Settings(BaseModel):
     rooms_table: str = "quanttrade-rooms"
     streams_table: str = "quanttrade-streams"
     delivery_queue_url: str = ""
+    events_dlq_url: str = ""
     aws_endpoint_url: str | None = None  # local stack: moto server
-    management_endpoint: str | None = None  # API Gateway Management API (https://{api}.execute-api.{region}.amazonaws.com/{stage})
+    management_endpoint: str | None = (
+        None  # API Gateway Management API (https://{api}.execute-api.{region}.amazonaws.com/{stage})
+    )
 
     # authentication
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
@@ -105,6 +108,8 @@ class Settings(BaseModel):
                 values[table.env_var.lower()] = env[table.env_var]
         if topology.DELIVERY_QUEUE.env_var in env:
             values["delivery_queue_url"] = env[topology.DELIVERY_QUEUE.env_var]
+        if topology.EVENTS_QUEUE.dlq_env_var in env:
+            values["events_dlq_url"] = env[topology.EVENTS_QUEUE.dlq_env_var]
         if "AWS_REGION" in env and "region" not in values:
             values["region"] = env["AWS_REGION"]
         if limits:

@@ -105,4 +105,3 @@ class InMemoryGateway:
             else:
                 out.append(message)
         return out
-

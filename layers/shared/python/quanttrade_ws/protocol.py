@@ -134,10 +134,15 @@ class Refresh(_Frame):
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 
 
+StreamName = Annotated[str, StringConstraints(max_length=128)]
+
+
 class Resume(_Frame):
     action: Literal["resume"]
     session_token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    last_seq: Annotated[dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]], Field(max_length=100)] = {}
+    last_seq: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]], Field(max_length=100)
+    ] = {}
 
 
 ClientFrame = Annotated[
@@ -237,3 +242,31 @@ def error_message(code: ErrorCode, message: str, request_id: str | None = None) 
         payload={"error_code": code.value, "message": message},
         request_id=request_id,
     )
+
+
+def pack_batches(messages: list[str], max_bytes: int) -> list[bytes]:
+    """Frames for a run of serialised messages, in order: one message goes out as
+    itself, several as the seed's `batch` message, split so no frame exceeds
+    `max_bytes` (API Gateway's 128 KB). Built by concatenation: the messages are
+    already JSON and are not parsed again."""
+    frames: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    envelope_size = 200
+    for message in messages:
+        data = message.encode()
+        if run and size + len(data) + 1 + envelope_size > max_bytes:
+            frames.append(_frame(run))
+            run, size = [], 0
+        run.append(data)
+        size += len(data) + 1
+    if run:
+        frames.append(_frame(run))
+    return frames
+
+
+def _frame(run: list[bytes]) -> bytes:
+    if len(run) == 1:
+        return run[0]
+    head = ServerMessage(message_type=MessageType.BATCH, payload={"messages": []}).to_json().encode()
+    return head.replace(b'"messages":[]', b'"messages":[' + b",".join(run) + b"]", 1)

@@ -60,7 +60,7 @@ ROOMS = Table(
     logical_id="RoomsTable",
     env_var="ROOMS_TABLE",
     partition_key="room",
-    sort_key="member",
+    sort_key="member_id",
     indexes=(Index("by_connection", "connection_id", "room"),),
 )
 
@@ -94,6 +94,10 @@ class Queue:
     @property
     def dlq_logical_id(self) -> str:
         return f"{self.logical_id}Dlq"
+
+    @property
+    def dlq_env_var(self) -> str:
+        return self.env_var.replace("_URL", "_DLQ_URL")
 
 
 # FIFO with one message group per upstream source: sequence numbers are given
@@ -149,6 +153,9 @@ class Function:
     posts_to_connections: bool = False
     consumes: Queue | None = None
     sends_to: tuple[Queue, ...] = ()
+    # Sends straight to this queue's DLQ: invalid events go there at once instead of
+    # blocking their FIFO message group through five failed receives.
+    dead_letters_of: Queue | None = None
     timeout_seconds: int = 10
     memory_mb: int = 256
     batch_size: int = 10
@@ -180,6 +187,7 @@ FANOUT = Function(
     posts_to_connections=True,
     consumes=EVENTS_QUEUE,
     sends_to=(DELIVERY_QUEUE,),
+    dead_letters_of=EVENTS_QUEUE,
     timeout_seconds=30,
     memory_mb=1024,
     reserved_pool=1,

@@ -86,7 +86,9 @@ class Prediction(_Detail):
 
     def passes(self, filters: dict[str, str]) -> bool:
         wanted = filters.get("direction")
-        return _at_least(filters.get("min_confidence"), self.confidence) and (wanted is None or wanted == self.direction)
+        return _at_least(filters.get("min_confidence"), self.confidence) and (
+            wanted is None or wanted == self.direction
+        )
 
 
 class Alert(_Detail):

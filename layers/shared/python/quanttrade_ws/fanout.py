@@ -1,0 +1,333 @@
+"""Fan-out: upstream events to exactly the clients that asked for them.
+
+One SQS batch of events becomes, per event, a place in its stream (seq), an
+audience (subscribers of the stream and of its stream type, plus members of the
+event's data room, each connection once, filters and intervals applied), and
+then one post per connection for the whole batch (several messages as one
+`batch` message). Large audiences go out as delivery chunks on a second queue.
+
+Acknowledgement rule: a record is acknowledged only when each of its messages
+was delivered, deliberately dropped (filter, interval, gone connection), or
+handed to a durable queue (delivery chunks, retries, dead letters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from quanttrade_ws.config import Settings
+from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
+from quanttrade_ws.models import Subscription
+from quanttrade_ws.protocol import ServerMessage, pack_batches
+from quanttrade_ws.queues import OutgoingMessage, QueueSender
+from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
+
+logger = logging.getLogger(__name__)
+
+
+class Metrics(Protocol):
+    def add_metric(self, name: str, unit: str, value: float) -> None: ...
+
+
+class CountingMetrics:
+    """Metrics kept in memory: for tests, benchmarks and the local stack's stats."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def add_metric(self, name: str, unit: str, value: float) -> None:
+        self.totals[name] += value
+        if unit == "Milliseconds":
+            self.samples[name].append(value)
+
+
+class TtlCache:
+    """Per-key values that expire after `seconds` in a warm function.
+
+    Hot streams tick many times a second; their subscriber lists are read from
+    DynamoDB at most once per `seconds`, which also bounds how long a new
+    subscriber waits for its first message.
+    """
+
+    def __init__(self, seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str, load: Callable[[], Any]) -> Any:
+        now = self._monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = load()
+        if self.seconds > 0:
+            self._entries[key] = (now + self.seconds, value)
+        return value
+
+    def forget_connection(self, connection_id: str) -> None:
+        """Drop a removed connection from every cached audience at once."""
+        for key, (expires, value) in list(self._entries.items()):
+            if isinstance(value, list):
+                kept = [v for v in value if getattr(v, "connection_id", v) != connection_id]
+                if len(kept) != len(value):
+                    self._entries[key] = (expires, kept)
+
+
+@dataclass
+class _Batch:
+    failures: list[str] = field(default_factory=list)
+    blocked_groups: set[str] = field(default_factory=set)
+    outbox: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    event_times: dict[str, datetime] = field(default_factory=dict)
+
+    def fail(self, record: dict[str, Any]) -> None:
+        """Fail a record and every later record of its FIFO group, so a retry keeps the order."""
+        self.failures.append(record["messageId"])
+        self.blocked_groups.add(_group(record))
+
+
+class FanOut:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DynamoStore,
+        gateway: ConnectionGateway,
+        sender: QueueSender,
+        remove_connection: Callable[[str], object],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self.sender = sender
+        self._remove_connection = remove_connection
+        self.metrics = metrics
+        self.clock = clock
+        self._monotonic = monotonic
+        self.audiences = TtlCache(settings.subscriber_cache_seconds, monotonic)
+        self._last_sent: dict[tuple[str, str], float] = {}
+
+    # ------------------------------------------------------------ events queue
+
+    def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        """Handle one SQS batch from the events queue; returns the partial batch response."""
+        batch = _Batch()
+        invalid: list[tuple[dict[str, Any], str]] = []
+        for record in records:
+            if _group(record) in batch.blocked_groups:
+                batch.failures.append(record["messageId"])
+                continue
+            try:
+                event = parse_upstream_event(json.loads(record["body"]))
+            except (ValueError, InvalidEvent) as error:
+                invalid.append((record, str(error)))
+                continue
+            try:
+                self._route(event, record, batch)
+            except Exception:
+                logger.exception("event could not be sequenced or routed", extra={"event_id": event.id})
+                batch.fail(record)
+        self._dead_letter(invalid, batch)
+        self._deliver(batch)
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+
+    def _route(self, event: UpstreamEvent, record: dict[str, Any], batch: _Batch) -> None:
+        detail = event.detail
+        stream = detail.stream
+
+        def render(seq: int) -> str:
+            return ServerMessage(
+                message_type=detail.message_type,
+                payload={**detail.model_dump(mode="json", exclude_none=True), "event_id": event.id},
+                source=event.source,
+                stream=stream,
+                seq=seq,
+            ).to_json()
+
+        seq, message, _fresh = self.store.sequence_event(stream, event.id, render)
+        audience = self.audience(event)
+        if len(audience) > self.settings.chunk_size:
+            self._send_chunks(stream, seq, message, audience, event.event_time, record, batch)
+            return
+        for connection_id in audience:
+            batch.outbox[connection_id].append(message)
+            batch.record_ids[connection_id].add(record["messageId"])
+            batch.event_times.setdefault(connection_id, event.event_time)
+
+    def audience(self, event: UpstreamEvent) -> list[str]:
+        """Every connection that should get this event, once, in a stable order."""
+        detail = event.detail
+        type_key = f"{detail.stream_type.value}:*"
+        keys = [detail.stream, type_key] if detail.symbol_key else [type_key]
+        chosen: dict[str, None] = {}
+        now = self._monotonic()
+        for key in keys:
+            subscriptions: list[Subscription] = self.audiences.get(key, lambda k=key: self.store.subscribers(k))
+            for subscription in subscriptions:
+                if subscription.connection_id in chosen or not detail.passes(subscription.filters):
+                    continue
+                if subscription.interval and not self._interval_due(subscription, now):
+                    continue
+                chosen[subscription.connection_id] = None
+        room = detail.data_room
+        if room:
+            members: list[str] = self.audiences.get(f"room:{room}", lambda: self.store.room_members(room))
+            for connection_id in members:
+                chosen.setdefault(connection_id, None)
+        return list(chosen)
+
+    def _interval_due(self, subscription: Subscription, now: float) -> bool:
+        """At most one update per `interval` seconds for this subscription (state of the warm function)."""
+        key = (subscription.connection_id, subscription.stream_key)
+        last = self._last_sent.get(key)
+        if last is not None and now - last < float(subscription.interval or 0):
+            return False
+        self._last_sent[key] = now
+        return True
+
+    def _send_chunks(
+        self,
+        stream: str,
+        seq: int,
+        message: str,
+        audience: list[str],
+        event_time: datetime,
+        record: dict[str, Any],
+        batch: _Batch,
+    ) -> None:
+        size = self.settings.chunk_size
+        chunks = [
+            OutgoingMessage(
+                body=json.dumps(
+                    {
+                        "data": message,
+                        "connections": audience[start : start + size],
+                        "stream": stream,
+                        "seq": seq,
+                        "event_time": event_time.isoformat(),
+                    }
+                ),
+                # Chunk i of every event of a stream is one FIFO group: a connection keeps its order.
+                group_id=f"{stream}#{start // size}",
+            )
+            for start in range(0, len(audience), size)
+        ]
+        if self.sender.send(self.settings.delivery_queue_url, chunks):
+            batch.fail(record)
+            return
+        self.metrics.add_metric("DeliveryChunks", "Count", len(chunks))
+
+    def _dead_letter(self, invalid: list[tuple[dict[str, Any], str]], batch: _Batch) -> None:
+        for record, reason in invalid:
+            logger.warning(
+                "invalid upstream event sent to the DLQ", extra={"reason": reason, "sqs": record["messageId"]}
+            )
+        if not invalid:
+            return
+        self.metrics.add_metric("InvalidEvent", "Count", len(invalid))
+        letters = [
+            OutgoingMessage(json.dumps({"reason": reason, "body": record.get("body", "")}), group_id="invalid")
+            for record, reason in invalid
+        ]
+        unsent = {letter.body for letter in self.sender.send(self.settings.events_dlq_url, letters)}
+        for letter, (record, _reason) in zip(letters, invalid, strict=True):
+            if letter.body in unsent:
+                batch.fail(record)
+
+    def _deliver(self, batch: _Batch) -> None:
+        max_bytes = self.settings.limits.max_message_bytes
+        posts = [
+            Post(connection_id, frame)
+            for connection_id, messages in batch.outbox.items()
+            for frame in pack_batches(messages, max_bytes)
+        ]
+        if not posts:
+            return
+        report = self.gateway.post_many(posts)
+        self._account(report, batch.event_times.get)
+        retries = self._retry_later(report.failed)
+        for post in retries:
+            for message_id in batch.record_ids[post.connection_id]:
+                if message_id not in batch.failures:
+                    batch.failures.append(message_id)
+
+    # ------------------------------------------------------------ delivery queue
+
+    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        """Handle delivery chunks (large audiences, retried posts)."""
+        batch = _Batch()
+        for record in records:
+            if _group(record) in batch.blocked_groups:
+                batch.failures.append(record["messageId"])
+                continue
+            try:
+                chunk = json.loads(record["body"])
+                data = chunk["data"].encode()
+                connections = [str(c) for c in chunk["connections"]]
+                event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
+            except (ValueError, KeyError, TypeError, AttributeError):
+                logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
+                self.metrics.add_metric("InvalidEvent", "Count", 1)
+                continue
+            report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
+            self._account(report, lambda _cid, t=event_time: t)
+            if report.failed:
+                # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
+                # and after five receives the chunk goes to the DLQ.
+                batch.fail(record)
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+
+    # ------------------------------------------------------------ shared
+
+    def _account(self, report: DeliveryReport, event_time_of: Callable[[str], datetime | None]) -> None:
+        now = self.clock()
+        for post in report.delivered:
+            event_time = event_time_of(post.connection_id)
+            if event_time is not None:
+                lag_ms = max(0.0, (now - event_time.timestamp()) * 1000)
+                self.metrics.add_metric("DeliveryLag", "Milliseconds", lag_ms)
+        self.metrics.add_metric("Delivered", "Count", len(report.delivered))
+        if report.throttle_retries:
+            self.metrics.add_metric("Throttled", "Count", report.throttle_retries)
+        if report.gone:
+            self.metrics.add_metric("Gone", "Count", len(report.gone))
+        for connection_id in {post.connection_id for post in report.gone}:
+            self.audiences.forget_connection(connection_id)
+            try:
+                self._remove_connection(connection_id)
+            except Exception:
+                # The sweeper removes it later; delivery to everyone else carries on.
+                logger.exception("could not remove a gone connection", extra={"connection_id": connection_id})
+        if report.failed:
+            self.metrics.add_metric("DeliveryFailed", "Count", len(report.failed))
+
+    def _retry_later(self, failed: Iterable[Post]) -> list[Post]:
+        """Hand failed posts to the delivery queue; returns those that could not be handed over."""
+        failed = list(failed)
+        if not failed:
+            return []
+        letters = [
+            OutgoingMessage(
+                json.dumps({"data": post.data.decode(), "connections": [post.connection_id], "retry": True}),
+                group_id=f"retry#{post.connection_id}",
+            )
+            for post in failed
+        ]
+        unsent = {letter.body for letter in self.sender.send(self.settings.delivery_queue_url, letters)}
+        return [post for post, letter in zip(failed, letters, strict=True) if letter.body in unsent]
+
+
+def _group(record: dict[str, Any]) -> str:
+    return str(record.get("attributes", {}).get("MessageGroupId", ""))

@@ -1,0 +1,63 @@
+"""Records the data layer stores and the domain works with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quanttrade_ws.auth import Identity
+
+
+@dataclass(frozen=True)
+class Connection:
+    connection_id: str
+    identity: Identity
+    connected_at: int  # epoch milliseconds
+    last_activity: int  # epoch seconds
+    session_id: str | None = None
+    room_count: int = 0
+    subscription_count: int = 0
+    # per-connection rate window: frames counted in the current second
+    rate_window: int = 0
+    rate_count: int = 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    stream_key: str  # `market_data:AAPL` or `market_data:*`
+    connection_id: str
+    user_id: str = ""
+    interval: float | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+
+    def to_spec(self) -> dict[str, object]:
+        stream_type, _, symbol = self.stream_key.partition(":")
+        return {
+            "stream_type": stream_type,
+            "symbol": None if symbol in ("", "*") else symbol,
+            "interval": self.interval,
+            "filters": dict(self.filters),
+        }
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """What a session owned when its connection went away, kept so a new connection can resume it."""
+
+    session_id: str
+    user_id: str
+    subscriptions: tuple[Subscription, ...] = ()
+    rooms: tuple[str, ...] = ()
+    connection_id: str | None = None  # the live connection holding the session, if any
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    stream: str
+    last_seq: int = 0
+    last_message: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    seq: int
+    message: str

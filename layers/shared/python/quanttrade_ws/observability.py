@@ -1,0 +1,32 @@
+"""Logs, metrics and traces through Powertools, configured once.
+
+Structured JSON logs carry the connection id as correlation id; metrics go out
+as EMF under the `QuantTrade` namespace; X-Ray traces the handlers. The query
+string never reaches a log line: it carries the access token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+SERVICE = "websocket"
+NAMESPACE = "QuantTrade"
+
+logger = Logger(service=SERVICE, log_uncaught_exceptions=False)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+SECRET_KEYS = frozenset(
+    {"token", "session_token", "authorization", "querystringparameters", "multivaluequerystringparameters"}
+)
+
+
+def redact(value: Any) -> Any:
+    """A copy of an event with tokens and query strings removed, safe to log."""
+    if isinstance(value, dict):
+        return {k: "***" if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

@@ -1,0 +1,541 @@
+"""Connection lifecycle and client actions: the domain behind the WebSocket routes.
+
+Handlers parse the API Gateway event and call one method here. Every reply goes
+back through the connection gateway (API Gateway's Management API), because
+the routes have no route responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
+from quanttrade_ws.config import Settings
+from quanttrade_ws.gateway import ConnectionGateway, Post
+from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
+from quanttrade_ws.protocol import (
+    ROOM_NAME_PATTERN,
+    ErrorCode,
+    Hello,
+    JoinRoom,
+    LeaveRoom,
+    MessageType,
+    Ping,
+    ProtocolError,
+    Refresh,
+    Resume,
+    SendRoomMessage,
+    ServerMessage,
+    StreamSpec,
+    StreamType,
+    Subscribe,
+    Unsubscribe,
+    error_message,
+    pack_batches,
+    parse_client_frame,
+)
+from quanttrade_ws.store import DynamoStore, Outcome
+from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
+
+logger = logging.getLogger(__name__)
+
+# Data rooms that also receive upstream events, and the permission each needs.
+DATA_ROOM_PREFIXES = {"market_data_": "read:market_data", "predictions_": "read:predictions"}
+
+
+class ConnectRefused(Exception):
+    """$connect must fail: the client sees the handshake refused."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+
+
+@dataclass
+class ActionContext:
+    connection: Connection
+    request_id: str | None
+
+
+class RealtimeService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DynamoStore,
+        gateway: ConnectionGateway,
+        session_tokens: SessionTokens,
+        token_verifier: Callable[[], TokenVerifier] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.limits = settings.limits
+        self.store = store
+        self.gateway = gateway
+        self.session_tokens = session_tokens
+        self._token_verifier = token_verifier
+        self.clock = clock
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connect(self, connection_id: str, identity: Identity, connected_at_ms: int | None = None) -> None:
+        now = self.clock()
+        if self.store.count_user_connect(identity.user_id, now) > self.limits.connections_per_minute:
+            raise ConnectRefused(429, "Too many new connections for this user")
+        self.store.add_connection(
+            Connection(
+                connection_id=connection_id,
+                identity=identity,
+                connected_at=connected_at_ms or int(now * 1000),
+                last_activity=int(now),
+            ),
+            now,
+        )
+
+    def disconnect(self, connection_id: str) -> bool:
+        """Remove a connection and everything it owns; keep a session snapshot for resume.
+
+        Idempotent: an unknown or already removed connection is not an error.
+        Returns whether there was anything to remove.
+        """
+        connection = self.store.get_connection(connection_id)
+        subscriptions = self.store.subscriptions_of(connection_id)
+        rooms = self.store.rooms_of(connection_id)
+        if connection is not None and connection.session_id:
+            self._save_session(
+                SessionSnapshot(connection.session_id, connection.identity.user_id, tuple(subscriptions), tuple(rooms))
+            )
+        for subscription in subscriptions:
+            self.store.remove_subscription(subscription.stream_key, connection_id, adjust_connection=False)
+        for room in rooms:
+            self.store.leave_room(room, connection_id, adjust_connection=False)
+        removed = self.store.delete_connection(connection_id)
+        return bool(removed or subscriptions or rooms)
+
+    def sweep(self, idle_seconds: int | None = None) -> int:
+        """Remove connections that vanished without $disconnect (API Gateway calls it best effort).
+
+        A connection idle longer than API Gateway's idle timeout is asked about
+        through the Management API; only one the gateway no longer knows is
+        removed, so a quiet but live client keeps its subscriptions.
+        """
+        idle = self.settings.idle_timeout_seconds if idle_seconds is None else idle_seconds
+        removed = 0
+        for connection in self.store.stale_connections(self.clock() - idle):
+            if self.gateway.info(connection.connection_id) is None:
+                self.disconnect(connection.connection_id)
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------ frames
+
+    def handle_frame(self, connection_id: str, body: str | bytes | None) -> None:
+        """Answer one client frame. Never raises for anything a client sends."""
+        request_id: str | None = None
+        try:
+            connection = self.store.touch_connection(connection_id, self.clock())
+            if connection is None:
+                return  # the connection went away while the frame was in flight
+            if connection.rate_count > self.limits.messages_per_second:
+                self._rate_limited(connection_id)
+                return
+            try:
+                frame = parse_client_frame(body)
+            except ProtocolError as error:
+                self.reply(connection_id, error_message(error.code, error.message, error.request_id))
+                return
+            request_id = frame.request_id
+            expires_at = connection.identity.token_expires_at
+            if expires_at and expires_at < self.clock() and not isinstance(frame, Refresh):
+                # API Gateway authorised only the handshake: expiry is ours to enforce.
+                self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, "Session expired", request_id))
+                self.gateway.close(connection_id)
+                return
+            self._dispatch(ActionContext(connection, request_id), frame)
+        except ProtocolError as error:
+            self.reply(connection_id, error_message(error.code, error.message, error.request_id or request_id))
+        except Exception:
+            logger.exception("frame failed")
+            self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
+
+    def _rate_limited(self, connection_id: str) -> None:
+        warnings = self.store.add_rate_warning(connection_id)
+        self.reply(
+            connection_id,
+            error_message(
+                ErrorCode.RATE_LIMIT, f"More than {self.limits.messages_per_second} messages per second; slow down"
+            ),
+        )
+        if warnings > self.limits.rate_limit_warnings:
+            self.gateway.close(connection_id)
+
+    def _dispatch(self, ctx: ActionContext, frame: Any) -> None:
+        handlers: dict[type, Callable[[ActionContext, Any], None]] = {
+            Hello: self._hello,
+            Subscribe: self._subscribe,
+            Unsubscribe: self._unsubscribe,
+            JoinRoom: self._join_room,
+            LeaveRoom: self._leave_room,
+            SendRoomMessage: self._send_room_message,
+            Ping: self._ping,
+            Refresh: self._refresh,
+            Resume: self._resume,
+        }
+        handlers[type(frame)](ctx, frame)
+
+    def reply(self, connection_id: str, message: ServerMessage) -> bool:
+        message.target = message.target or connection_id
+        return self.gateway.post(connection_id, message.to_json().encode())
+
+    def _answer(self, ctx: ActionContext, message_type: MessageType, payload: dict[str, Any], **extra: Any) -> None:
+        self.reply(
+            ctx.connection.connection_id,
+            ServerMessage(message_type=message_type, payload=payload, request_id=ctx.request_id, **extra),
+        )
+
+    # ------------------------------------------------------------ actions
+
+    def _hello(self, ctx: ActionContext, frame: Hello) -> None:
+        connection = ctx.connection
+        session_id = connection.session_id or uuid.uuid4().hex
+        if connection.session_id is None:
+            self.store.set_session(connection.connection_id, session_id)
+            self._save_session(
+                SessionSnapshot(session_id, connection.identity.user_id, connection_id=connection.connection_id)
+            )
+        self._answer(
+            ctx,
+            MessageType.CONNECT,
+            {
+                "client_id": connection.connection_id,
+                "session_token": self._session_token(session_id, connection.identity.user_id),
+                "user_id": connection.identity.user_id,
+                "limits": self._limits_for(connection.identity),
+            },
+        )
+
+    def _session_token(self, session_id: str, user_id: str) -> str:
+        expires = int(self.clock()) + self.settings.token_expiry_hours * 3600
+        return self.session_tokens.issue(Session(session_id, user_id, expires))
+
+    def _limits_for(self, identity: Identity) -> dict[str, int]:
+        return {
+            "max_subscriptions": self.limits.subscriptions_for(identity.subscription_level),
+            "max_rooms": self.limits.rooms_per_client,
+            "max_room_members": self.limits.clients_per_room,
+            "max_room_message_bytes": self.limits.room_message_bytes,
+            "messages_per_second": self.limits.messages_per_second,
+            "max_message_bytes": self.limits.max_message_bytes,
+            "idle_timeout_seconds": self.settings.idle_timeout_seconds,
+            "history_seconds": self.settings.history_seconds,
+        }
+
+    def _ping(self, ctx: ActionContext, frame: Ping) -> None:
+        self._answer(ctx, MessageType.PONG, {"server_time": self.clock()})
+
+    def _subscribe(self, ctx: ActionContext, frame: Subscribe) -> None:
+        for spec in frame.streams:
+            self._check_stream(ctx.connection.identity, spec, ctx.request_id)
+        limit = self.limits.subscriptions_for(ctx.connection.identity.subscription_level)
+        added: list[str] = []
+        for spec in frame.streams:
+            outcome = self.store.add_subscription(
+                Subscription(
+                    stream_key=spec.key,
+                    connection_id=ctx.connection.connection_id,
+                    user_id=ctx.connection.identity.user_id,
+                    interval=spec.interval,
+                    filters=dict(spec.filters),
+                ),
+                limit,
+            )
+            if outcome is Outcome.LIMIT:
+                raise ProtocolError(
+                    ErrorCode.SUBSCRIPTION_LIMIT,
+                    f"Subscription limit of {limit} reached for the {ctx.connection.identity.subscription_level} level"
+                    + (f"; subscribed to {', '.join(added)} before the limit" if added else ""),
+                    ctx.request_id,
+                )
+            if outcome is Outcome.GONE:
+                return
+            added.append(spec.key)
+        self._answer(
+            ctx,
+            MessageType.SUBSCRIBE,
+            {"success": True, "message": f"Subscribed to {', '.join(added)}", "streams": added},
+        )
+        for spec in frame.streams:
+            self._send_last_value(ctx.connection.connection_id, spec)
+
+    def _send_last_value(self, connection_id: str, spec: StreamSpec) -> None:
+        """A new market data subscriber gets the latest known value at once (last value cache)."""
+        if spec.stream_type is not StreamType.MARKET_DATA or spec.symbol is None:
+            return
+        head = self.store.stream_head(spec.key)
+        if head.last_message:
+            self.gateway.post(connection_id, head.last_message.encode())
+
+    def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:
+        if not identity.can(f"read:{spec.stream_type.value}"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"No permission to read {spec.stream_type.value}", request_id)
+        known = FILTERS_BY_STREAM[spec.stream_type]
+        for name, value in spec.filters.items():
+            if name not in known:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"Unknown filter '{name[:32]}' for {spec.stream_type.value}; known: {', '.join(sorted(known))}",
+                    request_id,
+                )
+            kind = known[name]
+            if kind == "number" and not _is_number(value):
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter '{name}' needs a number", request_id)
+            if name == "min_severity" and value not in SEVERITY_ORDER:
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter 'min_severity' takes {kind}", request_id)
+
+    def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
+        removed = [
+            spec.key for spec in frame.streams if self.store.remove_subscription(spec.key, ctx.connection.connection_id)
+        ]
+        self._answer(
+            ctx,
+            MessageType.UNSUBSCRIBE,
+            {
+                "success": True,
+                "message": f"Unsubscribed from {', '.join(removed)}" if removed else "Was not subscribed",
+                "streams": removed,
+            },
+        )
+
+    def _check_room(self, identity: Identity, room: str, request_id: str | None) -> None:
+        if not ROOM_NAME_PATTERN.match(room):
+            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", request_id)
+        needed = room_permission(room)
+        if needed and not identity.can(needed):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"Room '{room}' needs the {needed} permission", request_id)
+
+    def _join_room(self, ctx: ActionContext, frame: JoinRoom) -> None:
+        identity = ctx.connection.identity
+        if not identity.can("rooms:join"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to join rooms", ctx.request_id)
+        self._check_room(identity, frame.room, ctx.request_id)
+        outcome = self.store.join_room(
+            frame.room,
+            ctx.connection.connection_id,
+            identity.user_id,
+            capacity=self.limits.clients_per_room,
+            room_limit=self.limits.rooms_per_client,
+        )
+        if outcome is Outcome.FULL:
+            raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
+        if outcome is Outcome.LIMIT:
+            raise ProtocolError(
+                ErrorCode.ROOM_LIMIT, f"Room limit of {self.limits.rooms_per_client} reached", ctx.request_id
+            )
+        if outcome is Outcome.GONE:
+            return
+        self._answer(
+            ctx,
+            MessageType.JOIN_ROOM,
+            {"success": True, "message": f"Joined {frame.room}", "already_member": outcome is Outcome.ALREADY},
+            room=frame.room,
+        )
+        if outcome is Outcome.DONE:
+            self._notify_room(frame.room, MessageType.JOIN_ROOM, ctx.connection, exclude=ctx.connection.connection_id)
+
+    def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
+        self._check_room(ctx.connection.identity, frame.room, ctx.request_id)
+        if not self.store.leave_room(frame.room, ctx.connection.connection_id):
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
+        self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
+        self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
+
+    def _notify_room(
+        self, room: str, message_type: MessageType, connection: Connection, exclude: str | None = None
+    ) -> None:
+        notice = ServerMessage(
+            message_type=message_type,
+            payload={"client_id": connection.connection_id, "user_id": connection.identity.user_id},
+            source=connection.connection_id,
+            room=room,
+        )
+        members = [m for m in self.store.room_members(room) if m != exclude]
+        self.post_to(members, notice.to_json().encode())
+
+    def _send_room_message(self, ctx: ActionContext, frame: SendRoomMessage) -> None:
+        identity = ctx.connection.identity
+        if not identity.can("rooms:send"):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to send room messages", ctx.request_id)
+        self._check_room(identity, frame.room, ctx.request_id)
+        size = len(frame.message.encode())
+        if size > self.limits.room_message_bytes:
+            raise ProtocolError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"Room messages are limited to {self.limits.room_message_bytes} bytes (got {size})",
+                ctx.request_id,
+            )
+        if not self.store.is_member(frame.room, ctx.connection.connection_id):
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Join '{frame.room}' before sending to it", ctx.request_id)
+        message = ServerMessage(
+            message_type=MessageType.ROOM_MESSAGE,
+            payload={"message": frame.message, "user_id": identity.user_id},
+            source=ctx.connection.connection_id,
+            room=frame.room,
+        )
+        data = message.to_json().encode()
+        members = self.store.room_members(frame.room)
+        # The sender's copy carries its request_id, so the client can match the echo to its request.
+        others = [m for m in members if m != ctx.connection.connection_id]
+        self.post_to(others, data)
+        message.request_id = ctx.request_id
+        self.reply(ctx.connection.connection_id, message)
+
+    def post_to(self, connection_ids: list[str], data: bytes) -> None:
+        """Post one message to many connections; clean up the ones that are gone."""
+        if not connection_ids:
+            return
+        report = self.gateway.post_many([Post(cid, data) for cid in connection_ids])
+        for post in report.gone:
+            self.disconnect(post.connection_id)
+
+    def _refresh(self, ctx: ActionContext, frame: Refresh) -> None:
+        if self._token_verifier is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "Token refresh is not available", ctx.request_id)
+        try:
+            identity = self._token_verifier().verify(frame.token)
+        except AuthError as error:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
+        if identity.user_id != ctx.connection.identity.user_id:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "Token belongs to another user", ctx.request_id)
+        self.store.update_identity(ctx.connection.connection_id, identity)
+        self._answer(ctx, MessageType.REFRESH, {"success": True, "expires_at": identity.token_expires_at})
+
+    # ------------------------------------------------------------ resume
+
+    def _resume(self, ctx: ActionContext, frame: Resume) -> None:
+        connection = ctx.connection
+        try:
+            session = self.session_tokens.verify(frame.session_token, now=self.clock())
+        except AuthError as error:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
+        if session.user_id != connection.identity.user_id:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "Session belongs to another user", ctx.request_id)
+        snapshot = self._session_state(session.session_id, connection.connection_id)
+        if snapshot is None:
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "Session is no longer known", ctx.request_id)
+
+        self.store.set_session(connection.connection_id, session.session_id)
+        limit = self.limits.subscriptions_for(connection.identity.subscription_level)
+        for subscription in snapshot.subscriptions:
+            if connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+                self.store.add_subscription(
+                    Subscription(
+                        subscription.stream_key,
+                        connection.connection_id,
+                        connection.identity.user_id,
+                        subscription.interval,
+                        dict(subscription.filters),
+                    ),
+                    limit,
+                )
+        rooms = []
+        for room in snapshot.rooms:
+            needed = room_permission(room)
+            if needed and not connection.identity.can(needed):
+                continue
+            outcome = self.store.join_room(
+                room,
+                connection.connection_id,
+                connection.identity.user_id,
+                capacity=self.limits.clients_per_room,
+                room_limit=self.limits.rooms_per_client,
+            )
+            if outcome in (Outcome.DONE, Outcome.ALREADY):
+                rooms.append(room)
+
+        results = {}
+        recovered = True
+        for stream, last_seq in frame.last_seq.items():
+            stream_type = stream.split(":", 1)[0]
+            if stream_type not in StreamType.__members__.values() or not connection.identity.can(f"read:{stream_type}"):
+                results[stream] = {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
+                recovered = False
+                continue
+            result = self._replay(connection.connection_id, stream, last_seq)
+            results[stream] = result
+            recovered = recovered and bool(result["recovered"])
+        new_token = self._session_token(session.session_id, connection.identity.user_id)
+        self._answer(
+            ctx,
+            MessageType.RESUMED,
+            {
+                "success": True,
+                "recovered": recovered,
+                "streams": results,
+                "subscriptions": [s.stream_key for s in snapshot.subscriptions],
+                "rooms": rooms,
+                "client_id": connection.connection_id,
+                "session_token": new_token,
+            },
+        )
+
+    def _session_state(self, session_id: str, new_connection_id: str) -> SessionSnapshot | None:
+        """The session's subscriptions and rooms: from its live connection if it still
+        has one (a proactive reconnect before the 2 hour cut-off), else from the
+        snapshot saved at disconnect. The session moves to the new connection."""
+        snapshot = self.store.load_session(session_id)
+        if snapshot is None:
+            return None
+        live = snapshot.connection_id
+        if live and live != new_connection_id and self.store.get_connection(live) is not None:
+            snapshot = SessionSnapshot(
+                session_id=session_id,
+                user_id=snapshot.user_id,
+                subscriptions=tuple(self.store.subscriptions_of(live)),
+                rooms=tuple(self.store.rooms_of(live)),
+            )
+        self._save_session(
+            SessionSnapshot(session_id, snapshot.user_id, snapshot.subscriptions, snapshot.rooms, new_connection_id)
+        )
+        return snapshot
+
+    def _save_session(self, snapshot: SessionSnapshot) -> None:
+        self.store.save_session(snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock())
+
+    def _replay(self, connection_id: str, stream: str, last_seq: int) -> dict[str, Any]:
+        head = self.store.stream_head(stream)
+        if head.last_seq <= last_seq:
+            return {"recovered": True, "replayed": 0, "last_seq": head.last_seq}
+        entries = self.store.history_after(stream, last_seq, self.settings.history_messages)
+        recovered = bool(entries) and entries[0].seq == last_seq + 1
+        for frame in pack_batches([e.message for e in entries], self.limits.max_message_bytes):
+            self.post_to([connection_id], frame)
+        return {
+            "recovered": recovered,
+            "replayed": len(entries),
+            "first_seq": entries[0].seq if entries else None,
+            "last_seq": head.last_seq,
+        }
+
+
+def room_permission(room: str) -> str | None:
+    """The permission a room needs beyond rooms:join (data rooms and admin rooms)."""
+    if room.startswith("admin."):
+        return "admin"
+    if room == "alerts":
+        return "read:alerts"
+    for prefix, permission in DATA_ROOM_PREFIXES.items():
+        if room.startswith(prefix):
+            return permission
+    return None
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True

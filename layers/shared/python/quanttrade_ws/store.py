@@ -1,0 +1,668 @@
+"""Data access: the only module that talks to DynamoDB.
+
+Every look-up on a hot path is a GetItem or a Query by key. Limits that must
+hold under concurrency (room capacity, rooms per client, subscriptions per
+client, rate windows) are conditional writes inside transactions, never
+read-then-write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from enum import Enum
+from typing import Any
+
+from quanttrade_ws.auth import Identity
+from quanttrade_ws.config import Settings
+from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, StreamHead, Subscription
+
+ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
+SESSION_PREFIX = "session#"
+USER_RATE_PREFIX = "user#"
+EVENT_PREFIX = "event#"
+
+
+class Outcome(Enum):
+    """How a conditional change went, in the domain's words."""
+
+    DONE = "done"
+    ALREADY = "already"  # the change was already in place: idempotent success
+    LIMIT = "limit"  # the per-connection limit (rooms or subscriptions) is reached
+    FULL = "full"  # the room is at capacity
+    GONE = "gone"  # the connection row no longer exists
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: float | int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _str(item: dict[str, Any], name: str, default: str = "") -> str:
+    value = item.get(name)
+    return value["S"] if value and "S" in value else default
+
+
+def _int(item: dict[str, Any], name: str, default: int = 0) -> int:
+    value = item.get(name)
+    return int(float(value["N"])) if value and "N" in value else default
+
+
+def _float(item: dict[str, Any], name: str) -> float | None:
+    value = item.get(name)
+    return float(value["N"]) if value and "N" in value else None
+
+
+def _string_map(item: dict[str, Any], name: str) -> dict[str, str]:
+    value = item.get(name)
+    if not value or "M" not in value:
+        return {}
+    return {key: entry.get("S", "") for key, entry in value["M"].items()}
+
+
+def _cancellation_codes(error: Exception) -> list[str]:
+    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+    return [reason.get("Code", "None") for reason in reasons]
+
+
+class DynamoStore:
+    """Connections, subscriptions, rooms, sessions and stream history on DynamoDB."""
+
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        if client is None:
+            import boto3  # deferred: tests and the local stack pass their own client
+
+            client = boto3.client("dynamodb", region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
+        self._db = client
+        self._errors = client.exceptions
+        self._settings = settings
+        self.connections_table = settings.connections_table
+        self.subscriptions_table = settings.subscriptions_table
+        self.rooms_table = settings.rooms_table
+        self.streams_table = settings.streams_table
+
+    # ------------------------------------------------------------ connections
+
+    def _connection_expiry(self, now: float) -> int:
+        return int(now) + self._settings.connection_ttl_seconds
+
+    def add_connection(self, connection: Connection, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        identity = connection.identity
+        item = {
+            "pk": _s(connection.connection_id),
+            "kind": _s("connection"),
+            "user_id": _s(identity.user_id),
+            "client_type": _s(identity.client_type),
+            "permissions": _s(",".join(sorted(identity.permissions))),
+            "subscription_level": _s(identity.subscription_level),
+            "token_expires_at": _n(identity.token_expires_at),
+            "connected_at": _n(connection.connected_at),
+            "last_activity": _n(connection.last_activity),
+            "room_count": _n(0),
+            "sub_count": _n(0),
+            "expires_at": _n(self._connection_expiry(now)),
+        }
+        self._db.put_item(TableName=self.connections_table, Item=item)
+
+    def get_connection(self, connection_id: str) -> Connection | None:
+        item = self._db.get_item(TableName=self.connections_table, Key={"pk": _s(connection_id)}, ConsistentRead=True)
+        found = item.get("Item")
+        return self._connection_from_item(found) if found and _str(found, "kind") == "connection" else None
+
+    def touch_connection(self, connection_id: str, now: float | None = None) -> Connection | None:
+        """Record activity and count the frame in the current one-second rate window, atomically.
+
+        Tries the cheap case first (a new window, one write), and only when another
+        frame already opened this second does it add to the count. Returns the
+        updated row, or None when the connection is gone.
+        """
+        now = time.time() if now is None else now
+        window = int(now)
+        common = {":now": _n(int(now)), ":w": _n(window), ":exp": _n(self._connection_expiry(now))}
+        key = {"pk": _s(connection_id)}
+        for _ in range(3):
+            try:
+                result = self._db.update_item(
+                    TableName=self.connections_table,
+                    Key=key,
+                    UpdateExpression="SET last_activity = :now, rl_window = :w, rl_count = :one, expires_at = :exp",
+                    ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(rl_window) OR rl_window < :w)",
+                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ReturnValues="ALL_NEW",
+                )
+                return self._connection_from_item(result["Attributes"])
+            except self._errors.ConditionalCheckFailedException:
+                pass
+            try:
+                result = self._db.update_item(
+                    TableName=self.connections_table,
+                    Key=key,
+                    UpdateExpression="SET last_activity = :now, expires_at = :exp ADD rl_count :one",
+                    ConditionExpression="attribute_exists(pk) AND rl_window = :w",
+                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ReturnValues="ALL_NEW",
+                )
+                return self._connection_from_item(result["Attributes"])
+            except self._errors.ConditionalCheckFailedException:
+                if self.get_connection(connection_id) is None:
+                    return None
+                # The window moved on between the two writes: start over.
+        return self.get_connection(connection_id)
+
+    def add_rate_warning(self, connection_id: str) -> int:
+        """Count one more RATE_LIMIT warning; returns the total so far."""
+        try:
+            result = self._db.update_item(
+                TableName=self.connections_table,
+                Key={"pk": _s(connection_id)},
+                UpdateExpression="ADD rl_warnings :one",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":one": _n(1)},
+                ReturnValues="UPDATED_NEW",
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return 0
+        return _int(result["Attributes"], "rl_warnings")
+
+    def update_identity(self, connection_id: str, identity: Identity) -> bool:
+        try:
+            self._db.update_item(
+                TableName=self.connections_table,
+                Key={"pk": _s(connection_id)},
+                UpdateExpression="SET permissions = :p, subscription_level = :l, token_expires_at = :e",
+                ConditionExpression="attribute_exists(pk) AND user_id = :u",
+                ExpressionAttributeValues={
+                    ":p": _s(",".join(sorted(identity.permissions))),
+                    ":l": _s(identity.subscription_level),
+                    ":e": _n(identity.token_expires_at),
+                    ":u": _s(identity.user_id),
+                },
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def set_session(self, connection_id: str, session_id: str) -> None:
+        self._db.update_item(
+            TableName=self.connections_table,
+            Key={"pk": _s(connection_id)},
+            UpdateExpression="SET session_id = :s",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":s": _s(session_id)},
+        )
+
+    def delete_connection(self, connection_id: str) -> Connection | None:
+        result = self._db.delete_item(
+            TableName=self.connections_table, Key={"pk": _s(connection_id)}, ReturnValues="ALL_OLD"
+        )
+        old = result.get("Attributes")
+        return self._connection_from_item(old) if old and _str(old, "kind") == "connection" else None
+
+    def count_user_connect(self, user_id: str, now: float | None = None) -> int:
+        """Count a new connection in the user's current minute; returns the count including this one."""
+        now = time.time() if now is None else now
+        minute = int(now // 60)
+        result = self._db.update_item(
+            TableName=self.connections_table,
+            Key={"pk": _s(f"{USER_RATE_PREFIX}{user_id}#{minute}")},
+            UpdateExpression="SET kind = :kind, expires_at = :exp ADD connects :one",
+            ExpressionAttributeValues={":kind": _s("user_rate"), ":exp": _n((minute + 2) * 60), ":one": _n(1)},
+            ReturnValues="UPDATED_NEW",
+        )
+        return _int(result["Attributes"], "connects")
+
+    def stale_connections(self, idle_before: float) -> Iterator[Connection]:
+        """Connections whose last activity is older than `idle_before` (the sweeper's look-up).
+
+        A Scan, deliberately: it runs on a schedule off every hot path, reads
+        only the few attributes it needs, and pages through the table.
+        """
+        paginator = self._db.get_paginator("scan")
+        pages = paginator.paginate(
+            TableName=self.connections_table,
+            FilterExpression="kind = :kind AND last_activity < :before",
+            ExpressionAttributeValues={":kind": _s("connection"), ":before": _n(int(idle_before))},
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                yield self._connection_from_item(item)
+
+    def count_connections(self) -> int:
+        return self._count(self.connections_table, "kind = :kind", {":kind": _s("connection")})
+
+    def count_rooms(self) -> int:
+        return self._count(
+            self.rooms_table, "member = :meta AND member_count > :zero", {":meta": _s(ROOM_META), ":zero": _n(0)}
+        )
+
+    def count_subscriptions(self) -> int:
+        return self._count(self.subscriptions_table)
+
+    def _count(self, table: str, condition: str | None = None, values: dict[str, Any] | None = None) -> int:
+        """Admin statistics only: a counting Scan, never on a hot path."""
+        kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
+        if condition:
+            kwargs.update(FilterExpression=condition, ExpressionAttributeValues=values)
+        return sum(page.get("Count", 0) for page in self._db.get_paginator("scan").paginate(**kwargs))
+
+    @staticmethod
+    def _connection_from_item(item: dict[str, Any]) -> Connection:
+        permissions = _str(item, "permissions")
+        return Connection(
+            connection_id=_str(item, "pk"),
+            identity=Identity(
+                user_id=_str(item, "user_id", "unknown") or "unknown",
+                client_type=_str(item, "client_type", "web"),
+                permissions=frozenset(p for p in permissions.split(",") if p),
+                subscription_level=_str(item, "subscription_level", "free"),
+                token_expires_at=_int(item, "token_expires_at"),
+            ),
+            connected_at=_int(item, "connected_at"),
+            last_activity=_int(item, "last_activity"),
+            session_id=_str(item, "session_id") or None,
+            room_count=_int(item, "room_count"),
+            subscription_count=_int(item, "sub_count"),
+            rate_window=_int(item, "rl_window"),
+            rate_count=_int(item, "rl_count"),
+        )
+
+    # ------------------------------------------------------------ sessions
+
+    def save_session(self, snapshot: SessionSnapshot, ttl_seconds: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        item: dict[str, Any] = {
+            "pk": _s(SESSION_PREFIX + snapshot.session_id),
+            "kind": _s("session"),
+            "user_id": _s(snapshot.user_id),
+            "subscriptions": _s(json.dumps([_subscription_json(s) for s in snapshot.subscriptions])),
+            "rooms": _s(json.dumps(list(snapshot.rooms))),
+            "expires_at": _n(int(now) + ttl_seconds),
+        }
+        if snapshot.connection_id:
+            item["connection_id"] = _s(snapshot.connection_id)
+        self._db.put_item(TableName=self.connections_table, Item=item)
+
+    def load_session(self, session_id: str) -> SessionSnapshot | None:
+        found = self._db.get_item(
+            TableName=self.connections_table, Key={"pk": _s(SESSION_PREFIX + session_id)}, ConsistentRead=True
+        ).get("Item")
+        if not found or _int(found, "expires_at") < time.time():
+            return None
+        subscriptions = tuple(
+            Subscription(
+                stream_key=entry["stream_key"],
+                connection_id="",
+                interval=entry.get("interval"),
+                filters=entry.get("filters", {}),
+            )
+            for entry in json.loads(_str(found, "subscriptions", "[]"))
+        )
+        return SessionSnapshot(
+            session_id=session_id,
+            user_id=_str(found, "user_id"),
+            subscriptions=subscriptions,
+            rooms=tuple(json.loads(_str(found, "rooms", "[]"))),
+            connection_id=_str(found, "connection_id") or None,
+        )
+
+    # ------------------------------------------------------------ subscriptions
+
+    def add_subscription(self, subscription: Subscription, limit: int) -> Outcome:
+        """Subscribe, counting against the connection's limit in the same transaction."""
+        item: dict[str, Any] = {
+            "stream_key": _s(subscription.stream_key),
+            "connection_id": _s(subscription.connection_id),
+            "user_id": _s(subscription.user_id),
+            "filters": {"M": {k: _s(v) for k, v in subscription.filters.items()}},
+            "expires_at": _n(self._connection_expiry(time.time())),
+        }
+        if subscription.interval is not None:
+            item["interval"] = _n(subscription.interval)
+        try:
+            self._db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.subscriptions_table,
+                            "Item": item,
+                            "ConditionExpression": "attribute_not_exists(connection_id)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.connections_table,
+                            "Key": {"pk": _s(subscription.connection_id)},
+                            "UpdateExpression": "ADD sub_count :one",
+                            "ConditionExpression": "attribute_exists(pk) AND sub_count < :limit",
+                            "ExpressionAttributeValues": {":one": _n(1), ":limit": _n(limit)},
+                        }
+                    },
+                ]
+            )
+        except self._errors.TransactionCanceledException as error:
+            codes = _cancellation_codes(error)
+            if codes and codes[0] == "ConditionalCheckFailed":
+                # Already subscribed: keep one row, take the newest interval and filters.
+                self._db.put_item(TableName=self.subscriptions_table, Item=item)
+                return Outcome.ALREADY
+            return Outcome.GONE if self.get_connection(subscription.connection_id) is None else Outcome.LIMIT
+        return Outcome.DONE
+
+    def remove_subscription(self, stream_key: str, connection_id: str, adjust_connection: bool = True) -> bool:
+        delete = {
+            "Delete": {
+                "TableName": self.subscriptions_table,
+                "Key": {"stream_key": _s(stream_key), "connection_id": _s(connection_id)},
+                "ConditionExpression": "attribute_exists(connection_id)",
+            }
+        }
+        items: list[dict[str, Any]] = [delete]
+        if adjust_connection:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.connections_table,
+                        "Key": {"pk": _s(connection_id)},
+                        "UpdateExpression": "ADD sub_count :minus",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeValues": {":minus": _n(-1)},
+                    }
+                }
+            )
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except self._errors.TransactionCanceledException as error:
+            codes = _cancellation_codes(error)
+            if codes and codes[0] == "ConditionalCheckFailed":
+                return False
+            # The connection row is gone: the subscription still goes.
+            self._db.delete_item(TableName=self.subscriptions_table, Key=delete["Delete"]["Key"])
+        return True
+
+    def subscribers(self, stream_key: str) -> list[Subscription]:
+        """Everyone subscribed to one stream key: a Query, never a Scan."""
+        return [
+            Subscription(
+                stream_key=stream_key,
+                connection_id=_str(item, "connection_id"),
+                user_id=_str(item, "user_id"),
+                interval=_float(item, "interval"),
+                filters=_string_map(item, "filters"),
+            )
+            for item in self._query(
+                TableName=self.subscriptions_table,
+                KeyConditionExpression="stream_key = :k",
+                ExpressionAttributeValues={":k": _s(stream_key)},
+                ProjectionExpression="connection_id, user_id, #i, filters",
+                ExpressionAttributeNames={"#i": "interval"},
+            )
+        ]
+
+    def subscriptions_of(self, connection_id: str) -> list[Subscription]:
+        keys = [
+            _str(item, "stream_key")
+            for item in self._query(
+                TableName=self.subscriptions_table,
+                IndexName="by_connection",
+                KeyConditionExpression="connection_id = :c",
+                ExpressionAttributeValues={":c": _s(connection_id)},
+            )
+        ]
+        if not keys:
+            return []
+        # The index projects keys only; fetch the rows for their filters and intervals.
+        found = []
+        for chunk in _chunks(keys, 100):
+            request = {
+                self.subscriptions_table: {
+                    "Keys": [{"stream_key": _s(k), "connection_id": _s(connection_id)} for k in chunk]
+                }
+            }
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                found.extend(response["Responses"].get(self.subscriptions_table, []))
+                request = response.get("UnprocessedKeys") or {}
+        return sorted(
+            (
+                Subscription(
+                    stream_key=_str(item, "stream_key"),
+                    connection_id=connection_id,
+                    user_id=_str(item, "user_id"),
+                    interval=_float(item, "interval"),
+                    filters=_string_map(item, "filters"),
+                )
+                for item in found
+            ),
+            key=lambda s: s.stream_key,
+        )
+
+    # ------------------------------------------------------------ rooms
+
+    def join_room(self, room: str, connection_id: str, user_id: str, capacity: int, room_limit: int) -> Outcome:
+        """Join with three conditions in one transaction: not yet a member, room below
+        capacity, connection below its room limit. Concurrent joins for the last place
+        cannot both win."""
+        try:
+            self._db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.rooms_table,
+                            "Item": {
+                                "room": _s(room),
+                                "member_id": _s(connection_id),
+                                "connection_id": _s(connection_id),
+                                "user_id": _s(user_id),
+                                "joined_at": _n(int(time.time())),
+                                "expires_at": _n(self._connection_expiry(time.time())),
+                            },
+                            "ConditionExpression": "attribute_not_exists(member_id)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.rooms_table,
+                            "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
+                            "UpdateExpression": "ADD member_count :one",
+                            "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
+                            "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.connections_table,
+                            "Key": {"pk": _s(connection_id)},
+                            "UpdateExpression": "ADD room_count :one",
+                            "ConditionExpression": "attribute_exists(pk) AND room_count < :limit",
+                            "ExpressionAttributeValues": {":one": _n(1), ":limit": _n(room_limit)},
+                        }
+                    },
+                ]
+            )
+        except self._errors.TransactionCanceledException as error:
+            codes = _cancellation_codes(error)
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                return Outcome.ALREADY
+            if codes[1:2] == ["ConditionalCheckFailed"]:
+                return Outcome.FULL
+            return Outcome.GONE if self.get_connection(connection_id) is None else Outcome.LIMIT
+        return Outcome.DONE
+
+    def leave_room(self, room: str, connection_id: str, adjust_connection: bool = True) -> bool:
+        items: list[dict[str, Any]] = [
+            {
+                "Delete": {
+                    "TableName": self.rooms_table,
+                    "Key": {"room": _s(room), "member_id": _s(connection_id)},
+                    "ConditionExpression": "attribute_exists(member_id)",
+                }
+            },
+            {
+                "Update": {
+                    "TableName": self.rooms_table,
+                    "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
+                    "UpdateExpression": "ADD member_count :minus",
+                    "ExpressionAttributeValues": {":minus": _n(-1)},
+                }
+            },
+        ]
+        if adjust_connection:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.connections_table,
+                        "Key": {"pk": _s(connection_id)},
+                        "UpdateExpression": "ADD room_count :minus",
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeValues": {":minus": _n(-1)},
+                    }
+                }
+            )
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except self._errors.TransactionCanceledException as error:
+            codes = _cancellation_codes(error)
+            if codes[:1] == ["ConditionalCheckFailed"]:
+                return False
+            return self.leave_room(room, connection_id, adjust_connection=False)
+        return True
+
+    def room_members(self, room: str) -> list[str]:
+        return [
+            _str(item, "member_id")
+            for item in self._query(
+                TableName=self.rooms_table,
+                KeyConditionExpression="room = :r AND member_id > :meta",
+                ExpressionAttributeValues={":r": _s(room), ":meta": _s(ROOM_META)},
+                ProjectionExpression="member_id",
+            )
+        ]
+
+    def rooms_of(self, connection_id: str) -> list[str]:
+        return sorted(
+            _str(item, "room")
+            for item in self._query(
+                TableName=self.rooms_table,
+                IndexName="by_connection",
+                KeyConditionExpression="connection_id = :c",
+                ExpressionAttributeValues={":c": _s(connection_id)},
+            )
+        )
+
+    def is_member(self, room: str, connection_id: str) -> bool:
+        found = self._db.get_item(
+            TableName=self.rooms_table,
+            Key={"room": _s(room), "member_id": _s(connection_id)},
+            ProjectionExpression="member_id",
+            ConsistentRead=True,
+        )
+        return "Item" in found
+
+    # ------------------------------------------------------------ streams
+
+    def sequence_event(self, stream: str, event_id: str, message_for_seq: Any) -> tuple[int, str, bool]:
+        """Give an upstream event its place in its stream, once.
+
+        Returns (seq, message, fresh). A redelivered event gets the seq and message
+        it was given the first time (fresh=False), so clients can drop the duplicate.
+        `message_for_seq(seq) -> str` renders the message once the seq is known.
+        """
+        marker_key = {"stream": _s(EVENT_PREFIX + event_id), "seq": _n(0)}
+        known = self._db.get_item(TableName=self.streams_table, Key=marker_key, ConsistentRead=True).get("Item")
+        if known:
+            seq = _int(known, "assigned_seq")
+            entry = self._db.get_item(
+                TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(seq)}, ConsistentRead=True
+            ).get("Item")
+            if entry:
+                return seq, _str(entry, "message"), False
+        head = self._db.update_item(
+            TableName=self.streams_table,
+            Key={"stream": _s(stream), "seq": _n(0)},
+            UpdateExpression="ADD last_seq :one",
+            ExpressionAttributeValues={":one": _n(1)},
+            ReturnValues="UPDATED_NEW",
+        )
+        seq = _int(head["Attributes"], "last_seq")
+        message = message_for_seq(seq)
+        expires = _n(int(time.time()) + self._settings.history_seconds)
+        self._db.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.streams_table,
+                        "Item": {"stream": _s(stream), "seq": _n(seq), "message": _s(message), "expires_at": expires},
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self.streams_table,
+                        "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.streams_table,
+                        "Key": {"stream": _s(stream), "seq": _n(0)},
+                        "UpdateExpression": "SET last_message = :m, last_message_seq = :seq",
+                        "ConditionExpression": "attribute_not_exists(last_message_seq) OR last_message_seq < :seq",
+                        "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq)},
+                    }
+                },
+            ]
+        )
+        return seq, message, True
+
+    def stream_head(self, stream: str) -> StreamHead:
+        found = self._db.get_item(
+            TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(0)}, ConsistentRead=True
+        ).get("Item")
+        if not found:
+            return StreamHead(stream)
+        return StreamHead(stream, _int(found, "last_seq"), _str(found, "last_message") or None)
+
+    def history_after(self, stream: str, after_seq: int, limit: int) -> list[HistoryEntry]:
+        """Retained messages of a stream after `after_seq`, oldest first, expired ones left out."""
+        # Newest first with a Limit, so a long-absent client costs at most `limit` reads;
+        # retention is a count as well as an age.
+        now = int(time.time())
+        page = self._db.query(
+            TableName=self.streams_table,
+            KeyConditionExpression="stream = :s AND seq > :after",
+            ExpressionAttributeValues={":s": _s(stream), ":after": _n(max(after_seq, 0))},
+            ScanIndexForward=False,
+            Limit=limit,
+            ConsistentRead=True,
+        )
+        entries = [
+            HistoryEntry(_int(item, "seq"), _str(item, "message"))
+            for item in page.get("Items", [])
+            if _int(item, "expires_at") >= now  # TTL deletion lags; an expired entry is no longer retained
+        ]
+        entries.reverse()
+        return entries
+
+    # ------------------------------------------------------------ helpers
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            page = self._db.query(**kwargs)
+            yield from page.get("Items", [])
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
+
+def _subscription_json(subscription: Subscription) -> dict[str, Any]:
+    return {"stream_key": subscription.stream_key, "interval": subscription.interval, "filters": subscription.filters}
+
+
+def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

@@ -1,0 +1,114 @@
+"""Shared fixtures: the service wired to moto's DynamoDB (tables from the real topology) and fakes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from local.provision import provision
+from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier, mint_token
+from quanttrade_ws.config import Settings
+from quanttrade_ws.fanout import CountingMetrics, FanOut
+from quanttrade_ws.gateway import InMemoryGateway
+from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.service import RealtimeService
+from quanttrade_ws.store import DynamoStore
+
+SECRET = "test-secret"
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+
+
+class Clock:
+    """A settable clock for tests of time-based behaviour (expiry, intervals, rate windows)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Wired:
+    """The domain wired to moto DynamoDB and in-memory fakes for the gateway and queues."""
+
+    def __init__(self, settings: Settings, dynamodb: Any, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = DynamoStore(settings, dynamodb)
+        self.gateway = InMemoryGateway()
+        self.sender = InMemorySender()
+        self.metrics = CountingMetrics()
+        self.verifier = TokenVerifier(settings)
+        self.service = RealtimeService(
+            settings, self.store, self.gateway, SessionTokens(SECRET), lambda: self.verifier, clock=clock
+        )
+        self.fanout = FanOut(
+            settings,
+            self.store,
+            self.gateway,
+            self.sender,
+            self.service.disconnect,
+            self.metrics,
+            clock=clock,
+            monotonic=clock,
+        )
+
+    def connect(
+        self,
+        connection_id: str,
+        user_id: str = "user-1",
+        permissions: tuple[str, ...] = ALL_PERMISSIONS,
+        level: str = "premium",
+        expires_in: int = 3600,
+    ) -> str:
+        identity = Identity(
+            user_id=user_id,
+            permissions=frozenset(permissions),
+            subscription_level=level,
+            token_expires_at=int(self.clock()) + expires_in,
+        )
+        self.gateway.connect(connection_id)
+        self.service.connect(connection_id, identity)
+        return connection_id
+
+    def send(self, connection_id: str, frame: dict[str, Any] | str) -> dict[str, Any]:
+        """Send one frame; returns the last message the sender received."""
+        import json
+
+        body = frame if isinstance(frame, str) else json.dumps(frame)
+        self.service.handle_frame(connection_id, body)
+        return self.gateway.messages(connection_id)[-1]
+
+    def token(self, user_id: str = "user-1", **kwargs: Any) -> str:
+        return mint_token(SECRET, user_id, **kwargs)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(jwt_secret=SECRET, delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo")
+
+
+@pytest.fixture
+def aws() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        yield {
+            "dynamodb": boto3.client("dynamodb", region_name="us-east-1"),
+            "sqs": boto3.client("sqs", region_name="us-east-1"),
+            "events": boto3.client("events", region_name="us-east-1"),
+        }
+
+
+@pytest.fixture
+def wired(settings: Settings, aws: dict[str, Any]) -> Wired:
+    provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
+    return Wired(settings, aws["dynamodb"], Clock())
