@@ -86,8 +86,9 @@ class Settings(BaseModel):
     def _check_auth(self) -> Settings:
         if self.jwt_algorithm == "RS256" and not self.jwks_url:
             raise ValueError("RS256 needs jwks_url")
-        if self.jwt_algorithm == "HS256" and not (self.jwt_secret or self.jwt_secret_arn):
-            raise ValueError("HS256 needs jwt_secret or jwt_secret_arn")
+        if not (self.jwt_secret or self.jwt_secret_arn):
+            # HS256 verifies access tokens with it; every mode signs session tokens with it.
+            raise ValueError("a service secret is needed: jwt_secret or jwt_secret_arn")
         return self
 
     @classmethod
