@@ -178,7 +178,7 @@ def parse_client_frame(body: str | bytes | None) -> Any:
     """Parse one client frame, or raise ProtocolError with INVALID_MESSAGE / UNKNOWN_ACTION."""
     try:
         raw = json.loads(body or "")
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nesting deeper than the parser allows
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame is not valid JSON") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame must be a JSON object")
