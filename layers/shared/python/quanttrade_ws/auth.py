@@ -189,7 +189,8 @@ class SessionTokens:
 
     def verify(self, token: str, now: float | None = None) -> Session:
         body, _, mac = token.partition(".")
-        if not body or not mac or not hmac.compare_digest(_b64(self._mac(body)), mac):
+        # Issued tokens are ASCII; anything else would make compare_digest / encode() raise, not refuse.
+        if not token.isascii() or not body or not mac or not hmac.compare_digest(_b64(self._mac(body)), mac):
             raise AuthError("Session token rejected")
         try:
             claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
