@@ -86,6 +86,8 @@ class TokenVerifier:
     def verify(self, token: str) -> Identity:
         if not token or len(token) > 8192:
             raise AuthError("Missing or oversized token")
+        if not token.isascii():  # JWTs are base64url; PyJWT would raise UnicodeEncodeError on lone surrogates
+            raise AuthError("Malformed token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
