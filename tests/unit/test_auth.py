@@ -1,0 +1,437 @@
+"""Access-token verification (one named test per attack) and session tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from quanttrade_ws.auth import (
+    ALL_PERMISSIONS,
+    AuthError,
+    Identity,
+    Session,
+    SessionTokens,
+    TokenVerifier,
+    identity_from_claims,
+    mint_token,
+)
+from quanttrade_ws.config import Settings
+
+SECRET = "unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdef-0"
+KID = "test-key-1"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "sub": "user-42",
+        "iat": now,
+        "exp": now + 600,
+        "iss": "quanttrade-auth",
+        "aud": "quanttrade-websocket",
+        "permissions": ["read:market_data", "rooms:join"],
+        "subscription_level": "basic",
+        "client_type": "bot",
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.fixture
+def hs_verifier() -> TokenVerifier:
+    return TokenVerifier(Settings(jwt_secret=SECRET))
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def jwks_url(rsa_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """A JWKS endpoint on 127.0.0.1 serving the test key's public half."""
+    jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)
+    body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def rs_verifier(jwks_url: str) -> TokenVerifier:
+    return TokenVerifier(Settings(jwt_algorithm="RS256", jwks_url=jwks_url, jwt_secret=SECRET))
+
+
+def rs_token(key: rsa.RSAPrivateKey, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), key, algorithm="RS256", headers={"kid": KID})
+
+
+def refused(verifier: TokenVerifier, token: str) -> str:
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(token)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------- HS256: the good path
+
+
+def test_valid_hs256_token_gives_identity(hs_verifier: TokenVerifier) -> None:
+    # GIVEN a token the auth service issued, WHEN verified, THEN every claim lands in the identity
+    identity = hs_verifier.verify(jwt.encode(claims(), SECRET, algorithm="HS256"))
+    assert identity.user_id == "user-42"
+    assert identity.permissions == frozenset({"read:market_data", "rooms:join"})
+    assert identity.subscription_level == "basic"
+    assert identity.client_type == "bot"
+    assert identity.token_expires_at > time.time()
+
+
+def test_mint_token_round_trips(hs_verifier: TokenVerifier) -> None:
+    identity = hs_verifier.verify(mint_token(SECRET, "u-1", subscription_level="enterprise", client_type="desktop"))
+    assert identity.user_id == "u-1"
+    assert identity.permissions == frozenset(ALL_PERMISSIONS)
+    assert identity.subscription_level == "enterprise"
+
+
+def test_claims_default_to_free_web_without_permissions(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(permissions=None, subscription_level=None, client_type=None), SECRET, algorithm="HS256")
+    identity = hs_verifier.verify(token)
+    assert identity.permissions == frozenset()
+    assert identity.subscription_level == "free"
+    assert identity.client_type == "web"
+
+
+# ---------------------------------------------------------------- HS256: attacks
+
+
+def test_expired_token(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(exp=int(time.time()) - 60), SECRET, algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token expired"
+
+
+def test_not_yet_valid_token(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(nbf=int(time.time()) + 3600), SECRET, algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token not yet valid"
+
+
+def test_wrong_key(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(), "another-secret-that-is-long-enough-for-hs256", algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token rejected"
+
+
+def test_wrong_issuer(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(iss="evil-auth"), SECRET, algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token rejected"
+
+
+def test_wrong_audience(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(aud="another-api"), SECRET, algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token rejected"
+
+
+def test_configured_issuer_and_audience_are_the_ones_checked() -> None:
+    # GIVEN a verifier configured for another issuer and audience
+    verifier = TokenVerifier(Settings(jwt_secret=SECRET, jwt_issuer="iss-b", jwt_audience="aud-b"))
+    # THEN the defaults are refused and the configured values are accepted
+    assert refused(verifier, jwt.encode(claims(), SECRET, algorithm="HS256")) == "Token rejected"
+    assert verifier.verify(jwt.encode(claims(iss="iss-b", aud="aud-b"), SECRET, algorithm="HS256")).user_id
+
+
+def test_alg_none(hs_verifier: TokenVerifier) -> None:
+    # GIVEN an unsigned token (alg none), built by hand so no library refuses to make it
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    token = f"{header}.{b64(json.dumps(claims()).encode())}."
+    assert refused(hs_verifier, token) == "Token algorithm not accepted"
+    # AND the capitalised spelling some libraries accept is refused too
+    header = b64(json.dumps({"alg": "None", "typ": "JWT"}).encode())
+    assert refused(hs_verifier, f"{header}.{b64(json.dumps(claims()).encode())}.") == "Token algorithm not accepted"
+
+
+def test_alg_none_via_pyjwt(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(), None, algorithm="none")
+    assert refused(hs_verifier, token) == "Token algorithm not accepted"
+
+
+def test_other_hmac_algorithm_is_refused(hs_verifier: TokenVerifier) -> None:
+    # A valid HS512 signature with the right secret is still not the configured algorithm
+    token = jwt.encode(claims(), SECRET, algorithm="HS512")
+    assert refused(hs_verifier, token) == "Token algorithm not accepted"
+
+
+def test_tampered_claims(hs_verifier: TokenVerifier) -> None:
+    # GIVEN a valid token whose payload is swapped for one granting admin, signature kept
+    header, _, signature = jwt.encode(claims(), SECRET, algorithm="HS256").split(".")
+    forged_payload = b64(json.dumps(claims(permissions=["admin"], sub="someone-else")).encode())
+    assert refused(hs_verifier, f"{header}.{forged_payload}.{signature}") == "Token rejected"
+
+
+def test_tampered_signature(hs_verifier: TokenVerifier) -> None:
+    header, payload, signature = jwt.encode(claims(), SECRET, algorithm="HS256").split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    assert refused(hs_verifier, f"{header}.{payload}.{flipped}") == "Token rejected"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "a.b",
+        "a.b.c",
+        "....",
+        "eyJ.eyJ.x",
+        "Bearer x.y.z",
+        "\u00e9.\u00e9.\u00e9",
+        "\ud800.a.b",
+        "eyJhbGciOiJIUzI1NiJ9.e30.\udfff",
+    ],
+)
+def test_malformed_token(hs_verifier: TokenVerifier, token: str) -> None:
+    assert refused(hs_verifier, token) in {"Malformed token", "Token rejected"}
+
+
+def test_empty_and_oversized_tokens(hs_verifier: TokenVerifier) -> None:
+    assert refused(hs_verifier, "") == "Missing or oversized token"
+    assert refused(hs_verifier, "x" * 8193) == "Missing or oversized token"
+
+
+@pytest.mark.parametrize("missing", ["sub", "exp", "iss", "aud"])
+def test_missing_required_claim(hs_verifier: TokenVerifier, missing: str) -> None:
+    token = jwt.encode(claims(**{missing: None}), SECRET, algorithm="HS256")
+    assert refused(hs_verifier, token) == "Token rejected"
+
+
+def test_missing_sub(hs_verifier: TokenVerifier) -> None:
+    assert refused(hs_verifier, jwt.encode(claims(sub=None), SECRET, algorithm="HS256")) == "Token rejected"
+
+
+def test_missing_exp(hs_verifier: TokenVerifier) -> None:
+    assert refused(hs_verifier, jwt.encode(claims(exp=None), SECRET, algorithm="HS256")) == "Token rejected"
+
+
+def test_empty_sub(hs_verifier: TokenVerifier) -> None:
+    with pytest.raises(AuthError):
+        hs_verifier.verify(jwt.encode(claims(sub=""), SECRET, algorithm="HS256"))
+
+
+def test_unknown_permissions_are_dropped(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(
+        claims(permissions=["read:alerts", "superuser", "read:weather", "rooms:send", "ADMIN"]),
+        SECRET,
+        algorithm="HS256",
+    )
+    assert hs_verifier.verify(token).permissions == frozenset({"read:alerts", "rooms:send"})
+
+
+@pytest.mark.parametrize("permissions", ["admin", [1, 2], {"admin": True}, ["admin", None]])
+def test_permissions_must_be_a_list_of_strings(hs_verifier: TokenVerifier, permissions: Any) -> None:
+    token = jwt.encode(claims(permissions=permissions), SECRET, algorithm="HS256")
+    assert "permissions" in refused(hs_verifier, token)
+
+
+@pytest.mark.parametrize("level", ["gold", "PREMIUM", "", 3])
+def test_bad_subscription_level(hs_verifier: TokenVerifier, level: Any) -> None:
+    token = jwt.encode(claims(subscription_level=level), SECRET, algorithm="HS256")
+    assert "subscription level" in refused(hs_verifier, token)
+
+
+def test_bad_client_type(hs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(client_type="toaster"), SECRET, algorithm="HS256")
+    assert "client type" in refused(hs_verifier, token)
+
+
+def test_identity_from_claims_rejects_an_overlong_subject() -> None:
+    with pytest.raises(AuthError):
+        identity_from_claims(claims(sub="u" * 500))
+
+
+# ---------------------------------------------------------------- RS256 through JWKS and algorithm confusion
+
+
+def test_rs256_token_through_jwks(rs_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
+    # GIVEN an RS256 token signed by the key the JWKS URL publishes, THEN it is accepted
+    identity = rs_verifier.verify(rs_token(rsa_key))
+    assert identity.user_id == "user-42"
+    assert identity.subscription_level == "basic"
+
+
+def test_rs256_token_signed_by_another_key(rs_verifier: TokenVerifier) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert refused(rs_verifier, rs_token(other)) == "Token rejected"
+
+
+def test_rs256_token_with_unknown_kid(rs_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
+    token = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "not-published"})
+    assert refused(rs_verifier, token) == "Token rejected"
+
+
+def test_rs256_expired_and_wrong_audience(rs_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
+    assert refused(rs_verifier, rs_token(rsa_key, exp=int(time.time()) - 60)) == "Token expired"
+    assert refused(rs_verifier, rs_token(rsa_key, aud="elsewhere")) == "Token rejected"
+    assert refused(rs_verifier, rs_token(rsa_key, iss="elsewhere")) == "Token rejected"
+
+
+def test_hs256_signed_with_rsa_public_key_against_rs256_verifier(
+    rs_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # GIVEN the classic confusion attack: HMAC keyed with the (public) RSA PEM, signed by hand
+    # because PyJWT refuses to HMAC with a PEM key
+    import hashlib
+    import hmac
+
+    pem = rsa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    signing_input = (
+        f"{b64(json.dumps({'alg': 'HS256', 'typ': 'JWT', 'kid': KID}).encode())}.{b64(json.dumps(claims()).encode())}"
+    )
+    signature = b64(hmac.new(pem, signing_input.encode(), hashlib.sha256).digest())
+    # THEN the RS256 verifier refuses it
+    assert refused(rs_verifier, f"{signing_input}.{signature}") == "Token algorithm not accepted"
+
+
+def test_rs256_token_against_hs256_verifier(hs_verifier: TokenVerifier, rsa_key: rsa.RSAPrivateKey) -> None:
+    assert refused(hs_verifier, rs_token(rsa_key)) == "Token algorithm not accepted"
+
+
+def test_alg_none_against_rs256_verifier(rs_verifier: TokenVerifier) -> None:
+    token = jwt.encode(claims(), None, algorithm="none", headers={"kid": KID})
+    assert refused(rs_verifier, token) == "Token algorithm not accepted"
+
+
+def test_rs256_settings_need_a_jwks_url() -> None:
+    with pytest.raises(ValueError):
+        Settings(jwt_algorithm="RS256", jwt_secret=SECRET)
+
+
+# ---------------------------------------------------------------- identity and authorizer context
+
+
+def test_identity_round_trips_through_the_authorizer_context() -> None:
+    identity = Identity(
+        user_id="u-9",
+        client_type="mobile",
+        permissions=frozenset({"read:alerts", "rooms:join"}),
+        subscription_level="premium",
+        token_expires_at=1_900_000_000,
+    )
+    context = identity.to_authorizer_context()
+    assert all(isinstance(v, str | int | bool) for v in context.values())
+    assert Identity.from_authorizer_context(context) == identity
+    # API Gateway may hand numbers back as strings
+    assert Identity.from_authorizer_context({k: str(v) for k, v in context.items()}) == identity
+
+
+def test_admin_permission_implies_every_other() -> None:
+    admin = Identity(user_id="a", permissions=frozenset({"admin"}))
+    reader = Identity(user_id="r", permissions=frozenset({"read:alerts"}))
+    assert admin.can("read:predictions")
+    assert reader.can("read:alerts")
+    assert not reader.can("read:predictions")
+
+
+# ---------------------------------------------------------------- session tokens
+
+
+def test_session_token_round_trips() -> None:
+    tokens = SessionTokens(SECRET)
+    session = Session("sid-1", "user-1", int(time.time()) + 60)
+    assert tokens.verify(tokens.issue(session)) == session
+
+
+def test_forged_session_token() -> None:
+    # GIVEN a session token signed with another secret
+    forged = SessionTokens("attacker-secret").issue(Session("sid-1", "user-1", int(time.time()) + 60))
+    with pytest.raises(AuthError, match="rejected"):
+        SessionTokens(SECRET).verify(forged)
+
+
+def test_tampered_session_token() -> None:
+    tokens = SessionTokens(SECRET)
+    _, mac = tokens.issue(Session("sid-1", "user-1", int(time.time()) + 60)).split(".")
+    body = b64(json.dumps({"sid": "sid-1", "uid": "victim", "exp": int(time.time()) + 60}).encode())
+    with pytest.raises(AuthError, match="rejected"):
+        tokens.verify(f"{body}.{mac}")
+
+
+def test_expired_session_token() -> None:
+    tokens = SessionTokens(SECRET)
+    token = tokens.issue(Session("sid-1", "user-1", 1000))
+    with pytest.raises(AuthError, match="expired"):
+        tokens.verify(token)
+    # the caller's clock decides
+    assert tokens.verify(token, now=999).session_id == "sid-1"
+
+
+def test_access_token_is_not_a_session_token() -> None:
+    # GIVEN a genuine access token signed with the same service secret
+    with pytest.raises(AuthError):
+        SessionTokens(SECRET).verify(mint_token(SECRET, "user-1"))
+
+
+def test_session_token_is_not_an_access_token(hs_verifier: TokenVerifier) -> None:
+    session_token = SessionTokens(SECRET).issue(Session("sid-1", "user-42", int(time.time()) + 60))
+    with pytest.raises(AuthError):
+        hs_verifier.verify(session_token)
+
+
+def test_session_token_signed_with_the_raw_secret_is_refused() -> None:
+    # The session key is derived from the secret: a MAC made with the raw secret does not verify
+    import hashlib
+    import hmac
+
+    body = b64(json.dumps({"sid": "s", "uid": "u", "exp": int(time.time()) + 60}).encode())
+    mac = b64(hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).digest())
+    with pytest.raises(AuthError):
+        SessionTokens(SECRET).verify(f"{body}.{mac}")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        ".",
+        "abc",
+        "abc.",
+        ".abc",
+        "a.b.c",
+        "\u00e9.\u00e9",
+        "x.\u00ff\u00fe",
+        "\x00.\x00",
+        "\ud800.\ud800",
+        "a.\udfff",
+    ],
+)
+def test_malformed_session_tokens_are_refused_as_auth_errors(token: str) -> None:
+    # GIVEN any garbage a client could put in `session_token`, THEN AuthError, never another exception
+    with pytest.raises(AuthError):
+        SessionTokens(SECRET).verify(token)
