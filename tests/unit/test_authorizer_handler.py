@@ -1,0 +1,155 @@
+"""The $connect REQUEST authorizer Lambda: Allow + identity context, or Unauthorized (API Gateway's 401)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+
+from handlers import authorizer
+from quanttrade_ws import runtime as runtime_module
+from quanttrade_ws.auth import Identity, mint_token
+
+SECRET = "authorizer-test-secret-0123456789abcdef"
+# A refused token publishes no metric of its own; Powertools warns about the empty flush.
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$connect"
+
+
+@dataclass
+class LambdaContext:
+    function_name: str = "quanttrade-authorizer"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-authorizer"
+    aws_request_id: str = "req-1"
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("QT_JWT_SECRET", SECRET)
+    monkeypatch.setenv("QT_JWT_ALGORITHM", "HS256")
+    monkeypatch.setenv("QT_JWT_ISSUER", "quanttrade-auth")
+    monkeypatch.setenv("QT_JWT_AUDIENCE", "quanttrade-websocket")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    runtime_module.runtime.cache_clear()
+    yield
+    runtime_module.runtime.cache_clear()
+
+
+def connect_event(token: str | None, *, query: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway WebSocket REQUEST authorizer event for $connect."""
+    parameters = dict(query or {})
+    if token is not None:
+        parameters["token"] = token
+    return {
+        "type": "REQUEST",
+        "methodArn": METHOD_ARN,
+        "headers": {"Host": "abcdef1234.execute-api.us-east-1.amazonaws.com", "Sec-WebSocket-Version": "13"},
+        "multiValueHeaders": {},
+        "queryStringParameters": parameters or None,
+        "multiValueQueryStringParameters": {k: [v] for k, v in parameters.items()} or None,
+        "stageVariables": {},
+        "requestContext": {
+            "routeKey": "$connect",
+            "eventType": "CONNECT",
+            "extendedRequestId": "ext-1",
+            "requestTime": "01/Jan/2027:00:00:00 +0000",
+            "messageDirection": "IN",
+            "stage": "production",
+            "connectedAt": 1_798_761_600_000,
+            "requestTimeEpoch": 1_798_761_600_000,
+            "identity": {"sourceIp": "203.0.113.7", "userAgent": "pytest"},
+            "requestId": "req-abc",
+            "domainName": "abcdef1234.execute-api.us-east-1.amazonaws.com",
+            "connectionId": "conn-abc=",
+            "apiId": "abcdef1234",
+        },
+    }
+
+
+def invoke(event: dict[str, Any]) -> dict[str, Any]:
+    return authorizer.handler(event, LambdaContext())
+
+
+def unauthorized(event: dict[str, Any]) -> None:
+    with pytest.raises(Exception, match=r"^Unauthorized$") as caught:
+        invoke(event)
+    assert type(caught.value) is Exception  # exactly what API Gateway maps to a 401
+
+
+def test_good_token_is_allowed_with_identity_context() -> None:
+    # GIVEN a valid token in ?token=
+    token = mint_token(
+        SECRET,
+        "user-77",
+        permissions=["read:market_data", "rooms:join", "not-a-permission"],
+        subscription_level="basic",
+        client_type="mobile",
+    )
+    # WHEN the authorizer runs
+    result = invoke(connect_event(token))
+    # THEN it allows $connect on the method ARN and passes the verified identity on
+    assert result["principalId"] == "user-77"
+    [statement] = result["policyDocument"]["Statement"]
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": METHOD_ARN}
+    context = result["context"]
+    assert all(isinstance(value, str | int | bool) for value in context.values())
+    assert context["user_id"] == "user-77"
+    assert context["subscription_level"] == "basic"
+    assert context["client_type"] == "mobile"
+    assert context["permissions"] == "read:market_data,rooms:join"
+    assert context["token_expires_at"] > time.time()
+
+
+def test_context_round_trips_through_identity() -> None:
+    # GIVEN the context the authorizer returns, as the $connect handler receives it
+    result = invoke(connect_event(mint_token(SECRET, "user-5", subscription_level="enterprise")))
+    identity = Identity.from_authorizer_context(result["context"])
+    # THEN it rebuilds the same identity the token carries
+    assert identity.user_id == "user-5"
+    assert identity.subscription_level == "enterprise"
+    assert "admin" in identity.permissions
+    assert identity.to_authorizer_context() == result["context"]
+
+
+def test_missing_query_string_is_unauthorized() -> None:
+    unauthorized(connect_event(None))
+
+
+def test_missing_token_parameter_is_unauthorized() -> None:
+    unauthorized(connect_event(None, query={"client": "web"}))
+
+
+def test_empty_token_is_unauthorized() -> None:
+    unauthorized(connect_event(""))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-jwt",
+        mint_token("another-secret-0123456789abcdef-xyz", "user-1"),
+        mint_token(SECRET, "user-1", expires_in=-120),
+        mint_token(SECRET, "user-1", issuer="someone-else"),
+        mint_token(SECRET, "user-1", audience="another-api"),
+        mint_token(SECRET, "user-1", not_before=int(time.time()) + 3600),
+        jwt.encode({"sub": "user-1", "exp": int(time.time()) + 60}, None, algorithm="none"),
+    ],
+    ids=["garbage", "wrong-key", "expired", "wrong-issuer", "wrong-audience", "not-yet-valid", "alg-none"],
+)
+def test_bad_tokens_are_unauthorized(token: str) -> None:
+    unauthorized(connect_event(token))
+
+
+def test_authorizer_follows_the_configured_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a deployment configured for another issuer
+    monkeypatch.setenv("QT_JWT_ISSUER", "corp-idp")
+    runtime_module.runtime.cache_clear()
+    # THEN the default issuer is refused and the configured one allowed
+    unauthorized(connect_event(mint_token(SECRET, "user-1")))
+    assert invoke(connect_event(mint_token(SECRET, "user-1", issuer="corp-idp")))["principalId"] == "user-1"
