@@ -1,0 +1,182 @@
+"""Connection management on DynamoDB: $connect records, $disconnect cleans up, the per-user connect rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
+from quanttrade_ws.store import ROOM_META
+from tests.conftest import Wired
+
+TWO_HOURS = 2 * 3600
+
+
+def raw_connection(wired: Wired, connection_id: str) -> dict[str, Any] | None:
+    return wired.store._db.get_item(
+        TableName=wired.settings.connections_table, Key={"pk": {"S": connection_id}}, ConsistentRead=True
+    ).get("Item")
+
+
+def room_count_item(wired: Wired, room: str) -> int:
+    item = wired.store._db.get_item(
+        TableName=wired.settings.rooms_table, Key={"room": {"S": room}, "member_id": {"S": ROOM_META}}
+    ).get("Item")
+    return int(item["member_count"]["N"]) if item else 0
+
+
+def test_connect_records_identity_and_times(wired: Wired) -> None:
+    # GIVEN a verified identity
+    identity = Identity(
+        user_id="trader-1",
+        client_type="desktop",
+        permissions=frozenset({"read:alerts", "rooms:join"}),
+        subscription_level="basic",
+        token_expires_at=int(wired.clock()) + 900,
+    )
+    # WHEN $connect records it
+    wired.gateway.connect("c1")
+    wired.service.connect("c1", identity)
+    # THEN the row carries the identity, when it connected and its last activity
+    connection = wired.store.get_connection("c1")
+    assert connection is not None
+    assert connection.identity == identity
+    assert connection.connected_at == int(wired.clock() * 1000)
+    assert connection.last_activity == int(wired.clock())
+    assert connection.room_count == 0
+    assert connection.subscription_count == 0
+
+
+def test_connect_uses_api_gateway_connected_at_when_given(wired: Wired) -> None:
+    wired.service.connect("c1", Identity(user_id="u"), connected_at_ms=1_700_000_000_123)
+    assert wired.store.get_connection("c1").connected_at == 1_700_000_000_123
+
+
+def test_connection_ttl_outlives_api_gateways_two_hour_maximum(wired: Wired) -> None:
+    # GIVEN a new connection, THEN its TTL lies beyond API Gateway's 2 hour maximum connection
+    wired.connect("c1")
+    expires_at = int(raw_connection(wired, "c1")["expires_at"]["N"])
+    assert expires_at > wired.clock() + TWO_HOURS
+
+
+def test_activity_moves_last_activity_and_ttl(wired: Wired) -> None:
+    # GIVEN a connection, WHEN it sends a frame an hour later
+    wired.connect("c1")
+    wired.clock.now += 3600
+    wired.send("c1", {"action": "ping"})
+    # THEN its last activity and TTL move with it
+    assert wired.store.get_connection("c1").last_activity == int(wired.clock())
+    assert int(raw_connection(wired, "c1")["expires_at"]["N"]) > wired.clock() + TWO_HOURS
+
+
+def test_disconnect_removes_connection_memberships_and_subscriptions(wired: Wired) -> None:
+    # GIVEN a connection in two rooms with two subscriptions, and another member in one room
+    wired.connect("c1")
+    wired.connect("c2", user_id="user-2")
+    for room in ("lobby", "desk"):
+        wired.send("c1", {"action": "joinRoom", "room": room})
+    wired.send("c2", {"action": "joinRoom", "room": "lobby"})
+    wired.send(
+        "c1",
+        {
+            "action": "subscribe",
+            "streams": [{"stream_type": "market_data", "symbol": "AAPL"}, {"stream_type": "alerts"}],
+        },
+    )
+    assert wired.store.subscriptions_of("c1")
+    # WHEN $disconnect runs
+    assert wired.service.disconnect("c1") is True
+    # THEN the connection, its memberships and subscriptions are gone, and room counts follow
+    assert wired.store.get_connection("c1") is None
+    assert wired.store.rooms_of("c1") == []
+    assert wired.store.subscriptions_of("c1") == []
+    assert wired.store.subscribers("market_data:AAPL") == []
+    assert wired.store.subscribers("alerts:*") == []
+    assert wired.store.room_members("lobby") == ["c2"]
+    assert wired.store.room_members("desk") == []
+    assert room_count_item(wired, "lobby") == 1
+    assert room_count_item(wired, "desk") == 0
+    # AND the other member keeps everything it had
+    assert wired.store.get_connection("c2") is not None
+
+
+def test_disconnect_is_idempotent(wired: Wired) -> None:
+    wired.connect("c1")
+    wired.send("c1", {"action": "joinRoom", "room": "lobby"})
+    assert wired.service.disconnect("c1") is True
+    # WHEN $disconnect is delivered again, THEN nothing fails and nothing is left to remove
+    assert wired.service.disconnect("c1") is False
+    assert room_count_item(wired, "lobby") == 0  # not decremented twice
+
+
+def test_disconnect_of_an_unknown_connection_is_fine(wired: Wired) -> None:
+    assert wired.service.disconnect("never-connected") is False
+
+
+def test_disconnect_keeps_a_session_snapshot_for_resume(wired: Wired) -> None:
+    wired.connect("c1")
+    wired.send("c1", {"action": "hello"})
+    wired.send("c1", {"action": "joinRoom", "room": "lobby"})
+    wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    session_id = wired.store.get_connection("c1").session_id
+    wired.service.disconnect("c1")
+    snapshot = wired.store.load_session(session_id)
+    assert snapshot is not None
+    assert snapshot.rooms == ("lobby",)
+    assert [s.stream_key for s in snapshot.subscriptions] == ["alerts:*"]
+
+
+def test_a_frame_from_a_removed_connection_gets_no_reply_and_creates_nothing(wired: Wired) -> None:
+    wired.connect("c1")
+    wired.service.disconnect("c1")
+    before = len(wired.gateway.messages("c1"))
+    wired.service.handle_frame("c1", '{"action": "ping"}')
+    assert len(wired.gateway.messages("c1")) == before
+    assert raw_connection(wired, "c1") is None
+
+
+def test_connections_per_minute_per_user(wired: Wired) -> None:
+    from quanttrade_ws.service import ConnectRefused
+
+    limit = wired.settings.limits.connections_per_minute
+    assert limit == 60
+    # GIVEN a user who opened 60 connections this minute
+    for i in range(limit):
+        wired.connect(f"c{i}", user_id="burst")
+    # WHEN it opens one more in the same minute, THEN $connect is refused with 429
+    with pytest.raises(ConnectRefused) as refused:
+        wired.connect("c-over", user_id="burst")
+    assert refused.value.status_code == 429
+    assert wired.store.get_connection("c-over") is None
+    # AND another user is not affected
+    wired.connect("other", user_id="calm")
+    # AND the next minute the user may connect again
+    wired.clock.now += 60
+    wired.connect("c-next", user_id="burst")
+    assert wired.store.get_connection("c-next") is not None
+
+
+def test_sweep_removes_only_connections_the_gateway_no_longer_knows(wired: Wired) -> None:
+    # GIVEN two connections idle past the idle timeout: one the gateway lost, one still open
+    wired.connect("lost")
+    wired.connect("quiet")
+    wired.send("lost", {"action": "joinRoom", "room": "lobby"})
+    wired.gateway.gone.add("lost")
+    wired.clock.now += wired.settings.idle_timeout_seconds + 1
+    wired.connect("fresh")
+    # WHEN the sweeper runs
+    removed = wired.service.sweep()
+    # THEN only the lost one and what it owned are removed
+    assert removed == 1
+    assert wired.store.get_connection("lost") is None
+    assert wired.store.rooms_of("lost") == []
+    assert wired.store.get_connection("quiet") is not None
+    assert wired.store.get_connection("fresh") is not None
+
+
+def test_connect_stores_every_permission(wired: Wired) -> None:
+    wired.connect("c1", permissions=ALL_PERMISSIONS, level="enterprise")
+    connection = wired.store.get_connection("c1")
+    assert connection.identity.permissions == frozenset(ALL_PERMISSIONS)
+    assert connection.identity.subscription_level == "enterprise"
