@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quanttrade_ws.config import Settings
@@ -77,13 +76,17 @@ class TokenVerifier:
         self._settings = settings
         self._algorithm = settings.jwt_algorithm
         self._secret = secret or settings.jwt_secret
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: Any = None
         if self._algorithm == "RS256":
+            import jwt
+
             self._jwks = jwt.PyJWKClient(str(settings.jwks_url), cache_keys=True, lifespan=3600)
         elif not self._secret:
             raise ValueError("HS256 verification needs a secret")
 
     def verify(self, token: str) -> Identity:
+        import jwt  # deferred: only the authorizer and refresh pay for PyJWT and cryptography
+
         if not token or len(token) > 8192:
             raise AuthError("Missing or oversized token")
         if not token.isascii():  # JWTs are base64url; PyJWT would raise UnicodeEncodeError on lone surrogates
@@ -149,6 +152,8 @@ def mint_token(
     not_before: int | None = None,
 ) -> str:
     """An HS256 access token as the platform's auth service issues them (used locally and in tests)."""
+    import jwt
+
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user_id,
