@@ -1,0 +1,417 @@
+"""Room management on DynamoDB: join/leave/notices, messages, limits, permissions and concurrent joins."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from local.provision import provision
+from quanttrade_ws.config import Limits, Settings
+from quanttrade_ws.store import ROOM_META, Outcome
+from tests.conftest import Clock, Wired
+
+MEMBER = ("rooms:join", "rooms:send")
+
+
+def error_code(message: dict[str, Any]) -> str | None:
+    return message["payload"].get("error_code") if message["message_type"] == "error" else None
+
+
+def count_item(wired: Wired, room: str) -> int:
+    item = wired.store._db.get_item(
+        TableName=wired.settings.rooms_table,
+        Key={"room": {"S": room}, "member_id": {"S": ROOM_META}},
+        ConsistentRead=True,
+    ).get("Item")
+    return int(item["member_count"]["N"]) if item else 0
+
+
+def with_limits(settings: Settings, aws: dict[str, Any], **limits: Any) -> Wired:
+    """A wired service with its own limits (the shared fixture uses the defaults)."""
+    settings = settings.model_copy(update={"limits": Limits(**limits)})
+    provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
+    return Wired(settings, aws["dynamodb"], Clock())
+
+
+# ---------------------------------------------------------------- join and leave
+
+
+def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> None:
+    # GIVEN two members already in a room
+    for cid in ("a", "b", "c"):
+        wired.connect(cid, user_id=f"user-{cid}")
+    wired.send("a", {"action": "joinRoom", "room": "lobby"})
+    wired.send("b", {"action": "joinRoom", "room": "lobby"})
+    seen_by_a, seen_by_b = len(wired.gateway.messages("a")), len(wired.gateway.messages("b"))
+    # WHEN a third joins
+    reply = wired.send("c", {"action": "joinRoom", "room": "lobby", "request_id": "j-1"})
+    # THEN the joiner gets join_room echoing its request
+    assert reply["message_type"] == "join_room"
+    assert reply["room"] == "lobby"
+    assert reply["request_id"] == "j-1"
+    assert reply["payload"]["success"] is True
+    assert reply["payload"]["already_member"] is False
+    # AND each other member gets one join_room notice naming the joiner
+    for cid, seen in (("a", seen_by_a), ("b", seen_by_b)):
+        [notice] = wired.gateway.messages(cid)[seen:]
+        assert notice["message_type"] == "join_room"
+        assert notice["room"] == "lobby"
+        assert notice["source"] == "c"
+        assert notice["payload"]["client_id"] == "c"
+        assert notice["payload"]["user_id"] == "user-c"
+        assert "request_id" not in notice
+    # AND the joiner got no notice about itself
+    assert [m["message_type"] for m in wired.gateway.messages("c")] == ["join_room"]
+    assert sorted(wired.store.room_members("lobby")) == ["a", "b", "c"]
+    assert count_item(wired, "lobby") == 3
+
+
+def test_joining_twice_is_idempotent(wired: Wired) -> None:
+    wired.connect("a")
+    wired.connect("b")
+    wired.send("a", {"action": "joinRoom", "room": "lobby"})
+    wired.send("b", {"action": "joinRoom", "room": "lobby"})
+    seen_by_a = len(wired.gateway.messages("a"))
+    # WHEN b joins again
+    reply = wired.send("b", {"action": "joinRoom", "room": "lobby"})
+    # THEN it succeeds as already a member, with no second notice and no double count
+    assert reply["message_type"] == "join_room"
+    assert reply["payload"]["already_member"] is True
+    assert len(wired.gateway.messages("a")) == seen_by_a
+    assert count_item(wired, "lobby") == 2
+    assert wired.store.get_connection("b").room_count == 1
+
+
+def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
+    wired.connect("a")
+    wired.connect("b", user_id="user-b")
+    wired.send("a", {"action": "joinRoom", "room": "lobby"})
+    wired.send("b", {"action": "joinRoom", "room": "lobby"})
+    seen_by_a = len(wired.gateway.messages("a"))
+    # WHEN b leaves
+    reply = wired.send("b", {"action": "leaveRoom", "room": "lobby", "request_id": "l-1"})
+    # THEN b gets leave_room, a gets a leave_room notice naming b
+    assert reply["message_type"] == "leave_room"
+    assert reply["request_id"] == "l-1"
+    assert reply["payload"]["success"] is True
+    [notice] = wired.gateway.messages("a")[seen_by_a:]
+    assert notice["message_type"] == "leave_room"
+    assert notice["payload"]["client_id"] == "b"
+    assert notice["source"] == "b"
+    assert notice["room"] == "lobby"
+    # AND the membership, the room count and the connection's count all drop
+    assert wired.store.room_members("lobby") == ["a"]
+    assert count_item(wired, "lobby") == 1
+    assert wired.store.get_connection("b").room_count == 0
+
+
+def test_leave_of_a_room_not_joined_is_not_in_room(wired: Wired) -> None:
+    wired.connect("a")
+    reply = wired.send("a", {"action": "leaveRoom", "room": "lobby", "request_id": "x"})
+    assert error_code(reply) == "NOT_IN_ROOM"
+    assert reply["request_id"] == "x"
+    assert count_item(wired, "lobby") == 0
+
+
+def test_leaving_twice_is_not_in_room_the_second_time(wired: Wired) -> None:
+    wired.connect("a")
+    wired.send("a", {"action": "joinRoom", "room": "lobby"})
+    assert wired.send("a", {"action": "leaveRoom", "room": "lobby"})["message_type"] == "leave_room"
+    assert error_code(wired.send("a", {"action": "leaveRoom", "room": "lobby"})) == "NOT_IN_ROOM"
+    assert count_item(wired, "lobby") == 0
+
+
+# ---------------------------------------------------------------- room messages
+
+
+def test_room_message_reaches_every_member_including_the_sender(wired: Wired) -> None:
+    for cid in ("a", "b", "c", "outsider"):
+        wired.connect(cid, user_id=f"user-{cid}")
+    for cid in ("a", "b", "c"):
+        wired.send(cid, {"action": "joinRoom", "room": "desk"})
+    before = {cid: len(wired.gateway.messages(cid)) for cid in ("a", "b", "c", "outsider")}
+    # WHEN a sends a message
+    reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "buy the dip", "request_id": "m1"})
+    # THEN every member, sender included, gets room_message from a
+    for cid in ("a", "b", "c"):
+        [message] = wired.gateway.messages(cid)[before[cid] :]
+        assert message["message_type"] == "room_message"
+        assert message["payload"]["message"] == "buy the dip"
+        assert message["source"] == "a"
+        assert message["room"] == "desk"
+    # AND the sender's copy echoes its request id
+    assert reply["request_id"] == "m1"
+    # AND someone outside the room gets nothing
+    assert len(wired.gateway.messages("outsider")) == before["outsider"]
+
+
+def test_room_message_from_a_non_member_is_not_in_room(wired: Wired) -> None:
+    wired.connect("a")
+    wired.connect("b")
+    wired.send("b", {"action": "joinRoom", "room": "desk"})
+    before = len(wired.gateway.messages("b"))
+    assert error_code(wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "hi"})) == "NOT_IN_ROOM"
+    assert len(wired.gateway.messages("b")) == before
+
+
+def test_room_message_over_the_limit_is_message_too_large(wired: Wired) -> None:
+    wired.connect("a")
+    wired.connect("b")
+    wired.send("a", {"action": "joinRoom", "room": "desk"})
+    wired.send("b", {"action": "joinRoom", "room": "desk"})
+    limit = wired.settings.limits.room_message_bytes
+    assert limit == 4096
+    before = len(wired.gateway.messages("b"))
+    # WHEN one byte over the limit is sent, THEN MESSAGE_TOO_LARGE and nobody receives it
+    reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "x" * (limit + 1)})
+    assert error_code(reply) == "MESSAGE_TOO_LARGE"
+    assert len(wired.gateway.messages("b")) == before
+    # AND the size is counted in bytes, not characters
+    reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "\u00e9" * (limit // 2 + 1)})
+    assert error_code(reply) == "MESSAGE_TOO_LARGE"
+    # AND exactly the limit goes through
+    assert wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "x" * limit})["message_type"] == (
+        "room_message"
+    )
+
+
+def test_room_message_limit_is_configurable(settings: Settings, aws: dict[str, Any]) -> None:
+    wired = with_limits(settings, aws, room_message_bytes=10)
+    wired.connect("a")
+    wired.send("a", {"action": "joinRoom", "room": "desk"})
+    assert error_code(wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "x" * 11})) == (
+        "MESSAGE_TOO_LARGE"
+    )
+    assert wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "x" * 10})["message_type"] == (
+        "room_message"
+    )
+
+
+def test_room_message_to_a_member_that_is_gone_removes_it(wired: Wired) -> None:
+    # GIVEN a member whose socket closed without $disconnect
+    wired.connect("a")
+    wired.connect("ghost")
+    wired.send("a", {"action": "joinRoom", "room": "desk"})
+    wired.send("ghost", {"action": "joinRoom", "room": "desk"})
+    wired.gateway.gone.add("ghost")
+    # WHEN a message is sent to the room, THEN the sender still gets its copy and the ghost is cleaned up
+    assert wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "hi"})["message_type"] == (
+        "room_message"
+    )
+    assert wired.store.room_members("desk") == ["a"]
+    assert wired.store.get_connection("ghost") is None
+    assert count_item(wired, "desk") == 1
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
+    wired = with_limits(settings, aws, clients_per_room=2)
+    for cid in ("a", "b", "c"):
+        wired.connect(cid)
+    wired.send("a", {"action": "joinRoom", "room": "small"})
+    wired.send("b", {"action": "joinRoom", "room": "small"})
+    # WHEN a third joins a room of capacity 2, THEN ROOM_FULL and nothing changes
+    reply = wired.send("c", {"action": "joinRoom", "room": "small", "request_id": "f"})
+    assert error_code(reply) == "ROOM_FULL"
+    assert reply["request_id"] == "f"
+    assert sorted(wired.store.room_members("small")) == ["a", "b"]
+    assert count_item(wired, "small") == 2
+    assert wired.store.get_connection("c").room_count == 0
+    # AND once someone leaves there is room again
+    wired.send("a", {"action": "leaveRoom", "room": "small"})
+    assert wired.send("c", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
+
+
+def test_default_capacity_is_a_thousand_clients(wired: Wired) -> None:
+    # GIVEN a room holding 999 members (the count item, as 999 joins would leave it)
+    assert wired.settings.limits.clients_per_room == 1000
+    wired.store._db.put_item(
+        TableName=wired.settings.rooms_table,
+        Item={"room": {"S": "arena"}, "member_id": {"S": ROOM_META}, "member_count": {"N": "999"}},
+    )
+    wired.connect("a")
+    wired.connect("b")
+    # THEN the 1000th joins and the 1001st gets ROOM_FULL
+    assert wired.send("a", {"action": "joinRoom", "room": "arena"})["message_type"] == "join_room"
+    assert error_code(wired.send("b", {"action": "joinRoom", "room": "arena"})) == "ROOM_FULL"
+    assert count_item(wired, "arena") == 1000
+
+
+def test_room_limit_per_client(wired: Wired) -> None:
+    limit = wired.settings.limits.rooms_per_client
+    assert limit == 10
+    wired.connect("a")
+    for i in range(limit):
+        assert wired.send("a", {"action": "joinRoom", "room": f"room-{i}"})["message_type"] == "join_room"
+    # WHEN an eleventh room is joined, THEN ROOM_LIMIT, and the room gains no member
+    reply = wired.send("a", {"action": "joinRoom", "room": "one-too-many"})
+    assert error_code(reply) == "ROOM_LIMIT"
+    assert wired.store.room_members("one-too-many") == []
+    assert count_item(wired, "one-too-many") == 0
+    assert wired.store.get_connection("a").room_count == limit
+    # AND rejoining a room it is already in is still fine, and leaving one frees a place
+    assert wired.send("a", {"action": "joinRoom", "room": "room-0"})["payload"]["already_member"] is True
+    wired.send("a", {"action": "leaveRoom", "room": "room-0"})
+    assert wired.send("a", {"action": "joinRoom", "room": "one-too-many"})["message_type"] == "join_room"
+
+
+def test_room_limit_is_configurable(settings: Settings, aws: dict[str, Any]) -> None:
+    wired = with_limits(settings, aws, rooms_per_client=1)
+    wired.connect("a")
+    wired.send("a", {"action": "joinRoom", "room": "one"})
+    assert error_code(wired.send("a", {"action": "joinRoom", "room": "two"})) == "ROOM_LIMIT"
+
+
+# ---------------------------------------------------------------- names and permissions
+
+
+INVALID_ROOM_NAMES = ["", "has space", "slash/room", "r" * 65, "caf\u00e9", "semi;colon", "tab\t", "*", "#meta"]
+
+
+@pytest.mark.parametrize("action", ["joinRoom", "leaveRoom", "sendRoomMessage"])
+def test_invalid_room_names(wired: Wired, action: str) -> None:
+    # GIVEN names outside ^[A-Za-z0-9_.:-]{1,64}$ (including the count item's own key)
+    wired.connect("a")
+    for room in INVALID_ROOM_NAMES:
+        frame: dict[str, Any] = {"action": action, "room": room}
+        if action == "sendRoomMessage":
+            frame["message"] = "hi"
+        # THEN each is INVALID_ROOM and creates nothing
+        assert error_code(wired.send("a", frame)) == "INVALID_ROOM", room
+    assert wired.store.rooms_of("a") == []
+
+
+@pytest.mark.parametrize("room", ["a", "A-z_0.9:x", "r" * 64, "market_data", "admin", "alerts_x"])
+def test_valid_room_names(wired: Wired, room: str) -> None:
+    wired.connect("a", permissions=MEMBER)
+    assert wired.send("a", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+
+
+@pytest.mark.parametrize(
+    ("room", "permission"),
+    [
+        ("market_data_AAPL", "read:market_data"),
+        ("predictions_TSLA", "read:predictions"),
+        ("alerts", "read:alerts"),
+        ("admin.ops", "admin"),
+    ],
+)
+def test_data_and_admin_rooms_need_their_permission(wired: Wired, room: str, permission: str) -> None:
+    # GIVEN a client allowed to join rooms but without the room's read permission
+    wired.connect("plain", user_id="plain", permissions=MEMBER)
+    wired.connect("reader", user_id="reader", permissions=(*MEMBER, permission))
+    # THEN it gets FORBIDDEN and does not become a member
+    reply = wired.send("plain", {"action": "joinRoom", "room": room})
+    assert error_code(reply) == "FORBIDDEN"
+    assert wired.store.room_members(room) == []
+    # AND a client with the permission joins
+    assert wired.send("reader", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+
+
+def test_admin_may_join_every_room(wired: Wired) -> None:
+    wired.connect("root", permissions=("admin",))
+    for room in ("admin.ops", "market_data_AAPL", "alerts", "predictions_X", "lobby"):
+        assert wired.send("root", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+
+
+def test_other_read_permissions_do_not_open_a_data_room(wired: Wired) -> None:
+    wired.connect("a", permissions=(*MEMBER, "read:predictions", "read:alerts"))
+    assert error_code(wired.send("a", {"action": "joinRoom", "room": "market_data_AAPL"})) == "FORBIDDEN"
+
+
+def test_joining_needs_rooms_join(wired: Wired) -> None:
+    wired.connect("a", permissions=("rooms:send", "read:market_data"))
+    assert error_code(wired.send("a", {"action": "joinRoom", "room": "lobby"})) == "FORBIDDEN"
+    assert wired.store.room_members("lobby") == []
+
+
+def test_sending_needs_rooms_send(wired: Wired) -> None:
+    wired.connect("a", permissions=("rooms:join",))
+    wired.connect("b")
+    wired.send("a", {"action": "joinRoom", "room": "lobby"})
+    wired.send("b", {"action": "joinRoom", "room": "lobby"})
+    before = len(wired.gateway.messages("b"))
+    assert error_code(wired.send("a", {"action": "sendRoomMessage", "room": "lobby", "message": "hi"})) == "FORBIDDEN"
+    assert len(wired.gateway.messages("b")) == before
+
+
+def test_sending_to_an_admin_room_needs_admin(wired: Wired) -> None:
+    wired.connect("a", permissions=MEMBER)
+    reply = wired.send("a", {"action": "sendRoomMessage", "room": "admin.ops", "message": "hi"})
+    assert error_code(reply) == "FORBIDDEN"
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def _race(count: int, work: Any) -> list[Any]:
+    """Run `work(i)` on `count` threads released together."""
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> Any:
+        barrier.wait()
+        return work(i)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def test_concurrent_joins_race_for_the_last_places(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN a room of capacity 5 and 20 clients joining it at the same moment
+    capacity, clients = 5, 20
+    wired = with_limits(settings, aws, clients_per_room=capacity)
+    for i in range(clients):
+        wired.connect(f"c{i:02d}", user_id=f"user-{i}")
+
+    def join(i: int) -> str:
+        cid = f"c{i:02d}"
+        wired.service.handle_frame(cid, '{"action": "joinRoom", "room": "hot"}')
+        [reply] = [m for m in wired.gateway.messages(cid) if m.get("target") == cid]
+        return reply["message_type"] if reply["message_type"] != "error" else reply["payload"]["error_code"]
+
+    # WHEN they race
+    results = Counter(_race(clients, join))
+    # THEN exactly `capacity` win, the rest get ROOM_FULL, and the count item equals the members
+    assert results == {"join_room": capacity, "ROOM_FULL": clients - capacity}
+    members = wired.store.room_members("hot")
+    assert len(members) == capacity
+    assert count_item(wired, "hot") == capacity
+    assert sum(wired.store.get_connection(f"c{i:02d}").room_count for i in range(clients)) == capacity
+
+
+def test_concurrent_joins_of_one_client_respect_its_room_limit(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN one connection joining 12 rooms at once with a limit of 4
+    wired = with_limits(settings, aws, rooms_per_client=4)
+    wired.connect("a")
+    outcomes = Counter(_race(12, lambda i: wired.store.join_room(f"room-{i}", "a", "user-1", 1000, 4)))
+    # THEN exactly 4 joins win and the counter agrees with the memberships
+    assert outcomes == {Outcome.DONE: 4, Outcome.LIMIT: 8}
+    assert len(wired.store.rooms_of("a")) == 4
+    assert wired.store.get_connection("a").room_count == 4
+
+
+def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
+    settings: Settings, aws: dict[str, Any]
+) -> None:
+    # GIVEN ten members, five of whom leave while five others join, all at once
+    wired = with_limits(settings, aws, clients_per_room=12)
+    for i in range(15):
+        wired.connect(f"c{i:02d}")
+    for i in range(10):
+        wired.store.join_room("mixed", f"c{i:02d}", "u", 12, 10)
+
+    def move(i: int) -> bool | Outcome:
+        if i < 5:
+            return wired.store.leave_room("mixed", f"c{i:02d}")
+        return wired.store.join_room("mixed", f"c{i + 5:02d}", "u", 12, 10)
+
+    _race(10, move)
+    # THEN the count item equals the members: 10 - 5 + 5
+    assert len(wired.store.room_members("mixed")) == 10
+    assert count_item(wired, "mixed") == 10
