@@ -1,0 +1,288 @@
+"""moto in server mode as the local stack's DynamoDB, SQS and EventBridge.
+
+Two ways to run it:
+
+* ``subprocess`` (the default): a child Python process serves moto, so moto's
+  request handling (XML/JSON (de)serialisation, werkzeug, the SQS long-poll
+  loop) runs on its own interpreter and its own core instead of competing for
+  the GIL with the gateway emulator and the handlers' worker threads. The
+  child learns its port from the kernel (port 0 works, race-free) and reports
+  it on stdout; it exits when its stdin closes, so it never outlives a parent
+  that died without cleaning up.
+* ``thread``: the same server on a thread inside this process. Starts faster
+  and is handy under a debugger, but shares the GIL with everything else.
+
+Measured on this 2-core machine with the whole local stack under the
+simulator's load plus a burst of PutEvents, publish-to-receive latency was
+lower and steadier with the subprocess (see the module docstring of
+``local/stack.py`` for the numbers), which is why it is the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import IO, Any, Literal
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4566
+READY_PREFIX = "MOTO_READY"
+
+Mode = Literal["subprocess", "thread"]
+
+# moto signs nothing and checks nothing, but botocore refuses to send unsigned requests.
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class MotoServerError(RuntimeError):
+    """moto did not come up (port taken, child crashed) or did not answer in time."""
+
+
+class MotoServer:
+    """One moto server: start, wait until it answers, hand out clients, stop.
+
+    ``port=0`` asks the kernel for a free port; ``endpoint_url`` has the real one after ``start()``.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        mode: Mode = "subprocess",
+        region: str = "us-east-1",
+        start_timeout: float = 30.0,
+    ) -> None:
+        if mode not in ("subprocess", "thread"):
+            raise ValueError(f"mode must be 'subprocess' or 'thread', not {mode!r}")
+        self.host = host
+        self.port = port
+        self.mode: Mode = mode
+        self.region = region
+        self.start_timeout = start_timeout
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+        self._threaded: Any = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        return self._threaded is not None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> MotoServer:
+        if self.running:
+            return self
+        if self.mode == "thread":
+            self._start_thread()
+        else:
+            self._start_subprocess()
+        self.wait_until_answering(self.start_timeout)
+        return self
+
+    def _start_thread(self) -> None:
+        try:
+            server = _make_server(self.host, self.port)
+        except OSError as error:
+            raise MotoServerError(f"moto could not listen on {self.host}:{self.port}: {error}") from error
+        threading.Thread(target=server.serve_forever, name="moto-server", daemon=True).start()
+        self._threaded = server
+        self.port = server.server_port
+
+    def _start_subprocess(self) -> None:
+        command = [sys.executable, "-m", "local.moto_server", "--host", self.host, "--port", str(self.port)]
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+        # stderr goes to a file, not a pipe: nobody reads a pipe while the stack runs, and a full pipe would
+        # block the child mid-request. The file is read only to explain a failed start.
+        self._stderr = tempfile.TemporaryFile(mode="w+", prefix="moto-server-", suffix=".log")  # noqa: SIM115
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=project_root,
+            env=env,
+        )
+        line = self._read_ready_line()
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != READY_PREFIX:
+            errors = self._drain_stderr()
+            self.stop()
+            raise MotoServerError(f"moto server did not start: {line.strip() or errors or 'no output'}")
+        self.port = int(parts[2])
+
+    def _read_ready_line(self) -> str:
+        """The child's first stdout line, or '' if it does not print one in time (a hung child is killed)."""
+        assert self._process is not None and self._process.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(self.start_timeout)
+        return lines[0] if lines else ""
+
+    def _drain_stderr(self) -> str:
+        if self._stderr is None:
+            return ""
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                return ""
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:].strip()
+
+    def wait_until_answering(self, timeout: float) -> None:
+        """Poll moto's own status endpoint until it answers: a bound port is not yet a serving app."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise MotoServerError(f"moto server exited with {self._process.returncode}: {self._drain_stderr()}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as error:
+                last_error = error
+            time.sleep(0.05)
+        raise MotoServerError(f"moto server at {self.endpoint_url} did not answer within {timeout}s: {last_error}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._threaded is not None:
+            self._threaded.shutdown()
+            self._threaded.server_close()
+            self._threaded = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            # Closing stdin is the child's cue to shut down; SIGTERM and SIGKILL back it up.
+            try:
+                if process.stdin is not None:
+                    process.stdin.close()
+                process.wait(timeout=timeout / 2)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                try:
+                    process.wait(timeout=timeout / 2)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for stream in (process.stdout, process.stdin, self._stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._stderr = None
+
+    def reset(self) -> None:
+        """Forget every table, queue, bus and item (moto's reset API): a clean slate without a restart."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ clients and provisioning
+
+    def client(self, service: str, **config: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, **config),
+            **CREDENTIALS,
+        )
+
+    def provision(self, settings: Any) -> tuple[Any, dict[str, Any]]:
+        """Tables, queues, bus and rules exactly as ``local/provision.py`` declares them from the topology."""
+        from local.provision import provision
+
+        return provision(self.client("dynamodb"), self.client("sqs"), self.client("events"), settings)
+
+
+# ---------------------------------------------------------------------- the child process
+
+
+def _make_server(host: str, port: int) -> Any:
+    """moto's WSGI app on a threaded werkzeug server, bound here so a taken port raises at once.
+
+    (``moto.server.ThreadedMotoServer`` binds inside its thread and then waits forever
+    for a ready event that a failed bind never sets.)
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    class QuietRequestHandler(MotoRequestHandler):
+        # One access-log line per request would flood the terminal of `make dev` (and fill the pipe of a child).
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    app = DomainDispatcherApplication(create_backend_app)
+    try:
+        return make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
+    except SystemExit as exit_:
+        # werkzeug reports a taken port by printing and calling sys.exit; make it an ordinary bind error.
+        raise OSError(f"port {port} on {host} is in use") from exit_
+
+
+def _serve(host: str, port: int) -> None:
+    """Run moto in this process until stdin closes or a signal arrives."""
+    server = _make_server(host, port)
+    threading.Thread(target=server.serve_forever, name="moto-server", daemon=True).start()
+    print(f"{READY_PREFIX} {host} {server.server_port}", flush=True)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop: Ctrl-C reaches both
+
+    def watch_stdin() -> None:
+        # EOF on stdin means the parent closed it or died: either way, time to go.
+        sys.stdin.read()
+        stopping.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    stopping.wait()
+    server.shutdown()
+    server.server_close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moto server for the QuantTrade local stack (DynamoDB, SQS, Events)")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed on stdout)")
+    args = parser.parse_args(argv)
+    try:
+        _serve(args.host, args.port)
+    except OSError as error:
+        print(f"MOTO_FAILED {error}", flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""SQS event source mappings for the local stack: what Lambda's poller does, against moto.
+
+For every function with `consumes` in the topology, a `QueuePump` long-polls
+its queue, hands each batch to the function exactly as Lambda's SQS event
+source mapping would (record shape, batch size, one batch in flight per queue
+so FIFO groups keep their order), and honours the answer:
+
+* a `batchItemFailures` response deletes every other record; the failed ones
+  stay in flight and reappear after the visibility timeout;
+* a response Lambda cannot read (an item identifier that is empty or not in
+  the batch) and a handler that raises or times out fail the whole batch:
+  nothing is deleted;
+* after `maxReceiveCount` receives the queue moves a message to its DLQ. moto
+  does that itself in server mode, on the receive after the last allowed one,
+  as SQS does (tests/integration/test_pump.py holds it to that), so the pump
+  does not re-implement it.
+
+Latency: moto wakes a long poll as soon as a message arrives (a condition
+variable notified by SendMessage), so a long poll returns in ~5 ms and an idle
+pump costs one request per `wait_seconds`. One moto quirk is worked around: a
+long poll on a FIFO queue whose only visible messages belong to a group that
+has messages in flight busy-loops inside moto for the whole wait (100% of a
+core: its wake-up predicate ignores group locks). That state arises after a
+partial failure, so while failed records are still in flight the pump short
+polls every `blocked_poll_interval` instead, and returns to long polling when
+their visibility timeout has passed.
+
+A second moto quirk breaks FIFO order on redelivery: when several in-flight
+messages of one group become visible together, moto hands out the *last* one
+first (it unlocks the group only after stepping past the earlier ones). So
+the pump makes failed FIFO records visible itself, all at once with
+ChangeMessageVisibility(0), a moment before their timeout would have, and
+moto then returns them in queue order as SQS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from local.lambda_runtime import LambdaFunction
+from quanttrade_ws import topology
+
+logger = logging.getLogger("quanttrade.local.pump")
+
+RELEASE_MARGIN_SECONDS = 0.15
+
+# The system attributes Lambda puts in each record, in its order.
+RECORD_ATTRIBUTES = (
+    "ApproximateReceiveCount",
+    "AWSTraceHeader",
+    "SentTimestamp",
+    "SequenceNumber",
+    "MessageGroupId",
+    "SenderId",
+    "MessageDeduplicationId",
+    "ApproximateFirstReceiveTimestamp",
+)
+
+
+@dataclass
+class PumpStats:
+    receives: int = 0
+    batches: int = 0
+    records: int = 0
+    deleted: int = 0
+    failed_records: int = 0  # reported in batchItemFailures
+    failed_batches: int = 0  # handler raised, timed out or answered unreadably
+    last_error: str | None = None
+    latencies_ms: list[float] = field(default_factory=list)  # SentTimestamp -> handler invoked, last 1000
+
+    def as_dict(self) -> dict[str, Any]:
+        recent = sorted(self.latencies_ms)
+        return {
+            "receives": self.receives,
+            "batches": self.batches,
+            "records": self.records,
+            "deleted": self.deleted,
+            "failed_records": self.failed_records,
+            "failed_batches": self.failed_batches,
+            "last_error": self.last_error,
+            "queue_lag_ms_p50": round(recent[len(recent) // 2], 1) if recent else None,
+        }
+
+
+class QueuePump:
+    """One event source mapping: a queue polled for one function, batches processed one at a time."""
+
+    def __init__(
+        self,
+        function: LambdaFunction,
+        sqs_factory: Callable[[], Any],
+        queue_url: str,
+        queue_arn: str,
+        *,
+        batch_size: int = 10,
+        visibility_timeout: float = 30.0,
+        fifo: bool | None = None,
+        region: str = "us-east-1",
+        wait_seconds: int = 1,
+        blocked_poll_interval: float = 0.05,
+        error_backoff: float = 0.5,
+    ) -> None:
+        if not 1 <= batch_size <= 10:
+            raise ValueError("an SQS event source takes 1 to 10 records per batch here (ReceiveMessage's maximum)")
+        self.function = function
+        self.queue_url = queue_url
+        self.queue_arn = queue_arn
+        self.batch_size = batch_size
+        self.visibility_timeout = visibility_timeout
+        self.fifo = queue_url.endswith(".fifo") if fifo is None else fifo
+        self.region = region
+        self.wait_seconds = wait_seconds
+        self.blocked_poll_interval = blocked_poll_interval
+        self.error_backoff = error_backoff
+        self.stats = PumpStats()
+        self._sqs_factory = sqs_factory
+        self._sqs: Any = None
+        self._io: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._blocked_until = 0.0
+        self._releases: list[tuple[float, list[str]]] = []  # (when, receipt handles) of failed FIFO records
+        self._sequence_numbers: OrderedDict[str, str] = OrderedDict()
+        self._last_sequence = 0
+        self._idle = asyncio.Event()
+
+    @classmethod
+    def for_function(
+        cls,
+        declaration: topology.Function,
+        function: LambdaFunction,
+        sqs_factory: Callable[[], Any],
+        queue_url: str,
+        queue_arn: str,
+        **options: Any,
+    ) -> QueuePump:
+        """The mapping the topology declares: its queue's visibility timeout, the function's batch size."""
+        queue = declaration.consumes
+        if queue is None:
+            raise ValueError(f"{declaration.name} consumes no queue")
+        options.setdefault("batch_size", declaration.batch_size)
+        options.setdefault("visibility_timeout", queue.visibility_timeout_seconds)
+        options.setdefault("fifo", queue.fifo)
+        return cls(function, sqs_factory, queue_url, queue_arn, **options)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stopping.clear()
+        # boto3 calls block; a private thread keeps a long poll from occupying a worker of the loop's default pool.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pump-{self.function.name}")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"pump-{self.function.name}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (a received batch is never abandoned in flight), then stop polling."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        if self._io is not None:
+            self._io.shutdown(wait=False, cancel_futures=True)
+            self._io = None
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Whether a receive came back empty within `timeout` (the queue had nothing visible)."""
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            if self._releases and time.monotonic() >= self._releases[0][0]:
+                await loop.run_in_executor(self._io, self._release_due)
+            blocked = self.fifo and time.monotonic() < self._blocked_until
+            wait = 0 if blocked else self.wait_seconds
+            try:
+                messages = await loop.run_in_executor(self._io, self._receive, wait)
+            except Exception as error:
+                # moto restarting or unreachable: keep trying, as the Lambda poller does, without spinning.
+                self.stats.last_error = f"receive: {type(error).__name__}: {error}"
+                logger.warning("%s: ReceiveMessage failed: %s", self.function.name, error)
+                await self._pause(self.error_backoff)
+                continue
+            self.stats.receives += 1
+            if not messages:
+                self._idle.set()
+                if blocked:
+                    await self._pause(self.blocked_poll_interval)
+                continue
+            await self._process(messages)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _receive(self, wait_seconds: int) -> list[dict[str, Any]]:
+        if self._sqs is None:
+            self._sqs = self._sqs_factory()
+        response = self._sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return list(response.get("Messages", []))
+
+    async def _process(self, messages: list[dict[str, Any]]) -> None:
+        received_at = time.monotonic()
+        records = [self.record(message) for message in messages]
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        now_ms = time.time() * 1000
+        for message in messages:
+            sent = message.get("Attributes", {}).get("SentTimestamp")
+            if sent:
+                self.stats.latencies_ms.append(max(0.0, now_ms - int(sent)))
+        del self.stats.latencies_ms[:-1000]
+        try:
+            response = await self.function.invoke({"Records": records})
+        except Exception as error:
+            # Lambda: an invocation error fails the whole batch; every record comes back after the timeout.
+            self.stats.failed_batches += 1
+            self.stats.last_error = f"{self.function.name}: {type(error).__name__}: {error}"
+            logger.error(
+                "%s failed a batch of %d: %s: %s", self.function.name, len(records), type(error).__name__, error
+            )
+            self._block_from(received_at, messages)
+            return
+        failed = self.failed_ids(response, {record["messageId"] for record in records})
+        if failed is None:
+            self.stats.failed_batches += 1
+            self.stats.last_error = f"{self.function.name}: unreadable batchItemFailures {str(response)[:200]}"
+            logger.error("%s answered an unreadable partial batch response: %.200s", self.function.name, response)
+            self._block_from(received_at, messages)
+            return
+        if failed:
+            self.stats.failed_records += len(failed)
+            self._block_from(received_at, [message for message in messages if message["MessageId"] in failed])
+        done = [message for message in messages if message["MessageId"] not in failed]
+        if done:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._delete, done)
+
+    def _block_from(self, received_at: float, failed: list[dict[str, Any]]) -> None:
+        self._blocked_until = max(self._blocked_until, received_at + self.visibility_timeout)
+        if self.fifo:
+            # Slightly early, so the release always beats moto's own expiry (which would reorder them).
+            when = received_at + max(0.0, self.visibility_timeout - RELEASE_MARGIN_SECONDS)
+            self._releases.append((when, [message["ReceiptHandle"] for message in failed]))
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        due = [handles for when, handles in self._releases if when <= now]
+        self._releases = [(when, handles) for when, handles in self._releases if when > now]
+        handles = [handle for batch in due for handle in batch]
+        for start in range(0, len(handles), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                for i, handle in enumerate(handles[start : start + 10])
+            ]
+            try:
+                self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            except Exception as error:
+                # They still come back on their own when the timeout runs out, possibly reordered by moto.
+                logger.warning("%s: could not release failed records: %s", self.function.name, error)
+
+    def _delete(self, messages: list[dict[str, Any]]) -> None:
+        for start in range(0, len(messages), 10):
+            chunk = messages[start : start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
+            try:
+                response = self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except Exception as error:
+                # Undeleted records come back after the visibility timeout: at-least-once, as on AWS.
+                self.stats.last_error = f"delete: {type(error).__name__}: {error}"
+                logger.warning("%s: DeleteMessageBatch failed: %s", self.function.name, error)
+                continue
+            self.stats.deleted += len(response.get("Successful", []))
+            for failure in response.get("Failed", []):
+                logger.warning("%s: could not delete a message: %s", self.function.name, failure)
+
+    # ------------------------------------------------------------------ Lambda's shapes
+
+    @staticmethod
+    def failed_ids(response: Any, batch_ids: set[str]) -> set[str] | None:
+        """The records to keep, per Lambda's rules for ReportBatchItemFailures; None fails the whole batch.
+
+        No response, or one without `batchItemFailures` (or with an empty list), means every record succeeded;
+        anything else that is not an object cannot be read as a partial response and fails the batch.
+        """
+        if response is None:
+            return set()
+        if not isinstance(response, dict):
+            return None
+        failures = response.get("batchItemFailures")
+        if failures is None:
+            return set()
+        if not isinstance(failures, list):
+            return None
+        failed: set[str] = set()
+        for failure in failures:
+            identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+            if not isinstance(identifier, str) or identifier not in batch_ids:
+                return None
+            failed.add(identifier)
+        return failed
+
+    def record(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One SQS message as a record of Lambda's SQS event."""
+        received = message.get("Attributes", {})
+        attributes = {name: str(received[name]) for name in RECORD_ATTRIBUTES if name in received}
+        if self.fifo and "SequenceNumber" not in attributes:
+            attributes["SequenceNumber"] = self._sequence_number(message["MessageId"])
+        ordered = {name: attributes[name] for name in RECORD_ATTRIBUTES if name in attributes}
+        record: dict[str, Any] = {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": ordered,
+            "messageAttributes": {
+                name: _lambda_message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
+            },
+            "md5OfBody": message.get("MD5OfBody") or hashlib.md5(message["Body"].encode()).hexdigest(),
+        }
+        if message.get("MD5OfMessageAttributes"):
+            record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+        record.update({"eventSource": "aws:sqs", "eventSourceARN": self.queue_arn, "awsRegion": self.region})
+        return record
+
+    def _sequence_number(self, message_id: str) -> str:
+        """SQS gives every FIFO message a 20 digit, increasing SequenceNumber; moto only does when the
+        sender set a deduplication id (content-based deduplication gets none), so one is made here,
+        increasing in receive order and stable across redeliveries of the same message."""
+        known = self._sequence_numbers.get(message_id)
+        if known is not None:
+            self._sequence_numbers.move_to_end(message_id)
+            return known
+        self._last_sequence = max(self._last_sequence + 1, 10**19 + time.time_ns() // 1000 * 1000)
+        number = str(self._last_sequence)
+        self._sequence_numbers[message_id] = number
+        if len(self._sequence_numbers) > 10_000:
+            self._sequence_numbers.popitem(last=False)
+        return number
+
+
+def _lambda_message_attribute(value: dict[str, Any]) -> dict[str, Any]:
+    """SQS's MessageAttributeValue as Lambda spells it (camelCase, list fields always present)."""
+    attribute: dict[str, Any] = {
+        "stringListValues": list(value.get("StringListValues", [])),
+        "binaryListValues": list(value.get("BinaryListValues", [])),
+        "dataType": value.get("DataType", "String"),
+    }
+    if "StringValue" in value:
+        attribute["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        binary = value["BinaryValue"]
+        if isinstance(binary, bytes | bytearray):
+            import base64
+
+            binary = base64.b64encode(binary).decode()
+        attribute["binaryValue"] = binary
+    return attribute
+
+
+def pumps_from_topology(
+    functions: dict[str, LambdaFunction],
+    queues: dict[str, Any],
+    sqs_factory: Callable[[], Any],
+    *,
+    region: str = "us-east-1",
+    **options: Any,
+) -> list[QueuePump]:
+    """One pump per topology function that consumes a queue.
+
+    `functions` maps topology function names to their LambdaFunction; `queues`
+    maps queue logical ids to provision's QueueUrls (url, arn, dlq_url).
+    """
+    pumps = []
+    for declaration in topology.FUNCTIONS:
+        if declaration.consumes is None:
+            continue
+        urls = queues[declaration.consumes.logical_id]
+        pumps.append(
+            QueuePump.for_function(
+                declaration, functions[declaration.name], sqs_factory, urls.url, urls.arn, region=region, **options
+            )
+        )
+    return pumps
