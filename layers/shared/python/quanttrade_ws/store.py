@@ -174,8 +174,10 @@ class DynamoStore:
             self._db.update_item(
                 TableName=self.connections_table,
                 Key={"pk": _s(connection_id)},
-                UpdateExpression="SET permissions = :p, subscription_level = :l, token_expires_at = :e",
+                # `permissions` is a DynamoDB reserved word: it must go through a name placeholder.
+                UpdateExpression="SET #p = :p, subscription_level = :l, token_expires_at = :e",
                 ConditionExpression="attribute_exists(pk) AND user_id = :u",
+                ExpressionAttributeNames={"#p": "permissions"},
                 ExpressionAttributeValues={
                     ":p": _s(",".join(sorted(identity.permissions))),
                     ":l": _s(identity.subscription_level),
