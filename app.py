@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""CDK entry point for QuantTrade.
+
+    cdk synth                                   # through the CDK CLI (cdk.json names this file)
+    python app.py                               # offline, no credentials; writes $CDK_OUTDIR or ./cdk.out
+    python app.py -c stage_name=dev -c settings.chunk_size=500
+
+Context keys are documented in infra/context.py. The third-party dependency
+layer is built (or taken from the .build/ cache) before synthesis; see
+infra/layers_build.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+# The stack reads the service topology and settings model from the shared
+# layer's package, the same code the functions run.
+for entry in (REPO_ROOT, REPO_ROOT / "layers" / "shared" / "python"):
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+from infra.application import create_app  # noqa: E402
+from infra.context import ContextError  # noqa: E402
+from infra.layers_build import DepsLayerUnavailable  # noqa: E402
+
+
+def _cli_context(argv: list[str]) -> dict[str, str]:
+    """`-c key=value` pairs, so a direct `python app.py` takes context like `cdk synth` does."""
+    context: dict[str, str] = {}
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-c", "--context"):
+            pair = next(args, None)
+        elif arg.startswith("--context="):
+            pair = arg.split("=", 1)[1]
+        else:
+            raise SystemExit(f"unexpected argument {arg!r}; usage: python app.py [-c key=value ...]")
+        if pair is None or "=" not in pair:
+            raise SystemExit(f"context must be key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        context[key] = value
+    return context
+
+
+def main(argv: list[str]) -> int:
+    try:
+        app, _ = create_app(context=_cli_context(argv))
+        app.synth()
+    except (ContextError, DepsLayerUnavailable) as error:
+        print(f"synth failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,189 @@
+"""What can be tuned at synth time, read from CDK context and validated before anything is built.
+
+Two groups of keys, both settable in cdk.json or with `-c` on the command line
+(command-line values arrive as strings and are coerced; a bad value fails synth):
+
+Service settings (`quanttrade_ws.config.Settings`, passed to every function as
+environment through `Settings.to_env()`):
+
+    -c settings='{"limits": {"rooms_per_client": 5}, "chunk_size": 500}'   one JSON object
+    -c settings.chunk_size=500                                           one field
+    -c settings.limits.rooms_per_client=5                                one limit
+
+Single-field keys win over the JSON object. Every `Settings` field is accepted
+except those the stack itself owns: `region`, the table names, the queue and
+dead-letter queue URLs, `management_endpoint`, `aws_endpoint_url` (local stack
+only), `jwt_secret_arn`, and `jwt_secret`, which is refused outright because a
+value given here would end up in the template.
+
+Infrastructure keys (see `InfraConfig` for defaults):
+
+    stage_name                 WebSocket API stage, also in the management endpoint (prod)
+    throttle_rate_limit        default route throttling, requests per second (2000)
+    throttle_burst_limit       default route throttling, burst (5000)
+    log_retention_days         every log group, a CloudWatch Logs retention value (30)
+    removal_policy             retain | destroy | snapshot, for tables, secret and log groups (retain)
+    domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
+    jwks_url                   switch token verification to RS256 against this JWKS URL
+    event_archive_retention_days   replay window of the event bus archive (30)
+    delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
+    queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
+    alarm_email                optional address subscribed to the alarm topic
+    apigw_account_logging_role create API Gateway's account-level CloudWatch role (true)
+    account, region            pin the stack's environment; otherwise it is environment-agnostic
+    deps_layer_dir             tests only: a prebuilt directory used instead of the real deps layer
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Literal
+
+from constructs import Node
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quanttrade_ws import topology
+from quanttrade_ws.config import Settings
+
+SETTINGS_KEY = "settings"
+
+
+@functools.cache
+def settings_field_for_env(env_var: str) -> str | None:
+    """The `Settings` field that `Settings.from_env` fills from a resource variable (a table or queue)."""
+    # Asking from_env itself keeps this mapping in one place, the settings
+    # model, instead of repeating its naming rules here.
+    probe = "probe:" + env_var
+    parsed = Settings.from_env({env_var: probe, "QT_JWT_SECRET_ARN": "probe"})
+    return next((name for name, value in parsed if value == probe), None)
+
+
+def _resource_env_vars() -> list[str]:
+    env_vars = [table.env_var for table in topology.TABLES]
+    for queue in topology.QUEUES:
+        env_vars += [queue.env_var, queue.dlq_env_var]
+    return env_vars
+
+
+# Fields the stack fills from the resources it creates; a context value for
+# them would be silently overwritten, so it is rejected instead.
+STACK_OWNED_SETTINGS = frozenset(
+    {"region", "management_endpoint", "aws_endpoint_url", "jwt_secret_arn"}
+    | {field for field in map(settings_field_for_env, _resource_env_vars()) if field}
+)
+
+# CloudWatch Logs accepts only these retention periods.
+VALID_RETENTION_DAYS = frozenset(
+    {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+)
+
+
+class ContextError(ValueError):
+    """A context value that cannot be used; raised during synth so nothing half-valid is deployed."""
+
+
+class InfraConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage_name: str = Field("prod", pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    throttle_rate_limit: float = Field(2000, gt=0)
+    throttle_burst_limit: int = Field(5000, ge=0)
+    log_retention_days: int = 30
+    removal_policy: Literal["retain", "destroy", "snapshot"] = "retain"
+    domain_name: str | None = None
+    certificate_arn: str | None = None
+    jwks_url: str | None = None
+    event_archive_retention_days: int = Field(30, ge=1)
+    delivery_lag_threshold_ms: float = Field(2000, gt=0)
+    queue_age_threshold_seconds: int = Field(300, ge=60)
+    alarm_email: str | None = None
+    apigw_account_logging_role: bool = True
+    account: str | None = None
+    region: str | None = None
+    deps_layer_dir: str | None = None
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _known_retention(cls, value: int) -> int:
+        if value not in VALID_RETENTION_DAYS:
+            raise ValueError(f"log_retention_days must be one of {sorted(VALID_RETENTION_DAYS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _domain_pair(self) -> InfraConfig:
+        if bool(self.domain_name) != bool(self.certificate_arn):
+            raise ValueError("domain_name and certificate_arn go together: give both or neither")
+        return self
+
+
+def _parse_json_object(key: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ContextError(f"context '{key}' is not valid JSON: {error}") from error
+    if not isinstance(raw, dict):
+        raise ContextError(f"context '{key}' must be a JSON object, got {type(raw).__name__}")
+    return dict(raw)
+
+
+def _context_dict(node: Node) -> dict[str, Any]:
+    # `try_get_context` needs a key, and the dotted settings keys are
+    # open-ended, so read everything the node sees (cdk.json and -c included).
+    return dict(node.get_all_context() or {})
+
+
+def settings_overrides(node: Node) -> dict[str, Any]:
+    """The `Settings` fields that context sets, as a nested dict ready for `Settings(**...)`."""
+    context = _context_dict(node)
+    values = _parse_json_object(SETTINGS_KEY, context.get(SETTINGS_KEY))
+    limits = _parse_json_object(f"{SETTINGS_KEY}.limits", values.pop("limits", None))
+    prefix = SETTINGS_KEY + "."
+    for key, value in context.items():
+        if not key.startswith(prefix):
+            continue
+        path = key[len(prefix) :].split(".")
+        if len(path) == 2 and path[0] == "limits":
+            limits[path[1]] = value
+        elif len(path) == 1:
+            values[path[0]] = value
+        else:
+            raise ContextError(f"context key '{key}' does not name a settings field")
+    if limits:
+        values["limits"] = limits
+
+    if "jwt_secret" in values:
+        raise ContextError(
+            "settings.jwt_secret cannot be set through context: it would be written into the template. "
+            "The stack generates the HS256 key in Secrets Manager; use jwks_url for RS256."
+        )
+    owned = STACK_OWNED_SETTINGS.intersection(values)
+    if owned:
+        raise ContextError(f"settings {sorted(owned)} are set by the stack from the resources it creates")
+    unknown = set(values) - set(Settings.model_fields)
+    if unknown:
+        raise ContextError(f"unknown settings {sorted(unknown)}; known: {sorted(Settings.model_fields)}")
+    return values
+
+
+def infra_config(node: Node) -> InfraConfig:
+    context = _context_dict(node)
+    values = {name: context[name] for name in InfraConfig.model_fields if context.get(name) not in (None, "")}
+    try:
+        return InfraConfig(**values)
+    except ValidationError as error:
+        raise ContextError(f"invalid infrastructure context:\n{error}") from error
+
+
+def validated_settings(overrides: dict[str, Any], **stack_values: Any) -> Settings:
+    """Build `Settings` from context overrides plus what the stack provides; bad values fail synth."""
+    merged = {**overrides, **stack_values}
+    if isinstance(overrides.get("limits"), dict):
+        merged["limits"] = dict(overrides["limits"])
+    try:
+        return Settings(**merged)
+    except ValidationError as error:
+        raise ContextError(f"invalid service settings from context:\n{error}") from error

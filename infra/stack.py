@@ -1,0 +1,126 @@
+"""QuantTradeStack: every concern's construct, wired together in dependency order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from constructs import Construct
+
+from infra.admin_api import AdminApi
+from infra.auth import TokenKey
+from infra.context import ContextError, InfraConfig, settings_overrides, validated_settings
+from infra.fanout import FanOut
+from infra.functions import DepsLayerSource, Functions
+from infra.monitoring import Monitoring
+from infra.sweeper import Sweeper
+from infra.tables import Tables
+from infra.websocket_api import WebSocketApi
+from quanttrade_ws import topology
+
+REMOVAL_POLICIES = {
+    "retain": RemovalPolicy.RETAIN,
+    "destroy": RemovalPolicy.DESTROY,
+    "snapshot": RemovalPolicy.SNAPSHOT,
+}
+
+
+class QuantTradeStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: InfraConfig,
+        deps_layer: DepsLayerSource,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        overrides = settings_overrides(self.node)
+        jwks_url = config.jwks_url or overrides.pop("jwks_url", None)
+        if jwks_url and overrides.pop("jwt_algorithm", "RS256") != "RS256":
+            raise ContextError("jwks_url is given, so access tokens are RS256; settings.jwt_algorithm disagrees")
+        # Validate the context's settings before any resource exists, with
+        # placeholders for what the stack will fill in, so a bad value fails
+        # with one clear message instead of one per function.
+        placeholders: dict[str, str] = {"jwt_secret_arn": "pending"}
+        if jwks_url:
+            placeholders.update(jwt_algorithm="RS256", jwks_url=jwks_url)
+        validated_settings(overrides, **placeholders)
+
+        # Stateful resources keep their data unless told otherwise; SNAPSHOT
+        # only means something to tables, so everything else then retains.
+        removal = REMOVAL_POLICIES[config.removal_policy]
+        other_removal = RemovalPolicy.RETAIN if removal == RemovalPolicy.SNAPSHOT else removal
+
+        self.tables = Tables(self, "Tables", removal_policy=removal)
+        self.fanout = FanOut(self, "FanOut", archive_retention_days=config.event_archive_retention_days)
+        self.websocket = WebSocketApi(self, "WebSocket", stage_name=config.stage_name)
+        self.token_key = TokenKey(self, "TokenKey", jwks_url=jwks_url, removal_policy=other_removal)
+        self.functions = Functions(
+            self,
+            "Functions",
+            tables=self.tables,
+            fanout=self.fanout,
+            token_key=self.token_key,
+            settings_overrides=overrides,
+            websocket_api_id=self.websocket.api_id,
+            stage_name=config.stage_name,
+            deps_layer=deps_layer,
+            log_retention_days=config.log_retention_days,
+            removal_policy=other_removal,
+        )
+        functions = self.functions.functions
+
+        self.websocket.add_routes(
+            dict(functions),
+            authorizer_function=functions[topology.AUTHORIZER.name],
+            throttle_rate_limit=config.throttle_rate_limit,
+            throttle_burst_limit=config.throttle_burst_limit,
+            log_retention_days=config.log_retention_days,
+            removal_policy=other_removal,
+            account_logging_role=config.apigw_account_logging_role,
+            domain_name=config.domain_name,
+            certificate_arn=config.certificate_arn,
+        )
+        self.fanout.connect_consumers(functions)
+        self.sweeper = Sweeper(self, "Sweeper", sweeper_function=functions[topology.SWEEPER.name])
+        self.admin = AdminApi(
+            self,
+            "Admin",
+            admin_function=functions[topology.ADMIN.name],
+            log_retention_days=config.log_retention_days,
+            removal_policy=other_removal,
+        )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            functions=functions,
+            source_queues={declared.logical_id: self.fanout.queue(declared) for declared in topology.QUEUES},
+            dead_letter_queues={
+                **{declared.dlq_logical_id: self.fanout.dead_letter_queue(declared) for declared in topology.QUEUES},
+                "EventDeliveryDlq": self.fanout.event_delivery_dlq,
+            },
+            websocket_api_id=self.websocket.api_id,
+            stage_name=config.stage_name,
+            delivery_lag_threshold_ms=config.delivery_lag_threshold_ms,
+            queue_age_threshold_seconds=config.queue_age_threshold_seconds,
+            alarm_email=config.alarm_email,
+        )
+
+        CfnOutput(self, "WebSocketUrl", value=self.websocket.url, description="Clients connect here (wss://)")
+        CfnOutput(
+            self,
+            "ManagementApiEndpoint",
+            value=self.websocket.management_endpoint(),
+            description="API Gateway Management API endpoint for posting to connections",
+        )
+        CfnOutput(self, "EventBusName", value=self.fanout.bus.event_bus_name, description="Upstream PutEvents target")
+        CfnOutput(self, "AdminApiUrl", value=self.admin.url, description="IAM-authorised admin API")
+        if self.websocket.domain is not None:
+            CfnOutput(
+                self,
+                "CustomDomainTarget",
+                value=self.websocket.domain.regional_domain_name,
+                description="Point the custom domain's DNS (CNAME/alias) here",
+            )

@@ -1,0 +1,139 @@
+"""Tables, queues, the event bus and what feeds and drains them."""
+
+from __future__ import annotations
+
+import json
+
+from quanttrade_ws import topology
+from tests.infra.conftest import Synth
+
+FOURTEEN_DAYS = 14 * 24 * 3600
+
+
+def _table(synth: Synth, declared: topology.Table) -> dict:
+    return synth.json["Resources"][synth.logical_id(synth.stack.tables[declared])]["Properties"]
+
+
+def test_every_table_expires_rows_and_recovers_to_a_point_in_time(synth: Synth) -> None:
+    assert len(synth.resources("AWS::DynamoDB::Table")) == len(topology.TABLES)
+    for declared in topology.TABLES:
+        table = _table(synth, declared)
+        assert table["TimeToLiveSpecification"] == {"AttributeName": declared.ttl_attribute, "Enabled": True}
+        assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert table["BillingMode"] == "PAY_PER_REQUEST"
+        assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_tables_have_the_declared_keys_and_indexes(synth: Synth) -> None:
+    for declared in topology.TABLES:
+        table = _table(synth, declared)
+        keys = {key["AttributeName"]: key["KeyType"] for key in table["KeySchema"]}
+        expected = {declared.partition_key: "HASH"}
+        if declared.sort_key:
+            expected[declared.sort_key] = "RANGE"
+        assert keys == expected, declared.logical_id
+        types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+        for name, kind in types.items():
+            assert kind == declared.key_type(name), (declared.logical_id, name)
+        indexes = {index["IndexName"]: index for index in table.get("GlobalSecondaryIndexes", [])}
+        assert set(indexes) == {index.name for index in declared.indexes}
+        for index in declared.indexes:
+            schema = {key["AttributeName"]: key["KeyType"] for key in indexes[index.name]["KeySchema"]}
+            assert schema[index.partition_key] == "HASH"
+            if index.sort_key:
+                assert schema[index.sort_key] == "RANGE"
+
+
+def test_tables_survive_stack_deletion_by_default(synth: Synth) -> None:
+    for declared in topology.TABLES:
+        resource = synth.json["Resources"][synth.logical_id(synth.stack.tables[declared])]
+        assert resource["DeletionPolicy"] == "Retain"
+
+
+def test_every_source_queue_has_a_matching_dead_letter_queue(synth: Synth) -> None:
+    resources = synth.json["Resources"]
+    for declared in topology.QUEUES:
+        queue = resources[synth.logical_id(synth.stack.fanout.queue(declared))]["Properties"]
+        redrive = queue["RedrivePolicy"]
+        assert redrive["maxReceiveCount"] == declared.max_receive_count
+        dlq_id = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        assert dlq_id == synth.logical_id(synth.stack.fanout.dead_letter_queue(declared))
+        dlq = resources[dlq_id]["Properties"]
+        assert dlq["MessageRetentionPeriod"] == FOURTEEN_DAYS
+        assert bool(queue.get("FifoQueue")) == declared.fifo
+        assert bool(dlq.get("FifoQueue")) == declared.fifo
+        assert queue["VisibilityTimeout"] == declared.visibility_timeout_seconds
+
+
+def test_events_queue_deduplicates_by_content_for_eventbridge(synth: Synth) -> None:
+    queue = synth.json["Resources"][synth.logical_id(synth.stack.fanout.queue(topology.EVENTS_QUEUE))]
+    assert queue["Properties"]["ContentBasedDeduplication"] is True
+
+
+def test_every_queue_is_encrypted_and_refuses_plain_http(synth: Synth) -> None:
+    queues = synth.resources("AWS::SQS::Queue")
+    policies = json.dumps(synth.resources("AWS::SQS::QueuePolicy"))
+    for logical_id, queue in queues.items():
+        props = queue["Properties"]
+        assert props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, logical_id
+        assert logical_id in policies, f"{logical_id} has no queue policy (enforceSSL)"
+    for policy in synth.resources("AWS::SQS::QueuePolicy").values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in statements
+        )
+
+
+def test_one_rule_per_source_on_the_bus_to_the_events_queue(synth: Synth) -> None:
+    bus_id = synth.logical_id(synth.stack.fanout.bus)
+    bus = synth.json["Resources"][bus_id]["Properties"]
+    assert bus["Name"] == topology.EVENT_BUS_NAME
+    events_queue_id = synth.logical_id(synth.stack.fanout.queue(topology.EVENTS_QUEUE))
+    rules = {
+        json.dumps(rule["Properties"]["EventPattern"]["source"]): rule["Properties"]
+        for rule in synth.resources("AWS::Events::Rule").values()
+        if rule["Properties"].get("EventBusName") == {"Ref": bus_id}
+    }
+    assert len(rules) == len(topology.SOURCES)
+    for source in topology.SOURCES:
+        rule = rules[json.dumps([source.source])]
+        assert rule["EventPattern"]["detail-type"] == [source.detail_type]
+        (target,) = rule["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": [events_queue_id, "Arn"]}
+        assert target["SqsParameters"] == {"MessageGroupId": source.message_group}
+        assert "Arn" in target["DeadLetterConfig"]
+
+
+def test_bus_events_are_archived_for_replay(synth: Synth) -> None:
+    (archive,) = synth.resources("AWS::Events::Archive").values()
+    props = archive["Properties"]
+    assert props["RetentionDays"] >= 1
+    assert props["EventPattern"] == {"source": [{"prefix": "quanttrade."}]}
+    assert synth.logical_id(synth.stack.fanout.bus) in json.dumps(props["SourceArn"])
+
+
+def test_queue_consumers_report_partial_batch_failures(synth: Synth) -> None:
+    mappings = list(synth.resources("AWS::Lambda::EventSourceMapping").values())
+    consumers = [declared for declared in topology.FUNCTIONS if declared.consumes is not None]
+    assert len(mappings) == len(consumers)
+    for declared in consumers:
+        assert declared.consumes is not None
+        queue_id = synth.logical_id(synth.stack.fanout.queue(declared.consumes))
+        (mapping,) = [
+            m["Properties"] for m in mappings if m["Properties"]["FunctionName"] == {"Ref": synth.function_id(declared)}
+        ]
+        assert mapping["EventSourceArn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert mapping["BatchSize"] == declared.batch_size
+
+
+def test_sweeper_runs_every_five_minutes(synth: Synth) -> None:
+    sweeper_id = synth.function_id(topology.SWEEPER)
+    (rule,) = [
+        r["Properties"]
+        for r in synth.resources("AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    assert rule["ScheduleExpression"] == "rate(5 minutes)"
+    assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": [sweeper_id, "Arn"]}
