@@ -239,7 +239,7 @@ class DynamoStore:
 
     def count_rooms(self) -> int:
         return self._count(
-            self.rooms_table, "member = :meta AND member_count > :zero", {":meta": _s(ROOM_META), ":zero": _n(0)}
+            self.rooms_table, "member_id = :meta AND member_count > :zero", {":meta": _s(ROOM_META), ":zero": _n(0)}
         )
 
     def count_subscriptions(self) -> int:
