@@ -24,7 +24,8 @@ Infrastructure keys (see `InfraConfig` for defaults):
     log_retention_days         every log group, a CloudWatch Logs retention value (30)
     removal_policy             retain | destroy | snapshot, for tables, secret and log groups (retain)
     domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
-    jwks_url                   switch token verification to RS256 against this JWKS URL
+    jwks_url                   verify access tokens with RS256 against this JWKS URL (session
+                               tokens keep the generated key in Secrets Manager)
     event_archive_retention_days   replay window of the event bus archive (30)
     delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
     queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
