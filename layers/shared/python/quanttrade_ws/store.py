@@ -635,7 +635,8 @@ class DynamoStore:
         now = int(time.time())
         page = self._db.query(
             TableName=self.streams_table,
-            KeyConditionExpression="stream = :s AND seq > :after",
+            KeyConditionExpression="#s = :s AND seq > :after",
+            ExpressionAttributeNames={"#s": "stream"},  # a DynamoDB reserved word (moto does not check key conditions)
             ExpressionAttributeValues={":s": _s(stream), ":after": _n(max(after_seq, 0))},
             ScanIndexForward=False,
             Limit=limit,
