@@ -1,0 +1,53 @@
+"""QuantTrade WebSocket API client: typed requests, ordered exactly-once streams, automatic reconnect and resume."""
+
+from quanttrade_client.client import QuantTradeClient, ResumeReport, TokenProvider, backoff_delay, stream_key
+from quanttrade_client.errors import (
+    ERRORS_BY_CODE,
+    AuthFailed,
+    ClientClosed,
+    ConnectionLost,
+    ErrorCode,
+    Forbidden,
+    InternalError,
+    InvalidMessage,
+    InvalidRoom,
+    MessageTooLarge,
+    NotInRoom,
+    QuantTradeError,
+    RateLimited,
+    RequestTimeout,
+    RoomFull,
+    RoomLimit,
+    SubscriptionLimit,
+    UnknownAction,
+)
+from quanttrade_client.messages import Message, MessageType, StreamType
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "AuthFailed",
+    "ClientClosed",
+    "ConnectionLost",
+    "ErrorCode",
+    "Forbidden",
+    "InternalError",
+    "InvalidMessage",
+    "InvalidRoom",
+    "Message",
+    "MessageTooLarge",
+    "MessageType",
+    "NotInRoom",
+    "QuantTradeClient",
+    "QuantTradeError",
+    "RateLimited",
+    "RequestTimeout",
+    "ResumeReport",
+    "RoomFull",
+    "RoomLimit",
+    "StreamType",
+    "SubscriptionLimit",
+    "TokenProvider",
+    "UnknownAction",
+    "backoff_delay",
+    "stream_key",
+]
