@@ -575,50 +575,69 @@ class DynamoStore:
         `message_for_seq(seq) -> str` renders the message once the seq is known.
         """
         marker_key = {"stream": _s(EVENT_PREFIX + event_id), "seq": _n(0)}
-        known = self._db.get_item(TableName=self.streams_table, Key=marker_key, ConsistentRead=True).get("Item")
-        if known:
-            seq = _int(known, "assigned_seq")
-            entry = self._db.get_item(
-                TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(seq)}, ConsistentRead=True
-            ).get("Item")
-            if entry:
-                return seq, _str(entry, "message"), False
-        head = self._db.update_item(
-            TableName=self.streams_table,
-            Key={"stream": _s(stream), "seq": _n(0)},
-            UpdateExpression="ADD last_seq :one",
-            ExpressionAttributeValues={":one": _n(1)},
-            ReturnValues="UPDATED_NEW",
-        )
-        seq = _int(head["Attributes"], "last_seq")
-        message = message_for_seq(seq)
-        expires = _n(int(time.time()) + self._settings.history_seconds)
-        self._db.transact_write_items(
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self.streams_table,
-                        "Item": {"stream": _s(stream), "seq": _n(seq), "message": _s(message), "expires_at": expires},
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self.streams_table,
-                        "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self.streams_table,
-                        "Key": {"stream": _s(stream), "seq": _n(0)},
-                        "UpdateExpression": "SET last_message = :m, last_message_seq = :seq",
-                        "ConditionExpression": "attribute_not_exists(last_message_seq) OR last_message_seq < :seq",
-                        "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq)},
-                    }
-                },
-            ]
-        )
-        return seq, message, True
+        head_key = {"stream": _s(stream), "seq": _n(0)}
+        # The seq is taken in the same transaction that stores the entry, conditional on the
+        # head still being where it was read: a failed write leaves no gap in the stream, and
+        # two writers of one event or one stream cannot both win (the loser looks again).
+        for _ in range(8):
+            known = self._db.get_item(TableName=self.streams_table, Key=marker_key, ConsistentRead=True).get("Item")
+            stale_seq = None
+            if known:
+                stale_seq = _int(known, "assigned_seq")
+                entry = self._db.get_item(
+                    TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(stale_seq)}, ConsistentRead=True
+                ).get("Item")
+                if entry:
+                    return stale_seq, _str(entry, "message"), False
+            head = self._db.get_item(TableName=self.streams_table, Key=head_key, ConsistentRead=True).get("Item") or {}
+            last = _int(head, "last_seq")
+            seq = last + 1
+            message = message_for_seq(seq)
+            expires = _n(int(time.time()) + self._settings.history_seconds)
+            marker_condition = (
+                {"ConditionExpression": "attribute_not_exists(assigned_seq)"}
+                if stale_seq is None
+                else {
+                    "ConditionExpression": "assigned_seq = :old",  # its entry expired: sequence it anew
+                    "ExpressionAttributeValues": {":old": _n(stale_seq)},
+                }
+            )
+            try:
+                self._db.transact_write_items(
+                    TransactItems=[
+                        {
+                            "Put": {
+                                "TableName": self.streams_table,
+                                "Item": {
+                                    "stream": _s(stream),
+                                    "seq": _n(seq),
+                                    "message": _s(message),
+                                    "expires_at": expires,
+                                },
+                            }
+                        },
+                        {
+                            "Put": {
+                                "TableName": self.streams_table,
+                                "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
+                                **marker_condition,
+                            }
+                        },
+                        {
+                            "Update": {
+                                "TableName": self.streams_table,
+                                "Key": head_key,
+                                "UpdateExpression": "SET last_seq = :seq, last_message = :m, last_message_seq = :seq",
+                                "ConditionExpression": "attribute_not_exists(last_seq) OR last_seq = :last",
+                                "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq), ":last": _n(last)},
+                            }
+                        },
+                    ]
+                )
+            except self._errors.TransactionCanceledException:
+                continue  # another writer sequenced this event or this stream first: look again
+            return seq, message, True
+        raise RuntimeError(f"could not sequence event {event_id} on {stream}: too much contention")
 
     def stream_head(self, stream: str) -> StreamHead:
         found = self._db.get_item(
