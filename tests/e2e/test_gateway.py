@@ -1,0 +1,926 @@
+"""The local gateway behaves like an API Gateway WebSocket API stage, over real sockets.
+
+Handlers here are small test doubles, not the product's: these tests pin the
+emulator's contract (handshake, routing, event shapes, Management API, limits,
+lifecycle), which the product's e2e tests then rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import boto3
+import pytest
+from aiohttp import web
+from aws_lambda_powertools.utilities.parser.models.apigw_websocket import (
+    APIGatewayWebSocketConnectEventModel,
+    APIGatewayWebSocketDisconnectEventModel,
+    APIGatewayWebSocketMessageEventModel,
+)
+from botocore import UNSIGNED
+from botocore.config import Config
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from local.gateway import GatewayConfig, LocalGateway, handlers_from_topology, redact_query
+from local.lambda_runtime import LambdaContext, LambdaFunction, LambdaTimeoutError
+
+pytestmark = pytest.mark.e2e
+
+CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{15}=$")
+SIGNED = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/execute-api/aws4_request"}
+
+
+# ---------------------------------------------------------------- test doubles
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; its value is returned. Fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Recorder:
+    """What the test handlers saw, written from Lambda worker threads, read from the test."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[tuple[str, dict[str, Any], LambdaContext]] = []
+
+    def record(self, name: str, event: dict[str, Any], context: LambdaContext) -> None:
+        with self._lock:
+            self._calls.append((name, event, context))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [event for called, event, _ in self._calls if called == name]
+
+    def contexts(self, name: str) -> list[LambdaContext]:
+        with self._lock:
+            return [context for called, _, context in self._calls if called == name]
+
+    async def wait(self, name: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        return await eventually(lambda: len(self.events(name)) >= count and self.events(name), timeout, name)
+
+
+def policy(effect: str, context: dict[str, Any] | None = None, resource: str = "arn:aws:execute-api:*") -> dict:
+    return {
+        "principalId": "user-42",
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": resource}],
+        },
+        "context": context or {},
+    }
+
+
+class Functions:
+    """Test Lambda handlers. The token picks the authorizer's answer; the action picks the message handler's."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.release = threading.Event()  # lets "slow" messages finish
+        self.connect_answer: Any = {"statusCode": 200}
+        self.connect_hook: Callable[[dict[str, Any]], None] | None = None
+
+    def authorizer(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        self.recorder.record("authorizer", event, context)
+        token = event["queryStringParameters"]["token"]
+        if token == "deny":
+            return policy("Deny")
+        if token == "unauthorized":
+            raise Exception("Unauthorized")
+        if token == "crash":
+            raise RuntimeError("authorizer bug")
+        if token == "nested":
+            return policy("Allow", {"claims": {"sub": "x"}})
+        if token == "other-route":
+            return policy("Allow", resource="arn:aws:execute-api:us-east-1:123456789012:otherapi/*/$connect")
+        return policy("Allow", {"userId": f"user-{token}", "tier": "premium", "level": 3, "admin": False})
+
+    def connect(self, event: dict[str, Any], context: LambdaContext) -> Any:
+        self.recorder.record("$connect", event, context)
+        if self.connect_hook is not None:
+            self.connect_hook(event)
+        if isinstance(self.connect_answer, Exception):
+            raise self.connect_answer
+        return self.connect_answer
+
+    def disconnect(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        self.recorder.record("$disconnect", event, context)
+        return {"statusCode": 200}
+
+    def message(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        route = event["requestContext"]["routeKey"]
+        self.recorder.record(route, event, context)
+        if route == "boom":
+            raise RuntimeError("handler bug")
+        if route == "slow":
+            self.release.wait(10)
+        return {"statusCode": 200, "body": f"reply:{event['body']}"}
+
+    def handlers(self, actions: tuple[str, ...] = ("echo", "boom", "slow", "oneway")) -> dict[str, Any]:
+        return {
+            "$connect": self.connect,
+            "$disconnect": self.disconnect,
+            "$default": self.message,
+            **dict.fromkeys(actions, self.message),
+        }
+
+
+@dataclass
+class Stack:
+    gateway: LocalGateway
+    functions: Functions
+    recorder: Recorder
+    clients: list[ClientConnection] = field(default_factory=list)
+
+    async def connect(self, token: str = "t1", **kwargs: Any) -> tuple[ClientConnection, str]:
+        """A connected client and the connection id the gateway gave it."""
+        ws = await connect(f"{self.gateway.url}?token={token}", proxy=None, open_timeout=5, **kwargs)
+        self.clients.append(ws)
+        ids = [
+            event["requestContext"]["connectionId"]
+            for event in self.recorder.events("$connect")
+            if (event.get("queryStringParameters") or {}).get("token") == token
+        ]
+        return ws, ids[-1]
+
+    def management(self, endpoint: str | None = None, **config: Any) -> Any:
+        return boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=endpoint or self.gateway.management_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, **config),
+        )
+
+
+Launch = Callable[..., Awaitable[Stack]]
+_DEFAULT = object()
+
+
+@pytest.fixture
+async def launch() -> AsyncIterator[Launch]:
+    """Starts gateways on free ports inside the test's event loop; stops them (and their clients) afterwards."""
+    stacks: list[Stack] = []
+
+    async def start(
+        *,
+        handlers: Any = _DEFAULT,
+        authorizer: Any = _DEFAULT,
+        readiness_checks: Any = None,
+        root_handler: Any = None,
+        extra_routes: Any = (),
+        **config: Any,
+    ) -> Stack:
+        recorder = Recorder()
+        functions = Functions(recorder)
+        gateway = LocalGateway(
+            GatewayConfig(port=0, **config),
+            functions.handlers() if handlers is _DEFAULT else handlers(functions),
+            functions.authorizer if authorizer is _DEFAULT else authorizer,
+            readiness_checks=readiness_checks,
+            root_handler=root_handler,
+            extra_routes=extra_routes,
+        )
+        await gateway.start()
+        stack = Stack(gateway, functions, recorder)
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.functions.release.set()
+        for client in stack.clients:
+            client.transport.abort()
+        await stack.gateway.stop()
+
+
+@pytest.fixture
+async def stack(launch: Launch) -> Stack:
+    return await launch()
+
+
+async def refused_status(stack: Stack, query: str) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{stack.gateway.url}{query}", proxy=None, open_timeout=5)
+    return refused.value.response.status_code
+
+
+async def closed(ws: ClientConnection, timeout: float = 10.0) -> tuple[int | None, str | None]:
+    await asyncio.wait_for(ws.wait_closed(), timeout)
+    return ws.close_code, ws.close_reason
+
+
+async def raw_post(stack: Stack, connection_id: str, data: bytes, headers: dict[str, str] | None = None) -> Any:
+    url = f"{stack.gateway.http_url}/@connections/{connection_id}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, headers=SIGNED if headers is None else headers) as response,
+    ):
+        return response.status, response.headers.get("x-amzn-ErrorType"), await response.read()
+
+
+# ---------------------------------------------------------------- handshake
+
+
+async def test_handshake_without_token_is_refused_with_401_before_the_authorizer_runs(stack: Stack) -> None:
+    # GIVEN a stage whose authorizer's identity source is the token query parameter
+    # WHEN a client connects without it
+    status = await refused_status(stack, "")
+    # THEN API Gateway answers 401 without invoking anything
+    assert status == 401
+    assert stack.recorder.events("authorizer") == []
+    assert stack.recorder.events("$connect") == []
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [("deny", 403), ("other-route", 403), ("unauthorized", 401), ("crash", 500), ("nested", 500)],
+)
+async def test_authorizer_answers_map_to_handshake_statuses(stack: Stack, token: str, expected: int) -> None:
+    # GIVEN an authorizer that denies, raises Unauthorized, fails, or answers with an unusable context
+    # WHEN a client connects with the token that triggers it
+    status = await refused_status(stack, f"?token={token}")
+    # THEN the handshake is refused with API Gateway's status and $connect never runs
+    assert status == expected
+    assert len(stack.recorder.events("authorizer")) == 1
+    assert stack.recorder.events("$connect") == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [({"statusCode": 500}, 500), (RuntimeError("connect bug"), 500), ({"statusCode": 403, "body": "no"}, 403)],
+)
+async def test_connect_route_refusal_refuses_the_handshake(stack: Stack, answer: Any, expected: int) -> None:
+    # GIVEN a $connect handler that answers non-2xx or raises
+    stack.functions.connect_answer = answer
+    # WHEN a client connects
+    status = await refused_status(stack, "?token=t1")
+    # THEN the handshake is refused with that status (500 for an error) and no $disconnect follows
+    assert status == expected
+    assert len(stack.recorder.events("$connect")) == 1
+    await asyncio.sleep(0)
+    assert stack.recorder.events("$disconnect") == []
+
+
+async def test_authorizer_event_is_a_websocket_request_authorizer_event(stack: Stack) -> None:
+    # WHEN a client connects with a token
+    ws, connection_id = await stack.connect("abc", additional_headers={"X-Client": "tests"})
+    # THEN the authorizer got API Gateway's REQUEST event for $connect
+    (event,) = stack.recorder.events("authorizer")
+    config = stack.gateway.config
+    assert event["type"] == "REQUEST"
+    assert event["methodArn"] == f"arn:aws:execute-api:{config.region}:{config.account}:{config.api_id}/local/$connect"
+    assert event["queryStringParameters"] == {"token": "abc"}
+    assert event["multiValueQueryStringParameters"] == {"token": ["abc"]}
+    assert event["headers"]["X-Client"] == "tests"
+    assert event["headers"]["Upgrade"] == "websocket"
+    assert event["multiValueHeaders"]["X-Client"] == ["tests"]
+    context = event["requestContext"]
+    assert context["routeKey"] == "$connect"
+    assert context["eventType"] == "CONNECT"
+    assert context["connectionId"] == connection_id
+    assert context["stage"] == "local"
+    assert context["apiId"] == config.api_id
+    assert context["identity"]["sourceIp"] == "127.0.0.1"
+    assert context["identity"]["userAgent"].startswith("Python/")
+    await ws.close()
+
+
+async def test_connect_event_carries_the_authorizer_context_and_message_events_keep_it(stack: Stack) -> None:
+    # GIVEN a connection the authorizer allowed with a context of strings, numbers and booleans
+    ws, connection_id = await stack.connect("t7")
+    assert CONNECTION_ID.match(connection_id)
+    (connect_event,) = stack.recorder.events("$connect")
+    # THEN the CONNECT event has API Gateway's shape, with the context stringified as API Gateway does
+    APIGatewayWebSocketConnectEventModel.model_validate(connect_event)
+    assert "Upgrade" not in connect_event["headers"]
+    assert connect_event["headers"]["X-Forwarded-Proto"] == "http"
+    assert connect_event["headers"]["X-Amzn-Trace-Id"].startswith("Root=1-")
+    assert connect_event["queryStringParameters"] == {"token": "t7"}
+    authorizer = connect_event["requestContext"]["authorizer"]
+    assert authorizer["principalId"] == "user-42"
+    assert authorizer["userId"] == "user-t7"
+    assert (authorizer["tier"], authorizer["level"], authorizer["admin"]) == ("premium", "3", "false")
+    assert isinstance(authorizer["integrationLatency"], int)
+    # WHEN the client sends a message
+    await ws.send(json.dumps({"action": "echo", "n": 1}))
+    (message_event,) = await stack.recorder.wait("echo")
+    # THEN the MESSAGE event has API Gateway's shape and the same authorizer context
+    APIGatewayWebSocketMessageEventModel.model_validate(message_event)
+    context = message_event["requestContext"]
+    assert context["eventType"] == "MESSAGE"
+    assert context["messageDirection"] == "IN"
+    assert context["connectionId"] == connection_id
+    assert context["connectedAt"] == connect_event["requestContext"]["connectedAt"]
+    assert context["requestTimeEpoch"] >= context["connectedAt"]
+    assert CONNECTION_ID.match(context["messageId"])
+    assert {k: v for k, v in context["authorizer"].items() if k != "integrationLatency"} == {
+        k: v for k, v in authorizer.items() if k != "integrationLatency"
+    }
+    assert message_event["body"] == '{"action": "echo", "n": 1}'
+    assert message_event["isBase64Encoded"] is False
+    await ws.close()
+
+
+async def test_every_invocation_gets_a_lambda_context(stack: Stack) -> None:
+    # WHEN a client connects
+    ws, _ = await stack.connect()
+    # THEN the handler's context looks like the Python runtime's
+    (context,) = stack.recorder.contexts("$connect")
+    assert context.function_name == "connect"
+    assert context.function_version == "$LATEST"
+    assert context.invoked_function_arn == "arn:aws:lambda:us-east-1:123456789012:function:connect"
+    assert context.memory_limit_in_mb == "256"
+    assert re.fullmatch(r"[0-9a-f-]{36}", context.aws_request_id)
+    assert context.log_group_name == "/aws/lambda/connect"
+    assert "[$LATEST]" in context.log_stream_name
+    assert 0 < context.get_remaining_time_in_millis() <= 10_000
+    await ws.close()
+
+
+async def test_no_permessage_deflate_is_negotiated(stack: Stack) -> None:
+    # WHEN a client offering permessage-deflate connects
+    ws, _ = await stack.connect()
+    # THEN the gateway accepts no extension, as API Gateway does
+    assert ws.response is not None
+    assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    await ws.close()
+
+
+async def test_new_connections_past_the_connect_rate_get_429(launch: Launch) -> None:
+    # GIVEN a stage that accepts two new connections a second
+    stack = await launch(connect_rate_per_second=2)
+    # WHEN clients connect faster than that
+    statuses = []
+    for index in range(6):
+        try:
+            await stack.connect(f"c{index}")
+            statuses.append(101)
+        except InvalidStatus as refused:
+            statuses.append(refused.response.status_code)
+    # THEN the burst is accepted and the rest throttled
+    assert statuses[:2] == [101, 101]
+    assert 429 in statuses
+
+
+async def test_without_an_authorizer_no_token_is_needed(launch: Launch) -> None:
+    stack = await launch(authorizer=None)
+    ws = await connect(stack.gateway.url, proxy=None, open_timeout=5)
+    (event,) = await stack.recorder.wait("$connect")
+    assert "authorizer" not in event["requestContext"]
+    assert "queryStringParameters" not in event
+    await ws.close()
+
+
+async def test_the_token_is_never_logged(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN access logging at its most verbose
+    caplog.set_level(logging.DEBUG, logger="quanttrade.local.gateway")
+    # WHEN a client connects with a secret token and leaves
+    ws, connection_id = await stack.connect("s3cr3t-value")
+    await ws.close()
+    await stack.recorder.wait("$disconnect")
+    await eventually(lambda: "token=REDACTED" in caplog.text, what="the upgrade request's access log line")
+    # THEN the log names the connection but never the token
+    assert connection_id in caplog.text
+    assert "s3cr3t-value" not in caplog.text
+    assert redact_query("a=1&token=x&access_token=y") == "a=1&token=REDACTED&access_token=REDACTED"
+
+
+# ---------------------------------------------------------------- routing
+
+
+async def test_frames_are_routed_by_action_else_to_default(stack: Stack) -> None:
+    ws, _ = await stack.connect()
+    # WHEN the client sends a known action, an unknown one, non-JSON, a non-object and a binary frame
+    await ws.send(json.dumps({"action": "echo"}))
+    await ws.send(json.dumps({"action": "nope"}))
+    await ws.send("plain text")
+    await ws.send('["action", "echo"]')
+    await ws.send(b"\x00\x01binary")
+    # THEN the known action gets its route and everything else $default
+    (echo,) = await stack.recorder.wait("echo")
+    assert echo["requestContext"]["routeKey"] == "echo"
+    defaults = await stack.recorder.wait("$default", 4)
+    bodies = {event["body"] for event in defaults}
+    encoded = base64.b64encode(b"\x00\x01binary").decode()
+    assert bodies == {'{"action": "nope"}', "plain text", '["action", "echo"]', encoded}
+    binary = next(event for event in defaults if event["isBase64Encoded"])
+    assert base64.b64decode(binary["body"]) == b"\x00\x01binary"
+    await ws.close()
+
+
+async def test_without_a_default_route_unmatched_frames_get_forbidden(launch: Launch) -> None:
+    # GIVEN a stage with an echo route and no $default
+    stack = await launch(
+        handlers=lambda f: {"$connect": f.connect, "echo": f.message}, two_way_routes=frozenset({"echo"})
+    )
+    ws, connection_id = await stack.connect()
+    # WHEN the client sends a frame no route matches
+    await ws.send("unroutable")
+    # THEN API Gateway's Forbidden message comes back on the connection
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["message"] == "Forbidden"
+    assert answer["connectionId"] == connection_id
+    assert CONNECTION_ID.match(answer["requestId"])
+    await ws.close()
+
+
+async def test_route_response_is_sent_only_for_two_way_routes(launch: Launch) -> None:
+    # GIVEN echo configured with a route response and oneway without, run by a single worker in order
+    stack = await launch(two_way_routes=frozenset({"echo"}), default_pool_size=1)
+    ws, _ = await stack.connect()
+    # WHEN the client sends to the one-way route and then to the two-way route
+    await ws.send(json.dumps({"action": "oneway"}))
+    await ws.send(json.dumps({"action": "echo"}))
+    # THEN the first (and only) frame it gets is the two-way route's body
+    assert await asyncio.wait_for(ws.recv(), 5) == 'reply:{"action": "echo"}'
+    assert len(stack.recorder.events("oneway")) == 1
+    await ws.send(json.dumps({"action": "echo", "again": True}))
+    assert await asyncio.wait_for(ws.recv(), 5) == 'reply:{"action": "echo", "again": true}'
+    await ws.close()
+
+
+async def test_default_topology_has_no_route_responses(launch: Launch) -> None:
+    # GIVEN the default configuration, where replies go through the Management API (one worker: runs in order)
+    stack = await launch(default_pool_size=1)
+    ws, _ = await stack.connect()
+    # WHEN a handler returns a body and then the gateway posts something
+    await ws.send(json.dumps({"action": "echo"}))
+    await stack.recorder.wait("echo")
+    # THEN the handler's body never reaches the client: the first frame is a deliberate failure notice
+    await ws.send(json.dumps({"action": "boom"}))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["message"] == "Internal server error"
+    assert stack.gateway.config.two_way_routes == frozenset()
+    await ws.close()
+
+
+async def test_a_failing_handler_gets_internal_server_error_to_the_client(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    await ws.send(json.dumps({"action": "boom"}))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["message"] == "Internal server error"
+    assert answer["connectionId"] == connection_id
+    # AND the connection stays usable
+    assert ws.close_code is None
+    await ws.close()
+
+
+async def test_a_slow_handler_does_not_stall_other_connections_or_frames(launch: Launch) -> None:
+    # GIVEN two connections, and echo and slow routes with route responses
+    stack = await launch(two_way_routes=frozenset({"echo", "slow"}))
+    slow_client, _ = await stack.connect("a")
+    other_client, _ = await stack.connect("b")
+    # WHEN one connection's handler blocks
+    await slow_client.send(json.dumps({"action": "slow"}))
+    await stack.recorder.wait("slow")
+    # THEN the other connection, and further frames of the same connection, are still served
+    await other_client.send(json.dumps({"action": "echo", "from": "b"}))
+    assert await asyncio.wait_for(other_client.recv(), 5) == 'reply:{"action": "echo", "from": "b"}'
+    await slow_client.send(json.dumps({"action": "echo", "from": "a"}))
+    assert await asyncio.wait_for(slow_client.recv(), 5) == 'reply:{"action": "echo", "from": "a"}'
+    stack.functions.release.set()
+    assert await asyncio.wait_for(slow_client.recv(), 5) == 'reply:{"action": "slow"}'
+    await slow_client.close()
+    await other_client.close()
+
+
+# ---------------------------------------------------------------- Management API
+
+
+async def test_post_delivers_the_exact_bytes_as_one_text_frame_in_order(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+    data = '{"price": 101.5, "symbol": "€UR"}\n  '.encode()
+    # WHEN boto3 posts to the connection (its id arrives URL-encoded)
+    await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=data)
+    # THEN the client gets one text frame with exactly those bytes
+    frame = await asyncio.wait_for(ws.recv(), 5)
+    assert isinstance(frame, str)
+    assert frame.encode() == data
+
+    # AND posts are delivered in the order they were made
+    def post_many() -> None:
+        for index in range(50):
+            client.post_to_connection(ConnectionId=connection_id, Data=str(index).encode())
+
+    await asyncio.to_thread(post_many)
+    assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(50)] == [str(index) for index in range(50)]
+    await ws.close()
+
+
+async def test_management_api_answers_with_and_without_the_stage_in_the_path(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    for endpoint in (stack.gateway.management_endpoint, stack.gateway.http_url):
+        client = stack.management(endpoint)
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=endpoint.encode())
+        assert await asyncio.wait_for(ws.recv(), 5) == endpoint
+    # AND a stage this gateway does not serve is refused
+    wrong = stack.management(f"{stack.gateway.http_url}/prod")
+    with pytest.raises(wrong.exceptions.ForbiddenException):
+        await asyncio.to_thread(wrong.post_to_connection, ConnectionId=connection_id, Data=b"x")
+    await ws.close()
+
+
+async def test_get_connection_returns_its_times_and_identity(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    await ws.send(json.dumps({"action": "echo"}))
+    await stack.recorder.wait("echo")
+    info = await asyncio.to_thread(stack.management().get_connection, ConnectionId=connection_id)
+    assert info["Identity"]["SourceIp"] == "127.0.0.1"
+    assert info["Identity"]["UserAgent"].startswith("Python/")
+    assert info["ConnectedAt"] <= info["LastActiveAt"]
+    assert abs(info["ConnectedAt"].timestamp() - time.time()) < 60
+    await ws.close()
+
+
+async def test_delete_closes_the_connection_and_disconnect_runs(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+    # WHEN the connection is deleted through the Management API
+    answer = await asyncio.to_thread(client.delete_connection, ConnectionId=connection_id)
+    # THEN the call succeeds with 204, the client sees a normal close and $disconnect runs once
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert await closed(ws) == (1000, "")
+    (event,) = await stack.recorder.wait("$disconnect")
+    APIGatewayWebSocketDisconnectEventModel.model_validate(event)
+    assert event["requestContext"]["connectionId"] == connection_id
+    assert event["requestContext"]["disconnectStatusCode"] == 1000
+    assert event["requestContext"]["authorizer"]["userId"] == "user-t1"
+    # AND the connection is gone for every later call
+    with pytest.raises(client.exceptions.GoneException):
+        await asyncio.to_thread(client.get_connection, ConnectionId=connection_id)
+    with pytest.raises(client.exceptions.GoneException):
+        await asyncio.to_thread(client.delete_connection, ConnectionId=connection_id)
+    await asyncio.sleep(0.05)
+    assert len(stack.recorder.events("$disconnect")) == 1
+
+
+async def test_post_after_the_client_closed_raises_gone(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    # WHEN the client closes with its own code and reason
+    await ws.close(code=4000, reason="bye")
+    (event,) = await stack.recorder.wait("$disconnect")
+    # THEN $disconnect reports them, and boto3 raises GoneException for a post
+    assert (event["requestContext"]["disconnectStatusCode"], event["requestContext"]["disconnectReason"]) == (
+        4000,
+        "bye",
+    )
+    client = stack.management()
+    with pytest.raises(client.exceptions.GoneException) as gone:
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"late")
+    assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 410
+
+
+async def test_posting_from_inside_connect_is_gone(stack: Stack) -> None:
+    # GIVEN a $connect handler that tries to post to its own connection, which API Gateway does not allow
+    client = stack.management()
+    outcome: list[str] = []
+
+    def post_to_self(event: dict[str, Any]) -> None:
+        try:
+            client.post_to_connection(ConnectionId=event["requestContext"]["connectionId"], Data=b"too early")
+            outcome.append("delivered")
+        except client.exceptions.GoneException:
+            outcome.append("gone")
+
+    stack.functions.connect_hook = post_to_self
+    ws, _ = await stack.connect()
+    # THEN the post is refused as Gone and the connection still opens
+    assert outcome == ["gone"]
+    assert ws.close_code is None
+    await ws.close()
+
+
+async def test_oversized_post_is_413(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+    with pytest.raises(client.exceptions.PayloadTooLargeException):
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"x" * (128 * 1024 + 1))
+    # AND exactly 128 KB is fine
+    await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"y" * (128 * 1024))
+    assert len(await asyncio.wait_for(ws.recv(), 5)) == 128 * 1024
+    await ws.close()
+
+
+async def test_management_calls_past_the_rate_get_429(launch: Launch) -> None:
+    # GIVEN a stage allowing 5 management calls a second and a client that does not retry throttling
+    stack = await launch(management_rate_per_second=5)
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+
+    def post_burst() -> list[str]:
+        outcomes = []
+        for _ in range(20):
+            try:
+                client.post_to_connection(ConnectionId=connection_id, Data=b"tick")
+                outcomes.append("ok")
+            except client.exceptions.LimitExceededException as throttled:
+                assert throttled.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+                outcomes.append("throttled")
+        return outcomes
+
+    # WHEN it posts a burst
+    outcomes = await asyncio.to_thread(post_burst)
+    # THEN the bucket's worth goes through and the rest are throttled
+    assert outcomes[:5] == ["ok"] * 5
+    assert outcomes.count("throttled") >= 10
+    await ws.close()
+
+
+async def test_management_calls_without_sigv4_are_403(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    # WHEN a request carries no SigV4 Authorization header
+    status, error_type, _ = await raw_post(stack, connection_id, b"x", headers={})
+    # THEN it is refused as Forbidden, which boto3 maps to ForbiddenException
+    assert (status, error_type) == (403, "ForbiddenException")
+    unsigned = stack.management(signature_version=UNSIGNED)
+    with pytest.raises(unsigned.exceptions.ForbiddenException):
+        await asyncio.to_thread(unsigned.post_to_connection, ConnectionId=connection_id, Data=b"x")
+    # AND the same request signed goes through
+    assert (await raw_post(stack, connection_id, b"signed"))[0] == 200
+    assert await asyncio.wait_for(ws.recv(), 5) == "signed"
+    await ws.close()
+
+
+async def test_a_client_that_stops_reading_makes_posts_429_instead_of_blocking(launch: Launch) -> None:
+    # GIVEN a connected client that never reads, behind a small receive buffer
+    stack = await launch(client_buffer_bytes=64 * 1024)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", stack.gateway.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(
+        b"GET /?token=mute HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    (event,) = await stack.recorder.wait("$connect")
+    connection_id = event["requestContext"]["connectionId"]
+    # WHEN the fan-out keeps posting to it
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        url = f"{stack.gateway.http_url}/@connections/{connection_id}"
+        while len(statuses) < 2000 and (not statuses or statuses[-1] == 200):
+            async with session.post(url, data=b"z" * 100_000, headers=SIGNED) as response:
+                statuses.append(response.status)
+    # THEN posts answer promptly and, once the client's buffer is full, with LimitExceeded
+    assert statuses[-1] == 429
+    writer.transport.abort()
+    await stack.recorder.wait("$disconnect")
+
+
+# ---------------------------------------------------------------- limits and lifecycle
+
+
+async def test_a_client_frame_over_32_kb_closes_with_1009(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    # WHEN the client sends a 40 KB message as a single frame, as browsers do
+    await ws.send("x" * 40_000)
+    # THEN API Gateway's frame limit closes the connection with 1009, and $disconnect says so
+    assert (await closed(ws))[0] == 1009
+    (event,) = await stack.recorder.wait("$disconnect")
+    assert event["requestContext"]["disconnectStatusCode"] == 1009
+    assert event["requestContext"]["connectionId"] == connection_id
+    assert stack.recorder.events("$default") == []
+
+
+async def test_a_fragmented_message_up_to_128_kb_is_accepted(stack: Stack) -> None:
+    ws, _ = await stack.connect()
+    # WHEN the client sends 120 KB split into 30 KB frames
+    await ws.send(["a" * 30_000, "b" * 30_000, "c" * 30_000, "d" * 30_000])
+    # THEN the handler gets the whole message
+    (event,) = await stack.recorder.wait("$default")
+    assert len(event["body"]) == 120_000
+    assert ws.close_code is None
+    await ws.close()
+
+
+async def test_a_message_over_128_kb_closes_with_1009(stack: Stack) -> None:
+    ws, _ = await stack.connect()
+    # WHEN the client sends 150 KB in frames each within the frame limit
+    await ws.send(["e" * 30_000] * 5)
+    # THEN the message limit closes the connection with 1009
+    assert (await closed(ws))[0] == 1009
+    (event,) = await stack.recorder.wait("$disconnect")
+    assert event["requestContext"]["disconnectStatusCode"] == 1009
+
+
+async def test_without_a_frame_limit_a_single_frame_over_128_kb_still_closes_with_1009(launch: Launch) -> None:
+    stack = await launch(max_frame_bytes=None)
+    ws, _ = await stack.connect()
+    await ws.send("s" * 100_000)
+    (event,) = await stack.recorder.wait("$default")
+    assert len(event["body"]) == 100_000
+    await ws.send("f" * (128 * 1024 + 1))
+    assert (await closed(ws))[0] == 1009
+
+
+async def test_an_idle_connection_is_closed_with_1001_and_disconnected(launch: Launch) -> None:
+    # GIVEN a one-second idle timeout
+    stack = await launch(idle_timeout=1.0)
+    ws, _ = await stack.connect(ping_interval=None)
+    # WHEN the client stays silent
+    started = time.monotonic()
+    # THEN API Gateway's "Going away" close arrives after the timeout, and $disconnect runs
+    assert await closed(ws) == (1001, "Going away")
+    assert time.monotonic() - started >= 0.9
+    (event,) = await stack.recorder.wait("$disconnect")
+    APIGatewayWebSocketDisconnectEventModel.model_validate(event)
+    assert event["requestContext"]["disconnectStatusCode"] == 1001
+    assert event["requestContext"]["disconnectReason"] == "Going away"
+
+
+async def test_messages_keep_a_connection_from_idling_out(launch: Launch) -> None:
+    stack = await launch(idle_timeout=1.0)
+    ws, _ = await stack.connect(ping_interval=None)
+    # WHEN the client sends a message every 0.2 s for well over the idle timeout
+    for _ in range(9):
+        await ws.send("still here")
+        await asyncio.sleep(0.2)
+    # THEN the connection is still open, and only closes once the client goes quiet
+    assert ws.close_code is None
+    assert (await closed(ws))[0] == 1001
+
+
+async def test_a_connection_is_closed_at_its_maximum_duration(launch: Launch) -> None:
+    # GIVEN a one-second maximum connection duration
+    stack = await launch(max_connection_seconds=1.0)
+    ws, _ = await stack.connect()
+
+    # WHEN the client stays active
+    async def chatter() -> None:
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await ws.send("active")
+                await asyncio.sleep(0.1)
+
+    chatting = asyncio.ensure_future(chatter())
+    # THEN it is closed anyway, with 1001, and $disconnect runs
+    assert await closed(ws) == (1001, "Going away")
+    await asyncio.wait_for(chatting, 5)
+    (event,) = await stack.recorder.wait("$disconnect")
+    assert event["requestContext"]["disconnectStatusCode"] == 1001
+
+
+async def test_abrupt_client_death_runs_disconnect(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    # WHEN the client's TCP connection dies without a close frame
+    ws.transport.abort()
+    # THEN $disconnect runs with 1006 and the connection is gone
+    (event,) = await stack.recorder.wait("$disconnect")
+    assert event["requestContext"]["disconnectStatusCode"] == 1006
+    assert event["requestContext"]["connectionId"] == connection_id
+    assert connection_id not in stack.gateway.connection_ids
+
+
+async def test_stopping_the_gateway_disconnects_every_connection_once(launch: Launch) -> None:
+    stack = await launch()
+    first, first_id = await stack.connect("one")
+    second, second_id = await stack.connect("two")
+    # WHEN the gateway stops
+    await stack.gateway.stop()
+    # THEN every client saw "Going away" and every connection got exactly one $disconnect
+    assert (await closed(first))[0] == 1001
+    assert (await closed(second))[0] == 1001
+    events = stack.recorder.events("$disconnect")
+    assert sorted(event["requestContext"]["connectionId"] for event in events) == sorted([first_id, second_id])
+    assert {event["requestContext"]["disconnectStatusCode"] for event in events} == {1001}
+
+
+# ---------------------------------------------------------------- HTTP surface
+
+
+async def test_health_and_readiness(launch: Launch) -> None:
+    async def reachable() -> bool:
+        return True
+
+    async def unreachable() -> bool:
+        raise ConnectionRefusedError("moto is down")
+
+    healthy = await launch(readiness_checks={"dynamodb": reachable})
+    broken = await launch(readiness_checks={"dynamodb": reachable, "sqs": unreachable})
+    ws, _ = await healthy.connect()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{healthy.gateway.http_url}/health") as response:
+            health = await response.json()
+            assert response.status == 200
+        assert health["status"] == "ok"
+        assert health["connections"] == 1
+        assert health["uptime_seconds"] >= 0
+        async with session.get(f"{healthy.gateway.http_url}/ready") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {"dynamodb": "ok"}
+        async with session.get(f"{broken.gateway.http_url}/ready") as response:
+            assert response.status == 503
+            answer = await response.json()
+        assert answer["failing"] == ["sqs"]
+        assert "moto is down" in answer["checks"]["sqs"]
+    await ws.close()
+
+
+async def test_root_serves_a_page_to_browsers_and_the_websocket_to_clients(launch: Launch, tmp_path: Path) -> None:
+    # GIVEN a dashboard mounted at / with a static catch-all and an admin route
+    (tmp_path / "index.html").write_text("<h1>dashboard</h1>")
+    (tmp_path / "app.js").write_text("console.log('hi')")
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(tmp_path / "index.html")
+
+    gateways: list[LocalGateway] = []
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"connections": len(gateways[0].connection_ids)})
+
+    stack = await launch(root_handler=index, extra_routes=[web.get("/stats", stats), web.static("/", tmp_path)])
+    gateways.append(stack.gateway)
+    ws, _ = await stack.connect()
+    async with aiohttp.ClientSession() as session:
+        # THEN a plain GET of / is the page, other files and routes are served, and the gateway's routes still win
+        async with session.get(f"{stack.gateway.http_url}/") as response:
+            assert await response.text() == "<h1>dashboard</h1>"
+        async with session.get(f"{stack.gateway.http_url}/app.js") as response:
+            assert await response.text() == "console.log('hi')"
+        async with session.get(f"{stack.gateway.http_url}/stats") as response:
+            assert await response.json() == {"connections": 1}
+        async with session.get(f"{stack.gateway.http_url}/health") as response:
+            assert (await response.json())["status"] == "ok"
+    await ws.close()
+
+
+async def test_without_a_root_handler_plain_get_asks_for_an_upgrade(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.gateway.http_url}/") as response:
+        assert response.status == 426
+
+
+def test_topology_routes_share_one_function_per_topology_function() -> None:
+    routes = handlers_from_topology(GatewayConfig(pool_sizes={"message": 3}))
+    assert routes["$default"] is routes["subscribe"] is routes["ping"]
+    assert routes["$connect"] is not routes["$disconnect"]
+    assert routes["$default"].concurrency == 3
+    assert routes["$connect"].concurrency == 8
+    assert routes["$connect"].name == "quanttrade-connect"
+    for function in {id(f): f for f in routes.values()}.values():
+        function.shutdown()
+
+
+async def test_a_gateway_built_from_the_topology_serves_every_declared_route() -> None:
+    # GIVEN the stage as the topology declares it (handler modules are not imported until invoked)
+    gateway = LocalGateway.from_topology(GatewayConfig(port=0))
+    functions = gateway.functions
+    # THEN every route and the authorizer have a function, sharing pools per topology function
+    assert set(functions) >= {"$connect", "$disconnect", "$default", "subscribe", "authorizer"}
+    assert functions["$default"] is functions["subscribe"]
+    assert functions["authorizer"].timeout_seconds == 5
+    await gateway.stop()
+
+
+# ---------------------------------------------------------------- the Lambda runtime
+
+
+def named_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return {"echo": event, "function": context.function_name}
+
+
+async def test_lambda_function_imports_its_handler_lazily_and_enforces_its_timeout() -> None:
+    # GIVEN a function named by module path, as the topology names handlers
+    function = LambdaFunction("lazy", "test_gateway.named_handler", package="tests.e2e", timeout_seconds=0.3)
+    try:
+        # THEN it resolves and runs on first invocation
+        assert await function.invoke({"a": 1}) == {"echo": {"a": 1}, "function": "lazy"}
+    finally:
+        function.shutdown()
+    release = threading.Event()
+    slow = LambdaFunction("slow", lambda event, context: release.wait(5), timeout_seconds=0.3, concurrency=1)
+    try:
+        # AND a handler that overruns its timeout fails the invocation like Lambda's "Task timed out"
+        with pytest.raises(LambdaTimeoutError):
+            await slow.invoke({})
+        assert slow.timeouts == 1
+    finally:
+        release.set()
+        slow.shutdown()
