@@ -18,21 +18,11 @@ from constructs import Construct
 
 from quanttrade_ws import topology
 
-# The authorizer verifies access tokens and the message function's `refresh`
-# issues new ones; every function that builds the realtime service (see
-# quanttrade_ws.runtime) also signs or checks session-resume tokens with the
-# key. Only the admin function, which just queries the store, goes without.
-KEY_READERS = frozenset(
-    {
-        topology.AUTHORIZER.name,
-        topology.CONNECT.name,
-        topology.DISCONNECT.name,
-        topology.MESSAGE.name,
-        topology.FANOUT.name,
-        topology.DELIVERY.name,
-        topology.SWEEPER.name,
-    }
-)
+# The authorizer verifies access tokens with the key; the message function
+# checks refreshed access tokens and signs and checks session-resume tokens.
+# Every other function gets the secret's ARN (settings validation) but reads it
+# lazily and never needs it, so it gets no grant.
+KEY_READERS = frozenset({topology.AUTHORIZER.name, topology.MESSAGE.name})
 
 
 class TokenKey(Construct):

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,11 +185,21 @@ class SessionTokens:
     """Compact HMAC-signed session tokens: `base64url(json).base64url(mac)`.
 
     The key is derived from the service secret with a distinct label, so a
-    session token can never be replayed as an access token or the reverse.
+    session token can never be replayed as an access token or the reverse. The
+    secret may be given as a callable, read on first use: functions that never
+    issue or check a session token never fetch it.
     """
 
-    def __init__(self, secret: str) -> None:
-        self._key = hmac.new(secret.encode(), b"quanttrade-session-v1", hashlib.sha256).digest()
+    def __init__(self, secret: str | Callable[[], str]) -> None:
+        self._secret = secret
+        self._derived: bytes | None = None
+
+    @property
+    def _key(self) -> bytes:
+        if self._derived is None:
+            secret = self._secret() if callable(self._secret) else self._secret
+            self._derived = hmac.new(secret.encode(), b"quanttrade-session-v1", hashlib.sha256).digest()
+        return self._derived
 
     def issue(self, session: Session) -> str:
         body = _b64(json.dumps({"sid": session.session_id, "uid": session.user_id, "exp": session.expires_at}).encode())

@@ -66,7 +66,7 @@ class Runtime:
             self.settings,
             self.store,
             self.gateway,
-            SessionTokens(self.secret),
+            SessionTokens(lambda: self.secret),
             token_verifier=lambda: self.token_verifier,
         )
 
