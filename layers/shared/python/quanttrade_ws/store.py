@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
 from typing import Any
 
@@ -72,7 +72,7 @@ def _cancellation_codes(error: Exception) -> list[str]:
 class DynamoStore:
     """Connections, subscriptions, rooms, sessions and stream history on DynamoDB."""
 
-    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, client: Any | None = None, clock: Callable[[], float] = time.time) -> None:
         if client is None:
             import boto3  # deferred: tests and the local stack pass their own client
 
@@ -84,6 +84,7 @@ class DynamoStore:
         self.subscriptions_table = settings.subscriptions_table
         self.rooms_table = settings.rooms_table
         self.streams_table = settings.streams_table
+        self.clock = clock  # stream history retention (tests move it past history_seconds)
 
     # ------------------------------------------------------------ connections
 
@@ -593,7 +594,7 @@ class DynamoStore:
             last = _int(head, "last_seq")
             seq = last + 1
             message = message_for_seq(seq)
-            expires = _n(int(time.time()) + self._settings.history_seconds)
+            expires = _n(int(self.clock()) + self._settings.history_seconds)
             marker_condition = (
                 {"ConditionExpression": "attribute_not_exists(assigned_seq)"}
                 if stale_seq is None
@@ -651,7 +652,7 @@ class DynamoStore:
         """Retained messages of a stream after `after_seq`, oldest first, expired ones left out."""
         # Newest first with a Limit, so a long-absent client costs at most `limit` reads;
         # retention is a count as well as an age.
-        now = int(time.time())
+        now = int(self.clock())
         page = self._db.query(
             TableName=self.streams_table,
             KeyConditionExpression="#s = :s AND seq > :after",
