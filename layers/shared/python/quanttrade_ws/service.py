@@ -429,9 +429,10 @@ class RealtimeService:
 
         self.store.set_session(connection.connection_id, session.session_id)
         limit = self.limits.subscriptions_for(connection.identity.subscription_level)
+        subscriptions = []  # only what was re-attached: the new token may permit less than the old one
         for subscription in snapshot.subscriptions:
             if connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
-                self.store.add_subscription(
+                outcome = self.store.add_subscription(
                     Subscription(
                         subscription.stream_key,
                         connection.connection_id,
@@ -441,6 +442,8 @@ class RealtimeService:
                     ),
                     limit,
                 )
+                if outcome in (Outcome.DONE, Outcome.ALREADY):
+                    subscriptions.append(subscription.stream_key)
         rooms = []
         for room in snapshot.rooms:
             needed = room_permission(room)
@@ -475,7 +478,7 @@ class RealtimeService:
                 "success": True,
                 "recovered": recovered,
                 "streams": results,
-                "subscriptions": [s.stream_key for s in snapshot.subscriptions],
+                "subscriptions": subscriptions,
                 "rooms": rooms,
                 "client_id": connection.connection_id,
                 "session_token": new_token,
