@@ -1,0 +1,302 @@
+"""Sessions: access-token expiry on every action, refresh, and resume onto a new connection."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+
+from quanttrade_ws.auth import Session, SessionTokens
+from tests.conftest import Wired
+
+# The shared fixture's test secret is shorter than PyJWT recommends; irrelevant here.
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
+ACTIONS: list[dict[str, Any]] = [
+    {"action": "hello"},
+    {"action": "ping"},
+    {"action": "subscribe", "streams": [{"stream_type": "alerts"}]},
+    {"action": "unsubscribe", "streams": [{"stream_type": "alerts"}]},
+    {"action": "joinRoom", "room": "lobby"},
+    {"action": "leaveRoom", "room": "lobby"},
+    {"action": "sendRoomMessage", "room": "lobby", "message": "hi"},
+    {"action": "resume", "session_token": "x.y"},
+]
+
+
+def assert_auth_failed(message: dict[str, Any]) -> None:
+    assert message["message_type"] == "error", message
+    assert message["payload"]["error_code"] == "AUTH_FAILED"
+    assert message["payload"]["message"]
+
+
+@pytest.fixture
+def real_time(wired: Wired) -> Wired:
+    """Access tokens are verified against the real clock: run the service's clock from there."""
+    wired.clock.now = time.time()
+    return wired
+
+
+def hello(wired: Wired, connection_id: str) -> str:
+    return wired.send(connection_id, {"action": "hello"})["payload"]["session_token"]
+
+
+def resume(wired: Wired, connection_id: str, token: str, **extra: Any) -> dict[str, Any]:
+    return wired.send(connection_id, {"action": "resume", "session_token": token, "request_id": "rs", **extra})
+
+
+# ---------------------------------------------------------------- expiry
+
+
+@pytest.mark.parametrize("frame", ACTIONS, ids=[f["action"] for f in ACTIONS])
+def test_expired_token_fails_every_action_and_closes(wired: Wired, frame: dict[str, Any]) -> None:
+    # GIVEN a connection in a room whose access token has expired
+    wired.connect("c1", expires_in=30)
+    wired.send("c1", {"action": "joinRoom", "room": "lobby"})
+    wired.clock.now += 31
+    # WHEN it sends any action but refresh
+    reply = wired.send("c1", {**frame, "request_id": "late"})
+    # THEN AUTH_FAILED with its request id, the connection is closed, and nothing changed
+    assert_auth_failed(reply)
+    assert reply["request_id"] == "late"
+    assert wired.gateway.closed == ["c1"]
+    assert wired.store.subscriptions_of("c1") == []
+    assert wired.store.rooms_of("c1") == ["lobby"]
+
+
+def test_token_valid_until_its_expiry(wired: Wired) -> None:
+    wired.connect("c1", expires_in=30)
+    wired.clock.now += 29
+    assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
+    assert wired.gateway.closed == []
+
+
+# ---------------------------------------------------------------- refresh
+
+
+def test_refresh_after_expiry_extends_the_session(real_time: Wired) -> None:
+    wired = real_time
+    # GIVEN a connection whose token expired
+    wired.connect("c1", expires_in=30)
+    wired.clock.now += 60
+    # WHEN it refreshes with a new token of the same user
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(expires_in=3600), "request_id": "r"})
+    # THEN it succeeds and actions work again
+    assert reply["message_type"] == "refresh"
+    assert reply["payload"]["success"] is True
+    assert wired.gateway.closed == []
+    assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
+    assert wired.store.get_connection("c1").identity.token_expires_at == reply["payload"]["expires_at"]
+
+
+def test_refresh_before_expiry_extends_the_session(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", expires_in=30)
+    wired.send("c1", {"action": "refresh", "token": wired.token(expires_in=3600)})
+    wired.clock.now += 600
+    assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
+
+
+def test_refresh_with_another_users_token_fails(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", user_id="alice", expires_in=30)
+    # WHEN alice's connection presents mallory's valid token
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token("mallory", expires_in=3600)})
+    # THEN AUTH_FAILED and the session is not extended
+    assert_auth_failed(reply)
+    wired.clock.now += 60
+    assert_auth_failed(wired.send("c1", {"action": "ping"}))
+    assert wired.gateway.closed == ["c1"]
+
+
+def test_refresh_with_an_expired_token_fails(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", expires_in=30)
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(expires_in=-60)})
+    assert_auth_failed(reply)
+    assert "expired" in reply["payload"]["message"].lower()
+
+
+def test_refresh_with_a_forged_token_fails(real_time: Wired) -> None:
+    from quanttrade_ws.auth import mint_token
+
+    wired = real_time
+    wired.connect("c1", expires_in=30)
+    forged = mint_token("not-the-service-secret-0123456789abcdef", "user-1", expires_in=3600)
+    assert_auth_failed(wired.send("c1", {"action": "refresh", "token": forged}))
+
+
+def test_refresh_takes_the_new_tokens_permissions_and_level(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", level="premium")
+    token = wired.token(permissions=["read:market_data"], subscription_level="free", expires_in=3600)
+    assert wired.send("c1", {"action": "refresh", "token": token})["message_type"] == "refresh"
+    identity = wired.store.get_connection("c1").identity
+    assert identity.permissions == frozenset({"read:market_data"})
+    assert identity.subscription_level == "free"
+    reply = wired.send("c1", {"action": "joinRoom", "room": "lobby"})
+    assert reply["payload"]["error_code"] == "FORBIDDEN"
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_reattaches_subscriptions_and_rooms_after_disconnect(wired: Wired) -> None:
+    # GIVEN a connection with subscriptions and rooms, whose socket then dropped
+    wired.connect("old")
+    wired.connect("peer", user_id="user-2")
+    token = hello(wired, "old")
+    wired.send(
+        "old",
+        {
+            "action": "subscribe",
+            "streams": [
+                {"stream_type": "market_data", "symbol": "AAPL", "filters": {"min_volume": "100"}},
+                {"stream_type": "alerts", "interval": 2},
+            ],
+        },
+    )
+    wired.send("old", {"action": "joinRoom", "room": "desk"})
+    wired.send("old", {"action": "joinRoom", "room": "lobby"})
+    wired.send("peer", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("old")
+    assert wired.store.room_members("desk") == ["peer"]
+    # WHEN the client reconnects and resumes with its session token
+    wired.connect("new")
+    reply = resume(wired, "new", token)
+    # THEN its subscriptions (with their filters and intervals) and rooms are on the new connection
+    assert reply["message_type"] == "resumed"
+    assert reply["request_id"] == "rs"
+    assert reply["payload"]["success"] is True
+    assert sorted(reply["payload"]["subscriptions"]) == ["alerts:*", "market_data:AAPL"]
+    assert sorted(reply["payload"]["rooms"]) == ["desk", "lobby"]
+    [aapl] = wired.store.subscribers("market_data:AAPL")
+    assert (aapl.connection_id, aapl.filters) == ("new", {"min_volume": "100"})
+    [alerts] = wired.store.subscribers("alerts:*")
+    assert (alerts.connection_id, alerts.interval) == ("new", 2)
+    assert sorted(wired.store.room_members("desk")) == ["new", "peer"]
+    assert wired.store.rooms_of("new") == ["desk", "lobby"]
+    connection = wired.store.get_connection("new")
+    assert (connection.room_count, connection.subscription_count) == (2, 2)
+    # AND room messages reach it
+    wired.send("peer", {"action": "sendRoomMessage", "room": "desk", "message": "welcome back"})
+    assert wired.gateway.messages("new")[-1]["payload"]["message"] == "welcome back"
+
+
+def test_resume_gives_a_fresh_session_token_that_resumes_again(wired: Wired) -> None:
+    wired.connect("first")
+    token = hello(wired, "first")
+    wired.send("first", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("first")
+    wired.connect("second")
+    second_token = resume(wired, "second", token)["payload"]["session_token"]
+    # WHEN the second connection drops too and a third resumes with the newer token
+    wired.service.disconnect("second")
+    wired.connect("third")
+    reply = resume(wired, "third", second_token)
+    # THEN the session followed along
+    assert reply["message_type"] == "resumed"
+    assert wired.store.room_members("desk") == ["third"]
+
+
+def test_resume_while_the_old_connection_is_still_open(wired: Wired) -> None:
+    # GIVEN a client reconnecting before API Gateway's 2 hour cut-off, old socket still open
+    wired.connect("old")
+    token = hello(wired, "old")
+    wired.send("old", {"action": "subscribe", "streams": [{"stream_type": "performance"}]})
+    wired.connect("new")
+    # THEN the new connection takes the live state
+    reply = resume(wired, "new", token)
+    assert reply["payload"]["subscriptions"] == ["performance:*"]
+    assert {s.connection_id for s in wired.store.subscribers("performance:*")} >= {"new"}
+
+
+def test_resume_with_an_expired_session_token_fails(wired: Wired) -> None:
+    wired.connect("old")
+    token = hello(wired, "old")
+    wired.service.disconnect("old")
+    # WHEN the client comes back after the session token's lifetime
+    wired.clock.now += wired.settings.token_expiry_hours * 3600 + 1
+    wired.connect("new", expires_in=3600)
+    reply = resume(wired, "new", token)
+    assert_auth_failed(reply)
+    assert reply["request_id"] == "rs"
+    assert wired.store.rooms_of("new") == []
+
+
+def test_resume_with_a_forged_session_token_fails(wired: Wired) -> None:
+    forged = SessionTokens("attacker-secret").issue(Session("sid", "user-1", int(wired.clock()) + 3600))
+    wired.connect("new")
+    assert_auth_failed(resume(wired, "new", forged))
+
+
+def test_resume_with_a_tampered_session_token_fails(wired: Wired) -> None:
+    # GIVEN a victim's session, and an attacker who edits its own token to name the victim's session id
+    wired.connect("victim", user_id="victim")
+    victim_token = hello(wired, "victim")
+    victim_session = json.loads(base64.urlsafe_b64decode(victim_token.split(".")[0] + "=="))["sid"]
+    wired.connect("attacker", user_id="attacker")
+    attacker_token = hello(wired, "attacker")
+    body = base64.urlsafe_b64encode(
+        json.dumps({"sid": victim_session, "uid": "attacker", "exp": int(wired.clock()) + 3600}).encode()
+    )
+    tampered = f"{body.rstrip(b'=').decode()}.{attacker_token.split('.')[1]}"
+    assert_auth_failed(resume(wired, "attacker", tampered))
+
+
+def test_resume_with_another_users_session_token_fails(wired: Wired) -> None:
+    # GIVEN alice's session with a room
+    wired.connect("alice-1", user_id="alice")
+    token = hello(wired, "alice-1")
+    wired.send("alice-1", {"action": "joinRoom", "room": "alice-desk"})
+    wired.service.disconnect("alice-1")
+    # WHEN mallory presents alice's session token
+    wired.connect("mallory-1", user_id="mallory")
+    reply = resume(wired, "mallory-1", token)
+    # THEN AUTH_FAILED and nothing of alice's is attached
+    assert_auth_failed(reply)
+    assert wired.store.rooms_of("mallory-1") == []
+    # AND alice can still resume it herself
+    wired.connect("alice-2", user_id="alice")
+    assert resume(wired, "alice-2", token)["payload"]["rooms"] == ["alice-desk"]
+
+
+def test_resume_with_an_access_token_fails(wired: Wired) -> None:
+    wired.connect("c1")
+    assert_auth_failed(resume(wired, "c1", wired.token()))
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b", "\u00e9.\u00e9", "x.\u00ff"])
+def test_resume_with_garbage_fails_as_auth_failed(wired: Wired, token: str) -> None:
+    wired.connect("c1")
+    assert_auth_failed(resume(wired, "c1", token))
+    assert wired.gateway.closed == []
+
+
+def test_resume_of_a_forgotten_session_fails(wired: Wired) -> None:
+    # GIVEN a well-signed token for a session the store no longer holds
+    token = wired.service.session_tokens.issue(Session("unknown-session", "user-1", int(wired.clock()) + 3600))
+    wired.connect("c1")
+    reply = resume(wired, "c1", token)
+    assert_auth_failed(reply)
+
+
+def test_resume_reattaches_only_what_the_new_token_permits(wired: Wired) -> None:
+    # GIVEN a session holding alerts and predictions subscriptions and a data room
+    wired.connect("old")
+    token = hello(wired, "old")
+    wired.send("old", {"action": "subscribe", "streams": [{"stream_type": "alerts"}, {"stream_type": "predictions"}]})
+    wired.send("old", {"action": "joinRoom", "room": "predictions_AAPL"})
+    wired.send("old", {"action": "joinRoom", "room": "lobby"})
+    wired.service.disconnect("old")
+    # WHEN the client comes back with a token that no longer reads predictions
+    wired.connect("new", permissions=("read:alerts", "rooms:join"))
+    reply = resume(wired, "new", token)
+    # THEN only the permitted subscription and rooms come back, and the reply says so
+    assert [s.stream_key for s in wired.store.subscriptions_of("new")] == ["alerts:*"]
+    assert wired.store.rooms_of("new") == ["lobby"]
+    assert reply["payload"]["rooms"] == ["lobby"]
+    assert reply["payload"]["subscriptions"] == ["alerts:*"]
