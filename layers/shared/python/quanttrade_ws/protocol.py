@@ -183,17 +183,27 @@ def parse_client_frame(body: str | bytes | None) -> Any:
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame must be a JSON object")
     request_id = raw.get("request_id") if isinstance(raw.get("request_id"), str) else None
-    if request_id is not None and len(request_id) > 128:
+    if request_id is not None and (len(request_id) > 128 or not _is_utf8(request_id)):
         request_id = None
     action = raw.get("action")
     if not isinstance(action, str) or not action:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "Frame needs a string 'action'", request_id)
     if action not in KNOWN_ACTIONS:
-        raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"Unknown action '{action[:64]}'", request_id)
+        shown = action[:64].encode(errors="replace").decode()
+        raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"Unknown action '{shown}'", request_id)
     try:
         return _client_frame.validate_python(raw)
     except ValidationError as error:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, describe_validation_error(error), request_id) from None
+
+
+def _is_utf8(text: str) -> bool:
+    """JSON escapes can carry lone surrogates (\\ud800), which no reply can serialise: never echo those."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def describe_validation_error(error: ValidationError) -> str:
