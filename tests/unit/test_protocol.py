@@ -348,3 +348,21 @@ def test_message_larger_than_the_limit_goes_alone() -> None:
     frames = pack_batches([small, big, small2], 1024)
     assert big.encode() in frames
     assert len(frames) == 3
+
+
+# ---------------------------------------------------------------- text a reply cannot carry
+
+
+def test_lone_surrogate_action_gets_a_serialisable_unknown_action() -> None:
+    # GIVEN an action that JSON escapes into a lone surrogate (valid JSON, not valid UTF-8)
+    error = rejected('{"action": "\\ud800x", "request_id": "r"}')
+    # THEN UNKNOWN_ACTION, and the reply built from it serialises
+    assert error.code is ErrorCode.UNKNOWN_ACTION
+    assert json.loads(error_message(error.code, error.message, error.request_id).to_json())["request_id"] == "r"
+
+
+def test_lone_surrogate_request_id_is_not_echoed() -> None:
+    error = rejected('{"action": "ping", "request_id": "\\udfff"}')
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.request_id is None
+    error_message(error.code, error.message, error.request_id).to_json()
