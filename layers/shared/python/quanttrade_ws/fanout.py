@@ -131,8 +131,9 @@ class FanOut:
                 continue
             try:
                 event = parse_upstream_event(json.loads(record["body"]))
-            except (ValueError, InvalidEvent) as error:
-                invalid.append((record, str(error)))
+            except (ValueError, RecursionError, InvalidEvent) as error:
+                # RecursionError: a body nested deeper than the JSON parser recurses is poison too.
+                invalid.append((record, str(error) or type(error).__name__))
                 continue
             try:
                 self._route(event, record, batch)
