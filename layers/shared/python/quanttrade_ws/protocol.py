@@ -210,7 +210,8 @@ def describe_validation_error(error: ValidationError) -> str:
     """Plain words for the first few problems, without echoing the input back."""
     parts = []
     for item in error.errors(include_url=False, include_input=False)[:3]:
-        where = ".".join(str(part) for part in item["loc"])
+        # Keys in `loc` are the client's own (extra fields, filter names): cut them short.
+        where = ".".join(str(part)[:64] for part in item["loc"])
         parts.append(f"{where}: {item['msg']}" if where else item["msg"])
     return "; ".join(parts)
 
