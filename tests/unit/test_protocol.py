@@ -366,3 +366,12 @@ def test_lone_surrogate_request_id_is_not_echoed() -> None:
     assert error.code is ErrorCode.INVALID_MESSAGE
     assert error.request_id is None
     error_message(error.code, error.message, error.request_id).to_json()
+
+
+def test_client_supplied_key_names_are_cut_short_in_error_messages() -> None:
+    # GIVEN extra fields with very long names (they appear in the validation error's location)
+    frame = {"action": "ping", **{f"{i}" + "k" * 100_000: 1 for i in range(3)}}
+    error = rejected(json.dumps(frame))
+    # THEN the reply stays short instead of echoing 300 KB back
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert len(error.message) < 1024
