@@ -211,6 +211,22 @@ class InvalidEvent(ValueError):
     """An upstream event that cannot be delivered: wrong shape, unknown type or bad values."""
 
 
+# Real details are two or three levels deep; the serialiser gives up near 255, and an event
+# that validates but cannot be rendered would fail (and block its FIFO group) on every receive.
+MAX_DETAIL_DEPTH = 32
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def parse_upstream_event(raw: dict[str, Any]) -> UpstreamEvent:
     if not isinstance(raw, dict):
         raise InvalidEvent("event must be a JSON object")
@@ -218,6 +234,8 @@ def parse_upstream_event(raw: dict[str, Any]) -> UpstreamEvent:
     model = DETAILS_BY_TYPE.get(detail_type) if isinstance(detail_type, str) else None
     if model is None:
         raise InvalidEvent(f"unknown detail-type {str(detail_type)[:64]!r}")
+    if _nests_deeper_than(raw.get("detail"), MAX_DETAIL_DEPTH):
+        raise InvalidEvent(f"{detail_type}: detail nests deeper than {MAX_DETAIL_DEPTH} levels")
     try:
         detail = model.model_validate(raw.get("detail"))
         return UpstreamEvent.model_validate({**raw, "detail": detail})
