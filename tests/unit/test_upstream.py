@@ -206,3 +206,26 @@ def test_no_filters_and_unknown_filters_pass():
     assert detail.passes({})
     assert detail.passes({"colour": "blue"})
     assert detail.passes({"min_volume": "not-a-number"})
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"level": value}
+    return value
+
+
+def test_a_detail_nested_within_reason_is_accepted():
+    # GIVEN a tick carrying an order book nested 20 levels deep  WHEN parsed  THEN it is accepted
+    event = eb.market_data()
+    event["detail"]["book"] = _nested(20)
+    assert parse_upstream_event(event).detail.stream == "market_data:AAPL"
+
+
+def test_a_detail_nested_too_deep_to_render_is_invalid():
+    # GIVEN a tick whose extra detail nests 300 levels (the serialiser fails near 255)
+    event = eb.market_data()
+    event["detail"]["book"] = _nested(300)
+    # WHEN parsed  THEN it is invalid at the edge, not a failure later when the message is rendered
+    with pytest.raises(InvalidEvent, match="nests deeper"):
+        parse_upstream_event(event)

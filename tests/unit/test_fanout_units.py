@@ -1,0 +1,393 @@
+"""FanOut's parts with in-memory fakes: the audience cache, audiences, intervals, FIFO group
+blocking, poison events, framing and retries. No DynamoDB here: the fake store counts calls."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from quanttrade_ws.config import Limits, Settings
+from quanttrade_ws.fanout import CountingMetrics, FanOut, TtlCache
+from quanttrade_ws.gateway import InMemoryGateway
+from quanttrade_ws.models import Subscription
+from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.upstream import parse_upstream_event
+from tests.integration import events_builder as eb
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeStore:
+    """The slice of DynamoStore the fan-out uses, in memory, counting look-ups."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, list[Subscription]] = defaultdict(list)
+        self.rooms: dict[str, list[str]] = defaultdict(list)
+        self.lookups: Counter[str] = Counter()
+        self.heads: Counter[str] = Counter()
+        self.sequenced: dict[str, tuple[int, str]] = {}
+        self.broken_events: set[str] = set()
+
+    def subscribe(self, key: str, connection_id: str, interval: float | None = None, **filters: str) -> None:
+        self.subscriptions[key].append(Subscription(key, connection_id, "u", interval, filters))
+
+    def subscribers(self, key: str) -> list[Subscription]:
+        self.lookups[key] += 1
+        return list(self.subscriptions[key])
+
+    def room_members(self, room: str) -> list[str]:
+        self.lookups[f"room:{room}"] += 1
+        return list(self.rooms[room])
+
+    def sequence_event(self, stream: str, event_id: str, render: Callable[[int], str]) -> tuple[int, str, bool]:
+        if event_id in self.broken_events:
+            raise RuntimeError("DynamoDB is having a bad day")
+        if event_id in self.sequenced:
+            return (*self.sequenced[event_id], False)
+        self.heads[stream] += 1
+        seq = self.heads[stream]
+        self.sequenced[event_id] = (seq, render(seq))
+        return seq, self.sequenced[event_id][1], True
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def removed() -> list[str]:
+    return []
+
+
+def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides: Any) -> FanOut:
+    settings = Settings(
+        jwt_secret="s", delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo", **overrides
+    )
+    gateway = InMemoryGateway()
+    return FanOut(
+        settings,
+        store,  # type: ignore[arg-type]
+        gateway,
+        InMemorySender(),
+        removed.append,
+        CountingMetrics(),
+        clock=clock,
+        monotonic=clock,
+    )
+
+
+@pytest.fixture
+def fanout(store: FakeStore, clock: Clock, removed: list[str]) -> FanOut:
+    return make_fanout(store, clock, removed)
+
+
+def gateway(fanout: FanOut) -> InMemoryGateway:
+    assert isinstance(fanout.gateway, InMemoryGateway)
+    return fanout.gateway
+
+
+def sender(fanout: FanOut) -> InMemorySender:
+    assert isinstance(fanout.sender, InMemorySender)
+    return fanout.sender
+
+
+def event(raw: dict[str, Any]):
+    return parse_upstream_event(raw)
+
+
+# ---------------------------------------------------------------- TtlCache
+
+
+def test_ttl_cache_loads_once_within_its_time_and_again_after(clock: Clock):
+    # GIVEN a 0.5 s cache and a loader that counts its calls
+    cache = TtlCache(0.5, clock)
+    loads: list[int] = []
+
+    def load() -> list[str]:
+        loads.append(1)
+        return ["a"]
+
+    # WHEN the key is read at 0, 0.49 s, then at 0.5 s and 0.6 s
+    cache.get("k", load)
+    clock.now += 0.49
+    cache.get("k", load)
+    calls_within = len(loads)
+    clock.now += 0.01
+    cache.get("k", load)
+    clock.now += 0.1
+    cache.get("k", load)
+
+    # THEN it loaded once within the time, again the moment the time was up, and then served the cache
+    assert calls_within == 1
+    assert len(loads) == 2
+
+
+def test_ttl_cache_of_zero_seconds_always_loads(clock: Clock):
+    # GIVEN caching switched off  WHEN the same key is read three times  THEN it loads three times
+    cache = TtlCache(0, clock)
+    loads = Counter[str]()
+    for _ in range(3):
+        cache.get("k", lambda: loads.update(["k"]))
+    assert loads["k"] == 3
+
+
+def test_ttl_cache_keeps_keys_apart(clock: Clock):
+    # GIVEN two keys  WHEN both are read  THEN each holds its own value
+    cache = TtlCache(1, clock)
+    assert cache.get("a", lambda: [1]) == [1]
+    assert cache.get("b", lambda: [2]) == [2]
+    assert cache.get("a", lambda: [3]) == [1]
+
+
+def test_forget_connection_drops_it_from_every_cached_audience(clock: Clock):
+    # GIVEN cached subscriber lists and room member lists that include connection x
+    cache = TtlCache(10, clock)
+    cache.get(
+        "market_data:AAPL", lambda: [Subscription("market_data:AAPL", "x"), Subscription("market_data:AAPL", "y")]
+    )
+    cache.get("room:alerts", lambda: ["x", "z"])
+    cache.get("alerts:*", lambda: [Subscription("alerts:*", "y")])
+
+    # WHEN x is forgotten
+    cache.forget_connection("x")
+
+    # THEN x is gone from both kinds of list, and nothing else changed or reloaded
+    def fail() -> list[Any]:
+        raise AssertionError("should be cached")
+
+    assert [s.connection_id for s in cache.get("market_data:AAPL", fail)] == ["y"]
+    assert cache.get("room:alerts", fail) == ["z"]
+    assert [s.connection_id for s in cache.get("alerts:*", fail)] == ["y"]
+
+
+# ---------------------------------------------------------------- CountingMetrics
+
+
+def test_counting_metrics_totals_and_millisecond_samples():
+    # GIVEN metrics  WHEN counts and latencies are added
+    metrics = CountingMetrics()
+    metrics.add_metric("Delivered", "Count", 2)
+    metrics.add_metric("Delivered", "Count", 3)
+    metrics.add_metric("DeliveryLag", "Milliseconds", 12.5)
+    metrics.add_metric("DeliveryLag", "Milliseconds", 7.5)
+    # THEN counts add up and latencies keep their samples
+    assert metrics.totals["Delivered"] == 5
+    assert metrics.samples["DeliveryLag"] == [12.5, 7.5]
+    assert "Delivered" not in metrics.samples
+
+
+# ---------------------------------------------------------------- audience
+
+
+def test_audience_is_symbol_then_type_then_room_each_connection_once(fanout: FanOut, store: FakeStore):
+    # GIVEN overlapping audiences
+    store.subscribe("market_data:AAPL", "a")
+    store.subscribe("market_data:AAPL", "b")
+    store.subscribe("market_data:*", "b")
+    store.subscribe("market_data:*", "c")
+    store.rooms["market_data_AAPL"] = ["c", "d", "a"]
+    # WHEN the audience of an AAPL tick is built
+    audience = fanout.audience(event(eb.market_data()))
+    # THEN each connection is listed once, in a stable order
+    assert audience == ["a", "b", "c", "d"]
+
+
+def test_audience_of_a_symbol_less_event_reads_only_the_type_key(fanout: FanOut, store: FakeStore):
+    # GIVEN an alert with no symbol  WHEN its audience is built
+    store.subscribe("alerts:*", "a")
+    store.subscribe("alerts:AAPL", "b")
+    audience = fanout.audience(event(eb.alert()))
+    # THEN the type subscribers and the alerts room are read, no symbol key
+    assert audience == ["a"]
+    assert set(store.lookups) == {"alerts:*", "room:alerts"}
+
+
+def test_audience_of_an_event_without_a_data_room_reads_no_room(fanout: FanOut, store: FakeStore):
+    # GIVEN a system status event  WHEN its audience is built  THEN no room is Queried
+    store.subscribe("system_status:*", "ops")
+    assert fanout.audience(event(eb.system_status())) == ["ops"]
+    assert set(store.lookups) == {"system_status:*"}
+
+
+def test_filters_are_per_subscription(fanout: FanOut, store: FakeStore):
+    # GIVEN a picky subscriber and a relaxed one
+    store.subscribe("market_data:AAPL", "picky", min_volume="5000")
+    store.subscribe("market_data:AAPL", "relaxed")
+    # WHEN a small tick's audience is built  THEN only the relaxed one is in it
+    assert fanout.audience(event(eb.market_data(volume=10))) == ["relaxed"]
+
+
+def test_interval_is_kept_per_connection_and_subscription(fanout: FanOut, store: FakeStore, clock: Clock):
+    # GIVEN two connections with a 2 s interval on AAPL
+    store.subscribe("market_data:AAPL", "a", interval=2)
+    store.subscribe("market_data:AAPL", "b", interval=2)
+    # WHEN ticks come at 0, 1, 2, 3 s
+    got = []
+    for _ in range(4):
+        got.append(fanout.audience(event(eb.market_data())))
+        clock.now += 1
+    # THEN both get the ticks of 0 s and 2 s
+    assert got == [["a", "b"], [], ["a", "b"], []]
+
+
+def test_a_filtered_out_event_does_not_use_up_the_interval(fanout: FanOut, store: FakeStore, clock: Clock):
+    # GIVEN a subscriber wanting big ticks at most every 5 s
+    store.subscribe("market_data:AAPL", "a", interval=5, min_volume="1000")
+    # WHEN a small tick comes, then a big one a second later
+    small = fanout.audience(event(eb.market_data(volume=1)))
+    clock.now += 1
+    big = fanout.audience(event(eb.market_data(volume=2000)))
+    # THEN the big one is delivered
+    assert (small, big) == ([], ["a"])
+
+
+# ---------------------------------------------------------------- batches and FIFO groups
+
+
+def test_a_failed_record_blocks_only_later_records_of_its_group(fanout: FanOut, store: FakeStore):
+    # GIVEN subscribers of everything and a batch of two groups, the second market-data event unsequenceable
+    store.subscribe("market_data:*", "md")
+    store.subscribe("predictions:*", "pr")
+    events = [eb.market_data(), eb.market_data(), eb.prediction(), eb.market_data(), eb.prediction()]
+    store.broken_events.add(events[1]["id"])
+    records = eb.records(*events)
+    gateway(fanout).connect("md", "pr")
+
+    # WHEN it is processed
+    response = fanout.process_events(records)
+
+    # THEN records 1 and 3 (market-data, at and after the failure) fail; the rest is delivered
+    assert eb.failures(response) == [records[1]["messageId"], records[3]["messageId"]]
+    assert [m["seq"] for m in gateway(fanout).messages("md")] == [1]
+    assert [m["seq"] for m in gateway(fanout).messages("pr")] == [1, 2]
+    # AND the later record was not sequenced, so its retry takes the next seq in order
+    assert store.heads["market_data:AAPL"] == 1
+
+
+def test_an_invalid_record_after_a_failure_in_its_group_is_retried_not_dead_lettered(fanout: FanOut, store: FakeStore):
+    # GIVEN a failing market-data event followed by an invalid one in the same group
+    broken = eb.market_data()
+    store.broken_events.add(broken["id"])
+    records = [eb.sqs_record(broken), eb.sqs_record("{}", group="market-data")]
+    # WHEN processed  THEN both are reported (order within the group is kept) and the DLQ is untouched
+    assert eb.failures(fanout.process_events(records)) == [r["messageId"] for r in records]
+    assert sender(fanout).sent == {}
+
+
+def test_a_deeply_nested_body_goes_to_the_dlq_and_does_not_crash_the_batch(fanout: FanOut, store: FakeStore):
+    # GIVEN a poison body nested deeper than the JSON parser recurses, beside a valid tick
+    store.subscribe("market_data:AAPL", "a")
+    gateway(fanout).connect("a")
+    poison = eb.sqs_record("[" * 100_000 + "]" * 100_000, group="market-data")
+    records = [poison, eb.sqs_record(eb.market_data())]
+    # WHEN the batch is processed
+    response = fanout.process_events(records)
+    # THEN the tick is delivered, the poison body is dead-lettered, nothing is reported
+    assert eb.failures(response) == []
+    assert [m["seq"] for m in gateway(fanout).messages("a")] == [1]
+    assert len(sender(fanout).sent["events-dlq.fifo"]) == 1
+
+
+def test_an_event_that_cannot_be_rendered_goes_to_the_dlq_not_round_the_queue(fanout: FanOut, store: FakeStore):
+    # GIVEN a market data event whose extra detail nests too deep to serialise, beside a valid tick
+    store.subscribe("market_data:AAPL", "a")
+    gateway(fanout).connect("a")
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(900):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    poison = eb.market_data()
+    poison["detail"]["book"] = deep
+    records = eb.records(poison, eb.market_data())
+    # WHEN the batch is processed
+    response = fanout.process_events(records)
+    # THEN the poison event is dead-lettered at once instead of failing (and blocking its group) five times
+    assert eb.failures(response) == []
+    assert [m["seq"] for m in gateway(fanout).messages("a")] == [1]
+    assert len(sender(fanout).sent["events-dlq.fifo"]) == 1
+
+
+# ---------------------------------------------------------------- framing and retries
+
+
+def test_many_messages_for_one_connection_are_split_into_frames_under_the_limit(
+    store: FakeStore, clock: Clock, removed: list[str]
+):
+    # GIVEN a 4 KB message limit and a subscriber of everything
+    small = make_fanout(store, clock, removed, limits=Limits(max_message_bytes=4096))
+    store.subscribe("market_data:*", "a")
+    gateway(small).connect("a")
+    # WHEN ten 1 KB-ish ticks arrive in one batch
+    ticks = []
+    for i in range(10):
+        tick = eb.market_data(price=100 + i)
+        tick["detail"]["note"] = "n" * 700
+        ticks.append(tick)
+    small.process_events(eb.records(*ticks))
+    # THEN several frames went out, each under 4 KB, together holding all ten in order
+    frames = gateway(small).sent["a"]
+    assert len(frames) > 1
+    assert all(len(frame) <= 4096 for frame in frames)
+    assert [m["seq"] for m in gateway(small).messages("a")] == list(range(1, 11))
+
+
+def test_failed_posts_become_retry_chunks_grouped_per_connection(fanout: FanOut, store: FakeStore):
+    # GIVEN two failing subscribers
+    store.subscribe("market_data:AAPL", "x")
+    store.subscribe("market_data:AAPL", "y")
+    gateway(fanout).connect("x", "y")
+    gateway(fanout).failing.update({"x", "y"})
+    # WHEN a tick is processed
+    response = fanout.process_events(eb.records(eb.market_data()))
+    # THEN each failed post is queued for retry in its own connection's FIFO group, and nothing fails
+    assert eb.failures(response) == []
+    retries = sender(fanout).sent["delivery.fifo"]
+    assert sorted(r.group_id for r in retries) == ["retry#x", "retry#y"]
+    assert all(json.loads(r.body)["retry"] is True for r in retries)
+
+
+def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
+    # GIVEN two retry chunks for one connection that is failing, and one for a healthy connection
+    gateway(fanout).connect("x", "ok")
+    gateway(fanout).failing.add("x")
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="retry#x"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["x"]}), group="retry#x"),
+        eb.sqs_record(json.dumps({"data": '{"n":3}', "connections": ["ok"]}), group="retry#ok"),
+    ]
+    # WHEN processed
+    response = fanout.process_chunks(records)
+    # THEN both x chunks are reported (the second was not even tried), the other delivered
+    assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
+    assert gateway(fanout).messages("ok") == [{"n": 3}]
+    assert fanout.metrics.totals["DeliveryFailed"] == 1  # type: ignore[attr-defined]
+
+
+def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
+    # GIVEN a gone subscriber and a live one, both on every market data symbol
+    store.subscribe("market_data:*", "gone")
+    store.subscribe("market_data:*", "live")
+    gateway(fanout).connect("live", "gone")
+    gateway(fanout).gone.add("gone")
+    # WHEN a batch with two events is processed
+    fanout.process_events(eb.records(eb.market_data("AAPL"), eb.market_data("MSFT")))
+    # THEN the gone connection was removed exactly once and the live one got both
+    assert removed == ["gone"]
+    assert [m["stream"] for m in gateway(fanout).messages("live")] == ["market_data:AAPL", "market_data:MSFT"]
