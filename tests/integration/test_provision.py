@@ -1,0 +1,199 @@
+"""Provisioning against moto in server mode, and the sample events in events/ against the models that read them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.moto_server import MotoServer
+from quanttrade_ws import topology
+from quanttrade_ws.config import Settings
+from quanttrade_ws.protocol import CLIENT_FRAMES, ErrorCode, ProtocolError, parse_client_frame
+from quanttrade_ws.upstream import DETAILS_BY_TYPE, parse_upstream_event
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+# API Gateway samples of message routes: file -> route key
+MESSAGE_SAMPLES = {
+    "hello.json": "hello",
+    "subscribe.json": "subscribe",
+    "unsubscribe.json": "unsubscribe",
+    "join_room.json": "joinRoom",
+    "leave_room.json": "leaveRoom",
+    "send_room_message.json": "sendRoomMessage",
+    "ping.json": "ping",
+    "refresh.json": "refresh",
+    "resume.json": "resume",
+    "default.json": "$default",
+}
+
+
+def load(*parts: str) -> Any:
+    return json.loads((EVENTS.joinpath(*parts)).read_text())
+
+
+# ---------------------------------------------------------------- provisioning
+
+
+@pytest.fixture(scope="module")
+def provisioned() -> Iterator[tuple[MotoServer, Settings, dict[str, Any]]]:
+    server = MotoServer(port=0).start()
+    settings, queues = server.provision(Settings(jwt_secret="x"))
+    yield server, settings, queues
+    server.stop()
+
+
+def test_every_table_has_the_declared_keys_indexes_and_ttl(provisioned: Any) -> None:
+    server, settings, _ = provisioned
+    dynamodb = server.client("dynamodb")
+    for table in topology.TABLES:
+        name = getattr(settings, table.env_var.lower())
+        description = dynamodb.describe_table(TableName=name)["Table"]
+        keys = {k["AttributeName"]: k["KeyType"] for k in description["KeySchema"]}
+        assert keys[table.partition_key] == "HASH"
+        if table.sort_key:
+            assert keys[table.sort_key] == "RANGE"
+        types = {a["AttributeName"]: a["AttributeType"] for a in description["AttributeDefinitions"]}
+        assert all(types[k] == table.key_type(k) for k in keys)
+        assert {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])} == {
+            i.name for i in table.indexes
+        }
+        ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+        assert ttl["AttributeName"] == table.ttl_attribute
+
+
+def test_every_queue_is_fifo_with_its_dlq_and_redrive(provisioned: Any) -> None:
+    server, settings, queues = provisioned
+    sqs = server.client("sqs")
+    for queue in topology.QUEUES:
+        urls = queues[queue.logical_id]
+        attributes = sqs.get_queue_attributes(QueueUrl=urls.url, AttributeNames=["All"])["Attributes"]
+        assert attributes["FifoQueue"] == ("true" if queue.fifo else "false")
+        assert attributes["VisibilityTimeout"] == str(queue.visibility_timeout_seconds)
+        redrive = json.loads(attributes["RedrivePolicy"])
+        assert redrive["maxReceiveCount"] == queue.max_receive_count
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=urls.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+        assert redrive["deadLetterTargetArn"] == dlq_arn["QueueArn"]
+    assert settings.delivery_queue_url == queues[topology.DELIVERY_QUEUE.logical_id].url
+    assert settings.events_dlq_url == queues[topology.EVENTS_QUEUE.logical_id].dlq_url
+
+
+def test_each_source_has_a_rule_targeting_the_events_queue_with_its_group(provisioned: Any) -> None:
+    server, _, queues = provisioned
+    events = server.client("events")
+    for source in topology.SOURCES:
+        rule = events.describe_rule(Name=source.rule_logical_id, EventBusName=topology.EVENT_BUS_NAME)
+        assert json.loads(rule["EventPattern"]) == {"source": [source.source], "detail-type": [source.detail_type]}
+        (target,) = events.list_targets_by_rule(Rule=source.rule_logical_id, EventBusName=topology.EVENT_BUS_NAME)[
+            "Targets"
+        ]
+        assert target["Arn"] == queues[topology.EVENTS_QUEUE.logical_id].arn
+        assert target["SqsParameters"] == {"MessageGroupId": source.message_group}
+
+
+def test_provisioning_twice_is_harmless(provisioned: Any) -> None:
+    server, settings, queues = provisioned
+    again, queues_again = server.provision(settings)
+    assert queues_again == queues
+    assert again.delivery_queue_url == settings.delivery_queue_url
+
+
+def test_a_published_event_reaches_the_events_queue_in_its_source_group(provisioned: Any) -> None:
+    server, _, queues = provisioned
+    sample = load("eventbridge", "alert.json")
+    server.client("events").put_events(
+        Entries=[
+            {
+                "Source": sample["source"],
+                "DetailType": sample["detail-type"],
+                "Detail": json.dumps(sample["detail"]),
+                "EventBusName": topology.EVENT_BUS_NAME,
+            }
+        ]
+    )
+    sqs = server.client("sqs")
+    response = sqs.receive_message(
+        QueueUrl=queues[topology.EVENTS_QUEUE.logical_id].url,
+        WaitTimeSeconds=5,
+        MessageSystemAttributeNames=["MessageGroupId"],
+    )
+    (message,) = response["Messages"]
+    assert message["Attributes"]["MessageGroupId"] == "alerting"
+    assert parse_upstream_event(json.loads(message["Body"])).detail.stream == "alerts:TSLA"
+    sqs.delete_message(QueueUrl=queues[topology.EVENTS_QUEUE.logical_id].url, ReceiptHandle=message["ReceiptHandle"])
+
+
+# ---------------------------------------------------------------- sample events
+
+
+def test_there_is_one_eventbridge_sample_per_detail_type() -> None:
+    samples = {load("eventbridge", p.name)["detail-type"] for p in (EVENTS / "eventbridge").glob("*.json")}
+    assert samples == set(DETAILS_BY_TYPE) == {s.detail_type for s in topology.SOURCES}
+
+
+@pytest.mark.parametrize("path", sorted((EVENTS / "eventbridge").glob("*.json")), ids=lambda p: p.name)
+def test_every_eventbridge_sample_is_a_valid_upstream_event(path: Path) -> None:
+    event = json.loads(path.read_text())
+    assert set(event) == {"version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"}
+    parsed = parse_upstream_event(event)
+    source = next(s for s in topology.SOURCES if s.detail_type == event["detail-type"])
+    assert event["source"] == source.source
+    assert parsed.detail.stream.split(":")[0] == source.stream_type
+
+
+@pytest.mark.parametrize(("sample", "route"), sorted(MESSAGE_SAMPLES.items()))
+def test_every_message_sample_parses_for_its_route(sample: str, route: str) -> None:
+    event = load("apigateway", sample)
+    context = event["requestContext"]
+    assert context["routeKey"] == route
+    assert context["eventType"] == "MESSAGE"
+    assert topology.ROUTES[route] is topology.MESSAGE
+    if route == "$default":
+        # $default gets every frame whose action has no route: the parser names it an unknown action.
+        with pytest.raises(ProtocolError) as refused:
+            parse_client_frame(event["body"])
+        assert refused.value.code is ErrorCode.UNKNOWN_ACTION
+    else:
+        frame = parse_client_frame(event["body"])
+        assert frame.action == route
+
+
+def test_every_action_has_a_message_sample() -> None:
+    actions = {frame.model_fields["action"].annotation.__args__[0] for frame in CLIENT_FRAMES}
+    assert actions == set(topology.ACTIONS) == set(MESSAGE_SAMPLES.values()) - {"$default"}
+
+
+def test_connect_disconnect_and_authorizer_samples_have_their_shapes() -> None:
+    connect = load("apigateway", "connect.json")
+    assert connect["requestContext"]["routeKey"] == "$connect"
+    assert connect["requestContext"]["eventType"] == "CONNECT"
+    assert connect["requestContext"]["authorizer"]["principalId"]
+    disconnect = load("apigateway", "disconnect.json")
+    assert disconnect["requestContext"]["eventType"] == "DISCONNECT"
+    assert isinstance(disconnect["requestContext"]["disconnectStatusCode"], int)
+    authorizer = load("apigateway", "authorizer.json")
+    assert authorizer["type"] == "REQUEST"
+    assert authorizer["methodArn"].endswith("/$connect")
+    assert authorizer["queryStringParameters"]["token"]
+
+
+@pytest.mark.parametrize(
+    ("sample", "queue"),
+    [("sqs_batch_events.json", topology.EVENTS_QUEUE), ("sqs_batch_delivery.json", topology.DELIVERY_QUEUE)],
+)
+def test_sqs_samples_are_lambda_batches_from_their_queue(sample: str, queue: topology.Queue) -> None:
+    records = load("sqs", sample)["Records"]
+    assert 1 <= len(records) <= next(f.batch_size for f in topology.FUNCTIONS if f.consumes is queue)
+    for record in records:
+        assert record["eventSource"] == "aws:sqs"
+        assert record["eventSourceARN"].endswith(f":quanttrade-{queue.logical_id}.fifo")
+        assert {"MessageGroupId", "SequenceNumber", "ApproximateReceiveCount"} <= set(record["attributes"])
+        body = json.loads(record["body"])
+        if queue is topology.EVENTS_QUEUE:
+            parse_upstream_event(body)
+        else:
+            assert isinstance(body["data"], str) and body["connections"]
