@@ -443,7 +443,16 @@ def test_a_gone_connection_is_removed_with_everything_it_owns_and_the_batch_carr
     ]
     assert store.rooms_of("stays") == ["lobby", "market_data_AAPL"]
     assert store.room_members("lobby") == ["stays"]
+    assert _room_count(wired, "lobby") == 1  # the gone member's place is free again
+    assert _room_count(wired, "market_data_AAPL") == 1
     assert wired.metrics.totals["Gone"] == 1
+
+
+def _room_count(wired: Wired, room: str) -> int:
+    item = wired.store._db.get_item(
+        TableName=wired.settings.rooms_table, Key={"room": {"S": room}, "member_id": {"S": "#meta"}}
+    )["Item"]
+    return int(item["member_count"]["N"])
 
 
 def test_a_gone_connection_leaves_the_cached_audience_at_once(wired: Wired):
@@ -582,6 +591,24 @@ def test_a_new_subscriber_gets_data_within_one_second(wired: Wired):
     # THEN it receives live ticks once the cache time has passed (at most 0.5 s after subscribing)
     assert first_tick == 1 and within_cache == 1
     assert seqs(wired, "new") == [1, 3]
+
+
+def test_an_unsubscribed_client_stops_getting_data_once_the_cache_time_has_passed(wired: Wired):
+    # GIVEN a subscriber on a hot AAPL stream
+    wired.connect("leaver")
+    subscribe(wired, "leaver", AAPL)
+    publish(wired, eb.market_data())
+
+    # WHEN it unsubscribes and ticks come 0.6 s and 1.2 s later
+    reply = wired.send("leaver", {"action": "unsubscribe", "streams": [AAPL]})
+    wired.clock.now = T0 + 0.6
+    publish(wired, eb.market_data())
+    wired.clock.now = T0 + 1.2
+    publish(wired, eb.market_data())
+
+    # THEN it got only the tick from before
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]
+    assert seqs(wired, "leaver") == [1]
 
 
 def test_dynamodb_work_per_event_does_not_grow_with_unrelated_connections(wired: Wired, aws, rewire):
