@@ -328,6 +328,20 @@ def test_two_writers_of_the_same_event_agree_on_one_seq(wired: Wired):
     assert store.stream_head("market_data:AAPL").last_seq == 1
 
 
+def test_an_event_whose_history_entry_expired_is_sequenced_anew(wired: Wired):
+    # GIVEN an event sequenced long ago whose history entry TTL already deleted (its marker not yet)
+    store = wired.store
+    assert store.sequence_event("market_data:AAPL", "evt-old", lambda s: f"first {s}") == (1, "first 1", True)
+    store._db.delete_item(
+        TableName=wired.settings.streams_table, Key={"stream": {"S": "market_data:AAPL"}, "seq": {"N": "1"}}
+    )
+    # WHEN the same event arrives again
+    again = store.sequence_event("market_data:AAPL", "evt-old", lambda s: f"again {s}")
+    # THEN it takes the next place in the stream rather than failing forever
+    assert again == (2, "again 2", True)
+    assert store.sequence_event("market_data:AAPL", "evt-old", lambda s: "unused") == (2, "again 2", False)
+
+
 # ---------------------------------------------------------------- invalid events
 
 
