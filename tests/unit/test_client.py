@@ -421,6 +421,35 @@ async def test_a_rate_limit_that_names_no_request_fails_the_dropped_request(
     assert warning.is_error and warning.payload["error_code"] == "RATE_LIMIT"
 
 
+async def test_requests_cut_off_by_a_rate_limit_close_raise_rate_limited(server: FakeServer, make_client: Any) -> None:
+    # GIVEN a server that warns about the rate limit and then closes the connection, as after repeated warnings
+    client = make_client()
+    await client.connect()
+    server.silent.add("ping")
+    pings = [asyncio.create_task(client.ping()) for _ in range(3)]
+    await eventually(lambda: len(server.frames("ping")) == 3, what="the pings")
+    [connection] = server.live()
+    await connection.send(error_message(ErrorCode.RATE_LIMIT, "More than 100 messages per second"))
+    await take(client, 1)
+
+    # WHEN the server closes it THEN the unanswered requests fail as RateLimited, not as a mere lost connection
+    await connection.ws.close(1000)
+    for ping in pings:
+        with pytest.raises(RateLimited):
+            await asyncio.wait_for(ping, WAIT)
+
+
+async def test_any_action_can_be_sent_for_forward_compatibility(server: FakeServer, make_client: Any) -> None:
+    client = make_client()
+    await client.connect()
+    assert (await client.request("ping")).message_type == MessageType.PONG
+    with pytest.raises(quanttrade_client.UnknownAction):
+        await client.request("dance", style="tango")
+    # The server's parser refused it, as it should; nothing else was refused.
+    assert [json.loads(frame)["action"] for frame in server.invalid_frames] == ["dance"]
+    server.invalid_frames.clear()
+
+
 async def test_a_refused_handshake_raises_auth_failed(server: FakeServer, make_client: Any) -> None:
     client = make_client(token="expired")
     with pytest.raises(AuthFailed):

@@ -101,6 +101,7 @@ class _Connection:
         self.replace_at = float("inf")
         self.replace_attempts = 0
         self.pending: dict[str, asyncio.Future[Message]] = {}
+        self.sent_at: dict[str, float] = {}
         # Data messages are held back while the connection resumes: live ones can
         # overtake the replay, and both must be ordered against each other first.
         self.buffering = False
@@ -113,6 +114,25 @@ class _Connection:
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(error)
+
+    def lose_pending(self, reason: str) -> None:
+        """Fail the requests still waiting when the connection went away.
+
+        The server closes a connection after repeated RATE_LIMIT warnings, and those
+        warnings name no request: a request sent before the last warning most likely
+        went unanswered because of the limit, which is worth more to the caller than
+        "connection lost".
+        """
+        for request_id, future in self.pending.items():
+            if future.done():
+                continue
+            sent_at = self.sent_at.get(request_id, float("inf"))
+            if self.rate_limited_at is not None and self.rate_limited_at >= sent_at:
+                future.set_exception(
+                    RateLimited(f"unanswered when the rate-limited connection closed ({reason})", request_id=request_id)
+                )
+            else:
+                future.set_exception(ConnectionLost(f"{self} closed ({reason})", request_id=request_id))
 
     def abort(self) -> None:
         """Drop the connection without a closing handshake: the peer is not answering anyway."""
@@ -305,6 +325,10 @@ class QuantTradeClient:
         self._token = token
         return reply
 
+    async def request(self, action: str, **fields: Any) -> Message:
+        """Send any action with these fields and await its answer: for actions newer than this client."""
+        return await self._request({"action": action, **fields})
+
     async def _request(self, frame: dict[str, Any]) -> Message:
         connection = await self._wait_active()
         return await self._request_on(connection, frame)
@@ -331,7 +355,7 @@ class QuantTradeClient:
         request_id = uuid.uuid4().hex
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         connection.pending[request_id] = future
-        sent_at = time.monotonic()
+        sent_at = connection.sent_at[request_id] = time.monotonic()
         try:
             if connection.closed.is_set():
                 raise ConnectionLost(f"{connection} is closed", request_id=request_id)
@@ -351,6 +375,7 @@ class QuantTradeClient:
                 ) from None
         finally:
             connection.pending.pop(request_id, None)
+            connection.sent_at.pop(request_id, None)
 
     # ------------------------------------------------------------ connections
 
@@ -610,7 +635,8 @@ class QuantTradeClient:
         finally:
             connection.closed.set()
             self._connections.discard(connection)
-            connection.fail_pending(ConnectionLost(f"{connection} closed ({_close_info(connection)})"))
+            info = _close_info(connection)
+            connection.lose_pending(f"close code {info['close_code']} {info['close_reason'] or ''}".strip())
             if self._active is connection:
                 self._active = None
                 self._ready.clear()
