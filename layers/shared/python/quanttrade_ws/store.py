@@ -595,7 +595,7 @@ class DynamoStore:
             seq = last + 1
             message = message_for_seq(seq)
             expires = _n(int(self.clock()) + self._settings.history_seconds)
-            marker_condition = (
+            marker_condition: dict[str, Any] = (
                 {"ConditionExpression": "attribute_not_exists(assigned_seq)"}
                 if stale_seq is None
                 else {
