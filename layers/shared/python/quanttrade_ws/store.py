@@ -595,14 +595,6 @@ class DynamoStore:
             seq = last + 1
             message = message_for_seq(seq)
             expires = _n(int(self.clock()) + self._settings.history_seconds)
-            marker_condition: dict[str, Any] = (
-                {"ConditionExpression": "attribute_not_exists(assigned_seq)"}
-                if stale_seq is None
-                else {
-                    "ConditionExpression": "assigned_seq = :old",  # its entry expired: sequence it anew
-                    "ExpressionAttributeValues": {":old": _n(stale_seq)},
-                }
-            )
             try:
                 self._db.transact_write_items(
                     TransactItems=[
@@ -621,7 +613,9 @@ class DynamoStore:
                             "Put": {
                                 "TableName": self.streams_table,
                                 "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
-                                **marker_condition,
+                                # New, or known but its entry expired (seq 0 is never assigned).
+                                "ConditionExpression": "attribute_not_exists(assigned_seq) OR assigned_seq = :old",
+                                "ExpressionAttributeValues": {":old": _n(stale_seq or 0)},
                             }
                         },
                         {
