@@ -252,7 +252,16 @@
       // A fresh session knows nothing about this page: ask again for what the page shows.
       if (state.symbols.length) subscribe(state.symbols);
       if (state.room) send({ action: "joinRoom", room: state.room });
+      return;
     }
+    // A resume restores what the server remembered of the session; ask for anything it did not.
+    const restored = Array.isArray(payload.subscriptions) ? payload.subscriptions : [];
+    const missing = state.symbols.filter(function (symbol) {
+      return restored.indexOf("market_data:" + symbol) < 0;
+    });
+    if (missing.length) subscribe(missing);
+    const rooms = Array.isArray(payload.rooms) ? payload.rooms : [];
+    if (state.room && rooms.indexOf(state.room) < 0) send({ action: "joinRoom", room: state.room });
   }
 
   function onError(payload) {

@@ -1,6 +1,6 @@
 """Fixtures for end-to-end tests: the whole local stack on free ports, real WebSocket clients over TCP.
 
-    local_stack    the running LocalStack (session-wide: started once, ~1 s), on its own loop in a thread
+    local_stack    the running LocalStack (one per test module, ~1 s to start), on its own loop in a thread
     mint           mint(user="alice", **claims) -> an access token the stack accepts
     connect        await connect(user="alice", token=None, **claims) -> Client (closed after the test)
     publish        publish("MarketData", {...detail...}) -> EventBridge event id, through boto3 `events`
@@ -9,6 +9,8 @@
 
 The stack runs in a background thread, so a test's own event loop (pytest-asyncio,
 one per test) holds only its clients, and a test that blocks never stalls the gateway.
+It lives per module, not per session, because it sets os.environ for the handlers
+(as Lambda would): restoring that when a module ends keeps it out of other tests.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class Client:
         return self.ws.close_code
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_stack() -> Iterator[LocalStack]:
     background = BackgroundStack(
         StackConfig(
@@ -130,7 +132,7 @@ def local_stack() -> Iterator[LocalStack]:
     background.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mint(local_stack: LocalStack) -> Callable[..., str]:
     def mint(user: str = "alice", **claims: Any) -> str:
         return local_stack.token(user, **claims)
@@ -154,7 +156,7 @@ async def connect(local_stack: LocalStack, mint: Callable[..., str]) -> AsyncIte
         await client.ws.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def publish(local_stack: LocalStack) -> Callable[[str, dict[str, Any]], str]:
     events = local_stack.client("events")
     sources = {source.detail_type: source.source for source in topology.SOURCES}
@@ -176,12 +178,12 @@ def publish(local_stack: LocalStack) -> Callable[[str, dict[str, Any]], str]:
     return publish
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def management(local_stack: LocalStack) -> Any:
     return local_stack.client("apigatewaymanagementapi")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def connection_row(local_stack: LocalStack) -> Callable[[str], dict[str, Any] | None]:
     dynamodb = local_stack.client("dynamodb")
     assert local_stack.settings is not None
