@@ -350,6 +350,28 @@ def test_sending_to_an_admin_room_needs_admin(wired: Wired) -> None:
 # ---------------------------------------------------------------- concurrency
 
 
+@pytest.fixture
+def atomic_requests(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One DynamoDB request at a time, as DynamoDB makes each request atomic.
+
+    moto's in-process backend is not thread-safe for transactions: it snapshots a
+    table before a transaction and restores the snapshot on failure, which can
+    undo another thread's write in between. DynamoDB itself never does that. The
+    lock restores per-request atomicity and nothing more: threads still interleave
+    between requests, which is exactly where a read-then-write limit would let two
+    joins take the last place.
+    """
+    client = aws["dynamodb"]
+    lock = threading.Lock()
+    make_api_call = client._make_api_call
+
+    def atomic(operation_name: str, api_params: dict[str, Any]) -> Any:
+        with lock:
+            return make_api_call(operation_name, api_params)
+
+    monkeypatch.setattr(client, "_make_api_call", atomic)
+
+
 def _race(count: int, work: Any) -> list[Any]:
     """Run `work(i)` on `count` threads released together."""
     barrier = threading.Barrier(count)
@@ -362,7 +384,9 @@ def _race(count: int, work: Any) -> list[Any]:
         return list(pool.map(run, range(count)))
 
 
-def test_concurrent_joins_race_for_the_last_places(settings: Settings, aws: dict[str, Any]) -> None:
+def test_concurrent_joins_race_for_the_last_places(
+    settings: Settings, aws: dict[str, Any], atomic_requests: None
+) -> None:
     # GIVEN a room of capacity 5 and 20 clients joining it at the same moment
     capacity, clients = 5, 20
     wired = with_limits(settings, aws, clients_per_room=capacity)
@@ -385,7 +409,9 @@ def test_concurrent_joins_race_for_the_last_places(settings: Settings, aws: dict
     assert sum(wired.store.get_connection(f"c{i:02d}").room_count for i in range(clients)) == capacity
 
 
-def test_concurrent_joins_of_one_client_respect_its_room_limit(settings: Settings, aws: dict[str, Any]) -> None:
+def test_concurrent_joins_of_one_client_respect_its_room_limit(
+    settings: Settings, aws: dict[str, Any], atomic_requests: None
+) -> None:
     # GIVEN one connection joining 12 rooms at once with a limit of 4
     wired = with_limits(settings, aws, rooms_per_client=4)
     wired.connect("a")
@@ -397,21 +423,23 @@ def test_concurrent_joins_of_one_client_respect_its_room_limit(settings: Setting
 
 
 def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
-    settings: Settings, aws: dict[str, Any]
+    settings: Settings, aws: dict[str, Any], atomic_requests: None
 ) -> None:
-    # GIVEN ten members, five of whom leave while five others join, all at once
-    wired = with_limits(settings, aws, clients_per_room=12)
+    # GIVEN ten members of a room for fifteen, five of whom leave while five others join, all at once
+    wired = with_limits(settings, aws, clients_per_room=15)
     for i in range(15):
         wired.connect(f"c{i:02d}")
     for i in range(10):
-        wired.store.join_room("mixed", f"c{i:02d}", "u", 12, 10)
+        wired.store.join_room("mixed", f"c{i:02d}", "u", 15, 10)
 
     def move(i: int) -> bool | Outcome:
         if i < 5:
             return wired.store.leave_room("mixed", f"c{i:02d}")
-        return wired.store.join_room("mixed", f"c{i + 5:02d}", "u", 12, 10)
+        return wired.store.join_room("mixed", f"c{i + 5:02d}", "u", 15, 10)
 
-    _race(10, move)
-    # THEN the count item equals the members: 10 - 5 + 5
+    results = _race(10, move)
+    # THEN every change went through (capacity 15 leaves room for all joins before any leave)
+    assert results == [True] * 5 + [Outcome.DONE] * 5
+    # AND the count item equals the members: 10 - 5 + 5
     assert len(wired.store.room_members("mixed")) == 10
     assert count_item(wired, "mixed") == 10
