@@ -37,6 +37,10 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+    def advance(self, seconds: float) -> None:
+        """Stands in for time.sleep: time passes at once."""
+        self.now += seconds
+
 
 class Wired:
     """The domain wired to moto DynamoDB and in-memory fakes for the gateway and queues."""
@@ -44,13 +48,19 @@ class Wired:
     def __init__(self, settings: Settings, dynamodb: Any, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = DynamoStore(settings, dynamodb)
+        self.store = DynamoStore(settings, dynamodb, clock=clock)
         self.gateway = InMemoryGateway()
         self.sender = InMemorySender()
         self.metrics = CountingMetrics()
         self.verifier = TokenVerifier(settings)
         self.service = RealtimeService(
-            settings, self.store, self.gateway, SessionTokens(SECRET), lambda: self.verifier, clock=clock
+            settings,
+            self.store,
+            self.gateway,
+            SessionTokens(SECRET),
+            lambda: self.verifier,
+            clock=clock,
+            sleep=clock.advance,
         )
         self.fanout = FanOut(
             settings,

@@ -111,11 +111,6 @@ def test_after_resume_live_data_continues_without_loss_or_doubles(wired: Wired, 
     assert seqs(wired, "witness", STREAM) == [1, 2, 3, 4, 5, 6, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the fan-out caches each stream's audience for subscriber_cache_seconds, so events fanned "
-    "out in that window after a resume miss the resumed connection (replay only covers up to the head at resume)",
-)
 def test_events_right_after_a_resume_are_not_lost(wired: Wired, away):
     # GIVEN the fan-out has the AAPL audience cached (without the resumed connection)
     publish(wired, *ticks(1, start=250))  # seq 6, cached audience: the witness only

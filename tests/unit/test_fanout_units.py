@@ -348,19 +348,34 @@ def test_many_messages_for_one_connection_are_split_into_frames_under_the_limit(
     assert [m["seq"] for m in gateway(small).messages("a")] == list(range(1, 11))
 
 
-def test_failed_posts_become_retry_chunks_grouped_per_connection(fanout: FanOut, store: FakeStore):
-    # GIVEN two failing subscribers
+def test_a_failed_post_fails_its_record_and_the_later_records_of_its_group(fanout: FanOut, store: FakeStore):
+    # GIVEN a failing subscriber of AAPL and a healthy subscriber of every symbol
     store.subscribe("market_data:AAPL", "x")
-    store.subscribe("market_data:AAPL", "y")
-    gateway(fanout).connect("x", "y")
-    gateway(fanout).failing.update({"x", "y"})
-    # WHEN a tick is processed
-    response = fanout.process_events(eb.records(eb.market_data()))
-    # THEN each failed post is queued for retry in its own connection's FIFO group, and nothing fails
+    store.subscribe("market_data:*", "ok")
+    gateway(fanout).connect("x", "ok")
+    gateway(fanout).failing.add("x")
+    # WHEN a batch with an AAPL tick, then an MSFT tick of the same group, and an alert is processed
+    batch = eb.records(eb.market_data("AAPL"), eb.market_data("MSFT"), eb.alert())
+    response = fanout.process_events(batch)
+    # THEN the AAPL record and the later record of its group fail, so SQS redelivers them in order;
+    # the other group's record is acknowledged, and nothing went to the delivery queue
+    assert eb.failures(response) == [batch[0]["messageId"], batch[1]["messageId"]]
+    assert sender(fanout).sent == {}
+    assert [m["seq"] for m in gateway(fanout).messages("ok")] == [1, 1]
+
+
+def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout: FanOut, store: FakeStore):
+    # GIVEN a failing subscriber, and a record on its fifth receive (the next failure would dead-letter it)
+    store.subscribe("market_data:AAPL", "x")
+    gateway(fanout).connect("x")
+    gateway(fanout).failing.add("x")
+    record = eb.sqs_record(eb.market_data("AAPL"), receive_count=5)
+    # WHEN it is processed
+    response = fanout.process_events([record])
+    # THEN the record is acknowledged and the connection closed: its client resumes and replays
     assert eb.failures(response) == []
-    retries = sender(fanout).sent["delivery.fifo"]
-    assert sorted(r.group_id for r in retries) == ["retry#x", "retry#y"]
-    assert all(json.loads(r.body)["retry"] is True for r in retries)
+    assert gateway(fanout).closed == ["x"]
+    assert fanout.metrics.totals["UndeliverableClosed"] == 1  # type: ignore[attr-defined]
 
 
 def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):

@@ -8,7 +8,14 @@ then one post per connection for the whole batch (several messages as one
 
 Acknowledgement rule: a record is acknowledged only when each of its messages
 was delivered, deliberately dropped (filter, interval, gone connection), or
-handed to a durable queue (delivery chunks, retries, dead letters).
+handed to a durable queue (delivery chunks, dead letters).
+
+Order rule: the events queue is FIFO with one message group per source. A
+record that cannot be delivered fails together with every later record of its
+group, so SQS redelivers them in their order; a redelivered event keeps its seq
+and clients drop what they already have. On the last receive before the DLQ a
+connection that still cannot be reached is closed instead: its client resumes
+and replays the message from the stream's history, and the group moves on.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.models import Subscription
@@ -31,6 +40,11 @@ from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
 logger = logging.getLogger(__name__)
+
+# Large audiences are split by a stable hash of the connection id, so a
+# connection is always in the same delivery group of a stream and its messages
+# keep their order however the audience grows or shrinks.
+CHUNK_SHARDS = 64
 
 
 class Metrics(Protocol):
@@ -84,16 +98,28 @@ class TtlCache:
 
 @dataclass
 class _Batch:
+    records: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     blocked_groups: set[str] = field(default_factory=set)
     outbox: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     event_times: dict[str, datetime] = field(default_factory=dict)
+    chunks: list[tuple[dict[str, Any], list[OutgoingMessage]]] = field(default_factory=list)
 
     def fail(self, record: dict[str, Any]) -> None:
         """Fail a record and every later record of its FIFO group, so a retry keeps the order."""
         self.failures.append(record["messageId"])
         self.blocked_groups.add(_group(record))
+
+    def fail_from(self, message_ids: set[str]) -> None:
+        """After delivery: fail these records and every later record of their groups."""
+        blocked: set[str] = set()
+        for record in self.records:
+            group = _group(record)
+            if record["messageId"] in message_ids or group in blocked:
+                blocked.add(group)
+                if record["messageId"] not in self.failures:
+                    self.failures.append(record["messageId"])
 
 
 class FanOut:
@@ -123,7 +149,7 @@ class FanOut:
 
     def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
         """Handle one SQS batch from the events queue; returns the partial batch response."""
-        batch = _Batch()
+        batch = _Batch(records=records)
         invalid: list[tuple[dict[str, Any], str]] = []
         for record in records:
             if _group(record) in batch.blocked_groups:
@@ -142,6 +168,10 @@ class FanOut:
                 batch.fail(record)
         self._dead_letter(invalid, batch)
         self._deliver(batch)
+        # Chunks go out after the direct posts, so an event that crosses the chunk size
+        # never overtakes the previous one of its stream.
+        for record, chunks in batch.chunks:
+            self._send_chunks(chunks, record, batch)
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
 
     def _route(self, event: UpstreamEvent, record: dict[str, Any], batch: _Batch) -> None:
@@ -160,7 +190,7 @@ class FanOut:
         seq, message, _fresh = self.store.sequence_event(stream, event.id, render)
         audience = self.audience(event)
         if len(audience) > self.settings.chunk_size:
-            self._send_chunks(stream, seq, message, audience, event.event_time, record, batch)
+            batch.chunks.append((record, self._chunks(stream, seq, message, audience, event.event_time)))
             return
         for connection_id in audience:
             batch.outbox[connection_id].append(message)
@@ -198,35 +228,35 @@ class FanOut:
         self._last_sent[key] = now
         return True
 
-    def _send_chunks(
-        self,
-        stream: str,
-        seq: int,
-        message: str,
-        audience: list[str],
-        event_time: datetime,
-        record: dict[str, Any],
-        batch: _Batch,
-    ) -> None:
+    def _chunks(
+        self, stream: str, seq: int, message: str, audience: list[str], event_time: datetime
+    ) -> list[OutgoingMessage]:
+        shards: dict[int, list[str]] = defaultdict(list)
+        for connection_id in audience:
+            shards[zlib.crc32(connection_id.encode()) % CHUNK_SHARDS].append(connection_id)
         size = self.settings.chunk_size
-        chunks = [
+        return [
             OutgoingMessage(
                 body=json.dumps(
                     {
                         "data": message,
-                        "connections": audience[start : start + size],
+                        "connections": members[start : start + size],
                         "stream": stream,
                         "seq": seq,
                         "event_time": event_time.isoformat(),
                     }
                 ),
-                # Chunk i of every event of a stream is one FIFO group: a connection keeps its order.
-                group_id=f"{stream}#{start // size}",
+                group_id=f"{stream}#{shard}",
             )
-            for start in range(0, len(audience), size)
+            for shard, members in sorted(shards.items())
+            for start in range(0, len(members), size)
         ]
+
+    def _send_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: _Batch) -> None:
+        if record["messageId"] in batch.failures:
+            return
         if self.sender.send(self.settings.delivery_queue_url, chunks):
-            batch.fail(record)
+            batch.fail_from({record["messageId"]})
             return
         self.metrics.add_metric("DeliveryChunks", "Count", len(chunks))
 
@@ -258,11 +288,19 @@ class FanOut:
             return
         report = self.gateway.post_many(posts)
         self._account(report, batch.event_times.get)
-        retries = self._retry_later(report.failed)
-        for post in retries:
-            for message_id in batch.record_ids[post.connection_id]:
-                if message_id not in batch.failures:
-                    batch.failures.append(message_id)
+        if not report.failed:
+            return
+        undeliverable = {post.connection_id for post in report.failed}
+        failed_records = {message_id for cid in undeliverable for message_id in batch.record_ids[cid]}
+        last_chance = {r["messageId"] for r in batch.records if _receive_count(r) >= _LAST_RECEIVE}
+        if failed_records <= last_chance:
+            # Redelivering would dead-letter the event for everyone: close the connections
+            # we cannot reach instead; their clients resume and replay from history.
+            for connection_id in undeliverable:
+                self.gateway.close(connection_id)
+            self.metrics.add_metric("UndeliverableClosed", "Count", len(undeliverable))
+            return
+        batch.fail_from(failed_records)
 
     # ------------------------------------------------------------ delivery queue
 
@@ -314,20 +352,15 @@ class FanOut:
         if report.failed:
             self.metrics.add_metric("DeliveryFailed", "Count", len(report.failed))
 
-    def _retry_later(self, failed: Iterable[Post]) -> list[Post]:
-        """Hand failed posts to the delivery queue; returns those that could not be handed over."""
-        failed = list(failed)
-        if not failed:
-            return []
-        letters = [
-            OutgoingMessage(
-                json.dumps({"data": post.data.decode(), "connections": [post.connection_id], "retry": True}),
-                group_id=f"retry#{post.connection_id}",
-            )
-            for post in failed
-        ]
-        unsent = {letter.body for letter in self.sender.send(self.settings.delivery_queue_url, letters)}
-        return [post for post, letter in zip(failed, letters, strict=True) if letter.body in unsent]
+
+_LAST_RECEIVE = topology.EVENTS_QUEUE.max_receive_count
+
+
+def _receive_count(record: dict[str, Any]) -> int:
+    try:
+        return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _group(record: dict[str, Any]) -> str:

@@ -71,6 +71,7 @@ class RealtimeService:
         session_tokens: SessionTokens,
         token_verifier: Callable[[], TokenVerifier] | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -79,6 +80,7 @@ class RealtimeService:
         self.session_tokens = session_tokens
         self._token_verifier = token_verifier
         self.clock = clock
+        self.sleep = sleep
 
     # ------------------------------------------------------------ lifecycle
 
@@ -459,17 +461,25 @@ class RealtimeService:
             if outcome in (Outcome.DONE, Outcome.ALREADY):
                 rooms.append(room)
 
-        results = {}
-        recovered = True
+        results: dict[str, dict[str, Any]] = {}
         for stream, last_seq in frame.last_seq.items():
             stream_type = stream.split(":", 1)[0]
             if stream_type not in StreamType.__members__.values() or not connection.identity.can(f"read:{stream_type}"):
                 results[stream] = {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
-                recovered = False
                 continue
-            result = self._replay(connection.connection_id, stream, last_seq)
-            results[stream] = result
-            recovered = recovered and bool(result["recovered"])
+            results[stream] = self._replay(connection.connection_id, stream, last_seq)
+        replayable = {stream: result for stream, result in results.items() if "error" not in result}
+        if replayable and subscriptions and self.settings.subscriber_cache_seconds > 0:
+            # Fan-out keeps audiences cached for subscriber_cache_seconds, so an event
+            # sequenced just now may still go out without this connection. Once the
+            # cache has turned over, replay what came meanwhile: no gap, at worst a
+            # duplicate the client drops by (stream, seq).
+            self.sleep(self.settings.subscriber_cache_seconds)
+            for stream, result in replayable.items():
+                late = self._replay(connection.connection_id, stream, int(result["last_seq"]))
+                result["replayed"] += late["replayed"]
+                result["last_seq"] = late["last_seq"]
+        recovered = all(bool(result["recovered"]) for result in results.values())
         new_token = self._session_token(session.session_id, connection.identity.user_id)
         self._answer(
             ctx,

@@ -403,6 +403,9 @@ class DynamoStore:
                 ExpressionAttributeValues={":k": _s(stream_key)},
                 ProjectionExpression="connection_id, user_id, #i, filters",
                 ExpressionAttributeNames={"#i": "interval"},
+                # Strongly consistent: a subscription written a moment ago must be seen
+                # once the fan-out's audience cache turns over (resume depends on it).
+                ConsistentRead=True,
             )
         ]
 
@@ -543,6 +546,7 @@ class DynamoStore:
                 KeyConditionExpression="room = :r AND member_id > :meta",
                 ExpressionAttributeValues={":r": _s(room), ":meta": _s(ROOM_META)},
                 ProjectionExpression="member_id",
+                ConsistentRead=True,
             )
         ]
 
