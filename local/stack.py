@@ -80,6 +80,9 @@ class StackConfig:
     simulator: bool = False
     simulator_rate: float = 6.0
     sweep_interval: float | None = 300.0  # the sweeper's schedule; None: never
+    # None: each queue's visibility timeout from the topology (60 s). Tests shorten it so a failed record
+    # (its FIFO group held back until the timeout, as on AWS) is retried within a test's patience.
+    queue_visibility_timeout: int | None = None
     log_level: str = "WARNING"  # the handlers' Powertools log level
     dashboard: bool = True
     settings_overrides: dict[str, Any] = field(default_factory=dict)  # any other Settings field
@@ -180,6 +183,8 @@ class LocalStack:
             **self.config.settings_overrides,
         )
         self.settings, self.queues = await loop.run_in_executor(None, self.moto.provision, settings)
+        if self.config.queue_visibility_timeout is not None:
+            await loop.run_in_executor(None, self._shorten_visibility, self.config.queue_visibility_timeout)
 
         gateway_config = GatewayConfig(
             host=self.config.host,
@@ -214,8 +219,11 @@ class LocalStack:
         await self.gateway.start()
         self._apply_environment(self.gateway.management_endpoint)
 
+        pump_options: dict[str, Any] = {}
+        if self.config.queue_visibility_timeout is not None:
+            pump_options["visibility_timeout"] = self.config.queue_visibility_timeout
         self.pumps = pumps_from_topology(
-            self.functions, self.queues, lambda: self.moto.client("sqs"), region=self.config.region
+            self.functions, self.queues, lambda: self.moto.client("sqs"), region=self.config.region, **pump_options
         )
         for pump in self.pumps:
             pump.start()
@@ -224,6 +232,11 @@ class LocalStack:
         if self.config.simulator:
             self.simulator = MarketSimulator(lambda: self.moto.client("events"), rate=self.config.simulator_rate)
             self.simulator.start()
+
+    def _shorten_visibility(self, seconds: int) -> None:
+        sqs = self.moto.client("sqs")
+        for urls in self.queues.values():
+            sqs.set_queue_attributes(QueueUrl=urls.url, Attributes={"VisibilityTimeout": str(seconds)})
 
     async def stop(self) -> None:
         """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto; then the env."""
