@@ -317,6 +317,8 @@ def make_client(server: FakeServer, open_clients: list[QuantTradeClient]) -> Cal
             "backoff_base": 0.01,
             "backoff_max": 0.05,
             "keepalive_interval": 60.0,
+            # Off unless a test is about it, so the frames each test expects are exactly those.
+            "catch_up_after": None,
         }
         if "token_provider" in options:
             settings.pop("token")
@@ -561,6 +563,36 @@ async def test_reconnect_replays_the_gap_and_releases_it_in_order(server: FakeSe
         recovered=True,
         streams={STREAM: {"recovered": True, "replayed": 3, "last_seq": 6}},
     )
+
+
+async def test_a_catch_up_resume_replays_what_fan_out_sent_to_the_audience_of_before(
+    server: FakeServer, make_client: Any
+) -> None:
+    # GIVEN a client at seq 2, and a server whose fan-out sequences one more message just after the
+    # replay of the first resume but addresses it to the audience it cached before (nobody)
+    client = make_client(catch_up_after=0.1)
+    await client.connect()
+    await client.subscribe("market_data", symbol="AAPL")
+    await server.publish()
+    await server.publish()
+    await take(client, 2)
+
+    async def resume_then_miss_one(connection: FakeConnection, frame: protocol.Resume) -> None:
+        await server.resume(connection, frame)
+        if len(server.frames("resume")) == 1:
+            await server.publish(to=[])
+
+    server.on_resume = resume_then_miss_one
+
+    # WHEN the connection drops and the client resumes
+    await server.drop(server.connection(1))
+
+    # THEN the catch-up resume a moment later replays the missed message, once
+    assert seqs(await take(client, 1)) == [(STREAM, 3)]
+    first, second = server.frames("resume")
+    assert first["last_seq"] == {STREAM: 2} and second["last_seq"] == {STREAM: 2}
+    await server.publish()
+    assert seqs(await take(client, 1)) == [(STREAM, 4)]
 
 
 @pytest.mark.parametrize("code", [1001, 1006, 1011, 1012])

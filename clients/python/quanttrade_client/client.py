@@ -168,6 +168,7 @@ class QuantTradeClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         max_reconnect_attempts: int | None = None,
+        catch_up_after: float | None = 1.0,
         on_reconnect: Callable[[ResumeReport], object] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -186,6 +187,7 @@ class QuantTradeClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_reconnect_attempts = max_reconnect_attempts
+        self.catch_up_after = catch_up_after
         self.on_reconnect = on_reconnect
         self._rng = rng
 
@@ -559,6 +561,7 @@ class QuantTradeClient:
                     attempt = auth_failures = 0
                     self.reconnects += 1
                     self._activate(current)
+                    self._schedule_catch_up(current)
                     self._announce()
                     continue
 
@@ -594,8 +597,45 @@ class QuantTradeClient:
         self.reconnects += 1
         self._activate(fresh)
         self._spawn(self._retire(old))
+        self._schedule_catch_up(fresh)
         self._announce()
         return fresh
+
+    def _schedule_catch_up(self, connection: _Connection) -> None:
+        if self.catch_up_after is not None:
+            self._spawn(self._catch_up(connection, self.catch_up_after))
+
+    async def _catch_up(self, connection: _Connection, delay: float) -> None:
+        """A second `resume` on a connection shortly after it resumed, to replay what fell between.
+
+        Fan-out caches each stream's audience for a moment (subscriber_cache_seconds),
+        so a message sequenced just after the replay can still be addressed to the
+        audience as it was before the resume and never reach the new connection.
+        Asking again once that moment has passed replays exactly those messages;
+        everything else in the answer is a duplicate and is dropped.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.closed.wait(), delay)
+        if connection.closed.is_set() or self._active is not connection or not self._resume_points():
+            return
+        connection.buffering = True
+        reply: Message | None = None
+        try:
+            reply = await self._resume(connection)
+        except QuantTradeError as error:
+            logger.warning("catch-up resume failed", extra={"code": error.code, "reason": error.message})
+        if connection.closed.is_set():
+            # Not released: the next connection's resume replays from before these.
+            connection.buffer.clear()
+            connection.buffering = False
+            return
+        streams = self._apply_resumed(reply)
+        connection.buffering = False
+        for message in self._order.release(connection.buffer):
+            self._inbox.put_nowait(message)
+        connection.buffer.clear()
+        if not all(bool(result.get("recovered", True)) for result in streams.values()):
+            logger.warning("catch-up found a gap it could not replay", extra={"streams": streams})
 
     async def _retire(self, old: _Connection) -> None:
         waiting = [future for future in old.pending.values() if not future.done()]
