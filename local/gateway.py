@@ -339,7 +339,8 @@ class LocalGateway:
         self._root_handler = root_handler
         self._connections: dict[str, _Connection] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._management_bucket = _TokenBucket(self.config.management_rate_per_second, self.config.management_burst)
+        self._management_limits = (self.config.management_rate_per_second, self.config.management_burst)
+        self._management_bucket = _TokenBucket(*self._management_limits)
         self._connect_bucket = (
             None
             if self.config.connect_rate_per_second is None
@@ -781,6 +782,11 @@ class LocalGateway:
         stage = request.match_info.get("stage")
         if stage is not None and stage != self.config.stage:
             return _management_error(403, "ForbiddenException", "Forbidden")
+        limits = (self.config.management_rate_per_second, self.config.management_burst)
+        if limits != self._management_limits:
+            # The config was replaced (LocalStack.gateway_limits): throttle at the new rate from now on.
+            self._management_limits = limits
+            self._management_bucket = _TokenBucket(*limits)
         if not self._management_bucket.take():
             return _management_error(429, "LimitExceededException", "Rate exceeded")
         connection_id = request.match_info["connection_id"]
