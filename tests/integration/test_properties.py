@@ -21,14 +21,14 @@ from quanttrade_ws.protocol import KNOWN_ACTIONS, ErrorCode, MessageType, Server
 from tests.conftest import Wired
 
 EXAMPLES = settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 CID = "prop-conn"
 ERROR_CODES = {code.value for code in ErrorCode}
 MESSAGE_TYPES = {t.value for t in MessageType}
-LEAKS = ("Traceback", 'File "', "quanttrade_ws", "botocore", "Exception", "/work/", ".py")
+LEAKS = ("Traceback", 'File "', "quanttrade_ws", "botocore", "site-packages", "/var/task", "/work/", ".py")
 
 # ---------------------------------------------------------------- strategies
 
@@ -192,8 +192,10 @@ def exactly_one_good_reply(
         assert payload["error_code"] != "INTERNAL", payload  # nothing a client sends is an internal failure
         assert isinstance(payload["message"], str) and payload["message"]
         assert len(payload["message"]) <= 1024, "error messages stay short whatever the input"
+        text = body if isinstance(body, str) else body.decode(errors="replace")
         for leak in LEAKS:
-            assert leak not in payload["message"]
+            # a client may see its own key names echoed (cut short); anything else is a leak
+            assert leak not in payload["message"] or leak in text, leak
     if record:  # --hypothesis-show-statistics shows which replies the random frames reached
         event(reply["payload"].get("error_code", reply["message_type"]))
     if isinstance(sent, dict):
@@ -253,7 +255,7 @@ def test_corrupted_valid_frames(conn: Wired, frame: dict[str, Any], data: st.Dat
     exactly_one_good_reply(conn, mutate(json.dumps(frame), data))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(EXAMPLES, max_examples=100)
 @given(
     escape=st.sampled_from(["\\ud800", "\\udfff", "\\u0000", "\\ufeff", "\\ud83d\\ude00"]),
     where=st.sampled_from(["action", "request_id", "room", "key", "symbol", "token"]),
