@@ -105,6 +105,10 @@ class Market:
             }
             await asyncio.to_thread(self._publish, "MarketData", detail)
 
+    def describe(self, received: list[Message]) -> str:
+        """What arrived, as (seq, tick number) pairs, for an assertion message."""
+        return f"{self.stream}: {[(m.seq, int(m.payload['price']) - 100) for m in received]}"
+
     async def unsubscribed(self) -> bool:
         """Whether no connection is subscribed to this symbol any more."""
         answer = await asyncio.to_thread(
@@ -201,7 +205,7 @@ async def test_the_client_survives_the_gateway_closing_it_at_the_maximum_duratio
         received = await inbox.wait_for(market.stream, 9)
 
     # THEN the application got all nine, once each, in order: three of them replayed by the resume
-    assert prices_in_order(received) == [101.0 + n for n in range(9)]
+    assert prices_in_order(received) == [101.0 + n for n in range(9)], market.describe(received)
     assert inbox.seqs(market.stream) == sorted(set(inbox.seqs(market.stream)))
     assert client.reconnects >= 1 and connections >= 2
     assert client.last_resume is not None and client.last_resume.session_resumed
@@ -232,7 +236,7 @@ async def test_the_client_replaces_its_connection_before_the_gateway_cut_off(
 
     # THEN there was never a moment without a connection, and every tick arrived once, in order
     assert always_connected
-    assert prices_in_order(received) == [101.0 + n for n in range(market.published)]
+    assert prices_in_order(received) == [101.0 + n for n in range(market.published)], market.describe(received)
     assert client.last_resume is not None and client.last_resume.session_resumed
 
 
@@ -267,7 +271,7 @@ async def test_the_client_survives_a_restart_of_the_gateway(
 
     # THEN the session was resumed from the store and every tick arrived once, in order
     received = await inbox.wait_for(market.stream, 9)
-    assert prices_in_order(received) == [101.0 + n for n in range(9)]
+    assert prices_in_order(received) == [101.0 + n for n in range(9)], market.describe(received)
     assert client.last_resume is not None and client.last_resume.session_resumed
     assert client.last_resume.streams[market.stream]["recovered"] is True
 
@@ -355,8 +359,14 @@ async def test_flooding_the_server_raises_rate_limited(make_client: Callable[...
     await client.connect()
     inbox = Inbox(client)
 
-    # WHEN it sends far more than 100 frames in a second
-    results = await asyncio.gather(*(client.ping() for _ in range(300)), return_exceptions=True)
+    # WHEN it sends frames in bursts of 300: the limit counts frames per second as the handlers process
+    # them, and how many a second that is depends on the machine, so burst until the limit is hit
+    results: list[Any] = []
+    for _ in range(5):
+        results = await asyncio.gather(*(client.ping() for _ in range(300)), return_exceptions=True)
+        if any(isinstance(r, RateLimited) for r in results):
+            break
+        await eventually(lambda: client.connected, 15.0, "a live connection")
 
     # THEN some requests fail as RateLimited, and the warnings reach the application too
     rate_limited = [r for r in results if isinstance(r, RateLimited)]

@@ -565,34 +565,50 @@ async def test_reconnect_replays_the_gap_and_releases_it_in_order(server: FakeSe
     )
 
 
-async def test_a_catch_up_resume_replays_what_fan_out_sent_to_the_audience_of_before(
+async def test_a_re_made_session_gets_a_catch_up_resume_for_what_fan_out_missed(
     server: FakeServer, make_client: Any
 ) -> None:
-    # GIVEN a client at seq 2, and a server whose fan-out sequences one more message just after the
-    # replay of the first resume but addresses it to the audience it cached before (nobody)
+    # GIVEN a client at seq 2 whose session the server forgets, and a fan-out that sequences one more
+    # message just after the replay on the new session but addresses it to the audience of before (nobody)
     client = make_client(catch_up_after=0.1)
     await client.connect()
     await client.subscribe("market_data", symbol="AAPL")
     await server.publish()
     await server.publish()
     await take(client, 2)
+    server.sessions.clear()
 
     async def resume_then_miss_one(connection: FakeConnection, frame: protocol.Resume) -> None:
         await server.resume(connection, frame)
-        if len(server.frames("resume")) == 1:
+        if len(server.frames("resume")) == 2:  # the first resume is refused: unknown session
             await server.publish(to=[])
 
     server.on_resume = resume_then_miss_one
 
-    # WHEN the connection drops and the client resumes
+    # WHEN the connection drops
     await server.drop(server.connection(1))
 
     # THEN the catch-up resume a moment later replays the missed message, once
     assert seqs(await take(client, 1)) == [(STREAM, 3)]
-    first, second = server.frames("resume")
-    assert first["last_seq"] == {STREAM: 2} and second["last_seq"] == {STREAM: 2}
+    assert server.connection(2).actions == ["resume", "hello", "subscribe", "resume", "resume"]
+    assert server.frames("resume")[-1]["last_seq"] == {STREAM: 2}
     await server.publish()
     assert seqs(await take(client, 1)) == [(STREAM, 4)]
+
+
+async def test_a_resumed_session_gets_no_catch_up_from_the_client(server: FakeServer, make_client: Any) -> None:
+    # The server replays once more by itself after a resume; a second resume from the client would be waste.
+    client = make_client(catch_up_after=0.05)
+    await client.connect()
+    await client.subscribe("market_data", symbol="AAPL")
+    await server.publish()
+    await take(client, 1)
+    await server.drop(server.connection(1))
+    await eventually(lambda: client.connected, what="the reconnect")
+    # Proving that something is not sent needs time to pass: six times the catch-up delay.
+    await asyncio.sleep(0.3)
+    await client.ping()
+    assert server.connection(2).actions == ["resume", "ping"]
 
 
 @pytest.mark.parametrize("code", [1001, 1006, 1011, 1012])

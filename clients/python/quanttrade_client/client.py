@@ -602,17 +602,19 @@ class QuantTradeClient:
         return fresh
 
     def _schedule_catch_up(self, connection: _Connection) -> None:
-        if self.catch_up_after is not None:
+        # A resumed session gets this second pass from the server itself (it replays once more after
+        # the audience cache has turned over); a session re-made after `hello` does not.
+        if self.catch_up_after is not None and self.last_resume is not None and not self.last_resume.session_resumed:
             self._spawn(self._catch_up(connection, self.catch_up_after))
 
     async def _catch_up(self, connection: _Connection, delay: float) -> None:
-        """A second `resume` on a connection shortly after it resumed, to replay what fell between.
+        """A second `resume` on a connection shortly after it re-made a lost session, to replay what fell between.
 
         Fan-out caches each stream's audience for a moment (subscriber_cache_seconds),
         so a message sequenced just after the replay can still be addressed to the
-        audience as it was before the resume and never reach the new connection.
-        Asking again once that moment has passed replays exactly those messages;
-        everything else in the answer is a duplicate and is dropped.
+        audience as it was before the new subscriptions and never reach this
+        connection. Asking again once that moment has passed replays exactly those
+        messages; everything else in the answer is a duplicate and is dropped.
         """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connection.closed.wait(), delay)
