@@ -77,8 +77,8 @@ class Inbox:
         )
         return self.data(stream)
 
-    def seqs(self, stream: str) -> list[int | None]:
-        return [m.seq for m in self.data(stream)]
+    def seqs(self, stream: str) -> list[int]:
+        return [m.seq or 0 for m in self.data(stream)]
 
 
 class Market:

@@ -256,7 +256,7 @@ def test_everything_the_service_sends_is_documented(document: dict[str, Any], wi
         wired.service.handle_frame(connection_id, frame if isinstance(frame, str) else json.dumps(frame))
 
     # and every kind of upstream event is fanned out, twice, so some arrive as a batch
-    details = {
+    details: dict[str, dict[str, Any]] = {
         "MarketData": {"symbol": "AAPL", "price": 189.5, "volume": 1200, "timestamp": "2026-01-05T14:30:00Z"},
         "Prediction": {
             "symbol": "AAPL",

@@ -108,7 +108,7 @@ class FakeServer:
 
     async def start(self) -> None:
         self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._process_request)
-        port = self._server.sockets[0].getsockname()[1]
+        port = next(iter(self._server.sockets)).getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/"
 
     async def stop(self) -> None:
