@@ -460,7 +460,7 @@ class QuantTradeClient:
         connection.buffer.clear()
         self.last_resume = ResumeReport(
             session_resumed=session_resumed,
-            recovered=session_resumed and all(bool(result.get("recovered", True)) for result in streams.values()),
+            recovered=all(bool(result.get("recovered", True)) for result in streams.values()),
             streams=streams,
         )
         if not self.last_resume.recovered:
