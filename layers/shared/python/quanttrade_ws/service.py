@@ -349,7 +349,9 @@ class RealtimeService:
             self._notify_room(frame.room, MessageType.JOIN_ROOM, ctx.connection, exclude=ctx.connection.connection_id)
 
     def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
-        self._check_room(ctx.connection.identity, frame.room, ctx.request_id)
+        # Only the name is checked: a client whose refreshed token lost a room's permission must still be able to leave.
+        if not ROOM_NAME_PATTERN.match(frame.room):
+            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", ctx.request_id)
         if not self.store.leave_room(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
         self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
