@@ -307,3 +307,42 @@ async def test_admin_routes_answer_through_the_gateway(local_stack: LocalStack, 
     assert [s["stream_type"] for s in subscriptions["subscriptions"]] == ["alerts"]
     stats = await asyncio.to_thread(get, "/stats")
     assert stats["connections"] >= 1 and stats["subscriptions"] >= 1
+
+
+# ---------------------------------------------------------------- dashboard files and the command line
+
+
+def test_the_dashboard_is_served_on_a_plain_get_of_the_websocket_path(local_stack: LocalStack) -> None:
+    with urllib.request.urlopen(local_stack.dashboard_url, timeout=10) as response:
+        page = response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/html")
+    assert '<script src="app.js"></script>' in page
+    with urllib.request.urlopen(f"{local_stack.http_url}/app.js", timeout=10) as response:
+        script = response.read().decode()
+    with urllib.request.urlopen(f"{local_stack.http_url}/style.css", timeout=10) as response:
+        assert response.status == 200
+    # Everything shown goes through textContent: no markup sinks in the script at all.
+    for sink in (".innerHTML =", ".outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script
+
+
+async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
+    local_stack: LocalStack, connect: Connect, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from local.cli import main
+
+    client = await connect("cli-watcher")
+    await client.request("subscribe", streams=[{"stream_type": "system_status"}])
+    detail = json.dumps({"service": "order-router", "status": "degraded", "message": "slow fills"})
+    publish_args = ["publish", "SystemStatus", detail, "--endpoint", local_stack.aws_endpoint_url]
+    assert await asyncio.to_thread(main, publish_args) == 0
+    event_id = json.loads(capsys.readouterr().out)["EventId"]
+    status = await client.expect(lambda m: m.get("payload", {}).get("event_id") == event_id, what="the CLI event")
+    assert status["message_type"] == "system_status"
+    assert status["stream"] == "system_status"
+
+    assert await asyncio.to_thread(main, ["stats", "--url", local_stack.http_url]) == 0
+    assert json.loads(capsys.readouterr().out)["connections"] >= 1
+    invalid = ["publish", "MarketData", '{"symbol": "AAPL"}', "--endpoint", local_stack.aws_endpoint_url]
+    with pytest.raises(SystemExit, match="would dead-letter"):
+        await asyncio.to_thread(main, invalid)

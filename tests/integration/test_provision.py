@@ -197,3 +197,40 @@ def test_sqs_samples_are_lambda_batches_from_their_queue(sample: str, queue: top
             parse_upstream_event(body)
         else:
             assert isinstance(body["data"], str) and body["connections"]
+
+
+# ---------------------------------------------------------------- the market simulator
+
+
+def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_limits(provisioned: Any) -> None:
+    from local.simulator import MAX_ENTRIES_PER_CALL, MarketSimulator
+
+    server, _, queues = provisioned
+    simulator = MarketSimulator(lambda: server.client("events"), rate=6.0, seed=7)
+    entries = [entry for second in range(600) for entry in simulator.entries_for(1.0, now=1_800_000_000.0 + second)]
+    sources = {s.detail_type: s.source for s in topology.SOURCES}
+    assert {entry["DetailType"] for entry in entries} == set(sources)
+    for entry in entries:
+        assert entry["Source"] == sources[entry["DetailType"]]
+        assert entry["EventBusName"] == topology.EVENT_BUS_NAME
+        event = {
+            "id": "x",
+            "source": entry["Source"],
+            "detail-type": entry["DetailType"],
+            "time": "2026-03-02T14:30:00Z",
+            "detail": json.loads(entry["Detail"]),
+        }
+        parse_upstream_event(event)
+    ticks = [json.loads(e["Detail"]) for e in entries if e["DetailType"] == "MarketData"]
+    assert len(ticks) == 3600  # 6 a second
+    assert all(t["bid"] < t["ask"] and t["bid"] <= t["price"] <= t["ask"] for t in ticks)
+
+    # Published for real: 23 entries go out as three PutEvents calls and all reach the events queue.
+    batch = entries[:23]
+    assert MAX_ENTRIES_PER_CALL == 10
+    assert simulator.publish(batch) == 23
+    sqs = server.client("sqs")
+    url = queues[topology.EVENTS_QUEUE.logical_id].url
+    arrived = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert int(arrived["ApproximateNumberOfMessages"]) == 23
+    sqs.purge_queue(QueueUrl=url)
