@@ -108,8 +108,11 @@ class RealtimeService:
         subscriptions = self.store.subscriptions_of(connection_id)
         rooms = self.store.rooms_of(connection_id)
         if connection is not None and connection.session_id:
+            # Only if the session is still this connection's: after a resume elsewhere (a proactive
+            # reconnect, or a client back before the sweeper found this one) the live connection's is newer.
             self._save_session(
-                SessionSnapshot(connection.session_id, connection.identity.user_id, tuple(subscriptions), tuple(rooms))
+                SessionSnapshot(connection.session_id, connection.identity.user_id, tuple(subscriptions), tuple(rooms)),
+                held_by=connection_id,
             )
         for subscription in subscriptions:
             self.store.remove_subscription(subscription.stream_key, connection_id, adjust_connection=False)
@@ -517,8 +520,10 @@ class RealtimeService:
         )
         return snapshot
 
-    def _save_session(self, snapshot: SessionSnapshot) -> None:
-        self.store.save_session(snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock())
+    def _save_session(self, snapshot: SessionSnapshot, held_by: str | None = None) -> None:
+        self.store.save_session(
+            snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock(), held_by=held_by
+        )
 
     def _replay(self, connection_id: str, stream: str, last_seq: int) -> dict[str, Any]:
         head = self.store.stream_head(stream)

@@ -276,7 +276,12 @@ class DynamoStore:
 
     # ------------------------------------------------------------ sessions
 
-    def save_session(self, snapshot: SessionSnapshot, ttl_seconds: int, now: float | None = None) -> None:
+    def save_session(
+        self, snapshot: SessionSnapshot, ttl_seconds: int, now: float | None = None, held_by: str | None = None
+    ) -> bool:
+        """Store a session's snapshot. With `held_by`, only while the session is still held by that connection
+        (or has no snapshot yet): a connection the session moved on from must not overwrite the live one's.
+        Returns whether it was stored."""
         now = time.time() if now is None else now
         item: dict[str, Any] = {
             "pk": _s(SESSION_PREFIX + snapshot.session_id),
@@ -288,7 +293,19 @@ class DynamoStore:
         }
         if snapshot.connection_id:
             item["connection_id"] = _s(snapshot.connection_id)
-        self._db.put_item(TableName=self.connections_table, Item=item)
+        if held_by is None:
+            self._db.put_item(TableName=self.connections_table, Item=item)
+            return True
+        try:
+            self._db.put_item(
+                TableName=self.connections_table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR connection_id = :held_by",
+                ExpressionAttributeValues={":held_by": _s(held_by)},
+            )
+        except self._errors.ConditionalCheckFailedException:
+            return False
+        return True
 
     def load_session(self, session_id: str) -> SessionSnapshot | None:
         found = self._db.get_item(
