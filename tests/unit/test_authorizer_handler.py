@@ -153,3 +153,91 @@ def test_authorizer_follows_the_configured_issuer(monkeypatch: pytest.MonkeyPatc
     # THEN the default issuer is refused and the configured one allowed
     unauthorized(connect_event(mint_token(SECRET, "user-1")))
     assert invoke(connect_event(mint_token(SECRET, "user-1", issuer="corp-idp")))["principalId"] == "user-1"
+
+
+# ---------------------------------------------------------------- RS256 through a JWKS URL
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def jwks_url(rsa_key: Any) -> Iterator[str]:
+    """The identity provider's JWKS, served on 127.0.0.1."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jwt.algorithms import RSAAlgorithm
+
+    jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)
+    body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def rs256_token(key: Any, user_id: str = "user-rs", kid: str = "k1") -> str:
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "iat": now,
+        "exp": now + 600,
+        "iss": "quanttrade-auth",
+        "aud": "quanttrade-websocket",
+        "permissions": ["read:alerts"],
+        "subscription_level": "free",
+        "client_type": "web",
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_rs256_deployment_allows_a_token_signed_by_the_published_key(
+    monkeypatch: pytest.MonkeyPatch, jwks_url: str, rsa_key: Any
+) -> None:
+    # GIVEN the authorizer configured for RS256 against a JWKS URL
+    monkeypatch.setenv("QT_JWT_ALGORITHM", "RS256")
+    monkeypatch.setenv("QT_JWKS_URL", jwks_url)
+    runtime_module.runtime.cache_clear()
+    # THEN a token signed by the published key is allowed
+    result = invoke(connect_event(rs256_token(rsa_key)))
+    assert result["principalId"] == "user-rs"
+    assert result["context"]["permissions"] == "read:alerts"
+
+
+def test_rs256_deployment_refuses_hs256_and_foreign_keys(
+    monkeypatch: pytest.MonkeyPatch, jwks_url: str, rsa_key: Any
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    monkeypatch.setenv("QT_JWT_ALGORITHM", "RS256")
+    monkeypatch.setenv("QT_JWKS_URL", jwks_url)
+    runtime_module.runtime.cache_clear()
+    # an HS256 token signed with the service secret (the HS/RS confusion the algorithm pin prevents)
+    unauthorized(connect_event(mint_token(SECRET, "user-1")))
+    # a token signed by a key the JWKS does not publish
+    unauthorized(connect_event(rs256_token(rsa.generate_private_key(public_exponent=65537, key_size=2048))))
+    # a token naming a key id the JWKS does not have
+    unauthorized(connect_event(rs256_token(rsa_key, kid="other")))
