@@ -16,7 +16,7 @@ from typing import Any
 
 from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, Post
+from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.protocol import (
     ROOM_NAME_PATTERN,
@@ -131,7 +131,15 @@ class RealtimeService:
         idle = self.settings.idle_timeout_seconds if idle_seconds is None else idle_seconds
         removed = 0
         for connection in self.store.stale_connections(self.clock() - idle):
-            if self.gateway.info(connection.connection_id) is None:
+            try:
+                known = self.gateway.info(connection.connection_id)
+            except GatewayError:
+                # Unknown is not gone: keep it for the next run, and sweep the others now.
+                logger.warning(
+                    "sweep could not ask about a connection", extra={"connection_id": connection.connection_id}
+                )
+                continue
+            if known is None:
                 self.disconnect(connection.connection_id)
                 removed += 1
         return removed
