@@ -199,7 +199,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     else:
         # moto accepts any keys; fixed ones keep a developer's real credentials out of local traffic.
         session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=args.region)
-    client = session.client("events", endpoint_url=endpoint)
+    client: Any = session.client("events", endpoint_url=endpoint)
     response = client.put_events(Entries=[entry])
     result = response["Entries"][0]
     if response.get("FailedEntryCount"):

@@ -152,7 +152,8 @@ class LocalStack:
 
             from local.moto_server import CREDENTIALS
 
-            return boto3.client(
+            make_client: Any = boto3.client
+            return make_client(
                 service, region_name=self.config.region, endpoint_url=self.management_endpoint, **CREDENTIALS
             )
         return self.moto.client(service)

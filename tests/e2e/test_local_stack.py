@@ -25,6 +25,10 @@ pytestmark = pytest.mark.e2e
 Connect = Callable[..., Awaitable[Client]]
 
 
+def with_event_id(event_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda message: message.get("payload", {}).get("event_id") == event_id
+
+
 def tick(symbol: str = "AAPL", price: float = 101.25) -> dict[str, Any]:
     return {
         "symbol": symbol,
@@ -174,7 +178,7 @@ async def test_an_oversize_client_frame_closes_with_1009(
 ) -> None:
     client = await connect("ivan")
     await client.hello()
-    connection_id = client.client_id
+    connection_id = str(client.client_id)
     # One unfragmented 40 KB frame: over API Gateway's 32 KB frame limit (though under 128 KB per message).
     await client.send(json.dumps({"action": "ping", "pad": "x" * 40_000}))
     assert await client.closed() == 1009
@@ -260,7 +264,7 @@ async def test_resume_after_a_reconnect_replays_what_was_missed(
     # ... and two ticks went out while it was away (the witness proves fan-out has sequenced them)
     missed_ids = [publish("MarketData", tick("GOOGL", 150.0 + i)) for i in (1, 2)]
     for missed_id in missed_ids:
-        await witness.expect(lambda m, i=missed_id: m.get("payload", {}).get("event_id") == i, what="a missed tick")
+        await witness.expect(with_event_id(missed_id), what="a missed tick")
 
     # WHEN it reconnects and resumes with the last seq it saw
     second = await connect("resumer")
@@ -273,10 +277,7 @@ async def test_resume_after_a_reconnect_replays_what_was_missed(
     assert resumed["payload"]["recovered"] is True
     assert resumed["payload"]["streams"]["market_data:GOOGL"]["replayed"] == 2
     assert "market_data:GOOGL" in resumed["payload"]["subscriptions"]
-    replayed = [
-        await second.expect(lambda m, i=i: m.get("payload", {}).get("event_id") == i, what="a replayed tick")
-        for i in missed_ids
-    ]
+    replayed = [await second.expect(with_event_id(i), what="a replayed tick") for i in missed_ids]
     assert [m["seq"] for m in replayed] == [seen["seq"] + 1, seen["seq"] + 2]
 
     # ... and live ticks follow. Fan-out caches a stream's audience for subscriber_cache_seconds, so the

@@ -129,7 +129,7 @@ async def test_records_have_the_shape_lambda_gives_them(sqs: Any, moto: MotoServ
     # WHEN the pump runs
     pump.start()
     try:
-        await eventually(lambda: recorder.batches, what="a batch")
+        await eventually(lambda: bool(recorder.batches), what="a batch")
     finally:
         await pump.stop()
 
@@ -179,7 +179,7 @@ async def test_message_attributes_are_spelled_as_lambda_spells_them(sqs: Any, mo
     pump = pump_for(queue, recorder, moto)
     pump.start()
     try:
-        await eventually(lambda: recorder.batches, what="a batch")
+        await eventually(lambda: bool(recorder.batches), what="a batch")
     finally:
         await pump.stop()
     (record,) = recorder.batches[0]
