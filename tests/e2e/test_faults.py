@@ -19,8 +19,8 @@ share it), so a test reaches the very objects the fan-out function uses:
   sequencing a record, before any post): Lambda fails the whole batch.
 
 Failed records come back after the events queue's visibility timeout, shortened
-for this module to VISIBILITY_SECONDS (queue attribute and the pump's copy), so
-a redelivery costs seconds instead of a minute.
+to VISIBILITY_SECONDS (StackConfig.queue_visibility_timeout), so a redelivery
+costs seconds instead of a minute.
 
 Subscribers: two raw `websockets` clients that resume when closed (holding
 back what arrives while resuming and ordering it by seq, as a client must) and
@@ -46,7 +46,6 @@ import pytest
 import websockets
 from botocore.awsrequest import AWSResponse
 
-from local.pump import QueuePump
 from local.stack import BackgroundStack, LocalStack, StackConfig
 from quanttrade_ws import topology
 from quanttrade_ws.gateway import DeliveryReport, Post
@@ -67,16 +66,17 @@ DELIVERED = 45.0  # seconds for every subscriber to hold every seq after the fau
 Publish = Callable[[str, dict[str, Any]], str]
 
 
-# ---------------------------------------------------------------- the stack, with a short redelivery
+# ---------------------------------------------------------------- the stack
 
 
 @pytest.fixture(scope="module")
-def background() -> Iterator[BackgroundStack]:
+def local_stack() -> Iterator[LocalStack]:
+    """This module's stack (it overrides conftest's): botocore capped at 3 attempts, redelivery after 3 s."""
     with pytest.MonkeyPatch.context() as env:
         # Read by botocore when the handlers' runtime builds its clients (after the stack starts).
         env.setenv("AWS_RETRY_MODE", "legacy")
         env.setenv("AWS_MAX_ATTEMPTS", "3")
-        stack = BackgroundStack(
+        background = BackgroundStack(
             StackConfig(
                 gateway_port=0,
                 moto_port=0,
@@ -84,33 +84,16 @@ def background() -> Iterator[BackgroundStack]:
                 sweep_interval=None,
                 simulator=False,
                 connect_rate_per_second=None,
+                queue_visibility_timeout=VISIBILITY_SECONDS,
             )
         )
-        stack.start()
+        stack = background.start()
         try:
+            # Build the handlers' runtime and its fan-out now, before any invocation can race to build them.
+            assert runtime().fanout is not None
             yield stack
         finally:
-            stack.stop()
-
-
-@pytest.fixture(scope="module")
-def local_stack(background: BackgroundStack) -> LocalStack:
-    """This module's stack (it overrides conftest's): events redelivered after VISIBILITY_SECONDS."""
-    stack = background.stack
-    urls = stack.queues[topology.EVENTS_QUEUE.logical_id]
-    stack.client("sqs").set_queue_attributes(
-        QueueUrl=urls.url, Attributes={"VisibilityTimeout": str(VISIBILITY_SECONDS)}
-    )
-    # The pump releases failed FIFO records itself a moment before moto would (moto reorders them).
-    background.call(lambda: setattr(events_pump(stack), "visibility_timeout", float(VISIBILITY_SECONDS)))
-    # Build the handlers' runtime and its fan-out now, before any invocation can race to build them.
-    assert runtime().fanout is not None
-    return stack
-
-
-def events_pump(stack: LocalStack) -> QueuePump:
-    fanout = stack.functions[topology.FANOUT.name]
-    return next(pump for pump in stack.pumps if pump.function is fanout)
+            background.stop()
 
 
 # ---------------------------------------------------------------- spies and faults
