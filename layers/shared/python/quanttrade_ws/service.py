@@ -482,7 +482,7 @@ class RealtimeService:
                 continue
             results[stream] = self._replay(connection.connection_id, stream, last_seq)
         replayable = {stream: result for stream, result in results.items() if "error" not in result}
-        if replayable and subscriptions and self.settings.subscriber_cache_seconds > 0:
+        if replayable and self.settings.subscriber_cache_seconds > 0:
             # Fan-out keeps audiences cached for subscriber_cache_seconds, so an event
             # sequenced just now may still go out without this connection. Once the
             # cache has turned over, replay what came meanwhile: no gap, at worst a
