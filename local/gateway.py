@@ -440,6 +440,7 @@ class LocalGateway:
             await asyncio.wait(set(self._background), timeout=self._disconnect_budget())
         self._release_functions()
         self._runner = None
+        self._stopping = False  # a stopped gateway can be started again (a gateway restart)
         logger.info("local gateway stopped")
 
     def _release_functions(self) -> None:

@@ -213,8 +213,15 @@ class LambdaFunction:
             raise
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the pool. Queued invocations are cancelled; running ones finish unless `wait` is False."""
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        """Stop the pool. Queued invocations are cancelled; running ones finish unless `wait` is False.
+
+        The function stays invocable with a fresh pool (its threads start on demand), as a Lambda
+        function is after its sandboxes are recycled: a restarted gateway reuses it.
+        """
+        stopped, self._pool = self._pool, ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"lambda-{self.name}"
+        )
+        stopped.shutdown(wait=wait, cancel_futures=True)
 
     def _run(self, event: Any, invocation: _Invocation) -> Any:
         invocation.started = time.monotonic()
