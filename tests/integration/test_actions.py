@@ -11,8 +11,21 @@ import pytest
 
 from local.provision import provision
 from quanttrade_ws.config import Limits, Settings
+from quanttrade_ws.models import Connection
 from quanttrade_ws.protocol import ErrorCode
 from tests.conftest import Clock, Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
+
 
 # The shared fixture's test secret is shorter than PyJWT recommends; irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -92,12 +105,12 @@ def test_join_send_and_leave(wired: Wired) -> None:
     wired.connect("c2", user_id="user-2")
     assert wired.send("c1", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
     assert wired.send("c2", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
-    assert wired.gateway.messages("c1")[-1]["payload"]["client_id"] == "c2"
+    assert received(wired, "c1")[-1]["payload"]["client_id"] == "c2"
     echo = wired.send("c1", {"action": "sendRoomMessage", "room": "desk", "message": "hello desk"})
     assert (echo["message_type"], echo["source"], echo["room"]) == ("room_message", "c1", "desk")
-    assert wired.gateway.messages("c2")[-1]["payload"]["message"] == "hello desk"
+    assert received(wired, "c2")[-1]["payload"]["message"] == "hello desk"
     assert wired.send("c2", {"action": "leaveRoom", "room": "desk"})["message_type"] == "leave_room"
-    assert wired.gateway.messages("c1")[-1]["message_type"] == "leave_room"
+    assert received(wired, "c1")[-1]["message_type"] == "leave_room"
 
 
 def test_refresh_extends_the_session(wired: Wired) -> None:
@@ -108,7 +121,7 @@ def test_refresh_extends_the_session(wired: Wired) -> None:
     assert reply["request_id"] == "r"
     assert reply["payload"]["success"] is True
     assert reply["payload"]["expires_at"] > wired.clock() + 3600
-    assert wired.store.get_connection("c1").identity.token_expires_at == reply["payload"]["expires_at"]
+    assert connection_of(wired, "c1").identity.token_expires_at == reply["payload"]["expires_at"]
 
 
 def test_resume_returns_resumed(wired: Wired) -> None:
@@ -136,7 +149,7 @@ def test_server_messages_are_well_formed(wired: Wired) -> None:
         "not json",
     ):
         wired.send("c1", frame)
-    messages = wired.gateway.messages("c1")
+    messages = received(wired, "c1")
     assert len(messages) == 6
     for message in messages:
         assert set(message) <= ENVELOPE
@@ -153,7 +166,7 @@ def test_invalid_message_keeps_the_connection_open(wired: Wired) -> None:
     wired.connect("c1")
     for body in ("{oops", "[1, 2]", '{"no_action": 1}', '{"action": "ping", "extra": true}', b"\xff\xfe", ""):
         wired.service.handle_frame("c1", body)
-        assert_error(wired.gateway.messages("c1")[-1], "INVALID_MESSAGE")
+        assert_error(received(wired, "c1")[-1], "INVALID_MESSAGE")
     assert wired.gateway.closed == []
     assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
 
@@ -187,8 +200,8 @@ def test_auth_failed_when_refreshing_with_another_users_token(wired: Wired) -> N
     wired.connect("c1", user_id="alice", expires_in=600)
     reply = wired.send("c1", {"action": "refresh", "token": wired.token("mallory", expires_in=7200), "request_id": "r"})
     assert_error(reply, "AUTH_FAILED", "r")
-    assert wired.store.get_connection("c1").identity.user_id == "alice"
-    assert wired.store.get_connection("c1").identity.token_expires_at == int(wired.clock()) + 600
+    assert connection_of(wired, "c1").identity.user_id == "alice"
+    assert connection_of(wired, "c1").identity.token_expires_at == int(wired.clock()) + 600
 
 
 def test_auth_failed_when_refreshing_with_an_invalid_token(wired: Wired) -> None:
@@ -205,7 +218,7 @@ def test_rate_limit_then_close_after_repeated_warnings(wired: Wired) -> None:
     # WHEN 100 frames arrive in that second, THEN all are answered normally
     for i in range(limits.messages_per_second):
         wired.service.handle_frame("c1", json.dumps({"action": "ping", "request_id": str(i)}))
-    assert [m["message_type"] for m in wired.gateway.messages("c1")] == ["pong"] * 100
+    assert [m["message_type"] for m in received(wired, "c1")] == ["pong"] * 100
     # WHEN the 101st arrives, THEN RATE_LIMIT, and the frame is not acted on
     assert_error(wired.send("c1", {"action": "joinRoom", "room": "lobby"}), "RATE_LIMIT")
     assert wired.store.room_members("lobby") == []
@@ -222,7 +235,7 @@ def test_rate_window_resets_the_next_second(wired: Wired) -> None:
     wired.connect("c1")
     for _ in range(101):
         wired.service.handle_frame("c1", '{"action": "ping"}')
-    assert_error(wired.gateway.messages("c1")[-1], "RATE_LIMIT")
+    assert_error(received(wired, "c1")[-1], "RATE_LIMIT")
     wired.clock.now += 1
     assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
 
@@ -232,7 +245,7 @@ def test_rate_limit_is_per_connection(wired: Wired) -> None:
     wired.connect("calm")
     for _ in range(101):
         wired.service.handle_frame("busy", '{"action": "ping"}')
-    assert_error(wired.gateway.messages("busy")[-1], "RATE_LIMIT")
+    assert_error(received(wired, "busy")[-1], "RATE_LIMIT")
     assert wired.send("calm", {"action": "ping"})["message_type"] == "pong"
 
 

@@ -7,8 +7,21 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
+from quanttrade_ws.models import Connection
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
+
 
 TWO_HOURS = 2 * 3600
 
@@ -17,6 +30,12 @@ def raw_connection(wired: Wired, connection_id: str) -> dict[str, Any] | None:
     return wired.store._db.get_item(
         TableName=wired.settings.connections_table, Key={"pk": {"S": connection_id}}, ConsistentRead=True
     ).get("Item")
+
+
+def expires_at_of(wired: Wired, connection_id: str) -> int:
+    item = raw_connection(wired, connection_id)
+    assert item is not None
+    return int(item["expires_at"]["N"])
 
 
 def room_count_item(wired: Wired, room: str) -> int:
@@ -50,13 +69,13 @@ def test_connect_records_identity_and_times(wired: Wired) -> None:
 
 def test_connect_uses_api_gateway_connected_at_when_given(wired: Wired) -> None:
     wired.service.connect("c1", Identity(user_id="u"), connected_at_ms=1_700_000_000_123)
-    assert wired.store.get_connection("c1").connected_at == 1_700_000_000_123
+    assert connection_of(wired, "c1").connected_at == 1_700_000_000_123
 
 
 def test_connection_ttl_outlives_api_gateways_two_hour_maximum(wired: Wired) -> None:
     # GIVEN a new connection, THEN its TTL lies beyond API Gateway's 2 hour maximum connection
     wired.connect("c1")
-    expires_at = int(raw_connection(wired, "c1")["expires_at"]["N"])
+    expires_at = int(expires_at_of(wired, "c1"))
     assert expires_at > wired.clock() + TWO_HOURS
 
 
@@ -66,8 +85,8 @@ def test_activity_moves_last_activity_and_ttl(wired: Wired) -> None:
     wired.clock.now += 3600
     wired.send("c1", {"action": "ping"})
     # THEN its last activity and TTL move with it
-    assert wired.store.get_connection("c1").last_activity == int(wired.clock())
-    assert int(raw_connection(wired, "c1")["expires_at"]["N"]) > wired.clock() + TWO_HOURS
+    assert connection_of(wired, "c1").last_activity == int(wired.clock())
+    assert expires_at_of(wired, "c1") > wired.clock() + TWO_HOURS
 
 
 def test_disconnect_removes_connection_memberships_and_subscriptions(wired: Wired) -> None:
@@ -119,7 +138,8 @@ def test_disconnect_keeps_a_session_snapshot_for_resume(wired: Wired) -> None:
     wired.send("c1", {"action": "hello"})
     wired.send("c1", {"action": "joinRoom", "room": "lobby"})
     wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
-    session_id = wired.store.get_connection("c1").session_id
+    session_id = connection_of(wired, "c1").session_id
+    assert session_id is not None
     wired.service.disconnect("c1")
     snapshot = wired.store.load_session(session_id)
     assert snapshot is not None
@@ -130,9 +150,9 @@ def test_disconnect_keeps_a_session_snapshot_for_resume(wired: Wired) -> None:
 def test_a_frame_from_a_removed_connection_gets_no_reply_and_creates_nothing(wired: Wired) -> None:
     wired.connect("c1")
     wired.service.disconnect("c1")
-    before = len(wired.gateway.messages("c1"))
+    before = len(received(wired, "c1"))
     wired.service.handle_frame("c1", '{"action": "ping"}')
-    assert len(wired.gateway.messages("c1")) == before
+    assert len(received(wired, "c1")) == before
     assert raw_connection(wired, "c1") is None
 
 
@@ -177,6 +197,6 @@ def test_sweep_removes_only_connections_the_gateway_no_longer_knows(wired: Wired
 
 def test_connect_stores_every_permission(wired: Wired) -> None:
     wired.connect("c1", permissions=ALL_PERMISSIONS, level="enterprise")
-    connection = wired.store.get_connection("c1")
+    connection = connection_of(wired, "c1")
     assert connection.identity.permissions == frozenset(ALL_PERMISSIONS)
     assert connection.identity.subscription_level == "enterprise"

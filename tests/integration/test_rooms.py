@@ -11,8 +11,21 @@ import pytest
 
 from local.provision import provision
 from quanttrade_ws.config import Limits, Settings
+from quanttrade_ws.models import Connection
 from quanttrade_ws.store import ROOM_META, Outcome
 from tests.conftest import Clock, Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
+
 
 MEMBER = ("rooms:join", "rooms:send")
 
@@ -46,7 +59,7 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
         wired.connect(cid, user_id=f"user-{cid}")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
-    seen_by_a, seen_by_b = len(wired.gateway.messages("a")), len(wired.gateway.messages("b"))
+    seen_by_a, seen_by_b = len(received(wired, "a")), len(received(wired, "b"))
     # WHEN a third joins
     reply = wired.send("c", {"action": "joinRoom", "room": "lobby", "request_id": "j-1"})
     # THEN the joiner gets join_room echoing its request
@@ -57,7 +70,7 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
     assert reply["payload"]["already_member"] is False
     # AND each other member gets one join_room notice naming the joiner
     for cid, seen in (("a", seen_by_a), ("b", seen_by_b)):
-        [notice] = wired.gateway.messages(cid)[seen:]
+        [notice] = received(wired, cid)[seen:]
         assert notice["message_type"] == "join_room"
         assert notice["room"] == "lobby"
         assert notice["source"] == "c"
@@ -65,7 +78,7 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
         assert notice["payload"]["user_id"] == "user-c"
         assert "request_id" not in notice
     # AND the joiner got no notice about itself
-    assert [m["message_type"] for m in wired.gateway.messages("c")] == ["join_room"]
+    assert [m["message_type"] for m in received(wired, "c")] == ["join_room"]
     assert sorted(wired.store.room_members("lobby")) == ["a", "b", "c"]
     assert count_item(wired, "lobby") == 3
 
@@ -75,15 +88,15 @@ def test_joining_twice_is_idempotent(wired: Wired) -> None:
     wired.connect("b")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
-    seen_by_a = len(wired.gateway.messages("a"))
+    seen_by_a = len(received(wired, "a"))
     # WHEN b joins again
     reply = wired.send("b", {"action": "joinRoom", "room": "lobby"})
     # THEN it succeeds as already a member, with no second notice and no double count
     assert reply["message_type"] == "join_room"
     assert reply["payload"]["already_member"] is True
-    assert len(wired.gateway.messages("a")) == seen_by_a
+    assert len(received(wired, "a")) == seen_by_a
     assert count_item(wired, "lobby") == 2
-    assert wired.store.get_connection("b").room_count == 1
+    assert connection_of(wired, "b").room_count == 1
 
 
 def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
@@ -91,14 +104,14 @@ def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
     wired.connect("b", user_id="user-b")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
-    seen_by_a = len(wired.gateway.messages("a"))
+    seen_by_a = len(received(wired, "a"))
     # WHEN b leaves
     reply = wired.send("b", {"action": "leaveRoom", "room": "lobby", "request_id": "l-1"})
     # THEN b gets leave_room, a gets a leave_room notice naming b
     assert reply["message_type"] == "leave_room"
     assert reply["request_id"] == "l-1"
     assert reply["payload"]["success"] is True
-    [notice] = wired.gateway.messages("a")[seen_by_a:]
+    [notice] = received(wired, "a")[seen_by_a:]
     assert notice["message_type"] == "leave_room"
     assert notice["payload"]["client_id"] == "b"
     assert notice["source"] == "b"
@@ -106,7 +119,7 @@ def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
     # AND the membership, the room count and the connection's count all drop
     assert wired.store.room_members("lobby") == ["a"]
     assert count_item(wired, "lobby") == 1
-    assert wired.store.get_connection("b").room_count == 0
+    assert connection_of(wired, "b").room_count == 0
 
 
 def test_leave_of_a_room_not_joined_is_not_in_room(wired: Wired) -> None:
@@ -133,12 +146,12 @@ def test_room_message_reaches_every_member_including_the_sender(wired: Wired) ->
         wired.connect(cid, user_id=f"user-{cid}")
     for cid in ("a", "b", "c"):
         wired.send(cid, {"action": "joinRoom", "room": "desk"})
-    before = {cid: len(wired.gateway.messages(cid)) for cid in ("a", "b", "c", "outsider")}
+    before = {cid: len(received(wired, cid)) for cid in ("a", "b", "c", "outsider")}
     # WHEN a sends a message
     reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "buy the dip", "request_id": "m1"})
     # THEN every member, sender included, gets room_message from a
     for cid in ("a", "b", "c"):
-        [message] = wired.gateway.messages(cid)[before[cid] :]
+        [message] = received(wired, cid)[before[cid] :]
         assert message["message_type"] == "room_message"
         assert message["payload"]["message"] == "buy the dip"
         assert message["source"] == "a"
@@ -146,16 +159,16 @@ def test_room_message_reaches_every_member_including_the_sender(wired: Wired) ->
     # AND the sender's copy echoes its request id
     assert reply["request_id"] == "m1"
     # AND someone outside the room gets nothing
-    assert len(wired.gateway.messages("outsider")) == before["outsider"]
+    assert len(received(wired, "outsider")) == before["outsider"]
 
 
 def test_room_message_from_a_non_member_is_not_in_room(wired: Wired) -> None:
     wired.connect("a")
     wired.connect("b")
     wired.send("b", {"action": "joinRoom", "room": "desk"})
-    before = len(wired.gateway.messages("b"))
+    before = len(received(wired, "b"))
     assert error_code(wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "hi"})) == "NOT_IN_ROOM"
-    assert len(wired.gateway.messages("b")) == before
+    assert len(received(wired, "b")) == before
 
 
 def test_room_message_over_the_limit_is_message_too_large(wired: Wired) -> None:
@@ -165,11 +178,11 @@ def test_room_message_over_the_limit_is_message_too_large(wired: Wired) -> None:
     wired.send("b", {"action": "joinRoom", "room": "desk"})
     limit = wired.settings.limits.room_message_bytes
     assert limit == 4096
-    before = len(wired.gateway.messages("b"))
+    before = len(received(wired, "b"))
     # WHEN one byte over the limit is sent, THEN MESSAGE_TOO_LARGE and nobody receives it
     reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "x" * (limit + 1)})
     assert error_code(reply) == "MESSAGE_TOO_LARGE"
-    assert len(wired.gateway.messages("b")) == before
+    assert len(received(wired, "b")) == before
     # AND the size is counted in bytes, not characters
     reply = wired.send("a", {"action": "sendRoomMessage", "room": "desk", "message": "\u00e9" * (limit // 2 + 1)})
     assert error_code(reply) == "MESSAGE_TOO_LARGE"
@@ -222,7 +235,7 @@ def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
     assert reply["request_id"] == "f"
     assert sorted(wired.store.room_members("small")) == ["a", "b"]
     assert count_item(wired, "small") == 2
-    assert wired.store.get_connection("c").room_count == 0
+    assert connection_of(wired, "c").room_count == 0
     # AND once someone leaves there is room again
     wired.send("a", {"action": "leaveRoom", "room": "small"})
     assert wired.send("c", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
@@ -254,7 +267,7 @@ def test_room_limit_per_client(wired: Wired) -> None:
     assert error_code(reply) == "ROOM_LIMIT"
     assert wired.store.room_members("one-too-many") == []
     assert count_item(wired, "one-too-many") == 0
-    assert wired.store.get_connection("a").room_count == limit
+    assert connection_of(wired, "a").room_count == limit
     # AND rejoining a room it is already in is still fine, and leaving one frees a place
     assert wired.send("a", {"action": "joinRoom", "room": "room-0"})["payload"]["already_member"] is True
     wired.send("a", {"action": "leaveRoom", "room": "room-0"})
@@ -336,9 +349,9 @@ def test_sending_needs_rooms_send(wired: Wired) -> None:
     wired.connect("b")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
-    before = len(wired.gateway.messages("b"))
+    before = len(received(wired, "b"))
     assert error_code(wired.send("a", {"action": "sendRoomMessage", "room": "lobby", "message": "hi"})) == "FORBIDDEN"
-    assert len(wired.gateway.messages("b")) == before
+    assert len(received(wired, "b")) == before
 
 
 def test_sending_to_an_admin_room_needs_admin(wired: Wired) -> None:
@@ -396,7 +409,7 @@ def test_concurrent_joins_race_for_the_last_places(
     def join(i: int) -> str:
         cid = f"c{i:02d}"
         wired.service.handle_frame(cid, '{"action": "joinRoom", "room": "hot"}')
-        [reply] = [m for m in wired.gateway.messages(cid) if m.get("target") == cid]
+        [reply] = [m for m in received(wired, cid) if m.get("target") == cid]
         return reply["message_type"] if reply["message_type"] != "error" else reply["payload"]["error_code"]
 
     # WHEN they race
@@ -406,7 +419,7 @@ def test_concurrent_joins_race_for_the_last_places(
     members = wired.store.room_members("hot")
     assert len(members) == capacity
     assert count_item(wired, "hot") == capacity
-    assert sum(wired.store.get_connection(f"c{i:02d}").room_count for i in range(clients)) == capacity
+    assert sum(connection_of(wired, f"c{i:02d}").room_count for i in range(clients)) == capacity
 
 
 def test_concurrent_joins_of_one_client_respect_its_room_limit(
@@ -419,7 +432,7 @@ def test_concurrent_joins_of_one_client_respect_its_room_limit(
     # THEN exactly 4 joins win and the counter agrees with the memberships
     assert outcomes == {Outcome.DONE: 4, Outcome.LIMIT: 8}
     assert len(wired.store.rooms_of("a")) == 4
-    assert wired.store.get_connection("a").room_count == 4
+    assert connection_of(wired, "a").room_count == 4
 
 
 def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(

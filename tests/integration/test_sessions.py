@@ -10,7 +10,20 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import Session, SessionTokens
+from quanttrade_ws.models import Connection
 from tests.conftest import Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
+
 
 # The shared fixture's test secret is shorter than PyJWT recommends; irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -89,7 +102,7 @@ def test_refresh_after_expiry_extends_the_session(real_time: Wired) -> None:
     assert reply["payload"]["success"] is True
     assert wired.gateway.closed == []
     assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
-    assert wired.store.get_connection("c1").identity.token_expires_at == reply["payload"]["expires_at"]
+    assert connection_of(wired, "c1").identity.token_expires_at == reply["payload"]["expires_at"]
 
 
 def test_refresh_before_expiry_extends_the_session(real_time: Wired) -> None:
@@ -134,7 +147,7 @@ def test_refresh_takes_the_new_tokens_permissions_and_level(real_time: Wired) ->
     wired.connect("c1", level="premium")
     token = wired.token(permissions=["read:market_data"], subscription_level="free", expires_in=3600)
     assert wired.send("c1", {"action": "refresh", "token": token})["message_type"] == "refresh"
-    identity = wired.store.get_connection("c1").identity
+    identity = connection_of(wired, "c1").identity
     assert identity.permissions == frozenset({"read:market_data"})
     assert identity.subscription_level == "free"
     reply = wired.send("c1", {"action": "joinRoom", "room": "lobby"})
@@ -179,11 +192,11 @@ def test_resume_reattaches_subscriptions_and_rooms_after_disconnect(wired: Wired
     assert (alerts.connection_id, alerts.interval) == ("new", 2)
     assert sorted(wired.store.room_members("desk")) == ["new", "peer"]
     assert wired.store.rooms_of("new") == ["desk", "lobby"]
-    connection = wired.store.get_connection("new")
+    connection = connection_of(wired, "new")
     assert (connection.room_count, connection.subscription_count) == (2, 2)
     # AND room messages reach it
     wired.send("peer", {"action": "sendRoomMessage", "room": "desk", "message": "welcome back"})
-    assert wired.gateway.messages("new")[-1]["payload"]["message"] == "welcome back"
+    assert received(wired, "new")[-1]["payload"]["message"] == "welcome back"
 
 
 def test_resume_gives_a_fresh_session_token_that_resumes_again(wired: Wired) -> None:

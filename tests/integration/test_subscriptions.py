@@ -7,8 +7,20 @@ from typing import Any
 
 import pytest
 
+from quanttrade_ws.models import Connection
 from quanttrade_ws.protocol import MessageType, ServerMessage, StreamType
 from tests.conftest import Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
 
 
 def error_code(message: dict[str, Any]) -> str | None:
@@ -23,7 +35,7 @@ def subscribe(*streams: dict[str, Any], request_id: str | None = None) -> dict[s
 
 
 def sub_count(wired: Wired, connection_id: str) -> int:
-    return wired.store.get_connection(connection_id).subscription_count
+    return connection_of(wired, connection_id).subscription_count
 
 
 def test_subscribe_replies_and_records_the_subscription(wired: Wired) -> None:
@@ -228,15 +240,15 @@ def test_new_subscriber_receives_the_last_value(wired: Wired) -> None:
     # WHEN a client subscribes
     wired.send("a", subscribe({"stream_type": "market_data", "symbol": "AAPL"}))
     # THEN it gets the subscribe reply and then the last value
-    received = wired.gateway.messages("a")
-    assert [m["message_type"] for m in received] == ["subscribe", "market_data"]
-    assert received[1] == json.loads(last)
+    messages = received(wired, "a")
+    assert [m["message_type"] for m in messages] == ["subscribe", "market_data"]
+    assert messages[1] == json.loads(last)
 
 
 def test_no_last_value_for_a_stream_without_one(wired: Wired) -> None:
     wired.connect("a")
     wired.send("a", subscribe({"stream_type": "market_data", "symbol": "MSFT"}))
-    assert [m["message_type"] for m in wired.gateway.messages("a")] == ["subscribe"]
+    assert [m["message_type"] for m in received(wired, "a")] == ["subscribe"]
 
 
 def test_subscriptions_belong_to_their_connection(wired: Wired) -> None:

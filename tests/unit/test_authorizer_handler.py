@@ -138,7 +138,7 @@ def test_empty_token_is_unauthorized() -> None:
         mint_token(SECRET, "user-1", issuer="someone-else"),
         mint_token(SECRET, "user-1", audience="another-api"),
         mint_token(SECRET, "user-1", not_before=int(time.time()) + 3600),
-        jwt.encode({"sub": "user-1", "exp": int(time.time()) + 60}, None, algorithm="none"),
+        jwt.encode({"sub": "user-1", "exp": int(time.time()) + 60}, "", algorithm="none"),
     ],
     ids=["garbage", "wrong-key", "expired", "wrong-issuer", "wrong-audience", "not-yet-valid", "alg-none"],
 )

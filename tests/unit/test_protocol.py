@@ -62,8 +62,7 @@ def rejected(body: str | bytes | None) -> ProtocolError:
 def test_every_action_parses_into_its_model(frame: dict[str, Any], model: type) -> None:
     # GIVEN a well-formed frame for one action, WHEN parsed, THEN it becomes that action's model
     parsed = parse(frame)
-    assert type(parsed) is model
-    assert parsed.action == frame["action"]
+    assert (type(parsed), parsed.action) == (model, frame["action"])
 
 
 def test_known_actions_are_exactly_the_nine_routes() -> None:
@@ -284,7 +283,8 @@ def test_server_message_has_the_envelope_fields() -> None:
     assert set(message) >= {"message_id", "message_type", "payload", "timestamp", "request_id"}
     assert message["message_type"] == "pong"
     assert ISO_UTC.match(message["timestamp"])
-    assert datetime.fromisoformat(message["timestamp"].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+    offset = datetime.fromisoformat(message["timestamp"].replace("Z", "+00:00")).utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert "source" not in message  # unset optional fields are left out, not null
 
 
@@ -335,7 +335,7 @@ def test_batches_split_under_max_bytes_and_keep_order(max_bytes: int) -> None:
     frames = pack_batches(messages, max_bytes)
     # THEN every frame fits, is valid JSON, and the messages come out once each, in order
     assert len(frames) > 1
-    unpacked = []
+    unpacked: list[dict[str, Any]] = []
     for frame in frames:
         assert len(frame) <= max_bytes
         decoded = json.loads(frame)
