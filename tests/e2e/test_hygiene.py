@@ -1,0 +1,220 @@
+"""Hygiene over real sockets: no token in any log line, no internals in any error a client sees.
+
+Everything the local stack logs is captured at DEBUG (caplog on the root logger,
+which the stack's threads log through, and the handlers' Powertools logger
+through its own JSON formatter). Records of the `websockets` loggers are left
+out: they belong to the test's own client, which logs its request line.
+
+Internal failures are forced with a botocore `before-send` hook on the handlers'
+DynamoDB client (one client for every function in the stack's process) that
+answers one operation, on one function's worker threads, with DynamoDB's
+ResourceNotFoundException naming the table: a failure whose text is full of
+internals the client must not see.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import websockets
+from botocore.awsrequest import AWSResponse
+
+from local.stack import LocalStack
+from quanttrade_ws import topology
+from quanttrade_ws.observability import SERVICE
+from quanttrade_ws.runtime import runtime
+from tests.e2e.conftest import Client, eventually
+
+pytestmark = pytest.mark.e2e
+
+Connect = Callable[..., Awaitable[Client]]
+ACCESS_LOG = "quanttrade.local.gateway.access"
+GENERIC = "Internal error, please retry"
+INTERNAL_NAMES = ("Traceback", 'File "', ".py", "/", "quanttrade_ws", "botocore", "DynamoStore", "ClientError")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_runtime(local_stack: LocalStack) -> None:
+    """Build the handlers' runtime and its store before any invocation can race to build a second one."""
+    built = runtime()
+    assert built.store is not None and built.service is not None
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], str]]:
+    """Everything the stack logs from here on, at DEBUG, as one text (the test client's own records left out)."""
+    caplog.set_level(logging.DEBUG)
+    powertools = logging.getLogger(SERVICE)
+    formatter = next(h.formatter for h in powertools.handlers if h.formatter is not None)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    level = powertools.level
+    powertools.setLevel(logging.DEBUG)
+    powertools.addHandler(handler)
+
+    def text() -> str:
+        records = [r for r in caplog.records if not r.name.startswith("websockets")]
+        lines = [f"{r.name} {r.getMessage()} {r.exc_text or ''} {vars(r)!r}" for r in records]
+        return "\n".join([stream.getvalue(), *lines])
+
+    try:
+        yield text
+    finally:
+        powertools.removeHandler(handler)
+        powertools.setLevel(level)
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == ACCESS_LOG]
+
+
+# ---------------------------------------------------------------- tokens in logs
+
+
+async def test_the_gateway_logs_no_token_of_an_accepted_or_a_refused_handshake(
+    local_stack: LocalStack, mint: Callable[..., str], logs: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a token the stack accepts and one signed with another key
+    accepted = mint("hygiene")
+    forged = local_stack.token("hygiene").rsplit(".", 1)[0] + ".c2lnbmF0dXJlLW9mLWFub3RoZXIta2V5LTAxMjM0NTY3ODk"
+
+    # WHEN a client connects with the first (says hello and leaves) and another tries the forged one
+    async with websockets.connect(f"{local_stack.websocket_url}?token={accepted}&lang=en", open_timeout=10) as ws:
+        await ws.send(json.dumps({"action": "hello", "request_id": "h"}))
+        assert json.loads(await ws.recv())["message_type"] == "connect"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"{local_stack.websocket_url}?token={forged}", open_timeout=10)
+    assert refused.value.response.status_code == 401
+
+    # THEN the access log has both handshakes, with the token redacted and the rest of the query kept
+    def handshakes() -> list[str]:
+        return [line for line in access_lines(caplog) if '"GET /?' in line]
+
+    await eventually(lambda: len(handshakes()) >= 2, timeout=10, what="both handshakes in the access log")
+    lines = handshakes()
+    assert any("token=REDACTED&lang=en" in line and '" 101 ' in line for line in lines), lines
+    assert any("token=REDACTED" in line and '" 401 ' in line for line in lines), lines
+    # ... and neither token, nor any part of its claims or signature, is anywhere in what the stack logged
+    text = logs()
+    assert "token refused" in text  # the authorizer's refusal was captured
+    for token in (accepted, forged):
+        for part in (token, *token.split(".")[1:]):
+            assert part not in text
+
+
+# ---------------------------------------------------------------- internals in errors
+
+
+class FailDynamoDB:
+    """A `before-send` hook: one DynamoDB operation, on one function's threads, fails with internals in its text."""
+
+    def __init__(self, function: str, operation: str, table: str) -> None:
+        self.threads = f"lambda-quanttrade-{function}"
+        self.operation = operation
+        self.body = json.dumps(
+            {
+                "__type": "com.amazonaws.dynamodb.v20120810#ResourceNotFoundException",
+                "message": f"Requested resource not found: Table: {table} not found",
+            }
+        ).encode()
+        self.failed = 0
+
+    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
+        if not threading.current_thread().name.startswith(self.threads):
+            return None
+        self.failed += 1
+        return AWSResponse(
+            request.url,
+            400,
+            {"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"},
+            _Body(self.body),
+        )
+
+    def __enter__(self) -> FailDynamoDB:
+        runtime().store._db.meta.events.register(f"before-send.dynamodb.{self.operation}", self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        runtime().store._db.meta.events.unregister(f"before-send.dynamodb.{self.operation}", self)
+
+
+class _Body(io.BytesIO):
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        while chunk := self.read(8192):
+            yield chunk
+
+
+def table_names(local_stack: LocalStack) -> list[str]:
+    assert local_stack.settings is not None
+    return [str(getattr(local_stack.settings, table.env_var.lower())) for table in topology.TABLES]
+
+
+def internals_in(text: str, local_stack: LocalStack, operation: str) -> list[str]:
+    names = (*INTERNAL_NAMES, *table_names(local_stack), operation, "ResourceNotFound", "dynamodb", "amazonaws")
+    return [name for name in names if name in text]
+
+
+FAILING_FRAMES = {
+    # action: (the DynamoDB operation that fails, the frame)
+    "subscribe": ("TransactWriteItems", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]}),
+    "joinRoom": ("TransactWriteItems", {"action": "joinRoom", "room": "hygiene"}),
+    "resume": ("GetItem", {"action": "resume", "session_token": None, "last_seq": {"alerts:*": 0}}),
+    "ping": ("UpdateItem", {"action": "ping"}),  # fails before the frame is even read
+}
+
+
+@pytest.mark.parametrize("action", FAILING_FRAMES)
+async def test_an_internal_failure_reaches_the_client_as_a_plain_internal_error(
+    local_stack: LocalStack, connect: Connect, action: str
+) -> None:
+    # GIVEN a connected client with a session, and DynamoDB failing one operation of the message function
+    client = await connect("hygiene-errors")
+    await client.hello()
+    operation, frame = FAILING_FRAMES[action]
+    frame = {**frame, "request_id": f"{action}-1"}
+    if action == "resume":
+        frame["session_token"] = client.session_token
+    table = table_names(local_stack)[0]
+
+    # WHEN it sends a frame that needs that operation
+    with FailDynamoDB("message", operation, table) as fault:
+        await client.send(frame)
+        reply = await client.expect(lambda m: m.get("message_type") == "error", what="the error reply")
+
+    # THEN it gets INTERNAL with the generic text: no trace, path, module, class, table or operation name
+    assert fault.failed >= 1
+    assert reply["payload"]["error_code"] == "INTERNAL", reply
+    assert reply["payload"]["message"] == GENERIC
+    assert internals_in(json.dumps(reply), local_stack, operation) == []
+    # ... for its request, when the frame had been read before the failure
+    assert reply.get("request_id") == (None if action == "ping" else frame["request_id"])
+    # ... and the connection carries on once the fault is gone
+    assert (await client.request("ping"))["message_type"] == "pong"
+
+
+async def test_a_connect_that_fails_internally_is_refused_without_internals(
+    local_stack: LocalStack, mint: Callable[..., str]
+) -> None:
+    # GIVEN DynamoDB failing the $connect function's writes, WHEN a client with a good token connects
+    url = f"{local_stack.websocket_url}?token={mint('hygiene-connect')}"
+    with (
+        FailDynamoDB("connect", "UpdateItem", table_names(local_stack)[0]) as fault,
+        pytest.raises(websockets.InvalidStatus) as refused,
+    ):
+        await websockets.connect(url, open_timeout=10)
+
+    # THEN the handshake is refused with API Gateway's plain 500 and nothing of the failure in the body
+    assert fault.failed >= 1
+    response = refused.value.response
+    assert response.status_code == 500
+    body = response.body.decode()
+    assert json.loads(body) == {"message": "Internal server error"}
+    assert internals_in(body, local_stack, "UpdateItem") == []
