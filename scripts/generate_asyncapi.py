@@ -108,6 +108,9 @@ class PongPayload(_Payload):
 class RefreshPayload(_Payload):
     success: bool
     expires_at: int = Field(description="Expiry of the new access token, epoch seconds")
+    dropped: list[str] = Field(
+        default=[], description="Subscription keys and rooms removed because the new token no longer permits them"
+    )
 
 
 class StreamReplay(_Payload):
@@ -374,7 +377,7 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
     "memberLeft": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},
     "roomMessage": {"message": "AAPL looks heavy", "user_id": "trader-42"},
     "pong": {"server_time": 1767623400.125},
-    "refreshed": {"success": True, "expires_at": 1767709800},
+    "refreshed": {"success": True, "expires_at": 1767709800, "dropped": []},
     "resumed": {
         "success": True,
         "recovered": True,

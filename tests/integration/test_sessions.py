@@ -113,6 +113,35 @@ def test_refresh_before_expiry_extends_the_session(real_time: Wired) -> None:
     assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
 
 
+def test_refresh_with_fewer_permissions_drops_what_it_no_longer_allows(real_time: Wired) -> None:
+    wired = real_time
+    # GIVEN a connection reading predictions and alerts, in a data room and a plain room
+    wired.connect("c1", expires_in=30)
+    wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "predictions"}, {"stream_type": "alerts"}]})
+    wired.send("c1", {"action": "joinRoom", "room": "predictions_AAPL"})
+    wired.send("c1", {"action": "joinRoom", "room": "desk"})
+    # WHEN it refreshes with a token that may read alerts only
+    token = wired.token(expires_in=3600, permissions=["read:alerts", "rooms:join"])
+    reply = wired.send("c1", {"action": "refresh", "token": token})
+    # THEN the predictions stream and room are gone, the rest stays, and the reply names what was dropped
+    assert sorted(reply["payload"]["dropped"]) == ["predictions:*", "predictions_AAPL"]
+    assert [s.stream_key for s in wired.store.subscriptions_of("c1")] == ["alerts:*"]
+    assert wired.store.rooms_of("c1") == ["desk"]
+    assert connection_of(wired, "c1").subscription_count == 1
+
+
+def test_an_expired_session_sending_a_malformed_frame_is_closed(real_time: Wired) -> None:
+    wired = real_time
+    # GIVEN a connection whose token expired
+    wired.connect("c1", expires_in=30)
+    wired.clock.now += 60
+    # WHEN it sends a frame that is not even JSON
+    reply = wired.send("c1", "not json")
+    # THEN it gets AUTH_FAILED and is closed, as for any other action
+    assert_auth_failed(reply)
+    assert wired.gateway.closed == ["c1"]
+
+
 def test_refresh_with_another_users_token_fails(real_time: Wired) -> None:
     wired = real_time
     wired.connect("c1", user_id="alice", expires_in=30)

@@ -156,17 +156,19 @@ class RealtimeService:
             if connection.rate_count > self.limits.messages_per_second:
                 self._rate_limited(connection_id)
                 return
+            expires_at = connection.identity.token_expires_at
+            expired = bool(expires_at and expires_at < self.clock())
             try:
                 frame = parse_client_frame(body)
             except ProtocolError as error:
-                self.reply(connection_id, error_message(error.code, error.message, error.request_id))
+                if expired:
+                    self._expire(connection_id, error.request_id)
+                else:
+                    self.reply(connection_id, error_message(error.code, error.message, error.request_id))
                 return
             request_id = frame.request_id
-            expires_at = connection.identity.token_expires_at
-            if expires_at and expires_at < self.clock() and not isinstance(frame, Refresh):
-                # API Gateway authorised only the handshake: expiry is ours to enforce.
-                self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, "Session expired", request_id))
-                self.gateway.close(connection_id)
+            if expired and not isinstance(frame, Refresh):
+                self._expire(connection_id, request_id)
                 return
             self._dispatch(ActionContext(connection, request_id), frame)
         except ProtocolError as error:
@@ -174,6 +176,11 @@ class RealtimeService:
         except Exception:
             logger.exception("frame failed")
             self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
+
+    def _expire(self, connection_id: str, request_id: str | None) -> None:
+        """API Gateway authorised only the handshake: token expiry is ours to enforce."""
+        self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, "Session expired", request_id))
+        self.gateway.close(connection_id)
 
     def _rate_limited(self, connection_id: str) -> None:
         warnings = self.store.add_rate_warning(connection_id)
@@ -425,8 +432,25 @@ class RealtimeService:
             raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
         if identity.user_id != ctx.connection.identity.user_id:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Token belongs to another user", ctx.request_id)
-        self.store.update_identity(ctx.connection.connection_id, identity)
-        self._answer(ctx, MessageType.REFRESH, {"success": True, "expires_at": identity.token_expires_at})
+        connection_id = ctx.connection.connection_id
+        self.store.update_identity(connection_id, identity)
+        # A refreshed token may permit less: drop the streams and rooms it no longer allows.
+        dropped = [
+            s.stream_key
+            for s in self.store.subscriptions_of(connection_id)
+            if not identity.can(f"read:{s.stream_key.split(':', 1)[0]}")
+            and self.store.remove_subscription(s.stream_key, connection_id)
+        ]
+        for room in self.store.rooms_of(connection_id):
+            needed = room_permission(room)
+            if (needed and not identity.can(needed)) or not identity.can("rooms:join"):
+                self.store.leave_room(room, connection_id)
+                dropped.append(room)
+        self._answer(
+            ctx,
+            MessageType.REFRESH,
+            {"success": True, "expires_at": identity.token_expires_at, "dropped": dropped},
+        )
 
     # ------------------------------------------------------------ resume
 
