@@ -9,12 +9,16 @@ need. The query string never reaches a log line: it carries the access token.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
 SERVICE = "websocket"
 NAMESPACE = "QuantTrade"
+
+# Most frames (ping, subscribe) record no metric; an empty flush is normal, not a warning.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 logger = Logger(service=SERVICE, log_uncaught_exceptions=False)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
