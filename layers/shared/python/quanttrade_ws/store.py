@@ -332,6 +332,23 @@ class DynamoStore:
 
     # ------------------------------------------------------------ subscriptions
 
+    def _connection_counter(self, connection_id: str, counter: str, delta: int, limit: int | None = None) -> dict:
+        """A transaction step that moves one of the connection's counters, below `limit` when adding."""
+        condition = "attribute_exists(pk)"
+        values = {":delta": _n(delta)}
+        if limit is not None:
+            condition += f" AND {counter} < :limit"
+            values[":limit"] = _n(limit)
+        return {
+            "Update": {
+                "TableName": self.connections_table,
+                "Key": {"pk": _s(connection_id)},
+                "UpdateExpression": f"ADD {counter} :delta",
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
     def add_subscription(self, subscription: Subscription, limit: int) -> Outcome:
         """Subscribe, counting against the connection's limit in the same transaction."""
         item: dict[str, Any] = {
@@ -353,15 +370,7 @@ class DynamoStore:
                             "ConditionExpression": "attribute_not_exists(connection_id)",
                         }
                     },
-                    {
-                        "Update": {
-                            "TableName": self.connections_table,
-                            "Key": {"pk": _s(subscription.connection_id)},
-                            "UpdateExpression": "ADD sub_count :one",
-                            "ConditionExpression": "attribute_exists(pk) AND sub_count < :limit",
-                            "ExpressionAttributeValues": {":one": _n(1), ":limit": _n(limit)},
-                        }
-                    },
+                    self._connection_counter(subscription.connection_id, "sub_count", 1, limit=limit),
                 ]
             )
         except self._errors.TransactionCanceledException as error:
@@ -383,17 +392,7 @@ class DynamoStore:
         }
         items: list[dict[str, Any]] = [delete]
         if adjust_connection:
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.connections_table,
-                        "Key": {"pk": _s(connection_id)},
-                        "UpdateExpression": "ADD sub_count :minus",
-                        "ConditionExpression": "attribute_exists(pk)",
-                        "ExpressionAttributeValues": {":minus": _n(-1)},
-                    }
-                }
-            )
+            items.append(self._connection_counter(connection_id, "sub_count", -1))
         try:
             self._db.transact_write_items(TransactItems=items)
         except self._errors.TransactionCanceledException as error:
@@ -496,15 +495,7 @@ class DynamoStore:
                             "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
                         }
                     },
-                    {
-                        "Update": {
-                            "TableName": self.connections_table,
-                            "Key": {"pk": _s(connection_id)},
-                            "UpdateExpression": "ADD room_count :one",
-                            "ConditionExpression": "attribute_exists(pk) AND room_count < :limit",
-                            "ExpressionAttributeValues": {":one": _n(1), ":limit": _n(room_limit)},
-                        }
-                    },
+                    self._connection_counter(connection_id, "room_count", 1, limit=room_limit),
                 ]
             )
         except self._errors.TransactionCanceledException as error:
@@ -535,17 +526,7 @@ class DynamoStore:
             },
         ]
         if adjust_connection:
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.connections_table,
-                        "Key": {"pk": _s(connection_id)},
-                        "UpdateExpression": "ADD room_count :minus",
-                        "ConditionExpression": "attribute_exists(pk)",
-                        "ExpressionAttributeValues": {":minus": _n(-1)},
-                    }
-                }
-            )
+            items.append(self._connection_counter(connection_id, "room_count", -1))
         try:
             self._db.transact_write_items(TransactItems=items)
         except self._errors.TransactionCanceledException as error:
