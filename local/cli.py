@@ -1,11 +1,19 @@
-"""The local stack's command line: run it, mint tokens, publish events, listen, read stats.
+"""The local stack's command line: run it, mint tokens, publish events, listen, read the admin API.
 
 python -m local dev                       the whole backend with the simulator (what `make dev` runs)
 python -m local token --user alice        a development access token
 python -m local publish MarketData '{"symbol": "AAPL", ...}'
 python -m local publish --file events/eventbridge/market_data.json
-python -m local listen --stream market_data:AAPL --room desk-eu
-python -m local stats
+python -m local listen --stream market_data:AAPL --room desk-eu [--count N] [--seconds S]
+python -m local stats                     also: connection ID, subscriptions ID, members ROOM
+
+publish, listen and the admin commands target the local stack by default, or a deployed
+one with `--outputs FILE` (what `cdk deploy --outputs-file` writes) and/or `--stack NAME`
+(its outputs from CloudFormation), with `--profile` and `--region` for the credentials:
+
+python -m local publish --outputs outputs.json --profile prod --file events/eventbridge/alert.json
+python -m local listen --outputs outputs.json --token "$QT_TOKEN" --stream market_data:AAPL
+python -m local stats --stack QuantTradeStack --profile prod     (SigV4-signed, service execute-api)
 """
 
 from __future__ import annotations
@@ -14,17 +22,22 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_WS_URL = "ws://127.0.0.1:8081/"
 DEFAULT_HTTP_URL = "http://127.0.0.1:8081"
 DEFAULT_AWS_ENDPOINT = "http://127.0.0.1:4566"
+DEFAULT_BUS = "quanttrade"
+ADMIN_PREFIX = "/admin"  # where the local gateway serves the admin API's routes
 
 
 def _secret() -> str:
@@ -134,6 +147,107 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- deployed stacks
+
+# The outputs read are infra/stack.py's CfnOutputs: WebSocketUrl (listen), EventBusName (publish), AdminApiUrl.
+TOKEN_ENV = "QT_TOKEN"
+DEFAULT_REGION = "us-east-1"
+_EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+
+@dataclass(frozen=True)
+class DeployedStack:
+    """A deployed stack's CloudFormation outputs, from `cdk deploy --outputs-file` or DescribeStacks."""
+
+    name: str
+    outputs: dict[str, str]
+    origin: str  # where the outputs came from, for error messages
+
+    def output(self, key: str) -> str:
+        value = self.outputs.get(key)
+        if not value:
+            known = ", ".join(sorted(self.outputs)) or "none"
+            raise SystemExit(f"stack {self.name} has no {key} output in {self.origin} (it has: {known})")
+        return value
+
+
+def is_deployed(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "outputs", None) or getattr(args, "stack", None))
+
+
+def read_outputs_file(path: str, stack: str | None = None) -> DeployedStack:
+    """One stack's outputs from the file `cdk deploy --outputs-file` writes: {"<StackName>": {"<Output>": "..."}}."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except OSError as error:
+        raise SystemExit(f"cannot read the outputs file {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise SystemExit(f"the outputs file {path} is not JSON: {error}") from None
+    if not isinstance(document, dict) or not document or not all(isinstance(v, dict) for v in document.values()):
+        raise SystemExit(
+            f"{path} is not what `cdk deploy --outputs-file` writes: "
+            '{"<StackName>": {"WebSocketUrl": "...", "EventBusName": "...", "AdminApiUrl": "..."}}'
+        )
+    names = ", ".join(sorted(document))
+    if stack is None:
+        if len(document) > 1:
+            raise SystemExit(f"{path} holds several stacks ({names}): choose one with --stack NAME")
+        (stack,) = document
+    elif stack not in document:
+        raise SystemExit(f"{path} has no stack {stack!r}; it holds: {names}")
+    outputs = {str(key): str(value) for key, value in document[stack].items()}
+    return DeployedStack(stack, outputs, path)
+
+
+def describe_stack_outputs(session: Any, stack: str) -> DeployedStack:
+    """A stack's outputs from CloudFormation DescribeStacks, with the session's credentials and region."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = session.client("cloudformation")
+        region = client.meta.region_name
+        stacks = client.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as error:
+        raise SystemExit(f"cannot describe the stack {stack!r}: {_aws_error(error)}") from None
+    except BotoCoreError as error:
+        raise SystemExit(f"cannot describe the stack {stack!r}: {error}") from None
+    if not stacks:
+        raise SystemExit(f"CloudFormation ({region}) has no stack {stack!r}")
+    outputs = {item["OutputKey"]: item["OutputValue"] for item in stacks[0].get("Outputs") or []}
+    return DeployedStack(stack, outputs, f"CloudFormation ({region})")
+
+
+def aws_session(args: argparse.Namespace) -> Any:
+    """A boto3 session for a deployed stack: --profile (or the default chain) and --region (or $AWS_REGION)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return boto3.Session(profile_name=args.profile, region_name=args.region or os.environ.get("AWS_REGION"))
+    except BotoCoreError as error:  # ProfileNotFound above all
+        raise SystemExit(f"{error} (`aws configure list-profiles` lists them)") from None
+
+
+def deployed_stack(args: argparse.Namespace, session: Any = None) -> DeployedStack | None:
+    """The stack --outputs/--stack name, or None for the local stack. CloudFormation is asked only without --outputs."""
+    if args.outputs:
+        return read_outputs_file(args.outputs, args.stack)
+    if args.stack:
+        return describe_stack_outputs(session if session is not None else aws_session(args), args.stack)
+    return None
+
+
+def _aws_error(error: Any) -> str:
+    details = error.response.get("Error", {})
+    return f"{details.get('Code', 'Error')}: {details.get('Message', error)}"
+
+
+def _local_only_profile(args: argparse.Namespace, what: str) -> None:
+    if args.profile:
+        raise SystemExit(f"--profile is for a deployed stack's {what}: give --outputs FILE or --stack NAME with it")
+
+
 # ---------------------------------------------------------------------- publish
 
 
@@ -158,11 +272,7 @@ def build_entry(detail_type: str | None, payload: dict[str, Any], bus: str) -> d
     }
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
-    import boto3
-
-    from quanttrade_ws.upstream import InvalidEvent, parse_upstream_event
-
+def _publish_payload(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
     if args.file:
         with open(args.file, encoding="utf-8") as handle:
             payload = json.load(handle)
@@ -177,7 +287,27 @@ def cmd_publish(args: argparse.Namespace) -> int:
             raise SystemExit(f"the detail is not JSON: {error}") from None
     if not isinstance(payload, dict):
         raise SystemExit("the detail must be a JSON object")
-    entry = build_entry(detail_type, payload, args.bus)
+    return detail_type, payload
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from quanttrade_ws.upstream import InvalidEvent, parse_upstream_event
+
+    detail_type, payload = _publish_payload(args)
+    deployed = bool(args.profile or args.aws or is_deployed(args))
+    if deployed:
+        session = aws_session(args)
+        stack = deployed_stack(args, session)
+        bus = args.bus or (stack.output("EventBusName") if stack else DEFAULT_BUS)
+    else:
+        # moto accepts any keys; fixed ones keep a developer's real credentials out of local traffic.
+        region = args.region or os.environ.get("AWS_REGION", DEFAULT_REGION)
+        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+        bus = args.bus or DEFAULT_BUS
+    entry = build_entry(detail_type, payload, bus)
     if not args.force:
         try:
             parse_upstream_event(
@@ -192,24 +322,40 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except InvalidEvent as error:
             raise SystemExit(f"fan-out would dead-letter this event ({error}); --force sends it anyway") from None
 
-    deployed = args.profile or args.aws
     endpoint = args.endpoint or (None if deployed else DEFAULT_AWS_ENDPOINT)
-    if deployed:
-        session = boto3.Session(profile_name=args.profile, region_name=args.region)
-    else:
-        # moto accepts any keys; fixed ones keep a developer's real credentials out of local traffic.
-        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=args.region)
-    client: Any = session.client("events", endpoint_url=endpoint)
-    response = client.put_events(Entries=[entry])
+    try:
+        client: Any = session.client("events", endpoint_url=endpoint)
+        response = client.put_events(Entries=[entry])
+    except ClientError as error:
+        print(f"cannot publish to the bus {bus}: {_aws_error(error)}", file=sys.stderr)
+        return 1
+    except BotoCoreError as error:
+        hint = "" if deployed else " (is `python -m local dev` running?)"
+        print(f"cannot publish to the bus {bus}: {error}{hint}", file=sys.stderr)
+        return 1
     result = response["Entries"][0]
     if response.get("FailedEntryCount"):
         print(f"refused: {result.get('ErrorCode')}: {result.get('ErrorMessage')}", file=sys.stderr)
         return 1
-    print(json.dumps({"EventId": result["EventId"], "DetailType": entry["DetailType"], "Source": entry["Source"]}))
+    print(
+        json.dumps(
+            {
+                "EventId": result["EventId"],
+                "DetailType": entry["DetailType"],
+                "Source": entry["Source"],
+                "EventBusName": bus,
+            }
+        )
+    )
     return 0
 
 
 # ---------------------------------------------------------------------- listen
+
+# What --count counts: the messages streams and rooms deliver, not replies, pongs or heartbeats.
+DATA_MESSAGE_TYPES = frozenset(
+    {"market_data", "prediction", "alert", "performance", "system_status", "market_regime", "room_message"}
+)
 
 
 def parse_stream(text: str) -> dict[str, Any]:
@@ -230,6 +376,10 @@ def unpack(message: Any) -> list[Any]:
     return [message]
 
 
+def is_data_message(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("message_type") in DATA_MESSAGE_TYPES
+
+
 def format_message(message: Any, pretty: bool) -> str:
     if not isinstance(message, dict):
         return json.dumps(message)
@@ -242,19 +392,39 @@ def format_message(message: Any, pretty: bool) -> str:
     return f"{stamp} {head:<14} {where}{seq} {json.dumps(message.get('payload', message), sort_keys=True)}"
 
 
+def listen_target(args: argparse.Namespace) -> tuple[str, str]:
+    """The WebSocket URL and the access token: the local stack's and a minted token, or a deployed stack's and
+    --token/$QT_TOKEN."""
+    stack = deployed_stack(args)
+    if stack is None:
+        _local_only_profile(args, "outputs (listening needs no AWS credentials)")
+        return args.url or DEFAULT_WS_URL, args.token or _mint_listen_token(args.user)
+    url = args.url or stack.output("WebSocketUrl")
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise SystemExit(
+            f"listening to the deployed stack {stack.name} needs an access token: pass --token TOKEN or set "
+            f"${TOKEN_ENV}. Minting is local-only: a deployed stack verifies tokens issued by the platform's "
+            "auth service, not development tokens signed with $QT_JWT_SECRET."
+        )
+    return url, token
+
+
 async def listen(args: argparse.Namespace) -> int:
     import websockets
 
-    token = args.token or _mint_listen_token(args.user)
-    separator = "&" if "?" in args.url else "?"
+    url, token = listen_target(args)
+    separator = "&" if "?" in url else "?"
     try:
-        connection = await websockets.connect(f"{args.url}{separator}token={token}", max_size=None)
+        connection = await websockets.connect(f"{url}{separator}token={token}", max_size=None, open_timeout=15)
     except websockets.InvalidStatus as error:
-        print(f"handshake refused: HTTP {error.response.status_code}", file=sys.stderr)
+        print(f"handshake refused by {url}: HTTP {error.response.status_code}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"cannot connect to {args.url}: {error}", file=sys.stderr)
+    except (OSError, TimeoutError) as error:
+        print(f"cannot connect to {url}: {error or type(error).__name__}", file=sys.stderr)
         return 1
+    received = 0
+    wanted = args.count
     async with connection:
         await connection.send(json.dumps({"action": "hello", "request_id": "listen-hello"}))
         if args.stream:
@@ -264,18 +434,31 @@ async def listen(args: argparse.Namespace) -> int:
             await connection.send(json.dumps({"action": "joinRoom", "room": room, "request_id": f"listen-{room}"}))
         keepalive = asyncio.create_task(_keep_alive(connection))
         try:
-            async for frame in connection:
-                try:
-                    decoded = json.loads(frame)
-                except ValueError:
-                    print(frame, flush=True)
-                    continue
-                for message in unpack(decoded):
-                    print(format_message(message, args.pretty), flush=True)
+            async with asyncio.timeout(args.seconds):
+                async for frame in connection:
+                    try:
+                        decoded = json.loads(frame)
+                    except ValueError:
+                        print(frame, flush=True)
+                        continue
+                    for message in unpack(decoded):
+                        print(format_message(message, args.pretty), flush=True)
+                        if is_data_message(message):
+                            received += 1
+                            if wanted is not None and received >= wanted:
+                                return 0
+        except TimeoutError:
+            if wanted is None:
+                return 0
+            print(f"{received} of {wanted} data messages within {args.seconds:g} s", file=sys.stderr)
+            return 1
         except websockets.ConnectionClosed as closed:
             print(f"connection closed: {closed}", file=sys.stderr)
         finally:
             keepalive.cancel()
+    if wanted is not None and received < wanted:
+        print(f"connection closed after {received} of {wanted} data messages", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -300,27 +483,171 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return 0
 
 
-# ---------------------------------------------------------------------- stats
+# ---------------------------------------------------------------------- admin API: stats, connection, ...
+
+
+def signed_request(method: str, url: str, credentials: Any, region: str, service: str = "execute-api") -> Any:
+    """A urllib request signed with SigV4 (botocore's signer), as an IAM-authorised API Gateway route wants it.
+
+    Everything botocore signs (host, x-amz-date, accept, the session token) is sent as signed; the headers urllib
+    adds of its own (User-Agent, Connection) are outside the signature, which API Gateway allows."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    request = AWSRequest(method=method, url=url, headers={"Accept": "application/json"})
+    SigV4Auth(credentials, service, region).add_auth(request)
+    return urllib.request.Request(url, headers=dict(request.headers.items()), method=method)
+
+
+def signing_region(url: str, args: argparse.Namespace, session: Any) -> str:
+    """--region, else the region in an execute-api host name, else the session's region."""
+    if args.region:
+        return str(args.region)
+    match = _EXECUTE_API_HOST.search(urllib.parse.urlsplit(url).hostname or "")
+    if match:
+        return match.group(1)
+    return str(session.region_name or DEFAULT_REGION)
+
+
+def admin_request(args: argparse.Namespace, path: str) -> Any:
+    """GET `path` of the admin API: the local gateway's /admin routes (unsigned), or a deployed stack's
+    AdminApiUrl signed with SigV4 (service execute-api) with the profile's credentials."""
+    from botocore.exceptions import BotoCoreError
+
+    if not is_deployed(args):
+        _local_only_profile(args, "admin API")
+        base = (args.url or DEFAULT_HTTP_URL).rstrip("/") + ADMIN_PREFIX
+        return urllib.request.Request(base + path, headers={"Accept": "application/json"}, method="GET")
+    if args.url:
+        raise SystemExit("--url is the local gateway's; a deployed stack's admin API is its AdminApiUrl output")
+    session = aws_session(args)
+    stack = deployed_stack(args, session)
+    assert stack is not None
+    url = stack.output("AdminApiUrl").rstrip("/") + path
+    try:
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    except BotoCoreError as error:
+        raise SystemExit(f"cannot load AWS credentials: {error}") from None
+    if frozen is None or not frozen.access_key:
+        whose = f" for the profile {args.profile}" if args.profile else ""
+        raise SystemExit(f"no AWS credentials{whose}: the admin API is IAM-authorised, every request is SigV4-signed")
+    return signed_request("GET", url, frozen, signing_region(url, args, session))
+
+
+def fetch_json(request: Any, timeout: float, signed: bool) -> tuple[int, Any]:
+    """(0, the decoded body) or (1, None) after saying on stderr what went wrong."""
+    url = request.full_url
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            detail = json.loads(body).get("message") or body.decode(errors="replace")
+        except (ValueError, AttributeError):
+            detail = body[:200].decode(errors="replace")
+        hint = ""
+        if error.code == 403 and signed:
+            hint = " (the credentials need execute-api:Invoke on the admin API, in the API's region)"
+        print(f"GET {url}: HTTP {error.code} {error.reason}: {detail}{hint}", file=sys.stderr)
+        return 1, None
+    except OSError as error:
+        reason = getattr(error, "reason", error)
+        hint = "" if signed else " (is `python -m local dev` running?)"
+        print(f"GET {url}: {reason}{hint}", file=sys.stderr)
+        return 1, None
+    try:
+        return 0, json.loads(raw)
+    except ValueError:
+        print(f"GET {url}: the answer is not JSON: {raw[:200]!r}", file=sys.stderr)
+        return 1, None
+
+
+def _print_admin(args: argparse.Namespace, path: str) -> int:
+    status, body = fetch_json(admin_request(args, path), args.timeout, signed=is_deployed(args))
+    if status == 0:
+        print(json.dumps(body, indent=2, sort_keys=True), flush=True)
+    return status
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    base = args.url.rstrip("/")
-    paths = ["/admin/stats"] + (["/local/stats"] if args.local else [])
-    for path in paths:
-        try:
-            with urllib.request.urlopen(base + path, timeout=10) as response:
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            print(f"GET {path}: HTTP {error.code} {error.read()[:200]!r}", file=sys.stderr)
-            return 1
-        except OSError as error:
-            print(f"GET {base}{path}: {error} (is `python -m local dev` running?)", file=sys.stderr)
-            return 1
-        print(json.dumps(body, indent=2, sort_keys=True))
-    return 0
+    if args.local and is_deployed(args):
+        raise SystemExit("--local reads the local stack's counters; on AWS they are CloudWatch metrics")
+    status = _print_admin(args, "/stats")
+    if status or not args.local:
+        return status
+    base = (args.url or DEFAULT_HTTP_URL).rstrip("/")
+    request = urllib.request.Request(base + "/local/stats", headers={"Accept": "application/json"})
+    status, body = fetch_json(request, args.timeout, signed=False)
+    if status == 0:
+        print(json.dumps(body, indent=2, sort_keys=True), flush=True)
+    return status
+
+
+def cmd_connection(args: argparse.Namespace) -> int:
+    return _print_admin(args, f"/connections/{_segment(args.connection_id)}")
+
+
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    return _print_admin(args, f"/connections/{_segment(args.connection_id)}/subscriptions")
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    return _print_admin(args, f"/rooms/{_segment(args.room)}/members")
+
+
+def _segment(value: str) -> str:
+    # Connection ids end in '=' on AWS; room names may hold ':'.
+    return urllib.parse.quote(value, safe="")
 
 
 # ---------------------------------------------------------------------- parser
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        return value
+
+    return parse
+
+
+def _add_deployed_options(parser: argparse.ArgumentParser, credentials: str) -> None:
+    group = parser.add_argument_group(
+        "deployed stack", "Without these the local stack is the target; with --outputs or --stack, a deployed one."
+    )
+    group.add_argument(
+        "--outputs",
+        metavar="FILE",
+        help="the JSON that `cdk deploy --outputs-file FILE` writes; if it holds several stacks, pick one with --stack",
+    )
+    group.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="the deployed stack: picked from --outputs, or its outputs read with CloudFormation DescribeStacks",
+    )
+    group.add_argument("--profile", help=f"AWS profile {credentials} (default: the default credential chain)")
+    group.add_argument("--region", help="AWS region (default: $AWS_REGION, else the profile's region)")
+
+
+EPILOG = """\
+Local or deployed: publish, listen, stats, connection, subscriptions and members talk to the local stack
+(`python -m local dev`) unless given a deployed stack's outputs:
+
+  cdk deploy --outputs-file outputs.json
+  python -m local publish --outputs outputs.json --profile prod --file events/eventbridge/alert.json
+  QT_TOKEN=... python -m local listen --outputs outputs.json --stream market_data:AAPL --count 5
+  python -m local stats --stack QuantTradeStack --profile prod --region eu-west-1
+
+The admin API is IAM-authorised: its requests are signed (SigV4, service execute-api) with the profile's
+credentials. Tokens are minted locally only: a deployed stack verifies the platform auth service's tokens.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m local",
         description="The QuantTrade local stack: API Gateway emulator + Lambda handlers + moto, on one machine.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -353,7 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--handler-log-level", default="WARNING", help="Powertools log level of the handlers (WARNING)")
     dev.set_defaults(func=cmd_dev)
 
-    token = commands.add_parser("token", help="mint a development access token (HS256 with $QT_JWT_SECRET)")
+    token = commands.add_parser(
+        "token",
+        help="mint a development access token (HS256 with $QT_JWT_SECRET; the local stack only)",
+        description="Mint a development access token. Local only: a deployed stack verifies the tokens of the "
+        "platform's auth service.",
+    )
     token.add_argument("--user", default="dev-user", help="the token's subject")
     token.add_argument(
         "--permissions", nargs="*", metavar="PERMISSION", help=f"default: all ({', '.join(ALL_PERMISSIONS)})"
@@ -363,35 +697,89 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--expires", type=int, default=3600, help="lifetime in seconds (3600)")
     token.set_defaults(func=cmd_token)
 
-    publish = commands.add_parser("publish", help="put one upstream event on the quanttrade bus")
+    publish = commands.add_parser(
+        "publish",
+        help="put one upstream event on the event bus (local moto, or a deployed stack's)",
+        description="Put one upstream event on the event bus, checked first as fan-out would parse it. Locally "
+        f"on moto's bus at {DEFAULT_AWS_ENDPOINT}; with --outputs/--stack on the deployed stack's EventBusName, "
+        "with only --profile or --aws, on the bus --bus of that account.",
+    )
     publish.add_argument("detail_type", nargs="?", help="MarketData, Prediction, Alert, Performance, ...")
     publish.add_argument("detail", nargs="?", help="the event's detail as JSON")
     publish.add_argument("--file", help="a JSON file: a whole EventBridge event or just its detail")
     publish.add_argument(
-        "--endpoint", help=f"EventBridge endpoint (default {DEFAULT_AWS_ENDPOINT}; AWS's own with --profile or --aws)"
+        "--endpoint",
+        help=f"EventBridge endpoint (default {DEFAULT_AWS_ENDPOINT}; AWS's own for a deployed stack or --aws)",
     )
-    publish.add_argument("--profile", help="an AWS profile: publish to a deployed stack's bus")
     publish.add_argument("--aws", action="store_true", help="publish to AWS with the default credential chain")
-    publish.add_argument("--region", default=os.environ.get("AWS_REGION", "us-east-1"))
-    publish.add_argument("--bus", default="quanttrade", help="event bus name")
+    publish.add_argument(
+        "--bus", help=f"event bus name (default: the deployed stack's EventBusName output, else {DEFAULT_BUS})"
+    )
     publish.add_argument("--force", action="store_true", help="send even if the event would not validate")
+    _add_deployed_options(publish, "whose credentials put the event")
     publish.set_defaults(func=cmd_publish)
 
-    listen_ = commands.add_parser("listen", help="connect, subscribe and print messages as they arrive")
+    listen_ = commands.add_parser(
+        "listen",
+        help="connect, subscribe and print messages as they arrive",
+        description="Connect, say hello, subscribe to streams and join rooms, and print every message. Locally a "
+        f"development token is minted; a deployed stack needs --token or ${TOKEN_ENV}.",
+    )
     listen_.add_argument(
         "--stream", action="append", help="stream to subscribe, e.g. market_data:AAPL, alerts (repeatable)"
     )
     listen_.add_argument("--room", action="append", help="room to join (repeatable)")
-    listen_.add_argument("--url", default=DEFAULT_WS_URL, help=f"WebSocket URL (default {DEFAULT_WS_URL})")
-    listen_.add_argument("--token", help="access token (default: a development token for --user)")
+    listen_.add_argument(
+        "--url", help=f"WebSocket URL (default {DEFAULT_WS_URL}, or the deployed stack's WebSocketUrl output)"
+    )
+    listen_.add_argument(
+        "--token",
+        help=f"access token (local default: a development token for --user; a deployed stack: ${TOKEN_ENV})",
+    )
     listen_.add_argument("--user", default="listener", help="user of the minted token (default listener)")
     listen_.add_argument("--pretty", action="store_true", help="print whole messages as indented JSON")
+    listen_.add_argument(
+        "--count",
+        type=_positive(int),
+        metavar="N",
+        help="exit after N data messages (stream and room messages, not replies); exit 1 if the connection closes "
+        "or --seconds runs out first",
+    )
+    listen_.add_argument(
+        "--seconds",
+        type=_positive(float),
+        metavar="S",
+        help="stop listening after S seconds (exit 0; with --count, a deadline)",
+    )
+    _add_deployed_options(listen_, "for --stack's DescribeStacks (listening itself needs no AWS credentials)")
     listen_.set_defaults(func=cmd_listen)
 
-    stats = commands.add_parser("stats", help="GET the admin API's statistics")
-    stats.add_argument("--url", default=DEFAULT_HTTP_URL, help=f"the gateway's HTTP URL (default {DEFAULT_HTTP_URL})")
+    def admin_command(name: str, help_text: str, route: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(
+            name,
+            help=help_text,
+            description=f"{help_text[0].upper()}{help_text[1:]}: GET {route}. Locally {DEFAULT_HTTP_URL}"
+            f"{ADMIN_PREFIX}{route}; with --outputs/--stack the deployed AdminApiUrl{route}, signed with SigV4.",
+        )
+        command.add_argument(
+            "--url", help=f"the local gateway's HTTP URL (default {DEFAULT_HTTP_URL}); the admin API is under /admin"
+        )
+        command.add_argument("--timeout", type=_positive(float), default=10.0, help="seconds to wait (10)")
+        _add_deployed_options(command, "whose credentials sign the request (it needs execute-api:Invoke)")
+        return command
+
+    stats = admin_command("stats", "the admin API's statistics", "/stats")
     stats.add_argument("--local", action="store_true", help="also the local stack's function and pump counters")
     stats.set_defaults(func=cmd_stats)
+    connection = admin_command("connection", "one connection's user, rooms and counts", "/connections/{id}")
+    connection.add_argument("connection_id", help="the connection id (a client's hello reply: payload.client_id)")
+    connection.set_defaults(func=cmd_connection)
+    subscriptions = admin_command("subscriptions", "one connection's subscriptions", "/connections/{id}/subscriptions")
+    subscriptions.add_argument("connection_id", help="the connection id")
+    subscriptions.set_defaults(func=cmd_subscriptions)
+    members = admin_command("members", "a room's members", "/rooms/{room}/members")
+    members.add_argument("room", help="the room's name")
+    members.set_defaults(func=cmd_members)
     return parser
 
 
