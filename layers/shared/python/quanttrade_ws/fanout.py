@@ -293,9 +293,11 @@ class FanOut:
         undeliverable = {post.connection_id for post in report.failed}
         failed_records = {message_id for cid in undeliverable for message_id in batch.record_ids[cid]}
         last_chance = {r["messageId"] for r in batch.records if _receive_count(r) >= _LAST_RECEIVE}
-        if failed_records <= last_chance:
-            # Redelivering would dead-letter the event for everyone: close the connections
-            # we cannot reach instead; their clients resume and replay from history.
+        if failed_records & last_chance:
+            # Redelivering would dead-letter an event for everyone: close the connections
+            # we cannot reach instead; their clients resume and replay from history, which
+            # covers the batch's other records too (the later ones of a blocked group come
+            # back together with it, on fewer receives).
             for connection_id in undeliverable:
                 self.gateway.close(connection_id)
             self.metrics.add_metric("UndeliverableClosed", "Count", len(undeliverable))
