@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
+from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
@@ -299,7 +299,15 @@ class FanOut:
             # covers the batch's other records too (the later ones of a blocked group come
             # back together with it, on fewer receives).
             for connection_id in undeliverable:
-                self.gateway.close(connection_id)
+                try:
+                    self.gateway.close(connection_id)
+                except GatewayError:
+                    # Closing fails too (throttled, or the gateway is failing). Failing the batch would
+                    # dead-letter it, and every later event of the group after it: let the connection
+                    # go here instead, so nothing reaches it past the gap. Its client, unanswered on
+                    # it, reconnects and resumes.
+                    logger.warning("could not close an unreachable connection", extra={"connection_id": connection_id})
+                    self._let_go(connection_id)
             self.metrics.add_metric("UndeliverableClosed", "Count", len(undeliverable))
             return
         batch.fail_from(failed_records)
@@ -345,14 +353,18 @@ class FanOut:
         if report.gone:
             self.metrics.add_metric("Gone", "Count", len(report.gone))
         for connection_id in {post.connection_id for post in report.gone}:
-            self.audiences.forget_connection(connection_id)
-            try:
-                self._remove_connection(connection_id)
-            except Exception:
-                # The sweeper removes it later; delivery to everyone else carries on.
-                logger.exception("could not remove a gone connection", extra={"connection_id": connection_id})
+            self._let_go(connection_id)
         if report.failed:
             self.metrics.add_metric("DeliveryFailed", "Count", len(report.failed))
+
+    def _let_go(self, connection_id: str) -> None:
+        """Remove a connection and what it owns, and stop addressing it from cached audiences."""
+        self.audiences.forget_connection(connection_id)
+        try:
+            self._remove_connection(connection_id)
+        except Exception:
+            # The sweeper removes it later; delivery to everyone else carries on.
+            logger.exception("could not remove a connection", extra={"connection_id": connection_id})
 
 
 _LAST_RECEIVE = topology.EVENTS_QUEUE.max_receive_count
