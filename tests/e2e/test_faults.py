@@ -48,7 +48,7 @@ from botocore.awsrequest import AWSResponse
 
 from local.stack import BackgroundStack, LocalStack, StackConfig
 from quanttrade_ws import topology
-from quanttrade_ws.gateway import DeliveryReport, Post
+from quanttrade_ws.gateway import DeliveryReport, GatewayError, Post
 from quanttrade_ws.runtime import runtime
 from tests.e2e.conftest import E2E_SECRET, eventually, unpack
 
@@ -182,19 +182,32 @@ class ThrottleFanOutDynamoDB:
 
 
 class FanOutGateway:
-    """Stands in for the fan-out's connection gateway: counts what its posts met, and can die once mid-batch.
+    """Stands in for the fan-out's connection gateway: counts what its posts met, and can fail some of them.
 
-    `die_after` posts (preferably to connections in `first_to`) go out before the one death; None: never dies.
+    `die_after`: once, that many posts (preferably to connections in `first_to`) go out, then the invocation
+    dies. `unreachable`: posts to these connections fail as they would after the Management API's retries
+    (5xx, timeouts) until the fan-out closes them; `close_fails`: and closing them fails too.
     """
 
-    def __init__(self, real: Any, die_after: int | None = None, first_to: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        real: Any,
+        die_after: int | None = None,
+        first_to: frozenset[str] = frozenset(),
+        unreachable: frozenset[str] = frozenset(),
+        close_fails: bool = False,
+    ) -> None:
         self.real = real
         self.die_after = die_after
         self.first_to = first_to
+        self.unreachable = set(unreachable)
+        self.close_fails = close_fails
         self.throttle_retries = 0
         self.failed_posts = 0
         self.posted_before_death: list[str] = []
         self.died = False
+        self.closed: list[str] = []
+        self.close_failures = 0
 
     def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
         if self.die_after is not None and not self.died and len(posts) > self.die_after:
@@ -205,10 +218,20 @@ class FanOutGateway:
             self.posted_before_death = [post.connection_id for post in before.delivered]
             # Outside the fan-out's per-record error handling: the invocation fails, as a crash would.
             raise RuntimeError("fan-out died mid-batch (injected)")
-        report: DeliveryReport = self.real.post_many(posts)
+        blocked = [post for post in posts if post.connection_id in self.unreachable]
+        report: DeliveryReport = self.real.post_many([post for post in posts if post not in blocked])
+        report.failed.extend(blocked)
         self.throttle_retries += report.throttle_retries
         self.failed_posts += len(report.failed)
         return report
+
+    def close(self, connection_id: str) -> None:
+        if self.close_fails and connection_id in self.unreachable:
+            self.close_failures += 1
+            raise GatewayError(f"closing {connection_id} failed after 6 attempt(s): HTTP 429 LimitExceededException")
+        self.unreachable.discard(connection_id)
+        self.closed.append(connection_id)
+        self.real.close(connection_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -351,10 +374,11 @@ class RawSubscriber:
 class ClientSubscriber:
     """The Python client (reconnects, resumes, drops duplicates by (stream, seq)), recording what it yields."""
 
-    def __init__(self, url: str, token: str, stream: str) -> None:
+    def __init__(self, url: str, token: str, stream: str, keepalive: float = 240.0, **options: Any) -> None:
         self.name = "quanttrade_client"
         self.stream = stream
-        self.client = QuantTradeClient(url, token=token, backoff_base=0.1, backoff_max=1.0)
+        options = {"backoff_base": 0.1, "backoff_max": 1.0, "request_timeout": 3.0, **options}
+        self.client = QuantTradeClient(url, token=token, keepalive_interval=keepalive, **options)
         self.arrivals: list[tuple[int, str]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -383,15 +407,18 @@ Subscriber = RawSubscriber | ClientSubscriber
 
 
 @pytest.fixture
-async def subscribers(local_stack: LocalStack) -> AsyncIterator[tuple[str, list[Subscriber]]]:
-    """Three subscribers of a stream no other test uses, so its seqs start at 1."""
+async def subscribers(
+    local_stack: LocalStack, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[str, list[Subscriber]]]:
+    """Three subscribers of a stream no other test uses, so its seqs start at 1. Indirect parameter: the
+    Python client's keepalive interval (its ping finds out a connection the server no longer answers on)."""
     symbol = f"F{uuid.uuid4().hex[:8].upper()}"
     stream = f"market_data:{symbol}"
     url = local_stack.websocket_url
     group: list[Subscriber] = [
         RawSubscriber(url, local_stack.token("raw-1"), stream, "raw-1"),
         RawSubscriber(url, local_stack.token("raw-2"), stream, "raw-2"),
-        ClientSubscriber(url, local_stack.token("client-1"), stream),
+        ClientSubscriber(url, local_stack.token("client-1"), stream, keepalive=getattr(request, "param", 240.0)),
     ]
     try:
         for subscriber in group:
@@ -414,9 +441,16 @@ def tick(symbol: str, index: int) -> dict[str, Any]:
     }
 
 
-def publish_ticks(publish: Publish, stream: str) -> list[str]:
+def publish_ticks(publish: Publish, stream: str, first: int = 1, last: int = EVENTS) -> list[str]:
     symbol = stream.split(":", 1)[1]
-    return [publish("MarketData", tick(symbol, index)) for index in range(1, EVENTS + 1)]
+    return [publish("MarketData", tick(symbol, index)) for index in range(first, last + 1)]
+
+
+async def first_tick_everywhere(publish: Publish, stream: str, group: list[Subscriber]) -> list[str]:
+    """Publish seq 1 and wait until every subscriber has it: each then has a place to resume from."""
+    event_ids = publish_ticks(publish, stream, 1, 1)
+    await eventually(lambda: all(1 in s.seqs() for s in group), timeout=DELIVERED, what="seq 1 everywhere")
+    return event_ids
 
 
 async def wait_until_complete(group: list[Subscriber]) -> None:
@@ -425,9 +459,19 @@ async def wait_until_complete(group: list[Subscriber]) -> None:
     def missing() -> dict[str, list[int]]:
         return {s.name: sorted(wanted - s.seqs()) for s in group if not wanted <= s.seqs()}
 
-    await eventually(lambda: not missing(), timeout=DELIVERED, what=f"every subscriber to hold seqs 1..{EVENTS}")
-    # Asked once more so a failure message would name who missed what.
-    assert not missing()
+    try:
+        await eventually(lambda: not missing(), timeout=DELIVERED, what=f"every subscriber to hold seqs 1..{EVENTS}")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; missing: {missing()}") from None
+
+
+def dead_letters(stack: LocalStack) -> int:
+    """Messages in the events queue's DLQ (visible or not)."""
+    attributes = stack.client("sqs").get_queue_attributes(
+        QueueUrl=stack.queues[topology.EVENTS_QUEUE.logical_id].dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
 
 
 def assert_every_seq_once_in_order(subscriber: Subscriber, event_ids: list[str]) -> None:
@@ -503,6 +547,75 @@ async def test_management_api_429_bursts_lose_nothing(
     assert fanout_spy.redelivered
 
 
+# ---------------------------------------------------------------- (b') unreachable through every redelivery
+
+
+def connection_ids(group: list[Subscriber]) -> dict[str, Subscriber]:
+    ids: dict[str, Subscriber] = {}
+    for subscriber in group:
+        ids[subscriber.client_id if isinstance(subscriber, RawSubscriber) else str(subscriber.client.client_id)] = (
+            subscriber
+        )
+    return ids
+
+
+def resumed(subscriber: Subscriber) -> int:
+    return subscriber.resumes if isinstance(subscriber, RawSubscriber) else subscriber.client.reconnects
+
+
+async def test_a_connection_unreachable_through_every_redelivery_is_closed_on_the_last_receive_and_resumes(
+    local_stack: LocalStack,
+    subscribers: tuple[str, list[Subscriber]],
+    publish: Publish,
+    fanout_spy: FanOutSpy,
+) -> None:
+    # GIVEN three subscribers of one stream that have its first tick, two of which the fan-out then cannot
+    # reach, whatever it retries
+    stream, group = subscribers
+    by_id = connection_ids(group)
+    victims = {cid for cid, s in by_id.items() if s.name in ("raw-2", "quanttrade_client")}
+    event_ids = await first_tick_everywhere(publish, stream, group)
+    with fanout_gateway(unreachable=frozenset(victims)) as gateway:
+        # WHEN 29 more ticks are published
+        event_ids += publish_ticks(publish, stream, 2)
+
+        # THEN on the last receive before the DLQ the unreachable connections are closed, their clients
+        # resume, and every subscriber ends up with every seq once, in order; nothing is dead-lettered
+        await wait_until_complete(group)
+    for subscriber in group:
+        assert_every_seq_once_in_order(subscriber, event_ids)
+    assert fanout_spy.failed_on_receive(topology.EVENTS_QUEUE.max_receive_count - 1)
+    assert sorted(gateway.closed) == sorted(victims)
+    assert [resumed(s) >= 1 for s in group] == [s.name != "raw-1" for s in group]
+    assert dead_letters(local_stack) == 0
+
+
+@pytest.mark.parametrize("subscribers", [1.0], indirect=True, ids=["client-keepalive-1s"])
+async def test_a_connection_that_cannot_even_be_closed_on_the_last_receive_is_dropped_and_its_client_resumes(
+    local_stack: LocalStack,
+    subscribers: tuple[str, list[Subscriber]],
+    publish: Publish,
+    fanout_spy: FanOutSpy,
+) -> None:
+    # GIVEN three subscribers of one stream that have its first tick; then the fan-out cannot reach the Python
+    # client, nor close its connection
+    stream, group = subscribers
+    victim = next(cid for cid, s in connection_ids(group).items() if isinstance(s, ClientSubscriber))
+    event_ids = await first_tick_everywhere(publish, stream, group)
+    with fanout_gateway(unreachable=frozenset({victim}), close_fails=True) as gateway:
+        # WHEN 29 more ticks are published
+        event_ids += publish_ticks(publish, stream, 2)
+
+        # THEN the group moves on instead of dead-lettering, and the client, which gets no answer on a
+        # connection the server let go of, reconnects and resumes: everyone holds every seq once, in order
+        await wait_until_complete(group)
+    for subscriber in group:
+        assert_every_seq_once_in_order(subscriber, event_ids)
+    assert gateway.close_failures >= 1
+    assert dead_letters(local_stack) == 0
+    assert [resumed(s) >= 1 for s in group] == [isinstance(s, ClientSubscriber) for s in group]
+
+
 # ---------------------------------------------------------------- (c) a fan-out function that dies mid-batch
 
 
@@ -535,3 +648,40 @@ async def test_a_fan_out_that_dies_mid_batch_loses_nothing(
     for connection_id in gateway.posted_before_death:
         victim = raw[connection_id]
         assert len(victim.arrivals) > len(dedup(victim.arrivals)), victim.name
+
+
+# ---------------------------------------------------------------- a drop before the first message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="quanttrade_client resumes only streams it has seen a seq of: a subscription that has had no message "
+    "yet is resumed without a last_seq, so what was sequenced while it was away is never replayed",
+)
+async def test_a_client_dropped_before_its_first_message_gets_what_it_missed(
+    local_stack: LocalStack, publish: Publish, management: Any
+) -> None:
+    # GIVEN a raw witness and the Python client subscribed to a stream that has had no tick yet; the client
+    # comes back exactly 3 s after a drop
+    stream = f"market_data:F{uuid.uuid4().hex[:8].upper()}"
+    url = local_stack.websocket_url
+    witness = RawSubscriber(url, local_stack.token("witness"), stream, "witness")
+    late = ClientSubscriber(url, local_stack.token("late"), stream, backoff_base=3.0, backoff_max=3.0, rng=lambda: 1.0)
+    await witness.start()
+    await late.start()
+    try:
+        # WHEN its connection is dropped and three ticks are sequenced while it is away
+        await asyncio.to_thread(management.delete_connection, ConnectionId=late.client.client_id)
+        event_ids = publish_ticks(publish, stream, 1, 3)
+        await eventually(lambda: {1, 2, 3} <= witness.seqs(), timeout=DELIVERED, what="the witness has seqs 1-3")
+        assert late.client.reconnects == 0, "the client came back too soon for this test to mean anything"
+
+        # THEN once it is back and the next tick arrives, it holds every seq
+        await eventually(lambda: late.client.reconnects >= 1, timeout=10, what="the client's reconnect")
+        event_ids += publish_ticks(publish, stream, 4, 4)
+        await eventually(lambda: 4 in late.seqs(), timeout=DELIVERED, what="the fourth tick at the client")
+        assert [seq for seq, _ in dedup(late.arrivals)] == [1, 2, 3, 4]
+        assert [event_id for _, event_id in dedup(late.arrivals)] == event_ids
+    finally:
+        await late.stop()
+        await witness.stop()
