@@ -14,9 +14,13 @@ share it), so a test reaches the very objects the fan-out function uses:
 * Management API 429 bursts: `gateway_limits(management_rate_per_second=1, management_burst=1)`
   while the ticks go out, so the fan-out's posts run out of their jittered
   retries and its records fail;
-* a fan-out function that dies mid-batch: the fan-out's gateway (or store) is
-  wrapped so that, once, the invocation raises after the first post (or after
-  sequencing a record, before any post): Lambda fails the whole batch.
+* connections the fan-out cannot reach through every redelivery: the fan-out's
+  gateway is wrapped so posts to them fail as after the Management API's
+  retries; on the last receive before the DLQ they must be closed (or, when
+  closing fails too, let go) and their clients resume;
+* a fan-out function that dies mid-batch: the fan-out's gateway is wrapped so
+  that, once, the invocation raises after the first post (or after sequencing
+  the batch, before any post): Lambda fails the whole batch.
 
 Failed records come back after the events queue's visibility timeout, shortened
 to VISIBILITY_SECONDS (StackConfig.queue_visibility_timeout), so a redelivery
