@@ -49,6 +49,7 @@ from typing import Any
 import pytest
 import websockets
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 
 from local.stack import BackgroundStack, LocalStack, StackConfig
 from quanttrade_ws import topology
@@ -180,7 +181,7 @@ class ThrottleFanOutDynamoDB:
         return AWSResponse(
             request.url,
             400,
-            {"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"},
+            HTTPHeaders.from_dict({"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"}),
             _RawBody(self.BODY),
         )
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import websockets
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 
 from local.stack import LocalStack
 from quanttrade_ws import topology
@@ -134,7 +135,7 @@ class FailDynamoDB:
         return AWSResponse(
             request.url,
             400,
-            {"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"},
+            HTTPHeaders.from_dict({"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"}),
             _Body(self.body),
         )
 
@@ -162,7 +163,7 @@ def internals_in(text: str, local_stack: LocalStack, operation: str) -> list[str
     return [name for name in names if name in text]
 
 
-FAILING_FRAMES = {
+FAILING_FRAMES: dict[str, tuple[str, dict[str, Any]]] = {
     # action: (the DynamoDB operation that fails, the frame)
     "subscribe": ("TransactWriteItems", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]}),
     "joinRoom": ("TransactWriteItems", {"action": "joinRoom", "room": "hygiene"}),
