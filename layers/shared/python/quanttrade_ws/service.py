@@ -541,12 +541,16 @@ class RealtimeService:
             return None
         live = snapshot.connection_id
         if live and live != new_connection_id and self.store.get_connection(live) is not None:
-            snapshot = SessionSnapshot(
-                session_id=session_id,
-                user_id=snapshot.user_id,
-                subscriptions=tuple(self.store.subscriptions_of(live)),
-                rooms=tuple(self.store.rooms_of(live)),
-            )
+            subscriptions = tuple(self.store.subscriptions_of(live))
+            rooms = tuple(self.store.rooms_of(live))
+            # Its $disconnect may have been removing them while we read (a client back at once after
+            # the server closed it). That saves the whole snapshot before removing anything, so a
+            # session no longer held by the live connection now has it: take that one instead.
+            again = self.store.load_session(session_id)
+            if again is not None and again.connection_id != live:
+                snapshot = again
+            else:
+                snapshot = SessionSnapshot(session_id, snapshot.user_id, subscriptions, rooms)
         self._save_session(
             SessionSnapshot(session_id, snapshot.user_id, snapshot.subscriptions, snapshot.rooms, new_connection_id)
         )
