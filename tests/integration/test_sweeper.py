@@ -290,6 +290,39 @@ def test_the_late_disconnect_of_a_replaced_connection_leaves_the_live_connection
     assert taken["payload"]["subscriptions"] == ["alerts:*", "market_data:AAPL"]
 
 
+def test_a_resume_racing_the_old_connections_disconnect_still_gets_the_sessions_subscriptions(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a client with a subscription and a room whose connection the server just closed; it is back at once
+    wired.connect("old", user_id="trader")
+    session_token = wired.send("old", {"action": "hello"})["payload"]["session_token"]
+    subscribe(wired, "old", AAPL)
+    join(wired, "old", "desk")
+    wired.connect("new", user_id="trader")
+    # ... and the old connection's $disconnect runs to its end just after the resume has found the old row
+    real_subscriptions_of = wired.store.subscriptions_of
+    raced: list[str] = []
+
+    def subscriptions_of(connection_id: str) -> list[Any]:
+        if connection_id == "old" and not raced:
+            raced.append(connection_id)
+            wired.service.disconnect("old")
+        return real_subscriptions_of(connection_id)
+
+    monkeypatch.setattr(wired.store, "subscriptions_of", subscriptions_of)
+
+    # WHEN the client resumes on its new connection
+    resumed = wired.send("new", {"action": "resume", "session_token": session_token, "request_id": "r"})
+
+    # THEN the session's subscription and room moved to the new connection all the same
+    assert raced == ["old"]
+    assert resumed["message_type"] == "resumed", resumed
+    assert resumed["payload"]["subscriptions"] == ["market_data:AAPL"]
+    assert resumed["payload"]["rooms"] == ["desk"]
+    assert [s.connection_id for s in wired.store.subscribers("market_data:AAPL")] == ["new"]
+    assert wired.store.room_members("desk") == ["new"]
+
+
 def test_a_connection_the_gateway_cannot_answer_for_does_not_stop_the_sweep(
     wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
