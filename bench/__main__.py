@@ -262,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
     names = plan(args.benchmarks)
-    started_at = machine.describe()["date"]
+    # Described before the run, so the load average is other work's, not ours.
+    machine_before = machine.describe()
     started = time.perf_counter()
     figures, runs = run_all(names, args)
     judged = verdicts(figures)
@@ -272,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "command": command,
-        "machine": {**machine.describe(), "started": started_at},
+        "machine": {**machine_before, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "total_seconds": total,
         "benchmarks": runs,
         "targets": judged,

@@ -64,6 +64,8 @@ def describe() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        # Other work on a 2-core machine moves every figure: say how busy it was when they were taken.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         **{f"git_{key}": value for key, value in git_commit().items()},
     }
 
