@@ -372,6 +372,8 @@ class RawSubscriber:
             self.problems.append(f"resume refused: {reply}")
         else:
             self.session_token = reply["payload"]["session_token"]
+            if self.stream not in reply["payload"]["subscriptions"]:
+                self.problems.append(f"resumed without its subscription: {reply['payload']}")
         self._take(sorted((m for m in held if isinstance(m.get("seq"), int)), key=lambda m: m["seq"]))
         self._take([m for m in held if not isinstance(m.get("seq"), int)])
 
