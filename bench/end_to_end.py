@@ -639,7 +639,7 @@ def _events_client(endpoint: str) -> Any:
 async def run_async(
     audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS, *, stock_moto: bool = False
 ) -> dict[str, Any]:
-    from bench.machine import cpu_seconds
+    from bench.machine import child_pids, cpu_seconds
 
     audiences = sorted(audiences)
     limit = raise_fd_limit()
@@ -694,11 +694,14 @@ async def run_async(
         try:
             for audience in audiences:
                 stack_cpu_before = cpu_seconds(stack.pid) or 0.0
+                already = len(service.connections)
                 setup = await service.grow(audience)
                 stack_cpu_setup = (cpu_seconds(stack.pid) or 0.0) - stack_cpu_before
+                added = setup["clients"] - already
                 print(
-                    f"{audience} service clients connected and subscribed in {setup['seconds']}s "
-                    f"({audience / max(setup['seconds'], 1e-9):.0f}/s; stack process CPU {stack_cpu_setup:.1f}s; "
+                    f"{added} more service clients ({setup['clients']} in all) connected and subscribed in "
+                    f"{setup['seconds']}s ({added / max(setup['seconds'], 1e-9):.0f}/s; "
+                    f"stack process CPU {stack_cpu_setup:.1f}s; "
                     f"refusals {setup['refusals']})",
                     flush=True,
                 )
@@ -708,10 +711,12 @@ async def run_async(
                 gc.collect()
                 gc.freeze()
                 stack_cpu_before = cpu_seconds(stack.pid) or 0.0
+                moto_cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in child_pids(stack.pid))
                 measured = await _measure(
                     service_arrivals, audience, repeats, publish_service, f"service {audience}", warmups=WARMUPS
                 )
                 stack_cpu = (cpu_seconds(stack.pid) or 0.0) - stack_cpu_before
+                moto_cpu = sum(cpu_seconds(pid) or 0.0 for pid in child_pids(stack.pid)) - moto_cpu_before
                 frame_size = measured.frame_bytes or 0
                 service_figures = measured.summary()
                 print(f"service  {audience}: {service_figures}", flush=True)
@@ -746,11 +751,14 @@ async def run_async(
                         f"{prefix}_delivered": service_figures["delivered"],
                         f"{prefix}_expected": service_figures["expected"],
                         f"{prefix}_setup_seconds": setup["seconds"],
-                        f"{prefix}_setup_new_clients": setup["clients"],
+                        f"{prefix}_setup_new_clients": added,
                         f"{prefix}_frame_bytes": service_figures["frame_bytes"],
                         f"{prefix}_ceiling_frame_bytes": plain_figures["frame_bytes"],
                         f"{prefix}_stack_cpu_seconds_per_1000_deliveries": round(
                             1000 * stack_cpu / max(service_figures["delivered"], 1), 3
+                        ),
+                        f"{prefix}_moto_cpu_seconds_per_1000_deliveries": round(
+                            1000 * moto_cpu / max(service_figures["delivered"], 1), 3
                         ),
                         f"{prefix}_ceiling_server_cpu_seconds_per_1000_deliveries": round(
                             1000 * plain_cpu / max(plain_figures["delivered"], 1), 3
