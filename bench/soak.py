@@ -21,14 +21,16 @@ What happens, all on 127.0.0.1 (the stack in a child process, as `bench.end_to_e
    a deadline passes), messages lost are counted: every seq of its stream from
    the first one it received on must be there, without gaps.
 
-The defaults are what the local stack sustains on the 2-core development
+The defaults are about what the local stack carries on the 2-core development
 machine, measured: with 2,000 subscribers on 4 streams, 1 event/s (500
-deliveries/s) and a ping per client every 30 s (67 messages/s), the backlog the
-burst and the abusive clients cause drains again within the minute; at 2
-events/s with the same pings the fan-out falls behind for good (its queue lag
-grows by the second, even without burst and abuse), because moto, one Python
-process answering every DynamoDB call of every function, is saturated. Nothing is lost either way; the
-latency figures say how far behind it was.
+deliveries/s) and a ping per client every 30 s (67 messages/s), publish to
+receive starts at 1-2 s and the burst and the abusive clients push it to
+several seconds, cleared within seconds of the feed stopping; at 2 events/s
+with the same pings the fan-out falls further behind every second, even
+without burst and abuse, because moto, one Python process answering every
+DynamoDB call of every function, is saturated. Nothing was lost either way;
+the latency figures (overall and per 10 s of publishing) say how far behind
+it was.
 
 Printed and written to bench/soak-results.json with the machine section:
 connections held, messages delivered, errors by kind (close codes, error
