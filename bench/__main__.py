@@ -62,6 +62,7 @@ TARGETS: dict[str, Target] = {
     "delivery_failed": Target("0", lambda value: value == 0),
     "end_to_end_1000_incomplete": Target("0", lambda value: value == 0),
     "end_to_end_5000_incomplete": Target("0", lambda value: value == 0),
+    "end_to_end_service_clients_closed_early": Target("0", lambda value: value == 0),
 }
 # Fan-out must cost in proportion to the event's audience, not to the connections in the system.
 AUDIENCE_BOUND = ("dynamodb_calls_per_event_10k_connections", "dynamodb_calls_per_event_10_subscribers")

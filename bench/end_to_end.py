@@ -770,6 +770,7 @@ async def run_async(
                         f"{prefix}_bench_cpu_share_ceiling": plain_figures["bench_process_cpu_share"],
                     }
                 )
+            figures["end_to_end_service_clients_closed_early"] = service.closed_early
             figures["end_to_end_stack_stats"] = await loop.run_in_executor(None, stack_stats, stack.info["http_url"])
         finally:
             await control.close()
