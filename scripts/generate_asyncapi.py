@@ -74,6 +74,16 @@ class StreamsChangedPayload(_Payload):
     streams: list[str] = Field(description="Subscription keys that changed: `market_data:AAPL`, `alerts:*`")
 
 
+class SubscribedPayload(StreamsChangedPayload):
+    """Answer to `subscribe`."""
+
+    last_seq: dict[str, int] = Field(
+        default={},
+        description="For each single-symbol stream, the seq just before this subscription's first message: "
+        "name it in `resume.last_seq` to replay what was missed even before any message arrived",
+    )
+
+
 class JoinRoomPayload(_Payload):
     """Answer to `joinRoom`."""
 
@@ -198,7 +208,7 @@ DATA_SUMMARIES = {
 
 SERVER_KINDS: list[ServerKind] = [
     ServerKind("connect", MessageType.CONNECT, ConnectPayload, "Answer to `hello`", reply=True),
-    ServerKind("subscribed", MessageType.SUBSCRIBE, StreamsChangedPayload, "Answer to `subscribe`", reply=True),
+    ServerKind("subscribed", MessageType.SUBSCRIBE, SubscribedPayload, "Answer to `subscribe`", reply=True),
     ServerKind("unsubscribed", MessageType.UNSUBSCRIBE, StreamsChangedPayload, "Answer to `unsubscribe`", reply=True),
     ServerKind("joinedRoom", MessageType.JOIN_ROOM, JoinRoomPayload, "Answer to `joinRoom`", reply=True, room=True),
     ServerKind(
@@ -369,7 +379,12 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
             "history_seconds": 300,
         },
     },
-    "subscribed": {"success": True, "message": "Subscribed to market_data:AAPL", "streams": ["market_data:AAPL"]},
+    "subscribed": {
+        "success": True,
+        "message": "Subscribed to market_data:AAPL",
+        "streams": ["market_data:AAPL"],
+        "last_seq": {"market_data:AAPL": 40},
+    },
     "unsubscribed": {"success": True, "message": "Unsubscribed from alerts:*", "streams": ["alerts:*"]},
     "joinedRoom": {"success": True, "message": "Joined desk.equities", "already_member": False},
     "memberJoined": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},

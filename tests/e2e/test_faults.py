@@ -660,11 +660,6 @@ async def test_a_fan_out_that_dies_mid_batch_loses_nothing(
 # ---------------------------------------------------------------- a drop before the first message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quanttrade_client resumes only streams it has seen a seq of: a subscription that has had no message "
-    "yet is resumed without a last_seq, so what was sequenced while it was away is never replayed",
-)
 async def test_a_client_dropped_before_its_first_message_gets_what_it_missed(
     local_stack: LocalStack, publish: Publish, management: Any
 ) -> None:

@@ -291,6 +291,8 @@ class QuantTradeClient:
         spec = _spec(stream_type, symbol, interval, filters)
         reply = await self._request({"action": "subscribe", "streams": [spec]})
         self._streams[stream_key(spec["stream_type"], spec.get("symbol"))] = spec
+        for stream, seq in (reply.payload.get("last_seq") or {}).items():
+            self._order.start_at(stream, int(seq))
         return reply
 
     async def unsubscribe(self, stream_type: StreamType | str, symbol: str | None = None) -> Message:

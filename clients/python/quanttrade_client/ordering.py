@@ -24,6 +24,11 @@ class StreamOrder:
     def last_seq(self) -> dict[str, int]:
         return dict(self._last_seq)
 
+    def start_at(self, stream: str, seq: int) -> None:
+        """Where a new subscription's stream stands (the subscribe reply says): a resume before its
+        first message replays from here. Never moves a stream that has already delivered."""
+        self._last_seq.setdefault(stream, seq)
+
     def admit(self, message: Message) -> bool:
         """Whether the application should see this data message; records it as delivered if so."""
         assert message.stream is not None and message.seq is not None

@@ -283,21 +283,23 @@ class RealtimeService:
             if outcome is Outcome.GONE:
                 return
             added.append(spec.key)
+        # Where each single-symbol stream stands: the seq just before this subscription's first
+        # message, so a client dropped before any message arrives can still resume from there.
+        heads = {spec.key: self.store.stream_head(spec.key) for spec in frame.streams if spec.symbol}
+        last_values = {
+            key: head.last_message
+            for key, head in heads.items()
+            if head.last_message and key.startswith(f"{StreamType.MARKET_DATA.value}:")
+        }
+        last_seq = {key: head.last_seq - (1 if key in last_values else 0) for key, head in heads.items()}
         self._answer(
             ctx,
             MessageType.SUBSCRIBE,
-            {"success": True, "message": f"Subscribed to {', '.join(added)}", "streams": added},
+            {"success": True, "message": f"Subscribed to {', '.join(added)}", "streams": added, "last_seq": last_seq},
         )
-        for spec in frame.streams:
-            self._send_last_value(ctx.connection.connection_id, spec)
-
-    def _send_last_value(self, connection_id: str, spec: StreamSpec) -> None:
-        """A new market data subscriber gets the latest known value at once (last value cache)."""
-        if spec.stream_type is not StreamType.MARKET_DATA or spec.symbol is None:
-            return
-        head = self.store.stream_head(spec.key)
-        if head.last_message:
-            self.gateway.post(connection_id, head.last_message.encode())
+        # A new market data subscriber gets the latest known value at once (last value cache).
+        for message in last_values.values():
+            self.gateway.post(ctx.connection.connection_id, message.encode())
 
     def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:
         if not identity.can(f"read:{spec.stream_type.value}"):
