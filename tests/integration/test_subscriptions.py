@@ -239,16 +239,19 @@ def test_new_subscriber_receives_the_last_value(wired: Wired) -> None:
     wired.connect("a")
     # WHEN a client subscribes
     wired.send("a", subscribe({"stream_type": "market_data", "symbol": "AAPL"}))
-    # THEN it gets the subscribe reply and then the last value
+    # THEN it gets the subscribe reply, saying the stream stands just before the last value, and then the last value
     messages = received(wired, "a")
     assert [m["message_type"] for m in messages] == ["subscribe", "market_data"]
+    assert messages[0]["payload"]["last_seq"] == {"market_data:AAPL": 6}
     assert messages[1] == json.loads(last)
 
 
 def test_no_last_value_for_a_stream_without_one(wired: Wired) -> None:
     wired.connect("a")
-    wired.send("a", subscribe({"stream_type": "market_data", "symbol": "MSFT"}))
-    assert [m["message_type"] for m in received(wired, "a")] == ["subscribe"]
+    wired.send("a", subscribe({"stream_type": "market_data", "symbol": "MSFT"}, {"stream_type": "alerts"}))
+    # THEN only the reply, which says the symbol's stream has no message yet (a wildcard has no single stream)
+    [reply] = received(wired, "a")
+    assert reply["payload"]["last_seq"] == {"market_data:MSFT": 0}
 
 
 def test_subscriptions_belong_to_their_connection(wired: Wired) -> None:
