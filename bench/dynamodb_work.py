@@ -49,7 +49,9 @@ def _measure(bystanders: int) -> dict[str, float]:
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         settings, _ = provision(
-            client, boto3.client("sqs", region_name="us-east-1"), boto3.client("events", region_name="us-east-1"),
+            client,
+            boto3.client("sqs", region_name="us-east-1"),
+            boto3.client("events", region_name="us-east-1"),
             Settings(jwt_secret="bench", subscriber_cache_seconds=0),
         )
         store = DynamoStore(settings, client)

@@ -15,5 +15,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     body = event.get("body")
     if body is not None and event.get("isBase64Encoded"):
         body = base64.b64decode(body)
-    runtime().service.handle_frame(event["requestContext"]["connectionId"], body)
+    request = event["requestContext"]
+    received_ms = request.get("requestTimeEpoch")
+    runtime().service.handle_frame(
+        request["connectionId"], body, received_at=received_ms / 1000 if isinstance(received_ms, int) else None
+    )
     return {"statusCode": 200}

@@ -240,6 +240,17 @@ def test_rate_window_resets_the_next_second(wired: Wired) -> None:
     assert wired.send("c1", {"action": "ping"})["message_type"] == "pong"
 
 
+def test_rate_window_counts_arrivals_not_processing_time(wired: Wired) -> None:
+    # GIVEN 101 frames that API Gateway took within one second, processed while the clock runs on
+    wired.connect("c1")
+    arrived = wired.clock.now
+    for _ in range(101):
+        wired.service.handle_frame("c1", '{"action": "ping"}', received_at=arrived)
+        wired.clock.now += 0.05  # a backlog: each invocation starts later than the one before
+    # THEN the flood is still limited: the window is the arrival second
+    assert_error(received(wired, "c1")[-1], "RATE_LIMIT")
+
+
 def test_rate_limit_is_per_connection(wired: Wired) -> None:
     wired.connect("busy")
     wired.connect("calm")

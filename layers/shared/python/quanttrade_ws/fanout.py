@@ -341,12 +341,13 @@ class FanOut:
     # ------------------------------------------------------------ shared
 
     def _account(self, report: DeliveryReport, event_time_of: Callable[[str], datetime | None]) -> None:
+        # One lag value per event, not per post: a batch stays a handful of EMF values
+        # however large its audience (and the oldest event of a batch is what the alarm needs).
         now = self.clock()
-        for post in report.delivered:
-            event_time = event_time_of(post.connection_id)
-            if event_time is not None:
-                lag_ms = max(0.0, (now - event_time.timestamp()) * 1000)
-                self.metrics.add_metric("DeliveryLag", "Milliseconds", lag_ms)
+        event_times = {event_time_of(post.connection_id) for post in report.delivered}
+        for event_time in event_times - {None}:
+            assert event_time is not None
+            self.metrics.add_metric("DeliveryLag", "Milliseconds", max(0.0, (now - event_time.timestamp()) * 1000))
         self.metrics.add_metric("Delivered", "Count", len(report.delivered))
         if report.throttle_retries:
             self.metrics.add_metric("Throttled", "Count", report.throttle_retries)

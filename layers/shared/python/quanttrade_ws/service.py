@@ -146,11 +146,15 @@ class RealtimeService:
 
     # ------------------------------------------------------------ frames
 
-    def handle_frame(self, connection_id: str, body: str | bytes | None) -> None:
-        """Answer one client frame. Never raises for anything a client sends."""
+    def handle_frame(self, connection_id: str, body: str | bytes | None, received_at: float | None = None) -> None:
+        """Answer one client frame. Never raises for anything a client sends.
+
+        `received_at` is when API Gateway took the frame (requestTimeEpoch): the rate
+        window counts arrivals, so a flood is limited even when invocations queue up.
+        """
         request_id: str | None = None
         try:
-            connection = self.store.touch_connection(connection_id, self.clock())
+            connection = self.store.touch_connection(connection_id, received_at or self.clock())
             if connection is None:
                 return  # the connection went away while the frame was in flight
             if connection.rate_count > self.limits.messages_per_second:

@@ -75,8 +75,16 @@ class DynamoStore:
     def __init__(self, settings: Settings, client: Any | None = None, clock: Callable[[], float] = time.time) -> None:
         if client is None:
             import boto3  # deferred: tests and the local stack pass their own client
+            from botocore.config import Config
 
-            client = boto3.client("dynamodb", region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
+            client = boto3.client(
+                "dynamodb",
+                region_name=settings.region,
+                endpoint_url=settings.aws_endpoint_url,
+                # One warm function serves one request at a time on AWS, but the local stack
+                # shares this client between a function's worker threads.
+                config=Config(max_pool_connections=64),
+            )
         self._db = client
         self._errors = client.exceptions
         self._settings = settings
