@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,20 +20,10 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
+from tests.lambda_events import DOMAIN, LambdaContext, request_context
 
 # Handlers flush metrics on every call; some calls publish none and Powertools warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
-API_ID = "abcdef1234"
-DOMAIN = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "quanttrade-test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-test"
-    aws_request_id: str = "req-1"
 
 
 @pytest.fixture
@@ -45,26 +34,6 @@ def rt(settings: Settings, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
     for module in (handlers.connect, handlers.disconnect, handlers.message, handlers.sweeper, handlers.admin):
         monkeypatch.setattr(module, "runtime", lambda: runtime)
     return runtime
-
-
-def request_context(connection_id: str, route_key: str, event_type: str, **extra: Any) -> dict[str, Any]:
-    now_ms = int(time.time() * 1000)
-    return {
-        "routeKey": route_key,
-        "eventType": event_type,
-        "extendedRequestId": f"ext-{connection_id}",
-        "requestTime": "01/Jan/2027:00:00:00 +0000",
-        "messageDirection": "IN",
-        "stage": "production",
-        "connectedAt": now_ms,
-        "requestTimeEpoch": now_ms,
-        "identity": {"sourceIp": "203.0.113.7", "userAgent": "pytest"},
-        "requestId": f"req-{connection_id}",
-        "domainName": DOMAIN,
-        "connectionId": connection_id,
-        "apiId": API_ID,
-        **extra,
-    }
 
 
 def authorizer_context(identity: Identity) -> dict[str, Any]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -32,24 +30,15 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.observability import SERVICE
 from quanttrade_ws.runtime import Runtime
+from tests.lambda_events import API_ID, DOMAIN, LambdaContext, request_context
 
 # Handlers flush metrics on every call; some calls publish none and Powertools warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 SECRET = "log-hygiene-secret-0123456789abcdef"
 OTHER_SECRET = "not-the-service-secret-0123456789abc"
-API_ID = "abcdef1234"
-DOMAIN = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
 METHOD_ARN = f"arn:aws:execute-api:us-east-1:123456789012:{API_ID}/production/$connect"
 INTERNAL_NAMES = ("Traceback", 'File "', ".py", "quanttrade_ws", "botocore", "DynamoStore", "ClientError")
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "quanttrade-test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-test"
-    aws_request_id: str = "req-1"
 
 
 @pytest.fixture
@@ -109,26 +98,6 @@ def secrets_in(text: str, *tokens: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- events as API Gateway sends them
-
-
-def request_context(connection_id: str, route_key: str, event_type: str, **extra: Any) -> dict[str, Any]:
-    now_ms = int(time.time() * 1000)
-    return {
-        "routeKey": route_key,
-        "eventType": event_type,
-        "extendedRequestId": f"ext-{connection_id}",
-        "requestTime": "01/Jan/2027:00:00:00 +0000",
-        "messageDirection": "IN",
-        "stage": "production",
-        "connectedAt": now_ms,
-        "requestTimeEpoch": now_ms,
-        "identity": {"sourceIp": "203.0.113.7", "userAgent": "pytest"},
-        "requestId": f"req-{connection_id}",
-        "domainName": DOMAIN,
-        "connectionId": connection_id,
-        "apiId": API_ID,
-        **extra,
-    }
 
 
 def query(token: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from quanttrade_ws.gateway import GatewayError
 from quanttrade_ws.runtime import Runtime
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Clock, Wired
+from tests.lambda_events import LambdaContext
 
 # The shared fixture's test secret is shorter than PyJWT recommends; handlers flush no metrics on some calls.
 pytestmark = [
@@ -420,10 +421,3 @@ def test_the_scheduled_sweeper_handler_removes_stale_rows_and_reports_the_count(
     assert owned_by(wired, "left-behind") == {}
     assert room_count(wired, "desk") == 0
     assert wired.store.get_connection("idle-but-open") is not None
-
-
-class LambdaContext:
-    function_name = "quanttrade-sweeper"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-sweeper"
-    aws_request_id = "sweep-1"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -13,20 +12,13 @@ import pytest
 from handlers import authorizer
 from quanttrade_ws import runtime as runtime_module
 from quanttrade_ws.auth import Identity, mint_token
+from tests.lambda_events import LambdaContext
 
 SECRET = "authorizer-test-secret-0123456789abcdef"
 # A refused token publishes no metric of its own; Powertools warns about the empty flush.
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$connect"
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "quanttrade-authorizer"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-authorizer"
-    aws_request_id: str = "req-1"
 
 
 @pytest.fixture(autouse=True)
