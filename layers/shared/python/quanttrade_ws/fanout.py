@@ -315,7 +315,7 @@ class FanOut:
     # ------------------------------------------------------------ delivery queue
 
     def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle delivery chunks (large audiences, retried posts)."""
+        """Handle delivery chunks: the shards of large audiences."""
         batch = _Batch()
         for record in records:
             if _group(record) in batch.blocked_groups:
@@ -345,8 +345,7 @@ class FanOut:
         # however large its audience (and the oldest event of a batch is what the alarm needs).
         now = self.clock()
         event_times = {event_time_of(post.connection_id) for post in report.delivered}
-        for event_time in event_times - {None}:
-            assert event_time is not None
+        for event_time in filter(None, event_times):
             self.metrics.add_metric("DeliveryLag", "Milliseconds", max(0.0, (now - event_time.timestamp()) * 1000))
         self.metrics.add_metric("Delivered", "Count", len(report.delivered))
         if report.throttle_retries:
@@ -359,8 +358,10 @@ class FanOut:
             self.metrics.add_metric("DeliveryFailed", "Count", len(report.failed))
 
     def _let_go(self, connection_id: str) -> None:
-        """Remove a connection and what it owns, and stop addressing it from cached audiences."""
+        """Remove a connection and what it owns, and forget it in the warm function's state."""
         self.audiences.forget_connection(connection_id)
+        for key in [key for key in self._last_sent if key[0] == connection_id]:
+            del self._last_sent[key]
         try:
             self._remove_connection(connection_id)
         except Exception:
