@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
 from quanttrade_ws.auth import (
     ALL_PERMISSIONS,
@@ -27,6 +24,7 @@ from quanttrade_ws.auth import (
     mint_token,
 )
 from quanttrade_ws.config import Settings
+from tests.jwks import serve_jwks
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdef-0"
 KID = "test-key-1"
@@ -65,29 +63,8 @@ def rsa_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="module")
 def jwks_url(rsa_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """A JWKS endpoint on 127.0.0.1 serving the test key's public half."""
-    jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)
-    body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_jwks(rsa_key.public_key(), KID) as url:
+        yield url
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from handlers import authorizer
 from quanttrade_ws import runtime as runtime_module
 from quanttrade_ws.auth import Identity, mint_token
+from tests.jwks import serve_jwks
 from tests.lambda_events import LambdaContext
 
 SECRET = "authorizer-test-secret-0123456789abcdef"
@@ -160,35 +161,8 @@ def rsa_key() -> Any:
 @pytest.fixture(scope="module")
 def jwks_url(rsa_key: Any) -> Iterator[str]:
     """The identity provider's JWKS, served on 127.0.0.1."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from jwt.algorithms import RSAAlgorithm
-
-    jwk = RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)
-    body = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_jwks(rsa_key.public_key(), "k1") as url:
+        yield url
 
 
 def rs256_token(key: Any, user_id: str = "user-rs", kid: str = "k1") -> str:
