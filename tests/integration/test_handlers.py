@@ -313,3 +313,25 @@ def test_admin_unknown_connection_and_route_are_404(rt: Runtime) -> None:
     assert admin("GET /connections/{connection_id}", "/connections/nope", connection_id="nope")[0] == 404
     assert admin("GET /rooms/{room}/members", "/rooms/bad%20room/members", room="bad room")[0] == 404
     assert admin("DELETE /everything", "/everything")[0] == 404
+
+
+def test_connect_and_disconnect_need_no_management_endpoint(
+    settings: Settings, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the runtime as the template builds it for $connect and $disconnect: no Management API endpoint
+    settings, _ = provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
+    settings = settings.model_copy(update={"management_endpoint": None})
+    runtime = Runtime(settings, dynamodb=aws["dynamodb"])
+    for module in (handlers.connect, handlers.disconnect, handlers.message):
+        monkeypatch.setattr(module, "runtime", lambda: runtime)
+    identity = Identity(user_id="u-endpointless", permissions=ALL_PERMISSIONS)
+
+    # WHEN a client connects and goes away
+    connected = handlers.connect.handler(connect_event("c-endpointless", identity), LambdaContext())
+    disconnected = handlers.disconnect.handler(disconnect_event("c-endpointless"), LambdaContext())
+
+    # THEN both answer 200, and only a function that posts would need the endpoint, with a clear error
+    assert connected["statusCode"] == 200
+    assert disconnected["statusCode"] == 200
+    with pytest.raises(RuntimeError, match="QT_MANAGEMENT_ENDPOINT is not set"):
+        runtime.service.gateway.post("c-endpointless", b"{}")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from quanttrade_ws.config import Settings
+from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -48,10 +50,17 @@ class Runtime:
     def gateway(self):  # type: ignore[no-untyped-def]
         if self._gateway is not None:
             return self._gateway
+        endpoint = self.settings.management_endpoint
+        if not endpoint:
+            # Only functions that post are given the endpoint (and the ManageConnections permission);
+            # one that reaches here without it is wired wrongly, so say which setting is missing.
+            raise RuntimeError(
+                "QT_MANAGEMENT_ENDPOINT is not set: this function has no Management API endpoint to post to"
+            )
         from quanttrade_ws.management_api import ManagementApiGateway
 
         return ManagementApiGateway(
-            str(self.settings.management_endpoint),
+            endpoint,
             self.settings.region,
             concurrency=self.settings.post_concurrency,
             max_attempts=self.settings.max_post_attempts,
@@ -65,7 +74,9 @@ class Runtime:
         return RealtimeService(
             self.settings,
             self.store,
-            self.gateway,
+            # $connect and $disconnect never post, and the template gives them no endpoint: the
+            # Management API client is built on the first call that needs it, not with the service.
+            _DeferredGateway(lambda: self.gateway),
             SessionTokens(lambda: self.secret),
             token_verifier=lambda: self.token_verifier,
         )
@@ -81,6 +92,25 @@ class Runtime:
 
             sqs = boto3.client("sqs", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url)
         return FanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
+
+
+class _DeferredGateway:
+    """A ConnectionGateway that builds the real one on first use."""
+
+    def __init__(self, build: Callable[[], ConnectionGateway]) -> None:
+        self._build = build
+
+    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
+        return self._build().post_many(posts)
+
+    def post(self, connection_id: str, data: bytes) -> bool:
+        return self._build().post(connection_id, data)
+
+    def close(self, connection_id: str) -> None:
+        self._build().close(connection_id)
+
+    def info(self, connection_id: str) -> dict[str, object] | None:
+        return self._build().info(connection_id)
 
 
 @functools.cache
