@@ -72,7 +72,7 @@ def _library_versions() -> dict[str, str]:
 
 
 def assembly_key(context: Mapping[str, str] | None = None, *, root: Path = REPO_ROOT) -> str:
-    """The cache key of a synthesis: a digest of every input file (path and content), the context and library versions."""
+    """The cache key of a synthesis: a digest of every input file (path, content), the context, the CDK versions."""
     digest = hashlib.sha256()
     for path in _input_files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
@@ -148,6 +148,6 @@ def synthesized_dir(
 def synthesize(
     context: Mapping[str, str] | None = None, *, root: Path = REPO_ROOT, cache_dir: Path | None = None
 ) -> CloudAssembly:
-    """The cloud assembly `python app.py -c key=value ...` produces for `context`, from the cache when inputs are unchanged."""
+    """The assembly `python app.py -c key=value ...` produces for `context`; cached while the inputs are unchanged."""
     directory, cached = synthesized_dir(context, root=root, cache_dir=cache_dir)
-    return CloudAssembly.load(directory, cached=cached)
+    return CloudAssembly.load(directory, cached=cached, context={str(k): str(v) for k, v in (context or {}).items()})

@@ -16,7 +16,7 @@ import json
 import secrets
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -677,9 +677,10 @@ class CloudAssembly:
     directory: Path
     templates: dict[str, Template]  # by stack (artifact) name
     cached: bool = False  # True when synthesize() reused the directory instead of running the app
+    context: dict[str, str] = field(default_factory=dict)  # the context synthesize() was given
 
     @classmethod
-    def load(cls, directory: Path, *, cached: bool = False) -> CloudAssembly:
+    def load(cls, directory: Path, *, cached: bool = False, context: dict[str, str] | None = None) -> CloudAssembly:
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
             raise TemplateError(f"{directory} is not a cloud assembly: no manifest.json")
@@ -693,7 +694,7 @@ class CloudAssembly:
             templates[name] = Template(document, assembly_dir=directory, stack_name=name)
         if not templates:
             raise TemplateError(f"the cloud assembly in {directory} holds no stack")
-        return cls(directory=directory, templates=templates, cached=cached)
+        return cls(directory=directory, templates=templates, cached=cached, context=dict(context or {}))
 
     @property
     def template(self) -> Template:
