@@ -104,6 +104,10 @@ def _run_app(outdir: Path, context: Mapping[str, str], root: Path) -> None:
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:
+    # A staging directory this old belongs to a synthesis that was killed; a live one would have timed out.
+    for staging in cache_dir.glob("*.staging-*"):
+        if time.time() - staging.stat().st_mtime > 2 * SYNTH_TIMEOUT_SECONDS:
+            shutil.rmtree(staging, ignore_errors=True)
     finished = [d for d in cache_dir.iterdir() if d.is_dir() and (d / COMPLETE_MARKER).is_file()]
     finished.sort(key=lambda d: (d / COMPLETE_MARKER).stat().st_mtime, reverse=True)
     for stale in [d for d in finished if d != keep][KEEP_ASSEMBLIES - 1 :]:

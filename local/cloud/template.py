@@ -480,7 +480,10 @@ class Template:
                 "aws:cdk:enable-asset-metadata=true (local.cloud.synthesize does)"
             )
         path = Path(relative)
-        return path if path.is_absolute() else self.assembly_dir / path
+        path = path if path.is_absolute() else self.assembly_dir / path
+        if not path.is_dir():
+            raise TemplateError(f"{resource.logical_id}'s asset directory {path} is missing from the assembly")
+        return path
 
     # -------------------------------------------------------------- views
 

@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from local.cloud import Clients, CloudAssembly, Deployment, Template, assembly_key, provision, synthesize
+from local.cloud import (
+    Clients,
+    CloudAssembly,
+    Deployment,
+    SynthesisError,
+    Template,
+    assembly_key,
+    provision,
+    synthesize,
+)
 from local.cloud.synth import COMPLETE_MARKER
 from local.moto_server import MotoServer
 from quanttrade_ws import topology
@@ -84,6 +93,16 @@ def test_the_cache_key_covers_every_input_but_compiled_files(tmp_path: Path) -> 
     # (a file outside the inputs does not matter)
     (tmp_path / "README.md").write_text("docs\n")
     assert assembly_key({}, root=tmp_path) == changed_handler
+
+
+def test_a_failed_synthesis_says_why_and_leaves_nothing_that_looks_cached(tmp_path: Path) -> None:
+    # GIVEN a context value the app refuses
+    context = {"stage_name": "not a stage!"}
+    # WHEN it is synthesized
+    with pytest.raises(SynthesisError, match="stage_name"):
+        synthesize(context, cache_dir=tmp_path)
+    # THEN no assembly (finished or half-written) is left for a later call to reuse
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- the template's views
