@@ -99,7 +99,9 @@ def _run_app(outdir: Path, context: Mapping[str, str], root: Path) -> None:
     except subprocess.TimeoutExpired as error:
         raise SynthesisError(f"`python app.py` did not finish within {SYNTH_TIMEOUT_SECONDS}s") from error
     if completed.returncode != 0:
-        tail = "\n  ".join((completed.stderr or completed.stdout).strip().splitlines()[-15:])
+        # jsii's framed node-version banner (lines like `b'!!  ...  !!\\n'`) is not the reason; leave it out.
+        lines = [line for line in (completed.stderr or completed.stdout).strip().splitlines() if "!!" not in line[:6]]
+        tail = "\n  ".join(lines[-15:])
         raise SynthesisError(f"`python app.py` failed with exit code {completed.returncode}:\n  {tail}")
 
 
