@@ -33,7 +33,7 @@ from typing import Any
 
 from local.cloud import template as cfn
 from local.cloud.intrinsics import Resolver, UnresolvableError
-from local.cloud.template import Template, TemplateError
+from local.cloud.template import CloudAssembly, Template, TemplateError
 
 DEFAULT_ACCOUNT = "123456789012"  # moto's default account
 PARTITION = "aws"
@@ -429,19 +429,20 @@ def creation_order(template: Template) -> list[cfn.Resource]:
 
 
 def provision(
-    template: Template,
+    source: CloudAssembly | Template,
     clients: Clients,
     *,
     secret_values: Mapping[str, str] | None = None,
     api_ids: Mapping[str, str] | None = None,
     account: str = DEFAULT_ACCOUNT,
 ) -> Deployment:
-    """Create (or find) every table, queue, bus, rule and secret of `template` in moto; idempotent.
+    """Create (or find) every table, queue, bus, rule and secret of the template in moto; idempotent.
 
     `secret_values` maps a secret's logical id to the value to store instead of a generated
     one (a development key from QT_JWT_SECRET, say); an existing secret is updated to it.
     `api_ids` maps an API's logical id to the id Ref returns (see `Deployment.bind_api`).
     """
+    template = source.template if isinstance(source, CloudAssembly) else source
     secret_values = dict(secret_values or {})
     unknown = set(secret_values) - set(template.secrets)
     if unknown:
