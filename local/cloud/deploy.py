@@ -308,6 +308,12 @@ def _provision_table(deployment: Deployment, clients: Clients, resource: cfn.Res
     )
     if name in existing:
         description = clients.dynamodb.describe_table(TableName=name)["Table"]
+        # Only a name the template fixes can meet another declaration here (generated names carry a digest of it).
+        if description["KeySchema"] != request["KeySchema"]:
+            raise ProvisioningError(
+                f"table {name} ({resource.logical_id}) exists with key schema {description['KeySchema']}, "
+                f"the template declares {request['KeySchema']}; reset moto or rename the table"
+            )
     else:
         description = clients.dynamodb.create_table(TableName=name, **request)["TableDescription"]
         ttl = props.get("TimeToLiveSpecification")

@@ -21,6 +21,7 @@ from local.cloud import (
     Clients,
     CloudAssembly,
     Deployment,
+    ProvisioningError,
     SynthesisError,
     Template,
     assembly_key,
@@ -394,3 +395,34 @@ def test_a_secret_value_override_replaces_the_generated_one(
         assert clients.secretsmanager.get_secret_value(SecretId=arn)["SecretString"] == override
     finally:
         provision(template, clients, secret_values={secret_id: generated})
+
+
+def _small(resources: dict[str, Any]) -> Template:
+    return Template({"Resources": resources}, assembly_dir=Path("/nonexistent"), stack_name="Small")
+
+
+def _table(key: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        "Properties": {
+            "TableName": "small-fixed-name",
+            "KeySchema": [{"AttributeName": key, "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"}],
+            "BillingMode": "PAY_PER_REQUEST",
+        },
+    }
+
+
+def test_a_fixed_table_name_declared_with_another_key_schema_is_refused(clients: Clients) -> None:
+    # GIVEN a table the template names itself, already provisioned
+    provision(_small({"T": _table("pk")}), clients)
+    # WHEN a template declares the same name with another key
+    # THEN provisioning refuses instead of handing out a table of the wrong shape
+    with pytest.raises(ProvisioningError, match="small-fixed-name"):
+        provision(_small({"T": _table("id")}), clients)
+
+
+def test_a_property_with_no_local_meaning_fails_provisioning_by_name(clients: Clients) -> None:
+    template = _small({"Q": {"Type": "AWS::SQS::Queue", "Properties": {"FifoQueue": True, "Colour": "blue"}}})
+    with pytest.raises(ProvisioningError, match=r"Q: properties \['Colour'\]"):
+        provision(template, clients)
