@@ -50,7 +50,7 @@ from typing import Any
 from aiohttp import web
 
 from local.gateway import GatewayConfig, LocalGateway, authorizer_from_topology, handlers_from_topology
-from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction
+from local.lambda_runtime import DEFAULT_ACCOUNT, RESERVED_VARIABLES, Credentials, LambdaFunction, preflight
 from local.moto_server import Mode, MotoServer
 from local.provision import QueueUrls, table_name
 from local.pump import QueuePump, pumps_from_topology
@@ -222,6 +222,8 @@ class LocalStack:
         )
         await self.gateway.start()
         self._apply_environment(self.gateway.management_endpoint)
+        # Every function cold-starts once now, so a handler that cannot import fails the start, not a request.
+        await preflight(self.functions.values())
 
         pump_options: dict[str, Any] = {}
         if self.config.queue_visibility_timeout is not None:
@@ -259,7 +261,7 @@ class LocalStack:
         for pump in self.pumps:
             await pump.stop()
         for function in self.functions.values():
-            function.shutdown(wait=False)
+            await function.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
         self._forget_runtime()
         self._restore_environment()
@@ -309,6 +311,11 @@ class LocalStack:
             }
         )
         env.pop("AWS_SESSION_TOKEN", None)
+        # The functions run in their own processes with exactly their configured environment; what Lambda sets
+        # itself (region, credentials) is the runtime's to add.
+        function_env = {key: value for key, value in env.items() if key not in RESERVED_VARIABLES}
+        for function in self.functions.values():
+            function.configure(environment=function_env, credentials=Credentials("testing", "testing"))
         for key, value in env.items():
             if key not in self._saved_environ:
                 self._saved_environ[key] = os.environ.get(key)
