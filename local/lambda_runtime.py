@@ -623,9 +623,11 @@ class LambdaFunction:
         async with pool.slots:
             if pool.closed:
                 raise LambdaShutdownError(self.name)
-            worker = pool.idle.pop() if pool.idle else await self._cold_start(pool)
+            worker = self._warm_worker(pool) or await self._cold_start(pool)
             request_id = str(uuid.uuid4())
             deadline_ms = int(time.time() * 1000 + self.timeout_seconds * 1000)
+            # Lambda gives every invocation a trace header, an unsampled one when the caller sent none.
+            trace_id = trace_id or _unsampled_trace_id()
             frame = _frame({"id": request_id, "deadline_ms": deadline_ms, "trace_id": trace_id, "event": event})
             timer = pool.loop.call_later(self.timeout_seconds, worker.kill, "timeout")
             answered = False
@@ -655,6 +657,16 @@ class LambdaFunction:
         if "result" in answer:
             return answer["result"]
         raise LambdaFunctionError(self.name, answer["errorType"], answer["errorMessage"])
+
+    @staticmethod
+    def _warm_worker(pool: _Pool) -> _Worker | None:
+        while pool.idle:
+            worker = pool.idle.pop()
+            if worker.process.returncode is None:
+                return worker
+            # Died while idle (killed from outside, out of memory): Lambda would just start another.
+            pool.workers.discard(worker)
+        return None
 
     async def _cold_start(self, pool: _Pool) -> _Worker:
         self.cold_starts += 1
@@ -775,7 +787,9 @@ class LambdaFunction:
     @property
     def warm_environments(self) -> int:
         """Execution environments alive now (idle or busy)."""
-        return 0 if self._pool is None or self._pool.closed else len(self._pool.workers)
+        if self._pool is None or self._pool.closed:
+            return 0
+        return sum(1 for worker in self._pool.workers if worker.process.returncode is None)
 
     def shutdown(self, wait: bool = True) -> None:
         """Kill every execution environment now; queued and running invocations fail with `LambdaShutdownError`.
@@ -800,6 +814,11 @@ class LambdaFunction:
 
     def __repr__(self) -> str:
         return f"LambdaFunction({self.name!r}, concurrency={self.concurrency})"
+
+
+def _unsampled_trace_id() -> str:
+    # X-Ray's header format: Root=1-<epoch seconds, hex>-<96 random bits>; not sampled, so nothing is sent.
+    return f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"
 
 
 def _frame(message: dict[str, Any]) -> bytes:

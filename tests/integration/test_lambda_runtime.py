@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -203,6 +205,7 @@ async def test_the_environment_is_the_functions_plus_lambdas_own_and_nothing_fro
     env = await function.invoke({})
 
     # THEN it is exactly the configured variables plus what the Lambda runtime sets
+    assert env.pop("_X_AMZN_TRACE_ID").startswith("Root=1-")  # per invocation, as the runtime publishes it
     assert env.pop("AWS_LAMBDA_LOG_STREAM_NAME").startswith(time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()))
     assert env == {
         "CONNECTIONS_TABLE": "connections",
@@ -462,7 +465,10 @@ async def test_the_context_is_the_runtimes(make: Callable[..., LambdaFunction]) 
     assert len(context["aws_request_id"]) == 36
     # AND the invocation's trace header is published as the runtime does
     assert context["trace"] == "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0"
-    assert (await function.invoke({}))["trace"] is None
+    # AND without one, Lambda's own unsampled header
+    assert re.fullmatch(
+        r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", (await function.invoke({}))["trace"]
+    )
 
 
 async def test_what_the_handler_prints_never_corrupts_the_channel(
@@ -492,6 +498,17 @@ async def test_an_environment_that_exits_fails_the_invocation_and_the_next_start
     assert raised.value.error_type == "Runtime.ExitError"
     assert function.errors == 1
     assert function.warm_environments == 0
+
+
+async def test_an_environment_that_died_while_idle_is_replaced(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a warm environment that something outside kills
+    function = make("app.identity")
+    pid = (await function.invoke({}))["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: function.warm_environments == 0, what="the dead environment to be noticed")
+    # WHEN the function is invoked THEN a new environment answers, no error
+    assert (await function.invoke({}))["pid"] != pid
+    assert (function.errors, function.cold_starts) == (0, 2)
 
 
 async def test_results_are_json_as_lambda_marshals_them(make: Callable[..., LambdaFunction]) -> None:
@@ -539,6 +556,27 @@ async def test_shutdown_kills_every_environment_and_the_function_stays_invocable
     (after / "release").touch()
     assert await function.invoke({"dir": str(after), "n": 3}) == 1
     assert function.cold_starts == 2
+
+
+async def test_closing_under_load_fails_the_backlog_without_starting_anything(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN four environments busy and forty invocations queued behind them
+    function = make("app.in_flight", concurrency=4, timeout_seconds=60)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    calls = [asyncio.ensure_future(function.invoke({"dir": str(markers), "n": n})) for n in range(44)]
+    await eventually(lambda: len(list(markers.glob("running-*"))) == 4, what="four invocations running")
+
+    # WHEN the function is closed
+    await function.aclose()
+
+    # THEN every invocation has failed with the shutdown, no environment was started for the backlog,
+    # and no process is left
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+    assert all(isinstance(outcome, LambdaShutdownError) for outcome in outcomes)
+    assert function.cold_starts == 4
+    assert function.warm_environments == 0
 
 
 async def test_aclose_waits_for_the_processes_to_exit(make: Callable[..., LambdaFunction]) -> None:
