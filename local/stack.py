@@ -13,11 +13,12 @@ One asyncio program plays AWS:
   mappings;
 * the scheduled sweeper, and optionally the market simulator (`local.simulator`).
 
-The handlers read their settings from the environment, as on Lambda, so the
-stack sets `os.environ` before they are first invoked (and restores it when
-it stops), and clears the cached `runtime()` so a restarted stack in the same
-process does not reuse the clients of the previous one. Two stacks cannot run
-in one process at once for that reason.
+Each function runs in its own worker processes (`local.lambda_runtime`) and
+reads its settings from the environment the stack configures for it, as on
+Lambda; every function cold-starts once at start-up (`preflight`). The stack
+also still sets `os.environ` (restored when it stops) and clears the cached
+`runtime()` for code in this process that builds the handlers' runtime itself,
+so two stacks cannot run in one process at once.
 
 moto runs as a subprocess by default: it keeps moto's CPU off the interpreter
 that runs the gateway and the handlers (numbers in `local/moto_server.py`).
