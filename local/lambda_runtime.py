@@ -35,6 +35,7 @@ import json
 import logging
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -332,9 +333,11 @@ async def _forward_log(stream: asyncio.StreamReader, function_name: str) -> None
     """Each line the environment writes becomes a log record named after the function (what CloudWatch shows)."""
     while True:
         try:
-            line = await stream.readline()
-        except ValueError:  # a line longer than the reader's limit: take what is buffered
-            line = await stream.read(1 << 20)
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:  # the process ended: its last line has no newline
+            line = error.partial
+        except asyncio.LimitOverrunError as error:  # a line longer than the reader's limit: forward it in pieces
+            line = await stream.readexactly(error.consumed)
         except Exception:  # the pipe went away with the process
             return
         if not line:
@@ -619,6 +622,11 @@ class LambdaFunction:
                 pool.idle.append(await self._cold_start(pool))
 
     async def _invoke_in_worker(self, event: Any, trace_id: str | None) -> Any:
+        try:
+            payload = json.dumps(event, separators=(",", ":"))
+        except (TypeError, ValueError) as error:
+            # Lambda refuses a payload that is not JSON before any environment sees it.
+            raise ValueError(f"{self.name}: the event is not JSON: {error}") from None
         pool = self._current_pool()
         async with pool.slots:
             if pool.closed:
@@ -628,7 +636,9 @@ class LambdaFunction:
             deadline_ms = int(time.time() * 1000 + self.timeout_seconds * 1000)
             # Lambda gives every invocation a trace header, an unsampled one when the caller sent none.
             trace_id = trace_id or _unsampled_trace_id()
-            frame = _frame({"id": request_id, "deadline_ms": deadline_ms, "trace_id": trace_id, "event": event})
+            header = json.dumps({"id": request_id, "deadline_ms": deadline_ms, "trace_id": trace_id})
+            body = f'{header[:-1]},"event":{payload}}}'.encode()
+            frame = HEADER.pack(len(body)) + body
             timer = pool.loop.call_later(self.timeout_seconds, worker.kill, "timeout")
             answered = False
             try:
@@ -639,11 +649,11 @@ class LambdaFunction:
                     raise LambdaTimeoutError(self.name, self.timeout_seconds) from None
                 if worker.stop_reason == "shutdown":
                     raise LambdaShutdownError(self.name) from None
-                status = await worker.exit_status()
+                status = _exit_description(await worker.exit_status())
                 raise LambdaFunctionError(
                     self.name,
                     "Runtime.ExitError",
-                    f"RequestId: {request_id} Error: Runtime exited with error: exit status {status}",
+                    f"RequestId: {request_id} Error: Runtime exited with error: {status}",
                 ) from None
             finally:
                 timer.cancel()
@@ -709,9 +719,9 @@ class LambdaFunction:
                 raise LambdaInitError(
                     self.name, "Sandbox.Timedout", f"Init phase timed out after {INIT_TIMEOUT_SECONDS:.2f} seconds"
                 ) from None
-            status = await worker.exit_status()
+            status = _exit_description(await worker.exit_status())
             raise LambdaInitError(
-                self.name, "Runtime.ExitError", f"Runtime exited during init with exit status {status}"
+                self.name, "Runtime.ExitError", f"Runtime exited during init with error: {status}"
             ) from None
         except BaseException:
             pool.workers.discard(worker)
@@ -816,14 +826,17 @@ class LambdaFunction:
         return f"LambdaFunction({self.name!r}, concurrency={self.concurrency})"
 
 
+def _exit_description(status: int) -> str:
+    # Lambda's wording: "exit status 1", or the signal that ended the runtime.
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal: {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
 def _unsampled_trace_id() -> str:
     # X-Ray's header format: Root=1-<epoch seconds, hex>-<96 random bits>; not sampled, so nothing is sent.
     return f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"
-
-
-def _frame(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return HEADER.pack(len(body)) + body
 
 
 async def preflight(functions: Iterable[LambdaFunction]) -> None:

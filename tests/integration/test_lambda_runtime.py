@@ -120,8 +120,15 @@ def noisy(event, context):
     return {"fine": True}
 
 
+def shouts(event, context):
+    print("x" * event["size"])
+    return "done"
+
+
 def exits(event, context):
-    os._exit(3)
+    if event.get("exit"):
+        os._exit(3)
+    return os.getpid()
 
 
 def unserializable(event, context):
@@ -487,17 +494,43 @@ async def test_what_the_handler_prints_never_corrupts_the_channel(
     )
 
 
-async def test_an_environment_that_exits_fails_the_invocation_and_the_next_starts_cold(
-    make: Callable[..., LambdaFunction], code: Path
+async def test_a_log_line_longer_than_the_reader_limit_neither_blocks_nor_breaks_the_function(
+    make: Callable[..., LambdaFunction],
 ) -> None:
-    # GIVEN a handler that kills its own interpreter
+    # GIVEN a handler that prints one 3 MB line (more than a pipe holds and than a log line may be)
+    function = make("app.shouts")
+    # WHEN it is invoked twice THEN both invocations finish in the same environment
+    assert await function.invoke({"size": 3 << 20}) == "done"
+    assert await function.invoke({"size": 10}) == "done"
+    assert function.cold_starts == 1
+
+
+async def test_an_event_that_is_not_json_is_refused_before_any_environment_sees_it(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a function with one environment
+    function = make("app.identity", concurrency=1)
+    # WHEN the event cannot be serialized THEN the call is refused, naming the function
+    with pytest.raises(ValueError, match="quanttrade-test: the event is not JSON"):
+        await function.invoke({"raw": b"bytes"})
+    # AND the environment is still free for the next invocation
+    assert (await function.invoke({}))["count"] == 1
+
+
+async def test_an_environment_that_exits_fails_the_invocation_and_the_next_starts_cold(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a warm environment whose handler can kill its own interpreter
     function = make("app.exits")
-    # WHEN it is invoked THEN the invocation fails as Lambda's Runtime.ExitError
+    pid = await function.invoke({})
+    # WHEN it does THEN the invocation fails as Lambda's Runtime.ExitError
     with pytest.raises(LambdaFunctionError, match="Runtime exited with error: exit status 3") as raised:
-        await function.invoke({})
+        await function.invoke({"exit": True})
     assert raised.value.error_type == "Runtime.ExitError"
     assert function.errors == 1
-    assert function.warm_environments == 0
+    # AND the next invocation starts a new environment
+    assert await function.invoke({}) != pid
+    assert function.cold_starts == 2
 
 
 async def test_an_environment_that_died_while_idle_is_replaced(make: Callable[..., LambdaFunction]) -> None:
