@@ -618,8 +618,7 @@ class LambdaFunction:
         async with pool.slots:
             if pool.closed:
                 raise LambdaShutdownError(self.name)
-            if not pool.idle:
-                pool.idle.append(await self._cold_start(pool))
+            pool.idle.append(self._warm_worker(pool) or await self._cold_start(pool))
 
     async def _invoke_in_worker(self, event: Any, trace_id: str | None) -> Any:
         try:
