@@ -1,6 +1,7 @@
 """`python -m bench` (what `make bench` runs): every benchmark, one table, bench/results.json.
 
-    python -m bench                          all of them: delivery_worker, dynamodb_work, cost, cold_start, end_to_end
+    python -m bench                          all of them: delivery_worker, dynamodb_work, cost, cold_start,
+                                             lambda_runtime, end_to_end
     python -m bench end_to_end               a subset (written to bench/results-end_to_end.json)
     python -m bench end_to_end --repeats 5   fewer publishes per audience size
     python -m bench --output /tmp/r.json     write elsewhere
@@ -34,7 +35,7 @@ if str(SHARED) not in sys.path:
 from bench import machine  # noqa: E402
 
 # Cold start first, on a quiet machine; end to end last, as it is the longest and the busiest.
-ORDER = ("cold_start", "delivery_worker", "dynamodb_work", "cost", "end_to_end")
+ORDER = ("cold_start", "lambda_runtime", "delivery_worker", "dynamodb_work", "cost", "end_to_end")
 NEEDS = {"cost": ("delivery_worker", "dynamodb_work")}
 
 
@@ -134,6 +135,12 @@ def run_cold_start(_: dict[str, Any], options: argparse.Namespace) -> dict[str, 
     return cold_start.run()
 
 
+def run_lambda_runtime(_: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
+    from bench import lambda_runtime
+
+    return lambda_runtime.run()
+
+
 def run_end_to_end(_: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     from bench import end_to_end
 
@@ -151,6 +158,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any], argparse.Namespace], dict[str, Any]
     "dynamodb_work": run_dynamodb_work,
     "cost": run_cost,
     "cold_start": run_cold_start,
+    "lambda_runtime": run_lambda_runtime,
     "end_to_end": run_end_to_end,
 }
 

@@ -13,11 +13,12 @@ One asyncio program plays AWS:
   mappings;
 * the scheduled sweeper, and optionally the market simulator (`local.simulator`).
 
-The handlers read their settings from the environment, as on Lambda, so the
-stack sets `os.environ` before they are first invoked (and restores it when
-it stops), and clears the cached `runtime()` so a restarted stack in the same
-process does not reuse the clients of the previous one. Two stacks cannot run
-in one process at once for that reason.
+Each function runs in its own worker processes (`local.lambda_runtime`) and
+reads its settings from the environment the stack configures for it, as on
+Lambda; every function cold-starts once at start-up (`preflight`). The stack
+also still sets `os.environ` (restored when it stops) and clears the cached
+`runtime()` for code in this process that builds the handlers' runtime itself,
+so two stacks cannot run in one process at once.
 
 moto runs as a subprocess by default: it keeps moto's CPU off the interpreter
 that runs the gateway and the handlers (numbers in `local/moto_server.py`).
@@ -50,7 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from local.gateway import GatewayConfig, LocalGateway, authorizer_from_topology, handlers_from_topology
-from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction
+from local.lambda_runtime import DEFAULT_ACCOUNT, RESERVED_VARIABLES, Credentials, LambdaFunction, preflight
 from local.moto_server import Mode, MotoServer
 from local.provision import QueueUrls, table_name
 from local.pump import QueuePump, pumps_from_topology
@@ -222,6 +223,8 @@ class LocalStack:
         )
         await self.gateway.start()
         self._apply_environment(self.gateway.management_endpoint)
+        # Every function cold-starts once now, so a handler that cannot import fails the start, not a request.
+        await preflight(self.functions.values())
 
         pump_options: dict[str, Any] = {}
         if self.config.queue_visibility_timeout is not None:
@@ -259,7 +262,7 @@ class LocalStack:
         for pump in self.pumps:
             await pump.stop()
         for function in self.functions.values():
-            function.shutdown(wait=False)
+            await function.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
         self._forget_runtime()
         self._restore_environment()
@@ -309,6 +312,11 @@ class LocalStack:
             }
         )
         env.pop("AWS_SESSION_TOKEN", None)
+        # The functions run in their own processes with exactly their configured environment; what Lambda sets
+        # itself (region, credentials) is the runtime's to add.
+        function_env = {key: value for key, value in env.items() if key not in RESERVED_VARIABLES}
+        for function in self.functions.values():
+            function.configure(environment=function_env, credentials=Credentials("testing", "testing"))
         for key, value in env.items():
             if key not in self._saved_environ:
                 self._saved_environ[key] = os.environ.get(key)

@@ -1,0 +1,627 @@
+"""The local Lambda runtime: worker processes that import, configure and limit a function as Lambda does.
+
+Every test writes a throwaway code directory with handler modules and runs it
+through `LambdaFunction` in real worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local import lambda_runtime
+from local.lambda_runtime import (
+    REPO_ROOT,
+    Credentials,
+    LambdaFunction,
+    LambdaFunctionError,
+    LambdaInitError,
+    LambdaShutdownError,
+    LambdaTimeoutError,
+    LocalDeps,
+    LocalDepsUnavailable,
+    PreflightError,
+    ensure_local_deps,
+    preflight,
+)
+
+HANDLERS = """
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+COUNT = 0
+
+
+def environment(event, context):
+    return dict(os.environ)
+
+
+def identity(event, context):
+    global COUNT
+    COUNT += 1
+    return {"pid": os.getpid(), "count": COUNT}
+
+
+def imports(event, context):
+    import boto3
+    import pydantic
+
+    try:
+        import pytest  # noqa: F401
+    except ImportError as error:
+        pytest_error = str(error)
+    else:
+        pytest_error = None
+    return {
+        "path": sys.path,
+        "boto3": boto3.__file__,
+        "pydantic": pydantic.__file__,
+        "pytest_error": pytest_error,
+        "cwd": os.getcwd(),
+    }
+
+
+def context_of(event, context):
+    return {
+        "function_name": context.function_name,
+        "function_version": context.function_version,
+        "invoked_function_arn": context.invoked_function_arn,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "aws_request_id": context.aws_request_id,
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "env_log_stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+    }
+
+
+def sleep(event, context):
+    time.sleep(event["seconds"])
+    return os.getpid()
+
+
+def in_flight(event, context):
+    # Marks itself running, counts who else is, and waits for the test's release file.
+    directory = Path(event["dir"])
+    marker = directory / f"running-{event['n']}"
+    marker.touch()
+    seen = len(list(directory.glob("running-*")))
+    deadline = time.monotonic() + 20
+    while not (directory / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    marker.unlink()
+    return seen
+
+
+def fails(event, context):
+    raise ValueError(f"bad input: {event['why']}")
+
+
+def noisy(event, context):
+    print("printed to stdout")
+    sys.stdout.write("\\x00\\x00\\x00\\x05{junk")
+    sys.stdout.flush()
+    os.write(1, b"\\x00\\x00\\x00\\x02{}")
+    print("to stderr", file=sys.stderr)
+    return {"fine": True}
+
+
+def shouts(event, context):
+    print("x" * event["size"])
+    return "done"
+
+
+def exits(event, context):
+    if event.get("exit"):
+        os._exit(3)
+    return os.getpid()
+
+
+def unserializable(event, context):
+    return {"when": object()}
+
+
+def decimals(event, context):
+    from decimal import Decimal
+
+    return {"int": Decimal("3"), "float": Decimal("1.5")}
+"""
+
+
+@pytest.fixture(scope="module")
+def deps() -> LocalDeps:
+    return ensure_local_deps()
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    directory = tmp_path / "task"
+    directory.mkdir()
+    (directory / "app.py").write_text(HANDLERS)
+    return directory
+
+
+@pytest.fixture
+async def make(code: Path, deps: LocalDeps) -> AsyncIterator[Callable[..., LambdaFunction]]:
+    made: list[LambdaFunction] = []
+
+    def make(handler: str, **options: Any) -> LambdaFunction:
+        options.setdefault("code_dirs", [code])
+        options.setdefault("layer_dirs", [deps.layer_dir])
+        options.setdefault("runtime_dir", deps.runtime_dir)
+        function = LambdaFunction(options.pop("name", "quanttrade-test"), handler, **options)
+        made.append(function)
+        return function
+
+    yield make
+    for function in made:
+        await function.aclose()
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return value
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # Killed but not yet reaped shows as a zombie.
+    status = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
+    return status.startswith("Z")
+
+
+# ---------------------------------------------------------------- environment and imports
+
+
+async def test_the_environment_is_the_functions_plus_lambdas_own_and_nothing_from_the_parent(
+    make: Callable[..., LambdaFunction], code: Path, deps: LocalDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a variable set in the process that runs the stack, and a function with its own environment
+    monkeypatch.setenv("QT_PARENT_ONLY_MARKER", "must-not-leak")
+    function = make(
+        "app.environment",
+        memory_mb=512,
+        environment={"CONNECTIONS_TABLE": "connections", "POWERTOOLS_SERVICE_NAME": "websocket"},
+        credentials=Credentials("AKIDROLE", "role-secret", "role-token"),
+        endpoint_url="http://127.0.0.1:4566",
+        region="eu-west-1",
+    )
+
+    # WHEN the handler reports its environment
+    env = await function.invoke({})
+
+    # THEN it is exactly the configured variables plus what the Lambda runtime sets
+    assert env.pop("_X_AMZN_TRACE_ID").startswith("Root=1-")  # per invocation, as the runtime publishes it
+    assert env.pop("AWS_LAMBDA_LOG_STREAM_NAME").startswith(time.strftime("%Y/%m/%d/[$LATEST]", time.gmtime()))
+    assert env == {
+        "CONNECTIONS_TABLE": "connections",
+        "POWERTOOLS_SERVICE_NAME": "websocket",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+        "AWS_ACCESS_KEY_ID": "AKIDROLE",
+        "AWS_SECRET_ACCESS_KEY": "role-secret",
+        "AWS_SESSION_TOKEN": "role-token",
+        "AWS_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_LAMBDA_FUNCTION_NAME": "quanttrade-test",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+        "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/quanttrade-test",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
+        "LAMBDA_TASK_ROOT": str(code),
+        "LAMBDA_RUNTIME_DIR": str(deps.runtime_dir),
+        "LANG": "en_US.UTF-8",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "TZ": ":UTC",
+        "_HANDLER": "app.environment",
+    }
+
+
+def test_reserved_variables_cannot_be_configured(code: Path) -> None:
+    # GIVEN an environment that tries to set what only Lambda sets
+    # WHEN the function is built THEN it is refused with the offending names
+    with pytest.raises(ValueError, match=r"reserved Lambda environment variables.*AWS_REGION"):
+        LambdaFunction("f", "app.identity", code_dirs=[code], environment={"AWS_REGION": "x"})
+    with pytest.raises(ValueError, match="must be strings"):
+        LambdaFunction("f", "app.identity", code_dirs=[code], environment={"PORT": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="needs code_dirs"):
+        LambdaFunction("f", "app.identity")
+
+
+async def test_imports_come_from_the_code_dir_the_layers_and_the_runtime_only(
+    make: Callable[..., LambdaFunction], code: Path, deps: LocalDeps, tmp_path: Path
+) -> None:
+    # GIVEN a function with a second layer besides the dependency layer
+    extra_layer = tmp_path / "shared-layer"
+    (extra_layer / "python").mkdir(parents=True)
+    function = make("app.imports", layer_dirs=[extra_layer, deps.layer_dir])
+
+    # WHEN the handler reports its import path and where its packages came from
+    seen = await function.invoke({})
+
+    # THEN the path is /var/task, each layer's python/ in order, the runtime's packages, then the standard library
+    assert seen["path"][:4] == [
+        str(code),
+        str(extra_layer / "python"),
+        str(deps.layer_dir / "python"),
+        str(deps.runtime_dir),
+    ]
+    stdlib = seen["path"][4:]
+    assert stdlib and all(entry.startswith(sys.base_prefix) for entry in stdlib)
+    assert not any("site-packages" in entry or entry.startswith(str(REPO_ROOT)) for entry in stdlib)
+    # AND the third-party packages come from the layer and boto3 from the runtime, not from the venv
+    assert seen["pydantic"].startswith(str(deps.layer_dir / "python"))
+    assert seen["boto3"].startswith(str(deps.runtime_dir))
+    assert seen["pytest_error"] == "No module named 'pytest'"
+    # AND the working directory is the task root, as on Lambda
+    assert seen["cwd"] == str(code)
+
+
+def test_the_dependency_layer_leaves_the_runtimes_packages_to_the_runtime(deps: LocalDeps) -> None:
+    # GIVEN the local install of requirements.txt
+    layer = {entry.name for entry in (deps.layer_dir / "python").iterdir()}
+    runtime = {entry.name for entry in deps.runtime_dir.iterdir()}
+    # THEN boto3 and botocore are only in the runtime's directory, as the real layer build prunes them
+    assert {"boto3", "botocore"} <= runtime
+    assert not {"boto3", "botocore"} & layer
+    assert {"pydantic", "jwt", "aws_lambda_powertools"} <= layer
+
+
+def test_a_warm_install_runs_no_pip(deps: LocalDeps, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the install is in place: WHEN it is ensured again with pip unavailable
+    def no_pip(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pip ran for a cached install")
+
+    monkeypatch.setattr(lambda_runtime.subprocess, "run", no_pip)
+    # THEN the cache answers
+    assert ensure_local_deps() == deps
+
+
+def test_a_failing_install_says_what_failed(tmp_path: Path) -> None:
+    # GIVEN a requirements file pip cannot parse
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("this is not a requirement ===\n")
+    # WHEN the local dependencies are ensured THEN the error names the file and carries pip's reason
+    with pytest.raises(LocalDepsUnavailable, match=r"(?s)Cannot install the requirements in .*requirements\.txt.*"):
+        ensure_local_deps(requirements, root=tmp_path / "deps")
+    # AND nothing half-installed is left to be mistaken for a cache
+    assert not any(path.name.endswith(".staging") for path in (tmp_path / "deps").iterdir())
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+async def test_environments_are_reused_warm_and_a_timeout_kills_one(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a function with a one-second timeout and one environment
+    function = make("app.identity", timeout_seconds=1, concurrency=1)
+    first = await function.invoke({})
+    # WHEN it is invoked again THEN the same warm environment answers (module state survives)
+    assert await function.invoke({}) == {"pid": first["pid"], "count": 2}
+
+    # WHEN an invocation overruns the timeout
+    slow = make("app.sleep", timeout_seconds=1, concurrency=1, name="quanttrade-slow")
+    sleeper_pid = await slow.invoke({"seconds": 0})
+    with pytest.raises(LambdaTimeoutError, match=r"^Task timed out after 1\.00 seconds$"):
+        await slow.invoke({"seconds": 30})
+
+    # THEN its environment is killed and the next invocation starts cold in a new one
+    await eventually(lambda: process_gone(sleeper_pid), what="the timed-out environment to be killed")
+    assert await slow.invoke({"seconds": 0}) != sleeper_pid
+    assert (slow.timeouts, slow.errors, slow.invocations, slow.cold_starts) == (1, 0, 3, 2)
+    assert (function.cold_starts, function.invocations) == (1, 2)
+
+
+async def test_concurrency_caps_the_environments_running_at_once(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN a function limited to two concurrent executions and six invocations at once
+    function = make("app.in_flight", concurrency=2, timeout_seconds=30)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    calls = [asyncio.ensure_future(function.invoke({"dir": str(markers), "n": n})) for n in range(6)]
+
+    # WHEN two are running (and the rest queued)
+    await eventually(lambda: len(list(markers.glob("running-*"))) == 2, what="two invocations in flight")
+    (markers / "release").touch()
+    seen = await asyncio.gather(*calls)
+
+    # THEN no invocation ever saw more than two running, and only two environments were started
+    assert max(seen) == 2
+    assert function.cold_starts == 2
+
+
+async def test_waiting_for_a_free_environment_does_not_count_toward_the_timeout(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN one environment busy for most of the timeout
+    function = make("app.sleep", concurrency=1, timeout_seconds=2)
+    await function.init()
+    first = asyncio.ensure_future(function.invoke({"seconds": 1.5}))
+    # WHEN a second invocation queues behind it for 1.5 s and then runs for 1 s
+    second = asyncio.ensure_future(function.invoke({"seconds": 1}))
+    # THEN both succeed: each had its whole timeout once it ran
+    assert await first == await second
+    assert function.timeouts == 0
+
+
+async def test_an_import_error_is_an_init_error_naming_the_function_and_the_cause(
+    make: Callable[..., LambdaFunction], code: Path
+) -> None:
+    # GIVEN a handler module that needs a package no layer provides
+    (code / "connect.py").write_text("import jwt_that_no_layer_has\n\ndef handler(event, context):\n    return 1\n")
+    function = make("connect.handler", name="quanttrade-connect")
+
+    # WHEN it is cold-started THEN the error is Lambda's, with the function's name
+    with pytest.raises(LambdaInitError) as raised:
+        await function.init()
+    assert str(raised.value) == (
+        "quanttrade-connect: Runtime.ImportModuleError: "
+        "Unable to import module 'connect': No module named 'jwt_that_no_layer_has'"
+    )
+    assert raised.value.error_type == "Runtime.ImportModuleError"
+
+    # AND an invocation fails the same way and counts as an error
+    with pytest.raises(LambdaInitError, match="Unable to import module 'connect'"):
+        await function.invoke({})
+    assert function.errors == 1
+
+
+async def test_init_errors_of_other_kinds_keep_their_type(make: Callable[..., LambdaFunction], code: Path) -> None:
+    # GIVEN a module that fails while importing, a handler name that is missing, and a malformed one
+    (code / "broken.py").write_text("import os\n\nTABLE = os.environ['TABLE_THAT_IS_NOT_SET']\n")
+    (code / "empty.py").write_text("")
+    broken = make("broken.handler", name="quanttrade-broken")
+    missing = make("empty.handler", name="quanttrade-missing")
+    malformed = make("nodot", name="quanttrade-malformed")
+
+    # WHEN they are all preflighted at once
+    with pytest.raises(PreflightError) as raised:
+        await preflight([broken, missing, malformed])
+
+    # THEN each failure is reported with its function and Lambda's error type
+    failures = {f.function_name: f for f in raised.value.failures if isinstance(f, LambdaInitError)}
+    assert len(failures) == len(raised.value.failures) == 3
+    assert failures["quanttrade-broken"].error_type == "KeyError"
+    assert "TABLE_THAT_IS_NOT_SET" in failures["quanttrade-broken"].error_message
+    assert failures["quanttrade-missing"].error_type == "Runtime.HandlerNotFound"
+    assert failures["quanttrade-missing"].error_message == "Handler 'handler' missing on module 'empty'"
+    assert failures["quanttrade-malformed"].error_type == "Runtime.MalformedHandlerName"
+    assert "quanttrade-broken" in str(raised.value) and "quanttrade-missing" in str(raised.value)
+
+
+async def test_preflight_leaves_healthy_functions_warm(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN two healthy functions WHEN they are preflighted
+    functions = [make("app.identity", name="quanttrade-a"), make("app.identity", name="quanttrade-b")]
+    await preflight(functions)
+    # THEN the first invocation of each finds a warm environment
+    for function in functions:
+        assert (await function.invoke({}))["count"] == 1
+        assert function.cold_starts == 1
+
+
+async def test_a_handler_exception_is_a_function_error_and_the_trace_goes_to_the_log(
+    make: Callable[..., LambdaFunction], caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a handler that raises
+    caplog.set_level(logging.INFO, logger="quanttrade.local.lambda.log")
+    function = make("app.fails", name="quanttrade-fails")
+
+    # WHEN it is invoked
+    with pytest.raises(LambdaFunctionError) as raised:
+        await function.invoke({"why": "negative size"})
+
+    # THEN the caller gets Lambda's error type and message, no stack trace
+    assert raised.value.error_type == "ValueError"
+    assert str(raised.value) == "bad input: negative size"
+    assert function.errors == 1
+    # AND the stack trace is in the function's log, under its name
+    await eventually(
+        lambda: any("[quanttrade-fails]" in r.getMessage() and "in fails" in r.getMessage() for r in caplog.records),
+        what="the stack trace in the log",
+    )
+
+
+async def test_a_handled_error_keeps_the_environment_warm(make: Callable[..., LambdaFunction], code: Path) -> None:
+    # GIVEN a function that fails once
+    (code / "flaky.py").write_text(
+        "import os\nCALLS = []\n\ndef handler(event, context):\n"
+        "    CALLS.append(1)\n    if len(CALLS) == 1:\n        raise RuntimeError('first')\n    return os.getpid()\n"
+    )
+    function = make("flaky.handler")
+    with pytest.raises(LambdaFunctionError):
+        await function.invoke({})
+    # WHEN it is invoked again THEN the same environment answers (Lambda does not recycle on a function error)
+    await function.invoke({})
+    assert function.cold_starts == 1
+
+
+async def test_the_context_is_the_runtimes(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a function with 512 MB and a 5 s timeout
+    function = make("app.context_of", memory_mb=512, timeout_seconds=5, account="111122223333")
+    # WHEN it reports its context
+    context = await function.invoke({}, trace_id="Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0")
+    # THEN it carries what awslambdaric's does, memory as a string
+    assert context["memory_limit_in_mb"] == "512"
+    assert context["function_name"] == "quanttrade-test"
+    assert context["function_version"] == "$LATEST"
+    assert context["invoked_function_arn"] == "arn:aws:lambda:us-east-1:111122223333:function:quanttrade-test"
+    assert context["log_group_name"] == "/aws/lambda/quanttrade-test"
+    assert context["log_stream_name"] == context["env_log_stream"]
+    assert 0 < context["remaining_ms"] <= 5000
+    assert len(context["aws_request_id"]) == 36
+    # AND the invocation's trace header is published as the runtime does
+    assert context["trace"] == "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0"
+    # AND without one, Lambda's own unsampled header
+    assert re.fullmatch(
+        r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", (await function.invoke({}))["trace"]
+    )
+
+
+async def test_what_the_handler_prints_never_corrupts_the_channel(
+    make: Callable[..., LambdaFunction], caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a handler that prints, writes frame-like bytes to fd 1 and logs to stderr
+    caplog.set_level(logging.INFO, logger="quanttrade.local.lambda.log")
+    function = make("app.noisy")
+    # WHEN it is invoked twice THEN both answers arrive intact
+    assert await function.invoke({}) == {"fine": True}
+    assert await function.invoke({}) == {"fine": True}
+    # AND what it printed reached the log, named after the function
+    await eventually(
+        lambda: any(r.getMessage() == "[quanttrade-test] printed to stdout" for r in caplog.records),
+        what="the handler's print in the log",
+    )
+
+
+async def test_a_log_line_longer_than_the_reader_limit_neither_blocks_nor_breaks_the_function(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a handler that prints one 3 MB line (more than a pipe holds and than a log line may be)
+    function = make("app.shouts")
+    # WHEN it is invoked twice THEN both invocations finish in the same environment
+    assert await function.invoke({"size": 3 << 20}) == "done"
+    assert await function.invoke({"size": 10}) == "done"
+    assert function.cold_starts == 1
+
+
+async def test_an_event_that_is_not_json_is_refused_before_any_environment_sees_it(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a function with one environment
+    function = make("app.identity", concurrency=1)
+    # WHEN the event cannot be serialized THEN the call is refused, naming the function
+    with pytest.raises(ValueError, match="quanttrade-test: the event is not JSON"):
+        await function.invoke({"raw": b"bytes"})
+    # AND the environment is still free for the next invocation
+    assert (await function.invoke({}))["count"] == 1
+
+
+async def test_an_environment_that_exits_fails_the_invocation_and_the_next_starts_cold(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a warm environment whose handler can kill its own interpreter
+    function = make("app.exits")
+    pid = await function.invoke({})
+    # WHEN it does THEN the invocation fails as Lambda's Runtime.ExitError
+    with pytest.raises(LambdaFunctionError, match="Runtime exited with error: exit status 3") as raised:
+        await function.invoke({"exit": True})
+    assert raised.value.error_type == "Runtime.ExitError"
+    assert function.errors == 1
+    # AND the next invocation starts a new environment
+    assert await function.invoke({}) != pid
+    assert function.cold_starts == 2
+
+
+async def test_an_environment_that_died_while_idle_is_replaced(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a warm environment that something outside kills
+    function = make("app.identity")
+    pid = (await function.invoke({}))["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: function.warm_environments == 0, what="the dead environment to be noticed")
+    # WHEN the function is invoked THEN a new environment answers, no error
+    assert (await function.invoke({}))["pid"] != pid
+    assert (function.errors, function.cold_starts) == (0, 2)
+
+
+async def test_results_are_json_as_lambda_marshals_them(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN handlers returning DynamoDB numbers and something JSON cannot carry
+    assert await make("app.decimals").invoke({}) == {"int": 3, "float": 1.5}
+    # WHEN the result cannot be marshalled THEN the invocation fails with Runtime.MarshalError
+    with pytest.raises(LambdaFunctionError, match="Unable to marshal response") as raised:
+        await make("app.unserializable").invoke({})
+    assert raised.value.error_type == "Runtime.MarshalError"
+
+
+async def test_configure_retires_warm_environments(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a warm environment
+    function = make("app.environment", environment={"STAGE": "one"})
+    before = await function.invoke({})
+    # WHEN the configuration changes THEN the next invocation starts cold with the new environment
+    function.configure(environment={"STAGE": "two"})
+    after = await function.invoke({})
+    assert (before["STAGE"], after["STAGE"]) == ("one", "two")
+    assert function.cold_starts == 2
+
+
+async def test_shutdown_kills_every_environment_and_the_function_stays_invocable(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN a function with one invocation running and one queued behind it
+    function = make("app.in_flight", concurrency=1, timeout_seconds=60)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    running = asyncio.ensure_future(function.invoke({"dir": str(markers), "n": 1}))
+    queued = asyncio.ensure_future(function.invoke({"dir": str(markers), "n": 2}))
+    await eventually(lambda: (markers / "running-1").exists(), what="the first invocation to run")
+
+    # WHEN the function is shut down
+    function.shutdown()
+
+    # THEN both fail at once, and no environment is left
+    for call in (running, queued):
+        with pytest.raises(LambdaShutdownError):
+            await asyncio.wait_for(call, timeout=10)
+    assert function.warm_environments == 0
+    # AND the next invocation starts a new environment (the killed one never cleaned up its marker)
+    after = tmp_path / "after"
+    after.mkdir()
+    (after / "release").touch()
+    assert await function.invoke({"dir": str(after), "n": 3}) == 1
+    assert function.cold_starts == 2
+
+
+async def test_closing_under_load_fails_the_backlog_without_starting_anything(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN four environments busy and forty invocations queued behind them
+    function = make("app.in_flight", concurrency=4, timeout_seconds=60)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    calls = [asyncio.ensure_future(function.invoke({"dir": str(markers), "n": n})) for n in range(44)]
+    await eventually(lambda: len(list(markers.glob("running-*"))) == 4, what="four invocations running")
+
+    # WHEN the function is closed
+    await function.aclose()
+
+    # THEN every invocation has failed with the shutdown, no environment was started for the backlog,
+    # and no process is left
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+    assert all(isinstance(outcome, LambdaShutdownError) for outcome in outcomes)
+    assert function.cold_starts == 4
+    assert function.warm_environments == 0
+
+
+async def test_aclose_waits_for_the_processes_to_exit(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN two warm environments
+    function = make("app.identity", concurrency=2)
+    pids = [r["pid"] for r in await asyncio.gather(function.invoke({}), function.invoke({}))]
+    # WHEN the function is closed THEN their processes are gone when aclose returns
+    await function.aclose()
+    assert all(process_gone(pid) for pid in set(pids))
+
+
+def test_a_callable_handler_takes_no_code(code: Path) -> None:
+    # GIVEN the in-process mode of the gateway's and pumps' tests WHEN given code dirs THEN it is refused
+    with pytest.raises(ValueError, match="takes no code or layers"):
+        LambdaFunction("f", lambda event, context: None, code_dirs=[code])
