@@ -99,6 +99,7 @@ class GatewayConfig:
     client_buffer_bytes: int = 4 * 1024 * 1024  # unsent bytes to a client before posts get 429
     two_way_routes: frozenset[str] = frozenset()  # routes with a route response: the handler's body goes back
     identity_sources: tuple[str, ...] = (topology.AUTHORIZER_IDENTITY_SOURCE,)
+    route_selection_expression: str = "$request.body.action"  # only $request.body.<field> is supported
     pool_sizes: Mapping[str, int] = field(default_factory=dict)  # function name -> worker threads
     default_pool_size: int = 8
     default_timeout_seconds: float = 10.0
@@ -335,6 +336,7 @@ class LocalGateway:
         self._authorizer = None if authorizer is None else self._as_function("authorizer", authorizer, wrapped)
         self._message_routes = frozenset(key for key in self._routes if key not in _SPECIAL_ROUTES)
         self._identity_sources = tuple(_parse_identity_source(source) for source in self.config.identity_sources)
+        self._route_field = _parse_route_selection(self.config.route_selection_expression)
         self._readiness_checks = dict(readiness_checks or {})
         self._root_handler = root_handler
         self._connections: dict[str, _Connection] = {}
@@ -651,7 +653,7 @@ class LocalGateway:
         except ValueError:
             return "$default"
         if isinstance(parsed, dict):
-            action = parsed.get("action")
+            action = parsed.get(self._route_field)
             if isinstance(action, str) and action in self._message_routes:
                 return action
         return "$default"
@@ -1117,6 +1119,15 @@ def _query_parameters(request: web.Request, *, always: bool) -> dict[str, Any]:
         single[key] = value
         multi.setdefault(key, []).append(value)
     return {"queryStringParameters": single, "multiValueQueryStringParameters": multi}
+
+
+def _parse_route_selection(expression: str) -> str:
+    """The body field a `$request.body.<field>` route selection expression names."""
+    prefix = "$request.body."
+    field_name = expression.removeprefix(prefix)
+    if not expression.startswith(prefix) or not field_name.isidentifier():
+        raise ValueError(f"route selection expression {expression!r}: only $request.body.<field> is supported here")
+    return field_name
 
 
 def _parse_identity_source(source: str) -> tuple[str, str]:

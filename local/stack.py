@@ -1,32 +1,32 @@
-"""The whole backend on one machine: moto, the gateway emulator, the handlers, the pumps, the simulator.
+"""The whole backend on one machine, built from the cloud assembly that `cdk synth` produces.
 
-One asyncio program plays AWS:
+What runs locally is what deploys. `LocalStack.start()`:
 
-* moto in server mode as DynamoDB, SQS and EventBridge (`local.moto_server`),
-  provisioned from the topology by `local.provision`, the same declarations
-  the CDK stack deploys;
-* the API Gateway WebSocket stage and its Management API (`local.gateway`),
-  routing to the product's handlers as Lambda functions (`local.lambda_runtime`),
-  plus the admin HTTP API under `/admin/...`, the dashboard at `/`, `/health`
-  and `/ready`;
-* one SQS pump per queue-triggered function (`local.pump`), the event source
-  mappings;
-* the scheduled sweeper, and optionally the market simulator (`local.simulator`).
+1. synthesizes the CDK app (`local.cloud.synthesize`, cached by a hash of its
+   inputs, so a warm start does not pay for it) and reads the template;
+2. starts moto in server mode and creates every table, queue, bus, rule and
+   secret the template declares (`local.cloud.provision`);
+3. starts the API Gateway emulator (`local.gateway`) with the template's
+   WebSocket routes, its `$connect` authorizer and identity source, and the
+   template's stage, plus the admin HTTP API's routes;
+4. runs every Lambda function of the template (`local.lambda_runtime`) in
+   worker processes: its handler string, only its code asset and its layers
+   on the import path (the third-party layer installed for this machine from
+   the distributions the assembly's layer holds), exactly its template
+   environment with Ref/GetAtt/Join/Sub resolved to the local resources and
+   the Management API endpoint pointing at the local gateway, its timeout,
+   memory size and a concurrency cap. Each function's calls to AWS go
+   through `local.aws_endpoint`, which checks them against the function's
+   role policies from the template;
+5. cold-starts every function and runs the deploy smoke (`local.smoke`):
+   every function is invoked with the samples in `events/` that belong to it.
+   A template that would fail on AWS fails here, naming the function and the
+   cause;
+6. starts the event source mappings (`local.pump`), the scheduled rule's
+   sweeper and, if asked, the market simulator.
 
-Each function runs in its own worker processes (`local.lambda_runtime`) and
-reads its settings from the environment the stack configures for it, as on
-Lambda; every function cold-starts once at start-up (`preflight`). The stack
-also still sets `os.environ` (restored when it stops) and clears the cached
-`runtime()` for code in this process that builds the handlers' runtime itself,
-so two stacks cannot run in one process at once.
-
-moto runs as a subprocess by default: it keeps moto's CPU off the interpreter
-that runs the gateway and the handlers (numbers in `local/moto_server.py`).
-Throughput is bounded by moto, not by the pump or the gateway: about 20 to 25
-upstream events a second through PutEvents and about 8 a second through
-fan-out for a burst of 300 on the 2-core development machine (moto's EventBridge parses each
-rule's target per event, and its SQS recounts the queue on every send), so
-the simulator's default of 6 ticks a second leaves headroom.
+Nothing here names a table, queue, rule, route or function: the template is
+the one source.
 """
 
 from __future__ import annotations
@@ -37,34 +37,43 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
-from local.gateway import GatewayConfig, LocalGateway, authorizer_from_topology, handlers_from_topology
-from local.lambda_runtime import DEFAULT_ACCOUNT, RESERVED_VARIABLES, Credentials, LambdaFunction, preflight
-from local.moto_server import Mode, MotoServer
-from local.provision import QueueUrls, table_name
-from local.pump import QueuePump, pumps_from_topology
+from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
+from local.deps_layer import local_layer, runtime_provided
+from local.gateway import GatewayConfig, LocalGateway
+from local.lambda_runtime import DEFAULT_ACCOUNT, Credentials, LambdaFunction, preflight
+from local.moto_server import CREDENTIALS, Mode, MotoServer
+from local.pump import QueuePump
 from local.simulator import MarketSimulator
-from quanttrade_ws import topology
 from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
 from quanttrade_ws.config import Settings
 
 logger = logging.getLogger("quanttrade.local.stack")
 
-DEV_SECRET = "dev-secret"
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 ADMIN_PREFIX = "/admin"
+OUTPUTS_FILE = Path(__file__).resolve().parent.parent / ".build" / "local" / "outputs.json"
+LOCAL_API_ID = "qtlocalapi"
+# The sweeper's schedule comes from the template's rule unless a number (seconds) or None (never) is given.
+SCHEDULED: Literal["template"] = "template"
+# Lambda's default concurrency is the account's (1,000); two cores cannot hold that many interpreters.
+# Functions without reserved concurrency get this many execution environments locally.
+DEFAULT_LOCAL_CONCURRENCY = 8
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days|second|seconds)\)$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 @dataclass(frozen=True)
@@ -76,23 +85,40 @@ class StackConfig:
     moto_port: int = 4566  # 0: a free port
     moto_mode: Mode = "subprocess"
     region: str = "us-east-1"
-    jwt_secret: str | None = None  # None: $QT_JWT_SECRET, else the development secret
+    jwt_secret: str | None = None  # None: $QT_JWT_SECRET, else the value the secret's GenerateSecretString makes
     idle_timeout: float = 600.0
     max_connection_seconds: float = 7200.0
     management_rate_per_second: float = 10_000.0
     connect_rate_per_second: float | None = 500.0
     simulator: bool = False
     simulator_rate: float = 6.0
-    sweep_interval: float | None = 300.0  # the sweeper's schedule; None: never
-    # None: each queue's visibility timeout from the topology (60 s). Tests shorten it so a failed record
+    sweep_interval: float | Literal["template"] | None = SCHEDULED
+    # None: each queue's visibility timeout from the template (60 s). Tests shorten it so a failed record
     # (its FIFO group held back until the timeout, as on AWS) is retried within a test's patience.
     queue_visibility_timeout: int | None = None
-    log_level: str = "WARNING"  # the handlers' Powertools log level
+    log_level: str = "WARNING"  # the functions' log lines shown on this console (they log at the template's level)
     dashboard: bool = True
-    settings_overrides: dict[str, Any] = field(default_factory=dict)  # any other Settings field
+    # CDK context for the synthesis, as `-c key=value`; `settings_overrides` is the `settings` key's JSON.
+    context: Mapping[str, str] = field(default_factory=dict)
+    settings_overrides: dict[str, Any] = field(default_factory=dict)
+    assembly: CloudAssembly | None = None  # run this assembly as it is instead of synthesizing one
+    smoke: bool = True  # invoke every function with its samples in events/ before serving
 
-    def secret(self) -> str:
-        return self.jwt_secret or os.environ.get("QT_JWT_SECRET") or DEV_SECRET
+    def secret(self) -> str | None:
+        return self.jwt_secret or os.environ.get("QT_JWT_SECRET") or None
+
+    def synth_context(self) -> dict[str, str]:
+        context = dict(self.context)
+        overrides = dict(self.settings_overrides)
+        if self.idle_timeout != 600.0:
+            overrides.setdefault("idle_timeout_seconds", max(1, int(self.idle_timeout)))
+        if overrides:
+            context["settings"] = json.dumps(overrides, sort_keys=True)
+        return context
+
+
+class StackStartError(RuntimeError):
+    """The template would not work on AWS (or could not be run here): what failed, and in which function."""
 
 
 class LocalStack:
@@ -100,21 +126,28 @@ class LocalStack:
 
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
-        self.secret = self.config.secret()
         self.moto = MotoServer(
             self.config.host, self.config.moto_port, mode=self.config.moto_mode, region=self.config.region
         )
-        self.settings: Settings | None = None
-        self.queues: dict[str, QueueUrls] = {}
+        self.assembly: CloudAssembly | None = None
+        self.deployment: Deployment | None = None
+        self.settings: Settings | None = None  # the message function's settings, for tests and tools
+        self.secret: str = ""
         self.gateway: LocalGateway | None = None
         self.pumps: list[QueuePump] = []
         self.simulator: MarketSimulator | None = None
-        self.functions: dict[str, LambdaFunction] = {}  # topology name -> function
-        self._saved_environ: dict[str, str | None] = {}
+        self.functions: dict[str, LambdaFunction] = {}  # template logical id -> function
+        self.startup_seconds: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
 
     # ------------------------------------------------------------------ addresses
+
+    @property
+    def template(self) -> Template:
+        if self.assembly is None:
+            raise RuntimeError("the local stack is not started")
+        return self.assembly.template
 
     @property
     def websocket_url(self) -> str:
@@ -136,10 +169,22 @@ class LocalStack:
     def aws_endpoint_url(self) -> str:
         return self.moto.endpoint_url
 
+    @property
+    def event_bus_name(self) -> str:
+        return self._outputs()["EventBusName"]
+
     def _gateway(self) -> LocalGateway:
         if self.gateway is None:
             raise RuntimeError("the local stack is not started")
         return self.gateway
+
+    def _deployment(self) -> Deployment:
+        if self.deployment is None:
+            raise RuntimeError("the local stack is not started")
+        return self.deployment
+
+    def _outputs(self) -> dict[str, str]:
+        return self._deployment().outputs()
 
     def token(self, user_id: str = "dev-user", **claims: Any) -> str:
         """An access token this stack accepts (every permission, premium level, 24 hours, unless told)."""
@@ -147,11 +192,9 @@ class LocalStack:
         return mint_token(self.secret, user_id, **claims)
 
     def client(self, service: str) -> Any:
-        """A boto3 client for this stack's moto (dynamodb, sqs, events) or Management API (apigatewaymanagementapi)."""
+        """A boto3 client for this stack's AWS (dynamodb, sqs, events, secretsmanager) or Management API."""
         if service == "apigatewaymanagementapi":
             import boto3
-
-            from local.moto_server import CREDENTIALS
 
             make_client: Any = boto3.client
             return make_client(
@@ -159,94 +202,226 @@ class LocalStack:
             )
         return self.moto.client(service)
 
+    def function(self, handler: str) -> LambdaFunction:
+        """The template's function whose handler is `handler` (e.g. "fanout.handler")."""
+        for logical_id, declared in self.template.functions.items():
+            if declared.handler == handler:
+                return self.functions[logical_id]
+        raise KeyError(f"no function with handler {handler!r} in the template")
+
+    def queue_urls(self) -> dict[str, str]:
+        """Every queue of the template: logical id -> URL."""
+        deployment = self._deployment()
+        return {logical_id: deployment.ref(logical_id) for logical_id in self.template.queues}
+
+    def dead_letter_queue_urls(self) -> list[str]:
+        """The queues that some other queue or rule target dead-letters into."""
+        template = self.template
+        dlqs = {q.dead_letter_queue for q in template.queues.values() if q.dead_letter_queue}
+        for rule in template.rules.values():
+            dlqs |= {t.dead_letter_logical_id for t in rule.targets if t.dead_letter_logical_id}
+        return [self._deployment().ref(logical_id) for logical_id in sorted(dlqs)]
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> LocalStack:
         if self._started:
             return self
-        if self.secret == DEV_SECRET:
-            logger.warning(
-                "QT_JWT_SECRET is not set: using the development secret %r (never use it elsewhere)", DEV_SECRET
-            )
         self._started = True
+        began = time.monotonic()
         try:
             await self._start()
         except BaseException:
             await self.stop()
             raise
+        self.startup_seconds = time.monotonic() - began
+        self._write_outputs()
         return self
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.moto.start)
-        settings = Settings(
-            region=self.config.region,
-            jwt_secret=self.secret,
-            aws_endpoint_url=self.moto.endpoint_url,
-            idle_timeout_seconds=max(1, int(self.config.idle_timeout)),
-            log_level=self.config.log_level,
-            **self.config.settings_overrides,
+        self.assembly = self.config.assembly or await loop.run_in_executor(
+            None, lambda: synthesize(self.config.synth_context())
         )
-        self.settings, self.queues = await loop.run_in_executor(None, self.moto.provision, settings)
+        template = self.assembly.template
+        websocket_api = template.websocket_api
+        await loop.run_in_executor(None, self.moto.start)
+
+        secret_values = {}
+        if self.config.secret():
+            secret_values = {logical_id: str(self.config.secret()) for logical_id in template.secrets}
+        self.deployment = deployment = await loop.run_in_executor(
+            None,
+            lambda: provision(
+                template, Clients.from_factory(self.moto.client), secret_values=secret_values, api_ids={}
+            ),
+        )
+        self.secret = await loop.run_in_executor(None, self._read_signing_key)
         if self.config.queue_visibility_timeout is not None:
             await loop.run_in_executor(None, self._shorten_visibility, self.config.queue_visibility_timeout)
 
+        authorizer = next(
+            (websocket_api.authorizer_of(key) for key in websocket_api.routes if websocket_api.authorizer_of(key)),
+            None,
+        )
         gateway_config = GatewayConfig(
             host=self.config.host,
             port=self.config.gateway_port,
+            stage=websocket_api.stage_name,
             region=self.config.region,
             account=DEFAULT_ACCOUNT,
+            api_id=LOCAL_API_ID,
             idle_timeout=self.config.idle_timeout,
             max_connection_seconds=self.config.max_connection_seconds,
             management_rate_per_second=self.config.management_rate_per_second,
             connect_rate_per_second=self.config.connect_rate_per_second,
+            identity_sources=authorizer.identity_source if authorizer else (),
+            route_selection_expression=websocket_api.route_selection_expression or "$request.body.action",
         )
-        routes = handlers_from_topology(gateway_config)
-        for function in routes.values():
-            self.functions[function.name.removeprefix("quanttrade-")] = function
-        authorizer = authorizer_from_topology(gateway_config)
-        self.functions[topology.AUTHORIZER.name] = authorizer
-        for declaration in (topology.FANOUT, topology.DELIVERY, topology.SWEEPER, topology.ADMIN):
-            self.functions[declaration.name] = LambdaFunction.from_topology(declaration, region=self.config.region)
-
-        # The handlers must see the environment before their first invocation; with a fixed port it can be
-        # complete before the gateway accepts anything.
-        if self.config.gateway_port:
-            self._apply_environment(f"http://{self.config.host}:{self.config.gateway_port}/{gateway_config.stage}")
+        runtime_dir = await loop.run_in_executor(None, runtime_provided)
+        layers = await loop.run_in_executor(None, self._local_layers)
+        self.functions = {
+            logical_id: self._function(logical_id, layers, runtime_dir) for logical_id in template.functions
+        }
+        routes = {key: self.functions[route.function_logical_id] for key, route in websocket_api.routes.items()}
         self.gateway = LocalGateway(
             gateway_config,
             routes,
-            authorizer,
+            self.functions[authorizer.function_logical_id] if authorizer else None,
             readiness_checks={"moto": self._moto_answers, "tables": self._tables_exist, "queues": self._queues_exist},
             root_handler=self._serve_dashboard if self.config.dashboard else None,
             extra_routes=self._extra_routes(),
         )
         await self.gateway.start()
-        self._apply_environment(self.gateway.management_endpoint)
-        # Every function cold-starts once now, so a handler that cannot import fails the start, not a request.
-        await preflight(self.functions.values())
+        # The API's endpoint in every environment (https://{api}.execute-api.{region}.amazonaws.com/{stage})
+        # now points at the gateway; its Ref is the gateway's api id, as in the events the gateway sends.
+        deployment.bind_api(websocket_api.logical_id, local_base_url=self.gateway.http_url, api_id=LOCAL_API_ID)
+        for logical_id, function in self.functions.items():
+            function.configure(
+                environment=deployment.function_environment(logical_id),
+                credentials=self._credentials_of(logical_id),
+                endpoint_url=self.moto.endpoint_url,
+            )
+        self.settings = self._settings_of(routes.get("$default") or next(iter(routes.values())))
 
-        pump_options: dict[str, Any] = {}
-        if self.config.queue_visibility_timeout is not None:
-            pump_options["visibility_timeout"] = self.config.queue_visibility_timeout
-        self.pumps = pumps_from_topology(
-            self.functions, self.queues, lambda: self.moto.client("sqs"), region=self.config.region, **pump_options
-        )
+        # Every function cold-starts once now, so a handler that cannot be imported fails the start.
+        try:
+            await preflight(self.functions.values())
+        except Exception as error:
+            raise StackStartError(f"a function cannot start: {error}") from error
+        if self.config.smoke:
+            from local.smoke import run_smoke
+
+            report = await run_smoke(self)
+            if report.failures:
+                raise StackStartError("the deploy smoke failed:\n  " + "\n  ".join(report.failures))
+
+        self.pumps = self._pumps()
         for pump in self.pumps:
             pump.start()
-        if self.config.sweep_interval:
-            self._sweeper = loop.create_task(self._sweep_every(self.config.sweep_interval), name="sweeper-schedule")
+        interval = self._sweep_interval()
+        if interval:
+            self._sweeper = loop.create_task(self._sweep_every(interval), name="sweeper-schedule")
         if self.config.simulator:
-            self.simulator = MarketSimulator(lambda: self.moto.client("events"), rate=self.config.simulator_rate)
+            self.simulator = MarketSimulator(
+                lambda: self.moto.client("events"), rate=self.config.simulator_rate, event_bus_name=self.event_bus_name
+            )
             self.simulator.start()
+
+    # ------------------------------------------------------------------ the template's parts
+
+    def _local_layers(self) -> dict[Path, Path]:
+        """Each layer directory of the assembly -> what stands in for it on this machine (see local.deps_layer)."""
+        layer_dirs = {d for f in self.template.functions.values() for d in f.layer_dirs}
+        return {layer_dir: local_layer(layer_dir) for layer_dir in sorted(layer_dirs)}
+
+    def _function(self, logical_id: str, layers: dict[Path, Path], runtime_dir: Path) -> LambdaFunction:
+        declared = self.template.functions[logical_id]
+        return LambdaFunction(
+            self._deployment().ref(logical_id),
+            declared.handler,
+            code_dirs=[declared.code_dir],
+            layer_dirs=[layers[layer_dir] for layer_dir in declared.layer_dirs],
+            runtime_dir=runtime_dir,
+            timeout_seconds=declared.timeout,
+            memory_mb=declared.memory_size,
+            concurrency=declared.reserved_concurrency or DEFAULT_LOCAL_CONCURRENCY,
+            region=self.config.region,
+            account=DEFAULT_ACCOUNT,
+        )
+
+    def _credentials_of(self, logical_id: str) -> Credentials:
+        return Credentials(CREDENTIALS["aws_access_key_id"], CREDENTIALS["aws_secret_access_key"])
+
+    def _settings_of(self, function: LambdaFunction) -> Settings:
+        environment = dict(function.environment)
+        environment.pop("QT_JWT_SECRET_ARN", None)
+        return Settings.from_env({**environment, "QT_JWT_SECRET": self.secret})
+
+    def _read_signing_key(self) -> str:
+        """The key the stack's secret holds, read through Secrets Manager as the functions read it."""
+        secrets = self.template.secrets
+        if len(secrets) != 1:
+            raise StackStartError(f"expected one signing-key secret in the template, found {sorted(secrets)}")
+        arn = self._deployment().ref(next(iter(secrets)))
+        return str(self.moto.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+
+    def _pumps(self) -> list[QueuePump]:
+        deployment = self._deployment()
+        pumps = []
+        for mapping in self.template.event_source_mappings.values():
+            if not mapping.enabled:
+                continue
+            if not mapping.reports_batch_item_failures:
+                raise StackStartError(
+                    f"{mapping.logical_id}: the event source mapping of {mapping.function_logical_id} does not "
+                    "report batch item failures, so one failed record would redeliver the whole batch"
+                )
+            queue = self.template.queues[mapping.queue_logical_id]
+            visibility = self.config.queue_visibility_timeout or queue.visibility_timeout or 30
+            pumps.append(
+                QueuePump(
+                    self.functions[mapping.function_logical_id],
+                    lambda: self.moto.client("sqs"),
+                    deployment.ref(mapping.queue_logical_id),
+                    deployment.get_att(mapping.queue_logical_id, "Arn"),
+                    batch_size=mapping.batch_size or 10,
+                    visibility_timeout=visibility,
+                    fifo=queue.fifo,
+                    region=self.config.region,
+                )
+            )
+        return pumps
+
+    def _sweep_interval(self) -> float | None:
+        if self.config.sweep_interval != SCHEDULED:
+            return self.config.sweep_interval  # type: ignore[return-value]
+        for expression, _ in self.template.scheduled_functions():
+            match = _RATE.match(expression)
+            if match is None:
+                raise StackStartError(f"schedule {expression!r}: only rate(...) expressions run locally")
+            return int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")]
+        return None
 
     def _shorten_visibility(self, seconds: int) -> None:
         sqs = self.moto.client("sqs")
-        for urls in self.queues.values():
-            sqs.set_queue_attributes(QueueUrl=urls.url, Attributes={"VisibilityTimeout": str(seconds)})
+        for url in self.queue_urls().values():
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(seconds)})
+
+    def _write_outputs(self) -> None:
+        """What `cdk deploy --outputs-file` writes, for `python -m local ...` to find this running stack."""
+        if self.config.gateway_port != 8081:
+            return  # a test's stack on free ports: the default one is the one the tools look for
+        outputs = {
+            **self._outputs(),
+            "LocalAwsEndpoint": self.aws_endpoint_url,
+            "LocalSigningKeySecretArn": self._deployment().ref(next(iter(self.template.secrets))),
+        }
+        OUTPUTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        OUTPUTS_FILE.write_text(json.dumps({self.template.stack_name: outputs}, indent=2) + "\n", encoding="utf-8")
 
     async def stop(self) -> None:
-        """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto; then the env."""
+        """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto."""
         if not self._started:
             return
         self._started = False
@@ -264,8 +439,6 @@ class LocalStack:
         for function in self.functions.values():
             await function.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
-        self._forget_runtime()
-        self._restore_environment()
 
     async def __aenter__(self) -> LocalStack:
         return await self.start()
@@ -288,69 +461,6 @@ class LocalStack:
         finally:
             gateway.config = before
 
-    # ------------------------------------------------------------------ environment
-
-    def _apply_environment(self, management_endpoint: str) -> None:
-        assert self.settings is not None
-        self.settings = self.settings.model_copy(update={"management_endpoint": management_endpoint})
-        env = self.settings.to_env()
-        for queue in topology.QUEUES:
-            urls = self.queues[queue.logical_id]
-            env[queue.env_var] = urls.url
-            env[queue.dlq_env_var] = urls.dlq_url
-        env.update(
-            {
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": self.config.region,
-                "AWS_REGION": self.config.region,
-                "POWERTOOLS_SERVICE_NAME": "websocket",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-                # EMF would print one JSON document per invocation on stdout; CloudWatch is not here to read it.
-                "POWERTOOLS_METRICS_DISABLED": "true",
-                "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", self.config.log_level),
-            }
-        )
-        env.pop("AWS_SESSION_TOKEN", None)
-        # The functions run in their own processes with exactly their configured environment; what Lambda sets
-        # itself (region, credentials) is the runtime's to add.
-        function_env = {key: value for key, value in env.items() if key not in RESERVED_VARIABLES}
-        for function in self.functions.values():
-            function.configure(environment=function_env, credentials=Credentials("testing", "testing"))
-        for key, value in env.items():
-            if key not in self._saved_environ:
-                self._saved_environ[key] = os.environ.get(key)
-            os.environ[key] = value
-        if "AWS_SESSION_TOKEN" in os.environ:
-            # A real session token next to the fake keys would make every signature invalid.
-            self._saved_environ.setdefault("AWS_SESSION_TOKEN", os.environ["AWS_SESSION_TOKEN"])
-            del os.environ["AWS_SESSION_TOKEN"]
-        self._forget_runtime()
-
-    def _restore_environment(self) -> None:
-        for key, value in self._saved_environ.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_environ.clear()
-
-    @staticmethod
-    def _forget_runtime() -> None:
-        """Drop the handlers' cached runtime (and close its Management API connections) so the next
-        invocation builds one from the current environment."""
-        from quanttrade_ws.runtime import runtime
-
-        if runtime.cache_info().currsize:
-            built = runtime()
-            gateway = vars(built).get("gateway")
-            if gateway is not None and hasattr(gateway, "shutdown"):
-                # Its shutdown drives its own private loop, which cannot run on a thread that is running ours.
-                closer = threading.Thread(target=gateway.shutdown, name="close-management-api", daemon=True)
-                closer.start()
-                closer.join(timeout=5)
-        runtime.cache_clear()
-
     # ------------------------------------------------------------------ readiness
 
     async def _moto_answers(self) -> bool:
@@ -361,8 +471,8 @@ class LocalStack:
         return await asyncio.get_running_loop().run_in_executor(None, probe)
 
     async def _tables_exist(self) -> bool:
-        assert self.settings is not None
-        wanted = {table_name(self.settings, table) for table in topology.TABLES}
+        deployment = self._deployment()
+        wanted = {deployment.ref(logical_id) for logical_id in self.template.tables}
 
         def probe() -> bool:
             names = set(self.moto.client("dynamodb").list_tables().get("TableNames", []))
@@ -371,7 +481,7 @@ class LocalStack:
         return await asyncio.get_running_loop().run_in_executor(None, probe)
 
     async def _queues_exist(self) -> bool:
-        urls = [u for q in self.queues.values() for u in (q.url, q.dlq_url)]
+        urls = list(self.queue_urls().values())
 
         def probe() -> bool:
             sqs = self.moto.client("sqs")
@@ -383,43 +493,54 @@ class LocalStack:
 
     # ------------------------------------------------------------------ scheduled sweeper
 
+    def scheduled_event(self, rule_logical_id: str) -> dict[str, Any]:
+        """The event EventBridge Scheduler hands a rule's target."""
+        return {
+            "version": "0",
+            "id": os.urandom(16).hex(),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": DEFAULT_ACCOUNT,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.config.region,
+            "resources": [f"arn:aws:events:{self.config.region}:{DEFAULT_ACCOUNT}:rule/{rule_logical_id}"],
+            "detail": {},
+        }
+
     async def _sweep_every(self, interval: float) -> None:
-        function = self.functions[topology.SWEEPER.name]
+        schedules = [
+            (rule, target.target_logical_id) for rule in self.template.schedules.values() for target in rule.targets
+        ]
         while True:
             await asyncio.sleep(interval)
-            event = {
-                "version": "0",
-                "id": os.urandom(16).hex(),
-                "detail-type": "Scheduled Event",
-                "source": "aws.events",
-                "account": DEFAULT_ACCOUNT,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "region": self.config.region,
-                "resources": [f"arn:aws:events:{self.config.region}:{DEFAULT_ACCOUNT}:rule/SweeperSchedule"],
-                "detail": {},
-            }
-            try:
-                await function.invoke(event)
-            except Exception as error:
-                logger.warning("scheduled sweep failed: %s: %s", type(error).__name__, error)
+            for rule, function_logical_id in schedules:
+                try:
+                    await self.functions[function_logical_id].invoke(self.scheduled_event(rule.logical_id))
+                except Exception as error:
+                    logger.warning("scheduled %s failed: %s: %s", rule.logical_id, type(error).__name__, error)
 
     # ------------------------------------------------------------------ HTTP: admin API, dashboard
 
     def _extra_routes(self) -> list[web.AbstractRouteDef]:
         routes: list[web.AbstractRouteDef] = []
-        for route_key in topology.ADMIN_ROUTES:
+        admin = self.template.http_api
+        for route_key, route in admin.routes.items():
             method, path = route_key.split(" ", 1)
-            routes.append(web.route(method, ADMIN_PREFIX + path, self._admin_handler(route_key)))
+            routes.append(
+                web.route(method, ADMIN_PREFIX + path, self._admin_handler(route_key, route.function_logical_id))
+            )
         routes.append(web.get("/local/stats", self._local_stats))
         if self.config.dashboard:
             routes.append(web.get(r"/{name:[A-Za-z0-9_-]+\.(?:js|css|html|svg|ico)}", self._serve_static))
         return routes
 
-    def _admin_handler(self, route_key: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _admin_handler(
+        self, route_key: str, function_logical_id: str
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             event = self.http_api_event(request, route_key)
             try:
-                result = await self.functions[topology.ADMIN.name].invoke(event)
+                result = await self.functions[function_logical_id].invoke(event)
             except Exception as error:
                 logger.error("admin route %s failed: %s: %s", route_key, type(error).__name__, error)
                 return web.json_response({"message": "Internal Server Error"}, status=500)

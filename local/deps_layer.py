@@ -1,0 +1,168 @@
+"""The assembly's third-party layer, made runnable on this machine.
+
+The dependency layer `cdk synth` packages holds wheels for arm64 Lambda
+(CPython 3.13, aarch64), which this machine cannot import. What stands in for
+it is the same layer rebuilt for this machine:
+
+1. the distributions the layer holds are read from its `*.dist-info`
+   directories (name and exact version), and installed once for this
+   interpreter and platform with `pip install --no-deps name==version ...`
+   (cached under `.build/local-deps/` by a hash of that list);
+2. the layer's stand-in is a directory of links to exactly the top-level
+   entries the assembly's layer has (a package, a module, an extension module
+   whatever its platform tag, a dist-info), so a module missing from the
+   built layer is missing here too, and the function fails as it would on
+   AWS, with `No module named ...`.
+
+A layer without distributions (the project's own shared layer) is pure Python
+and runs as it is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DEPS_ROOT = REPO_ROOT / ".build" / "local-deps"
+_DIST_INFO = re.compile(r"^(?P<name>[A-Za-z0-9_.]+?)-(?P<version>[^-]+)\.dist-info$")
+
+
+class LocalLayerUnavailable(RuntimeError):
+    """The layer's distributions could not be installed for this machine (typically: no route to PyPI)."""
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(layer_dir: Path) -> dict[str, str]:
+    """Distribution name -> version, for every `*.dist-info` in the layer's `python/`."""
+    site = layer_dir / "python"
+    found: dict[str, str] = {}
+    if not site.is_dir():
+        return found
+    for entry in site.iterdir():
+        match = _DIST_INFO.match(entry.name)
+        if entry.is_dir() and match:
+            found[_normalized(match["name"])] = match["version"]
+    return found
+
+
+def entry_key(name: str) -> str:
+    """What identifies a top-level entry across platforms: `_cffi_backend.cpython-313-aarch64-linux-gnu.so`
+    and `_cffi_backend.cpython-311-x86_64-linux-gnu.so` are the same module."""
+    match = _DIST_INFO.match(name)
+    if match:
+        return _normalized(match["name"]) + ".dist-info"
+    if name.endswith((".py", ".so", ".pth", ".pyd")):
+        return name.split(".", 1)[0]
+    return name
+
+
+def _install(pinned: dict[str, str], target: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--target",
+        str(target),
+        *(f"{name}=={version}" for name, version in sorted(pinned.items())),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LocalLayerUnavailable(
+            "could not install the dependency layer's distributions for this machine "
+            f"({', '.join(f'{n}=={v}' for n, v in sorted(pinned.items()))}): {result.stderr.strip()[-800:]}"
+        )
+
+
+def _full_install(pinned: dict[str, str], root: Path) -> Path:
+    """The pinned distributions installed for this interpreter, once per list (a lock keeps parallel starts apart)."""
+    recipe = json.dumps({"pins": pinned, "python": sys.version_info[:2], "platform": sys.platform}, sort_keys=True)
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    target = root / key
+    stamp = target / ".complete"
+    if stamp.is_file():
+        return target / "python"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file():
+            return target / "python"
+        staging = root / f"{key}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        _install(pinned, staging / "python")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        stamp.write_text(recipe + "\n", encoding="utf-8")
+    return target / "python"
+
+
+def local_layer(layer_dir: Path, root: Path = LOCAL_DEPS_ROOT) -> Path:
+    """A directory that stands in for `layer_dir` on this machine (it holds `python/`, as a layer does)."""
+    pinned = pins(layer_dir)
+    if not pinned:
+        return layer_dir
+    installed = _full_install(pinned, root)
+    wanted = {entry_key(entry.name) for entry in (layer_dir / "python").iterdir()}
+    digest = hashlib.sha256(json.dumps(sorted(wanted)).encode() + str(installed).encode()).hexdigest()[:16]
+    overlay = root / "layers" / digest
+    site = overlay / "python"
+    if (overlay / ".complete").is_file():
+        return overlay
+    staging = root / "layers" / f"{digest}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "python").mkdir(parents=True)
+    for entry in installed.iterdir():
+        if entry_key(entry.name) in wanted:
+            (staging / "python" / entry.name).symlink_to(entry)
+    (staging / ".complete").write_text("\n", encoding="utf-8")
+    try:
+        staging.rename(overlay)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another start made the same overlay meanwhile
+    assert site.is_dir()
+    return overlay
+
+
+def runtime_provided(root: Path = LOCAL_DEPS_ROOT) -> Path:
+    """What the Lambda Python runtime ships beside the standard library (boto3 and its closure).
+
+    The boto3 this project is developed against stands in for the runtime's.
+    """
+    from importlib import metadata
+
+    version = metadata.version("boto3")
+    target = root / f"runtime-boto3-{version}"
+    if (target / ".complete").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"runtime-boto3-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").is_file():
+            return target
+        staging = root / f"runtime-boto3-{version}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
+        command += ["--no-compile", "--target", str(staging), f"boto3=={version}"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise LocalLayerUnavailable(f"could not install boto3=={version}: {result.stderr.strip()[-800:]}")
+        (staging / ".complete").write_text("\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
