@@ -213,6 +213,7 @@ class AwsFrontDoor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._web_server: web.Server | None = None
         self._session: aiohttp.ClientSession | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -264,8 +265,8 @@ class AwsFrontDoor:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        server = web.Server(self._handle, access_log=None)
-        self._server = await asyncio.get_running_loop().create_server(server, sock=sock)
+        self._web_server = web.Server(self._handle, access_log=None)
+        self._server = await asyncio.get_running_loop().create_server(self._web_server, sock=sock)
 
     def stop(self, timeout: float = 10.0) -> None:
         loop, thread = self._loop, self._thread
@@ -275,6 +276,9 @@ class AwsFrontDoor:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+                # Keep-alive connections (boto3 pools them) hold handler tasks: end them before the loop stops.
+                if self._web_server is not None:
+                    await self._web_server.shutdown(timeout=2.0)
                 await self._server.wait_closed()
             if self._session is not None:
                 await self._session.close()
@@ -316,7 +320,12 @@ class AwsFrontDoor:
     def _authenticate(self, request: BaseRequest, body: bytes, parsed: ParsedRequest | None) -> Principal:
         claimed = scope_of(request.headers.get("Authorization"))
         service = parsed.service if parsed is not None else (claimed[1] if claimed else "unknown")
-        protocol = parsed.protocol if parsed is not None else "json"
+        if parsed is not None:
+            protocol = parsed.protocol
+        else:
+            # Services the door does not parse still get an answer their SDK can read: XML for query protocols.
+            form = request.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+            protocol = "query" if form else "json"
         try:
             signed = verify(
                 method=request.method,
@@ -329,19 +338,18 @@ class AwsFrontDoor:
                 region=self.region,
             )
         except SignatureError as error:
-            raise _Refused(_signature_error(protocol, error)) from None
+            raise _Refused(_signature_error(service, protocol, error)) from None
         principal = self.principals.get(signed.access_key_id)
         assert principal is not None  # verify() found its credentials
         if parsed is None and not principal.is_admin:
             self.denied[principal.name] += 1
-            raise _Refused(
-                _json_error(
-                    400,
-                    _CORAL_ERROR + "UnknownOperationException",
-                    "The local AWS front door does not know this request's service or operation, "
-                    "so it cannot authorise it; only the local administrator may call it.",
-                )
+            message = (
+                f"The local AWS front door cannot authorise this {service} request: it does not know its "
+                "operation's resources, so only the local administrator may call it."
             )
+            if protocol == "query":
+                raise _Refused(_query_error(400, "UnknownOperationException", message))
+            raise _Refused(_json_error(400, _CORAL_ERROR + "UnknownOperationException", message))
         return principal
 
     async def _authorise(self, principal: Principal, parsed: ParsedRequest, request: BaseRequest) -> None:
@@ -634,10 +642,12 @@ def _sqs_json_error(status: int, code: str, message: str, *, sender: bool = True
     )
 
 
-def _signature_error(protocol: str, error: SignatureError) -> web.Response:
-    if protocol == "query":
+def _signature_error(service: str, protocol: str, error: SignatureError) -> web.Response:
+    if service == "sqs":
         status, code = _QUERY_SIGNATURE_ERRORS[error.failure]
-        return _query_error(status, code, error.message)
+        if protocol == "query":
+            return _query_error(status, code, error.message)
+        return _sqs_json_error(status, code, error.message)
     status, code = _JSON_SIGNATURE_ERRORS[error.failure]
     return _json_error(status, _CORAL_ERROR + code, error.message)
 
