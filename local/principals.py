@@ -82,11 +82,24 @@ class Principals:
             PolicySet.parse(policies),
             role_name,
         )
+        self._add(principal)
+        return principal
+
+    def register_user(
+        self, user_name: str, credentials: Credentials, policies: Iterable[Mapping[str, Any]]
+    ) -> Principal:
+        """An IAM user with long-term keys (an operator's profile): `arn:aws:iam::<account>:user/<name>`."""
+        principal = Principal(
+            user_name, credentials, f"arn:aws:iam::{self.account}:user/{user_name}", PolicySet.parse(policies)
+        )
+        self._add(principal)
+        return principal
+
+    def _add(self, principal: Principal) -> None:
         with self._lock:
             if principal.credentials.access_key_id in self._by_key:
                 raise ValueError(f"access key {principal.credentials.access_key_id!r} is already registered")
             self._by_key[principal.credentials.access_key_id] = principal
-        return principal
 
     def get(self, access_key_id: str) -> Principal | None:
         return self._by_key.get(access_key_id)

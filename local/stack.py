@@ -52,8 +52,10 @@ from aiohttp import web
 from local.gateway import GatewayConfig, LocalGateway, authorizer_from_topology, handlers_from_topology
 from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction
 from local.moto_server import Mode, MotoServer
+from local.principals import Principals
 from local.provision import QueueUrls, table_name
 from local.pump import QueuePump, pumps_from_topology
+from local.signed_http import PRINCIPAL_KEY, require_invoke
 from local.simulator import MarketSimulator
 from quanttrade_ws import topology
 from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
@@ -64,6 +66,7 @@ logger = logging.getLogger("quanttrade.local.stack")
 DEV_SECRET = "dev-secret"
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 ADMIN_PREFIX = "/admin"
+ADMIN_API_ID = "qtlocaladmin"  # the admin HTTP API's id in execute-api ARNs (its stage is $default)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class LocalStack:
         self.pumps: list[QueuePump] = []
         self.simulator: MarketSimulator | None = None
         self.functions: dict[str, LambdaFunction] = {}  # topology name -> function
+        # Who may call the Management API and the admin routes (and, once registered, the functions' roles).
+        self.principals = Principals(DEFAULT_ACCOUNT)
         self._saved_environ: dict[str, str | None] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
@@ -219,6 +224,7 @@ class LocalStack:
             readiness_checks={"moto": self._moto_answers, "tables": self._tables_exist, "queues": self._queues_exist},
             root_handler=self._serve_dashboard if self.config.dashboard else None,
             extra_routes=self._extra_routes(),
+            principals=self.principals,
         )
         await self.gateway.start()
         self._apply_environment(self.gateway.management_endpoint)
@@ -398,11 +404,19 @@ class LocalStack:
     # ------------------------------------------------------------------ HTTP: admin API, dashboard
 
     def _extra_routes(self) -> list[web.AbstractRouteDef]:
+        # IAM-authorised as the deployed admin API is: SigV4 by a principal allowed execute-api:Invoke.
+        guard = require_invoke(
+            self.principals,
+            region=self.config.region,
+            account=DEFAULT_ACCOUNT,
+            api_id=ADMIN_API_ID,
+            strip_prefix=ADMIN_PREFIX,
+        )
         routes: list[web.AbstractRouteDef] = []
         for route_key in topology.ADMIN_ROUTES:
             method, path = route_key.split(" ", 1)
-            routes.append(web.route(method, ADMIN_PREFIX + path, self._admin_handler(route_key)))
-        routes.append(web.get("/local/stats", self._local_stats))
+            routes.append(web.route(method, ADMIN_PREFIX + path, guard(self._admin_handler(route_key))))
+        routes.append(web.get("/local/stats", guard(self._local_stats)))
         if self.config.dashboard:
             routes.append(web.get(r"/{name:[A-Za-z0-9_-]+\.(?:js|css|html|svg|ico)}", self._serve_static))
         return routes
@@ -427,6 +441,7 @@ class LocalStack:
         path = request.path.removeprefix(ADMIN_PREFIX) or "/"
         headers = {key.lower(): value for key, value in request.headers.items()}
         request_id = os.urandom(8).hex()
+        caller = request.get(PRINCIPAL_KEY) or self.principals.admin
         return {
             "version": "2.0",
             "routeKey": route_key,
@@ -436,15 +451,15 @@ class LocalStack:
             **({"queryStringParameters": dict(request.query)} if request.query else {}),
             "requestContext": {
                 "accountId": DEFAULT_ACCOUNT,
-                "apiId": "qtlocaladmin",
+                "apiId": ADMIN_API_ID,
                 "authorizer": {
                     "iam": {
-                        "accessKey": "testing",
+                        "accessKey": caller.credentials.access_key_id,
                         "accountId": DEFAULT_ACCOUNT,
-                        "callerId": "local-developer",
+                        "callerId": caller.name,
                         "principalOrgId": None,
-                        "userArn": f"arn:aws:iam::{DEFAULT_ACCOUNT}:user/local-developer",
-                        "userId": "local-developer",
+                        "userArn": caller.arn,
+                        "userId": caller.name,
                     }
                 },
                 "domainName": request.host,

@@ -17,6 +17,7 @@ import pytest
 import websockets
 from botocore.exceptions import ClientError
 
+from local.signed_http import signed_request
 from local.stack import LocalStack, ready
 from tests.e2e.conftest import Client, eventually
 
@@ -299,7 +300,8 @@ async def test_admin_routes_answer_through_the_gateway(local_stack: LocalStack, 
     await client.request("subscribe", streams=[{"stream_type": "alerts"}])
 
     def get(path: str) -> Any:
-        with urllib.request.urlopen(f"{local_stack.http_url}/admin{path}", timeout=10) as response:
+        request = signed_request("GET", f"{local_stack.http_url}/admin{path}", region=local_stack.config.region)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
     info = await asyncio.to_thread(get, f"/connections/{client.client_id}")
