@@ -360,10 +360,7 @@ class AwsFrontDoor:
             self.denied[principal.name] += 1
             raise _Refused(_validation_error(parsed, str(error))) from None
         context = {
-            "aws:PrincipalArn": principal.arn.replace(":sts::", ":iam::")
-            .rsplit("/", 1)[0]
-            .replace(":assumed-role/", ":role/"),
-            "aws:PrincipalAccount": self.account,
+            **principal.condition_keys(),
             "aws:RequestedRegion": self.region,
             "aws:SecureTransport": "false",
             "aws:CurrentTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -806,7 +806,7 @@ class LocalGateway:
             f"{self.config.stage}/{request.method}/@connections/{connection_id}"
         )
         action = "execute-api:ManageConnections"
-        decision = principal.decide(action, resource, request_context(request, self.config.region))
+        decision = principal.decide(action, resource, request_context(request, self.config.region, principal))
         if decision is not Decision.ALLOW:
             return access_denied(principal, action, resource, decision)
         limits = (self.config.management_rate_per_second, self.config.management_burst)

@@ -37,6 +37,18 @@ class Principal:
     role_name: str | None = None
 
     @property
+    def principal_arn(self) -> str:
+        """`aws:PrincipalArn` as IAM conditions see it: the role's ARN for an assumed role, else the caller's."""
+        if self.role_name is not None:
+            account = self.arn.split(":")[4]
+            return f"arn:aws:iam::{account}:role/{self.role_name}"
+        return self.arn
+
+    def condition_keys(self) -> dict[str, str]:
+        """The global condition keys every request of this principal carries."""
+        return {"aws:PrincipalArn": self.principal_arn, "aws:PrincipalAccount": self.arn.split(":")[4]}
+
+    @property
     def is_admin(self) -> bool:
         return self.policies is None
 

@@ -62,9 +62,10 @@ def authenticate(request: BaseRequest, body: bytes, principals: Principals, *, r
     return principal
 
 
-def request_context(request: BaseRequest, region: str) -> dict[str, str]:
+def request_context(request: BaseRequest, region: str, principal: Principal) -> dict[str, str]:
     """The global condition keys API Gateway supplies to IAM for a request."""
     return {
+        **principal.condition_keys(),
         "aws:RequestedRegion": region,
         "aws:SecureTransport": "false",
         "aws:SourceIp": request.remote or "127.0.0.1",
@@ -114,7 +115,7 @@ def require_invoke(
                 return signature_refusal(error)
             path = request.path.removeprefix(strip_prefix) if strip_prefix else request.path
             resource = f"arn:aws:execute-api:{region}:{account}:{api_id}/{stage}/{request.method}{path or '/'}"
-            decision = principal.decide("execute-api:Invoke", resource, request_context(request, region))
+            decision = principal.decide("execute-api:Invoke", resource, request_context(request, region, principal))
             if decision is not Decision.ALLOW:
                 return access_denied(principal, "execute-api:Invoke", resource, decision)
             request[PRINCIPAL_KEY] = principal
