@@ -63,7 +63,8 @@ class World:
 
     def client(self, service: str, credentials: Credentials | None = None, **config: Any) -> Any:
         credentials = credentials or self.function.credentials
-        return boto3.client(
+        make: Any = boto3.client  # any service by name: the stubs only type literal names
+        return make(
             service,
             region_name=REGION,
             endpoint_url=self.door.endpoint_url,
@@ -117,7 +118,7 @@ def world() -> Iterator[World]:
 def error_of(call: Any, **params: Any) -> dict[str, Any]:
     with pytest.raises(ClientError) as raised:
         call(**params)
-    return raised.value.response
+    return dict(raised.value.response)
 
 
 def queue_url(world: World, name: str) -> str:
