@@ -115,6 +115,14 @@ class _Refused(Exception):
         self.response = response
 
 
+class _Unplaceable(Exception):
+    """An operation whose resources the door cannot derive: refused, never guessed."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     """What the door understood of one request."""
@@ -356,6 +364,14 @@ class AwsFrontDoor:
     async def _authorise(self, principal: Principal, parsed: ParsedRequest, request: BaseRequest) -> None:
         try:
             needs = await self._required(parsed)
+        except _Unplaceable as unknown:
+            self.denied[principal.name] += 1
+            message = (
+                f"User: {principal.arn} is not authorized to perform: {unknown.action}: the local AWS front door "
+                "does not know which resources this operation touches, so it refuses it (fail closed)"
+            )
+            logger.warning("denied: %s", message)
+            raise _Refused(_access_denied(parsed, message)) from None
         except ValueError as error:
             self.denied[principal.name] += 1
             raise _Refused(_validation_error(parsed, str(error))) from None
@@ -536,7 +552,7 @@ def _dynamodb_needs(parsed: ParsedRequest, region: str, account: str) -> list[tu
     if operation in ("ListTables", "DescribeLimits", "DescribeEndpoints"):
         return [(f"dynamodb:{operation}", "*")]
     if "TableName" not in params and "TableArn" not in params and "ResourceArn" not in params:
-        raise ValueError(f"the local front door cannot tell the resource of dynamodb:{operation}")
+        raise _Unplaceable(f"dynamodb:{operation}")
     arn = _table_arn(params.get("TableName") or params.get("TableArn") or params.get("ResourceArn"), region, account)
     index = params.get("IndexName")
     if isinstance(index, str) and index:
@@ -568,7 +584,7 @@ def _sqs_needs(parsed: ParsedRequest, region: str, account: str) -> list[tuple[s
         owner = params.get("QueueOwnerAWSAccountId") or account
         return [(action, f"arn:aws:sqs:{region}:{owner}:{name}")]
     if "QueueUrl" not in params:
-        raise ValueError(f"the local front door cannot tell the resource of sqs:{operation}")
+        raise _Unplaceable(f"sqs:{operation}")
     return [(action, _queue_arn(params["QueueUrl"], region, account))]
 
 
@@ -594,7 +610,7 @@ def _events_needs(parsed: ParsedRequest, region: str, account: str) -> list[tupl
         return [("events:PutEvents", arn) for arn in arns]
     if operation == "DescribeEventBus":
         return [("events:DescribeEventBus", bus_arn(params.get("Name")))]
-    raise ValueError(f"the local front door cannot tell the resource of events:{operation}")
+    raise _Unplaceable(f"events:{operation}")
 
 
 # ---------------------------------------------------------------------- answers

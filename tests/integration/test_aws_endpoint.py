@@ -264,9 +264,17 @@ def botocore_unsigned() -> Any:
 
 
 def test_operations_the_door_cannot_place_are_refused_to_functions_only(world: World) -> None:
+    # GIVEN a service the door does not parse, and a DynamoDB operation whose resources it cannot derive
     denied = error_of(world.client("sts").get_caller_identity)
     assert denied["Error"]["Code"] == "UnknownOperationException"
+    partiql = error_of(world.client("dynamodb").execute_statement, Statement='SELECT * FROM "Connections"')
+    # THEN a function is refused (fail closed), saying why
+    assert partiql["Error"]["Code"] == "AccessDeniedException"
+    assert "dynamodb:ExecuteStatement" in partiql["Error"]["Message"]
+    assert "fail closed" in partiql["Error"]["Message"]
+    # AND the local administrator is not
     assert world.admin("sts").get_caller_identity()["Account"] == ACCOUNT
+    assert "Items" in world.admin("dynamodb").execute_statement(Statement='SELECT * FROM "Connections"')
 
 
 def test_faults_hit_function_principals_only_in_dynamodbs_shapes(world: World) -> None:
