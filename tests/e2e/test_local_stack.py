@@ -126,6 +126,17 @@ async def test_unknown_action_and_bad_json_get_errors_on_the_same_connection(con
     assert (await client.request("ping"))["message_type"] == "pong"  # still connected
 
 
+async def test_json_nested_deeper_than_the_parser_gets_invalid_message_on_a_live_connection(connect: Connect) -> None:
+    # GIVEN a client of the real stack
+    client = await connect("deep-nester")
+    # WHEN it sends a frame nested deeper than the JSON parser recurses, in one 32 KB frame
+    await client.send("[" * 30000)
+    # THEN the gateway routes it and the message handler answers INVALID_MESSAGE; the connection stays up
+    invalid = await client.expect(lambda m: m.get("message_type") == "error", what="an INVALID_MESSAGE error")
+    assert invalid["payload"]["error_code"] == "INVALID_MESSAGE"
+    assert (await client.request("ping"))["message_type"] == "pong"
+
+
 async def test_room_chat_between_two_clients(connect: Connect) -> None:
     # GIVEN two users in one room
     alice, bob = await connect("alice"), await connect("bob")
