@@ -48,6 +48,16 @@ class Principal:
         """The global condition keys every request of this principal carries."""
         return {"aws:PrincipalArn": self.principal_arn, "aws:PrincipalAccount": self.arn.split(":")[4]}
 
+    def environment(self) -> dict[str, str]:
+        """The credential variables Lambda sets for a function, for this principal's keys."""
+        variables = {
+            "AWS_ACCESS_KEY_ID": self.credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.secret_key,
+        }
+        if self.credentials.session_token is not None:
+            variables["AWS_SESSION_TOKEN"] = self.credentials.session_token
+        return variables
+
     @property
     def is_admin(self) -> bool:
         return self.policies is None

@@ -30,6 +30,13 @@ def test_a_function_is_an_assumed_role_with_temporary_keys_of_its_own() -> None:
     assert principals.credentials(ADMIN_CREDENTIALS.access_key_id) == ADMIN_CREDENTIALS
     assert principals.get("AKIDNOBODY") is None
     assert principals.functions() == [fanout, sweeper]
+    # AND its Lambda credential variables are its own keys and token
+    assert fanout.environment() == {
+        "AWS_ACCESS_KEY_ID": fanout.credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": fanout.credentials.secret_key,
+        "AWS_SESSION_TOKEN": fanout.credentials.session_token,
+    }
+    assert "AWS_SESSION_TOKEN" not in principals.admin.environment()
 
 
 def test_the_administrator_may_do_anything_and_a_function_only_what_its_role_allows() -> None:
