@@ -274,8 +274,14 @@ class AwsFrontDoor:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        self._web_server = web.Server(self._handle, access_log=None)
-        self._server = await asyncio.get_running_loop().create_server(self._web_server, sock=sock)
+        loop = asyncio.get_running_loop()
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> BaseRequest:
+            # aiohttp buffers 1 MB by default; a BatchWriteItem may be 16 MB.
+            return BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=_MAX_BODY)
+
+        self._web_server = web.Server(self._handle, request_factory=make_request, access_log=None)
+        self._server = await loop.create_server(self._web_server, sock=sock)
 
     def stop(self, timeout: float = 10.0) -> None:
         loop, thread = self._loop, self._thread
@@ -305,14 +311,20 @@ class AwsFrontDoor:
         self.stop()
 
     def fault_counts(self) -> dict[str, dict[str, int]]:
+        """service -> error code -> faults injected so far."""
         return self.faults.counts()
+
+    def configure_faults(self, rates: Mapping[str, float], seed: int | None = None) -> None:
+        """Fail these shares of function requests from now on ({} stops injecting); counters start again."""
+        self.faults = FaultInjector(dict(rates), seed)
 
     # ------------------------------------------------------------------ one request
 
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else b""
-        if len(body) > _MAX_BODY:
-            return web.Response(status=413, text="Request entity too large")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, _CORAL_ERROR + "RequestEntityTooLarge", "Request entity too large")
         try:
             parsed = _parse(request, body)
             principal = self._authenticate(request, body, parsed)

@@ -279,7 +279,7 @@ def test_operations_the_door_cannot_place_are_refused_to_functions_only(world: W
 
 def test_faults_hit_function_principals_only_in_dynamodbs_shapes(world: World) -> None:
     # GIVEN every DynamoDB call of functions fails (seeded)
-    world.door.faults = FaultInjector({"dynamodb": 1.0}, seed=7)
+    world.door.configure_faults({"dynamodb": 1.0}, seed=7)
     try:
         dynamodb = world.client("dynamodb")
         single = error_of(dynamodb.get_item, TableName="Connections", Key={"pk": {"S": "c1"}})
@@ -306,18 +306,18 @@ def test_faults_hit_function_principals_only_in_dynamodbs_shapes(world: World) -
         counts = world.door.fault_counts()["dynamodb"]
         assert sum(counts.values()) == 13
     finally:
-        world.door.faults = FaultInjector()
+        world.door.configure_faults({})
 
 
 def test_sqs_faults_in_the_query_compatible_json_shape(world: World) -> None:
-    world.door.faults = FaultInjector({"sqs": 1.0}, seed=1)
+    world.door.configure_faults({"sqs": 1.0}, seed=1)
     try:
         response = error_of(world.client("sqs").send_message, QueueUrl=queue_url(world, "fanout"), MessageBody="x")
         code = response["Error"]["Code"]
         assert code in {"InternalError", "RequestThrottled"}
         assert response["ResponseMetadata"]["HTTPStatusCode"] == (500 if code == "InternalError" else 400)
     finally:
-        world.door.faults = FaultInjector()
+        world.door.configure_faults({})
 
 
 def test_fault_injection_is_deterministic_for_a_seed() -> None:
@@ -332,6 +332,14 @@ def test_fault_injection_is_deterministic_for_a_seed() -> None:
         FaultInjector({"sqs": 1.5})
     with pytest.raises(ValueError, match="supports"):
         FaultInjector({"events": 0.1})
+
+
+def test_a_request_of_several_megabytes_goes_through(world: World) -> None:
+    # GIVEN a BatchWriteItem of 25 items of 100 KB (2.5 MB, more than aiohttp buffers by default)
+    items = [{"PutRequest": {"Item": {"pk": {"S": f"bulk{i}"}, "blob": {"S": "b" * 100_000}}}} for i in range(25)]
+    # WHEN the function sends it THEN it is authorised and written
+    assert world.client("dynamodb").batch_write_item(RequestItems={"Connections": items})["UnprocessedItems"] == {}
+    assert "Item" in world.admin("dynamodb").get_item(TableName="Connections", Key={"pk": {"S": "bulk24"}})
 
 
 def test_small_answers_are_relayed_whole_and_big_ones_streamed_unchanged(world: World) -> None:
