@@ -350,8 +350,13 @@ class ChildProcess:
 
 def stack_stats(http_url: str) -> dict[str, Any]:
     """The stack's own counters (function invocations and errors, pump lag): what CloudWatch would show."""
+    from local.signed_http import signed_request
+
     try:
-        with urllib.request.urlopen(f"{http_url}/local/stats", timeout=10) as response:
+        # Signed as the local administrator: /local/stats is IAM-authorised like the admin API.
+        with urllib.request.urlopen(
+            signed_request("GET", f"{http_url}/local/stats", region="us-east-1"), timeout=10
+        ) as response:
             return dict(json.loads(response.read()))
     except OSError as error:
         return {"error": str(error)}

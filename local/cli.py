@@ -509,15 +509,23 @@ def signing_region(url: str, args: argparse.Namespace, session: Any) -> str:
     return str(session.region_name or DEFAULT_REGION)
 
 
+def local_admin_request(args: argparse.Namespace, path: str) -> Any:
+    """GET `path` of the local gateway, signed (SigV4, service execute-api) as the local stack's administrator:
+    the local admin routes are IAM-authorised as the deployed ones are."""
+    from local.signed_http import signed_request as signed_as_admin
+
+    url = (args.url or DEFAULT_HTTP_URL).rstrip("/") + path
+    return signed_as_admin("GET", url, region=args.region or os.environ.get("AWS_REGION", DEFAULT_REGION))
+
+
 def admin_request(args: argparse.Namespace, path: str) -> Any:
-    """GET `path` of the admin API: the local gateway's /admin routes (unsigned), or a deployed stack's
-    AdminApiUrl signed with SigV4 (service execute-api) with the profile's credentials."""
+    """GET `path` of the admin API: the local gateway's /admin routes signed as the local administrator, or a
+    deployed stack's AdminApiUrl signed with SigV4 (service execute-api) with the profile's credentials."""
     from botocore.exceptions import BotoCoreError
 
     if not is_deployed(args):
         _local_only_profile(args, "admin API")
-        base = (args.url or DEFAULT_HTTP_URL).rstrip("/") + ADMIN_PREFIX
-        return urllib.request.Request(base + path, headers={"Accept": "application/json"}, method="GET")
+        return local_admin_request(args, ADMIN_PREFIX + path)
     if args.url:
         raise SystemExit("--url is the local gateway's; a deployed stack's admin API is its AdminApiUrl output")
     session = aws_session(args)
@@ -544,7 +552,8 @@ def fetch_json(request: Any, timeout: float, signed: bool) -> tuple[int, Any]:
     except urllib.error.HTTPError as error:
         body = error.read()
         try:
-            detail = json.loads(body).get("message") or body.decode(errors="replace")
+            document = json.loads(body)
+            detail = document.get("message") or document.get("Message") or body.decode(errors="replace")
         except (ValueError, AttributeError):
             detail = body[:200].decode(errors="replace")
         hint = ""
@@ -577,9 +586,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     status = _print_admin(args, "/stats")
     if status or not args.local:
         return status
-    base = (args.url or DEFAULT_HTTP_URL).rstrip("/")
-    request = urllib.request.Request(base + "/local/stats", headers={"Accept": "application/json"})
-    status, body = fetch_json(request, args.timeout, signed=False)
+    status, body = fetch_json(local_admin_request(args, "/local/stats"), args.timeout, signed=False)
     if status == 0:
         print(json.dumps(body, indent=2, sort_keys=True), flush=True)
     return status

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
@@ -53,7 +54,11 @@ from aiohttp.http_websocket import WebSocketError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from local.iam import Decision
 from local.lambda_runtime import DEFAULT_ACCOUNT, DEFAULT_REGION, Handler, LambdaFunction
+from local.principals import Principals
+from local.signed_http import access_denied, authenticate, request_context, signature_refusal
+from local.sigv4 import SignatureError
 from quanttrade_ws import topology
 
 logger = logging.getLogger("quanttrade.local.gateway")
@@ -326,8 +331,11 @@ class LocalGateway:
         readiness_checks: Mapping[str, ReadinessCheck] | None = None,
         root_handler: HttpHandler | None = None,
         extra_routes: Iterable[web.AbstractRouteDef] = (),
+        principals: Principals | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
+        # Who may call the Management API (SigV4 + execute-api:ManageConnections); default: the local admin only.
+        self.principals = principals or Principals(self.config.account)
         self._owned: list[LambdaFunction] = []
         wrapped: dict[int, LambdaFunction] = {}
         self._routes: dict[str, LambdaFunction] = {
@@ -412,6 +420,7 @@ class LocalGateway:
             self._app,
             access_log_class=_AccessLogger,
             access_log=access_logger,
+            logger=_server_logger,
             shutdown_timeout=self.config.close_timeout,
         )
         await runner.setup()
@@ -650,7 +659,7 @@ class LocalGateway:
             return "$default"
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser recurses
             return "$default"
         if isinstance(parsed, dict):
             action = parsed.get(self._route_field)
@@ -779,12 +788,29 @@ class LocalGateway:
     # ------------------------------------------------------------ Management API
 
     async def _handle_management(self, request: web.Request) -> web.Response:
-        authorization = request.headers.get(hdrs.AUTHORIZATION)
-        if not authorization or not authorization.startswith("AWS4-HMAC-SHA256 ") or "Credential=" not in authorization:
-            return _management_error(403, "ForbiddenException", "Missing Authentication Token")
+        limit = self.config.max_message_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return _management_error(413, "PayloadTooLargeException", "Request entity too large")
+        try:
+            data = await request.read()  # the signature covers the body
+        except web.HTTPRequestEntityTooLarge:
+            return _management_error(413, "PayloadTooLargeException", "Request entity too large")
+        try:
+            principal = authenticate(request, data, self.principals, region=self.config.region)
+        except SignatureError as error:
+            return signature_refusal(error)
         stage = request.match_info.get("stage")
         if stage is not None and stage != self.config.stage:
             return _management_error(403, "ForbiddenException", "Forbidden")
+        connection_id = request.match_info["connection_id"]
+        resource = (
+            f"arn:aws:execute-api:{self.config.region}:{self.config.account}:{self.config.api_id}/"
+            f"{self.config.stage}/{request.method}/@connections/{connection_id}"
+        )
+        action = "execute-api:ManageConnections"
+        decision = principal.decide(action, resource, request_context(request, self.config.region, principal))
+        if decision is not Decision.ALLOW:
+            return access_denied(principal, action, resource, decision)
         limits = (self.config.management_rate_per_second, self.config.management_burst)
         if limits != self._management_limits:
             # The config was replaced (LocalStack.gateway_limits): throttle at the new rate from now on.
@@ -792,26 +818,17 @@ class LocalGateway:
             self._management_bucket = _TokenBucket(*limits)
         if not self._management_bucket.take():
             return _management_error(429, "LimitExceededException", "Rate exceeded")
-        connection_id = request.match_info["connection_id"]
         method = request.method
         if method == hdrs.METH_POST:
-            return await self._post(request, connection_id)
+            return await self._post(connection_id, data)
         if method == hdrs.METH_GET:
             return self._get(connection_id)
         if method == hdrs.METH_DELETE:
             return self._delete(connection_id)
         return _management_error(405, "MethodNotAllowedException", "Method Not Allowed")
 
-    async def _post(self, request: web.Request, connection_id: str) -> web.Response:
-        limit = self.config.max_message_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            return _management_error(413, "PayloadTooLargeException", "Request entity too large")
-        try:
-            data = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _management_error(413, "PayloadTooLargeException", "Request entity too large")
-        if len(data) > limit:
+    async def _post(self, connection_id: str, data: bytes) -> web.Response:
+        if len(data) > self.config.max_message_bytes:
             return _management_error(413, "PayloadTooLargeException", "Request entity too large")
         connection = self._connections.get(connection_id)
         if connection is None or connection.close_intent is not None:
@@ -1070,12 +1087,41 @@ class _AccessLogger(AbstractAccessLogger):
         )
 
 
-_SECRET_PARAMETER = re.compile(r"(?i)(^|&)((?:access_|id_)?token)=[^&]*")
+_SECRET_NAMES = frozenset({"token", "access_token", "id_token"})
+# In free text (an exception naming the request line): a token parameter, its name possibly percent-encoded.
+_SECRET_IN_TEXT = re.compile(r"(?i)((?:access_|id_)?t(?:o|%6f)(?:k|%6b)(?:e|%65)(?:n|%6e)(?:=|%3d))[^&\s'\"\\]*")
 
 
 def redact_query(query_string: str) -> str:
-    """The query string with the value of every token parameter replaced."""
-    return _SECRET_PARAMETER.sub(r"\1\2=REDACTED", query_string)
+    """The query string with the value of every token parameter replaced.
+
+    Names are compared decoded, as the authorizer reads them (`tok%65n=` is `token=`)."""
+    parts = []
+    for pair in query_string.split("&"):
+        name, separator, _ = pair.partition("=")
+        if separator and unquote_plus(name).lower() in _SECRET_NAMES:
+            pair = f"{name}=REDACTED"
+        parts.append(pair)
+    return "&".join(parts)
+
+
+class _WithoutSecrets(logging.Filter):
+    """For aiohttp's server log: a request it could not parse (an over-long or malformed request line) is logged
+    by its exception, whose text starts with the request line and so with any token in it. Only the exception's
+    type is kept, and token values in the message are replaced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _SECRET_IN_TEXT.sub(r"\1REDACTED", record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message}: {type(record.exc_info[1]).__name__} (details withheld: they may carry a token)"
+            record.exc_info = None
+            record.exc_text = None
+        record.msg, record.args = message, ()
+        return True
+
+
+_server_logger = logging.getLogger("quanttrade.local.gateway.server")
+_server_logger.addFilter(_WithoutSecrets())
 
 
 def _new_id() -> str:

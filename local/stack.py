@@ -51,12 +51,15 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from local.aws_endpoint import AwsFrontDoor
 from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
 from local.deps_layer import local_layer, runtime_provided
 from local.gateway import GatewayConfig, LocalGateway
 from local.lambda_runtime import DEFAULT_ACCOUNT, Credentials, LambdaFunction, preflight
 from local.moto_server import CREDENTIALS, Mode, MotoServer
+from local.principals import Principal, Principals
 from local.pump import QueuePump
+from local.signed_http import PRINCIPAL_KEY, require_invoke
 from local.simulator import MarketSimulator
 from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
 from quanttrade_ws.config import Settings
@@ -67,6 +70,7 @@ DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 ADMIN_PREFIX = "/admin"
 OUTPUTS_FILE = Path(__file__).resolve().parent.parent / ".build" / "local" / "outputs.json"
 LOCAL_API_ID = "qtlocalapi"
+ADMIN_API_ID = "qtlocaladmin"  # the admin HTTP API's id in execute-api ARNs (its stage is $default)
 # The sweeper's schedule comes from the template's rule unless a number (seconds) or None (never) is given.
 SCHEDULED: Literal["template"] = "template"
 # Lambda's default concurrency is the account's (1,000); two cores cannot hold that many interpreters.
@@ -103,6 +107,9 @@ class StackConfig:
     settings_overrides: dict[str, Any] = field(default_factory=dict)
     assembly: CloudAssembly | None = None  # run this assembly as it is instead of synthesizing one
     smoke: bool = True  # invoke every function with its samples in events/ before serving
+    # AWS's own error responses injected into the functions' calls, by service: {"dynamodb": 0.05, "sqs": 0.02}
+    faults: Mapping[str, float] = field(default_factory=dict)
+    fault_seed: int | None = None
 
     def secret(self) -> str | None:
         return self.jwt_secret or os.environ.get("QT_JWT_SECRET") or None
@@ -137,6 +144,10 @@ class LocalStack:
         self.pumps: list[QueuePump] = []
         self.simulator: MarketSimulator | None = None
         self.functions: dict[str, LambdaFunction] = {}  # template logical id -> function
+        # Who may call AWS, the Management API and the admin routes: each function's role, and the local
+        # administrator (the stack's own tooling, the CLI, tests).
+        self.principals = Principals(DEFAULT_ACCOUNT)
+        self.front_door: AwsFrontDoor | None = None
         self.startup_seconds: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
@@ -246,6 +257,15 @@ class LocalStack:
         template = self.assembly.template
         websocket_api = template.websocket_api
         await loop.run_in_executor(None, self.moto.start)
+        self.front_door = AwsFrontDoor(
+            self.moto.endpoint_url,
+            self.principals,
+            region=self.config.region,
+            host=self.config.host,
+            faults=self.config.faults,
+            fault_seed=self.config.fault_seed,
+        )
+        await loop.run_in_executor(None, self.front_door.start)
 
         secret_values = {}
         if self.config.secret():
@@ -291,6 +311,7 @@ class LocalStack:
             readiness_checks={"moto": self._moto_answers, "tables": self._tables_exist, "queues": self._queues_exist},
             root_handler=self._serve_dashboard if self.config.dashboard else None,
             extra_routes=self._extra_routes(),
+            principals=self.principals,
         )
         await self.gateway.start()
         # The API's endpoint in every environment (https://{api}.execute-api.{region}.amazonaws.com/{stage})
@@ -299,8 +320,8 @@ class LocalStack:
         for logical_id, function in self.functions.items():
             function.configure(
                 environment=deployment.function_environment(logical_id),
-                credentials=self._credentials_of(logical_id),
-                endpoint_url=self.moto.endpoint_url,
+                credentials=self._credentials_of(self._register_role(logical_id)),
+                endpoint_url=self.front_door.endpoint_url,
             )
         self.settings = self._settings_of(routes.get("$default") or next(iter(routes.values())))
 
@@ -350,8 +371,18 @@ class LocalStack:
             account=DEFAULT_ACCOUNT,
         )
 
-    def _credentials_of(self, logical_id: str) -> Credentials:
-        return Credentials(CREDENTIALS["aws_access_key_id"], CREDENTIALS["aws_secret_access_key"])
+    def _register_role(self, logical_id: str) -> Principal:
+        """The function's role as the front door and the gateway check it: the template's policies, resolved."""
+        deployment = self._deployment()
+        declared = self.template.functions[logical_id]
+        return self.principals.register_function(
+            deployment.ref(logical_id), deployment.ref(declared.role_logical_id), deployment.role_policies(logical_id)
+        )
+
+    @staticmethod
+    def _credentials_of(principal: Principal) -> Credentials:
+        keys = principal.credentials
+        return Credentials(keys.access_key_id, keys.secret_key, keys.session_token)
 
     def _settings_of(self, function: LambdaFunction) -> Settings:
         environment = dict(function.environment)
@@ -438,6 +469,9 @@ class LocalStack:
             await pump.stop()
         for function in self.functions.values():
             await function.aclose()
+        if self.front_door is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.front_door.stop)
+            self.front_door = None
         await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
 
     async def __aenter__(self) -> LocalStack:
@@ -522,14 +556,22 @@ class LocalStack:
     # ------------------------------------------------------------------ HTTP: admin API, dashboard
 
     def _extra_routes(self) -> list[web.AbstractRouteDef]:
+        # IAM-authorised as the deployed admin API is: SigV4 by a principal allowed execute-api:Invoke.
+        guard = require_invoke(
+            self.principals,
+            region=self.config.region,
+            account=DEFAULT_ACCOUNT,
+            api_id=ADMIN_API_ID,
+            strip_prefix=ADMIN_PREFIX,
+        )
         routes: list[web.AbstractRouteDef] = []
         admin = self.template.http_api
         for route_key, route in admin.routes.items():
             method, path = route_key.split(" ", 1)
             routes.append(
-                web.route(method, ADMIN_PREFIX + path, self._admin_handler(route_key, route.function_logical_id))
+                web.route(method, ADMIN_PREFIX + path, guard(self._admin_handler(route_key, route.function_logical_id)))
             )
-        routes.append(web.get("/local/stats", self._local_stats))
+        routes.append(web.get("/local/stats", guard(self._local_stats)))
         if self.config.dashboard:
             routes.append(web.get(r"/{name:[A-Za-z0-9_-]+\.(?:js|css|html|svg|ico)}", self._serve_static))
         return routes
@@ -556,6 +598,7 @@ class LocalStack:
         path = request.path.removeprefix(ADMIN_PREFIX) or "/"
         headers = {key.lower(): value for key, value in request.headers.items()}
         request_id = os.urandom(8).hex()
+        caller = request.get(PRINCIPAL_KEY) or self.principals.admin
         return {
             "version": "2.0",
             "routeKey": route_key,
@@ -565,15 +608,15 @@ class LocalStack:
             **({"queryStringParameters": dict(request.query)} if request.query else {}),
             "requestContext": {
                 "accountId": DEFAULT_ACCOUNT,
-                "apiId": "qtlocaladmin",
+                "apiId": ADMIN_API_ID,
                 "authorizer": {
                     "iam": {
-                        "accessKey": "testing",
+                        "accessKey": caller.credentials.access_key_id,
                         "accountId": DEFAULT_ACCOUNT,
-                        "callerId": "local-developer",
+                        "callerId": caller.name,
                         "principalOrgId": None,
-                        "userArn": f"arn:aws:iam::{DEFAULT_ACCOUNT}:user/local-developer",
-                        "userId": "local-developer",
+                        "userArn": caller.arn,
+                        "userId": caller.name,
                     }
                 },
                 "domainName": request.host,

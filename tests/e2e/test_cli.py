@@ -1,9 +1,10 @@
 """`python -m local publish|listen|stats|...` pointed at a "deployed" stack by an outputs file, as subprocesses.
 
 The outputs file is what `cdk deploy --outputs-file` writes, filled in with the local stack's addresses:
-WebSocketUrl is the local gateway, AdminApiUrl its /admin routes (they take the SigV4 signature and ignore it),
-EventBusName the moto bus. Credentials come from a throwaway AWS profile, so the commands take the same
-code path as against AWS: the profile's session, a signed admin request, a token that must be given.
+WebSocketUrl is the local gateway, AdminApiUrl its /admin routes (IAM-authorised: the profile's key is
+registered with the stack as an operator allowed execute-api:Invoke), EventBusName the moto bus. Credentials
+come from a throwaway AWS profile, so the commands take the same code path as against AWS: the profile's
+session, a signed admin request, a token that must be given.
 Every wait is bounded: a subprocess has a deadline, and listen exits on its own after --count messages.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from local.sigv4 import Credentials
 from local.stack import LocalStack
 from tests.e2e.conftest import Client
 
@@ -64,6 +66,10 @@ def target(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) ->
             indent=2,
         )
     )
+    operator = Credentials("AKIDE2ECLI", "e2e-cli-secret")
+    if local_stack.principals.get(operator.access_key_id) is None:
+        invoke = {"Effect": "Allow", "Action": "execute-api:Invoke", "Resource": "arn:aws:execute-api:*:*:*/*/GET/*"}
+        local_stack.principals.register_user("e2e-operator", operator, [{"Statement": [invoke]}])
     (root / "credentials").write_text(
         f"[{PROFILE}]\naws_access_key_id = AKIDE2ECLI\naws_secret_access_key = e2e-cli-secret\n"
     )

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import websockets
 
+from local.signed_http import signed_request
 from local.stack import LocalStack
 from tests.e2e.conftest import Client, eventually
 
@@ -175,7 +176,8 @@ async def page(browser: tuple[Browser, int]) -> AsyncIterator[Page]:
 
 
 def admin(local_stack: LocalStack, path: str) -> Any:
-    with urllib.request.urlopen(f"{local_stack.http_url}/admin{path}", timeout=10) as response:
+    request = signed_request("GET", f"{local_stack.http_url}/admin{path}", region=local_stack.config.region)
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 

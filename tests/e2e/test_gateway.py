@@ -31,16 +31,27 @@ from aws_lambda_powertools.utilities.parser.models.apigw_websocket import (
 )
 from botocore import UNSIGNED
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from local.gateway import GatewayConfig, LocalGateway, handlers_from_topology, redact_query
 from local.lambda_runtime import LambdaContext, LambdaFunction, LambdaTimeoutError
+from local.principals import ADMIN_CREDENTIALS, Principals
+from local.signed_http import require_invoke
+from local.sigv4 import Credentials, sign_headers
 
 pytestmark = pytest.mark.e2e
 
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{15}=$")
-SIGNED = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/execute-api/aws4_request"}
+FORGED = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/us-east-1/execute-api/aws4_request"}
+
+
+def signed(
+    url: str, data: bytes = b"", credentials: Credentials = ADMIN_CREDENTIALS, method: str = "POST"
+) -> dict[str, str]:
+    """Headers that sign a request to `url` as boto3 would (SigV4, service execute-api)."""
+    return sign_headers(method, url, credentials, service="execute-api", region="us-east-1", body=data)
 
 
 # ---------------------------------------------------------------- test doubles
@@ -191,6 +202,7 @@ async def launch() -> AsyncIterator[Launch]:
         readiness_checks: Any = None,
         root_handler: Any = None,
         extra_routes: Any = (),
+        principals: Principals | None = None,
         **config: Any,
     ) -> Stack:
         recorder = Recorder()
@@ -202,6 +214,7 @@ async def launch() -> AsyncIterator[Launch]:
             readiness_checks=readiness_checks,
             root_handler=root_handler,
             extra_routes=extra_routes,
+            principals=principals,
         )
         await gateway.start()
         stack = Stack(gateway, functions, recorder)
@@ -236,7 +249,7 @@ async def raw_post(stack: Stack, connection_id: str, data: bytes, headers: dict[
     url = f"{stack.gateway.http_url}/@connections/{connection_id}"
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url, data=data, headers=SIGNED if headers is None else headers) as response,
+        session.post(url, data=data, headers=signed(url, data) if headers is None else headers) as response,
     ):
         return response.status, response.headers.get("x-amzn-ErrorType"), await response.read()
 
@@ -665,6 +678,189 @@ async def test_management_calls_without_sigv4_are_403(stack: Stack) -> None:
     await ws.close()
 
 
+async def test_a_forged_or_wrongly_signed_management_call_is_refused(stack: Stack) -> None:
+    # GIVEN a connected client
+    ws, connection_id = await stack.connect()
+    url = f"{stack.gateway.http_url}/@connections/{connection_id}"
+    # WHEN an Authorization header only looks like SigV4 THEN it is refused (it used to inject the frame)
+    assert (await raw_post(stack, connection_id, b"forged", headers=FORGED))[:2] == (
+        403,
+        "IncompleteSignatureException",
+    )
+    # AND a signature by the right key over other bytes, or with the wrong secret, or by an unknown key
+    tampered = signed(url, b"what was signed")
+    assert (await raw_post(stack, connection_id, b"what is sent", headers=tampered))[:2] == (
+        403,
+        "InvalidSignatureException",
+    )
+    wrong_secret = signed(url, b"x", Credentials("testing", "not-the-secret"))
+    assert (await raw_post(stack, connection_id, b"x", headers=wrong_secret))[1] == "InvalidSignatureException"
+    stranger = signed(url, b"x", Credentials("AKIDSTRANGER", "whatever"))
+    assert (await raw_post(stack, connection_id, b"x", headers=stranger))[1] == "UnrecognizedClientException"
+    # AND a signature for one connection replayed on another is refused
+    other_ws, other_id = await stack.connect("t2")
+    replayed = signed(url, b"x")
+    assert (await raw_post(stack, other_id, b"x", headers=replayed))[1] == "InvalidSignatureException"
+    # THEN none of it reached either client; a properly signed post does
+    assert (await raw_post(stack, connection_id, b"genuine"))[0] == 200
+    assert await asyncio.wait_for(ws.recv(), 5) == "genuine"
+    await ws.close()
+    await other_ws.close()
+
+
+MANAGE = "execute-api:ManageConnections"
+
+
+async def test_management_calls_are_authorised_by_the_callers_role(launch: Launch) -> None:
+    # GIVEN a fan-out role that may POST to connections but not DELETE them, and a role with no such grant
+    principals = Principals("123456789012")
+    stage_arn = "arn:aws:execute-api:us-east-1:123456789012:qtlocalapi/local"
+    poster = principals.register_function(
+        "quanttrade-fanout",
+        "FanoutRole",
+        [{"Statement": [{"Effect": "Allow", "Action": MANAGE, "Resource": f"{stage_arn}/POST/@connections/*"}]}],
+    )
+    outsider = principals.register_function(
+        "quanttrade-connect",
+        "ConnectRole",
+        [{"Statement": [{"Effect": "Allow", "Action": "dynamodb:*", "Resource": "*"}]}],
+    )
+    stack = await launch(principals=principals)
+    ws, connection_id = await stack.connect()
+
+    def management(credentials: Credentials) -> Any:
+        return boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=stack.gateway.management_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_key,
+            aws_session_token=credentials.session_token,
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+
+    # WHEN the fan-out role posts THEN the client gets it
+    fanout = management(poster.credentials)
+    await asyncio.to_thread(fanout.post_to_connection, ConnectionId=connection_id, Data=b"allowed")
+    assert await asyncio.wait_for(ws.recv(), 5) == "allowed"
+    # WHEN it tries to DELETE the connection THEN API Gateway's AccessDenied names the action and resource
+    with pytest.raises(ClientError) as denied:
+        await asyncio.to_thread(fanout.delete_connection, ConnectionId=connection_id)
+    error = denied.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert error["Error"]["Code"] == "AccessDeniedException"
+    assert error["Error"]["Message"] == (
+        "User: arn:aws:sts::123456789012:assumed-role/FanoutRole/quanttrade-fanout is not authorized to perform: "
+        f"{MANAGE} on resource: {stage_arn}/DELETE/@connections/{connection_id} "
+        f"because no identity-based policy allows the {MANAGE} action"
+    )
+    # AND a role without the grant cannot post at all
+    with pytest.raises(ClientError) as refused:
+        await asyncio.to_thread(
+            management(outsider.credentials).post_to_connection, ConnectionId=connection_id, Data=b"x"
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    # AND the connection is still open: the denied DELETE did nothing
+    assert connection_id in stack.gateway.connection_ids
+    await ws.close()
+
+
+async def test_admin_routes_need_a_signature_allowed_to_invoke(launch: Launch) -> None:
+    # GIVEN an extra route guarded as the stack guards /admin and /local/stats
+    principals = Principals("123456789012")
+    reader = principals.register_function(
+        "ops",
+        "OpsRole",
+        [
+            {
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "execute-api:Invoke",
+                        "Resource": "arn:aws:execute-api:us-east-1:123456789012:qtlocaladmin/$default/GET/stats",
+                    }
+                ]
+            }
+        ],
+    )
+    guard = require_invoke(
+        principals, region="us-east-1", account="123456789012", api_id="qtlocaladmin", strip_prefix="/admin"
+    )
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    stack = await launch(
+        principals=principals,
+        extra_routes=[web.get("/admin/stats", guard(stats)), web.get("/admin/secrets", guard(stats))],
+    )
+
+    async def get(path: str, headers: dict[str, str]) -> tuple[int, str | None, Any]:
+        url = f"{stack.gateway.http_url}{path}"
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+            return response.status, response.headers.get("x-amzn-ErrorType"), await response.json(content_type=None)
+
+    url = f"{stack.gateway.http_url}/admin/stats"
+    # WHEN unsigned or forged THEN 403
+    assert (await get("/admin/stats", {}))[:2] == (403, "ForbiddenException")
+    assert (await get("/admin/stats", FORGED))[:2] == (403, "IncompleteSignatureException")
+    # WHEN signed by the local administrator THEN it answers
+    assert await get("/admin/stats", signed(url, method="GET")) == (200, None, {"ok": True})
+    # AND a principal allowed only GET /stats gets that and nothing else
+    assert (await get("/admin/stats", signed(url, credentials=reader.credentials, method="GET")))[0] == 200
+    other = f"{stack.gateway.http_url}/admin/secrets"
+    status, error_type, body = await get("/admin/secrets", signed(other, credentials=reader.credentials, method="GET"))
+    assert (status, error_type) == (403, "AccessDeniedException")
+    assert (
+        "execute-api:Invoke on resource: arn:aws:execute-api:us-east-1:123456789012:qtlocaladmin/$default/GET/secrets"
+        in (body["Message"])
+    )
+
+
+async def test_json_nested_deeper_than_the_parser_goes_to_default_instead_of_dropping_the_connection(
+    stack: Stack,
+) -> None:
+    # GIVEN a connected client
+    ws, _ = await stack.connect()
+    # WHEN it sends a frame nested deeper than the JSON parser recurses (fits in one 32 KB frame)
+    deep = "[" * 30000
+    await ws.send(deep)
+    # THEN the frame reaches $default (where the product answers INVALID_MESSAGE) and the connection stays up
+    (event,) = await stack.recorder.wait("$default")
+    assert event["body"] == deep
+    await ws.send(json.dumps({"action": "echo"}))
+    assert (await stack.recorder.wait("echo"))[0]["body"] == '{"action": "echo"}'
+    await ws.close()
+
+
+async def test_no_part_of_a_token_is_logged_even_from_an_over_long_or_encoded_url(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN every log at its most verbose
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cr3tTOKENvalue"
+    targets = [
+        f"/?token={secret}{'A' * 9000}",  # longer than aiohttp's request line limit: refused with 400
+        f"/?token={secret} HTTP/1.1 junk",  # a malformed request line
+        f"/?tok%65n={secret}&x=1",  # the name percent-encoded: still the token parameter
+    ]
+    for target in targets:
+        # WHEN a client sends the request line raw
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(12), 5)
+        writer.close()
+    await eventually(lambda: "token=REDACTED&x=1" in caplog.text, what="the encoded request's access log line")
+    # THEN no log record holds any part of the token, however the request failed
+    assert "Error handling request" in caplog.text
+    assert secret[:8] not in caplog.text
+    assert redact_query("tok%65n=x&Access_Token=y&a=token") == "tok%65n=REDACTED&Access_Token=REDACTED&a=token"
+
+
 async def test_a_client_that_stops_reading_makes_posts_429_instead_of_blocking(launch: Launch) -> None:
     # GIVEN a connected client that never reads, behind a small receive buffer
     stack = await launch(client_buffer_bytes=64 * 1024)
@@ -686,7 +882,7 @@ async def test_a_client_that_stops_reading_makes_posts_429_instead_of_blocking(l
     async with aiohttp.ClientSession() as session:
         url = f"{stack.gateway.http_url}/@connections/{connection_id}"
         while len(statuses) < 2000 and (not statuses or statuses[-1] == 200):
-            async with session.post(url, data=b"z" * 100_000, headers=SIGNED) as response:
+            async with session.post(url, data=b"z" * 100_000, headers=signed(url, b"z" * 100_000)) as response:
                 statuses.append(response.status)
     # THEN posts answer promptly and, once the client's buffer is full, with LimitExceeded
     assert statuses[-1] == 429

@@ -17,6 +17,7 @@ import pytest
 import websockets
 from botocore.exceptions import ClientError
 
+from local.signed_http import signed_request
 from local.stack import LocalStack, ready
 from tests.e2e.conftest import Client, eventually
 
@@ -123,6 +124,17 @@ async def test_unknown_action_and_bad_json_get_errors_on_the_same_connection(con
     invalid = await client.expect(lambda m: m.get("message_type") == "error", what="an INVALID_MESSAGE error")
     assert invalid["payload"]["error_code"] == "INVALID_MESSAGE"
     assert (await client.request("ping"))["message_type"] == "pong"  # still connected
+
+
+async def test_json_nested_deeper_than_the_parser_gets_invalid_message_on_a_live_connection(connect: Connect) -> None:
+    # GIVEN a client of the real stack
+    client = await connect("deep-nester")
+    # WHEN it sends a frame nested deeper than the JSON parser recurses, in one 32 KB frame
+    await client.send("[" * 30000)
+    # THEN the gateway routes it and the message handler answers INVALID_MESSAGE; the connection stays up
+    invalid = await client.expect(lambda m: m.get("message_type") == "error", what="an INVALID_MESSAGE error")
+    assert invalid["payload"]["error_code"] == "INVALID_MESSAGE"
+    assert (await client.request("ping"))["message_type"] == "pong"
 
 
 async def test_room_chat_between_two_clients(connect: Connect) -> None:
@@ -299,7 +311,8 @@ async def test_admin_routes_answer_through_the_gateway(local_stack: LocalStack, 
     await client.request("subscribe", streams=[{"stream_type": "alerts"}])
 
     def get(path: str) -> Any:
-        with urllib.request.urlopen(f"{local_stack.http_url}/admin{path}", timeout=10) as response:
+        request = signed_request("GET", f"{local_stack.http_url}/admin{path}", region=local_stack.config.region)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
     info = await asyncio.to_thread(get, f"/connections/{client.client_id}")

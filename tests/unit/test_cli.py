@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from local import cli
+from local.principals import ADMIN_CREDENTIALS
+from local.sigv4 import verify
 
 ACCESS_KEY = "AKIDEXAMPLEOPS"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -488,10 +490,26 @@ def test_a_non_2xx_answer_is_a_clear_error_and_a_non_zero_exit(
     assert f"GET {admin_server.url}/connections/gone%3D: {expected}" in captured.err
 
 
-def test_local_admin_requests_are_not_signed(admin_server: AdminServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_local_admin_requests_are_signed_as_the_local_administrator(
+    admin_server: AdminServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # WHEN the CLI reads the local admin API (IAM-authorised, as the deployed one is)
     assert cli.main(["stats", "--url", admin_server.url]) == 0
+    # THEN the request carries a SigV4 signature (service execute-api) that verifies with the local admin's keys
     assert admin_server.last.path == "/admin/stats"
-    assert "authorization" not in admin_server.last.headers
+    headers = admin_server.last.headers
+    assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    signer = verify(
+        method="GET",
+        path="/admin/stats",
+        query="",
+        headers=headers,
+        body=b"",
+        lookup={ADMIN_CREDENTIALS.access_key_id: ADMIN_CREDENTIALS}.get,
+        service="execute-api",
+        region="us-east-1",
+    )
+    assert signer.access_key_id == "testing"
     assert json.loads(capsys.readouterr().out) == admin_server.body
     assert cli.main(["members", "desk-eu", "--url", admin_server.url]) == 0
     assert admin_server.last.path == "/admin/rooms/desk-eu/members"
