@@ -171,7 +171,7 @@ def publish(local_stack: LocalStack) -> Callable[[str, dict[str, Any]], str]:
                     "Source": sources[detail_type],
                     "DetailType": detail_type,
                     "Detail": json.dumps(detail),
-                    "EventBusName": topology.EVENT_BUS_NAME,
+                    "EventBusName": local_stack.event_bus_name,
                 }
             ]
         )

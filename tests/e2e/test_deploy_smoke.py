@@ -128,8 +128,8 @@ def test_a_wrong_handler_string_fails_the_start(assembly: CloudAssembly, tmp_pat
         document["Resources"][connect_function]["Properties"]["Handler"] = "connect.handle"
 
     reason = start_fails(broken_copy(assembly, tmp_path, misname))
-    assert "connect.handle" in reason
-    assert "HandlerNotFound" in reason or "handle" in reason
+    assert connect_function in reason
+    assert "Runtime.HandlerNotFound: Handler 'handle' missing on module 'connect'" in reason
 
 
 def test_a_module_missing_from_the_dependency_layer_fails_the_start(assembly: CloudAssembly, tmp_path: Path) -> None:
