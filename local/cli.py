@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_WS_URL = "ws://127.0.0.1:8081/"
@@ -41,13 +42,37 @@ ADMIN_PREFIX = "/admin"  # where the local gateway serves the admin API's routes
 
 
 def _secret() -> str:
-    from local.stack import DEV_SECRET
+    """The HS256 key the running local stack holds.
 
+    `$QT_JWT_SECRET` when set (`make dev` then stores that value in the stack's
+    secret); otherwise the value the stack generated, read from its Secrets
+    Manager through the outputs file `make dev` writes.
+    """
     secret = os.environ.get("QT_JWT_SECRET")
-    if not secret:
-        print(f"warning: QT_JWT_SECRET is not set; using the development secret {DEV_SECRET!r}", file=sys.stderr)
-        return DEV_SECRET
-    return secret
+    if secret:
+        return secret
+    from local.stack import OUTPUTS_FILE
+
+    try:
+        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
+        outputs = next(iter(document.values()))
+        endpoint, secret_arn = outputs["LocalAwsEndpoint"], outputs["LocalSigningKeySecretArn"]
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError):
+        raise SystemExit(
+            "no local stack is running (start it with `make dev`), and QT_JWT_SECRET is not set: "
+            "there is no key to mint a token with"
+        ) from None
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from local.moto_server import CREDENTIALS
+
+    make_client: Any = boto3.client
+    client = make_client("secretsmanager", region_name=secret_arn.split(":")[3], endpoint_url=endpoint, **CREDENTIALS)
+    try:
+        return str(client.get_secret_value(SecretId=secret_arn)["SecretString"])
+    except (BotoCoreError, ClientError) as error:
+        raise SystemExit(f"cannot read the local stack's signing key at {endpoint}: {error}") from None
 
 
 def _quiet_development_warnings() -> None:
@@ -97,6 +122,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def assembly_origin(stack: Any) -> str:
+    directory = stack.assembly.directory
+    shown = directory.relative_to(Path.cwd()) if directory.is_relative_to(Path.cwd()) else directory
+    return f"{shown}, {'cached' if stack.assembly.cached else 'synthesized now'}"
+
+
 def _print_banner(stack: Any, simulator_off: bool) -> None:
     token = stack.token("dev-user")
     url = stack.websocket_url
@@ -108,8 +139,13 @@ def _print_banner(stack: Any, simulator_off: bool) -> None:
         f"  Management   {stack.management_endpoint}/@connections/{{connectionId}}",
         f"  Admin API    {stack.http_url}/admin/stats",
         f"  Ready        {stack.http_url}/ready",
-        f"  AWS (moto)   {stack.aws_endpoint_url}  (DynamoDB, SQS, EventBridge bus 'quanttrade')",
+        f"  AWS (moto)   {stack.aws_endpoint_url}  (DynamoDB, SQS, Secrets Manager, EventBridge bus "
+        f"'{stack.event_bus_name}')",
+        f"  Functions    {stack.aws_function_endpoint}  (each function's calls, checked against its role)",
         f"  Simulator    {'off' if simulator_off else 'on'}",
+        "",
+        f"Started in {stack.startup_seconds:.1f} s from the synthesized template "
+        f"({assembly_origin(stack)}); every function answered its samples in events/.",
         "",
         "Development token (every permission, premium, 24 h):",
         f"  {token}",

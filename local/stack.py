@@ -151,6 +151,7 @@ class LocalStack:
         self.startup_seconds: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
+        self._wrote_outputs = False
 
     # ------------------------------------------------------------------ addresses
 
@@ -179,6 +180,13 @@ class LocalStack:
     @property
     def aws_endpoint_url(self) -> str:
         return self.moto.endpoint_url
+
+    @property
+    def aws_function_endpoint(self) -> str:
+        """The AWS endpoint the functions call (their AWS_ENDPOINT_URL): the IAM-checking front door."""
+        if self.front_door is None:
+            raise RuntimeError("the local stack is not started")
+        return self.front_door.endpoint_url
 
     @property
     def event_bus_name(self) -> str:
@@ -308,7 +316,11 @@ class LocalStack:
             gateway_config,
             routes,
             self.functions[authorizer.function_logical_id] if authorizer else None,
-            readiness_checks={"moto": self._moto_answers, "tables": self._tables_exist, "queues": self._queues_exist},
+            readiness_checks={
+                "functions_endpoint": self._front_door_answers,
+                "tables": self._tables_exist,
+                "queues": self._queues_exist,
+            },
             root_handler=self._serve_dashboard if self.config.dashboard else None,
             extra_routes=self._extra_routes(),
             principals=self.principals,
@@ -450,6 +462,7 @@ class LocalStack:
         }
         OUTPUTS_FILE.parent.mkdir(parents=True, exist_ok=True)
         OUTPUTS_FILE.write_text(json.dumps({self.template.stack_name: outputs}, indent=2) + "\n", encoding="utf-8")
+        self._wrote_outputs = True
 
     async def stop(self) -> None:
         """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto."""
@@ -473,6 +486,9 @@ class LocalStack:
             await asyncio.get_running_loop().run_in_executor(None, self.front_door.stop)
             self.front_door = None
         await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
+        if self._wrote_outputs:
+            OUTPUTS_FILE.unlink(missing_ok=True)  # its keys and endpoints die with this stack
+            self._wrote_outputs = False
 
     async def __aenter__(self) -> LocalStack:
         return await self.start()
@@ -497,10 +513,19 @@ class LocalStack:
 
     # ------------------------------------------------------------------ readiness
 
-    async def _moto_answers(self) -> bool:
+    async def _front_door_answers(self) -> bool:
+        """The functions' AWS endpoint answers (an unsigned request is refused by the door itself, never
+        reaching moto: a cheap probe; whether moto answers is what the table and queue checks ask)."""
+        door = self.front_door
+        if door is None:
+            return False
+
         def probe() -> bool:
-            with urllib.request.urlopen(f"{self.moto.endpoint_url}/moto-api/data.json", timeout=1.5) as response:
-                return response.status == 200
+            try:
+                with urllib.request.urlopen(f"{door.endpoint_url}/", timeout=1.5) as response:
+                    return response.status < 500
+            except urllib.error.HTTPError as error:
+                return error.code < 500
 
         return await asyncio.get_running_loop().run_in_executor(None, probe)
 
