@@ -37,7 +37,6 @@ def _measure(bystanders: int) -> dict[str, float]:
     import boto3
     from moto import mock_aws
 
-    from local.provision import provision
     from quanttrade_ws.auth import Identity
     from quanttrade_ws.config import Settings
     from quanttrade_ws.fanout import CountingMetrics, FanOut
@@ -45,6 +44,7 @@ def _measure(bystanders: int) -> dict[str, float]:
     from quanttrade_ws.models import Connection, Subscription
     from quanttrade_ws.queues import InMemorySender
     from quanttrade_ws.store import DynamoStore
+    from tests.provision import provision
 
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")

@@ -24,7 +24,8 @@ for entry in (ROOT / "layers" / "shared" / "python", ROOT):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from local.lambda_runtime import LambdaFunction, ensure_local_deps  # noqa: E402
+from local.deps_layer import runtime_provided  # noqa: E402
+from local.lambda_runtime import LambdaFunction  # noqa: E402
 
 INVOCATIONS = 4000
 CALLERS = 64
@@ -53,18 +54,18 @@ async def _rate(function: LambdaFunction, callers: int) -> float:
 
 
 async def _measure(code: Path) -> dict[str, float]:
-    deps = ensure_local_deps()
+    runtime_dir = runtime_provided()
     figures: dict[str, float] = {}
     for concurrency, callers in ((1, 1), (8, CALLERS)):
         function = LambdaFunction(
-            "bench", "app.handler", code_dirs=[code], runtime_dir=deps.runtime_dir, concurrency=concurrency
+            "bench", "app.handler", code_dirs=[code], runtime_dir=runtime_dir, concurrency=concurrency
         )
         await function.init()
         figures[f"lambda_runtime_c{concurrency}_invocations_per_second"] = round(await _rate(function, callers))
         await function.aclose()
     samples = []
     for _ in range(COLD_STARTS):
-        function = LambdaFunction("bench", "app.handler", code_dirs=[code], runtime_dir=deps.runtime_dir)
+        function = LambdaFunction("bench", "app.handler", code_dirs=[code], runtime_dir=runtime_dir)
         started = time.perf_counter()
         await function.init()
         samples.append((time.perf_counter() - started) * 1000)

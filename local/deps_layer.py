@@ -118,7 +118,7 @@ def local_layer(layer_dir: Path, root: Path = LOCAL_DEPS_ROOT) -> Path:
     if not pinned:
         return layer_dir
     installed = _full_install(pinned, root)
-    wanted = {entry_key(entry.name) for entry in (layer_dir / "python").iterdir()}
+    wanted = {entry_key(entry.name) for entry in (layer_dir / "python").iterdir() if entry.name != "__pycache__"}
     digest = hashlib.sha256(json.dumps(sorted(wanted)).encode() + str(installed).encode()).hexdigest()[:16]
     overlay = root / "layers" / digest
     site = overlay / "python"

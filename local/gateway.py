@@ -59,7 +59,6 @@ from local.lambda_runtime import DEFAULT_ACCOUNT, DEFAULT_REGION, Handler, Lambd
 from local.principals import Principals
 from local.signed_http import access_denied, authenticate, request_context, signature_refusal
 from local.sigv4 import SignatureError
-from quanttrade_ws import topology
 
 logger = logging.getLogger("quanttrade.local.gateway")
 access_logger = logging.getLogger("quanttrade.local.gateway.access")
@@ -103,7 +102,7 @@ class GatewayConfig:
     connect_rate_per_second: float | None = 500.0  # new connections; None: unlimited
     client_buffer_bytes: int = 4 * 1024 * 1024  # unsent bytes to a client before posts get 429
     two_way_routes: frozenset[str] = frozenset()  # routes with a route response: the handler's body goes back
-    identity_sources: tuple[str, ...] = (topology.AUTHORIZER_IDENTITY_SOURCE,)
+    identity_sources: tuple[str, ...] = ("route.request.querystring.token",)
     route_selection_expression: str = "$request.body.action"  # only $request.body.<field> is supported
     pool_sizes: Mapping[str, int] = field(default_factory=dict)  # function name -> worker threads
     default_pool_size: int = 8
@@ -361,19 +360,6 @@ class LocalGateway:
         self._started_at = 0.0
         self._stopping = False
         self._app = self._build_app(extra_routes)
-
-    @classmethod
-    def from_topology(
-        cls, config: GatewayConfig | None = None, *, package: str = "handlers", **kwargs: Any
-    ) -> LocalGateway:
-        """The stage the topology declares: its routes and authorizer, handlers imported from `package` on first use."""
-        config = config or GatewayConfig()
-        routes = handlers_from_topology(config, package=package)
-        authorizer = authorizer_from_topology(config, package=package)
-        gateway = cls(config, routes, authorizer, **kwargs)
-        # Built here, so owned here: their pools stop with the gateway.
-        gateway._owned.extend({id(function): function for function in (*routes.values(), authorizer)}.values())
-        return gateway
 
     # ------------------------------------------------------------ lifecycle
 
@@ -1007,50 +993,6 @@ class LocalGateway:
         if host == "::":
             return "[::1]"
         return f"[{host}]" if ":" in host else host
-
-
-# ---------------------------------------------------------------- building from the topology
-
-
-def handlers_from_topology(
-    config: GatewayConfig | None = None,
-    *,
-    routes: Mapping[str, topology.Function] | None = None,
-    package: str = "handlers",
-    name_prefix: str = "quanttrade-",
-) -> dict[str, LambdaFunction]:
-    """Route key -> LambdaFunction for every route of the topology, one function (and pool) per topology Function.
-
-    Handler modules are imported on first invocation, so building the map
-    needs nothing from `handlers/` yet.
-    """
-    config = config or GatewayConfig()
-    functions: dict[str, LambdaFunction] = {}
-    route_map: dict[str, LambdaFunction] = {}
-    for route_key, function in (topology.ROUTES if routes is None else routes).items():
-        if function.name not in functions:
-            functions[function.name] = _from_topology(function, config, package, name_prefix)
-        route_map[route_key] = functions[function.name]
-    return route_map
-
-
-def authorizer_from_topology(
-    config: GatewayConfig | None = None, *, package: str = "handlers", name_prefix: str = "quanttrade-"
-) -> LambdaFunction:
-    return _from_topology(topology.AUTHORIZER, config or GatewayConfig(), package, name_prefix)
-
-
-def _from_topology(
-    function: topology.Function, config: GatewayConfig, package: str, name_prefix: str
-) -> LambdaFunction:
-    return LambdaFunction.from_topology(
-        function,
-        package=package,
-        name_prefix=name_prefix,
-        concurrency=config.pool_sizes.get(function.name),
-        region=config.region,
-        account=config.account,
-    )
 
 
 # ---------------------------------------------------------------- helpers

@@ -17,8 +17,8 @@ it:
   starts cold; at most `concurrency` environments exist at once.
 
 The third-party dependency layer of the assembly is built for arm64 Lambda and
-cannot run here, so `ensure_local_deps()` installs the same requirements for
-this machine into `.build/local-deps/` and that directory stands in for it.
+cannot run here: `local.deps_layer` makes the stand-in that the local stack
+passes as that layer, and provides the runtime's own packages (boto3).
 
 Python callables are also accepted as handlers: they run in threads of this
 process. That mode exists for the gateway's and the pumps' own tests, whose
@@ -29,14 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
-import platform
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,13 +39,11 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from infra.layers_build import _prune as prune_runtime_provided
+from local.deps_layer import runtime_provided
 from local.lambda_worker import HEADER, LambdaContext
-from quanttrade_ws import topology
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -63,10 +56,7 @@ __all__ = [
     "LambdaInitError",
     "LambdaShutdownError",
     "LambdaTimeoutError",
-    "LocalDeps",
-    "LocalDepsUnavailable",
     "PreflightError",
-    "ensure_local_deps",
     "preflight",
 ]
 
@@ -166,88 +156,6 @@ class LambdaShutdownError(LambdaError):
 
 
 # ---------------------------------------------------------------- local dependencies
-
-
-class LocalDepsUnavailable(RuntimeError):
-    """requirements.txt could not be installed for this machine and no earlier install matches it."""
-
-
-@dataclass(frozen=True)
-class LocalDeps:
-    layer_dir: Path  # a layer: holds `python/` with requirements.txt, minus what the runtime provides
-    runtime_dir: Path  # boto3 and its closure, the packages the Lambda Python runtime ships
-
-
-def local_deps_key(requirements: Path = REQUIREMENTS) -> str:
-    """Everything that decides what the local install holds."""
-    recipe = {
-        "requirements": requirements.read_text(encoding="utf-8"),
-        "python": f"{sys.implementation.name}{sys.version_info.major}.{sys.version_info.minor}",
-        "machine": platform.machine(),
-        "boto3": _runtime_boto3_version(),
-        "layout": "python/ + runtime/",
-    }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-
-
-def ensure_local_deps(requirements: Path = REQUIREMENTS, root: Path = LOCAL_DEPS_ROOT) -> LocalDeps:
-    """The requirements installed for this machine's platform, installing them once per recipe (cached by hash).
-
-    The dependency layer the assembly ships holds aarch64 wheels for Lambda's
-    Python; this is the same pinned list for the interpreter that runs here.
-    Packages the runtime provides are pruned from the layer exactly as the
-    real layer build prunes them, and installed on their own as the runtime's.
-    """
-    key = local_deps_key(requirements)
-    target = root / key[:16]
-    deps = LocalDeps(layer_dir=target, runtime_dir=target / "runtime")
-    stamp = target / ".complete"
-    if _stamped(stamp, key):
-        return deps
-    root.mkdir(parents=True, exist_ok=True)
-    # Two stacks or test sessions starting together must not both install into the same directory.
-    with open(root / f"{key[:16]}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _stamped(stamp, key):
-            return deps
-        staging = root / f"{key[:16]}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        site = staging / "python"
-        _pip_install(site, ["-r", str(requirements)], f"the requirements in {requirements}")
-        prune_runtime_provided(site)
-        _pip_install(staging / "runtime", [f"boto3=={_runtime_boto3_version()}"], "boto3 (the runtime's SDK)")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        stamp.write_text(key + "\n")
-    return deps
-
-
-def _stamped(stamp: Path, key: str) -> bool:
-    return stamp.is_file() and stamp.read_text().strip() == key
-
-
-def _runtime_boto3_version() -> str:
-    # The Lambda runtime ships one boto3; the one this project is developed against stands in for it.
-    return metadata.version("boto3")
-
-
-def _pip_install(target: Path, what: list[str], description: str) -> None:
-    target.mkdir(parents=True)
-    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
-    command += ["--target", str(target), *what]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        shutil.rmtree(target.parent, ignore_errors=True)
-        detail = (completed.stderr or completed.stdout).strip().splitlines()[-8:]
-        raise LocalDepsUnavailable(
-            f"Cannot install {description} for the local Lambda runtime (pip exited {completed.returncode}):\n  "
-            + "\n  ".join(detail)
-            + "\nThe local stack runs every function with these packages; check the network route to the "
-            "package index, or the pins in requirements.txt."
-        )
-
-
-# ---------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
@@ -485,40 +393,6 @@ class LambdaFunction:
             self._in_process = _InProcess(handler, name, concurrency)
         self.configure(environment=environment, credentials=credentials, endpoint_url=endpoint_url)
 
-    @classmethod
-    def from_topology(
-        cls,
-        function: topology.Function,
-        *,
-        package: str = "handlers",
-        name_prefix: str = "quanttrade-",
-        concurrency: int | None = None,
-        region: str = DEFAULT_REGION,
-        account: str = DEFAULT_ACCOUNT,
-        **configuration: Any,
-    ) -> LambdaFunction:
-        """The function as the topology declares it, from the source tree: the code and layer dirs the
-        assembly's assets are copied from, with the local dependency install standing in for the deps layer.
-
-        `configuration` takes the other keyword arguments of `LambdaFunction` (environment, credentials, ...).
-        """
-        if "code_dirs" not in configuration:
-            configuration["code_dirs"] = [REPO_ROOT.joinpath(*package.split("."))]
-        if "layer_dirs" not in configuration:
-            deps = ensure_local_deps()
-            configuration["layer_dirs"] = [SHARED_LAYER_DIR, deps.layer_dir]
-            configuration.setdefault("runtime_dir", deps.runtime_dir)
-        return cls(
-            f"{name_prefix}{function.name}",
-            function.handler,
-            timeout_seconds=function.timeout_seconds,
-            memory_mb=function.memory_mb,
-            concurrency=concurrency or function.reserved_pool,
-            region=region,
-            account=account,
-            **configuration,
-        )
-
     def configure(
         self,
         *,
@@ -681,7 +555,7 @@ class LambdaFunction:
         self.cold_starts += 1
         runtime_dir = self._runtime_dir
         if runtime_dir is None:
-            runtime_dir = (await pool.loop.run_in_executor(None, ensure_local_deps)).runtime_dir
+            runtime_dir = await pool.loop.run_in_executor(None, runtime_provided)
         path = [str(d) for d in self.code_dirs]
         path += [str(layer / "python") for layer in self.layer_dirs]
         path.append(str(runtime_dir))

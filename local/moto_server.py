@@ -225,12 +225,6 @@ class MotoServer:
             **CREDENTIALS,
         )
 
-    def provision(self, settings: Any) -> tuple[Any, dict[str, Any]]:
-        """Tables, queues, bus and rules exactly as ``local/provision.py`` declares them from the topology."""
-        from local.provision import provision
-
-        return provision(self.client("dynamodb"), self.client("sqs"), self.client("events"), settings)
-
 
 # ---------------------------------------------------------------------- the child process
 

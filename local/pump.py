@@ -1,6 +1,6 @@
 """SQS event source mappings for the local stack: what Lambda's poller does, against moto.
 
-For every function with `consumes` in the topology, a `QueuePump` long-polls
+For every event source mapping of the template, a `QueuePump` long-polls
 its queue, hands each batch to the function exactly as Lambda's SQS event
 source mapping would (record shape, batch size, one batch in flight per queue
 so FIFO groups keep their order), and honours the answer:
@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from local.lambda_runtime import LambdaFunction
-from quanttrade_ws import topology
 
 logger = logging.getLogger("quanttrade.local.pump")
 
@@ -132,25 +131,6 @@ class QueuePump:
         self._sequence_numbers: OrderedDict[str, str] = OrderedDict()
         self._last_sequence = 0
         self._idle = asyncio.Event()
-
-    @classmethod
-    def for_function(
-        cls,
-        declaration: topology.Function,
-        function: LambdaFunction,
-        sqs_factory: Callable[[], Any],
-        queue_url: str,
-        queue_arn: str,
-        **options: Any,
-    ) -> QueuePump:
-        """The mapping the topology declares: its queue's visibility timeout, the function's batch size."""
-        queue = declaration.consumes
-        if queue is None:
-            raise ValueError(f"{declaration.name} consumes no queue")
-        options.setdefault("batch_size", declaration.batch_size)
-        options.setdefault("visibility_timeout", queue.visibility_timeout_seconds)
-        options.setdefault("fifo", queue.fifo)
-        return cls(function, sqs_factory, queue_url, queue_arn, **options)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -382,29 +362,3 @@ def _lambda_message_attribute(value: dict[str, Any]) -> dict[str, Any]:
             binary = base64.b64encode(binary).decode()
         attribute["binaryValue"] = binary
     return attribute
-
-
-def pumps_from_topology(
-    functions: dict[str, LambdaFunction],
-    queues: dict[str, Any],
-    sqs_factory: Callable[[], Any],
-    *,
-    region: str = "us-east-1",
-    **options: Any,
-) -> list[QueuePump]:
-    """One pump per topology function that consumes a queue.
-
-    `functions` maps topology function names to their LambdaFunction; `queues`
-    maps queue logical ids to provision's QueueUrls (url, arn, dlq_url).
-    """
-    pumps = []
-    for declaration in topology.FUNCTIONS:
-        if declaration.consumes is None:
-            continue
-        urls = queues[declaration.consumes.logical_id]
-        pumps.append(
-            QueuePump.for_function(
-                declaration, functions[declaration.name], sqs_factory, urls.url, urls.arn, region=region, **options
-            )
-        )
-    return pumps

@@ -10,7 +10,6 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local.provision import provision
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier, mint_token
 from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import CountingMetrics, FanOut
@@ -18,6 +17,7 @@ from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.queues import InMemorySender
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import DynamoStore
+from tests.provision import provision
 
 SECRET = "test-secret"
 

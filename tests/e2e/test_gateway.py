@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from local.gateway import GatewayConfig, LocalGateway, handlers_from_topology, redact_query
+from local.gateway import GatewayConfig, LocalGateway, redact_query
 from local.lambda_runtime import LambdaContext, LambdaFunction, LambdaTimeoutError
 from local.principals import ADMIN_CREDENTIALS, Principals
 from local.signed_http import require_invoke
@@ -1071,28 +1071,6 @@ async def test_root_serves_a_page_to_browsers_and_the_websocket_to_clients(launc
 async def test_without_a_root_handler_plain_get_asks_for_an_upgrade(stack: Stack) -> None:
     async with aiohttp.ClientSession() as session, session.get(f"{stack.gateway.http_url}/") as response:
         assert response.status == 426
-
-
-def test_topology_routes_share_one_function_per_topology_function() -> None:
-    routes = handlers_from_topology(GatewayConfig(pool_sizes={"message": 3}))
-    assert routes["$default"] is routes["subscribe"] is routes["ping"]
-    assert routes["$connect"] is not routes["$disconnect"]
-    assert routes["$default"].concurrency == 3
-    assert routes["$connect"].concurrency == 8
-    assert routes["$connect"].name == "quanttrade-connect"
-    for function in {id(f): f for f in routes.values()}.values():
-        function.shutdown()
-
-
-async def test_a_gateway_built_from_the_topology_serves_every_declared_route() -> None:
-    # GIVEN the stage as the topology declares it (handler modules are not imported until invoked)
-    gateway = LocalGateway.from_topology(GatewayConfig(port=0))
-    functions = gateway.functions
-    # THEN every route and the authorizer have a function, sharing pools per topology function
-    assert set(functions) >= {"$connect", "$disconnect", "$default", "subscribe", "authorizer"}
-    assert functions["$default"] is functions["subscribe"]
-    assert functions["authorizer"].timeout_seconds == 5
-    await gateway.stop()
 
 
 # ---------------------------------------------------------------- the Lambda runtime

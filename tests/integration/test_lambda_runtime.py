@@ -14,12 +14,13 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from local import lambda_runtime
+from local.deps_layer import local_layer, runtime_provided
 from local.lambda_runtime import (
     REPO_ROOT,
     Credentials,
@@ -28,10 +29,7 @@ from local.lambda_runtime import (
     LambdaInitError,
     LambdaShutdownError,
     LambdaTimeoutError,
-    LocalDeps,
-    LocalDepsUnavailable,
     PreflightError,
-    ensure_local_deps,
     preflight,
 )
 
@@ -142,9 +140,17 @@ def decimals(event, context):
 """
 
 
+@dataclass(frozen=True)
+class LocalDeps:
+    layer_dir: Path  # the dependency layer's stand-in (it holds python/)
+    runtime_dir: Path  # what the Lambda runtime ships: boto3
+
+
 @pytest.fixture(scope="module")
 def deps() -> LocalDeps:
-    return ensure_local_deps()
+    from infra.layers_build import ensure_deps_layer
+
+    return LocalDeps(local_layer(ensure_deps_layer().path), runtime_provided())
 
 
 @pytest.fixture
@@ -276,37 +282,6 @@ async def test_imports_come_from_the_code_dir_the_layers_and_the_runtime_only(
     assert seen["pytest_error"] == "No module named 'pytest'"
     # AND the working directory is the task root, as on Lambda
     assert seen["cwd"] == str(code)
-
-
-def test_the_dependency_layer_leaves_the_runtimes_packages_to_the_runtime(deps: LocalDeps) -> None:
-    # GIVEN the local install of requirements.txt
-    layer = {entry.name for entry in (deps.layer_dir / "python").iterdir()}
-    runtime = {entry.name for entry in deps.runtime_dir.iterdir()}
-    # THEN boto3 and botocore are only in the runtime's directory, as the real layer build prunes them
-    assert {"boto3", "botocore"} <= runtime
-    assert not {"boto3", "botocore"} & layer
-    assert {"pydantic", "jwt", "aws_lambda_powertools"} <= layer
-
-
-def test_a_warm_install_runs_no_pip(deps: LocalDeps, monkeypatch: pytest.MonkeyPatch) -> None:
-    # GIVEN the install is in place: WHEN it is ensured again with pip unavailable
-    def no_pip(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("pip ran for a cached install")
-
-    monkeypatch.setattr(lambda_runtime.subprocess, "run", no_pip)
-    # THEN the cache answers
-    assert ensure_local_deps() == deps
-
-
-def test_a_failing_install_says_what_failed(tmp_path: Path) -> None:
-    # GIVEN a requirements file pip cannot parse
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("this is not a requirement ===\n")
-    # WHEN the local dependencies are ensured THEN the error names the file and carries pip's reason
-    with pytest.raises(LocalDepsUnavailable, match=r"(?s)Cannot install the requirements in .*requirements\.txt.*"):
-        ensure_local_deps(requirements, root=tmp_path / "deps")
-    # AND nothing half-installed is left to be mistaken for a cache
-    assert not any(path.name.endswith(".staging") for path in (tmp_path / "deps").iterdir())
 
 
 # ---------------------------------------------------------------- lifecycle

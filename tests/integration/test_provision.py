@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from local.cloud import Clients, CloudAssembly, provision
 from local.moto_server import MotoServer
 from quanttrade_ws import topology
-from quanttrade_ws.config import Settings
 from quanttrade_ws.protocol import KNOWN_ACTIONS, ErrorCode, ProtocolError, parse_client_frame
 from quanttrade_ws.upstream import DETAILS_BY_TYPE, parse_upstream_event
 
@@ -40,70 +40,17 @@ def load(*parts: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def provisioned() -> Iterator[tuple[MotoServer, Settings, dict[str, Any]]]:
+def provisioned(assembly: CloudAssembly) -> Iterator[tuple[MotoServer, str, str]]:
+    """moto with the template's resources; the bus name and the events queue (the one the rules feed)."""
     server = MotoServer(port=0).start()
-    settings, queues = server.provision(Settings(jwt_secret="x"))
-    yield server, settings, queues
+    deployment = provision(assembly.template, Clients.from_factory(server.client))
+    rule = next(rule for rule in assembly.template.rules.values() if rule.event_pattern)
+    yield server, deployment.ref(rule.bus_logical_id), deployment.ref(rule.targets[0].target_logical_id)
     server.stop()
 
 
-def test_every_table_has_the_declared_keys_indexes_and_ttl(provisioned: Any) -> None:
-    server, settings, _ = provisioned
-    dynamodb = server.client("dynamodb")
-    for table in topology.TABLES:
-        name = getattr(settings, table.env_var.lower())
-        description = dynamodb.describe_table(TableName=name)["Table"]
-        keys = {k["AttributeName"]: k["KeyType"] for k in description["KeySchema"]}
-        assert keys[table.partition_key] == "HASH"
-        if table.sort_key:
-            assert keys[table.sort_key] == "RANGE"
-        types = {a["AttributeName"]: a["AttributeType"] for a in description["AttributeDefinitions"]}
-        assert all(types[k] == table.key_type(k) for k in keys)
-        assert {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])} == {
-            i.name for i in table.indexes
-        }
-        ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
-        assert ttl["AttributeName"] == table.ttl_attribute
-
-
-def test_every_queue_is_fifo_with_its_dlq_and_redrive(provisioned: Any) -> None:
-    server, settings, queues = provisioned
-    sqs = server.client("sqs")
-    for queue in topology.QUEUES:
-        urls = queues[queue.logical_id]
-        attributes = sqs.get_queue_attributes(QueueUrl=urls.url, AttributeNames=["All"])["Attributes"]
-        assert attributes["FifoQueue"] == ("true" if queue.fifo else "false")
-        assert attributes["VisibilityTimeout"] == str(queue.visibility_timeout_seconds)
-        redrive = json.loads(attributes["RedrivePolicy"])
-        assert redrive["maxReceiveCount"] == queue.max_receive_count
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=urls.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
-        assert redrive["deadLetterTargetArn"] == dlq_arn["QueueArn"]
-    assert settings.delivery_queue_url == queues[topology.DELIVERY_QUEUE.logical_id].url
-    assert settings.events_dlq_url == queues[topology.EVENTS_QUEUE.logical_id].dlq_url
-
-
-def test_each_source_has_a_rule_targeting_the_events_queue_with_its_group(provisioned: Any) -> None:
-    server, _, queues = provisioned
-    events = server.client("events")
-    for source in topology.SOURCES:
-        rule = events.describe_rule(Name=source.rule_logical_id, EventBusName=topology.EVENT_BUS_NAME)
-        assert json.loads(rule["EventPattern"]) == {"source": [source.source], "detail-type": [source.detail_type]}
-        (target,) = events.list_targets_by_rule(Rule=source.rule_logical_id, EventBusName=topology.EVENT_BUS_NAME)[
-            "Targets"
-        ]
-        assert target["Arn"] == queues[topology.EVENTS_QUEUE.logical_id].arn
-        assert target["SqsParameters"] == {"MessageGroupId": source.message_group}
-
-
-def test_provisioning_twice_is_harmless(provisioned: Any) -> None:
-    server, settings, queues = provisioned
-    again, queues_again = server.provision(settings)
-    assert queues_again == queues
-    assert again.delivery_queue_url == settings.delivery_queue_url
-
-
 def test_a_published_event_reaches_the_events_queue_in_its_source_group(provisioned: Any) -> None:
-    server, _, queues = provisioned
+    server, bus, events_queue = provisioned
     sample = load("eventbridge", "alert.json")
     server.client("events").put_events(
         Entries=[
@@ -111,20 +58,20 @@ def test_a_published_event_reaches_the_events_queue_in_its_source_group(provisio
                 "Source": sample["source"],
                 "DetailType": sample["detail-type"],
                 "Detail": json.dumps(sample["detail"]),
-                "EventBusName": topology.EVENT_BUS_NAME,
+                "EventBusName": bus,
             }
         ]
     )
     sqs = server.client("sqs")
     response = sqs.receive_message(
-        QueueUrl=queues[topology.EVENTS_QUEUE.logical_id].url,
+        QueueUrl=events_queue,
         WaitTimeSeconds=5,
         MessageSystemAttributeNames=["MessageGroupId"],
     )
     (message,) = response["Messages"]
     assert message["Attributes"]["MessageGroupId"] == "alerting"
     assert parse_upstream_event(json.loads(message["Body"])).detail.stream == "alerts:TSLA"
-    sqs.delete_message(QueueUrl=queues[topology.EVENTS_QUEUE.logical_id].url, ReceiptHandle=message["ReceiptHandle"])
+    sqs.delete_message(QueueUrl=events_queue, ReceiptHandle=message["ReceiptHandle"])
 
 
 # ---------------------------------------------------------------- sample events
@@ -204,14 +151,14 @@ def test_sqs_samples_are_lambda_batches_from_their_queue(sample: str, queue: top
 def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_limits(provisioned: Any) -> None:
     from local.simulator import MAX_ENTRIES_PER_CALL, MarketSimulator
 
-    server, _, queues = provisioned
-    simulator = MarketSimulator(lambda: server.client("events"), rate=6.0, seed=7)
+    server, bus, events_queue = provisioned
+    simulator = MarketSimulator(lambda: server.client("events"), rate=6.0, seed=7, event_bus_name=bus)
     entries = [entry for second in range(600) for entry in simulator.entries_for(1.0, now=1_800_000_000.0 + second)]
     sources = {s.detail_type: s.source for s in topology.SOURCES}
     assert {entry["DetailType"] for entry in entries} == set(sources)
     for entry in entries:
         assert entry["Source"] == sources[entry["DetailType"]]
-        assert entry["EventBusName"] == topology.EVENT_BUS_NAME
+        assert entry["EventBusName"] == bus
         event = {
             "id": "x",
             "source": entry["Source"],
@@ -229,7 +176,7 @@ def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_li
     assert MAX_ENTRIES_PER_CALL == 10
     assert simulator.publish(batch) == 23
     sqs = server.client("sqs")
-    url = queues[topology.EVENTS_QUEUE.logical_id].url
+    url = events_queue
     arrived = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
     assert int(arrived["ApproximateNumberOfMessages"]) == 23
     sqs.purge_queue(QueueUrl=url)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from local.provision import provision
 from quanttrade_ws.config import Limits, Settings
 from quanttrade_ws.models import Connection
 from quanttrade_ws.store import ROOM_META, Outcome
 from tests.conftest import Clock, Wired
+from tests.provision import provision
 
 
 def connection_of(wired: Wired, connection_id: str) -> Connection:

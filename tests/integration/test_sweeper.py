@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 import handlers.sweeper
-from local.provision import provision
 from quanttrade_ws import topology
 from quanttrade_ws.config import Limits, Settings
 from quanttrade_ws.gateway import GatewayError
@@ -26,6 +25,7 @@ from quanttrade_ws.runtime import Runtime
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Clock, Wired
 from tests.lambda_events import LambdaContext
+from tests.provision import provision
 
 # The shared fixture's test secret is shorter than PyJWT recommends; handlers flush no metrics on some calls.
 pytestmark = [

@@ -1,7 +1,9 @@
-"""Creates the local stack's tables, queues, bus and rules from the topology the CDK stack deploys.
+"""The topology's tables, queues, bus and rules in moto, for the domain's integration tests.
 
-Same declarations, same keys, indexes, FIFO-ness, redrive policies and rules:
-the local stack cannot drift from what `cdk deploy` creates.
+The CDK stack is built from the same declarations, so these tests exercise the
+keys, indexes and queues that deploy, without paying for a synthesis per test.
+The local stack itself provisions from the synthesized template instead
+(`local.cloud.provision`), and tests/integration/test_assembly.py checks that.
 """
 
 from __future__ import annotations
