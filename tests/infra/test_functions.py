@@ -80,19 +80,6 @@ def test_environment_carries_powertools_and_the_functions_resources(synth: Synth
             assert env[declared.dead_letters_of.dlq_env_var] == {"Ref": synth.logical_id(dlq)}
 
 
-def test_posting_functions_know_the_management_endpoint(synth: Synth) -> None:
-    api_id = synth.logical_id(synth.stack.websocket.api)
-    for declared in topology.FUNCTIONS:
-        env = _env(synth, declared)
-        if declared.posts_to_connections:
-            endpoint = env["QT_MANAGEMENT_ENDPOINT"]["Fn::Join"][1]
-            assert endpoint[0] == "https://"
-            assert {"Ref": api_id} in endpoint
-            assert endpoint[-1] == "/prod"
-        else:
-            assert "QT_MANAGEMENT_ENDPOINT" not in env, declared.name
-
-
 def test_context_settings_reach_every_function(synth: Synth) -> None:
     for declared in topology.FUNCTIONS:
         env = _env(synth, declared)
