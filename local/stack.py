@@ -277,7 +277,7 @@ class LocalStack:
 
         secret_values = {}
         if self.config.secret():
-            secret_values = {logical_id: str(self.config.secret()) for logical_id in template.secrets}
+            secret_values = {self._signing_key_secret(template): str(self.config.secret())}
         self.deployment = deployment = await loop.run_in_executor(
             None,
             lambda: provision(
@@ -401,12 +401,22 @@ class LocalStack:
         environment.pop("QT_JWT_SECRET_ARN", None)
         return Settings.from_env({**environment, "QT_JWT_SECRET": self.secret})
 
+    @staticmethod
+    def _signing_key_secret(template: Template) -> str:
+        """The secret the functions verify access tokens with: the one `QT_JWT_SECRET_ARN` names."""
+        named = {
+            value["Ref"]
+            for function in template.functions.values()
+            if isinstance(value := function.environment.get("QT_JWT_SECRET_ARN"), dict) and "Ref" in value
+        }
+        secrets = named & set(template.secrets)
+        if len(secrets) != 1:
+            raise StackStartError(f"QT_JWT_SECRET_ARN names secrets {sorted(named)}; expected one of the template's")
+        return secrets.pop()
+
     def _read_signing_key(self) -> str:
         """The key the stack's secret holds, read through Secrets Manager as the functions read it."""
-        secrets = self.template.secrets
-        if len(secrets) != 1:
-            raise StackStartError(f"expected one signing-key secret in the template, found {sorted(secrets)}")
-        arn = self._deployment().ref(next(iter(secrets)))
+        arn = self._deployment().ref(self._signing_key_secret(self.template))
         return str(self.moto.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
 
     def _pumps(self) -> list[QueuePump]:
@@ -458,7 +468,7 @@ class LocalStack:
         outputs = {
             **self._outputs(),
             "LocalAwsEndpoint": self.aws_endpoint_url,
-            "LocalSigningKeySecretArn": self._deployment().ref(next(iter(self.template.secrets))),
+            "LocalSigningKeySecretArn": self._deployment().ref(self._signing_key_secret(self.template)),
         }
         OUTPUTS_FILE.parent.mkdir(parents=True, exist_ok=True)
         OUTPUTS_FILE.write_text(json.dumps({self.template.stack_name: outputs}, indent=2) + "\n", encoding="utf-8")
