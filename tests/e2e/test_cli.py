@@ -205,8 +205,9 @@ async def test_stats_and_the_admin_routes_with_outputs_are_signed_requests_to_ad
 
     stats, info, subscriptions, members, missing = await asyncio.gather(
         run_cli(target, "stats", *deployed),
-        run_cli(target, "connection", client.client_id, *deployed),
-        run_cli(target, "subscriptions", client.client_id, *deployed),
+        # "--": a connection id may start with "-", which argparse would take for an option
+        run_cli(target, "connection", *deployed, "--", client.client_id),
+        run_cli(target, "subscriptions", *deployed, "--", client.client_id),
         run_cli(target, "members", "desk-cli", *deployed),
         run_cli(target, "connection", "no-such-connection=", *deployed),
     )
