@@ -17,7 +17,7 @@ from quanttrade_ws.fanout import CountingMetrics, FanOut
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.queues import InMemorySender
 from quanttrade_ws.service import RealtimeService
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store import Backoff, DynamoStore
 
 SECRET = "test-secret"
 
@@ -48,7 +48,7 @@ class Wired:
     def __init__(self, settings: Settings, dynamodb: Any, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = DynamoStore(settings, dynamodb, clock=clock)
+        self.store = DynamoStore(settings, dynamodb, clock=clock, backoff=Backoff(sleep=clock.advance))
         self.gateway = InMemoryGateway()
         self.sender = InMemorySender()
         self.metrics = CountingMetrics()
@@ -61,6 +61,7 @@ class Wired:
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,
+            metrics=self.metrics,
         )
         self.fanout = FanOut(
             settings,

@@ -68,6 +68,7 @@ class Runtime:
             self.gateway,
             SessionTokens(lambda: self.secret),
             token_verifier=lambda: self.token_verifier,
+            metrics=metrics,
         )
 
     @functools.cached_property

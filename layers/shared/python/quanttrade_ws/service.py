@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
@@ -41,6 +41,9 @@ from quanttrade_ws.protocol import (
 )
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
+
+if TYPE_CHECKING:
+    from quanttrade_ws.fanout import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class RealtimeService:
         token_verifier: Callable[[], TokenVerifier] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -81,6 +85,7 @@ class RealtimeService:
         self._token_verifier = token_verifier
         self.clock = clock
         self.sleep = sleep
+        self.metrics = metrics
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,6 +184,8 @@ class RealtimeService:
             self.reply(connection_id, error_message(error.code, error.message, error.request_id or request_id))
         except Exception:
             logger.exception("frame failed")
+            if self.metrics is not None:
+                self.metrics.add_metric("InternalErrors", "Count", 1)
             self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
 
     def _expire(self, connection_id: str, request_id: str | None) -> None:
