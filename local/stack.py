@@ -36,6 +36,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -184,7 +185,9 @@ class LocalStack:
             aws_endpoint_url=self.moto.endpoint_url,
             idle_timeout_seconds=max(1, int(self.config.idle_timeout)),
             log_level=self.config.log_level,
-            **self.config.settings_overrides,
+            # Session tokens have a key of their own. Nothing outside this stack checks them, and the
+            # sessions they name live in moto's memory, so a fresh key per start is enough.
+            **{"session_secret": secrets.token_urlsafe(32), **self.config.settings_overrides},
         )
         self.settings, self.queues = await loop.run_in_executor(None, self.moto.provision, settings)
         if self.config.queue_visibility_timeout is not None:

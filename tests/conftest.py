@@ -20,6 +20,7 @@ from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore
 
 SECRET = "test-secret"
+SESSION_SECRET = "test-session-secret"
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -57,7 +58,7 @@ class Wired:
             settings,
             self.store,
             self.gateway,
-            SessionTokens(SECRET),
+            SessionTokens(SESSION_SECRET),
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,
@@ -106,7 +107,12 @@ class Wired:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(jwt_secret=SECRET, delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo")
+    return Settings(
+        jwt_secret=SECRET,
+        session_secret=SESSION_SECRET,
+        delivery_queue_url="delivery.fifo",
+        events_dlq_url="events-dlq.fifo",
+    )
 
 
 @pytest.fixture

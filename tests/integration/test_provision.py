@@ -42,7 +42,7 @@ def load(*parts: str) -> Any:
 @pytest.fixture(scope="module")
 def provisioned() -> Iterator[tuple[MotoServer, Settings, dict[str, Any]]]:
     server = MotoServer(port=0).start()
-    settings, queues = server.provision(Settings(jwt_secret="x"))
+    settings, queues = server.provision(Settings(jwt_secret="x", session_secret="y"))
     yield server, settings, queues
     server.stop()
 

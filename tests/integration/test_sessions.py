@@ -279,13 +279,13 @@ def test_resume_with_a_tampered_session_token_fails(wired: Wired) -> None:
     # GIVEN a victim's session, and an attacker who edits its own token to name the victim's session id
     wired.connect("victim", user_id="victim")
     victim_token = hello(wired, "victim")
-    victim_session = json.loads(base64.urlsafe_b64decode(victim_token.split(".")[0] + "=="))["sid"]
+    victim_session = json.loads(base64.urlsafe_b64decode(victim_token.split(".")[1] + "=="))["sid"]
     wired.connect("attacker", user_id="attacker")
     attacker_token = hello(wired, "attacker")
-    body = base64.urlsafe_b64encode(
-        json.dumps({"sid": victim_session, "uid": "attacker", "exp": int(wired.clock()) + 3600}).encode()
-    )
-    tampered = f"{body.rstrip(b'=').decode()}.{attacker_token.split('.')[1]}"
+    header, payload, signature = attacker_token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    body = base64.urlsafe_b64encode(json.dumps({**claims, "sid": victim_session}).encode())
+    tampered = f"{header}.{body.rstrip(b'=').decode()}.{signature}"
     assert_auth_failed(resume(wired, "attacker", tampered))
 
 
