@@ -20,7 +20,7 @@ from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore
 
 SECRET = "test-secret"
-SESSION_SECRET = "test-session-secret"
+SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -82,12 +82,14 @@ class Wired:
         permissions: tuple[str, ...] = ALL_PERMISSIONS,
         level: str = "premium",
         expires_in: int = 3600,
+        issued_at: int = 0,
     ) -> str:
         identity = Identity(
             user_id=user_id,
             permissions=frozenset(permissions),
             subscription_level=level,
             token_expires_at=int(self.clock()) + expires_in,
+            token_issued_at=issued_at,
         )
         self.gateway.connect(connection_id)
         self.service.connect(connection_id, identity)

@@ -325,6 +325,7 @@ def test_identity_round_trips_through_the_authorizer_context() -> None:
         permissions=frozenset({"read:alerts", "rooms:join"}),
         subscription_level="premium",
         token_expires_at=1_900_000_000,
+        token_issued_at=1_899_990_000,
     )
     context = identity.to_authorizer_context()
     assert all(isinstance(v, str | int | bool) for v in context.values())

@@ -105,6 +105,7 @@ class Identity(BaseModel):
     permissions: frozenset[str] = frozenset()
     subscription_level: str = "free"
     token_expires_at: int = 0  # epoch seconds
+    token_issued_at: int = 0  # the token's `iat`: a refresh may not go back to an older token
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions or "admin" in self.permissions
@@ -117,6 +118,7 @@ class Identity(BaseModel):
             "permissions": ",".join(sorted(self.permissions)),
             "subscription_level": self.subscription_level,
             "token_expires_at": self.token_expires_at,
+            "token_issued_at": self.token_issued_at,
         }
 
     @classmethod
@@ -128,6 +130,7 @@ class Identity(BaseModel):
             permissions=frozenset(p for p in permissions.split(",") if p),
             subscription_level=str(context.get("subscription_level") or "free"),
             token_expires_at=int(context.get("token_expires_at") or 0),
+            token_issued_at=int(context.get("token_issued_at") or 0),
         )
 
 
@@ -215,6 +218,7 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
             permissions=frozenset(p for p in permissions if p in KNOWN_PERMISSIONS),
             subscription_level=level,
             token_expires_at=int(claims["exp"]),
+            token_issued_at=int(claims.get("iat") or 0),
         )
     except ValidationError:
         raise AuthError("Token subject is not acceptable") from None
@@ -231,6 +235,7 @@ def mint_token(
     issuer: str = "quanttrade-auth",
     audience: str = "quanttrade-websocket",
     not_before: int | None = None,
+    issued_at: int | None = None,
 ) -> str:
     """An HS256 access token as the platform's auth service issues them (used locally and in tests)."""
     import jwt
@@ -238,7 +243,7 @@ def mint_token(
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user_id,
-        "iat": now,
+        "iat": now if issued_at is None else issued_at,
         "exp": now + expires_in,
         "iss": issuer,
         "aud": audience,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
 from typing import Any
@@ -30,6 +31,7 @@ from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, Stre
 
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
 SESSION_PREFIX = "session#"
+SPENT_PREFIX = "spent#"  # a session token (by its jti) that has resumed once
 USER_RATE_PREFIX = "user#"
 EVENT_PREFIX = "event#"
 
@@ -211,6 +213,7 @@ class DynamoStore:
             "permissions": _s(",".join(sorted(identity.permissions))),
             "subscription_level": _s(identity.subscription_level),
             "token_expires_at": _n(identity.token_expires_at),
+            "token_issued_at": _n(identity.token_issued_at),
             "connected_at": _n(connection.connected_at),
             "last_activity": _n(connection.last_activity),
             "room_count": _n(0),
@@ -280,18 +283,22 @@ class DynamoStore:
         return _int(result["Attributes"], "rl_warnings")
 
     def update_identity(self, connection_id: str, identity: Identity) -> bool:
+        """Replace the connection's identity, only by one of the same user from a token no older (`iat`)
+        than the current one: of two refreshes racing, the older token cannot land last."""
         try:
             self._db.update_item(
                 TableName=self.connections_table,
                 Key={"pk": _s(connection_id)},
                 # `permissions` is a DynamoDB reserved word: it must go through a name placeholder.
-                UpdateExpression="SET #p = :p, subscription_level = :l, token_expires_at = :e",
-                ConditionExpression="attribute_exists(pk) AND user_id = :u",
+                UpdateExpression="SET #p = :p, subscription_level = :l, token_expires_at = :e, token_issued_at = :i",
+                ConditionExpression="attribute_exists(pk) AND user_id = :u"
+                " AND (attribute_not_exists(token_issued_at) OR token_issued_at <= :i)",
                 ExpressionAttributeNames={"#p": "permissions"},
                 ExpressionAttributeValues={
                     ":p": _s(",".join(sorted(identity.permissions))),
                     ":l": _s(identity.subscription_level),
                     ":e": _n(identity.token_expires_at),
+                    ":i": _n(identity.token_issued_at),
                     ":u": _s(identity.user_id),
                 },
             )
@@ -372,6 +379,7 @@ class DynamoStore:
                 permissions=frozenset(p for p in permissions.split(",") if p),
                 subscription_level=_str(item, "subscription_level", "free"),
                 token_expires_at=_int(item, "token_expires_at"),
+                token_issued_at=_int(item, "token_issued_at"),
             ),
             connected_at=_int(item, "connected_at"),
             last_activity=_int(item, "last_activity"),
@@ -413,6 +421,26 @@ class DynamoStore:
             )
         except self._errors.ConditionalCheckFailedException:
             return False
+        return True
+
+    def spend_session_token(self, token_id: str, expires_at: int) -> bool:
+        """Mark a session token used, once: False when it already was.
+
+        One conditional write, so of two resumes racing with one token exactly one
+        wins. The marker lives as long as the token could still be presented.
+        """
+        key = {"pk": _s(SPENT_PREFIX + token_id)}
+        attempt = uuid.uuid4().hex  # tells this call's own write from an earlier spend
+        try:
+            self._db.put_item(
+                TableName=self.connections_table,
+                Item={**key, "kind": _s("spent_session_token"), "attempt": _s(attempt), "expires_at": _n(expires_at)},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._errors.ConditionalCheckFailedException:
+            # A write retried after its first attempt landed (a timeout) finds its own marker: still a win.
+            found = self._db.get_item(TableName=self.connections_table, Key=key, ConsistentRead=True).get("Item")
+            return bool(found) and _str(found, "attempt") == attempt
         return True
 
     def load_session(self, session_id: str) -> SessionSnapshot | None:
