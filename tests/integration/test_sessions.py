@@ -484,7 +484,7 @@ def test_of_two_concurrent_resumes_with_one_token_exactly_one_wins(
         barrier.wait()
         return spend(*args)
 
-    racing.store.spend_session_token = spend_together  # type: ignore[method-assign]
+    racing.store.spend_session_token = spend_together  # type: ignore[method-assign,assignment]
     # WHEN both resume at once
     replies: dict[str, dict[str, Any]] = {}
     threads = [threading.Thread(target=lambda c=c: replies.update({c: resume(racing, c, token)})) for c in "ab"]

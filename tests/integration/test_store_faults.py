@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.config import Config
 from botocore.parsers import create_parser
 
@@ -86,7 +87,7 @@ class Inject:
         error_shape = model.service_model.shape_for_error_code(parsed["Error"]["Code"])
         if error_shape is not None:
             parsed.update(parser.parse(response, error_shape))
-        return AWSResponse(params["url"], status, headers, None), parsed
+        return AWSResponse(params["url"], status, HTTPHeaders.from_dict(headers), None), parsed
 
     def __enter__(self) -> Inject:
         self.client.meta.events.register(f"before-call.dynamodb.{self.operation}", self)

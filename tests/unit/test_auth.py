@@ -426,12 +426,12 @@ def test_a_session_token_needs_every_claim() -> None:
 
 def test_session_tokens_refuse_other_algorithms() -> None:
     now = int(time.time())
-    claims_ = {"iss": "quanttrade-websocket", "aud": "quanttrade-session", "sub": "u", "sid": "s", "jti": "j"}
-    claims_["exp"] = now + 60
+    claims_: dict[str, Any] = {"iss": "quanttrade-websocket", "aud": "quanttrade-session", "sub": "u", "sid": "s"}
+    claims_.update(jti="j", exp=now + 60)
     with pytest.raises(AuthError):
         SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, SESSION_SECRET, algorithm="HS512"))
     with pytest.raises(AuthError):
-        SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, None, algorithm="none"))
+        SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, "", algorithm="none"))
 
 
 # ---------------------------------------------------------------- keys: bounded age, rotation

@@ -859,10 +859,14 @@ async def test_each_reconnect_resumes_with_the_token_the_previous_resume_returne
     hello_token = client.session_token
 
     # WHEN the connection drops three times in a row
-    for number in (1, 2, 3):
+    async def drop_and_reconnect(number: int) -> None:
         await server.drop(server.connection(number))
-        await eventually(lambda n=number: len(server.connections) > n and client.connected, what="the reconnect")
-        await eventually(lambda n=number: client.session_token == hello_token + "+" * n, what="the fresh token")
+        expected = f"{hello_token}{'+' * number}"
+        await eventually(lambda: len(server.connections) > number and client.connected, what="the reconnect")
+        await eventually(lambda: client.session_token == expected, what="the fresh token")
+
+    for number in (1, 2, 3):
+        await drop_and_reconnect(number)
 
     # THEN every reconnect resumed the session (no fallback to hello), each with the latest token
     resumes = server.frames("resume")

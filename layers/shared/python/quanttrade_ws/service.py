@@ -478,7 +478,7 @@ class RealtimeService:
         over = (connection.subscription_count if connection else 0) - limit
         if over <= 0:
             return []
-        trimmed = []
+        trimmed: list[str] = []
         for subscription in reversed(self.store.subscriptions_of(connection_id)):
             if len(trimmed) == over:
                 break

@@ -187,7 +187,7 @@ class DynamoStore:
                 config=Config(max_pool_connections=64, retries={"mode": "standard", "total_max_attempts": 1}),
             )
         self.backoff = backoff or Backoff()
-        self._raw = client
+        self._raw: Any = client
         self._db = _RetryingClient(client, self.backoff)
         self._errors = client.exceptions
         self._settings = settings
