@@ -147,10 +147,10 @@ class _RetryingClient:
         if not callable(operation):
             return operation
 
-        def call(**kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
             for attempt in range(self._backoff.attempts):
                 try:
-                    return operation(**kwargs)
+                    return operation(*args, **kwargs)
                 except self._client.exceptions.ClientError as error:
                     if _error_code(error) not in RETRYABLE_ERRORS or attempt + 1 == self._backoff.attempts:
                         raise
