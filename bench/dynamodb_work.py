@@ -52,7 +52,7 @@ def _measure(bystanders: int) -> dict[str, float]:
             client,
             boto3.client("sqs", region_name="us-east-1"),
             boto3.client("events", region_name="us-east-1"),
-            Settings(jwt_secret="bench", subscriber_cache_seconds=0),
+            Settings(jwt_secret="bench", session_secret="bench-session", subscriber_cache_seconds=0),
         )
         store = DynamoStore(settings, client)
         gateway = InMemoryGateway()

@@ -13,8 +13,9 @@ environment through `Settings.to_env()`):
 Single-field keys win over the JSON object. Every `Settings` field is accepted
 except those the stack itself owns: `region`, the table names, the queue and
 dead-letter queue URLs, `management_endpoint`, `aws_endpoint_url` (local stack
-only), `jwt_secret_arn`, and `jwt_secret`, which is refused outright because a
-value given here would end up in the template.
+only), `jwt_secret_arn`, `session_secret_arn`, and `jwt_secret` and
+`session_secret`, which are refused outright because a value given here would
+end up in the template.
 
 Infrastructure keys (see `InfraConfig` for defaults):
 
@@ -25,7 +26,7 @@ Infrastructure keys (see `InfraConfig` for defaults):
     removal_policy             retain | destroy | snapshot, for tables, secret and log groups (retain)
     domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
     jwks_url                   verify access tokens with RS256 against this JWKS URL (session
-                               tokens keep the generated key in Secrets Manager)
+                               tokens keep their generated key in Secrets Manager)
     event_archive_retention_days   replay window of the event bus archive (30)
     delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
     queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
@@ -56,7 +57,7 @@ def settings_field_for_env(env_var: str) -> str | None:
     # Asking from_env itself keeps this mapping in one place, the settings
     # model, instead of repeating its naming rules here.
     probe = "probe:" + env_var
-    parsed = Settings.from_env({env_var: probe, "QT_JWT_SECRET_ARN": "probe"})
+    parsed = Settings.from_env({env_var: probe, "QT_JWT_SECRET_ARN": "probe", "QT_SESSION_SECRET_ARN": "probe"})
     return next((name for name, value in parsed if value == probe), None)
 
 
@@ -70,7 +71,7 @@ def _resource_env_vars() -> list[str]:
 # Fields the stack fills from the resources it creates; a context value for
 # them would be silently overwritten, so it is rejected instead.
 STACK_OWNED_SETTINGS = frozenset(
-    {"region", "management_endpoint", "aws_endpoint_url", "jwt_secret_arn"}
+    {"region", "management_endpoint", "aws_endpoint_url", "jwt_secret_arn", "session_secret_arn"}
     | {field for field in map(settings_field_for_env, _resource_env_vars()) if field}
 )
 
@@ -160,6 +161,11 @@ def settings_overrides(node: Node) -> dict[str, Any]:
         raise ContextError(
             "settings.jwt_secret cannot be set through context: it would be written into the template. "
             "The stack generates the HS256 key in Secrets Manager; use jwks_url for RS256."
+        )
+    if "session_secret" in values:
+        raise ContextError(
+            "settings.session_secret cannot be set through context: it would be written into the template. "
+            "The stack generates the session-token key in Secrets Manager."
         )
     owned = STACK_OWNED_SETTINGS.intersection(values)
     if owned:

@@ -224,8 +224,9 @@ class Functions(Construct):
                 **declared.extra_env,
             }
         )
-        if "QT_JWT_SECRET" in env:
-            raise ContextError("refusing to put the JWT secret into a function's environment")
+        for secret in ("QT_JWT_SECRET", "QT_SESSION_SECRET"):
+            if secret in env:
+                raise ContextError(f"refusing to put {secret} into a function's environment")
         return env
 
     def _role(self, declared: topology.Function, log_group: logs.LogGroup) -> iam.Role:

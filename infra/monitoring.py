@@ -34,6 +34,7 @@ CUSTOM_METRICS = (
     "ConnectionsOpened",
     "ConnectionsClosed",
     "AuthorizerDenied",
+    "InternalErrors",
 )
 
 ONE_MINUTE = Duration.minutes(1)
@@ -110,6 +111,14 @@ class Monitoring(Construct):
             custom_metric("DeliveryFailed"),
             threshold=1,
             description="Posts to connections failed after all retries (not 410 Gone).",
+        )
+        # A client frame answered INTERNAL: DynamoDB kept conflicting or throttling past the
+        # store's retries, or failed for a reason that is no domain outcome.
+        self._alarm(
+            "InternalErrors",
+            custom_metric("InternalErrors"),
+            threshold=1,
+            description="Client frames answered INTERNAL (DynamoDB failures past the store's retries, or bugs).",
         )
         # Some 429s are expected at peaks and retried; three periods in a row
         # means the Management API quota is the bottleneck.
@@ -231,7 +240,13 @@ class Monitoring(Construct):
                 [custom_metric("ConnectionsOpened"), custom_metric("ConnectionsClosed"), api_metric("ConnectCount")],
             ),
             graph(
-                "Client messages", [api_metric("MessageCount"), api_metric("ClientError"), api_metric("ExecutionError")]
+                "Client messages",
+                [
+                    api_metric("MessageCount"),
+                    api_metric("ClientError"),
+                    api_metric("ExecutionError"),
+                    custom_metric("InternalErrors"),
+                ],
             ),
             graph("Authorizer", [custom_metric("AuthorizerDenied"), api_metric("IntegrationError")]),
         )

@@ -43,7 +43,7 @@ class QuantTradeStack(Stack):
         # Validate the context's settings before any resource exists, with
         # placeholders for what the stack will fill in, so a bad value fails
         # with one clear message instead of one per function.
-        placeholders: dict[str, str] = {"jwt_secret_arn": "pending"}
+        placeholders: dict[str, str] = {"jwt_secret_arn": "pending", "session_secret_arn": "pending"}
         if jwks_url:
             placeholders.update(jwt_algorithm="RS256", jwks_url=jwks_url)
         validated_settings(overrides, **placeholders)

@@ -61,7 +61,10 @@ class ConnectPayload(_Payload):
     """Answer to `hello`: the session and its limits."""
 
     client_id: str = Field(description="This connection's id (API Gateway connection id)")
-    session_token: str = Field(description="Signed session token; send it in `resume` after a reconnect")
+    session_token: str = Field(
+        description="Session token (a JWT, audience `quanttrade-session`); send it in `resume` after a reconnect. "
+        "Single-use: each `resumed` answer carries the next one"
+    )
     user_id: str
     limits: ConnectionLimits
 
@@ -119,7 +122,9 @@ class RefreshPayload(_Payload):
     success: bool
     expires_at: int = Field(description="Expiry of the new access token, epoch seconds")
     dropped: list[str] = Field(
-        default=[], description="Subscription keys and rooms removed because the new token no longer permits them"
+        default=[],
+        description="Subscription keys and rooms removed because the new token no longer permits them, then, "
+        "after a downgrade, the subscriptions over the new level's `max_subscriptions` (the last in key order first)",
     )
 
 
@@ -142,7 +147,9 @@ class ResumedPayload(_Payload):
     subscriptions: list[str] = Field(description="Subscription keys the session had; they are active again")
     rooms: list[str] = Field(description="Rooms the connection is back in")
     client_id: str
-    session_token: str = Field(description="A renewed session token; use it for the next resume")
+    session_token: str = Field(
+        description="The next session token; the one this resume used is spent (single-use), so keep this one"
+    )
 
 
 class ErrorPayload(_Payload):
@@ -255,15 +262,17 @@ SERVER_KINDS: list[ServerKind] = [
 ]
 
 ERROR_MEANINGS: dict[ErrorCode, str] = {
-    ErrorCode.AUTH_FAILED: "The access token or session token was refused or has expired. After `Session expired` "
-    "the server closes the connection: reconnect with a fresh token.",
+    ErrorCode.AUTH_FAILED: "The access token or session token was refused or has expired, a session token was "
+    "already used, or `refresh` sent a token older (`iat`) than the one in use. After `Session expired` the server "
+    "closes the connection: reconnect with a fresh token.",
     ErrorCode.RATE_LIMIT: "More frames per second than `limits.messages_per_second`. The frame was dropped and the "
     "error names no request; after repeated warnings the connection is closed.",
     ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached.",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
     ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
     ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -",
-    ErrorCode.INVALID_MESSAGE: "The frame is not JSON, misses a field, or has a bad value (an unknown filter, ...).",
+    ErrorCode.INVALID_MESSAGE: "The frame is not JSON, misses a field, or has a bad value (an unknown filter, an "
+    "`interval` outside 0.001-86400 s, ...).",
     ErrorCode.UNKNOWN_ACTION: "The `action` is none of the protocol's actions (the `receive` operations).",
     ErrorCode.FORBIDDEN: "The token lacks the permission: `read:<stream type>`, `rooms:join`, `rooms:send`, or the "
     "room's own (`read:market_data` for `market_data_*`, `read:predictions` for `predictions_*`, `read:alerts` "
@@ -319,7 +328,9 @@ ACTIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
     "refresh": (
         "Replace the access token of this connection before it expires (API Gateway checked the token only "
-        "at connect; the server enforces its expiry on every later frame).",
+        "at connect; the server enforces its expiry on every later frame). The new token must be no older "
+        "(`iat`) than the one in use, so an older, broader token cannot undo a downgrade. Streams and rooms the new "
+        "token does not permit, and subscriptions over its level's limit, are dropped and named in `dropped`.",
         ["refreshed"],
         {"action": "refresh", "request_id": "r8", "token": "<new access token>"},
     ),
@@ -328,6 +339,7 @@ ACTIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         "stream named in `last_seq` is replayed from the message after that seq (history is kept for "
         "`limits.history_seconds`). Replayed messages arrive before the `resumed` answer; live messages may "
         "arrive between them, so order by `seq` per stream and drop duplicates by (`stream`, `seq`). "
+        "A session token resumes once: `resumed` carries the next one, a spent token answers AUTH_FAILED. "
         "An unknown or expired session answers AUTH_FAILED: send `hello` and subscribe again.",
         ["resumed"],
         {
@@ -366,7 +378,7 @@ DATA_EXAMPLES: dict[MessageType, dict[str, Any]] = {
 REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
     "connect": {
         "client_id": "Yx1aQc3LoAMCJgw=",
-        "session_token": "eyJzaWQiOiI2ZjEifQ.c2lnbmF0dXJl",
+        "session_token": "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiI2ZjEifQ.c2lnbmF0dXJl",
         "user_id": "trader-42",
         "limits": {
             "max_subscriptions": 50,
@@ -400,7 +412,7 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "subscriptions": ["market_data:AAPL"],
         "rooms": ["desk.equities"],
         "client_id": "Yx1aQc3LoAMCJgw=",
-        "session_token": "eyJzaWQiOiI2ZjEifQ.bmV3c2ln",
+        "session_token": "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiI2ZjEifQ.bmV3c2ln",
     },
     "heartbeat": {},
     "error": {"error_code": "ROOM_FULL", "message": "Room 'desk.equities' is full"},

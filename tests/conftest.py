@@ -16,10 +16,11 @@ from quanttrade_ws.fanout import CountingMetrics, FanOut
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.queues import InMemorySender
 from quanttrade_ws.service import RealtimeService
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store import Backoff, DynamoStore
 from tests.provision import provision
 
 SECRET = "test-secret"
+SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -48,7 +49,7 @@ class Wired:
     def __init__(self, settings: Settings, dynamodb: Any, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = DynamoStore(settings, dynamodb, clock=clock)
+        self.store = DynamoStore(settings, dynamodb, clock=clock, backoff=Backoff(sleep=clock.advance))
         self.gateway = InMemoryGateway()
         self.sender = InMemorySender()
         self.metrics = CountingMetrics()
@@ -57,10 +58,11 @@ class Wired:
             settings,
             self.store,
             self.gateway,
-            SessionTokens(SECRET),
+            SessionTokens(SESSION_SECRET),
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,
+            metrics=self.metrics,
         )
         self.fanout = FanOut(
             settings,
@@ -80,12 +82,14 @@ class Wired:
         permissions: tuple[str, ...] = ALL_PERMISSIONS,
         level: str = "premium",
         expires_in: int = 3600,
+        issued_at: int = 0,
     ) -> str:
         identity = Identity(
             user_id=user_id,
             permissions=frozenset(permissions),
             subscription_level=level,
             token_expires_at=int(self.clock()) + expires_in,
+            token_issued_at=issued_at,
         )
         self.gateway.connect(connection_id)
         self.service.connect(connection_id, identity)
@@ -105,7 +109,12 @@ class Wired:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(jwt_secret=SECRET, delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo")
+    return Settings(
+        jwt_secret=SECRET,
+        session_secret=SESSION_SECRET,
+        delivery_queue_url="delivery.fifo",
+        events_dlq_url="events-dlq.fifo",
+    )
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ def test_settings_from_cdk_json_may_be_an_object() -> None:
     [
         ({"settings.jwt_secret": "hunter2"}, "written into the template"),
         ({"settings": '{"jwt_secret": "hunter2"}'}, "written into the template"),
+        ({"settings.session_secret": "hunter2"}, "written into the template"),
+        ({"settings.session_secret_arn": "arn:x"}, "set by the stack"),
         ({"settings.connections_table": "other"}, "set by the stack"),
         ({"settings.events_dlq_url": "https://x"}, "set by the stack"),
         ({"settings.no_such_field": "1"}, "unknown settings"),

@@ -97,18 +97,26 @@ def test_each_environment_rebuilds_valid_settings(synth: Synth) -> None:
         assert settings.connections_table == "resolved:CONNECTIONS_TABLE"
         assert settings.jwt_secret is None
         assert settings.jwt_secret_arn == "resolved:QT_JWT_SECRET_ARN"
+        assert settings.session_secret is None
+        assert settings.session_secret_arn == "resolved:QT_SESSION_SECRET_ARN"
 
 
-def test_the_jwt_key_is_never_in_an_environment_or_the_template(synth: Synth) -> None:
-    (secret_id, secret), *others = synth.resources("AWS::SecretsManager::Secret").items()
-    assert not others
-    assert "GenerateSecretString" in secret["Properties"]
-    assert "SecretString" not in secret["Properties"]
+def test_the_keys_are_never_in_an_environment_or_the_template(synth: Synth) -> None:
+    # GIVEN the stack's two generated keys: one for access tokens, one of its own for session tokens
+    secrets = synth.resources("AWS::SecretsManager::Secret")
+    access_id = synth.logical_id(synth.stack.token_key.secret)
+    session_id = synth.logical_id(synth.stack.token_key.session_secret)
+    assert set(secrets) == {access_id, session_id}
+    for secret in secrets.values():
+        assert "GenerateSecretString" in secret["Properties"]
+        assert "SecretString" not in secret["Properties"]
+    # THEN functions get their ARNs only
     for declared in topology.FUNCTIONS:
         env = _env(synth, declared)
         secret_keys = {key for key in env if "SECRET" in key}
-        assert secret_keys == {"QT_JWT_SECRET_ARN"}, declared.name
-        assert env["QT_JWT_SECRET_ARN"] == {"Ref": secret_id}
+        assert secret_keys == {"QT_JWT_SECRET_ARN", "QT_SESSION_SECRET_ARN"}, declared.name
+        assert env["QT_JWT_SECRET_ARN"] == {"Ref": access_id}
+        assert env["QT_SESSION_SECRET_ARN"] == {"Ref": session_id}
 
 
 def test_code_comes_from_the_handlers_directory_asset(synth: Synth) -> None:

@@ -133,3 +133,18 @@ def test_admin_reads_only(synth: Synth) -> None:
     }
     assert not actions & {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
     assert not any(action.startswith("secretsmanager:") for action in actions)
+
+
+def test_each_key_is_readable_only_by_the_functions_that_use_it(synth: Synth) -> None:
+    # GIVEN the access-token key and the session-token key
+    access_id = synth.logical_id(synth.stack.token_key.secret)
+    session_id = synth.logical_id(synth.stack.token_key.session_secret)
+    readers: dict[str, set[str]] = {access_id: set(), session_id: set()}
+    for declared in topology.FUNCTIONS:
+        for resource in _resources_for(_role_statements(synth, declared), "secretsmanager:GetSecretValue"):
+            for secret_id in readers:
+                if secret_id in resource:
+                    readers[secret_id].add(declared.name)
+    # THEN access tokens are verified by the authorizer and refresh (message); session tokens by message only
+    assert readers[access_id] == {topology.AUTHORIZER.name, topology.MESSAGE.name}
+    assert readers[session_id] == {topology.MESSAGE.name}

@@ -45,7 +45,7 @@ def test_authorizer_and_fanout_errors_are_alarmed(synth: Synth) -> None:
 
 
 def test_custom_delivery_metrics_are_alarmed(synth: Synth) -> None:
-    for name in ("DeliveryFailed", "Throttled"):
+    for name in ("DeliveryFailed", "Throttled", "InternalErrors"):
         (alarm,) = _alarms_on(synth, name, "QuantTrade")
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "websocket"}]
         assert alarm["Statistic"] == "Sum"
@@ -83,5 +83,12 @@ def test_every_alarm_notifies_the_encrypted_topic(synth: Synth) -> None:
 def test_dashboard_shows_connections_deliveries_and_lag(synth: Synth) -> None:
     (dashboard,) = synth.resources("AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
-    for metric in ("ConnectionsOpened", "ConnectionsClosed", "Delivered", "DeliveryLag", "DeliveryFailed"):
+    for metric in (
+        "ConnectionsOpened",
+        "ConnectionsClosed",
+        "Delivered",
+        "DeliveryLag",
+        "DeliveryFailed",
+        "InternalErrors",
+    ):
         assert metric in body, metric

@@ -22,7 +22,10 @@ from tests.integration.test_fanout import AAPL, ALL_MARKET_DATA, data, seqs, sub
 
 
 class DynamoOutage:
-    """Makes chosen DynamoDB calls fail like the service does under stress, via a botocore hook."""
+    """Makes chosen DynamoDB calls fail like the service does under stress, via a botocore hook.
+
+    InternalServerError is one the store retries: a failure meant to reach the fan-out must
+    last through the store's attempts."""
 
     def __init__(self, client: Any) -> None:
         self.rules: list[tuple[str, str, int]] = []  # (operation, text in the request, failures left)
@@ -233,7 +236,7 @@ def test_removing_a_gone_connection_may_fail_without_failing_the_batch(wired: Wi
 
 def test_a_sequencing_failure_fails_its_record_and_the_rest_of_its_group_only(wired: Wired, outage: DynamoOutage):
     # GIVEN subscribers of all market data and of AAPL predictions, and DynamoDB failing
-    # the write that records one AAPL event in its stream
+    # the write that records one AAPL event in its stream, through every one of the store's retries
     wired.connect("md")
     wired.connect("pred")
     subscribe(wired, "md", ALL_MARKET_DATA)
@@ -241,7 +244,7 @@ def test_a_sequencing_failure_fails_its_record_and_the_rest_of_its_group_only(wi
     first, broken, after = eb.market_data(price=1), eb.market_data(price=2), eb.market_data("MSFT", price=3)
     prediction = eb.prediction()
     batch = eb.records(first, broken, prediction, after)
-    outage.fail("TransactWriteItems", broken["id"])
+    outage.fail("TransactWriteItems", broken["id"], times=wired.store.backoff.attempts)
 
     # WHEN the batch is fanned out
     response = wired.fanout.process_events(batch)
@@ -263,12 +266,12 @@ def test_a_sequencing_failure_fails_its_record_and_the_rest_of_its_group_only(wi
 
 
 def test_a_failure_reading_the_audience_fails_the_record_and_keeps_its_seq(wired: Wired, outage: DynamoOutage):
-    # GIVEN an AAPL subscriber and a Query of AAPL's subscribers that fails once
+    # GIVEN an AAPL subscriber and a Query of AAPL's subscribers that fails once (past the store's retries)
     wired.connect("sub")
     subscribe(wired, "sub", AAPL)
     tick = eb.market_data()
     batch = eb.records(tick)
-    outage.fail("Query", "market_data:AAPL")
+    outage.fail("Query", "market_data:AAPL", times=wired.store.backoff.attempts)
 
     # WHEN the tick is fanned out, fails, and is redelivered
     first = wired.fanout.process_events(batch)

@@ -37,13 +37,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 
 SECRET = "log-hygiene-secret-0123456789abcdef"
 OTHER_SECRET = "not-the-service-secret-0123456789abc"
+SESSION_SECRET = "log-hygiene-session-secret-0123456789"
 METHOD_ARN = f"arn:aws:execute-api:us-east-1:123456789012:{API_ID}/production/$connect"
 INTERNAL_NAMES = ("Traceback", 'File "', ".py", "quanttrade_ws", "botocore", "DynamoStore", "ClientError")
 
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(jwt_secret=SECRET, delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo")
+    return Settings(
+        jwt_secret=SECRET,
+        session_secret=SESSION_SECRET,
+        delivery_queue_url="delivery.fifo",
+        events_dlq_url="events-dlq.fifo",
+    )
 
 
 @pytest.fixture

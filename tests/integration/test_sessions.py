@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from typing import Any
 
@@ -279,13 +280,13 @@ def test_resume_with_a_tampered_session_token_fails(wired: Wired) -> None:
     # GIVEN a victim's session, and an attacker who edits its own token to name the victim's session id
     wired.connect("victim", user_id="victim")
     victim_token = hello(wired, "victim")
-    victim_session = json.loads(base64.urlsafe_b64decode(victim_token.split(".")[0] + "=="))["sid"]
+    victim_session = json.loads(base64.urlsafe_b64decode(victim_token.split(".")[1] + "=="))["sid"]
     wired.connect("attacker", user_id="attacker")
     attacker_token = hello(wired, "attacker")
-    body = base64.urlsafe_b64encode(
-        json.dumps({"sid": victim_session, "uid": "attacker", "exp": int(wired.clock()) + 3600}).encode()
-    )
-    tampered = f"{body.rstrip(b'=').decode()}.{attacker_token.split('.')[1]}"
+    header, payload, signature = attacker_token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    body = base64.urlsafe_b64encode(json.dumps({**claims, "sid": victim_session}).encode())
+    tampered = f"{header}.{body.rstrip(b'=').decode()}.{signature}"
     assert_auth_failed(resume(wired, "attacker", tampered))
 
 
@@ -342,3 +343,159 @@ def test_resume_reattaches_only_what_the_new_token_permits(wired: Wired) -> None
     assert wired.store.rooms_of("new") == ["lobby"]
     assert reply["payload"]["rooms"] == ["lobby"]
     assert reply["payload"]["subscriptions"] == ["alerts:*"]
+
+
+# ---------------------------------------------------------------- refresh: downgrades stick
+
+
+def symbols(*names: str) -> dict[str, Any]:
+    return {"action": "subscribe", "streams": [{"stream_type": "market_data", "symbol": n} for n in names]}
+
+
+def test_a_downgrade_through_refresh_trims_the_subscriptions_over_the_new_limit(real_time: Wired) -> None:
+    wired = real_time
+    # GIVEN a premium connection with 8 subscriptions
+    wired.connect("c1", level="premium")
+    assert wired.send("c1", symbols("A", "B", "C", "D", "E", "F", "G", "H"))["message_type"] == "subscribe"
+    # WHEN it refreshes with a free token (limit 5)
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(subscription_level="free"), "request_id": "r"})
+    # THEN the last three in key order are dropped, and the reply names them
+    assert reply["message_type"] == "refresh", reply
+    assert reply["payload"]["dropped"] == ["market_data:H", "market_data:G", "market_data:F"]
+    remaining = [s.stream_key for s in wired.store.subscriptions_of("c1")]
+    assert remaining == [f"market_data:{s}" for s in "ABCDE"]
+    assert connection_of(wired, "c1").subscription_count == 5
+    assert connection_of(wired, "c1").identity.subscription_level == "free"
+    # AND the free limit holds from now on
+    assert wired.send("c1", symbols("Z"))["payload"]["error_code"] == "SUBSCRIPTION_LIMIT"
+
+
+def test_an_upgrade_or_a_same_level_refresh_drops_nothing(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", level="free")
+    wired.send("c1", symbols("A", "B", "C", "D", "E"))
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(subscription_level="free")})
+    assert reply["payload"]["dropped"] == []
+    assert connection_of(wired, "c1").subscription_count == 5
+
+
+def test_refresh_with_a_token_older_than_the_current_one_is_refused(real_time: Wired) -> None:
+    wired = real_time
+    now = int(time.time())
+    # GIVEN a premium connection that was downgraded to free by a token issued now
+    wired.connect("c1", level="premium", issued_at=now - 600)
+    premium = wired.token(subscription_level="premium", issued_at=now - 600)
+    downgrade = wired.token(subscription_level="free", issued_at=now)
+    assert wired.send("c1", {"action": "refresh", "token": downgrade})["message_type"] == "refresh"
+    # WHEN it refreshes with the older, broader token
+    reply = wired.send("c1", {"action": "refresh", "token": premium, "request_id": "old"})
+    # THEN AUTH_FAILED, and the downgrade stands
+    assert_auth_failed(reply)
+    assert reply["request_id"] == "old"
+    assert connection_of(wired, "c1").identity.subscription_level == "free"
+    assert connection_of(wired, "c1").identity.token_issued_at == now
+    # AND a token as new as the current one, or newer, is accepted
+    assert wired.send("c1", {"action": "refresh", "token": downgrade})["message_type"] == "refresh"
+    newer = wired.token(subscription_level="basic", issued_at=now + 1)
+    assert wired.send("c1", {"action": "refresh", "token": newer})["message_type"] == "refresh"
+    assert connection_of(wired, "c1").identity.subscription_level == "basic"
+
+
+def test_the_connect_tokens_iat_is_the_starting_point(real_time: Wired) -> None:
+    wired = real_time
+    now = int(time.time())
+    wired.connect("c1", issued_at=now)
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(issued_at=now - 1)})
+    assert_auth_failed(reply)
+
+
+# ---------------------------------------------------------------- session tokens are single-use
+
+
+def test_a_spent_session_token_is_refused(wired: Wired) -> None:
+    # GIVEN a session resumed once on a second connection
+    wired.connect("first")
+    token = hello(wired, "first")
+    wired.send("first", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("first")
+    wired.connect("second")
+    assert resume(wired, "second", token)["message_type"] == "resumed"
+    # WHEN the same token is presented again, on another connection or on the same one
+    wired.connect("third")
+    again = resume(wired, "third", token)
+    same = resume(wired, "second", token)
+    # THEN both get AUTH_FAILED, and the session stays where it is
+    assert_auth_failed(again)
+    assert_auth_failed(same)
+    assert "already used" in again["payload"]["message"]
+    assert wired.store.room_members("desk") == ["second"]
+    assert wired.store.rooms_of("third") == []
+
+
+def test_the_hello_token_and_each_resumed_token_are_distinct_and_single_use(wired: Wired) -> None:
+    wired.connect("c0")
+    tokens = [hello(wired, "c0")]
+    for n in range(1, 4):
+        wired.service.disconnect(f"c{n - 1}")
+        wired.connect(f"c{n}")
+        reply = resume(wired, f"c{n}", tokens[-1])
+        assert reply["message_type"] == "resumed", reply
+        tokens.append(reply["payload"]["session_token"])
+    assert len(set(tokens)) == len(tokens)
+    ids = {wired.service.session_tokens.verify(t, now=wired.clock()).token_id for t in tokens}
+    assert len(ids) == len(tokens)
+
+
+class SerialisedDynamoDB:
+    """DynamoDB applies each conditional write atomically; in-process moto takes no lock, so calls are serialised."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_of_two_concurrent_resumes_with_one_token_exactly_one_wins(
+    settings: Any, aws: dict[str, Any], wired: Wired
+) -> None:
+    # GIVEN a session with a room, and two new connections holding its token
+    racing = Wired(settings, SerialisedDynamoDB(aws["dynamodb"]), wired.clock)
+    racing.connect("first")
+    token = hello(racing, "first")
+    racing.send("first", {"action": "joinRoom", "room": "desk"})
+    racing.service.disconnect("first")
+    racing.connect("a")
+    racing.connect("b")
+    # ... both past the token's verification before either spends it
+    barrier = threading.Barrier(2, timeout=10)
+    spend = racing.store.spend_session_token
+
+    def spend_together(*args: Any) -> bool:
+        barrier.wait()
+        return spend(*args)
+
+    racing.store.spend_session_token = spend_together  # type: ignore[method-assign,assignment]
+    # WHEN both resume at once
+    replies: dict[str, dict[str, Any]] = {}
+    threads = [threading.Thread(target=lambda c=c: replies.update({c: resume(racing, c, token)})) for c in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # THEN exactly one is resumed and the other refused, and the room holds only the winner
+    kinds = sorted(reply["message_type"] for reply in replies.values())
+    assert kinds == ["error", "resumed"], replies
+    [winner] = [c for c, reply in replies.items() if reply["message_type"] == "resumed"]
+    [loser] = [c for c, reply in replies.items() if reply["message_type"] == "error"]
+    assert_auth_failed(replies[loser])
+    assert racing.store.room_members("desk") == [winner]

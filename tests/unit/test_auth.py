@@ -17,17 +17,20 @@ from quanttrade_ws.auth import (
     ALL_PERMISSIONS,
     AuthError,
     Identity,
+    KeyCache,
     Session,
     SessionTokens,
     TokenVerifier,
     identity_from_claims,
     mint_token,
+    secrets_manager_versions,
 )
 from quanttrade_ws.config import Settings
 from tests.jwks import serve_jwks
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs512-0123456789abcdef-0"
 KID = "test-key-1"
+SESSION_SECRET = "unit-test-session-secret-0123456789abcdef-0123456789abcdef"
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture
 def hs_verifier() -> TokenVerifier:
-    return TokenVerifier(Settings(jwt_secret=SECRET))
+    return TokenVerifier(Settings(jwt_secret=SECRET, session_secret=SESSION_SECRET))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def jwks_url(rsa_key: rsa.RSAPrivateKey) -> Iterator[str]:
 
 @pytest.fixture
 def rs_verifier(jwks_url: str) -> TokenVerifier:
-    return TokenVerifier(Settings(jwt_algorithm="RS256", jwks_url=jwks_url, jwt_secret=SECRET))
+    return TokenVerifier(Settings(jwt_algorithm="RS256", jwks_url=jwks_url, session_secret=SESSION_SECRET))
 
 
 def rs_token(key: rsa.RSAPrivateKey, **overrides: Any) -> str:
@@ -140,7 +143,9 @@ def test_wrong_audience(hs_verifier: TokenVerifier) -> None:
 
 def test_configured_issuer_and_audience_are_the_ones_checked() -> None:
     # GIVEN a verifier configured for another issuer and audience
-    verifier = TokenVerifier(Settings(jwt_secret=SECRET, jwt_issuer="iss-b", jwt_audience="aud-b"))
+    verifier = TokenVerifier(
+        Settings(jwt_secret=SECRET, session_secret=SESSION_SECRET, jwt_issuer="iss-b", jwt_audience="aud-b")
+    )
     # THEN the defaults are refused and the configured values are accepted
     assert refused(verifier, jwt.encode(claims(), SECRET, algorithm="HS256")) == "Token rejected"
     assert verifier.verify(jwt.encode(claims(iss="iss-b", aud="aud-b"), SECRET, algorithm="HS256")).user_id
@@ -307,7 +312,7 @@ def test_alg_none_against_rs256_verifier(rs_verifier: TokenVerifier) -> None:
 
 def test_rs256_settings_need_a_jwks_url() -> None:
     with pytest.raises(ValueError):
-        Settings(jwt_algorithm="RS256", jwt_secret=SECRET)
+        Settings(jwt_algorithm="RS256", session_secret=SESSION_SECRET)
 
 
 # ---------------------------------------------------------------- identity and authorizer context
@@ -320,6 +325,7 @@ def test_identity_round_trips_through_the_authorizer_context() -> None:
         permissions=frozenset({"read:alerts", "rooms:join"}),
         subscription_level="premium",
         token_expires_at=1_900_000_000,
+        token_issued_at=1_899_990_000,
     )
     context = identity.to_authorizer_context()
     assert all(isinstance(v, str | int | bool) for v in context.values())
@@ -340,28 +346,32 @@ def test_admin_permission_implies_every_other() -> None:
 
 
 def test_session_token_round_trips() -> None:
-    tokens = SessionTokens(SECRET)
-    session = Session("sid-1", "user-1", int(time.time()) + 60)
+    tokens = SessionTokens(SESSION_SECRET)
+    session = Session("sid-1", "user-1", int(time.time()) + 60, token_id="jti-1")
     assert tokens.verify(tokens.issue(session)) == session
+    # without a token id, each issue gets a fresh one
+    fresh = tokens.verify(tokens.issue(Session("sid-1", "user-1", int(time.time()) + 60)))
+    assert fresh.session_id == "sid-1" and fresh.token_id
 
 
 def test_forged_session_token() -> None:
     # GIVEN a session token signed with another secret
     forged = SessionTokens("attacker-secret").issue(Session("sid-1", "user-1", int(time.time()) + 60))
     with pytest.raises(AuthError, match="rejected"):
-        SessionTokens(SECRET).verify(forged)
+        SessionTokens(SESSION_SECRET).verify(forged)
 
 
 def test_tampered_session_token() -> None:
-    tokens = SessionTokens(SECRET)
-    _, mac = tokens.issue(Session("sid-1", "user-1", int(time.time()) + 60)).split(".")
-    body = b64(json.dumps({"sid": "sid-1", "uid": "victim", "exp": int(time.time()) + 60}).encode())
+    # GIVEN a genuine session token whose claims are swapped for another user's, signature kept
+    tokens = SessionTokens(SESSION_SECRET)
+    header, _, signature = tokens.issue(Session("sid-1", "user-1", int(time.time()) + 60)).split(".")
+    body = b64(json.dumps({"sid": "sid-1", "sub": "victim", "exp": int(time.time()) + 60}).encode())
     with pytest.raises(AuthError, match="rejected"):
-        tokens.verify(f"{body}.{mac}")
+        tokens.verify(f"{header}.{body}.{signature}")
 
 
 def test_expired_session_token() -> None:
-    tokens = SessionTokens(SECRET)
+    tokens = SessionTokens(SESSION_SECRET)
     token = tokens.issue(Session("sid-1", "user-1", 1000))
     with pytest.raises(AuthError, match="expired"):
         tokens.verify(token)
@@ -372,24 +382,182 @@ def test_expired_session_token() -> None:
 def test_access_token_is_not_a_session_token() -> None:
     # GIVEN a genuine access token signed with the same service secret
     with pytest.raises(AuthError):
-        SessionTokens(SECRET).verify(mint_token(SECRET, "user-1"))
+        SessionTokens(SESSION_SECRET).verify(mint_token(SECRET, "user-1"))
 
 
 def test_session_token_is_not_an_access_token(hs_verifier: TokenVerifier) -> None:
-    session_token = SessionTokens(SECRET).issue(Session("sid-1", "user-42", int(time.time()) + 60))
+    session_token = SessionTokens(SESSION_SECRET).issue(Session("sid-1", "user-42", int(time.time()) + 60))
     with pytest.raises(AuthError):
         hs_verifier.verify(session_token)
 
 
-def test_session_token_signed_with_the_raw_secret_is_refused() -> None:
-    # The session key is derived from the secret: a MAC made with the raw secret does not verify
-    import hashlib
-    import hmac
+def test_session_tokens_are_jwts_with_their_own_audience_and_a_jti() -> None:
+    # WHEN a session token is issued
+    token = SessionTokens(SESSION_SECRET).issue(Session("sid-1", "user-1", int(time.time()) + 60))
+    # THEN it is a standard HS256 JWT for the session audience, naming the session and a unique token id
+    claims = jwt.decode(token, SESSION_SECRET, algorithms=["HS256"], audience="quanttrade-session")
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    assert claims["sid"] == "sid-1" and claims["sub"] == "user-1"
+    assert claims["iss"] == "quanttrade-websocket"
+    assert len(claims["jti"]) >= 32
+    again = SessionTokens(SESSION_SECRET).issue(Session("sid-1", "user-1", int(time.time()) + 60))
+    assert (
+        jwt.decode(again, SESSION_SECRET, algorithms=["HS256"], audience="quanttrade-session")["jti"] != claims["jti"]
+    )
 
-    body = b64(json.dumps({"sid": "s", "uid": "u", "exp": int(time.time()) + 60}).encode())
-    mac = b64(hmac.new(SECRET.encode(), body.encode(), hashlib.sha256).digest())
+
+def test_a_jwt_with_the_session_key_but_the_access_audience_is_refused() -> None:
+    # GIVEN an access token signed with the session key: the key alone does not make a session token
     with pytest.raises(AuthError):
-        SessionTokens(SECRET).verify(f"{body}.{mac}")
+        SessionTokens(SESSION_SECRET).verify(mint_token(SESSION_SECRET, "user-1"))
+
+
+def test_a_session_token_needs_every_claim() -> None:
+    now = int(time.time())
+    base = {"iss": "quanttrade-websocket", "aud": "quanttrade-session", "sub": "u", "sid": "s", "exp": now + 60}
+    for missing in ("sid", "sub", "exp", "aud", "iss"):
+        claims_ = {k: v for k, v in {**base, "jti": "j"}.items() if k != missing}
+        with pytest.raises(AuthError):
+            SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, SESSION_SECRET, algorithm="HS256"))
+    # ... and a jti: without one a token could not be spent
+    with pytest.raises(AuthError):
+        SessionTokens(SESSION_SECRET).verify(jwt.encode(base, SESSION_SECRET, algorithm="HS256"))
+
+
+def test_session_tokens_refuse_other_algorithms() -> None:
+    now = int(time.time())
+    claims_: dict[str, Any] = {"iss": "quanttrade-websocket", "aud": "quanttrade-session", "sub": "u", "sid": "s"}
+    claims_.update(jti="j", exp=now + 60)
+    with pytest.raises(AuthError):
+        SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, SESSION_SECRET, algorithm="HS512"))
+    with pytest.raises(AuthError):
+        SessionTokens(SESSION_SECRET).verify(jwt.encode(claims_, "", algorithm="none"))
+
+
+# ---------------------------------------------------------------- keys: bounded age, rotation
+
+
+class Versions:
+    """A stand-in secret with version stages, counting reads."""
+
+    def __init__(self, current: str, previous: str | None = None) -> None:
+        self.stages = {"AWSCURRENT": current, "AWSPREVIOUS": previous}
+        self.reads = 0
+
+    def rotate(self, new: str) -> None:
+        self.stages = {"AWSCURRENT": new, "AWSPREVIOUS": self.stages["AWSCURRENT"]}
+
+    def __call__(self, stage: str) -> str | None:
+        self.reads += 1
+        return self.stages[stage]
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+OLD_KEY = "old-access-key-0123456789abcdef-0123456789abcdef"
+NEW_KEY = "new-access-key-0123456789abcdef-0123456789abcdef"
+
+
+def test_keys_are_read_again_once_older_than_the_cache_bound() -> None:
+    # GIVEN a key cache of 300 s over a secret
+    versions, clock = Versions(OLD_KEY), Monotonic()
+    cache = KeyCache(versions, max_age_seconds=300, clock=clock)
+    assert cache() == (OLD_KEY,)
+    reads = versions.reads
+    # WHEN the secret rotates
+    versions.rotate(NEW_KEY)
+    # THEN the cached keys serve until the bound, and are read again after it, current first
+    clock.now += 299
+    assert cache() == (OLD_KEY,) and versions.reads == reads
+    clock.now += 1
+    assert cache() == (NEW_KEY, OLD_KEY)
+    assert versions.reads == reads + 2
+
+
+def test_a_warm_verifier_picks_up_a_rotated_key_and_still_accepts_the_previous_one() -> None:
+    # GIVEN a verifier reading its key through a cache, warm with the old key
+    versions, clock = Versions(OLD_KEY), Monotonic()
+    verifier = TokenVerifier(
+        Settings(jwt_secret_arn="arn:key", session_secret=SESSION_SECRET),
+        keys=KeyCache(versions, max_age_seconds=60, clock=clock),
+    )
+    assert verifier.verify(mint_token(OLD_KEY, "user-1")).user_id == "user-1"
+    # WHEN the key rotates and the cache bound passes
+    versions.rotate(NEW_KEY)
+    clock.now += 60
+    # THEN tokens signed with the new key verify, so do tokens signed just before the rotation
+    assert verifier.verify(mint_token(NEW_KEY, "user-1")).user_id == "user-1"
+    assert verifier.verify(mint_token(OLD_KEY, "user-2")).user_id == "user-2"
+    # AND after a second rotation the oldest key is no longer accepted
+    versions.rotate("third-access-key-0123456789abcdef-0123456789abcdef")
+    clock.now += 60
+    with pytest.raises(AuthError, match="rejected"):
+        verifier.verify(mint_token(OLD_KEY, "user-1"))
+
+
+def test_a_rotation_does_not_turn_other_refusals_into_retries() -> None:
+    # GIVEN current and previous keys
+    verifier = TokenVerifier(Settings(jwt_secret="x", session_secret=SESSION_SECRET), keys=lambda: (NEW_KEY, OLD_KEY))
+    # THEN an expired token signed with either is refused as expired, and another key's as rejected
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(mint_token(NEW_KEY, "u", expires_in=-60))
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(mint_token(OLD_KEY, "u", expires_in=-60))
+    with pytest.raises(AuthError, match="rejected"):
+        verifier.verify(mint_token("a-third-key-0123456789abcdef-0123456789abcdef", "u"))
+
+
+def test_session_tokens_sign_with_the_current_key_and_accept_the_previous() -> None:
+    keys = [("session-new-0123456789abcdef-0123456789abcdef", "session-old-0123456789abcdef-0123456789ab")]
+    tokens = SessionTokens(lambda: keys[0])
+    issued = tokens.issue(Session("sid", "u", int(time.time()) + 60))
+    jwt.decode(issued, keys[0][0], algorithms=["HS256"], audience="quanttrade-session")  # signed with the current
+    before = SessionTokens(keys[0][1]).issue(Session("sid", "u", int(time.time()) + 60))
+    assert tokens.verify(before).session_id == "sid"
+
+
+def test_the_previous_version_is_optional_until_the_first_rotation() -> None:
+    assert KeyCache(Versions(OLD_KEY, previous=None))() == (OLD_KEY,)
+    with pytest.raises(AuthError):
+        KeyCache(lambda stage: None)()
+
+
+def test_secrets_manager_versions_reads_each_stage(aws_secrets: Any) -> None:
+    # GIVEN a secret in (moto's) Secrets Manager, rotated once
+    client, arn = aws_secrets
+    fetch = secrets_manager_versions(lambda: client, arn)
+    assert fetch("AWSCURRENT") == "first" and fetch("AWSPREVIOUS") is None
+    client.put_secret_value(SecretId=arn, SecretString="second")
+    # THEN the stages are the new and the old value
+    assert fetch("AWSCURRENT") == "second" and fetch("AWSPREVIOUS") == "first"
+
+
+@pytest.fixture
+def aws_secrets() -> Iterator[tuple[Any, str]]:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        arn = client.create_secret(Name="qt-key", SecretString="first")["ARN"]
+        yield client, arn
+
+
+def test_settings_need_a_session_key_of_its_own() -> None:
+    with pytest.raises(ValueError, match="session tokens need a key of their own"):
+        Settings(jwt_secret=SECRET)
+    with pytest.raises(ValueError, match="must differ"):
+        Settings(jwt_secret=SECRET, session_secret=SECRET)
+    with pytest.raises(ValueError, match="HS256 access tokens need their key"):
+        Settings(session_secret=SESSION_SECRET)
+    # RS256 access tokens need no shared key; session tokens still have theirs
+    Settings(jwt_algorithm="RS256", jwks_url="https://auth.example.com/jwks.json", session_secret_arn="arn:s")
 
 
 @pytest.mark.parametrize(
@@ -411,4 +579,4 @@ def test_session_token_signed_with_the_raw_secret_is_refused() -> None:
 def test_malformed_session_tokens_are_refused_as_auth_errors(token: str) -> None:
     # GIVEN any garbage a client could put in `session_token`, THEN AuthError, never another exception
     with pytest.raises(AuthError):
-        SessionTokens(SECRET).verify(token)
+        SessionTokens(SESSION_SECRET).verify(token)

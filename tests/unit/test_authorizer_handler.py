@@ -25,6 +25,7 @@ METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("QT_JWT_SECRET", SECRET)
+    monkeypatch.setenv("QT_SESSION_SECRET", "authorizer-test-session-secret-0123456789")
     monkeypatch.setenv("QT_JWT_ALGORITHM", "HS256")
     monkeypatch.setenv("QT_JWT_ISSUER", "quanttrade-auth")
     monkeypatch.setenv("QT_JWT_AUDIENCE", "quanttrade-websocket")

@@ -259,8 +259,9 @@ class FakeServer:
     async def resume(
         self, connection: FakeConnection, frame: protocol.Resume, heads: dict[str, int] | None = None
     ) -> None:
-        """The real service's order: re-attach, replay every stream's gap, then answer `resumed`."""
-        session = self.sessions.get(frame.session_token)
+        """The real service's order: re-attach, replay every stream's gap, then answer `resumed`.
+        Session tokens are single-use, as on the real service: the answer carries the next one."""
+        session = self.sessions.pop(frame.session_token, None)
         if session is None:
             await connection.send(error_message(ErrorCode.AUTH_FAILED, "Session is no longer known", frame.request_id))
             return
@@ -846,3 +847,58 @@ async def test_closing_ends_the_message_stream(server: FakeServer, make_client: 
         await asyncio.wait_for(anext(client), WAIT)
     await eventually(lambda: server.connection(1).closed.is_set(), what="the close")
     assert server.connection(1).ws.close_code == 1000
+
+
+async def test_each_reconnect_resumes_with_the_token_the_previous_resume_returned(
+    server: FakeServer, make_client: Any
+) -> None:
+    # GIVEN a client with a subscription, and a server whose session tokens resume once
+    client = make_client()
+    await client.connect()
+    await client.subscribe("market_data", symbol="AAPL")
+    hello_token = client.session_token
+
+    # WHEN the connection drops three times in a row
+    async def drop_and_reconnect(number: int) -> None:
+        await server.drop(server.connection(number))
+        expected = f"{hello_token}{'+' * number}"
+        await eventually(lambda: len(server.connections) > number and client.connected, what="the reconnect")
+        await eventually(lambda: client.session_token == expected, what="the fresh token")
+
+    for number in (1, 2, 3):
+        await drop_and_reconnect(number)
+
+    # THEN every reconnect resumed the session (no fallback to hello), each with the latest token
+    resumes = server.frames("resume")
+    assert [frame["session_token"] for frame in resumes] == [hello_token, hello_token + "+", hello_token + "++"]
+    assert server.frames("hello") == [server.connection(1).frames[0]]
+    assert client.last_resume is not None and client.last_resume.session_resumed is True
+
+
+async def test_the_fresh_session_token_is_kept_even_when_the_connection_drops_right_after_resumed(
+    server: FakeServer, make_client: Any
+) -> None:
+    # GIVEN a client whose server-side session lost one of its two subscriptions
+    client = make_client()
+    await client.connect()
+    await client.subscribe("market_data", symbol="AAPL")
+    await client.subscribe("alerts")
+    server.sessions["session-1"]["subscriptions"].discard("alerts:*")
+
+    # ... and a server that drops the connection right after answering the first resume
+    async def resume_then_drop(connection: FakeConnection, frame: protocol.Resume) -> None:
+        server.on_resume = None
+        await server.resume(connection, frame)
+        await server.drop(connection)
+
+    server.on_resume = resume_then_drop
+
+    # WHEN the client reconnects, is dropped while re-subscribing, and reconnects again
+    await server.drop(server.connection(1))
+    await eventually(lambda: len(server.connections) >= 3 and client.connected, what="the second reconnect")
+
+    # THEN the second resume used the token the first one returned (the first is spent), and resumed the session
+    resumes = server.frames("resume")
+    assert [frame["session_token"] for frame in resumes[:2]] == ["session-1", "session-1+"]
+    assert server.frames("hello") == [server.connection(1).frames[0]]
+    assert client.last_resume is not None and client.last_resume.session_resumed is True

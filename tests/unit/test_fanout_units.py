@@ -77,7 +77,11 @@ def removed() -> list[str]:
 
 def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides: Any) -> FanOut:
     settings = Settings(
-        jwt_secret="s", delivery_queue_url="delivery.fifo", events_dlq_url="events-dlq.fifo", **overrides
+        jwt_secret="s",
+        session_secret="ss",
+        delivery_queue_url="delivery.fifo",
+        events_dlq_url="events-dlq.fifo",
+        **overrides,
     )
     gateway = InMemoryGateway()
     return FanOut(

@@ -476,9 +476,14 @@ class QuantTradeClient:
 
     async def _resume(self, connection: _Connection) -> Message:
         assert self.session_token is not None
-        return await self._request_on(
+        reply = await self._request_on(
             connection, {"action": "resume", "session_token": self.session_token, "last_seq": self._resume_points()}
         )
+        # Session tokens are single-use: the one just sent is spent. Keep the next one at once, before
+        # anything else on this connection (re-subscribing, say) can fail and leave only the spent one.
+        if isinstance(reply.payload.get("session_token"), str):
+            self.session_token = reply.payload["session_token"]
+        return reply
 
     def _resume_points(self) -> dict[str, int]:
         """Where each wanted stream left off. Streams the application no longer wants are not replayed."""

@@ -2,16 +2,20 @@
 
 API Gateway authorises only the `$connect` request, so the verified identity is
 copied into the connection row and every later action re-checks its expiry.
+
+Keys come from a `KeySource`: a fixed string (locally, in tests) or a callable
+returning the keys to accept, newest first. On AWS that is a `KeyCache` over a
+Secrets Manager secret: its AWSCURRENT and AWSPREVIOUS versions, re-read when
+older than the cache's bound, so a rotation reaches warm functions and tokens
+signed just before it still verify.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,67 @@ SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
 CLIENT_TYPES = ("web", "mobile", "desktop", "bot")
 KNOWN_PERMISSIONS = frozenset({f"read:{t.value}" for t in StreamType} | {"rooms:join", "rooms:send", "admin"})
 ALL_PERMISSIONS = tuple(sorted(KNOWN_PERMISSIONS))
+SESSION_AUDIENCE = "quanttrade-session"  # never an access token's audience: neither token passes for the other
+SESSION_ISSUER = "quanttrade-websocket"
+
+# A fixed key, or a callable giving the keys to accept, the one to sign with first.
+KeySource = str | Callable[[], Sequence[str]]
+
+
+def keys_of(source: KeySource) -> tuple[str, ...]:
+    keys = (source,) if isinstance(source, str) else tuple(source())
+    if not keys or not all(keys):
+        raise AuthError("No signing key available")
+    return keys
+
+
+class KeyCache:
+    """A secret's current and previous versions, read through a cache of bounded age.
+
+    `fetch(stage)` returns the secret string of one version stage, or None when
+    the secret has no such version (AWSPREVIOUS before the first rotation).
+    """
+
+    STAGES = ("AWSCURRENT", "AWSPREVIOUS")
+
+    def __init__(
+        self,
+        fetch: Callable[[str], str | None],
+        max_age_seconds: float = 300,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._keys: tuple[str, ...] = ()
+        self._read_at = 0.0
+        self._lock = threading.Lock()  # the local stack shares a runtime between worker threads
+
+    def __call__(self) -> tuple[str, ...]:
+        with self._lock:
+            if not self._keys or self._clock() - self._read_at >= self.max_age_seconds:
+                found = [self._fetch(stage) for stage in self.STAGES]
+                current = found[0]
+                if not current:
+                    raise AuthError("No signing key available")
+                self._keys = tuple(dict.fromkeys(key for key in found if key))  # current first, no duplicate
+                self._read_at = self._clock()
+            return self._keys
+
+
+def secrets_manager_versions(client_factory: Callable[[], Any], secret_id: str) -> Callable[[str], str | None]:
+    """`fetch(stage)` for a KeyCache: one version stage of a Secrets Manager secret."""
+
+    def fetch(stage: str) -> str | None:
+        client = client_factory()
+        try:
+            return str(client.get_secret_value(SecretId=secret_id, VersionStage=stage)["SecretString"])
+        except client.exceptions.ResourceNotFoundException:
+            if stage == KeyCache.STAGES[0]:
+                raise
+            return None  # never rotated: there is no previous version
+
+    return fetch
 
 
 class AuthError(Exception):
@@ -40,6 +105,7 @@ class Identity(BaseModel):
     permissions: frozenset[str] = frozenset()
     subscription_level: str = "free"
     token_expires_at: int = 0  # epoch seconds
+    token_issued_at: int = 0  # the token's `iat`: a refresh may not go back to an older token
 
     def can(self, permission: str) -> bool:
         return permission in self.permissions or "admin" in self.permissions
@@ -52,6 +118,7 @@ class Identity(BaseModel):
             "permissions": ",".join(sorted(self.permissions)),
             "subscription_level": self.subscription_level,
             "token_expires_at": self.token_expires_at,
+            "token_issued_at": self.token_issued_at,
         }
 
     @classmethod
@@ -63,6 +130,7 @@ class Identity(BaseModel):
             permissions=frozenset(p for p in permissions.split(",") if p),
             subscription_level=str(context.get("subscription_level") or "free"),
             token_expires_at=int(context.get("token_expires_at") or 0),
+            token_issued_at=int(context.get("token_issued_at") or 0),
         )
 
 
@@ -73,17 +141,17 @@ class TokenVerifier:
     which closes `alg: none` and HS/RS confusion.
     """
 
-    def __init__(self, settings: Settings, secret: str | None = None) -> None:
+    def __init__(self, settings: Settings, keys: KeySource | None = None) -> None:
         self._settings = settings
         self._algorithm = settings.jwt_algorithm
-        self._secret = secret or settings.jwt_secret
+        self._keys = keys or settings.jwt_secret
         self._jwks: Any = None
         if self._algorithm == "RS256":
             import jwt
 
             self._jwks = jwt.PyJWKClient(str(settings.jwks_url), cache_keys=True, lifespan=3600)
-        elif not self._secret:
-            raise ValueError("HS256 verification needs a secret")
+        elif not self._keys:
+            raise ValueError("HS256 verification needs a key: jwt_secret, or keys from jwt_secret_arn")
 
     def verify(self, token: str) -> Identity:
         import jwt  # deferred: only the authorizer and refresh pay for PyJWT and cryptography
@@ -99,12 +167,15 @@ class TokenVerifier:
         if header.get("alg") != self._algorithm:
             raise AuthError("Token algorithm not accepted")
         try:
-            key: Any = self._secret
             if self._jwks is not None:
-                key = self._jwks.get_signing_key_from_jwt(token).key
-            claims = jwt.decode(
+                candidates: Sequence[Any] = (self._jwks.get_signing_key_from_jwt(token).key,)
+            else:
+                assert self._keys is not None
+                # During a rotation a token may be signed with the previous key.
+                candidates = keys_of(self._keys)
+            claims = _decode_with_any(
                 token,
-                key,
+                candidates,
                 algorithms=[self._algorithm],
                 audience=self._settings.jwt_audience,
                 issuer=self._settings.jwt_issuer,
@@ -118,6 +189,18 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError):
             raise AuthError("Token rejected") from None
         return identity_from_claims(claims)
+
+
+def _decode_with_any(token: str, keys: Sequence[Any], **options: Any) -> dict[str, Any]:
+    """Decode with the first key whose signature matches; other failures (expiry, audience) are final."""
+    import jwt
+
+    for key in keys[:-1]:
+        try:
+            return dict(jwt.decode(token, key, **options))
+        except jwt.InvalidSignatureError:
+            continue
+    return dict(jwt.decode(token, keys[-1], **options))
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:
@@ -135,6 +218,7 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
             permissions=frozenset(p for p in permissions if p in KNOWN_PERMISSIONS),
             subscription_level=level,
             token_expires_at=int(claims["exp"]),
+            token_issued_at=int(claims.get("iat") or 0),
         )
     except ValidationError:
         raise AuthError("Token subject is not acceptable") from None
@@ -151,6 +235,7 @@ def mint_token(
     issuer: str = "quanttrade-auth",
     audience: str = "quanttrade-websocket",
     not_before: int | None = None,
+    issued_at: int | None = None,
 ) -> str:
     """An HS256 access token as the platform's auth service issues them (used locally and in tests)."""
     import jwt
@@ -158,7 +243,7 @@ def mint_token(
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": user_id,
-        "iat": now,
+        "iat": now if issued_at is None else issued_at,
         "exp": now + expires_in,
         "iss": issuer,
         "aud": audience,
@@ -179,49 +264,57 @@ class Session:
     session_id: str
     user_id: str
     expires_at: int
+    token_id: str = ""  # the token's jti: each session token resumes once
 
 
 class SessionTokens:
-    """Compact HMAC-signed session tokens: `base64url(json).base64url(mac)`.
+    """Session tokens: HS256 JWTs with their own key and audience (`quanttrade-session`) and a jti.
 
-    The key is derived from the service secret with a distinct label, so a
-    session token can never be replayed as an access token or the reverse. The
-    secret may be given as a callable, read on first use: functions that never
-    issue or check a session token never fetch it.
+    The key is the session secret's, never the access tokens', and the audience
+    differs too, so neither kind of token passes for the other. The keys may be
+    given as a callable, read on first use: functions that never issue or check
+    a session token never fetch them.
     """
 
-    def __init__(self, secret: str | Callable[[], str]) -> None:
-        self._secret = secret
-        self._derived: bytes | None = None
+    ALGORITHM = "HS256"
 
-    @property
-    def _key(self) -> bytes:
-        if self._derived is None:
-            secret = self._secret() if callable(self._secret) else self._secret
-            self._derived = hmac.new(secret.encode(), b"quanttrade-session-v1", hashlib.sha256).digest()
-        return self._derived
+    def __init__(self, keys: KeySource) -> None:
+        self._keys = keys
 
-    def issue(self, session: Session) -> str:
-        body = _b64(json.dumps({"sid": session.session_id, "uid": session.user_id, "exp": session.expires_at}).encode())
-        return f"{body}.{_b64(self._mac(body))}"
+    def issue(self, session: Session, now: float | None = None) -> str:
+        import jwt
+
+        issued = int(time.time() if now is None else now)
+        claims = {
+            "iss": SESSION_ISSUER,
+            "aud": SESSION_AUDIENCE,
+            "sub": session.user_id,
+            "sid": session.session_id,
+            "iat": issued,
+            "exp": session.expires_at,
+            "jti": session.token_id or uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, keys_of(self._keys)[0], algorithm=self.ALGORITHM)
 
     def verify(self, token: str, now: float | None = None) -> Session:
-        body, _, mac = token.partition(".")
-        # Issued tokens are ASCII; anything else would make compare_digest / encode() raise, not refuse.
-        if not token.isascii() or not body or not mac or not hmac.compare_digest(_b64(self._mac(body)), mac):
+        import jwt
+
+        # Issued tokens are ASCII base64url; anything else would make PyJWT raise other than PyJWTError.
+        if not token or not token.isascii() or len(token) > 2048:
             raise AuthError("Session token rejected")
         try:
-            claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-            session = Session(str(claims["sid"]), str(claims["uid"]), int(claims["exp"]))
-        except (ValueError, KeyError, TypeError):
+            claims = _decode_with_any(
+                token,
+                keys_of(self._keys),
+                algorithms=[self.ALGORITHM],
+                audience=SESSION_AUDIENCE,
+                issuer=SESSION_ISSUER,
+                # Expiry is checked below against the service's clock, not PyJWT's.
+                options={"require": ["exp", "sub", "sid", "jti", "iss", "aud"], "verify_exp": False},
+            )
+            session = Session(str(claims["sid"]), str(claims["sub"]), int(claims["exp"]), str(claims["jti"]))
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError):
             raise AuthError("Session token rejected") from None
         if session.expires_at < (time.time() if now is None else now):
             raise AuthError("Session expired")
         return session
-
-    def _mac(self, body: str) -> bytes:
-        return hmac.new(self._key, body.encode(), hashlib.sha256).digest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -59,6 +59,9 @@ class Settings(BaseModel):
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: str | None = Field(None, repr=False)
     jwt_secret_arn: str | None = None  # Secrets Manager secret holding the HS256 key
+    session_secret: str | None = Field(None, repr=False)  # signs session tokens; never the access-token key
+    session_secret_arn: str | None = None  # Secrets Manager secret holding the session-token key
+    key_cache_seconds: int = Field(300, ge=0)  # how long a warm function may use a key read from Secrets Manager
     jwks_url: str | None = None
     jwt_issuer: str = "quanttrade-auth"
     jwt_audience: str = "quanttrade-websocket"
@@ -86,9 +89,12 @@ class Settings(BaseModel):
     def _check_auth(self) -> Settings:
         if self.jwt_algorithm == "RS256" and not self.jwks_url:
             raise ValueError("RS256 needs jwks_url")
-        if not (self.jwt_secret or self.jwt_secret_arn):
-            # HS256 verifies access tokens with it; every mode signs session tokens with it.
-            raise ValueError("a service secret is needed: jwt_secret or jwt_secret_arn")
+        if self.jwt_algorithm == "HS256" and not (self.jwt_secret or self.jwt_secret_arn):
+            raise ValueError("HS256 access tokens need their key: jwt_secret or jwt_secret_arn")
+        if not (self.session_secret or self.session_secret_arn):
+            raise ValueError("session tokens need a key of their own: session_secret or session_secret_arn")
+        if self.session_secret and self.session_secret == self.jwt_secret:
+            raise ValueError("session_secret must differ from jwt_secret: each kind of token has its own key")
         return self
 
     @classmethod

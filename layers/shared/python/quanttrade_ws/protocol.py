@@ -63,6 +63,11 @@ class ErrorCode(StrEnum):
 
 ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
+# Bounds that keep every number a client sends storable by DynamoDB (38 significant digits,
+# magnitudes 1e-130 to 1e125): a value outside them is INVALID_MESSAGE, never a store failure.
+MIN_INTERVAL_SECONDS = 0.001
+MAX_INTERVAL_SECONDS = 86400
+MAX_SEQ = 2**63 - 1
 
 # ---------------------------------------------------------------- client frames
 
@@ -84,7 +89,7 @@ class StreamSpec(BaseModel):
 
     stream_type: StreamType
     symbol: Symbol | None = None
-    interval: Annotated[float, Field(gt=0, le=86400)] | None = None
+    interval: Annotated[float, Field(ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)] | None = None
     filters: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], FilterValue], Field(max_length=16)] = {}
 
     @property
@@ -141,7 +146,8 @@ class Resume(_Frame):
     action: Literal["resume"]
     session_token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     last_seq: Annotated[
-        dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0)]], Field(max_length=100)
+        dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0, le=MAX_SEQ)]],
+        Field(max_length=100),
     ] = {}
 
 

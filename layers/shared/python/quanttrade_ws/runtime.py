@@ -25,20 +25,41 @@ class Runtime:
         self._gateway = gateway
         self._sqs = sqs
 
-    @functools.cached_property
-    def secret(self) -> str:
-        """The HS256 key: from settings locally, from Secrets Manager (cached) on AWS."""
-        if self.settings.jwt_secret:
-            return self.settings.jwt_secret
-        from aws_lambda_powertools.utilities.parameters import get_secret
+    def _keys(self, value: str | None, arn: str | None) -> Any:
+        """A key source: the value itself locally; on AWS the secret's current and previous
+        versions, re-read once older than key_cache_seconds (never held for the function's life)."""
+        if value:
+            return value
+        from quanttrade_ws.auth import KeyCache, secrets_manager_versions
 
-        return str(get_secret(str(self.settings.jwt_secret_arn), max_age=300))
+        return KeyCache(
+            secrets_manager_versions(lambda: self._secrets_manager, str(arn)),
+            max_age_seconds=self.settings.key_cache_seconds,
+        )
+
+    @functools.cached_property
+    def _secrets_manager(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "secretsmanager", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url
+        )
+
+    @functools.cached_property
+    def access_keys(self) -> Any:
+        """The keys that verify HS256 access tokens."""
+        return self._keys(self.settings.jwt_secret, self.settings.jwt_secret_arn)
+
+    @functools.cached_property
+    def session_keys(self) -> Any:
+        """The keys that sign and verify session tokens (their own secret)."""
+        return self._keys(self.settings.session_secret, self.settings.session_secret_arn)
 
     @functools.cached_property
     def token_verifier(self):  # type: ignore[no-untyped-def]
         from quanttrade_ws.auth import TokenVerifier
 
-        return TokenVerifier(self.settings, secret=self.secret if self.settings.jwt_algorithm == "HS256" else None)
+        return TokenVerifier(self.settings, keys=self.access_keys if self.settings.jwt_algorithm == "HS256" else None)
 
     @functools.cached_property
     def store(self):  # type: ignore[no-untyped-def]
@@ -68,7 +89,7 @@ class Runtime:
 
     @functools.cached_property
     def service(self):  # type: ignore[no-untyped-def]
-        from quanttrade_ws.auth import SessionTokens
+        from quanttrade_ws.auth import SessionTokens, keys_of
         from quanttrade_ws.service import RealtimeService
 
         return RealtimeService(
@@ -77,8 +98,9 @@ class Runtime:
             # $connect and $disconnect never post, and the template gives them no endpoint: the
             # Management API client is built on the first call that needs it, not with the service.
             _DeferredGateway(lambda: self.gateway),
-            SessionTokens(lambda: self.secret),
+            SessionTokens(lambda: keys_of(self.session_keys)),
             token_verifier=lambda: self.token_verifier,
+            metrics=metrics,
         )
 
     @functools.cached_property

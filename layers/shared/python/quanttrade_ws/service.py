@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
@@ -41,6 +41,9 @@ from quanttrade_ws.protocol import (
 )
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
+
+if TYPE_CHECKING:
+    from quanttrade_ws.fanout import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ class RealtimeService:
         token_verifier: Callable[[], TokenVerifier] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits
@@ -81,6 +85,7 @@ class RealtimeService:
         self._token_verifier = token_verifier
         self.clock = clock
         self.sleep = sleep
+        self.metrics = metrics
 
     # ------------------------------------------------------------ lifecycle
 
@@ -179,6 +184,8 @@ class RealtimeService:
             self.reply(connection_id, error_message(error.code, error.message, error.request_id or request_id))
         except Exception:
             logger.exception("frame failed")
+            if self.metrics is not None:
+                self.metrics.add_metric("InternalErrors", "Count", 1)
             self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
 
     def _expire(self, connection_id: str, request_id: str | None) -> None:
@@ -439,7 +446,11 @@ class RealtimeService:
         if identity.user_id != ctx.connection.identity.user_id:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Token belongs to another user", ctx.request_id)
         connection_id = ctx.connection.connection_id
-        self.store.update_identity(connection_id, identity)
+        # An older token (by `iat`) must not undo what a newer one set, such as a downgrade.
+        if identity.token_issued_at < ctx.connection.identity.token_issued_at or not self.store.update_identity(
+            connection_id, identity
+        ):
+            raise ProtocolError(ErrorCode.AUTH_FAILED, "Token is older than the one in use", ctx.request_id)
         # A refreshed token may permit less: drop the streams and rooms it no longer allows.
         dropped = [
             s.stream_key
@@ -452,11 +463,28 @@ class RealtimeService:
             if (needed and not identity.can(needed)) or not identity.can("rooms:join"):
                 self.store.leave_room(room, connection_id)
                 dropped.append(room)
+        dropped += self._trim_subscriptions(connection_id, identity)
         self._answer(
             ctx,
             MessageType.REFRESH,
             {"success": True, "expires_at": identity.token_expires_at, "dropped": dropped},
         )
+
+    def _trim_subscriptions(self, connection_id: str, identity: Identity) -> list[str]:
+        """After a downgrade, remove the subscriptions over the new level's limit (the last in key order
+        go first) and return their keys. The connection's counter decides how many are over."""
+        limit = self.limits.subscriptions_for(identity.subscription_level)
+        connection = self.store.get_connection(connection_id)
+        over = (connection.subscription_count if connection else 0) - limit
+        if over <= 0:
+            return []
+        trimmed: list[str] = []
+        for subscription in reversed(self.store.subscriptions_of(connection_id)):
+            if len(trimmed) == over:
+                break
+            if self.store.remove_subscription(subscription.stream_key, connection_id):
+                trimmed.append(subscription.stream_key)
+        return trimmed
 
     # ------------------------------------------------------------ resume
 
@@ -468,6 +496,12 @@ class RealtimeService:
             raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
         if session.user_id != connection.identity.user_id:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Session belongs to another user", ctx.request_id)
+        # Single use: the `resumed` answer carries the next token. Of two resumes racing with one token,
+        # exactly one gets past this line.
+        if not self.store.spend_session_token(session.token_id, session.expires_at):
+            raise ProtocolError(
+                ErrorCode.AUTH_FAILED, "Session token already used; resume with the latest one", ctx.request_id
+            )
         snapshot = self._session_state(session.session_id, connection.connection_id)
         if snapshot is None:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Session is no longer known", ctx.request_id)

@@ -4,15 +4,26 @@ Every look-up on a hot path is a GetItem or a Query by key. Limits that must
 hold under concurrency (room capacity, rooms per client, subscriptions per
 client, rate windows) are conditional writes inside transactions, never
 read-then-write.
+
+DynamoDB's own failures are never read as a limit. A cancelled transaction is
+classified by each item's reason: a failed condition on the item that encodes a
+limit is that limit; conflicts and throttling are retried with bounded, jittered
+backoff (as are throttling and internal errors of plain calls); anything else
+raises `StoreError`, which the client sees as INTERNAL.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
 from typing import Any
+
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.exceptions import HTTPClientError
 
 from quanttrade_ws.auth import Identity
 from quanttrade_ws.config import Settings
@@ -20,8 +31,33 @@ from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, Stre
 
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
 SESSION_PREFIX = "session#"
+SPENT_PREFIX = "spent#"  # a session token (by its jti) that has resumed once
 USER_RATE_PREFIX = "user#"
 EVENT_PREFIX = "event#"
+
+
+# Cancellation reasons that say "try again", not "your condition failed".
+RETRYABLE_REASONS = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+# Errors of plain calls (and of a whole transaction) that pass with time.
+RETRYABLE_ERRORS = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "TransactionConflictException",
+    }
+)
+# A request that may not have reached DynamoDB (refused, reset, timed out): botocore retried these
+# before the store took retries over.
+TRANSPORT_ERRORS = (BotocoreConnectionError, HTTPClientError)
+CONDITION_FAILED = "ConditionalCheckFailed"
+
+
+class StoreError(RuntimeError):
+    """DynamoDB refused a change for a reason that is no domain outcome (or kept refusing past the retries)."""
 
 
 class Outcome(Enum):
@@ -64,15 +100,79 @@ def _string_map(item: dict[str, Any], name: str) -> dict[str, str]:
     return {key: entry.get("S", "") for key, entry in value["M"].items()}
 
 
-def _cancellation_codes(error: Exception) -> list[str]:
-    reasons = getattr(error, "response", {}).get("CancellationReasons", [])
-    return [reason.get("Code", "None") for reason in reasons]
+def _cancellation_reasons(error: Exception) -> list[dict[str, Any]]:
+    return list(getattr(error, "response", {}).get("CancellationReasons", []))
+
+
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class Backoff:
+    """Bounded retries with full jitter: attempt n waits a random time up to base * 2**n, capped."""
+
+    def __init__(
+        self,
+        attempts: int = 6,
+        base_seconds: float = 0.025,
+        cap_seconds: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.attempts = attempts
+        self.base_seconds = base_seconds
+        self.cap_seconds = cap_seconds
+        self.sleep = sleep
+        self.jitter = jitter
+
+    def wait(self, attempt: int) -> None:
+        self.sleep(self.jitter(0, min(self.cap_seconds, self.base_seconds * 2**attempt)))
+
+
+class _RetryingClient:
+    """The DynamoDB client with throttling and internal errors of single calls retried (bounded).
+
+    botocore's own retries are switched off on the client the store builds, so
+    this is the one place that decides how long a call may keep trying.
+    """
+
+    def __init__(self, client: Any, backoff: Backoff) -> None:
+        self._client = client
+        self._backoff = backoff
+        self.exceptions = client.exceptions
+        self.meta = client.meta
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(self._client, name)
+        if not callable(operation):
+            return operation
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(self._backoff.attempts):
+                try:
+                    return operation(*args, **kwargs)
+                except self._client.exceptions.ClientError as error:
+                    if _error_code(error) not in RETRYABLE_ERRORS or attempt + 1 == self._backoff.attempts:
+                        raise
+                except TRANSPORT_ERRORS:
+                    if attempt + 1 == self._backoff.attempts:
+                        raise
+                self._backoff.wait(attempt)
+            raise AssertionError("unreachable")  # the last attempt returned or raised
+
+        return call
 
 
 class DynamoStore:
     """Connections, subscriptions, rooms, sessions and stream history on DynamoDB."""
 
-    def __init__(self, settings: Settings, client: Any | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any | None = None,
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+    ) -> None:
         if client is None:
             import boto3  # deferred: tests and the local stack pass their own client
             from botocore.config import Config
@@ -82,10 +182,13 @@ class DynamoStore:
                 region_name=settings.region,
                 endpoint_url=settings.aws_endpoint_url,
                 # One warm function serves one request at a time on AWS, but the local stack
-                # shares this client between a function's worker threads.
-                config=Config(max_pool_connections=64),
+                # shares this client between a function's worker threads. Retries are the
+                # store's own (below): botocore's would multiply them.
+                config=Config(max_pool_connections=64, retries={"mode": "standard", "total_max_attempts": 1}),
             )
-        self._db = client
+        self.backoff = backoff or Backoff()
+        self._raw: Any = client
+        self._db = _RetryingClient(client, self.backoff)
         self._errors = client.exceptions
         self._settings = settings
         self.connections_table = settings.connections_table
@@ -110,6 +213,7 @@ class DynamoStore:
             "permissions": _s(",".join(sorted(identity.permissions))),
             "subscription_level": _s(identity.subscription_level),
             "token_expires_at": _n(identity.token_expires_at),
+            "token_issued_at": _n(identity.token_issued_at),
             "connected_at": _n(connection.connected_at),
             "last_activity": _n(connection.last_activity),
             "room_count": _n(0),
@@ -179,18 +283,22 @@ class DynamoStore:
         return _int(result["Attributes"], "rl_warnings")
 
     def update_identity(self, connection_id: str, identity: Identity) -> bool:
+        """Replace the connection's identity, only by one of the same user from a token no older (`iat`)
+        than the current one: of two refreshes racing, the older token cannot land last."""
         try:
             self._db.update_item(
                 TableName=self.connections_table,
                 Key={"pk": _s(connection_id)},
                 # `permissions` is a DynamoDB reserved word: it must go through a name placeholder.
-                UpdateExpression="SET #p = :p, subscription_level = :l, token_expires_at = :e",
-                ConditionExpression="attribute_exists(pk) AND user_id = :u",
+                UpdateExpression="SET #p = :p, subscription_level = :l, token_expires_at = :e, token_issued_at = :i",
+                ConditionExpression="attribute_exists(pk) AND user_id = :u"
+                " AND (attribute_not_exists(token_issued_at) OR token_issued_at <= :i)",
                 ExpressionAttributeNames={"#p": "permissions"},
                 ExpressionAttributeValues={
                     ":p": _s(",".join(sorted(identity.permissions))),
                     ":l": _s(identity.subscription_level),
                     ":e": _n(identity.token_expires_at),
+                    ":i": _n(identity.token_issued_at),
                     ":u": _s(identity.user_id),
                 },
             )
@@ -233,8 +341,7 @@ class DynamoStore:
         A Scan, deliberately: it runs on a schedule off every hot path, reads
         only the few attributes it needs, and pages through the table.
         """
-        paginator = self._db.get_paginator("scan")
-        pages = paginator.paginate(
+        pages = self._scan_pages(
             TableName=self.connections_table,
             FilterExpression="kind = :kind AND last_activity < :before",
             ExpressionAttributeValues={":kind": _s("connection"), ":before": _n(int(idle_before))},
@@ -259,7 +366,7 @@ class DynamoStore:
         kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
         if condition:
             kwargs.update(FilterExpression=condition, ExpressionAttributeValues=values)
-        return sum(page.get("Count", 0) for page in self._db.get_paginator("scan").paginate(**kwargs))
+        return sum(page.get("Count", 0) for page in self._scan_pages(**kwargs))
 
     @staticmethod
     def _connection_from_item(item: dict[str, Any]) -> Connection:
@@ -272,6 +379,7 @@ class DynamoStore:
                 permissions=frozenset(p for p in permissions.split(",") if p),
                 subscription_level=_str(item, "subscription_level", "free"),
                 token_expires_at=_int(item, "token_expires_at"),
+                token_issued_at=_int(item, "token_issued_at"),
             ),
             connected_at=_int(item, "connected_at"),
             last_activity=_int(item, "last_activity"),
@@ -315,6 +423,26 @@ class DynamoStore:
             return False
         return True
 
+    def spend_session_token(self, token_id: str, expires_at: int) -> bool:
+        """Mark a session token used, once: False when it already was.
+
+        One conditional write, so of two resumes racing with one token exactly one
+        wins. The marker lives as long as the token could still be presented.
+        """
+        key = {"pk": _s(SPENT_PREFIX + token_id)}
+        attempt = uuid.uuid4().hex  # tells this call's own write from an earlier spend
+        try:
+            self._db.put_item(
+                TableName=self.connections_table,
+                Item={**key, "kind": _s("spent_session_token"), "attempt": _s(attempt), "expires_at": _n(expires_at)},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._errors.ConditionalCheckFailedException:
+            # A write retried after its first attempt landed (a timeout) finds its own marker: still a win.
+            found = self._db.get_item(TableName=self.connections_table, Key=key, ConsistentRead=True).get("Item")
+            return bool(found) and _str(found, "attempt") == attempt
+        return True
+
     def load_session(self, session_id: str) -> SessionSnapshot | None:
         found = self._db.get_item(
             TableName=self.connections_table, Key={"pk": _s(SESSION_PREFIX + session_id)}, ConsistentRead=True
@@ -341,7 +469,10 @@ class DynamoStore:
     # ------------------------------------------------------------ subscriptions
 
     def _connection_counter(self, connection_id: str, counter: str, delta: int, limit: int | None = None) -> dict:
-        """A transaction step that moves one of the connection's counters, below `limit` when adding."""
+        """A transaction step that moves one of the connection's counters, below `limit` when adding.
+
+        Its failed condition returns the row it saw, so the caller tells a reached
+        limit (a row) from a connection that is gone (none) without another read."""
         condition = "attribute_exists(pk)"
         values = {":delta": _n(delta)}
         if limit is not None:
@@ -354,8 +485,37 @@ class DynamoStore:
                 "UpdateExpression": f"ADD {counter} :delta",
                 "ConditionExpression": condition,
                 "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
+
+    def _transact(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Run one transaction: None once it committed, else each item's cancellation reason.
+
+        Returns reasons only when conditions failed (every reason `None` or
+        `ConditionalCheckFailed`): the caller reads them item by item. Conflicts
+        and throttling are retried with jittered backoff, a bounded number of
+        times; anything else, or too many retries, raises StoreError.
+        """
+        for attempt in range(self.backoff.attempts):
+            try:
+                self._raw.transact_write_items(TransactItems=items)
+                return None
+            except self._errors.TransactionCanceledException as error:
+                reasons = _cancellation_reasons(error)
+                codes = {reason.get("Code", "None") for reason in reasons} - {"None"}
+                if not codes & RETRYABLE_REASONS:
+                    if codes == {CONDITION_FAILED}:
+                        return reasons
+                    raise StoreError(f"transaction cancelled: {', '.join(sorted(codes)) or 'no reason'}") from None
+            except self._errors.ClientError as error:
+                if _error_code(error) not in RETRYABLE_ERRORS:
+                    raise
+            except TRANSPORT_ERRORS:
+                pass
+            if attempt + 1 < self.backoff.attempts:
+                self.backoff.wait(attempt)
+        raise StoreError(f"transaction still conflicting or throttled after {self.backoff.attempts} attempts")
 
     def add_subscription(self, subscription: Subscription, limit: int) -> Outcome:
         """Subscribe, counting against the connection's limit in the same transaction."""
@@ -368,27 +528,25 @@ class DynamoStore:
         }
         if subscription.interval is not None:
             item["interval"] = _n(subscription.interval)
-        try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.subscriptions_table,
-                            "Item": item,
-                            "ConditionExpression": "attribute_not_exists(connection_id)",
-                        }
-                    },
-                    self._connection_counter(subscription.connection_id, "sub_count", 1, limit=limit),
-                ]
-            )
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes and codes[0] == "ConditionalCheckFailed":
-                # Already subscribed: keep one row, take the newest interval and filters.
-                self._db.put_item(TableName=self.subscriptions_table, Item=item)
-                return Outcome.ALREADY
-            return Outcome.GONE if self.get_connection(subscription.connection_id) is None else Outcome.LIMIT
-        return Outcome.DONE
+        reasons = self._transact(
+            [
+                {
+                    "Put": {
+                        "TableName": self.subscriptions_table,
+                        "Item": item,
+                        "ConditionExpression": "attribute_not_exists(connection_id)",
+                    }
+                },
+                self._connection_counter(subscription.connection_id, "sub_count", 1, limit=limit),
+            ]
+        )
+        if reasons is None:
+            return Outcome.DONE
+        if _failed(reasons, 0):
+            # Already subscribed: keep one row, take the newest interval and filters.
+            self._db.put_item(TableName=self.subscriptions_table, Item=item)
+            return Outcome.ALREADY
+        return _counter_outcome(reasons[1])
 
     def remove_subscription(self, stream_key: str, connection_id: str, adjust_connection: bool = True) -> bool:
         delete = {
@@ -401,15 +559,15 @@ class DynamoStore:
         items: list[dict[str, Any]] = [delete]
         if adjust_connection:
             items.append(self._connection_counter(connection_id, "sub_count", -1))
-        try:
-            self._db.transact_write_items(TransactItems=items)
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes and codes[0] == "ConditionalCheckFailed":
-                return False
-            # The connection row is gone: the subscription still goes.
-            self._db.delete_item(TableName=self.subscriptions_table, Key=delete["Delete"]["Key"])
-        return True
+        # The row and its count go together or not at all: a row already gone leaves the counter alone.
+        reasons = self._transact(items)
+        if reasons is None:
+            return True
+        if _failed(reasons, 0):
+            return False
+        # Only the counter's condition is left: the connection row, and its counter with it, is
+        # gone. The subscription still goes.
+        return self._transact([delete]) is None
 
     def subscribers(self, stream_key: str) -> list[Subscription]:
         """Everyone subscribed to one stream key: a Query, never a Scan."""
@@ -477,45 +635,44 @@ class DynamoStore:
         """Join with three conditions in one transaction: not yet a member, room below
         capacity, connection below its room limit. Concurrent joins for the last place
         cannot both win."""
-        try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.rooms_table,
-                            "Item": {
-                                "room": _s(room),
-                                "member_id": _s(connection_id),
-                                "connection_id": _s(connection_id),
-                                "user_id": _s(user_id),
-                                "joined_at": _n(int(time.time())),
-                                "expires_at": _n(self._connection_expiry(time.time())),
-                            },
-                            "ConditionExpression": "attribute_not_exists(member_id)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.rooms_table,
-                            "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
-                            "UpdateExpression": "ADD member_count :one",
-                            "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
-                            "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
-                        }
-                    },
-                    self._connection_counter(connection_id, "room_count", 1, limit=room_limit),
-                ]
-            )
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                return Outcome.ALREADY
-            if codes[1:2] == ["ConditionalCheckFailed"]:
-                return Outcome.FULL
-            return Outcome.GONE if self.get_connection(connection_id) is None else Outcome.LIMIT
-        return Outcome.DONE
+        reasons = self._transact(
+            [
+                {
+                    "Put": {
+                        "TableName": self.rooms_table,
+                        "Item": {
+                            "room": _s(room),
+                            "member_id": _s(connection_id),
+                            "connection_id": _s(connection_id),
+                            "user_id": _s(user_id),
+                            "joined_at": _n(int(time.time())),
+                            "expires_at": _n(self._connection_expiry(time.time())),
+                        },
+                        "ConditionExpression": "attribute_not_exists(member_id)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.rooms_table,
+                        "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
+                        "UpdateExpression": "ADD member_count :one",
+                        "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
+                        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
+                    }
+                },
+                self._connection_counter(connection_id, "room_count", 1, limit=room_limit),
+            ]
+        )
+        if reasons is None:
+            return Outcome.DONE
+        if _failed(reasons, 0):
+            return Outcome.ALREADY
+        if _failed(reasons, 1):
+            return Outcome.FULL
+        return _counter_outcome(reasons[2])
 
     def leave_room(self, room: str, connection_id: str, adjust_connection: bool = True) -> bool:
+        """Leave: the member row and both counts go in one transaction, or nothing does."""
         items: list[dict[str, Any]] = [
             {
                 "Delete": {
@@ -535,14 +692,12 @@ class DynamoStore:
         ]
         if adjust_connection:
             items.append(self._connection_counter(connection_id, "room_count", -1))
-        try:
-            self._db.transact_write_items(TransactItems=items)
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                return False
-            return self.leave_room(room, connection_id, adjust_connection=False)
-        return True
+        reasons = self._transact(items)
+        if reasons is not None and not _failed(reasons, 0) and adjust_connection:
+            # Only the connection counter's condition failed: its row is gone, so the member goes
+            # without it (once: the remaining items have no condition but the member's own).
+            reasons = self._transact(items[:2])
+        return reasons is None
 
     def room_members(self, room: str) -> list[str]:
         return [
@@ -605,41 +760,40 @@ class DynamoStore:
             seq = last + 1
             message = message_for_seq(seq)
             expires = _n(int(self.clock()) + self._settings.history_seconds)
-            try:
-                self._db.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Put": {
-                                "TableName": self.streams_table,
-                                "Item": {
-                                    "stream": _s(stream),
-                                    "seq": _n(seq),
-                                    "message": _s(message),
-                                    "expires_at": expires,
-                                },
-                            }
-                        },
-                        {
-                            "Put": {
-                                "TableName": self.streams_table,
-                                "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
-                                # New, or known but its entry expired (seq 0 is never assigned).
-                                "ConditionExpression": "attribute_not_exists(assigned_seq) OR assigned_seq = :old",
-                                "ExpressionAttributeValues": {":old": _n(stale_seq or 0)},
-                            }
-                        },
-                        {
-                            "Update": {
-                                "TableName": self.streams_table,
-                                "Key": head_key,
-                                "UpdateExpression": "SET last_seq = :seq, last_message = :m, last_message_seq = :seq",
-                                "ConditionExpression": "attribute_not_exists(last_seq) OR last_seq = :last",
-                                "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq), ":last": _n(last)},
-                            }
-                        },
-                    ]
-                )
-            except self._errors.TransactionCanceledException:
+            reasons = self._transact(
+                [
+                    {
+                        "Put": {
+                            "TableName": self.streams_table,
+                            "Item": {
+                                "stream": _s(stream),
+                                "seq": _n(seq),
+                                "message": _s(message),
+                                "expires_at": expires,
+                            },
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.streams_table,
+                            "Item": {**marker_key, "assigned_seq": _n(seq), "expires_at": expires},
+                            # New, or known but its entry expired (seq 0 is never assigned).
+                            "ConditionExpression": "attribute_not_exists(assigned_seq) OR assigned_seq = :old",
+                            "ExpressionAttributeValues": {":old": _n(stale_seq or 0)},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.streams_table,
+                            "Key": head_key,
+                            "UpdateExpression": "SET last_seq = :seq, last_message = :m, last_message_seq = :seq",
+                            "ConditionExpression": "attribute_not_exists(last_seq) OR last_seq = :last",
+                            "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq), ":last": _n(last)},
+                        }
+                    },
+                ]
+            )
+            if reasons is not None:
                 continue  # another writer sequenced this event or this stream first: look again
             return seq, message, True
         raise RuntimeError(f"could not sequence event {event_id} on {stream}: too much contention")
@@ -676,6 +830,16 @@ class DynamoStore:
 
     # ------------------------------------------------------------ helpers
 
+    def _scan_pages(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Scan page by page, each page read with the store's retries (a paginator would bypass them)."""
+        while True:
+            page = self._db.scan(**kwargs)
+            yield page
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                return
+            kwargs["ExclusiveStartKey"] = last
+
     def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         while True:
             page = self._db.query(**kwargs)
@@ -684,6 +848,16 @@ class DynamoStore:
             if not last:
                 return
             kwargs["ExclusiveStartKey"] = last
+
+
+def _failed(reasons: list[dict[str, Any]], index: int) -> bool:
+    """Whether the transaction item at `index` was cancelled by its own condition."""
+    return len(reasons) > index and reasons[index].get("Code") == CONDITION_FAILED
+
+
+def _counter_outcome(reason: dict[str, Any]) -> Outcome:
+    """A failed connection counter: with the row it saw, the limit is reached; without one, the connection is gone."""
+    return Outcome.LIMIT if reason.get("Item") else Outcome.GONE
 
 
 def _subscription_json(subscription: Subscription) -> dict[str, Any]:

@@ -1,0 +1,341 @@
+"""DynamoDB's own failures, injected with its real error responses in front of moto (which never produces them).
+
+A `before-call` hook answers chosen requests with the JSON DynamoDB sends for a
+cancelled transaction, throttling or an internal error, parsed by botocore's own
+DynamoDB parser; everything else reaches moto. (`before-call`, not `before-send`:
+moto's in-process mock also listens on `before-send`, and every listener there
+runs, so moto would apply a write whose answer we replace.)
+
+The store must retry what passes with time, raise what does not (the client
+sees INTERNAL and a metric counts it), never read either as a limit, and keep
+every counter equal to the rows it counts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
+from botocore.config import Config
+from botocore.parsers import create_parser
+
+from local.provision import provision
+from quanttrade_ws.config import Settings
+from quanttrade_ws.store import ROOM_META
+from tests.conftest import Clock, Wired
+
+TRANSACT = "TransactWriteItems"
+CANCELLED = "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"
+
+
+def cancelled(*codes: str) -> tuple[int, dict[str, Any]]:
+    """DynamoDB's answer to a cancelled transaction: one reason per item, in order."""
+    reasons = [
+        {"Code": code} if code == "None" else {"Code": code, "Message": f"{code} for this item"} for code in codes
+    ]
+    message = f"Transaction cancelled, please refer cancellation reasons for specific reasons [{', '.join(codes)}]"
+    return 400, {"__type": CANCELLED, "CancellationReasons": reasons, "Message": message}
+
+
+def error(code: str, status: int = 400, prefix: str = "com.amazonaws.dynamodb.v20120810") -> tuple[int, dict[str, Any]]:
+    return status, {"__type": f"{prefix}#{code}", "message": f"{code} (injected)"}
+
+
+THROTTLED = error("ThrottlingException", prefix="com.amazon.coral.availability")
+THROUGHPUT = error("ProvisionedThroughputExceededException")
+INTERNAL = error("InternalServerError", status=500)
+
+
+class Inject:
+    """A `before-call` hook on one operation: answers queued requests with DynamoDB's error, parsed as botocore does."""
+
+    def __init__(self, client: Any, operation: str) -> None:
+        self.client = client
+        self.operation = operation
+        self.answers: list[Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None]] = []
+        self.injected = 0
+        self.passed = 0
+
+    def next(self, count: int, answer: Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None]) -> Inject:
+        """Answer the next `count` requests with `answer` (None lets one through to moto)."""
+        self.answers.extend([answer] * count)
+        return self
+
+    def always(self, answer: Callable[[dict[str, Any]], tuple[int, dict[str, Any]] | None]) -> Inject:
+        self.answers = [answer] * 10_000
+        return self
+
+    def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        answer = self.answers.pop(0)(json.loads(params["body"])) if self.answers else None
+        if answer is None:
+            self.passed += 1
+            return None
+        self.injected += 1
+        status, body = answer
+        headers = {"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"}
+        response = {"status_code": status, "headers": headers, "body": json.dumps(body).encode()}
+        parser = create_parser("json")
+        parsed = parser.parse(response, model.output_shape)
+        # As botocore's endpoint does: the error's modeled fields (CancellationReasons) from its own shape.
+        error_shape = model.service_model.shape_for_error_code(parsed["Error"]["Code"])
+        if error_shape is not None:
+            parsed.update(parser.parse(response, error_shape))
+        return AWSResponse(params["url"], status, HTTPHeaders.from_dict(headers), None), parsed
+
+    def __enter__(self) -> Inject:
+        self.client.meta.events.register(f"before-call.dynamodb.{self.operation}", self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.meta.events.unregister(f"before-call.dynamodb.{self.operation}", self)
+
+
+@pytest.fixture
+def wired(settings: Settings, aws: dict[str, Any]) -> Wired:
+    """The service on moto through a client without botocore's retries: the store's own are under test."""
+    provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
+    client = boto3.client("dynamodb", region_name="us-east-1", config=Config(retries={"total_max_attempts": 1}))
+    return Wired(settings, client, Clock())
+
+
+def inject(wired: Wired, operation: str = TRANSACT) -> Inject:
+    return Inject(wired.store._raw, operation)
+
+
+def items(wired: Wired, table: str) -> list[dict[str, Any]]:
+    return list(wired.store._raw.scan(TableName=table, ConsistentRead=True)["Items"])
+
+
+def assert_counters_equal_rows(wired: Wired) -> None:
+    """Every connection's sub_count and room_count, and every room's member_count, equal the rows they count."""
+    settings = wired.settings
+    subscriptions = items(wired, settings.subscriptions_table)
+    room_rows = items(wired, settings.rooms_table)
+    members = [row for row in room_rows if row["member_id"]["S"] != ROOM_META]
+    for row in items(wired, settings.connections_table):
+        if row.get("kind", {}).get("S") != "connection":
+            continue
+        cid = row["pk"]["S"]
+        assert int(row["sub_count"]["N"]) == sum(s["connection_id"]["S"] == cid for s in subscriptions), cid
+        assert int(row["room_count"]["N"]) == sum(m["connection_id"]["S"] == cid for m in members), cid
+    for meta in (row for row in room_rows if row["member_id"]["S"] == ROOM_META):
+        room = meta["room"]["S"]
+        assert int(meta["member_count"]["N"]) == sum(m["room"]["S"] == room for m in members), room
+
+
+def subscribe(*symbols: str) -> dict[str, Any]:
+    return {"action": "subscribe", "streams": [{"stream_type": "market_data", "symbol": s} for s in symbols]}
+
+
+def error_code(reply: dict[str, Any]) -> str | None:
+    return reply["payload"].get("error_code") if reply["message_type"] == "error" else None
+
+
+RETRYABLE_REASONS = ["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"]
+
+
+@pytest.mark.parametrize("reason", RETRYABLE_REASONS)
+def test_a_conflict_on_the_connection_row_is_retried_not_a_subscription_limit(wired: Wired, reason: str) -> None:
+    # GIVEN a connection, and DynamoDB cancelling its next two subscribe transactions on the connection row
+    wired.connect("c1", level="free")
+    with inject(wired).next(2, lambda _: cancelled("None", reason)) as faults:
+        # WHEN it subscribes
+        reply = wired.send("c1", subscribe("AAPL", "MSFT"))
+    # THEN it is subscribed (after retries), with no SUBSCRIPTION_LIMIT or silent GONE
+    assert reply["message_type"] == "subscribe", reply
+    assert reply["payload"]["streams"] == ["market_data:AAPL", "market_data:MSFT"]
+    assert faults.injected == 2
+    assert_counters_equal_rows(wired)
+
+
+@pytest.mark.parametrize("reason", RETRYABLE_REASONS)
+def test_a_conflict_on_a_busy_rooms_meta_item_is_retried_not_room_full(wired: Wired, reason: str) -> None:
+    # GIVEN a room with a member, and DynamoDB cancelling the next three joins on the room's #meta item
+    wired.connect("a")
+    wired.connect("b")
+    assert wired.send("a", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
+    with inject(wired).next(3, lambda _: cancelled("None", reason, "None")) as faults:
+        # WHEN another client joins
+        reply = wired.send("b", {"action": "joinRoom", "room": "desk", "request_id": "j"})
+    # THEN it is in, not ROOM_FULL, ROOM_LIMIT or silently dropped
+    assert reply["message_type"] == "join_room", reply
+    assert faults.injected == 3
+    assert sorted(wired.store.room_members("desk")) == ["a", "b"]
+    assert_counters_equal_rows(wired)
+
+
+def test_a_conflict_while_unsubscribing_leaves_the_counter_equal_to_the_rows(wired: Wired) -> None:
+    # GIVEN a free client at its limit of 5 subscriptions
+    wired.connect("c1", level="free")
+    assert wired.send("c1", subscribe("A", "B", "C", "D", "E"))["message_type"] == "subscribe"
+    # WHEN two unsubscribes meet a transaction conflict on the connection row
+    with inject(wired).next(2, lambda _: cancelled("None", "TransactionConflict")):
+        reply = wired.send("c1", {"action": "unsubscribe", "streams": [{"stream_type": "market_data", "symbol": "A"}]})
+    assert reply["payload"]["streams"] == ["market_data:A"]
+    # THEN the count went down with the row, and the freed place can be taken
+    assert_counters_equal_rows(wired)
+    assert wired.send("c1", subscribe("F"))["message_type"] == "subscribe"
+    assert_counters_equal_rows(wired)
+
+
+def test_a_conflict_while_leaving_leaves_every_count_equal_to_the_rows(wired: Wired) -> None:
+    # GIVEN two members of a room
+    for cid in ("a", "b"):
+        wired.connect(cid)
+        wired.send(cid, {"action": "joinRoom", "room": "desk"})
+    # WHEN one leaves and the transaction conflicts on the connection row, then on the room's #meta
+    with (
+        inject(wired)
+        .next(1, lambda _: cancelled("None", "None", "TransactionConflict"))
+        .next(1, lambda _: cancelled("None", "TransactionConflict", "None"))
+    ):
+        reply = wired.send("a", {"action": "leaveRoom", "room": "desk"})
+    # THEN it left, and the room and the connection count what is there
+    assert reply["message_type"] == "leave_room", reply
+    assert wired.store.room_members("desk") == ["b"]
+    assert_counters_equal_rows(wired)
+
+
+def test_leaving_under_endless_conflicts_gives_up_after_a_bounded_number_of_tries(wired: Wired) -> None:
+    # GIVEN a member, and a room whose every transaction conflicts
+    wired.connect("a")
+    wired.send("a", {"action": "joinRoom", "room": "desk"})
+    with inject(wired).always(lambda _: cancelled("None", "TransactionConflict", "None")) as faults:
+        # WHEN it leaves
+        reply = wired.send("a", {"action": "leaveRoom", "room": "desk", "request_id": "l"})
+    # THEN it gets INTERNAL after the store's bounded attempts (no unbounded recursion), counted by a metric
+    assert error_code(reply) == "INTERNAL", reply
+    assert faults.injected == wired.store.backoff.attempts
+    assert wired.metrics.totals["InternalErrors"] == 1
+    # AND nothing changed: still a member, every count as before
+    assert wired.store.room_members("desk") == ["a"]
+    assert_counters_equal_rows(wired)
+
+
+def test_a_cancellation_for_another_reason_is_internal_and_counted(wired: Wired) -> None:
+    # GIVEN a transaction cancelled for a reason that is neither a condition nor contention
+    wired.connect("c1")
+    with inject(wired).next(1, lambda _: cancelled("ValidationError", "None")) as faults:
+        # WHEN a client subscribes
+        reply = wired.send("c1", subscribe("AAPL") | {"request_id": "s"})
+    # THEN it gets INTERNAL (not SUBSCRIPTION_LIMIT), once, and the metric counts it
+    assert error_code(reply) == "INTERNAL", reply
+    assert reply["request_id"] == "s"
+    assert faults.injected == 1
+    assert wired.metrics.totals["InternalErrors"] == 1
+    assert_counters_equal_rows(wired)
+
+
+@pytest.mark.parametrize("answer", [THROTTLED, THROUGHPUT, INTERNAL], ids=["throttling", "throughput", "internal"])
+def test_throttled_plain_calls_are_retried(wired: Wired, answer: tuple[int, dict[str, Any]]) -> None:
+    # GIVEN a connection whose next two row updates (every frame's touch) are refused for a passing reason
+    wired.connect("c1")
+    with inject(wired, "UpdateItem").next(2, lambda _: answer) as faults:
+        # WHEN it pings
+        reply = wired.send("c1", {"action": "ping"})
+    # THEN it gets its pong
+    assert reply["message_type"] == "pong", reply
+    assert faults.injected == 2
+
+
+def test_throttling_that_does_not_pass_is_internal_after_bounded_retries(wired: Wired) -> None:
+    wired.connect("c1")
+    with inject(wired, "UpdateItem").always(lambda _: THROTTLED) as faults:
+        reply = wired.send("c1", {"action": "ping", "request_id": "p"})
+    assert error_code(reply) == "INTERNAL", reply
+    assert faults.injected == wired.store.backoff.attempts
+
+
+def test_throttling_of_a_whole_transaction_is_retried(wired: Wired) -> None:
+    wired.connect("c1")
+    with inject(wired).next(2, lambda _: THROUGHPUT) as faults:
+        reply = wired.send("c1", {"action": "joinRoom", "room": "desk"})
+    assert reply["message_type"] == "join_room", reply
+    assert faults.injected == 2
+    assert_counters_equal_rows(wired)
+
+
+def test_backoff_is_jittered_and_bounded(wired: Wired) -> None:
+    # GIVEN endless conflicts, and a record of each wait
+    waits: list[float] = []
+    wired.store.backoff.sleep = waits.append
+    wired.connect("c1")
+    with inject(wired).always(lambda _: cancelled("None", "TransactionConflict")):
+        wired.send("c1", subscribe("AAPL"))
+    # THEN one wait between attempts, each within its growing, capped bound, and not all alike
+    backoff = wired.store.backoff
+    assert len(waits) == backoff.attempts - 1
+    for attempt, wait in enumerate(waits):
+        assert 0 <= wait <= min(backoff.cap_seconds, backoff.base_seconds * 2**attempt)
+    assert len(set(waits)) > 1
+
+
+def test_mixed_actions_under_random_conflicts_give_no_false_limits_and_no_drift(
+    settings: Settings, wired: Wired
+) -> None:
+    # GIVEN 30% of all transactions cancelled by a conflict or throttling on a random item
+    rng = random.Random(7)
+
+    def sometimes(request: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        if rng.random() >= 0.3:
+            return None
+        codes = ["None"] * len(request["TransactItems"])
+        codes[rng.randrange(len(codes))] = rng.choice(RETRYABLE_REASONS)
+        return cancelled(*codes)
+
+    clients = [f"c{i}" for i in range(6)]
+    for cid in clients:
+        wired.connect(cid, level="free")
+    errors: list[str | None] = []
+    with inject(wired).always(sometimes) as faults:
+        # WHEN the clients subscribe, unsubscribe, join and leave within their limits, in rounds
+        for round_ in range(4):
+            for i, cid in enumerate(clients):
+                symbols = [f"S{(i + round_ + k) % 8}" for k in range(3)]
+                room = f"room{(i + round_) % 3}"
+                frames = [
+                    subscribe(*symbols),
+                    {"action": "joinRoom", "room": room},
+                    {"action": "unsubscribe", "streams": [{"stream_type": "market_data", "symbol": symbols[0]}]},
+                    {"action": "leaveRoom", "room": room},
+                    {
+                        "action": "unsubscribe",
+                        "streams": [{"stream_type": "market_data", "symbol": s} for s in symbols],
+                    },
+                ]
+                errors.extend(error_code(wired.send(cid, frame)) for frame in frames)
+    # THEN faults were met, no action failed, and every counter equals its rows
+    assert faults.injected > 20
+    assert set(errors) == {None}
+    assert_counters_equal_rows(wired)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        subscribe("AAPL") | {"streams": [{"stream_type": "market_data", "interval": 1e-300}]},
+        subscribe("AAPL") | {"streams": [{"stream_type": "market_data", "interval": 0.0009}]},
+        subscribe("AAPL") | {"streams": [{"stream_type": "market_data", "interval": 1e300}]},
+        {"action": "resume", "session_token": "x", "last_seq": {"market_data:AAPL": 10**40}},
+    ],
+    ids=["tiny-interval", "below-minimum", "huge-interval", "huge-seq"],
+)
+def test_numbers_dynamodb_cannot_store_are_invalid_message(wired: Wired, frame: dict[str, Any]) -> None:
+    wired.connect("c1")
+    reply = wired.send("c1", frame)
+    assert error_code(reply) == "INVALID_MESSAGE", reply
+    assert_counters_equal_rows(wired)
+
+
+def test_the_minimum_interval_is_accepted_and_stored(wired: Wired) -> None:
+    wired.connect("c1")
+    reply = wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts", "interval": 0.001}]})
+    assert reply["message_type"] == "subscribe", reply
+    assert [s.interval for s in wired.store.subscriptions_of("c1")] == [0.001]
