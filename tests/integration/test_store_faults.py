@@ -26,7 +26,7 @@ from botocore.compat import HTTPHeaders
 from botocore.config import Config
 from botocore.parsers import create_parser
 
-from local.provision import provision
+from tests.provision import provision
 from quanttrade_ws.config import Settings
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Clock, Wired
