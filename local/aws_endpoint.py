@@ -191,6 +191,8 @@ _RULE_ERRORS: dict[str, dict[str, tuple[int, str, bool]]] = {
         "InternalServerError": (500, "Internal server error", False),
         "TransactionConflictException": (400, "Transaction is ongoing for the item", True),
         "TransactionCanceledException": (400, "Transaction cancelled", True),
+        # Not retried by the SDKs: the table is gone (deleted, or a wrong name deployed). The message names it.
+        "ResourceNotFoundException": (400, "Requested resource not found", True),
     },
     "sqs": {
         "InternalError": (500, "We encountered an internal error. Please try again.", False),
@@ -289,8 +291,28 @@ class FaultRule:
         if self.service == "dynamodb":
             if self.error == "TransactionCanceledException":
                 return _transaction_canceled(parsed, self.reasons)
+            if self.error == "ResourceNotFoundException":
+                table = _table_named(parsed)
+                message = f"{message}: Table: {table} not found" if table else message
             return _json_error(status, _DYNAMODB_ERROR + self.error, message)
         return _json_error(status, self.error, message, content_type="application/x-amz-json-1.1")
+
+
+def _table_named(parsed: ParsedRequest) -> str | None:
+    """The table a DynamoDB request names (the first one of a transaction or batch)."""
+    params = parsed.params
+    if isinstance(params.get("TableName"), str):
+        return str(params["TableName"])
+    entries = params.get("TransactItems")
+    if isinstance(entries, list):
+        for entry in entries:
+            for item in entry.values() if isinstance(entry, dict) else ():
+                if isinstance(item, dict) and isinstance(item.get("TableName"), str):
+                    return str(item["TableName"])
+    items = params.get("RequestItems")
+    if isinstance(items, dict) and items:
+        return str(next(iter(items)))
+    return None
 
 
 def _sdk_attempt(header: str | None) -> int | None:

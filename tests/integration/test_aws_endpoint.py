@@ -378,6 +378,14 @@ def test_a_rule_for_another_function_does_not_match(world: World) -> None:
     assert rule.injected == 0
 
 
+def test_a_missing_table_is_answered_as_dynamodb_does_naming_the_table(world: World) -> None:
+    # GIVEN the fan-out's PutItem finds no table, WHEN it writes THEN DynamoDB's answer names the table
+    with world.door.fault_rule("dynamodb", "ResourceNotFoundException", operation="PutItem", function="fanout"):
+        answer = error_of(world.client("dynamodb").put_item, TableName="Connections", Item={"pk": {"S": "c9"}})
+    assert answer["Error"]["Code"] == "ResourceNotFoundException"
+    assert answer["Error"]["Message"] == "Requested resource not found: Table: Connections not found"
+
+
 def test_a_transaction_rule_cancels_with_the_given_reasons_until_removed(world: World) -> None:
     # GIVEN every TransactWriteItems of the function is cancelled as throttled on its first item
     dynamodb = world.client("dynamodb")
