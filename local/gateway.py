@@ -47,11 +47,11 @@ import re
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
@@ -126,6 +126,12 @@ MANAGEMENT_FAULT_KINDS = ("throttle", "error", "delay")
 _MANAGEMENT_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_GET, hdrs.METH_DELETE})
 
 
+class ManagementCall(NamedTuple):
+    method: str
+    connection_id: str
+    status: int
+
+
 @dataclass
 class ManagementFault:
     """One rule of injected Management API faults.
@@ -135,8 +141,9 @@ class ManagementFault:
     "delay" holds the call `delay` seconds before serving it (a call whose
     caller hung up meanwhile, e.g. after its own timeout, is then dropped
     undelivered). It applies to calls with one of `methods` (posts by default)
-    to `connections` (None: every connection), for the next `count` matching
-    calls (None: until removed).
+    to `connections` (None: every connection) by a `caller` whose principal
+    name contains it (a function's name or logical id; None: any caller), for
+    the next `count` matching calls (None: until removed).
 
     Counters: `injected`, and per connection and per method.
     """
@@ -144,6 +151,7 @@ class ManagementFault:
     kind: str
     connections: frozenset[str] | None = None
     methods: frozenset[str] = frozenset({hdrs.METH_POST})
+    caller: str | None = None
     count: int | None = None
     delay: float = 0.0
     injected: int = 0
@@ -169,8 +177,10 @@ class ManagementFault:
     def exhausted(self) -> bool:
         return self.count is not None and self.injected >= self.count
 
-    def matches(self, method: str, connection_id: str) -> bool:
+    def matches(self, method: str, connection_id: str, caller: str) -> bool:
         if self.exhausted or method not in self.methods:
+            return False
+        if self.caller is not None and self.caller not in caller:
             return False
         return self.connections is None or connection_id in self.connections
 
@@ -205,11 +215,11 @@ class _ManagementFaults:
             if rule in self.rules:
                 self.rules.remove(rule)
 
-    def pick(self, method: str, connection_id: str) -> ManagementFault | tuple[int, str, str] | None:
+    def pick(self, method: str, connection_id: str, caller: str) -> ManagementFault | tuple[int, str, str] | None:
         """The rule that takes this call, a random answer (status, type, message), or None to serve it."""
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, connection_id):
+                if rule.matches(method, connection_id, caller):
                     rule.injected += 1
                     rule.by_connection[connection_id] += 1
                     rule.by_method[method] += 1
@@ -466,6 +476,9 @@ class LocalGateway:
         self._background: set[asyncio.Task[None]] = set()
         self._management_limits = (self.config.management_rate_per_second, self.config.management_burst)
         self._management_bucket = _TokenBucket(*self._management_limits)
+        # The last Management API calls and their answers, as API Gateway's execution logs would show them
+        # (its access log cannot: a keep-alive connection opened while INFO was off is never logged).
+        self.management_calls: deque[ManagementCall] = deque(maxlen=10_000)
         self._management_faults = _ManagementFaults(
             self.config.management_fault_rate, self.config.management_fault_seed
         )
@@ -592,6 +605,7 @@ class LocalGateway:
         *,
         connections: Iterable[str] | None = None,
         methods: Iterable[str] = (hdrs.METH_POST,),
+        caller: str | None = None,
         count: int | None = None,
         delay: float = 0.0,
     ) -> ManagementFault:
@@ -600,6 +614,7 @@ class LocalGateway:
             kind,
             connections=None if connections is None else frozenset(connections),
             methods=frozenset(methods),
+            caller=caller,
             count=count,
             delay=delay,
         )
@@ -951,6 +966,13 @@ class LocalGateway:
     # ------------------------------------------------------------ Management API
 
     async def _handle_management(self, request: web.Request) -> web.Response:
+        response = await self._serve_management(request)
+        self.management_calls.append(
+            ManagementCall(request.method, request.match_info["connection_id"], response.status)
+        )
+        return response
+
+    async def _serve_management(self, request: web.Request) -> web.Response:
         limit = self.config.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             return _management_error(413, "PayloadTooLargeException", "Request entity too large")
@@ -979,7 +1001,7 @@ class LocalGateway:
             # The config was replaced (LocalStack.gateway_limits): throttle at the new rate from now on.
             self._management_limits = limits
             self._management_bucket = _TokenBucket(*limits)
-        fault = self._management_faults.pick(request.method, connection_id)
+        fault = self._management_faults.pick(request.method, connection_id, principal.name)
         if isinstance(fault, tuple):
             return _management_error(*fault)
         if fault is not None:

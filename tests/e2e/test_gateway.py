@@ -685,6 +685,7 @@ async def test_a_throttle_fault_answers_the_next_n_posts_to_one_connection_with_
     # THEN the first's first two were throttled with API Gateway's 429, the rest (and the other's) delivered
     assert outcomes == [("throttled", "ok"), ("throttled", "ok"), ("ok", "ok")]
     assert rule.exhausted and dict(rule.by_connection) == {first_id: 2}
+    assert [c.status for c in stack.gateway.management_calls if c.connection_id == first_id] == [429, 429, 200]
     assert stack.gateway.management_fault_counts() == {"LimitExceededException": 2}
     assert await asyncio.wait_for(first.recv(), 5) == "tick"
     stack.gateway.remove_management_fault(rule)
@@ -713,6 +714,11 @@ async def test_an_error_fault_answers_posts_and_closes_with_500_until_removed(st
     # ... and once the rule is gone, the post goes through
     await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"after")
     assert await asyncio.wait_for(ws.recv(), 5) == "after"
+    # ... and a rule for another caller does not touch the administrator's post
+    with stack.gateway.management_fault("error", caller="quanttrade-fanout") as elsewhere:
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"mine")
+    assert elsewhere.injected == 0
+    assert await asyncio.wait_for(ws.recv(), 5) == "mine"
     await ws.close()
 
 
