@@ -691,6 +691,10 @@ class LocalStack:
                 "pumps": {pump.function.name: pump.stats.as_dict() for pump in self.pumps},
                 "simulator": dict(self.simulator.published) if self.simulator else None,
                 "connections": len(self._gateway().connection_ids),
+                "faults_injected": {
+                    **(self.front_door.fault_counts() if self.front_door is not None else {}),
+                    MANAGEMENT_FAULTS: self._gateway().management_fault_counts(),
+                },
             }
         )
 
