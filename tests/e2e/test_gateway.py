@@ -742,11 +742,11 @@ async def test_a_delayed_post_whose_caller_gave_up_is_not_delivered(stack: Stack
     await ws.close()
 
 
-async def test_a_management_fault_rate_answers_429_or_500_and_bad_faults_are_refused(stack: Stack) -> None:
-    # GIVEN every Management API call faulted (seeded)
+async def test_a_management_fault_rate_answers_429_or_500_and_bad_faults_are_refused(launch: Launch) -> None:
+    # GIVEN a stage configured to fault every Management API call (seeded)
+    stack = await launch(management_fault_rate=1.0, management_fault_seed=3)
     ws, connection_id = await stack.connect()
     client = stack.management()
-    stack.gateway.configure_management_faults(1.0, seed=3)
 
     def codes() -> list[str]:
         found = []
