@@ -53,6 +53,7 @@ from typing import Any
 import pytest
 import websockets
 
+from local.gateway import LocalGateway
 from local.lambda_runtime import LambdaFunction
 from local.pump import BatchOutcome, QueuePump
 from local.stack import LocalStack
@@ -84,6 +85,7 @@ class FanOutBatches:
 
     def __init__(self, pump: QueuePump) -> None:
         self.pump = pump
+        # The outcomes already there (alive while the pump keeps them, so their ids are theirs alone).
         self._before = {id(outcome) for outcome in list(pump.stats.outcomes)}
 
     @property
@@ -110,8 +112,8 @@ def fanout_batches(local_stack: LocalStack) -> FanOutBatches:
     return FanOutBatches(next(pump for pump in local_stack.pumps if pump.function is fanout))
 
 
-def gateway_of(stack: LocalStack) -> Any:
-    assert stack.gateway is not None and stack.front_door is not None
+def gateway_of(stack: LocalStack) -> LocalGateway:
+    assert stack.gateway is not None
     return stack.gateway
 
 
