@@ -10,8 +10,10 @@ Functions get this server's URL as their AWS endpoint. Every request is
    are derived from its body (per table, index, queue, bus, secret; per item of
    a batch or transaction) and evaluated against the caller's identity policies
    (`local.iam`);
-4. optionally failed on purpose: for function principals only, at the
-   configured rate per service, with the error AWS itself would return;
+4. optionally failed on purpose, for function principals only, with the
+   error AWS itself would return: by targeted rules (`add_fault_rule`: this
+   operation, of this function, the next N times or until removed) and at a
+   configured rate per service (`configure_faults`);
 5. forwarded to moto unchanged, and moto's answer streamed back.
 
 Refusals use each service's real error shape, so botocore raises the same
@@ -36,7 +38,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -174,6 +177,153 @@ class FaultInjector:
             return result
 
 
+# What each service answers, per error code a rule may inject: (HTTP status, message, the caller's fault).
+_RULE_ERRORS: dict[str, dict[str, tuple[int, str, bool]]] = {
+    "dynamodb": {
+        "ThrottlingException": (400, "Rate of requests exceeds the allowed throughput.", True),
+        "ProvisionedThroughputExceededException": (
+            400,
+            "The level of configured provisioned throughput for the table was exceeded. "
+            "Consider increasing your provisioning level with the UpdateTable API.",
+            True,
+        ),
+        "RequestLimitExceeded": (400, "Throughput exceeds the current throughput limit for your account.", True),
+        "InternalServerError": (500, "Internal server error", False),
+        "TransactionConflictException": (400, "Transaction is ongoing for the item", True),
+        "TransactionCanceledException": (400, "Transaction cancelled", True),
+        # Not retried by the SDKs: the table is gone (deleted, or a wrong name deployed). The message names it.
+        "ResourceNotFoundException": (400, "Requested resource not found", True),
+    },
+    "sqs": {
+        "InternalError": (500, "We encountered an internal error. Please try again.", False),
+        "RequestThrottled": (400, "Request is throttled.", True),
+        "ServiceUnavailable": (503, "Service is unavailable. Try again later.", False),
+    },
+    "events": {
+        "ThrottlingException": (400, "Rate exceeded", True),
+        "InternalException": (500, "An internal error occurred.", False),
+    },
+    "secretsmanager": {
+        "ThrottlingException": (400, "Rate exceeded", True),
+        "InternalServiceError": (500, "An error occurred on the server side.", False),
+    },
+}
+# DynamoDB's CancellationReasons codes and their messages.
+_CANCELLATION_MESSAGES = {
+    "None": None,
+    "TransactionConflict": "Transaction is ongoing for the item",
+    "ThrottlingError": "Throughput exceeds the current capacity of your table or index. DynamoDB is automatically "
+    "scaling your table or index so please try again shortly. If exceptions persist, check if you have a hot key.",
+    "ProvisionedThroughputExceeded": "The level of configured provisioned throughput for the table was exceeded.",
+    "ConditionalCheckFailed": "The conditional request failed",
+    "ItemCollectionSizeLimitExceeded": "Collection size exceeded.",
+    "ValidationError": "One or more parameter values were invalid.",
+}
+_TRANSACTIONS = frozenset({"TransactWriteItems", "TransactGetItems"})
+
+
+@dataclass
+class FaultRule:
+    """One targeted fault: matching requests of function principals get `error`, as the service answers it.
+
+    Matches `service` and, when given, `operation` (the API name: `Query`,
+    `TransactWriteItems`, `SendMessage`, ...) and `function` (a substring of
+    the calling function's name, such as its logical id). `count` limits it to
+    the next N matching calls (None: until removed). A
+    `TransactionCanceledException` carries `reasons`: one cancellation code per
+    item of the transaction, in order ("None" for the rest).
+
+    Counters: `injected`, and `attempts`, the SDK's attempt numbers of the
+    failed calls (from botocore's `amz-sdk-request` header), which show how
+    the caller retried.
+    """
+
+    service: str
+    error: str
+    operation: str | None = None
+    function: str | None = None
+    count: int | None = None
+    reasons: tuple[str, ...] = ("TransactionConflict",)
+    injected: int = 0
+    attempts: Counter[int] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        errors = _RULE_ERRORS.get(self.service)
+        if errors is None:
+            raise ValueError(f"fault rules cover {sorted(_RULE_ERRORS)}, not {self.service!r}")
+        if self.error not in errors:
+            raise ValueError(f"{self.service} fault rules inject one of {sorted(errors)}, not {self.error!r}")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"a fault rule's count must be at least 1 (or None: until removed), not {self.count}")
+        if self.error == "TransactionCanceledException":
+            if self.operation not in _TRANSACTIONS:
+                raise ValueError("TransactionCanceledException is the answer of TransactWriteItems/TransactGetItems")
+            unknown = [code for code in self.reasons if code not in _CANCELLATION_MESSAGES]
+            if not self.reasons or unknown:
+                raise ValueError(f"cancellation reasons are DynamoDB's codes {sorted(_CANCELLATION_MESSAGES)}")
+        self.reasons = tuple(self.reasons)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count is not None and self.injected >= self.count
+
+    def matches(self, parsed: ParsedRequest, principal_name: str) -> bool:
+        if parsed.service != self.service or self.exhausted:
+            return False
+        if self.operation is not None and parsed.operation != self.operation:
+            return False
+        return self.function is None or self.function in principal_name
+
+    def take(self, parsed: ParsedRequest, attempt: int | None) -> None:
+        """Count one injected fault (under the door's lock)."""
+        self.injected += 1
+        self.by_operation[parsed.operation] += 1
+        if attempt is not None:
+            self.attempts[attempt] += 1
+
+    def response(self, parsed: ParsedRequest) -> web.Response:
+        status, message, sender = _RULE_ERRORS[self.service][self.error]
+        if self.service == "sqs":
+            if parsed.protocol == "query":
+                return _query_error(status, self.error, message, sender=sender)
+            return _sqs_json_error(status, self.error, message, sender=sender)
+        if self.service == "dynamodb":
+            if self.error == "TransactionCanceledException":
+                return _transaction_canceled(parsed, self.reasons)
+            if self.error == "ResourceNotFoundException":
+                table = _table_named(parsed)
+                message = f"{message}: Table: {table} not found" if table else message
+            return _json_error(status, _DYNAMODB_ERROR + self.error, message)
+        return _json_error(status, self.error, message, content_type="application/x-amz-json-1.1")
+
+
+def _table_named(parsed: ParsedRequest) -> str | None:
+    """The table a DynamoDB request names (the first one of a transaction or batch)."""
+    params = parsed.params
+    if isinstance(params.get("TableName"), str):
+        return str(params["TableName"])
+    entries = params.get("TransactItems")
+    if isinstance(entries, list):
+        for entry in entries:
+            for item in entry.values() if isinstance(entry, dict) else ():
+                if isinstance(item, dict) and isinstance(item.get("TableName"), str):
+                    return str(item["TableName"])
+    items = params.get("RequestItems")
+    if isinstance(items, dict) and items:
+        return str(next(iter(items)))
+    return None
+
+
+def _sdk_attempt(header: str | None) -> int | None:
+    """The attempt number botocore puts in `amz-sdk-request: attempt=2; max=10`."""
+    for part in (header or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "attempt" and value.isdigit():
+            return int(value)
+    return None
+
+
 def _fault_choices(parsed: ParsedRequest) -> tuple[str, ...]:
     if parsed.service == "sqs":
         return ("InternalError", "RequestThrottled")
@@ -217,6 +367,9 @@ class AwsFrontDoor:
         self.host = host
         self._port = port
         self.faults = FaultInjector(dict(faults or {}), fault_seed)
+        self.rules: list[FaultRule] = []  # checked in order before the rates; the first match answers
+        self._rule_counts: Counter[tuple[str, str]] = Counter()
+        self._rules_lock = threading.Lock()
         self.secret_arns: dict[str, str] = dict(secret_arns or {})
         self.denied: Counter[str] = Counter()  # principal name -> refused requests
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -311,12 +464,58 @@ class AwsFrontDoor:
         self.stop()
 
     def fault_counts(self) -> dict[str, dict[str, int]]:
-        """service -> error code -> faults injected so far."""
-        return self.faults.counts()
+        """service -> error code -> faults injected so far, by rates and by rules."""
+        counts = self.faults.counts()
+        with self._rules_lock:
+            for (service, code), count in sorted(self._rule_counts.items()):
+                by_code = counts.setdefault(service, {})
+                by_code[code] = by_code.get(code, 0) + count
+        return counts
 
     def configure_faults(self, rates: Mapping[str, float], seed: int | None = None) -> None:
         """Fail these shares of function requests from now on ({} stops injecting); counters start again."""
         self.faults = FaultInjector(dict(rates), seed)
+        with self._rules_lock:
+            self._rule_counts.clear()
+
+    def add_fault_rule(
+        self,
+        service: str,
+        error: str,
+        *,
+        operation: str | None = None,
+        function: str | None = None,
+        count: int | None = None,
+        reasons: tuple[str, ...] = ("TransactionConflict",),
+    ) -> FaultRule:
+        """From now on, answer matching function requests with `error` (see `FaultRule`); returns the rule."""
+        rule = FaultRule(service, error, operation=operation, function=function, count=count, reasons=reasons)
+        with self._rules_lock:
+            self.rules.append(rule)
+        return rule
+
+    def remove_fault_rule(self, rule: FaultRule) -> None:
+        with self._rules_lock:
+            if rule in self.rules:
+                self.rules.remove(rule)
+
+    @contextmanager
+    def fault_rule(self, service: str, error: str, **options: Any) -> Iterator[FaultRule]:
+        """`add_fault_rule` for the duration of a `with` block."""
+        rule = self.add_fault_rule(service, error, **options)
+        try:
+            yield rule
+        finally:
+            self.remove_fault_rule(rule)
+
+    def _rule_for(self, parsed: ParsedRequest, principal: Principal, request: BaseRequest) -> FaultRule | None:
+        with self._rules_lock:
+            for rule in self.rules:
+                if rule.matches(parsed, principal.name):
+                    rule.take(parsed, _sdk_attempt(request.headers.get("amz-sdk-request")))
+                    self._rule_counts[(rule.service, rule.error)] += 1
+                    return rule
+        return None
 
     # ------------------------------------------------------------------ one request
 
@@ -331,6 +530,12 @@ class AwsFrontDoor:
             if not principal.is_admin:
                 assert parsed is not None
                 await self._authorise(principal, parsed, request)
+                rule = self._rule_for(parsed, principal, request) if self.rules else None
+                if rule is not None:
+                    logger.info(
+                        "injected %s into %s %s of %s", rule.error, parsed.service, parsed.operation, principal.name
+                    )
+                    return rule.response(parsed)
                 fault = self.faults.pick(parsed)
                 if fault is not None:
                     return _fault_response(parsed, fault)
@@ -734,17 +939,26 @@ def _fault_response(parsed: ParsedRequest, code: str) -> web.Response:
             return _query_error(status, code, message, sender=sender)
         return _sqs_json_error(status, code, message, sender=sender)
     if code == "TransactionCanceledException":
-        entries = parsed.params.get("TransactItems") or [None]
         # DynamoDB names the item that conflicted and answers "None" for the others.
-        reasons = [{"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-        reasons += [{"Code": "None"} for _ in entries[1:]]
-        listed = ", ".join(reason["Code"] for reason in reasons)
-        return _json_error(
-            400,
-            _DYNAMODB_ERROR + code,
-            f"Transaction cancelled, please refer cancellation reasons for specific reasons [{listed}]",
-            message_key="Message",
-            extra={"CancellationReasons": reasons},
-        )
+        return _transaction_canceled(parsed, ("TransactionConflict",))
     status, message = _DYNAMODB_FAULTS[code]
     return _json_error(status, _DYNAMODB_ERROR + code, message)
+
+
+def _transaction_canceled(parsed: ParsedRequest, codes: tuple[str, ...]) -> web.Response:
+    """DynamoDB's TransactionCanceledException: one reason per item, `codes` in order, "None" for the rest."""
+    entries = parsed.params.get("TransactItems")
+    size = len(entries) if isinstance(entries, list) and entries else 1
+    reasons: list[dict[str, str]] = []
+    for index in range(size):
+        code = codes[index] if index < len(codes) else "None"
+        message = _CANCELLATION_MESSAGES.get(code)
+        reasons.append({"Code": code, "Message": message} if message else {"Code": code})
+    listed = ", ".join(reason["Code"] for reason in reasons)
+    return _json_error(
+        400,
+        _DYNAMODB_ERROR + "TransactionCanceledException",
+        f"Transaction cancelled, please refer cancellation reasons for specific reasons [{listed}]",
+        message_key="Message",
+        extra={"CancellationReasons": reasons},
+    )

@@ -101,6 +101,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         simulator=not args.no_simulator,
         simulator_rate=args.rate,
         log_level=args.handler_log_level,
+        faults=args.faults,
+        fault_seed=args.fault_seed,
     )
 
     async def run() -> None:
@@ -143,6 +145,7 @@ def _print_banner(stack: Any, simulator_off: bool) -> None:
         f"'{stack.event_bus_name}')",
         f"  Functions    {stack.aws_function_endpoint}  (each function's calls, checked against its role)",
         f"  Simulator    {'off' if simulator_off else 'on'}",
+        *_fault_lines(stack.config),
         "",
         f"Started in {stack.startup_seconds:.1f} s from the synthesized template "
         f"({assembly_origin(stack)}); every function answered its samples in events/.",
@@ -161,6 +164,14 @@ def _print_banner(stack: Any, simulator_off: bool) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _fault_lines(config: Any) -> list[str]:
+    if not config.faults:
+        return []
+    rates = ", ".join(f"{name} {rate:.0%}" for name, rate in sorted(config.faults.items()))
+    seed = "" if config.fault_seed is None else f", seed {config.fault_seed}"
+    return [f"  Faults       {rates}{seed} of calls answered with AWS's own errors"]
 
 
 # ---------------------------------------------------------------------- token
@@ -661,6 +672,27 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def fault_rates(text: str) -> dict[str, float]:
+    """`dynamodb=0.05,management=0.05,sqs=0.02` -> {"dynamodb": 0.05, ...}, each a share within [0, 1]."""
+    from local.stack import FAULT_TARGETS  # only when faults are asked for: it imports the whole stack
+
+    rates: dict[str, float] = {}
+    for pair in text.split(","):
+        name, separator, value = pair.strip().partition("=")
+        if not separator or not name:
+            raise argparse.ArgumentTypeError(f"expected name=rate pairs like dynamodb=0.05, got {pair.strip()!r}")
+        if name not in FAULT_TARGETS:
+            raise argparse.ArgumentTypeError(f"faults go to {', '.join(FAULT_TARGETS)}, not {name!r}")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: not a number: {value!r}") from None
+        if not 0.0 <= rate <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}: a rate is a share of calls within [0, 1], not {value}")
+        rates[name] = rate
+    return rates
+
+
 def _add_deployed_options(parser: argparse.ArgumentParser, credentials: str) -> None:
     group = parser.add_argument_group(
         "deployed stack", "Without these the local stack is the target; with --outputs or --stack, a deployed one."
@@ -721,6 +753,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connection-duration", type=float, default=7200.0, help="seconds before any connection is closed (7200)"
     )
     dev.add_argument("--management-rate", type=float, default=10_000.0, help="Management API calls per second")
+    dev.add_argument(
+        "--faults",
+        type=fault_rates,
+        default={},
+        metavar="NAME=RATE,...",
+        help="answer this share of calls with AWS's own errors: dynamodb and sqs (the functions' calls: throttling, "
+        "500s, cancelled transactions), management (Management API: 429 LimitExceeded or 500); "
+        "e.g. dynamodb=0.05,management=0.05,sqs=0.02",
+    )
+    dev.add_argument("--fault-seed", type=int, default=None, help="seed for --faults, to repeat a run's faults")
     dev.add_argument("--log-level", default="INFO", help="log level of the local stack's components (INFO)")
     dev.add_argument("--handler-log-level", default="WARNING", help="Powertools log level of the handlers (WARNING)")
     dev.set_defaults(func=cmd_dev)

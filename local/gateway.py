@@ -7,7 +7,10 @@ One aiohttp server on one port plays both halves of the managed service:
   selected by `$request.body.action`, and API Gateway's limits and close codes;
 * the Management API (`POST|GET|DELETE /@connections/{id}`, with or without the
   stage prefix) that boto3's `apigatewaymanagementapi` client talks to, with
-  API Gateway's error shapes (410 Gone, 413, 429, 403).
+  API Gateway's error shapes (410 Gone, 413, 429, 403), and faults injected on
+  purpose where API Gateway would produce them (`add_management_fault`: 429
+  LimitExceededException, 500 or a delay, for some connections or all, the next
+  N calls or until removed; `configure_management_faults`: a share of all calls).
 
 Handlers run as Lambda functions do: in thread pools sized like their
 concurrency (see `local.lambda_runtime`), receiving the same event shapes and
@@ -39,13 +42,16 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
@@ -108,6 +114,125 @@ class GatewayConfig:
     default_pool_size: int = 8
     default_timeout_seconds: float = 10.0
     ready_check_timeout: float = 2.0
+    management_fault_rate: float = 0.0  # share of Management API calls answered 429 or 500 on purpose
+    management_fault_seed: int | None = None
+
+
+# What each kind of injected Management API fault answers: API Gateway's own status, error type and message.
+_THROTTLED = (429, "LimitExceededException", "Rate exceeded")
+_INTERNAL = (500, "InternalServerErrorException", "Internal server error")
+MANAGEMENT_FAULT_KINDS = ("throttle", "error", "delay")
+_MANAGEMENT_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_GET, hdrs.METH_DELETE})
+
+
+class ManagementCall(NamedTuple):
+    method: str
+    connection_id: str
+    status: int
+
+
+@dataclass
+class ManagementFault:
+    """One rule of injected Management API faults.
+
+    `kind`: "throttle" answers 429 LimitExceededException (as API Gateway's
+    account throttle does), "error" answers 500 InternalServerErrorException,
+    "delay" holds the call `delay` seconds before serving it (a call whose
+    caller hung up meanwhile, e.g. after its own timeout, is then dropped
+    undelivered). It applies to calls with one of `methods` (posts by default)
+    to `connections` (None: every connection) by a `caller` whose principal
+    name contains it (a function's name or logical id; None: any caller), for
+    the next `count` matching calls (None: until removed).
+
+    Counters: `injected`, and per connection and per method.
+    """
+
+    kind: str
+    connections: frozenset[str] | None = None
+    methods: frozenset[str] = frozenset({hdrs.METH_POST})
+    caller: str | None = None
+    count: int | None = None
+    delay: float = 0.0
+    injected: int = 0
+    by_connection: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+    dropped: int = 0  # delayed calls whose caller was gone when the delay ended
+
+    def __post_init__(self) -> None:
+        if self.kind not in MANAGEMENT_FAULT_KINDS:
+            raise ValueError(f"a Management API fault is one of {MANAGEMENT_FAULT_KINDS}, not {self.kind!r}")
+        methods = frozenset(method.upper() for method in self.methods)
+        if not methods or not methods <= _MANAGEMENT_METHODS:
+            raise ValueError(f"Management API faults apply to {sorted(_MANAGEMENT_METHODS)}, not {sorted(methods)}")
+        self.methods = methods
+        if self.connections is not None:
+            self.connections = frozenset(self.connections)
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"a fault's count must be at least 1 (or None: until removed), not {self.count}")
+        if (self.kind == "delay") != (self.delay > 0):
+            raise ValueError("a delay fault needs a positive delay, and only a delay fault takes one")
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count is not None and self.injected >= self.count
+
+    def matches(self, method: str, connection_id: str, caller: str) -> bool:
+        if self.exhausted or method not in self.methods:
+            return False
+        if self.caller is not None and self.caller not in caller:
+            return False
+        return self.connections is None or connection_id in self.connections
+
+
+class _ManagementFaults:
+    """The gateway's injected Management API faults: rules first, then a seeded share of all calls.
+
+    Rules are added and removed from any thread (tests drive the stack from
+    their own); the gateway's loop consults them.
+    """
+
+    def __init__(self, rate: float, seed: int | None) -> None:
+        self.rules: list[ManagementFault] = []
+        self._lock = threading.Lock()
+        self.configure(rate, seed)
+
+    def configure(self, rate: float, seed: int | None) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"the Management API fault rate must be within [0, 1], not {rate}")
+        with self._lock:
+            self.rate = rate
+            self._random = random.Random(seed)
+            self.counts: Counter[str] = Counter()
+
+    def add(self, rule: ManagementFault) -> ManagementFault:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def remove(self, rule: ManagementFault) -> None:
+        with self._lock:
+            if rule in self.rules:
+                self.rules.remove(rule)
+
+    def pick(self, method: str, connection_id: str, caller: str) -> ManagementFault | tuple[int, str, str] | None:
+        """The rule that takes this call, a random answer (status, type, message), or None to serve it."""
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(method, connection_id, caller):
+                    rule.injected += 1
+                    rule.by_connection[connection_id] += 1
+                    rule.by_method[method] += 1
+                    self.counts["delayed" if rule.kind == "delay" else _answer_of(rule.kind)[1]] += 1
+                    return rule
+            if self.rate > 0.0 and self._random.random() < self.rate:
+                answer = _THROTTLED if self._random.random() < 0.5 else _INTERNAL
+                self.counts[answer[1]] += 1
+                return answer
+        return None
+
+
+def _answer_of(kind: str) -> tuple[int, str, str]:
+    return _THROTTLED if kind == "throttle" else _INTERNAL
 
 
 class _Refusal(Exception):
@@ -350,6 +475,12 @@ class LocalGateway:
         self._background: set[asyncio.Task[None]] = set()
         self._management_limits = (self.config.management_rate_per_second, self.config.management_burst)
         self._management_bucket = _TokenBucket(*self._management_limits)
+        # The last Management API calls and their answers, as API Gateway's execution logs would show them
+        # (its access log cannot: a keep-alive connection opened while INFO was off is never logged).
+        self.management_calls: deque[ManagementCall] = deque(maxlen=10_000)
+        self._management_faults = _ManagementFaults(
+            self.config.management_fault_rate, self.config.management_fault_seed
+        )
         self._connect_bucket = (
             None
             if self.config.connect_rate_per_second is None
@@ -451,6 +582,53 @@ class LocalGateway:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    # ------------------------------------------------------------ injected Management API faults
+
+    def add_management_fault(
+        self,
+        kind: str,
+        *,
+        connections: Iterable[str] | None = None,
+        methods: Iterable[str] = (hdrs.METH_POST,),
+        caller: str | None = None,
+        count: int | None = None,
+        delay: float = 0.0,
+    ) -> ManagementFault:
+        """From now on, answer matching Management API calls with a fault (see `ManagementFault`); the rule."""
+        rule = ManagementFault(
+            kind,
+            connections=None if connections is None else frozenset(connections),
+            methods=frozenset(methods),
+            caller=caller,
+            count=count,
+            delay=delay,
+        )
+        return self._management_faults.add(rule)
+
+    def remove_management_fault(self, rule: ManagementFault) -> None:
+        self._management_faults.remove(rule)
+
+    @contextlib.contextmanager
+    def management_fault(self, kind: str, **options: Any) -> Iterator[ManagementFault]:
+        """`add_management_fault` for the duration of a `with` block."""
+        rule = self.add_management_fault(kind, **options)
+        try:
+            yield rule
+        finally:
+            self.remove_management_fault(rule)
+
+    @property
+    def management_faults(self) -> list[ManagementFault]:
+        return list(self._management_faults.rules)
+
+    def configure_management_faults(self, rate: float, seed: int | None = None) -> None:
+        """Answer this share of all Management API calls with 429 or 500 from now on (0: none); counters restart."""
+        self._management_faults.configure(rate, seed)
+
+    def management_fault_counts(self) -> dict[str, int]:
+        """What was injected so far: error type (or "delayed") -> calls."""
+        return dict(self._management_faults.counts)
 
     # ------------------------------------------------------------ WebSocket: handshake
 
@@ -774,6 +952,13 @@ class LocalGateway:
     # ------------------------------------------------------------ Management API
 
     async def _handle_management(self, request: web.Request) -> web.Response:
+        response = await self._serve_management(request)
+        self.management_calls.append(
+            ManagementCall(request.method, request.match_info["connection_id"], response.status)
+        )
+        return response
+
+    async def _serve_management(self, request: web.Request) -> web.Response:
         limit = self.config.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             return _management_error(413, "PayloadTooLargeException", "Request entity too large")
@@ -802,8 +987,19 @@ class LocalGateway:
             # The config was replaced (LocalStack.gateway_limits): throttle at the new rate from now on.
             self._management_limits = limits
             self._management_bucket = _TokenBucket(*limits)
+        fault = self._management_faults.pick(request.method, connection_id, principal.name)
+        if isinstance(fault, tuple):
+            return _management_error(*fault)
+        if fault is not None:
+            if fault.kind != "delay":
+                return _management_error(*_answer_of(fault.kind))
+            await asyncio.sleep(fault.delay)
+            if request.transport is None or request.transport.is_closing():
+                # The caller gave up (its timeout) or died meanwhile: the call is not carried out.
+                fault.dropped += 1
+                return _management_error(*_INTERNAL)
         if not self._management_bucket.take():
-            return _management_error(429, "LimitExceededException", "Rate exceeded")
+            return _management_error(*_THROTTLED)
         method = request.method
         if method == hdrs.METH_POST:
             return await self._post(connection_id, data)

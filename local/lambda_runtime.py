@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -673,6 +674,28 @@ class LambdaFunction:
         if self._pool is None or self._pool.closed:
             return 0
         return sum(1 for worker in self._pool.workers if worker.process.returncode is None)
+
+    def kill_busy_environments(self) -> int:
+        """SIGKILL every execution environment that is running an invocation now; how many there were.
+
+        What an out-of-memory kill or a crash of the runtime does on Lambda: each
+        of those invocations fails with Runtime.ExitError (an SQS batch comes back
+        whole) and the next one starts cold. Safe to call from any thread (tests
+        drive the stack from their own): it only sends signals.
+        """
+        pool = self._pool
+        if pool is None or pool.closed:
+            return 0
+        idle = {id(worker) for worker in list(pool.idle)}
+        busy = [w for w in list(pool.workers) if id(w) not in idle and w.process.returncode is None]
+        for worker in busy:
+            if worker.stop_reason is None:
+                worker.stop_reason = "killed"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, signal.SIGKILL)
+        if busy:
+            logger.warning("%s: killed %d busy execution environment(s)", self.name, len(busy))
+        return len(busy)
 
     def shutdown(self, wait: bool = True) -> None:
         """Kill every execution environment now; queued and running invocations fail with `LambdaShutdownError`.

@@ -40,7 +40,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +65,19 @@ RECORD_ATTRIBUTES = (
 )
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How one batch went, as the function's logs and metrics would tell on AWS."""
+
+    receive_counts: tuple[int, ...]  # each record's ApproximateReceiveCount
+    failed_records: int  # records that come back: those in batchItemFailures, or all of them
+    error: str | None = None  # the invocation failed (error type: message): the whole batch comes back
+
+    @property
+    def redelivered(self) -> bool:
+        return max(self.receive_counts, default=1) >= 2
+
+
 @dataclass
 class PumpStats:
     receives: int = 0
@@ -75,6 +88,7 @@ class PumpStats:
     failed_batches: int = 0  # handler raised, timed out or answered unreadably
     last_error: str | None = None
     latencies_ms: list[float] = field(default_factory=list)  # SentTimestamp -> handler invoked, last 1000
+    outcomes: deque[BatchOutcome] = field(default_factory=lambda: deque(maxlen=1000))  # the last 1000 batches
 
     def as_dict(self) -> dict[str, Any]:
         recent = sorted(self.latencies_ms)
@@ -218,11 +232,13 @@ class QueuePump:
             if sent:
                 self.stats.latencies_ms.append(max(0.0, now_ms - int(sent)))
         del self.stats.latencies_ms[:-1000]
+        counts = tuple(int(record["attributes"].get("ApproximateReceiveCount", "1")) for record in records)
         try:
             response = await self.function.invoke({"Records": records})
         except Exception as error:
             # Lambda: an invocation error fails the whole batch; every record comes back after the timeout.
             self.stats.failed_batches += 1
+            self.stats.outcomes.append(BatchOutcome(counts, len(records), f"{_error_type(error)}: {error}"))
             self.stats.last_error = f"{self.function.name}: {type(error).__name__}: {error}"
             logger.error(
                 "%s failed a batch of %d: %s: %s", self.function.name, len(records), type(error).__name__, error
@@ -232,10 +248,12 @@ class QueuePump:
         failed = self.failed_ids(response, {record["messageId"] for record in records})
         if failed is None:
             self.stats.failed_batches += 1
+            self.stats.outcomes.append(BatchOutcome(counts, len(records), "unreadable batchItemFailures"))
             self.stats.last_error = f"{self.function.name}: unreadable batchItemFailures {str(response)[:200]}"
             logger.error("%s answered an unreadable partial batch response: %.200s", self.function.name, response)
             self._block_from(received_at, messages)
             return
+        self.stats.outcomes.append(BatchOutcome(counts, len(failed)))
         if failed:
             self.stats.failed_records += len(failed)
             self._block_from(received_at, [message for message in messages if message["MessageId"] in failed])
@@ -343,6 +361,11 @@ class QueuePump:
         if len(self._sequence_numbers) > 10_000:
             self._sequence_numbers.popitem(last=False)
         return number
+
+
+def _error_type(error: Exception) -> str:
+    # Lambda's errorType (Runtime.ExitError, Sandbox.Timedout, ...) when the runtime reported one.
+    return str(getattr(error, "error_type", None) or type(error).__name__)
 
 
 def _lambda_message_attribute(value: dict[str, Any]) -> dict[str, Any]:

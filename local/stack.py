@@ -76,6 +76,9 @@ SCHEDULED: Literal["template"] = "template"
 # Lambda's default concurrency is the account's (1,000); two cores cannot hold that many interpreters.
 # Functions without reserved concurrency get this many execution environments locally.
 DEFAULT_LOCAL_CONCURRENCY = 8
+# Where StackConfig.faults can inject: the functions' AWS services, and the Management API.
+MANAGEMENT_FAULTS = "management"
+FAULT_TARGETS = ("dynamodb", "sqs", MANAGEMENT_FAULTS)
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days|second|seconds)\)$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -107,9 +110,21 @@ class StackConfig:
     settings_overrides: dict[str, Any] = field(default_factory=dict)
     assembly: CloudAssembly | None = None  # run this assembly as it is instead of synthesizing one
     smoke: bool = True  # invoke every function with its samples in events/ before serving
-    # AWS's own error responses injected into the functions' calls, by service: {"dynamodb": 0.05, "sqs": 0.02}
+    # AWS's own error responses injected at these rates: into the functions' calls by service ("dynamodb",
+    # "sqs", through the front door) and into Management API calls ("management": 429 or 500 from the gateway).
     faults: Mapping[str, float] = field(default_factory=dict)
     fault_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, rate in self.faults.items():
+            if name not in FAULT_TARGETS:
+                raise ValueError(f"faults can be injected into {', '.join(FAULT_TARGETS)}, not {name!r}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"the fault rate for {name} must be within [0, 1], not {rate}")
+
+    def aws_fault_rates(self) -> dict[str, float]:
+        """The rates the front door injects into the functions' AWS calls."""
+        return {name: rate for name, rate in self.faults.items() if name != MANAGEMENT_FAULTS}
 
     def secret(self) -> str | None:
         return self.jwt_secret or os.environ.get("QT_JWT_SECRET") or None
@@ -270,7 +285,7 @@ class LocalStack:
             self.principals,
             region=self.config.region,
             host=self.config.host,
-            faults=self.config.faults,
+            faults=self.config.aws_fault_rates(),
             fault_seed=self.config.fault_seed,
         )
         await loop.run_in_executor(None, self.front_door.start)
@@ -305,6 +320,8 @@ class LocalStack:
             connect_rate_per_second=self.config.connect_rate_per_second,
             identity_sources=authorizer.identity_source if authorizer else (),
             route_selection_expression=websocket_api.route_selection_expression or "$request.body.action",
+            management_fault_rate=self.config.faults.get(MANAGEMENT_FAULTS, 0.0),
+            management_fault_seed=self.config.fault_seed,
         )
         runtime_dir = await loop.run_in_executor(None, runtime_provided)
         layers = await loop.run_in_executor(None, self._local_layers)
@@ -684,6 +701,10 @@ class LocalStack:
                 "pumps": {pump.function.name: pump.stats.as_dict() for pump in self.pumps},
                 "simulator": dict(self.simulator.published) if self.simulator else None,
                 "connections": len(self._gateway().connection_ids),
+                "faults_injected": {
+                    **(self.front_door.fault_counts() if self.front_door is not None else {}),
+                    MANAGEMENT_FAULTS: self._gateway().management_fault_counts(),
+                },
             }
         )
 

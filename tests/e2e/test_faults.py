@@ -1,30 +1,36 @@
 """Faults injected into the running local stack lose nothing: every subscriber ends with every seq once, in order.
 
-The stack runs its Lambda handlers in this process, all on one cached
-`quanttrade_ws.runtime.runtime()` (on AWS each function has its own; here they
-share it), so a test reaches the very objects the fan-out function uses:
+The functions run as on AWS, in their own worker processes, so every fault is
+injected where AWS itself would produce it, outside the functions:
 
-* throttled DynamoDB: a botocore `before-send` hook on the runtime's DynamoDB
-  client answers the calls made on the fan-out function's worker threads
-  (`lambda-quanttrade-fanout*`) with a real ProvisionedThroughputExceededException
-  response. botocore parses it as it would AWS's answer and the store retries it
-  (its own bounded, jittered attempts: botocore's retries are off on its
-  client), and the fault lasts until a record has failed on its second receive,
-  so it outlasts the store's retries and an SQS redelivery;
-* Management API 429 bursts: `gateway_limits(management_rate_per_second=1, management_burst=1)`
-  while the ticks go out, so the fan-out's posts run out of their jittered
-  retries and its records fail;
-* connections the fan-out cannot reach through every redelivery: the fan-out's
-  gateway is wrapped so posts to them fail as after the Management API's
-  retries; on the last receive before the DLQ they must be closed (or, when
-  closing fails too, let go) and their clients resume;
-* a fan-out function that dies mid-batch: the fan-out's gateway is wrapped so
-  that, once, the invocation raises after the first post (or after sequencing
-  the batch, before any post): Lambda fails the whole batch.
+* throttled DynamoDB: the AWS front door (`local.aws_endpoint`) answers the
+  fan-out function's calls (matched by its name): its next two GetItem calls
+  with ProvisionedThroughputExceededException, which botocore retries through,
+  and every TransactWriteItems (the seq transaction) with DynamoDB's
+  TransactionCanceledException for a throttled item (reason ThrottlingError),
+  which no SDK retries, until a record has failed on its second receive: the
+  fault outlasts the store's own retries and an SQS redelivery;
+* Management API 429 bursts: the gateway answers every post with API Gateway's
+  429 LimitExceededException until a post has run out of the fan-out's
+  jittered retries and its record has failed;
+* connections the fan-out cannot reach through every redelivery: the gateway
+  answers posts to them with 500 (what the Management API's retries end in);
+  on the last receive before the DLQ they must be closed (or, when closing
+  fails too, let go) and their clients resume;
+* a fan-out function that dies mid-batch: the gateway holds the batch's posts
+  (to everyone, or to everyone but one raw subscriber, who gets the batch) and
+  the fan-out's busy execution environment is killed meanwhile, as an
+  out-of-memory kill would (`LambdaFunction.kill_busy_environments`): Lambda
+  fails the whole batch.
 
-Failed records come back after the events queue's visibility timeout, shortened
-to VISIBILITY_SECONDS (StackConfig.queue_visibility_timeout), so a redelivery
-costs seconds instead of a minute.
+What happened to each batch is read from the fan-out's event source mapping
+(the pump's `BatchOutcome`s: receive counts, failed records, invocation
+errors), what the gateway did from its record of Management API calls and its
+fault counters.
+
+Failed records come back after the events queue's visibility timeout,
+shortened to 3 s by the e2e stack (StackConfig.queue_visibility_timeout), so a
+redelivery costs seconds instead of a minute.
 
 Subscribers: two raw `websockets` clients that resume when closed (holding
 back what arrives while resuming and ordering it by seq, as a client must) and
@@ -39,23 +45,20 @@ import asyncio
 import contextlib
 import json
 import sys
-import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from io import BytesIO
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
-from botocore.awsrequest import AWSResponse
-from botocore.compat import HTTPHeaders
 
-from local.stack import BackgroundStack, LocalStack, StackConfig
+from local.gateway import LocalGateway
+from local.lambda_runtime import LambdaFunction
+from local.pump import BatchOutcome, QueuePump
+from local.stack import LocalStack
 from quanttrade_ws import topology
-from quanttrade_ws.gateway import DeliveryReport, GatewayError, Post
-from quanttrade_ws.runtime import runtime
-from tests.e2e.conftest import E2E_SECRET, eventually, unpack
+from tests.e2e.conftest import eventually, unpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
 
@@ -64,193 +67,54 @@ from quanttrade_client import QuantTradeClient
 pytestmark = pytest.mark.e2e
 
 EVENTS = 30  # MarketData ticks per test, one stream
-VISIBILITY_SECONDS = 3
-FANOUT_THREADS = f"lambda-quanttrade-{topology.FANOUT.name}"
 DELIVERED = 45.0  # seconds for every subscriber to hold every seq after the fault, on a busy 2-core machine
+HELD_SECONDS = 30.0  # how long the gateway holds a post of a batch whose fan-out is about to die
 
 Publish = Callable[[str, dict[str, Any]], str]
 
 
-# ---------------------------------------------------------------- the stack
+# ---------------------------------------------------------------- what the stack shows
 
 
-@pytest.fixture(scope="module")
-def local_stack() -> Iterator[LocalStack]:
-    """This module's stack (it overrides conftest's): botocore capped at 3 attempts, redelivery after 3 s."""
-    with pytest.MonkeyPatch.context() as env:
-        # Read by botocore when the handlers' runtime builds its clients (after the stack starts).
-        env.setenv("AWS_RETRY_MODE", "legacy")
-        env.setenv("AWS_MAX_ATTEMPTS", "3")
-        background = BackgroundStack(
-            StackConfig(
-                gateway_port=0,
-                moto_port=0,
-                jwt_secret=E2E_SECRET,
-                sweep_interval=None,
-                simulator=False,
-                connect_rate_per_second=None,
-                queue_visibility_timeout=VISIBILITY_SECONDS,
-            )
-        )
-        stack = background.start()
-        try:
-            # Build the handlers' runtime and its fan-out now, before any invocation can race to build them.
-            assert runtime().fanout is not None
-            yield stack
-        finally:
-            background.stop()
+def fanout_of(stack: LocalStack) -> LambdaFunction:
+    return stack.function("fanout.handler")
 
 
-# ---------------------------------------------------------------- spies and faults
+class FanOutBatches:
+    """The fan-out's batches since the test began, as its event source mapping saw them."""
 
+    def __init__(self, pump: QueuePump) -> None:
+        self.pump = pump
+        # The outcomes already there (alive while the pump keeps them, so their ids are theirs alone).
+        self._before = {id(outcome) for outcome in list(pump.stats.outcomes)}
 
-class FanOutSpy:
-    """Watches the fan-out's batches (receive counts, failures, deaths) without changing what it does."""
-
-    def __init__(self) -> None:
-        self.fanout = runtime().fanout
-        self._real = self.fanout.process_events
-        self.batches: list[tuple[list[int], int, bool]] = []  # (receive counts, failed records, raised)
-
-    def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        counts = [int(r.get("attributes", {}).get("ApproximateReceiveCount", "1")) for r in records]
-        try:
-            answer = self._real(records)
-        except BaseException:
-            self.batches.append((counts, len(records), True))
-            raise
-        self.batches.append((counts, len(answer["batchItemFailures"]), False))
-        return answer
+    @property
+    def batches(self) -> list[BatchOutcome]:
+        return [outcome for outcome in list(self.pump.stats.outcomes) if id(outcome) not in self._before]
 
     def failed_on_receive(self, receive: int) -> bool:
         """Whether a batch holding a record on its `receive`-th receive failed (a record or the whole batch)."""
-        return any(failed and max(counts) >= receive for counts, failed, _ in self.batches)
+        return any(b.failed_records and max(b.receive_counts) >= receive for b in self.batches)
 
     @property
     def redelivered(self) -> bool:
-        return any(max(counts) >= 2 for counts, _, _ in self.batches)
+        return any(batch.redelivered for batch in self.batches)
 
     @property
-    def deaths(self) -> int:
-        return sum(raised for _, _, raised in self.batches)
+    def deaths(self) -> list[BatchOutcome]:
+        """Batches whose invocation died (the runtime exited): Lambda failed them whole."""
+        return [b for b in self.batches if b.error is not None and b.error.startswith("Runtime.ExitError")]
 
 
 @pytest.fixture
-def fanout_spy() -> Iterator[FanOutSpy]:
-    spy = FanOutSpy()
-    spy.fanout.process_events = spy  # an instance attribute shadows the method
-    try:
-        yield spy
-    finally:
-        del spy.fanout.process_events
+def fanout_batches(local_stack: LocalStack) -> FanOutBatches:
+    fanout = fanout_of(local_stack)
+    return FanOutBatches(next(pump for pump in local_stack.pumps if pump.function is fanout))
 
 
-class _RawBody(BytesIO):
-    """What botocore reads an HTTP response body from (urllib3's `stream()`)."""
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        while chunk := self.read(8192):
-            yield chunk
-
-
-class ThrottleFanOutDynamoDB:
-    """A `before-send` hook: while on, the fan-out's DynamoDB requests get DynamoDB's throttling answer."""
-
-    BODY = json.dumps(
-        {
-            "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-            "message": "The level of configured provisioned throughput for the table was exceeded.",
-        }
-    ).encode()
-
-    def __init__(self) -> None:
-        self.on = False
-        self.throttled = 0
-        self.attempts: set[int] = set()  # botocore's attempt numbers that were throttled
-        self._lock = threading.Lock()
-
-    def __call__(self, request: Any, **_: Any) -> AWSResponse | None:
-        if not self.on or not threading.current_thread().name.startswith(FANOUT_THREADS):
-            return None
-        header = request.headers.get("amz-sdk-request", b"")
-        header = header.decode() if isinstance(header, bytes) else header
-        with self._lock:
-            self.throttled += 1
-            if "attempt=" in header:
-                self.attempts.add(int(header.split("attempt=")[1].split(";")[0]))
-        return AWSResponse(
-            request.url,
-            400,
-            HTTPHeaders.from_dict({"x-amzn-RequestId": uuid.uuid4().hex, "Content-Type": "application/x-amz-json-1.0"}),
-            _RawBody(self.BODY),
-        )
-
-
-class FanOutGateway:
-    """Stands in for the fan-out's connection gateway: counts what its posts met, and can fail some of them.
-
-    `die_after`: once, that many posts (preferably to connections in `first_to`) go out, then the invocation
-    dies. `unreachable`: posts to these connections fail as they would after the Management API's retries
-    (5xx, timeouts) until the fan-out closes them; `close_fails`: and closing them fails too.
-    """
-
-    def __init__(
-        self,
-        real: Any,
-        die_after: int | None = None,
-        first_to: frozenset[str] = frozenset(),
-        unreachable: frozenset[str] = frozenset(),
-        close_fails: bool = False,
-    ) -> None:
-        self.real = real
-        self.die_after = die_after
-        self.first_to = first_to
-        self.unreachable = set(unreachable)
-        self.close_fails = close_fails
-        self.throttle_retries = 0
-        self.failed_posts = 0
-        self.posted_before_death: list[str] = []
-        self.died = False
-        self.closed: list[str] = []
-        self.close_failures = 0
-
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        if self.die_after is not None and not self.died and len(posts) > self.die_after:
-            self.died = True
-            ordered = sorted(posts, key=lambda post: post.connection_id not in self.first_to)
-            before = self.real.post_many(ordered[: self.die_after])
-            assert len(before.delivered) == self.die_after, "the posts before the death must have gone out"
-            self.posted_before_death = [post.connection_id for post in before.delivered]
-            # Outside the fan-out's per-record error handling: the invocation fails, as a crash would.
-            raise RuntimeError("fan-out died mid-batch (injected)")
-        blocked = [post for post in posts if post.connection_id in self.unreachable]
-        report: DeliveryReport = self.real.post_many([post for post in posts if post not in blocked])
-        report.failed.extend(blocked)
-        self.throttle_retries += report.throttle_retries
-        self.failed_posts += len(report.failed)
-        return report
-
-    def close(self, connection_id: str) -> None:
-        if self.close_fails and connection_id in self.unreachable:
-            self.close_failures += 1
-            raise GatewayError(f"closing {connection_id} failed after 6 attempt(s): HTTP 429 LimitExceededException")
-        self.unreachable.discard(connection_id)
-        self.closed.append(connection_id)
-        self.real.close(connection_id)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
-@contextlib.contextmanager
-def fanout_gateway(**options: Any) -> Iterator[FanOutGateway]:
-    fanout = runtime().fanout
-    real = fanout.gateway
-    fanout.gateway = wrapper = FanOutGateway(real, **options)
-    try:
-        yield wrapper
-    finally:
-        fanout.gateway = real
+def gateway_of(stack: LocalStack) -> LocalGateway:
+    assert stack.gateway is not None
+    return stack.gateway
 
 
 # ---------------------------------------------------------------- subscribers
@@ -473,9 +337,14 @@ async def wait_until_complete(group: list[Subscriber]) -> None:
 
 
 def dead_letters(stack: LocalStack) -> int:
-    """Messages in the events queue's DLQ (visible or not)."""
+    """Messages in the DLQ of the queue the fan-out consumes (visible or not)."""
+    template = stack.template
+    fanout_id = next(lid for lid, function in stack.functions.items() if function is fanout_of(stack))
+    mapping = next(m for m in template.event_source_mappings.values() if m.function_logical_id == fanout_id)
+    dlq = template.queues[mapping.queue_logical_id].dead_letter_queue
+    assert dlq is not None, "the fan-out's queue has no DLQ"
     attributes = stack.client("sqs").get_queue_attributes(
-        QueueUrl=stack.queues[topology.EVENTS_QUEUE.logical_id].dlq_url,
+        QueueUrl=stack.queue_urls()[dlq],
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return sum(int(value) for value in attributes.values())
@@ -498,33 +367,45 @@ async def test_throttled_dynamodb_during_fan_out_loses_nothing(
     local_stack: LocalStack,
     subscribers: tuple[str, list[Subscriber]],
     publish: Publish,
-    fanout_spy: FanOutSpy,
+    fanout_batches: FanOutBatches,
 ) -> None:
-    # GIVEN three subscribers of one stream, and the fan-out's DynamoDB throttling every request
+    # GIVEN three subscribers of one stream, and DynamoDB throttling the fan-out: its next two reads, and
+    # every seq transaction (cancelled for a throttled item)
     stream, group = subscribers
-    throttle = ThrottleFanOutDynamoDB()
-    events = runtime().store._db.meta.events
-    events.register("before-send.dynamodb", throttle)
+    door = local_stack.front_door
+    assert door is not None
+    fanout = fanout_of(local_stack).name
+    reads = door.add_fault_rule(
+        "dynamodb", "ProvisionedThroughputExceededException", operation="GetItem", function=fanout, count=2
+    )
+    writes = door.add_fault_rule(
+        "dynamodb",
+        "TransactionCanceledException",
+        operation="TransactWriteItems",
+        function=fanout,
+        reasons=("None", "None", "ThrottlingError"),
+    )
     try:
-        throttle.on = True
         # WHEN 30 ticks are published, and the throttling lasts until a record failed again after a redelivery
         event_ids = publish_ticks(publish, stream)
-        await eventually(lambda: fanout_spy.failed_on_receive(2), timeout=20, what="a failure on the second receive")
-        throttle.on = False
+        await eventually(
+            lambda: fanout_batches.failed_on_receive(2), timeout=20, what="a failure on the second receive"
+        )
+        door.remove_fault_rule(writes)
 
         # THEN every subscriber ends up with every seq once, in order
         await wait_until_complete(group)
     finally:
-        throttle.on = False
-        events.unregister("before-send.dynamodb", throttle)
+        door.remove_fault_rule(reads)
+        door.remove_fault_rule(writes)
     for subscriber in group:
         assert_every_seq_once_in_order(subscriber, event_ids)
-    # ... and the fault was real: the store retried throttled calls (each a single botocore attempt) and gave up,
-    # SQS redelivered
-    assert throttle.attempts == {1}, throttle.attempts
-    assert throttle.throttled >= runtime().store.backoff.attempts
-
-    assert fanout_spy.redelivered
+    # ... and the faults were real: boto3 retried the throttled read (its attempts 1 and 2 failed, the third
+    # went through), the cancelled seq transactions failed records after the store's own retries, and SQS
+    # redelivered them
+    assert reads.attempts == {1: 1, 2: 1}, reads.attempts
+    assert writes.injected >= 2
+    assert fanout_batches.redelivered
 
 
 # ---------------------------------------------------------------- (b) Management API 429 bursts
@@ -534,27 +415,30 @@ async def test_management_api_429_bursts_lose_nothing(
     local_stack: LocalStack,
     subscribers: tuple[str, list[Subscriber]],
     publish: Publish,
-    fanout_spy: FanOutSpy,
+    fanout_batches: FanOutBatches,
 ) -> None:
     # GIVEN three subscribers of one stream
     stream, group = subscribers
-    with fanout_gateway() as gateway:
-        # WHEN 30 ticks go out while the Management API allows one call a second, until a post has failed
-        with local_stack.gateway_limits(management_rate_per_second=1.0, management_burst=1):
-            event_ids = publish_ticks(publish, stream)
-            await eventually(
-                lambda: gateway.failed_posts > 0 and fanout_spy.failed_on_receive(1),
-                timeout=20,
-                what="a post that ran out of retries and failed its record",
-            )
+    assert local_stack.settings is not None
+    attempts = local_stack.settings.max_post_attempts
+    # WHEN 30 ticks go out while API Gateway throttles every post, until a post has run out of its retries
+    # and failed its record
+    with gateway_of(local_stack).management_fault("throttle") as burst:
+        event_ids = publish_ticks(publish, stream)
+        await eventually(
+            lambda: max(burst.by_connection.values(), default=0) >= attempts and fanout_batches.failed_on_receive(1),
+            timeout=20,
+            what="a post that ran out of retries and failed its record",
+        )
 
-        # THEN every subscriber ends up with every seq once, in order
-        await wait_until_complete(group)
+    # THEN every subscriber ends up with every seq once, in order
+    await wait_until_complete(group)
     for subscriber in group:
         assert_every_seq_once_in_order(subscriber, event_ids)
-    # ... and the burst was real: 429s were retried with backoff, some posts still failed, SQS redelivered
-    assert gateway.throttle_retries > 0
-    assert fanout_spy.redelivered
+    # ... and the burst was real: each throttled post was retried with backoff up to its attempts, SQS redelivered
+    assert len(burst.by_connection) == len(group)
+    assert all(count >= 2 for count in burst.by_connection.values()), burst.by_connection
+    assert fanout_batches.redelivered
 
 
 # ---------------------------------------------------------------- (b') unreachable through every redelivery
@@ -577,15 +461,15 @@ async def test_a_connection_unreachable_through_every_redelivery_is_closed_on_th
     local_stack: LocalStack,
     subscribers: tuple[str, list[Subscriber]],
     publish: Publish,
-    fanout_spy: FanOutSpy,
+    fanout_batches: FanOutBatches,
 ) -> None:
     # GIVEN three subscribers of one stream that have its first tick, two of which the fan-out then cannot
-    # reach, whatever it retries
+    # reach: API Gateway answers every post to them with 500, whatever the fan-out retries
     stream, group = subscribers
     by_id = connection_ids(group)
     victims = {cid for cid, s in by_id.items() if s.name in ("raw-2", "quanttrade_client")}
     event_ids = await first_tick_everywhere(publish, stream, group)
-    with fanout_gateway(unreachable=frozenset(victims)) as gateway:
+    with gateway_of(local_stack).management_fault("error", connections=victims) as unreachable:
         # WHEN 29 more ticks are published
         event_ids += publish_ticks(publish, stream, 2)
 
@@ -594,8 +478,10 @@ async def test_a_connection_unreachable_through_every_redelivery_is_closed_on_th
         await wait_until_complete(group)
     for subscriber in group:
         assert_every_seq_once_in_order(subscriber, event_ids)
-    assert fanout_spy.failed_on_receive(topology.EVENTS_QUEUE.max_receive_count - 1)
-    assert sorted(gateway.closed) == sorted(victims)
+    assert set(unreachable.by_connection) == victims
+    assert fanout_batches.failed_on_receive(topology.EVENTS_QUEUE.max_receive_count - 1)
+    closed = [call.connection_id for call in gateway_of(local_stack).management_calls if call.method == "DELETE"]
+    assert sorted(cid for cid in closed if cid in victims) == sorted(victims)
     assert [resumed(s) >= 1 for s in group] == [s.name != "raw-1" for s in group]
     assert dead_letters(local_stack) == 0
 
@@ -605,14 +491,17 @@ async def test_a_connection_that_cannot_even_be_closed_on_the_last_receive_is_dr
     local_stack: LocalStack,
     subscribers: tuple[str, list[Subscriber]],
     publish: Publish,
-    fanout_spy: FanOutSpy,
+    fanout_batches: FanOutBatches,
 ) -> None:
-    # GIVEN three subscribers of one stream that have its first tick; then the fan-out cannot reach the Python
-    # client, nor close its connection
+    # GIVEN three subscribers of one stream that have its first tick; then API Gateway fails every post of
+    # the fan-out to the Python client, and every attempt of the fan-out to close its connection (the message
+    # function still answers the client's pings on it)
     stream, group = subscribers
     victim = next(cid for cid, s in connection_ids(group).items() if isinstance(s, ClientSubscriber))
     event_ids = await first_tick_everywhere(publish, stream, group)
-    with fanout_gateway(unreachable=frozenset({victim}), close_fails=True) as gateway:
+    with gateway_of(local_stack).management_fault(
+        "error", connections=[victim], methods=["POST", "DELETE"], caller=fanout_of(local_stack).name
+    ) as unreachable:
         # WHEN 29 more ticks are published
         event_ids += publish_ticks(publish, stream, 2)
 
@@ -621,7 +510,8 @@ async def test_a_connection_that_cannot_even_be_closed_on_the_last_receive_is_dr
         await wait_until_complete(group)
     for subscriber in group:
         assert_every_seq_once_in_order(subscriber, event_ids)
-    assert gateway.close_failures >= 1
+    assert unreachable.by_method["DELETE"] >= 1  # the fan-out tried to close it, and failed
+    assert fanout_batches.failed_on_receive(topology.EVENTS_QUEUE.max_receive_count - 1)
     assert dead_letters(local_stack) == 0
     assert [resumed(s) >= 1 for s in group] == [isinstance(s, ClientSubscriber) for s in group]
 
@@ -634,30 +524,42 @@ async def test_a_fan_out_that_dies_mid_batch_loses_nothing(
     local_stack: LocalStack,
     subscribers: tuple[str, list[Subscriber]],
     publish: Publish,
-    fanout_spy: FanOutSpy,
+    fanout_batches: FanOutBatches,
     posts_before_death: int,
 ) -> None:
-    # GIVEN three subscribers of one stream, and a fan-out that will die once in the middle of a batch: its
-    # records already have their seqs, and one raw subscriber may already have the batch
+    # GIVEN three subscribers of one stream, and API Gateway holding the posts of the fan-out's batch (to
+    # everyone but one raw subscriber, who gets the batch, or to everyone)
     stream, group = subscribers
-    raw = {s.client_id: s for s in group if isinstance(s, RawSubscriber)}
-    with fanout_gateway(die_after=posts_before_death, first_to=frozenset(raw)) as gateway:
-        # WHEN 30 ticks are published
+    ids = connection_ids(group)
+    first = next(cid for cid, s in ids.items() if s.name == "raw-1")
+    held = set(ids) - {first} if posts_before_death else set(ids)
+    gateway = gateway_of(local_stack)
+    fanout = fanout_of(local_stack)
+    with gateway.management_fault("delay", connections=held, delay=HELD_SECONDS) as hold:
+        # WHEN 30 ticks are published, and while the posts are held the fan-out's execution environment dies:
+        # its records already have their seqs, and one raw subscriber may already have the batch
         event_ids = publish_ticks(publish, stream)
+        await eventually(
+            lambda: set(hold.by_connection) == held and all(ids[cid].seqs() for cid in set(ids) - held),
+            timeout=20,
+            what="the batch delivered to whoever is not held, and held for the others",
+        )
+        before_death = {s.name: len(s.arrivals) for s in group}
+        assert fanout.kill_busy_environments() == 1
 
-        # THEN every subscriber ends up with every seq once, in order
-        await wait_until_complete(group)
+    # THEN every subscriber ends up with every seq once, in order
+    await wait_until_complete(group)
     for subscriber in group:
         assert_every_seq_once_in_order(subscriber, event_ids)
-    # ... and the death was real: one invocation raised and its whole batch came back
-    assert gateway.died
-    assert fanout_spy.deaths == 1
-    assert fanout_spy.redelivered
+    # ... and the death was real: one invocation died and its whole batch came back
+    assert len(fanout_batches.deaths) == 1, fanout_batches.batches
+    assert fanout_batches.redelivered
     # ... and whoever got the batch before the death got it again (as duplicates, dropped by seq)
-    assert len(gateway.posted_before_death) == posts_before_death
-    for connection_id in gateway.posted_before_death:
-        victim = raw[connection_id]
-        assert len(victim.arrivals) > len(dedup(victim.arrivals)), victim.name
+    got_it = sorted(name for name, count in before_death.items() if count)
+    assert got_it == (["raw-1"] if posts_before_death else []), before_death
+    for subscriber in group:
+        if subscriber.name in got_it:
+            assert len(subscriber.arrivals) > len(dedup(subscriber.arrivals)), subscriber.name
 
 
 # ---------------------------------------------------------------- a drop before the first message

@@ -663,6 +663,117 @@ async def test_management_calls_past_the_rate_get_429(launch: Launch) -> None:
     await ws.close()
 
 
+async def test_a_throttle_fault_answers_the_next_n_posts_to_one_connection_with_429(stack: Stack) -> None:
+    # GIVEN two connections, and the next two posts to the first one throttled
+    first, first_id = await stack.connect("t1")
+    second, second_id = await stack.connect("t2")
+    client = stack.management()
+    rule = stack.gateway.add_management_fault("throttle", connections=[first_id], count=2)
+
+    def post(connection_id: str) -> str:
+        try:
+            client.post_to_connection(ConnectionId=connection_id, Data=b"tick")
+        except client.exceptions.LimitExceededException as throttled:
+            assert throttled.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+            assert throttled.response["Error"]["Message"] == "Rate exceeded"
+            return "throttled"
+        return "ok"
+
+    # WHEN each gets three posts
+    outcomes = await asyncio.to_thread(lambda: [(post(first_id), post(second_id)) for _ in range(3)])
+
+    # THEN the first's first two were throttled with API Gateway's 429, the rest (and the other's) delivered
+    assert outcomes == [("throttled", "ok"), ("throttled", "ok"), ("ok", "ok")]
+    assert rule.exhausted and dict(rule.by_connection) == {first_id: 2}
+    assert [c.status for c in stack.gateway.management_calls if c.connection_id == first_id] == [429, 429, 200]
+    assert stack.gateway.management_fault_counts() == {"LimitExceededException": 2}
+    assert await asyncio.wait_for(first.recv(), 5) == "tick"
+    stack.gateway.remove_management_fault(rule)
+    assert stack.gateway.management_faults == []
+    await first.close()
+    await second.close()
+
+
+async def test_an_error_fault_answers_posts_and_closes_with_500_until_removed(stack: Stack) -> None:
+    # GIVEN every post and every DELETE failing inside API Gateway
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+    with stack.gateway.management_fault("error", methods=["POST", "DELETE"]) as rule:
+        # WHEN a post and a close are attempted
+        with pytest.raises(ClientError) as posted:
+            await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"x")
+        with pytest.raises(ClientError) as deleted:
+            await asyncio.to_thread(client.delete_connection, ConnectionId=connection_id)
+        # ... while a GET is not covered by the rule
+        await asyncio.to_thread(client.get_connection, ConnectionId=connection_id)
+    # THEN both got API Gateway's 500, and the connection is still open
+    for failed in (posted, deleted):
+        assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert failed.value.response["Error"]["Code"] == "InternalServerErrorException"
+    assert dict(rule.by_method) == {"POST": 1, "DELETE": 1}
+    # ... and once the rule is gone, the post goes through
+    await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"after")
+    assert await asyncio.wait_for(ws.recv(), 5) == "after"
+    # ... and a rule for another caller does not touch the administrator's post
+    with stack.gateway.management_fault("error", caller="quanttrade-fanout") as elsewhere:
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=b"mine")
+    assert elsewhere.injected == 0
+    assert await asyncio.wait_for(ws.recv(), 5) == "mine"
+    await ws.close()
+
+
+async def test_a_delayed_post_whose_caller_gave_up_is_not_delivered(stack: Stack) -> None:
+    # GIVEN the next post held for 2 s, and a caller that waits 0.3 s for an answer and does not retry
+    ws, connection_id = await stack.connect()
+    impatient = stack.management(read_timeout=0.3)
+    rule = stack.gateway.add_management_fault("delay", delay=2.0, count=1)
+
+    # WHEN it posts, times out, and then posts again
+    with pytest.raises(Exception, match="Read timeout"):
+        await asyncio.to_thread(impatient.post_to_connection, ConnectionId=connection_id, Data=b"held")
+    await asyncio.to_thread(stack.management().post_to_connection, ConnectionId=connection_id, Data=b"next")
+
+    # THEN the held post was dropped when its delay ended, and only the second one reached the client
+    await eventually(lambda: rule.dropped == 1, timeout=5, what="the held post to be dropped")
+    assert await asyncio.wait_for(ws.recv(), 5) == "next"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ws.recv(), 0.5)
+    assert stack.gateway.management_fault_counts() == {"delayed": 1}
+    await ws.close()
+
+
+async def test_a_management_fault_rate_answers_429_or_500_and_bad_faults_are_refused(launch: Launch) -> None:
+    # GIVEN a stage configured to fault every Management API call (seeded)
+    stack = await launch(management_fault_rate=1.0, management_fault_seed=3)
+    ws, connection_id = await stack.connect()
+    client = stack.management()
+
+    def codes() -> list[str]:
+        found = []
+        for _ in range(10):
+            with pytest.raises(ClientError) as failed:
+                client.get_connection(ConnectionId=connection_id)
+            found.append(failed.value.response["Error"]["Code"])
+        return found
+
+    # WHEN ten calls are made THEN each is a 429 or a 500, and both occur
+    found = await asyncio.to_thread(codes)
+    assert set(found) == {"LimitExceededException", "InternalServerErrorException"}
+    assert sum(stack.gateway.management_fault_counts().values()) == 10
+    # ... and a rate of 0 stops them
+    stack.gateway.configure_management_faults(0.0)
+    await asyncio.to_thread(client.get_connection, ConnectionId=connection_id)
+    with pytest.raises(ValueError, match="within"):
+        stack.gateway.configure_management_faults(1.5)
+    with pytest.raises(ValueError, match="one of"):
+        stack.gateway.add_management_fault("gone")
+    with pytest.raises(ValueError, match="positive delay"):
+        stack.gateway.add_management_fault("delay")
+    with pytest.raises(ValueError, match="apply to"):
+        stack.gateway.add_management_fault("error", methods=["PATCH"])
+    await ws.close()
+
+
 async def test_management_calls_without_sigv4_are_403(stack: Stack) -> None:
     ws, connection_id = await stack.connect()
     # WHEN a request carries no SigV4 Authorization header

@@ -199,7 +199,9 @@ async def test_two_hundred_clients_lose_nothing_under_five_percent_faults(stack:
     for client, hello in zip(clients, hellos, strict=True):
         assert hello["message_type"] == "connect", hello
         client.session_token = hello["payload"]["session_token"]
-    subscribed = await in_waves([c.request("subscribe", streams=[{"stream_type": "market_data", "symbol": SYMBOL}]) for c in clients])
+    subscribed = await in_waves(
+        [c.request("subscribe", streams=[{"stream_type": "market_data", "symbol": SYMBOL}]) for c in clients]
+    )
     assert all(reply["message_type"] == "subscribe" for reply in subscribed), [
         r for r in subscribed if r["message_type"] != "subscribe"
     ][:3]

@@ -334,6 +334,115 @@ def test_fault_injection_is_deterministic_for_a_seed() -> None:
         FaultInjector({"events": 0.1})
 
 
+def test_a_rule_fails_the_next_n_matching_calls_of_one_function_and_the_sdk_retries_through_it(world: World) -> None:
+    # GIVEN the next two Query calls of the fan-out function are throttled, and a client that retries (3 attempts)
+    dynamodb = world.client("dynamodb")
+    retrying = boto3.client(
+        "dynamodb",
+        region_name=REGION,
+        endpoint_url=world.door.endpoint_url,
+        aws_access_key_id=world.function.credentials.access_key_id,
+        aws_secret_access_key=world.function.credentials.secret_key,
+        aws_session_token=world.function.credentials.session_token,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 3}),
+    )
+    query = {
+        "TableName": "Connections",
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": "c1"}},
+    }
+    world.door.configure_faults({})
+    with world.door.fault_rule(
+        "dynamodb", "ProvisionedThroughputExceededException", operation="Query", function="fanout", count=2
+    ) as rule:
+        # WHEN other operations, the administrator and the retrying client call
+        dynamodb.get_item(TableName="Connections", Key={"pk": {"S": "c1"}})
+        world.admin("dynamodb").query(**query)
+        answer = retrying.query(**query)
+
+        # THEN only the function's Query calls were failed, twice, and the SDK's third attempt went through
+        assert answer["ResponseMetadata"]["RetryAttempts"] == 2
+        assert rule.injected == 2 and rule.exhausted
+        assert rule.attempts == {1: 1, 2: 1}
+        assert dict(rule.by_operation) == {"Query": 2}
+        # ... and an exhausted rule fails nothing more
+        dynamodb.query(**query)
+        assert world.door.fault_counts() == {"dynamodb": {"ProvisionedThroughputExceededException": 2}}
+    assert rule not in world.door.rules
+
+
+def test_a_rule_for_another_function_does_not_match(world: World) -> None:
+    # GIVEN a rule for the message function's GetItem, WHEN the fan-out calls GetItem THEN it goes through
+    with world.door.fault_rule("dynamodb", "InternalServerError", operation="GetItem", function="message") as rule:
+        world.client("dynamodb").get_item(TableName="Connections", Key={"pk": {"S": "c1"}})
+    assert rule.injected == 0
+
+
+def test_a_missing_table_is_answered_as_dynamodb_does_naming_the_table(world: World) -> None:
+    # GIVEN the fan-out's PutItem finds no table, WHEN it writes THEN DynamoDB's answer names the table
+    with world.door.fault_rule("dynamodb", "ResourceNotFoundException", operation="PutItem", function="fanout"):
+        answer = error_of(world.client("dynamodb").put_item, TableName="Connections", Item={"pk": {"S": "c9"}})
+    assert answer["Error"]["Code"] == "ResourceNotFoundException"
+    assert answer["Error"]["Message"] == "Requested resource not found: Table: Connections not found"
+
+
+def test_a_transaction_rule_cancels_with_the_given_reasons_until_removed(world: World) -> None:
+    # GIVEN every TransactWriteItems of the function is cancelled as throttled on its first item
+    dynamodb = world.client("dynamodb")
+    items = [{"Put": {"TableName": "Connections", "Item": {"pk": {"S": f"t{i}"}}}} for i in range(3)]
+    with world.door.fault_rule(
+        "dynamodb", "TransactionCanceledException", operation="TransactWriteItems", reasons=("ThrottlingError",)
+    ) as rule:
+        # WHEN it writes three times
+        answers = [error_of(dynamodb.transact_write_items, TransactItems=items) for _ in range(3)]
+    # THEN each was cancelled with DynamoDB's reasons, item by item, and botocore reads them
+    for answer in answers:
+        assert answer["Error"]["Code"] == "TransactionCanceledException"
+        assert [reason["Code"] for reason in answer["CancellationReasons"]] == ["ThrottlingError", "None", "None"]
+        assert "ThrottlingError" in answer["Error"]["Message"]
+    assert rule.injected == 3
+    # ... and once the rule is removed the transaction goes through
+    dynamodb.transact_write_items(TransactItems=items)
+
+
+def test_sqs_and_eventbridge_rules_answer_in_their_services_shapes(world: World) -> None:
+    # GIVEN one SendMessage fails inside SQS and one PutEvents is throttled
+    world.door.configure_faults({})
+    sqs_rule = world.door.add_fault_rule("sqs", "InternalError", operation="SendMessage", count=1)
+    events_rule = world.door.add_fault_rule("events", "ThrottlingException", operation="PutEvents", count=1)
+    try:
+        # WHEN the function sends twice and publishes twice
+        sent = error_of(world.client("sqs").send_message, QueueUrl=queue_url(world, "fanout"), MessageBody="x")
+        world.client("sqs").send_message(QueueUrl=queue_url(world, "fanout"), MessageBody="x")
+        entry = {"Source": "s", "DetailType": "d", "Detail": "{}", "EventBusName": "qt"}
+        published = error_of(world.client("events").put_events, Entries=[entry])
+        world.client("events").put_events(Entries=[entry])
+    finally:
+        world.door.remove_fault_rule(sqs_rule)
+        world.door.remove_fault_rule(events_rule)
+    # THEN the first of each failed with the service's own code and status, the second went through
+    assert sent["Error"]["Code"] == "InternalError"
+    assert sent["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert published["Error"]["Code"] == "ThrottlingException"
+    assert world.door.fault_counts() == {"events": {"ThrottlingException": 1}, "sqs": {"InternalError": 1}}
+
+
+def test_bad_fault_rules_are_refused_with_a_clear_error(world: World) -> None:
+    with pytest.raises(ValueError, match="not 'lambda'"):
+        world.door.add_fault_rule("lambda", "ThrottlingException")
+    with pytest.raises(ValueError, match="inject one of"):
+        world.door.add_fault_rule("dynamodb", "GoneException")
+    with pytest.raises(ValueError, match="TransactWriteItems"):
+        world.door.add_fault_rule("dynamodb", "TransactionCanceledException", operation="PutItem")
+    with pytest.raises(ValueError, match="cancellation reasons"):
+        world.door.add_fault_rule(
+            "dynamodb", "TransactionCanceledException", operation="TransactWriteItems", reasons=("Throttled",)
+        )
+    with pytest.raises(ValueError, match="at least 1"):
+        world.door.add_fault_rule("sqs", "InternalError", count=0)
+    assert world.door.rules == []
+
+
 def test_a_request_of_several_megabytes_goes_through(world: World) -> None:
     # GIVEN a BatchWriteItem of 25 items of 100 KB (2.5 MB, more than aiohttp buffers by default)
     items = [{"PutRequest": {"Item": {"pk": {"S": f"bulk{i}"}, "blob": {"S": "b" * 100_000}}}} for i in range(25)]

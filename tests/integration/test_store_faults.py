@@ -26,10 +26,10 @@ from botocore.compat import HTTPHeaders
 from botocore.config import Config
 from botocore.parsers import create_parser
 
-from tests.provision import provision
 from quanttrade_ws.config import Settings
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Clock, Wired
+from tests.provision import provision
 
 TRANSACT = "TransactWriteItems"
 CANCELLED = "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"

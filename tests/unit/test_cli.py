@@ -627,3 +627,34 @@ async def test_count_not_reached_before_the_server_closes_is_a_failure(capsys: p
 
     assert await run_listen(FakeWebSocketApi(one_then_close), "--count", "2") == 1
     assert "connection closed after 1 of 2 data messages" in capsys.readouterr().err
+
+
+def test_dev_takes_fault_rates_for_the_services_and_the_management_api(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN `dev --faults` as the README shows it, WHEN parsed THEN each target gets its rate, with the seed
+    args = parse("dev", "--faults", "dynamodb=0.05,management=0.05,sqs=0.02", "--fault-seed", "7")
+    assert args.faults == {"dynamodb": 0.05, "management": 0.05, "sqs": 0.02}
+    assert args.fault_seed == 7
+    assert parse("dev").faults == {}
+    # ... and bad input is refused with a clear error
+    for bad, error in (
+        ("lambda=0.1", "faults go to dynamodb, sqs, management, not 'lambda'"),
+        ("dynamodb=lots", "dynamodb: not a number: 'lots'"),
+        ("sqs=1.5", "sqs: a rate is a share of calls within [0, 1], not 1.5"),
+        ("dynamodb", "expected name=rate pairs like dynamodb=0.05, got 'dynamodb'"),
+    ):
+        with pytest.raises(SystemExit):
+            parse("dev", "--faults", bad)
+        assert error in capsys.readouterr().err
+
+
+def test_the_stack_splits_fault_rates_between_the_front_door_and_the_gateway() -> None:
+    from local.stack import StackConfig
+
+    # GIVEN rates for the services and the Management API, THEN the front door gets only the services'
+    config = StackConfig(faults={"dynamodb": 0.05, "management": 0.1, "sqs": 0.02})
+    assert config.aws_fault_rates() == {"dynamodb": 0.05, "sqs": 0.02}
+    # ... and a target the stack cannot fault, or a rate beyond 1, is refused when the config is made
+    with pytest.raises(ValueError, match="not 'events'"):
+        StackConfig(faults={"events": 0.1})
+    with pytest.raises(ValueError, match="within"):
+        StackConfig(faults={"management": 2.0})
