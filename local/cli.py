@@ -764,7 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--fault-seed", type=int, default=None, help="seed for --faults, to repeat a run's faults")
     dev.add_argument("--log-level", default="INFO", help="log level of the local stack's components (INFO)")
-    dev.add_argument("--handler-log-level", default="WARNING", help="Powertools log level of the handlers (WARNING)")
+    dev.add_argument(
+        "--handler-log-level",
+        default="WARNING",
+        help="show the functions' log lines from this level up (WARNING); they log at the template's level",
+    )
     dev.set_defaults(func=cmd_dev)
 
     token = commands.add_parser(

@@ -263,6 +263,8 @@ class LocalStack:
             return self
         self._started = True
         began = time.monotonic()
+        # The functions log at the template's level; this console shows their lines from this level up.
+        logging.getLogger("quanttrade.local.lambda.log").setLevel(self.config.log_level)
         try:
             await self._start()
         except BaseException:
