@@ -144,7 +144,7 @@ def run_lambda_runtime(_: dict[str, Any], options: argparse.Namespace) -> dict[s
 def run_end_to_end(_: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     from bench import end_to_end
 
-    figures = end_to_end.run(options.audiences, options.repeats, stock_moto=options.stock_moto)
+    figures = end_to_end.run(options.audiences, options.repeats)
     for audience in options.audiences:
         expected = figures.get(f"end_to_end_{audience}_expected")
         delivered = figures.get(f"end_to_end_{audience}_delivered")
@@ -263,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=REPEATS, help=f"end_to_end publishes per size ({REPEATS})")
     parser.add_argument("--audiences", type=int, nargs="+", default=list(AUDIENCES), help="end_to_end client counts")
     parser.add_argument("--messages", type=int, default=20_000, help="delivery_worker posts (20000)")
-    parser.add_argument("--stock-moto", action="store_true", help="end_to_end with moto unpatched (slow setup)")
     args = parser.parse_args(argv)
     for name in args.benchmarks:
         if name not in ORDER:

@@ -107,129 +107,6 @@ async def _until_stdin_closes() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-def patch_moto_dynamodb() -> None:
-    """Make moto's DynamoDB behave like DynamoDB where the benchmarks depend on it: per-request atomicity,
-    and transactions that cost what they touch.
-
-    moto 5.2 answers TransactWriteItems by deep-copying every table the
-    transaction names, to restore it wholesale if a condition fails. A
-    subscribe (a Put on the subscriptions table and an Update on the connection
-    row) therefore costs time in proportion to both tables: measured here at
-    ~19 transactions/s with 1,000 rows, falling as rows grow, so subscribing
-    5,000 clients is quadratic and takes far longer than the whole benchmark may.
-    The copy also races other request threads ("dictionary changed size during
-    iteration" -> HTTP 500 -> the client gets INTERNAL), and a rollback puts back
-    a stale table, losing writes other threads made meanwhile.
-
-    Here each DynamoDB request runs under one lock (DynamoDB makes every request
-    atomic; moto's server threads do not), and a transaction snapshots only the
-    items it names, restoring exactly those on failure. The tables object moto
-    "copies" is the live one, so its own wholesale restore becomes a no-op.
-    """
-    import copy
-    import threading
-
-    from moto.dynamodb import models
-    from moto.dynamodb.models.table import Table
-    from moto.dynamodb.responses import DynamoHandler
-
-    if getattr(models, "_bench_patched", False):
-        return
-    lock = threading.RLock()
-    call_action = DynamoHandler.call_action
-
-    def atomic_call_action(self: Any) -> Any:
-        with lock:
-            return call_action(self)
-
-    class TablesAreNotCopied:
-        # Stands in for the `copy` module inside moto.dynamodb.models, whose only other use is per item.
-        @staticmethod
-        def deepcopy(value: Any, memo: Any = None) -> Any:
-            return value if isinstance(value, Table) else copy.deepcopy(value, memo)
-
-    transact_write_items = models.DynamoDBBackend.transact_write_items
-
-    def item_level_transaction(self: Any, transact_items: list[dict[str, Any]]) -> None:
-        snapshots = []
-        for entry in transact_items:
-            try:
-                operation, request = next(iter(entry.items()))
-                table = self.tables[request["TableName"]]
-                if operation == "Put":
-                    names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
-                    key = {name: request["Item"][name] for name in names}
-                else:
-                    key = request["Key"]
-                hash_key, range_key = self.get_keys_value(table, key)
-            except Exception:
-                continue  # moto itself rejects the request before it changes anything
-            snapshots.append((table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))))
-        try:
-            transact_write_items(self, transact_items)
-        except BaseException:
-            for table, hash_key, range_key, before in reversed(snapshots):
-                if before is None:
-                    table.delete_item(hash_key, range_key)
-                elif range_key is not None:
-                    table.items[hash_key][range_key] = before
-                else:
-                    table.items[hash_key] = before
-            raise
-
-    DynamoHandler.call_action = atomic_call_action  # type: ignore[method-assign]
-    models.copy = TablesAreNotCopied  # type: ignore[assignment]
-    models.DynamoDBBackend.transact_write_items = item_level_transaction  # type: ignore[method-assign]
-    models._bench_patched = True  # type: ignore[attr-defined]
-
-
-def _serve_moto(options: dict[str, Any]) -> None:
-    from local.moto_server import main as moto_main
-
-    patch_moto_dynamodb()
-    moto_main(["--host", str(options.get("host", "127.0.0.1")), "--port", str(options.get("port", 0))])
-
-
-def _patched_moto_class() -> type:
-    from local.moto_server import MotoServer
-
-    class PatchedMotoServer(MotoServer):
-        """The stack's moto, started through `patch_moto_dynamodb` (see there); otherwise MotoServer itself."""
-
-        def _start_subprocess(self) -> None:
-            from local import moto_server
-
-            command = [
-                sys.executable,
-                "-m",
-                "bench.end_to_end",
-                "--serve",
-                "moto",
-                "--options",
-                json.dumps({"host": self.host, "port": self.port}),
-            ]
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, SHARED, env.get("PYTHONPATH", "")) if p)
-            self._stderr = tempfile.TemporaryFile(mode="w+", prefix="moto-server-", suffix=".log")  # noqa: SIM115
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                text=True,
-                cwd=ROOT,
-                env=env,
-            )
-            parts = self._read_ready_line().split()
-            if len(parts) != 3 or parts[0] != moto_server.READY_PREFIX:
-                errors = self._drain_stderr()
-                self.stop()
-                raise moto_server.MotoServerError(f"patched moto server did not start: {errors or 'no output'}")
-            self.port = int(parts[2])
-
-    return PatchedMotoServer
-
-
 async def _serve_stack(options: dict[str, Any]) -> None:
     import logging
     import warnings
@@ -237,14 +114,11 @@ async def _serve_stack(options: dict[str, Any]) -> None:
     from local.stack import LocalStack, StackConfig, configure_logging
 
     configure_logging(options.pop("component_log_level", "WARNING"))
-    stock_moto = bool(options.pop("stock_moto", False))
     # Neither says anything a benchmark can act on (metrics are off locally by design).
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     config = StackConfig(host="127.0.0.1", gateway_port=0, moto_port=0, jwt_secret=SECRET, dashboard=False, **options)
     stack = LocalStack(config)
-    if not stock_moto:
-        stack.moto = _patched_moto_class()(config.host, config.moto_port, mode="subprocess", region=config.region)
     await stack.start()
     try:
         _announce(
@@ -643,9 +517,7 @@ def _events_client(endpoint: str) -> Any:
     )
 
 
-async def run_async(
-    audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS, *, stock_moto: bool = False
-) -> dict[str, Any]:
+async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS) -> dict[str, Any]:
     from bench.machine import child_pids, cpu_seconds
 
     audiences = sorted(audiences)
@@ -661,7 +533,6 @@ async def run_async(
         "simulator": False,
         "sweep_interval": None,
         "idle_timeout": 3600.0,
-        "stock_moto": stock_moto,
     }
     with ChildProcess("stack", stack_options) as stack, ChildProcess("plain") as plain:
         print(
@@ -786,32 +657,26 @@ async def run_async(
     return figures
 
 
-def run(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS, *, stock_moto: bool = False) -> dict[str, Any]:
-    return asyncio.run(run_async(audiences, repeats, stock_moto=stock_moto))
+def run(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS) -> dict[str, Any]:
+    return asyncio.run(run_async(audiences, repeats))
 
 
 def _serve(role: str, options: dict[str, Any]) -> None:
     raise_fd_limit()
-    if role == "moto":
-        _serve_moto(options)
-    else:
-        asyncio.run(_serve_stack(options) if role == "stack" else _serve_plain())
+    asyncio.run(_serve_stack(options) if role == "stack" else _serve_plain())
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(prog="python -m bench.end_to_end", description=__doc__.split("\n")[0])
     parser.add_argument("--audiences", type=int, nargs="+", default=list(AUDIENCES))
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument(
-        "--stock-moto", action="store_true", help="run moto unpatched (see patch_moto_dynamodb: slow, racy setup)"
-    )
-    parser.add_argument("--serve", choices=["stack", "plain", "moto"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["stack", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         _serve(args.serve, json.loads(args.options))
         return None
-    figures = run(args.audiences, args.repeats, stock_moto=args.stock_moto)
+    figures = run(args.audiences, args.repeats)
     print(json.dumps(figures, indent=2))
     return figures
 

@@ -614,7 +614,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     loop = asyncio.get_running_loop()
     began = time.monotonic()
-    options: dict[str, Any] = {"simulator": False, "stock_moto": args.stock_moto}
+    options: dict[str, Any] = {"simulator": False}
     # Everything else is `make dev`'s: 500 new connections/s, 10,000 management calls/s, 10 minute idle timeout.
     with ChildProcess("stack", options) as stack:
         url = stack.info["websocket_url"]
@@ -764,7 +764,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--abuse-interval", type=float, default=10.0, help="seconds between abusive rounds (10; 0: none)"
     )
-    parser.add_argument("--stock-moto", action="store_true", help="moto unpatched (see bench.end_to_end)")
     parser.add_argument("--output", default=str(RESULTS), help="JSON results (bench/soak-results.json)")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.soak", *(sys.argv[1:] if argv is None else argv)])

@@ -243,6 +243,11 @@ def _make_server(host: str, port: int) -> Any:
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
+    from local.moto_dynamodb import patch
+
+    # Per-request atomicity and item-level transactions: without them, concurrent transactions get HTTP 500s
+    # and cost time in proportion to whole tables (see local/moto_dynamodb.py).
+    patch()
     app = DomainDispatcherApplication(create_backend_app)
     try:
         return make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
