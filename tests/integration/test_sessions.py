@@ -142,6 +142,33 @@ def test_an_expired_session_sending_a_malformed_frame_is_closed(real_time: Wired
     assert wired.gateway.closed == ["c1"]
 
 
+@pytest.mark.parametrize("token", ["not-a-jwt", "expired", "other-user"])
+def test_a_failed_refresh_after_expiry_closes_the_connection(real_time: Wired, token: str) -> None:
+    wired = real_time
+    # GIVEN a subscribed connection whose token expired
+    wired.connect("c1", expires_in=30)
+    wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.clock.now += 60
+    # WHEN it sends a refresh that fails
+    tokens = {
+        "not-a-jwt": "not-a-jwt",
+        "expired": wired.token(expires_in=-60),
+        "other-user": wired.token("mallory", expires_in=3600),
+    }
+    reply = wired.send("c1", {"action": "refresh", "token": tokens[token], "request_id": "r"})
+    # THEN AUTH_FAILED with its request id, and the connection is closed: it cannot keep itself open with bad refreshes
+    assert_auth_failed(reply)
+    assert reply["request_id"] == "r"
+    assert wired.gateway.closed == ["c1"]
+
+
+def test_a_failed_refresh_before_expiry_keeps_the_connection(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", expires_in=30)
+    assert_auth_failed(wired.send("c1", {"action": "refresh", "token": "not-a-jwt"}))
+    assert wired.gateway.closed == []
+
+
 def test_refresh_with_another_users_token_fails(real_time: Wired) -> None:
     wired = real_time
     wired.connect("c1", user_id="alice", expires_in=30)

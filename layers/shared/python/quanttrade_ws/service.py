@@ -122,15 +122,20 @@ class RealtimeService:
         return bool(removed or subscriptions or rooms)
 
     def sweep(self, idle_seconds: int | None = None) -> int:
-        """Remove connections that vanished without $disconnect (API Gateway calls it best effort).
+        """Remove connections that vanished without $disconnect (API Gateway calls it best effort),
+        and close those whose access token has expired.
 
         A connection idle longer than API Gateway's idle timeout is asked about
         through the Management API; only one the gateway no longer knows is
-        removed, so a quiet but live client keeps its subscriptions.
+        removed, so a quiet but live client keeps its subscriptions. A live one
+        whose token expired is told so and closed (its $disconnect removes it;
+        if that never comes, the next sweep finds it gone): the fan-out already
+        skips it, and this bounds how long it stays open to one sweep period.
         """
+        now = self.clock()
         idle = self.settings.idle_timeout_seconds if idle_seconds is None else idle_seconds
         removed = 0
-        for connection in self.store.stale_connections(self.clock() - idle):
+        for connection in self.store.stale_connections(now - idle, expired_before=now):
             try:
                 known = self.gateway.info(connection.connection_id)
             except GatewayError:
@@ -141,6 +146,15 @@ class RealtimeService:
                 continue
             if known is None:
                 self.disconnect(connection.connection_id)
+                removed += 1
+            elif 0 < connection.identity.token_expires_at < now:
+                try:
+                    self._expire(connection.connection_id, None)
+                except GatewayError:
+                    logger.warning(
+                        "sweep could not close an expired connection", extra={"connection_id": connection.connection_id}
+                    )
+                    continue
                 removed += 1
         return removed
 
@@ -171,8 +185,16 @@ class RealtimeService:
                     self.reply(connection_id, error_message(error.code, error.message, error.request_id))
                 return
             request_id = frame.request_id
-            if expired and not isinstance(frame, Refresh):
-                self._expire(connection_id, request_id)
+            if expired:
+                # Only a refresh can bring an expired connection back; anything else, a failed refresh included,
+                # ends it (else an invalid refresh now and then would keep a revoked user's data flowing).
+                if not isinstance(frame, Refresh):
+                    self._expire(connection_id, request_id)
+                    return
+                try:
+                    self._dispatch(ActionContext(connection, request_id), frame)
+                except ProtocolError as error:
+                    self._expire(connection_id, request_id, f"Session expired and the refresh failed: {error.message}")
                 return
             self._dispatch(ActionContext(connection, request_id), frame)
         except ProtocolError as error:
@@ -181,9 +203,9 @@ class RealtimeService:
             logger.exception("frame failed")
             self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
 
-    def _expire(self, connection_id: str, request_id: str | None) -> None:
+    def _expire(self, connection_id: str, request_id: str | None, reason: str = "Session expired") -> None:
         """API Gateway authorised only the handshake: token expiry is ours to enforce."""
-        self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, "Session expired", request_id))
+        self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, reason, request_id))
         self.gateway.close(connection_id)
 
     def _rate_limited(self, connection_id: str) -> None:
@@ -274,6 +296,7 @@ class RealtimeService:
                     user_id=ctx.connection.identity.user_id,
                     interval=spec.interval,
                     filters=dict(spec.filters),
+                    token_expires_at=ctx.connection.identity.token_expires_at,
                 ),
                 limit,
             )
@@ -354,6 +377,7 @@ class RealtimeService:
             identity.user_id,
             capacity=self.limits.clients_per_room,
             room_limit=self.limits.rooms_per_client,
+            token_expires_at=identity.token_expires_at,
         )
         if outcome is Outcome.FULL:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
@@ -440,6 +464,7 @@ class RealtimeService:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Token belongs to another user", ctx.request_id)
         connection_id = ctx.connection.connection_id
         self.store.update_identity(connection_id, identity)
+        self.store.set_token_expiry(connection_id, identity.token_expires_at)
         # A refreshed token may permit less: drop the streams and rooms it no longer allows.
         dropped = [
             s.stream_key
@@ -484,6 +509,7 @@ class RealtimeService:
                         connection.identity.user_id,
                         subscription.interval,
                         dict(subscription.filters),
+                        connection.identity.token_expires_at,
                     ),
                     limit,
                 )
@@ -500,6 +526,7 @@ class RealtimeService:
                 connection.identity.user_id,
                 capacity=self.limits.clients_per_room,
                 room_limit=self.limits.rooms_per_client,
+                token_expires_at=connection.identity.token_expires_at,
             )
             if outcome in (Outcome.DONE, Outcome.ALREADY):
                 rooms.append(room)

@@ -8,6 +8,7 @@ read-then-write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -227,17 +228,23 @@ class DynamoStore:
         )
         return _int(result["Attributes"], "connects")
 
-    def stale_connections(self, idle_before: float) -> Iterator[Connection]:
-        """Connections whose last activity is older than `idle_before` (the sweeper's look-up).
+    def stale_connections(self, idle_before: float, expired_before: float | None = None) -> Iterator[Connection]:
+        """Connections whose last activity is older than `idle_before`, or (with `expired_before`)
+        whose access token expired before then: the sweeper's look-up.
 
         A Scan, deliberately: it runs on a schedule off every hot path, reads
         only the few attributes it needs, and pages through the table.
         """
+        condition = "last_activity < :before"
+        values = {":kind": _s("connection"), ":before": _n(int(idle_before))}
+        if expired_before is not None:
+            condition = f"({condition} OR (token_expires_at > :zero AND token_expires_at < :expired))"
+            values.update({":zero": _n(0), ":expired": _n(int(expired_before))})
         paginator = self._db.get_paginator("scan")
         pages = paginator.paginate(
             TableName=self.connections_table,
-            FilterExpression="kind = :kind AND last_activity < :before",
-            ExpressionAttributeValues={":kind": _s("connection"), ":before": _n(int(idle_before))},
+            FilterExpression=f"kind = :kind AND {condition}",
+            ExpressionAttributeValues=values,
         )
         for page in pages:
             for item in page.get("Items", []):
@@ -364,6 +371,7 @@ class DynamoStore:
             "connection_id": _s(subscription.connection_id),
             "user_id": _s(subscription.user_id),
             "filters": {"M": {k: _s(v) for k, v in subscription.filters.items()}},
+            "token_expires_at": _n(subscription.token_expires_at),
             "expires_at": _n(self._connection_expiry(time.time())),
         }
         if subscription.interval is not None:
@@ -420,12 +428,13 @@ class DynamoStore:
                 user_id=_str(item, "user_id"),
                 interval=_float(item, "interval"),
                 filters=_string_map(item, "filters"),
+                token_expires_at=_int(item, "token_expires_at"),
             )
             for item in self._query(
                 TableName=self.subscriptions_table,
                 KeyConditionExpression="stream_key = :k",
                 ExpressionAttributeValues={":k": _s(stream_key)},
-                ProjectionExpression="connection_id, user_id, #i, filters",
+                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at",
                 ExpressionAttributeNames={"#i": "interval"},
                 # Strongly consistent: a subscription written a moment ago must be seen
                 # once the fan-out's audience cache turns over (resume depends on it).
@@ -473,7 +482,15 @@ class DynamoStore:
 
     # ------------------------------------------------------------ rooms
 
-    def join_room(self, room: str, connection_id: str, user_id: str, capacity: int, room_limit: int) -> Outcome:
+    def join_room(
+        self,
+        room: str,
+        connection_id: str,
+        user_id: str,
+        capacity: int,
+        room_limit: int,
+        token_expires_at: int = 0,
+    ) -> Outcome:
         """Join with three conditions in one transaction: not yet a member, room below
         capacity, connection below its room limit. Concurrent joins for the last place
         cannot both win."""
@@ -488,6 +505,7 @@ class DynamoStore:
                                 "member_id": _s(connection_id),
                                 "connection_id": _s(connection_id),
                                 "user_id": _s(user_id),
+                                "token_expires_at": _n(token_expires_at),
                                 "joined_at": _n(int(time.time())),
                                 "expires_at": _n(self._connection_expiry(time.time())),
                             },
@@ -555,6 +573,52 @@ class DynamoStore:
                 ConsistentRead=True,
             )
         ]
+
+    def room_audience(self, room: str) -> list[Subscription]:
+        """A data room's members as the fan-out needs them: connection and token expiry."""
+        return [
+            Subscription(
+                stream_key=f"room:{room}",
+                connection_id=_str(item, "member_id"),
+                user_id=_str(item, "user_id"),
+                token_expires_at=_int(item, "token_expires_at"),
+            )
+            for item in self._query(
+                TableName=self.rooms_table,
+                KeyConditionExpression="room = :r AND member_id > :meta",
+                ExpressionAttributeValues={":r": _s(room), ":meta": _s(ROOM_META)},
+                ProjectionExpression="member_id, user_id, token_expires_at",
+                ConsistentRead=True,
+            )
+        ]
+
+    def set_token_expiry(self, connection_id: str, token_expires_at: int) -> None:
+        """Copy a refreshed token's expiry onto every subscription and membership row the connection owns."""
+        owned = [
+            (self.subscriptions_table, {"stream_key": item["stream_key"], "connection_id": _s(connection_id)})
+            for item in self._owned(self.subscriptions_table, connection_id)
+        ] + [
+            (self.rooms_table, {"room": item["room"], "member_id": _s(connection_id)})
+            for item in self._owned(self.rooms_table, connection_id)
+        ]
+        for table, key in owned:
+            # A row removed meanwhile stays removed: the condition keeps the update from resurrecting it.
+            with contextlib.suppress(self._errors.ConditionalCheckFailedException):
+                self._db.update_item(
+                    TableName=table,
+                    Key=key,
+                    UpdateExpression="SET token_expires_at = :e",
+                    ConditionExpression="attribute_exists(connection_id)",
+                    ExpressionAttributeValues={":e": _n(token_expires_at)},
+                )
+
+    def _owned(self, table: str, connection_id: str) -> Iterator[dict[str, Any]]:
+        return self._query(
+            TableName=table,
+            IndexName="by_connection",
+            KeyConditionExpression="connection_id = :c",
+            ExpressionAttributeValues={":c": _s(connection_id)},
+        )
 
     def rooms_of(self, connection_id: str) -> list[str]:
         return sorted(
