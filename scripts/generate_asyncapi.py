@@ -262,12 +262,13 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached.",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
     ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
-    ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -",
+    ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -, and a data room has one "
+    "spelling (`market_data_<SYMBOL>`, `predictions_<SYMBOL>` with the symbol in upper case, `alerts`).",
     ErrorCode.INVALID_MESSAGE: "The frame is not JSON, misses a field, or has a bad value (an unknown filter, ...).",
     ErrorCode.UNKNOWN_ACTION: "The `action` is none of the protocol's actions (the `receive` operations).",
     ErrorCode.FORBIDDEN: "The token lacks the permission: `read:<stream type>`, `rooms:join`, `rooms:send`, or the "
     "room's own (`read:market_data` for `market_data_*`, `read:predictions` for `predictions_*`, `read:alerts` "
-    "for `alerts`, `admin` for `admin.*`).",
+    "for `alerts`, `admin` for the reserved `admin`, `system`, `admin.*` and `system.*` in any case).",
     ErrorCode.NOT_IN_ROOM: "`leaveRoom` or `sendRoomMessage` for a room this connection has not joined.",
     ErrorCode.MESSAGE_TOO_LARGE: "A room message longer than `limits.max_room_message_bytes`.",
     ErrorCode.INTERNAL: "The server failed; the request may be retried.",

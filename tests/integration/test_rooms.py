@@ -284,7 +284,22 @@ def test_room_limit_is_configurable(settings: Settings, aws: dict[str, Any]) -> 
 # ---------------------------------------------------------------- names and permissions
 
 
-INVALID_ROOM_NAMES = ["", "has space", "slash/room", "r" * 65, "caf\u00e9", "semi;colon", "tab\t", "*", "#meta"]
+INVALID_ROOM_NAMES = [
+    "",
+    "has space",
+    "slash/room",
+    "r" * 65,
+    "caf\u00e9",
+    "semi;colon",
+    "tab\t",
+    "*",
+    "#meta",
+    "desk\n",  # `$` in a `match` pattern would let a trailing newline through
+    "Market_Data_AAPL",  # a look-alike of a data room: data rooms have one spelling
+    "market_data_aapl",
+    "ALERTS",
+    "predictions_",
+]
 
 
 @pytest.mark.parametrize("action", ["joinRoom", "leaveRoom", "sendRoomMessage"])
@@ -300,7 +315,7 @@ def test_invalid_room_names(wired: Wired, action: str) -> None:
     assert wired.store.rooms_of("a") == []
 
 
-@pytest.mark.parametrize("room", ["a", "A-z_0.9:x", "r" * 64, "market_data", "admin", "alerts_x"])
+@pytest.mark.parametrize("room", ["a", "A-z_0.9:x", "r" * 64, "market_data", "administrator", "alerts_x", "systems"])
 def test_valid_room_names(wired: Wired, room: str) -> None:
     wired.connect("a", permissions=MEMBER)
     assert wired.send("a", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
@@ -325,6 +340,23 @@ def test_data_and_admin_rooms_need_their_permission(wired: Wired, room: str, per
     assert wired.store.room_members(room) == []
     # AND a client with the permission joins
     assert wired.send("reader", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+
+
+@pytest.mark.parametrize(
+    "room", ["admin", "ADMIN", "Admin.ops", "ADMIN.x", "admin.ops", "system", "System", "system.x"]
+)
+def test_reserved_names_and_prefixes_need_admin_whatever_their_case(wired: Wired, room: str) -> None:
+    # GIVEN a member who may join and send, but is not an admin, and an admin
+    wired.connect("plain", user_id="plain", permissions=MEMBER)
+    wired.connect("root", user_id="root", permissions=("admin",))
+    # WHEN the member joins or writes to a reserved name in any case
+    # THEN FORBIDDEN, and nothing is created
+    assert error_code(wired.send("plain", {"action": "joinRoom", "room": room})) == "FORBIDDEN"
+    reply = wired.send("plain", {"action": "sendRoomMessage", "room": room, "message": "hi"})
+    assert error_code(reply) == "FORBIDDEN"
+    assert wired.store.room_members(room) == []
+    # AND the admin may join it
+    assert wired.send("root", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
 
 
 def test_admin_may_join_every_room(wired: Wired) -> None:

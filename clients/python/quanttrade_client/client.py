@@ -56,7 +56,7 @@ API_GATEWAY_MAX_CONNECTION_SECONDS = 2 * 3600.0
 # The server's limits on one frame (quanttrade_ws.protocol: Subscribe.streams, Resume.last_seq).
 MAX_STREAMS_PER_SUBSCRIBE = 50
 MAX_RESUME_STREAMS = 100
-# Data rooms carry the events of one stream family (quanttrade_ws.service.DATA_ROOM_PREFIXES).
+# Data rooms carry the events of one stream family (quanttrade_ws.rooms.DATA_ROOM_PREFIXES).
 _DATA_ROOM_STREAMS = {"market_data_": "market_data:", "predictions_": "predictions:"}
 # A token provider that keeps failing is a configuration problem, not an outage.
 _MAX_AUTH_FAILURES = 3

@@ -7,7 +7,6 @@ client builds with them, and the AsyncAPI document is generated from them.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -61,7 +60,6 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
-ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
 
 # ---------------------------------------------------------------- client frames

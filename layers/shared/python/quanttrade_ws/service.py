@@ -19,7 +19,6 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.protocol import (
-    ROOM_NAME_PATTERN,
     ErrorCode,
     Hello,
     JoinRoom,
@@ -39,13 +38,11 @@ from quanttrade_ws.protocol import (
     pack_batches,
     parse_client_frame,
 )
+from quanttrade_ws.rooms import check_room_name, room_permission
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
 logger = logging.getLogger(__name__)
-
-# Data rooms that also receive upstream events, and the permission each needs.
-DATA_ROOM_PREFIXES = {"market_data_": "read:market_data", "predictions_": "read:predictions"}
 
 
 class ConnectRefused(Exception):
@@ -360,8 +357,7 @@ class RealtimeService:
         )
 
     def _check_room(self, identity: Identity, room: str, request_id: str | None) -> None:
-        if not ROOM_NAME_PATTERN.match(room):
-            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", request_id)
+        check_room_name(room, request_id)
         needed = room_permission(room)
         if needed and not identity.can(needed):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Room '{room}' needs the {needed} permission", request_id)
@@ -398,8 +394,7 @@ class RealtimeService:
 
     def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
         # Only the name is checked: a client whose refreshed token lost a room's permission must still be able to leave.
-        if not ROOM_NAME_PATTERN.match(frame.room):
-            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", ctx.request_id)
+        check_room_name(frame.room, ctx.request_id)
         if not self.store.leave_room(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
         self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
@@ -608,18 +603,6 @@ class RealtimeService:
             "first_seq": entries[0].seq if entries else None,
             "last_seq": head.last_seq,
         }
-
-
-def room_permission(room: str) -> str | None:
-    """The permission a room needs beyond rooms:join (data rooms and admin rooms)."""
-    if room.startswith("admin."):
-        return "admin"
-    if room == "alerts":
-        return "read:alerts"
-    for prefix, permission in DATA_ROOM_PREFIXES.items():
-        if room.startswith(prefix):
-            return permission
-    return None
 
 
 def _is_number(value: str) -> bool:

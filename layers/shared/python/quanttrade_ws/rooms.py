@@ -1,0 +1,85 @@
+"""Rooms: which names are valid, what each kind of room needs, and what it allows.
+
+One place for the room rules every action applies (joinRoom, leaveRoom,
+sendRoomMessage, refresh, resume): the name check, the kind of a room, and the
+permission it needs.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from quanttrade_ws.protocol import ErrorCode, ProtocolError
+
+# `fullmatch`, never `match` with `$`: `$` also matches before a trailing newline.
+ROOM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+ROOM_NAME_RULE = "Room names are 1-64 of A-Z a-z 0-9 _ . : -"
+
+# Data rooms also receive upstream events (upstream._Detail.data_room spells them),
+# and each needs the read permission of its stream family.
+DATA_ROOMS = {"alerts": "read:alerts"}
+DATA_ROOM_PREFIXES = {"market_data_": "read:market_data", "predictions_": "read:predictions"}
+# Reserved for operators: the exact names and everything under the prefixes need `admin`.
+RESERVED_NAMES = frozenset({"admin", "system"})
+RESERVED_PREFIXES = ("admin.", "system.")
+
+
+class RoomKind(StrEnum):
+    CHAT = "chat"
+    DATA = "data"
+    RESERVED = "reserved"
+
+
+def room_kind(room: str) -> RoomKind:
+    """The kind of a valid room name. Reserved names and prefixes compare case-insensitively,
+    so `Admin.ops` and `ADMIN` are as reserved as `admin.ops`."""
+    folded = room.casefold()
+    if folded in RESERVED_NAMES or folded.startswith(RESERVED_PREFIXES):
+        return RoomKind.RESERVED
+    if folded in DATA_ROOMS or folded.startswith(tuple(DATA_ROOM_PREFIXES)):
+        return RoomKind.DATA
+    return RoomKind.CHAT
+
+
+def check_room_name(room: str, request_id: str | None = None) -> RoomKind:
+    """The room's kind, or INVALID_ROOM for a name that is not allowed.
+
+    A data room has one spelling, the one its events are addressed to
+    (`market_data_AAPL`, `alerts`): a look-alike such as `Market_Data_aapl` would
+    be a chat room posing as a data room that never receives data, so it is refused.
+    """
+    if not ROOM_NAME_PATTERN.fullmatch(room):
+        raise ProtocolError(ErrorCode.INVALID_ROOM, ROOM_NAME_RULE, request_id)
+    kind = room_kind(room)
+    if kind is RoomKind.DATA and canonical_data_room(room) != room:
+        raise ProtocolError(
+            ErrorCode.INVALID_ROOM,
+            "Data rooms are spelled market_data_<SYMBOL>, predictions_<SYMBOL> (symbol in upper case) or alerts",
+            request_id,
+        )
+    return kind
+
+
+def canonical_data_room(room: str) -> str | None:
+    """The one valid spelling of a data room name, or None when it names no symbol."""
+    folded = room.casefold()
+    if folded in DATA_ROOMS:
+        return folded
+    for prefix in DATA_ROOM_PREFIXES:
+        if folded.startswith(prefix) and len(room) > len(prefix):
+            return prefix + room[len(prefix) :].upper()
+    return None
+
+
+def room_permission(room: str) -> str | None:
+    """The permission a room needs beyond rooms:join (data rooms and reserved rooms)."""
+    kind = room_kind(room)
+    if kind is RoomKind.RESERVED:
+        return "admin"
+    if kind is RoomKind.DATA:
+        folded = room.casefold()
+        if folded in DATA_ROOMS:
+            return DATA_ROOMS[folded]
+        return next(permission for prefix, permission in DATA_ROOM_PREFIXES.items() if folded.startswith(prefix))
+    return None
