@@ -141,6 +141,11 @@ class ResumedPayload(_Payload):
     streams: dict[str, StreamReplay]
     subscriptions: list[str] = Field(description="Subscription keys the session had; they are active again")
     rooms: list[str] = Field(description="Rooms the connection is back in")
+    dropped: list[str] = Field(
+        default=[],
+        description="Subscription keys and rooms the session had that were not restored: the current token does "
+        "not permit them (the same check as `joinRoom` and `subscribe`), or a limit was reached",
+    )
     client_id: str
     session_token: str = Field(description="A renewed session token; use it for the next resume")
 
@@ -400,6 +405,7 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "streams": {"market_data:AAPL": {"recovered": True, "replayed": 2, "first_seq": 42, "last_seq": 43}},
         "subscriptions": ["market_data:AAPL"],
         "rooms": ["desk.equities"],
+        "dropped": [],
         "client_id": "Yx1aQc3LoAMCJgw=",
         "session_token": "eyJzaWQiOiI2ZjEifQ.bmV3c2ln",
     },

@@ -369,3 +369,32 @@ def test_resume_reattaches_only_what_the_new_token_permits(wired: Wired) -> None
     assert wired.store.rooms_of("new") == ["lobby"]
     assert reply["payload"]["rooms"] == ["lobby"]
     assert reply["payload"]["subscriptions"] == ["alerts:*"]
+    assert sorted(reply["payload"]["dropped"]) == ["predictions:*", "predictions_AAPL"]
+
+
+def test_resume_without_rooms_join_restores_no_room(wired: Wired) -> None:
+    # GIVEN a session in a chat room and a data room, with a subscription
+    wired.connect("old")
+    wired.connect("peer", user_id="user-2")
+    token = hello(wired, "old")
+    wired.send("old", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.send("old", {"action": "joinRoom", "room": "desk"})
+    wired.send("old", {"action": "joinRoom", "room": "alerts"})
+    wired.send("peer", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("old")
+    # WHEN the client comes back with a token that may read alerts but no longer join rooms
+    wired.connect("new", permissions=("read:alerts",))
+    assert error_code_of(wired.send("new", {"action": "joinRoom", "room": "desk"})) == "FORBIDDEN"
+    reply = resume(wired, "new", token)
+    # THEN resume restores the subscription but no room (joinRoom would refuse both), and says which it dropped
+    assert reply["payload"]["subscriptions"] == ["alerts:*"]
+    assert reply["payload"]["rooms"] == []
+    assert sorted(reply["payload"]["dropped"]) == ["alerts", "desk"]
+    assert wired.store.rooms_of("new") == []
+    # AND it does not read the room
+    wired.send("peer", {"action": "sendRoomMessage", "room": "desk", "message": "private"})
+    assert all(m["message_type"] != "room_message" for m in received(wired, "new"))
+
+
+def error_code_of(message: dict[str, Any]) -> str | None:
+    return message["payload"].get("error_code") if message["message_type"] == "error" else None

@@ -75,6 +75,9 @@ class ResumeReport:
     session_resumed: bool
     recovered: bool
     streams: Mapping[str, Mapping[str, Any]]
+    # Subscription keys and rooms the session had that the server did not restore
+    # (the current token does not permit them, or a limit was reached).
+    dropped: tuple[str, ...] = ()
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -464,6 +467,7 @@ class QuantTradeClient:
             session_resumed=session_resumed,
             recovered=all(bool(result.get("recovered", True)) for result in streams.values()),
             streams=streams,
+            dropped=tuple(str(item) for item in reply.payload.get("dropped") or ()) if reply is not None else (),
         )
         if not self.last_resume.recovered:
             logger.warning("reconnected with a possible gap", extra={"streams": streams})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
+from quanttrade_ws.auth import Identity
 from quanttrade_ws.protocol import ErrorCode, ProtocolError
 
 # `fullmatch`, never `match` with `$`: `$` also matches before a trailing newline.
@@ -82,4 +83,19 @@ def room_permission(room: str) -> str | None:
         if folded in DATA_ROOMS:
             return DATA_ROOMS[folded]
         return next(permission for prefix, permission in DATA_ROOM_PREFIXES.items() if folded.startswith(prefix))
+    return None
+
+
+def room_refusal(identity: Identity, room: str) -> str | None:
+    """Why this identity may not be in this room, or None when it may.
+
+    The one room-permission check: joinRoom refuses with it, and refresh and
+    resume drop the rooms it refuses, so a token never keeps or regains a room
+    that joinRoom would refuse it.
+    """
+    if not identity.can("rooms:join"):
+        return "No permission to join rooms"
+    needed = room_permission(room)
+    if needed and not identity.can(needed):
+        return f"Room '{room}' needs the {needed} permission"
     return None

@@ -38,7 +38,7 @@ from quanttrade_ws.protocol import (
     pack_batches,
     parse_client_frame,
 )
-from quanttrade_ws.rooms import check_room_name, room_permission
+from quanttrade_ws.rooms import check_room_name, room_permission, room_refusal
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
@@ -364,9 +364,10 @@ class RealtimeService:
 
     def _join_room(self, ctx: ActionContext, frame: JoinRoom) -> None:
         identity = ctx.connection.identity
-        if not identity.can("rooms:join"):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to join rooms", ctx.request_id)
-        self._check_room(identity, frame.room, ctx.request_id)
+        check_room_name(frame.room, ctx.request_id)
+        refusal = room_refusal(identity, frame.room)
+        if refusal:
+            raise ProtocolError(ErrorCode.FORBIDDEN, refusal, ctx.request_id)
         outcome = self.store.join_room(
             frame.room,
             ctx.connection.connection_id,
@@ -468,8 +469,7 @@ class RealtimeService:
             and self.store.remove_subscription(s.stream_key, connection_id)
         ]
         for room in self.store.rooms_of(connection_id):
-            needed = room_permission(room)
-            if (needed and not identity.can(needed)) or not identity.can("rooms:join"):
+            if room_refusal(identity, room):
                 self.store.leave_room(room, connection_id)
                 dropped.append(room)
         self._answer(
@@ -495,8 +495,11 @@ class RealtimeService:
         self.store.set_session(connection.connection_id, session.session_id)
         limit = self.limits.subscriptions_for(connection.identity.subscription_level)
         subscriptions = []  # only what was re-attached: the new token may permit less than the old one
+        dropped = []  # what the session had and this connection did not get back
         for subscription in snapshot.subscriptions:
-            if connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+            if not connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+                dropped.append(subscription.stream_key)
+            else:
                 outcome = self.store.add_subscription(
                     Subscription(
                         subscription.stream_key,
@@ -510,10 +513,12 @@ class RealtimeService:
                 )
                 if outcome in (Outcome.DONE, Outcome.ALREADY):
                     subscriptions.append(subscription.stream_key)
+                else:
+                    dropped.append(subscription.stream_key)
         rooms = []
         for room in snapshot.rooms:
-            needed = room_permission(room)
-            if needed and not connection.identity.can(needed):
+            if room_refusal(connection.identity, room):
+                dropped.append(room)
                 continue
             outcome = self.store.join_room(
                 room,
@@ -525,6 +530,8 @@ class RealtimeService:
             )
             if outcome in (Outcome.DONE, Outcome.ALREADY):
                 rooms.append(room)
+            else:
+                dropped.append(room)
 
         results: dict[str, dict[str, Any]] = {}
         for stream, last_seq in frame.last_seq.items():
@@ -555,6 +562,7 @@ class RealtimeService:
                 "streams": results,
                 "subscriptions": subscriptions,
                 "rooms": rooms,
+                "dropped": dropped,
                 "client_id": connection.connection_id,
                 "session_token": new_token,
             },
