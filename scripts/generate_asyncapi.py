@@ -51,7 +51,14 @@ class ConnectionLimits(_Payload):
     max_rooms: int = Field(description="Rooms one connection may be in")
     max_room_members: int = Field(description="Members one room may have")
     max_room_message_bytes: int = Field(description="Largest `sendRoomMessage` message, UTF-8 bytes")
-    messages_per_second: int = Field(description="Frames per second before RATE_LIMIT")
+    messages_per_second: int = Field(
+        description="Rate budget per second, in units of `action_costs` (a ping is 1); over it, RATE_LIMIT"
+    )
+    action_costs: dict[str, int] = Field(description="What each action weighs against `messages_per_second`")
+    max_resume_messages: int = Field(description="Messages one `resume` replays at most, over all its streams")
+    room_messages_per_minute: int = Field(
+        description="Room messages one user may send to one room per minute (sliding window, all connections)"
+    )
     max_message_bytes: int = Field(description="Largest server frame (API Gateway: 128 KB)")
     idle_timeout_seconds: int = Field(description="The gateway closes a connection idle this long")
     history_seconds: int = Field(description="How long stream history is kept for resume")
@@ -130,7 +137,11 @@ class StreamReplay(_Payload):
     replayed: int = Field(description="Messages replayed before this answer")
     first_seq: int | None = Field(None, description="First replayed seq")
     last_seq: int | None = Field(None, description="The stream's latest seq on the server")
-    error: ErrorCode | None = Field(None, description="Why the stream was not replayed")
+    error: ErrorCode | None = Field(
+        None,
+        description="Why the stream was not replayed: FORBIDDEN when the token may not read it or the connection "
+        "holds no subscription or data room that receives it",
+    )
 
 
 class ResumedPayload(_Payload):
@@ -262,8 +273,10 @@ SERVER_KINDS: list[ServerKind] = [
 ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.AUTH_FAILED: "The access token or session token was refused or has expired. After `Session expired` "
     "the server closes the connection: reconnect with a fresh token.",
-    ErrorCode.RATE_LIMIT: "More frames per second than `limits.messages_per_second`. The frame was dropped and the "
-    "error names no request; after repeated warnings the connection is closed.",
+    ErrorCode.RATE_LIMIT: "Frames worth more than `limits.messages_per_second` units in one second (each action "
+    "weighs `limits.action_costs`). The frame was dropped and the error names no request; after repeated warnings "
+    "the connection is closed. Also: more than `limits.room_messages_per_minute` room messages to one room (this "
+    "error names the request; the connection stays open).",
     ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached.",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
     ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
@@ -380,6 +393,9 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
             "max_room_members": 1000,
             "max_room_message_bytes": 4096,
             "messages_per_second": 100,
+            "action_costs": dict(protocol.ACTION_COSTS),
+            "max_resume_messages": 5000,
+            "room_messages_per_minute": 60,
             "max_message_bytes": 131072,
             "idle_timeout_seconds": 600,
             "history_seconds": 300,

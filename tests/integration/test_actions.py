@@ -12,7 +12,7 @@ import pytest
 from local.provision import provision
 from quanttrade_ws.config import Limits, Settings
 from quanttrade_ws.models import Connection
-from quanttrade_ws.protocol import ErrorCode
+from quanttrade_ws.protocol import ACTION_COSTS, ErrorCode
 from tests.conftest import Clock, Wired
 
 
@@ -229,6 +229,25 @@ def test_rate_limit_then_close_after_repeated_warnings(wired: Wired) -> None:
     assert wired.gateway.closed == []
     wired.service.handle_frame("c1", '{"action": "ping"}')
     assert wired.gateway.closed == ["c1"]
+
+
+def test_the_rate_limit_weighs_each_action_by_its_cost(wired: Wired) -> None:
+    # GIVEN time held still inside one second, and the cost table
+    budget = wired.settings.limits.messages_per_second
+    assert all(ACTION_COSTS[action] > ACTION_COSTS["ping"] for action in EXPENSIVE_ACTIONS)
+    wired.connect("c1")
+    # WHEN joins spend the whole budget (far fewer frames than the budget in pings)
+    joins = budget // ACTION_COSTS["joinRoom"]
+    for i in range(joins):
+        assert wired.send("c1", {"action": "joinRoom", "room": f"r{i % 5}"})["message_type"] == "join_room"
+    # THEN even a ping is over it, and the connection is told so
+    assert_error(wired.send("c1", {"action": "ping"}), "RATE_LIMIT")
+    # AND the limits tell the client what each action costs
+    wired.clock.now += 1
+    assert wired.send("c1", {"action": "hello"})["payload"]["limits"]["action_costs"] == ACTION_COSTS
+
+
+EXPENSIVE_ACTIONS = ("subscribe", "unsubscribe", "resume", "joinRoom", "leaveRoom", "sendRoomMessage")
 
 
 def test_rate_window_resets_the_next_second(wired: Wired) -> None:

@@ -262,6 +262,7 @@ def test_room_limit_per_client(wired: Wired) -> None:
     wired.connect("a")
     for i in range(limit):
         assert wired.send("a", {"action": "joinRoom", "room": f"room-{i}"})["message_type"] == "join_room"
+        wired.clock.advance(1)  # joins weigh 10 against the rate budget, which is not under test here
     # WHEN an eleventh room is joined, THEN ROOM_LIMIT, and the room gains no member
     reply = wired.send("a", {"action": "joinRoom", "room": "one-too-many"})
     assert error_code(reply) == "ROOM_LIMIT"
@@ -312,6 +313,7 @@ def test_invalid_room_names(wired: Wired, action: str) -> None:
             frame["message"] = "hi"
         # THEN each is INVALID_ROOM and creates nothing
         assert error_code(wired.send("a", frame)) == "INVALID_ROOM", room
+        wired.clock.advance(1)  # room actions weigh 10 against the rate budget, which is not under test here
     assert wired.store.rooms_of("a") == []
 
 
@@ -497,3 +499,93 @@ def test_leaving_a_data_room_needs_no_permission(wired: Wired) -> None:
     # WHEN it leaves the room, THEN it may: leaving only ever reduces what it receives
     assert wired.send("a", {"action": "leaveRoom", "room": "market_data_AAPL"})["message_type"] == "leave_room"
     assert wired.store.room_members("market_data_AAPL") == []
+
+
+# ---------------------------------------------------------------- what one frame may cost
+
+
+def presence_notices(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Join and leave notices about others (answers to the member's own requests carry `success`)."""
+    return [
+        m
+        for m in received(wired, connection_id)
+        if m["message_type"] in ("join_room", "leave_room") and "success" not in m["payload"]
+    ]
+
+
+def test_data_rooms_announce_no_joins_or_leaves(wired: Wired) -> None:
+    # GIVEN a member of a data room
+    wired.connect("a", user_id="user-a")
+    wired.connect("b", user_id="user-b")
+    wired.send("a", {"action": "joinRoom", "room": "market_data_AAPL"})
+    # WHEN someone else joins and leaves it
+    assert (
+        wired.send("b", {"action": "joinRoom", "room": "market_data_AAPL", "request_id": "j"})["message_type"]
+        == "join_room"
+    )
+    assert (
+        wired.send("b", {"action": "leaveRoom", "room": "market_data_AAPL", "request_id": "l"})["message_type"]
+        == "leave_room"
+    )
+    # THEN the member hears of neither
+    assert presence_notices(wired, "a") == []
+
+
+def test_rooms_above_the_presence_threshold_announce_no_joins_or_leaves(
+    settings: Settings, aws: dict[str, Any]
+) -> None:
+    # GIVEN presence announced up to 2 members, and a room with 2
+    wired = with_limits(settings, aws, presence_max_members=2)
+    for cid in ("a", "b", "c"):
+        wired.connect(cid, user_id=f"user-{cid}")
+    wired.send("a", {"action": "joinRoom", "room": "busy"})
+    wired.send("b", {"action": "joinRoom", "room": "busy"})
+    assert len(presence_notices(wired, "a")) == 1  # b's join, while the room was small
+    # WHEN a third joins (the room is above the threshold) and leaves again
+    wired.send("c", {"action": "joinRoom", "room": "busy"})
+    wired.send("c", {"action": "leaveRoom", "room": "busy"})
+    # THEN nobody is told of either
+    assert len(presence_notices(wired, "a")) == 1
+    assert presence_notices(wired, "b") == []
+
+
+def test_room_messages_are_limited_per_user_and_room(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN 3 room messages per minute, and a user on two connections in two rooms
+    wired = with_limits(settings, aws, room_messages_per_minute=3)
+    wired.connect("web", user_id="chatty")
+    wired.connect("bot", user_id="chatty")
+    wired.connect("reader", user_id="quiet")
+    for cid in ("web", "bot", "reader"):
+        wired.send(cid, {"action": "joinRoom", "room": "desk"})
+    wired.send("web", {"action": "joinRoom", "room": "other"})
+    heard = len(received(wired, "reader"))
+    # WHEN the user sends 3 messages to desk from one connection, then one more from the other
+    for i in range(3):
+        assert (
+            wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": f"m{i}"})["message_type"]
+            == "room_message"
+        )
+    reply = wired.send(
+        "bot", {"action": "sendRoomMessage", "room": "desk", "message": "one too many", "request_id": "x"}
+    )
+    # THEN the fourth is refused with RATE_LIMIT and reaches nobody
+    assert error_code(reply) == "RATE_LIMIT"
+    assert reply["request_id"] == "x"
+    assert len(received(wired, "reader")) == heard + 3
+    # AND another room has its own allowance
+    assert (
+        wired.send("web", {"action": "sendRoomMessage", "room": "other", "message": "hi"})["message_type"]
+        == "room_message"
+    )
+    # AND the window slides (refused attempts count too): in the next minute the earlier ones still weigh,
+    # two minutes on they do not
+    wired.clock.advance(70)
+    assert (
+        error_code(wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": "still?"}))
+        == "RATE_LIMIT"
+    )
+    wired.clock.advance(60)
+    assert (
+        wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": "ok"})["message_type"]
+        == "room_message"
+    )

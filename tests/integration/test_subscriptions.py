@@ -261,3 +261,32 @@ def test_subscriptions_belong_to_their_connection(wired: Wired) -> None:
     wired.send("b", subscribe({"stream_type": "alerts"}))
     wired.send("a", {"action": "unsubscribe", "streams": [{"stream_type": "alerts"}]})
     assert [s.connection_id for s in wired.store.subscribers("alerts:*")] == ["b"]
+
+
+def test_a_stream_named_many_times_in_one_frame_is_processed_once(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a connection, and a count of the subscription writes the store makes
+    wired.connect("c1", level="free")
+    writes: list[str] = []
+    add, remove = wired.store.add_subscription, wired.store.remove_subscription
+    monkeypatch.setattr(
+        wired.store, "add_subscription", lambda s, *a, **k: writes.append(s.stream_key) or add(s, *a, **k)
+    )
+    monkeypatch.setattr(
+        wired.store, "remove_subscription", lambda key, *a, **k: writes.append(key) or remove(key, *a, **k)
+    )
+    aapl = [{"stream_type": "market_data", "symbol": symbol} for symbol in ("AAPL", "aapl") * 25]
+    # WHEN one subscribe names AAPL 50 times (in two spellings of one key), the last time with an interval
+    aapl[-1] = {**aapl[-1], "interval": 5}
+    reply = wired.send("c1", subscribe(*aapl))
+    # THEN it is written once, counts once, answers once, and keeps the last spelling's interval
+    assert writes == ["market_data:AAPL"]
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]
+    assert sub_count(wired, "c1") == 1
+    assert [s.interval for s in wired.store.subscribers("market_data:AAPL")] == [5]
+    # AND one unsubscribe naming it 50 times removes it once
+    writes.clear()
+    reply = wired.send("c1", {"action": "unsubscribe", "streams": aapl})
+    assert writes == ["market_data:AAPL"]
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]

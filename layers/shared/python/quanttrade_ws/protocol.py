@@ -159,6 +159,23 @@ CLIENT_FRAMES: tuple[type[_Frame], ...] = (
     Resume,
 )
 KNOWN_ACTIONS = frozenset(frame.model_fields["action"].annotation.__args__[0] for frame in CLIENT_FRAMES)  # type: ignore[union-attr]
+
+# What each action weighs against a connection's rate budget (Limits.messages_per_second
+# units per second). A ping is the unit; an action that writes to DynamoDB, replays
+# history or posts to a room's members weighs more, so a flood of cheap-looking frames
+# cannot buy a hundred times the work of pings. A frame that does not parse weighs 1.
+ACTION_COSTS: dict[str, int] = {
+    "ping": 1,
+    "hello": 2,
+    "subscribe": 10,
+    "unsubscribe": 10,
+    "joinRoom": 10,
+    "leaveRoom": 10,
+    "sendRoomMessage": 10,
+    "refresh": 10,
+    "resume": 50,
+}
+UNPARSED_FRAME_COST = 1
 _client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
 
 

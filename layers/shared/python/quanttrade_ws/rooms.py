@@ -99,3 +99,21 @@ def room_refusal(identity: Identity, room: str) -> str | None:
     if needed and not identity.can(needed):
         return f"Room '{room}' needs the {needed} permission"
     return None
+
+
+def data_room_of_stream(stream: str) -> str | None:
+    """The data room that also receives a stream's events (as upstream._Detail.data_room names it)."""
+    stream_type, _, symbol = stream.partition(":")
+    if stream_type in DATA_ROOMS:
+        return stream_type
+    prefix = f"{stream_type}_"
+    return prefix + symbol if prefix in DATA_ROOM_PREFIXES and symbol and symbol != "*" else None
+
+
+def holds_stream(stream: str, subscription_keys: set[str], rooms: set[str]) -> bool:
+    """Whether a connection with these subscriptions and rooms receives `stream` (`market_data:AAPL`, `alerts`)."""
+    stream_type, _, symbol = stream.partition(":")
+    if f"{stream_type}:*" in subscription_keys or (symbol and stream in subscription_keys):
+        return True
+    room = data_room_of_stream(stream)
+    return room is not None and room in rooms

@@ -19,6 +19,8 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.protocol import (
+    ACTION_COSTS,
+    UNPARSED_FRAME_COST,
     ErrorCode,
     Hello,
     JoinRoom,
@@ -38,7 +40,7 @@ from quanttrade_ws.protocol import (
     pack_batches,
     parse_client_frame,
 )
-from quanttrade_ws.rooms import check_room_name, room_permission, room_refusal
+from quanttrade_ws.rooms import RoomKind, check_room_name, holds_stream, room_kind, room_permission, room_refusal
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
@@ -162,10 +164,19 @@ class RealtimeService:
 
         `received_at` is when API Gateway took the frame (requestTimeEpoch): the rate
         window counts arrivals, so a flood is limited even when invocations queue up.
+        Each frame weighs its action's cost (protocol.ACTION_COSTS): parsing comes first
+        because it is local and cheap, and the cost needs the action.
         """
         request_id: str | None = None
         try:
-            connection = self.store.touch_connection(connection_id, received_at or self.clock())
+            frame: Any = None
+            problem: ProtocolError | None = None
+            try:
+                frame = parse_client_frame(body)
+            except ProtocolError as error:
+                problem = error
+            cost = UNPARSED_FRAME_COST if frame is None else ACTION_COSTS[frame.action]
+            connection = self.store.touch_connection(connection_id, received_at or self.clock(), cost=cost)
             if connection is None:
                 return  # the connection went away while the frame was in flight
             if connection.rate_count > self.limits.messages_per_second:
@@ -173,13 +184,11 @@ class RealtimeService:
                 return
             expires_at = connection.identity.token_expires_at
             expired = bool(expires_at and expires_at < self.clock())
-            try:
-                frame = parse_client_frame(body)
-            except ProtocolError as error:
+            if problem is not None:
                 if expired:
-                    self._expire(connection_id, error.request_id)
+                    self._expire(connection_id, problem.request_id)
                 else:
-                    self.reply(connection_id, error_message(error.code, error.message, error.request_id))
+                    self.reply(connection_id, error_message(problem.code, problem.message, problem.request_id))
                 return
             request_id = frame.request_id
             if expired:
@@ -210,7 +219,9 @@ class RealtimeService:
         self.reply(
             connection_id,
             error_message(
-                ErrorCode.RATE_LIMIT, f"More than {self.limits.messages_per_second} messages per second; slow down"
+                ErrorCode.RATE_LIMIT,
+                f"More than {self.limits.messages_per_second} units per second (a ping is 1, see limits.action_costs);"
+                " slow down",
             ),
         )
         if warnings > self.limits.rate_limit_warnings:
@@ -272,6 +283,9 @@ class RealtimeService:
             "max_room_members": self.limits.clients_per_room,
             "max_room_message_bytes": self.limits.room_message_bytes,
             "messages_per_second": self.limits.messages_per_second,
+            "action_costs": dict(ACTION_COSTS),
+            "max_resume_messages": self.limits.resume_messages,
+            "room_messages_per_minute": self.limits.room_messages_per_minute,
             "max_message_bytes": self.limits.max_message_bytes,
             "idle_timeout_seconds": self.settings.idle_timeout_seconds,
             "history_seconds": self.settings.history_seconds,
@@ -281,11 +295,13 @@ class RealtimeService:
         self._answer(ctx, MessageType.PONG, {"server_time": self.clock()})
 
     def _subscribe(self, ctx: ActionContext, frame: Subscribe) -> None:
-        for spec in frame.streams:
+        # A stream named twice counts once (the last spelling of its interval and filters wins).
+        specs = list({spec.key: spec for spec in frame.streams}.values())
+        for spec in specs:
             self._check_stream(ctx.connection.identity, spec, ctx.request_id)
         limit = self.limits.subscriptions_for(ctx.connection.identity.subscription_level)
         added: list[str] = []
-        for spec in frame.streams:
+        for spec in specs:
             outcome = self.store.add_subscription(
                 Subscription(
                     stream_key=spec.key,
@@ -309,7 +325,7 @@ class RealtimeService:
             added.append(spec.key)
         # Where each single-symbol stream stands: the seq just before this subscription's first
         # message, so a client dropped before any message arrives can still resume from there.
-        heads = {spec.key: self.store.stream_head(spec.key) for spec in frame.streams if spec.symbol}
+        heads = {spec.key: self.store.stream_head(spec.key) for spec in specs if spec.symbol}
         last_values = {
             key: head.last_message
             for key, head in heads.items()
@@ -343,9 +359,8 @@ class RealtimeService:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter 'min_severity' takes {kind}", request_id)
 
     def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
-        removed = [
-            spec.key for spec in frame.streams if self.store.remove_subscription(spec.key, ctx.connection.connection_id)
-        ]
+        keys = dict.fromkeys(spec.key for spec in frame.streams)  # a stream named twice counts once
+        removed = [key for key in keys if self.store.remove_subscription(key, ctx.connection.connection_id)]
         self._answer(
             ctx,
             MessageType.UNSUBSCRIBE,
@@ -404,6 +419,15 @@ class RealtimeService:
     def _notify_room(
         self, room: str, message_type: MessageType, connection: Connection, exclude: str | None = None
     ) -> None:
+        # Presence costs one post per member for every join and leave: data rooms are
+        # feeds, not conversations, and above the threshold the posts would outgrow the
+        # Management API's quota, so neither announces comings and goings.
+        if room_kind(room) is RoomKind.DATA:
+            return
+        # The size with the one coming or going counted, so a join and its leave are told alike.
+        size = self.store.room_size(room) + (1 if message_type is MessageType.LEAVE_ROOM else 0)
+        if size > self.limits.presence_max_members:
+            return
         notice = ServerMessage(
             message_type=message_type,
             payload={"client_id": connection.connection_id, "user_id": connection.identity.user_id},
@@ -427,6 +451,14 @@ class RealtimeService:
             )
         if not self.store.is_member(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Join '{frame.room}' before sending to it", ctx.request_id)
+        # Per user, not per connection: a second connection does not double the allowance.
+        sent = self.store.count_in_window(f"room#{frame.room}#{identity.user_id}", 60, self.clock())
+        if sent > self.limits.room_messages_per_minute:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMIT,
+                f"More than {self.limits.room_messages_per_minute} messages per minute to '{frame.room}'; slow down",
+                ctx.request_id,
+            )
         message = ServerMessage(
             message_type=MessageType.ROOM_MESSAGE,
             payload={"message": frame.message, "user_id": identity.user_id},
@@ -533,13 +565,23 @@ class RealtimeService:
             else:
                 dropped.append(room)
 
+        # Only streams this connection now receives are replayed (its own subscriptions and data rooms, the
+        # session's re-attached ones among them), and at most limits.resume_messages messages in all:
+        # one small frame must not buy a replay of every stream the server keeps.
+        held_keys = {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
+        held_rooms = set(self.store.rooms_of(connection.connection_id))
+        budget = [self.limits.resume_messages]
         results: dict[str, dict[str, Any]] = {}
         for stream, last_seq in frame.last_seq.items():
             stream_type = stream.split(":", 1)[0]
-            if stream_type not in StreamType.__members__.values() or not connection.identity.can(f"read:{stream_type}"):
+            if (
+                stream_type not in StreamType.__members__.values()
+                or not connection.identity.can(f"read:{stream_type}")
+                or not holds_stream(stream, held_keys, held_rooms)
+            ):
                 results[stream] = {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
                 continue
-            results[stream] = self._replay(connection.connection_id, stream, last_seq)
+            results[stream] = self._replay(connection.connection_id, stream, last_seq, budget)
         replayable = {stream: result for stream, result in results.items() if "error" not in result}
         if replayable and self.settings.subscriber_cache_seconds > 0:
             # Fan-out keeps audiences cached for subscriber_cache_seconds, so an event
@@ -548,7 +590,8 @@ class RealtimeService:
             # duplicate the client drops by (stream, seq).
             self.sleep(self.settings.subscriber_cache_seconds)
             for stream, result in replayable.items():
-                late = self._replay(connection.connection_id, stream, int(result["last_seq"]))
+                late = self._replay(connection.connection_id, stream, int(result["last_seq"]), budget)
+                result["recovered"] = result["recovered"] and late["recovered"]
                 result["replayed"] += late["replayed"]
                 result["last_seq"] = late["last_seq"]
         recovered = all(bool(result["recovered"]) for result in results.values())
@@ -597,11 +640,15 @@ class RealtimeService:
             snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock(), held_by=held_by
         )
 
-    def _replay(self, connection_id: str, stream: str, last_seq: int) -> dict[str, Any]:
+    def _replay(self, connection_id: str, stream: str, last_seq: int, budget: list[int]) -> dict[str, Any]:
+        """Replay a stream after `last_seq`, spending from the resume's shared message `budget`."""
         head = self.store.stream_head(stream)
         if head.last_seq <= last_seq:
             return {"recovered": True, "replayed": 0, "last_seq": head.last_seq}
-        entries = self.store.history_after(stream, last_seq, self.settings.history_messages)
+        if budget[0] <= 0:
+            return {"recovered": False, "replayed": 0, "first_seq": None, "last_seq": head.last_seq}
+        entries = self.store.history_after(stream, last_seq, min(self.settings.history_messages, budget[0]))
+        budget[0] -= len(entries)
         recovered = bool(entries) and entries[0].seq == last_seq + 1
         for frame in pack_batches([e.message for e in entries], self.limits.max_message_bytes):
             self.post_to([connection_id], frame)

@@ -22,6 +22,7 @@ from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, Stre
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
 SESSION_PREFIX = "session#"
 USER_RATE_PREFIX = "user#"
+RATE_PREFIX = "rate#"
 EVENT_PREFIX = "event#"
 
 
@@ -124,8 +125,8 @@ class DynamoStore:
         found = item.get("Item")
         return self._connection_from_item(found) if found and _str(found, "kind") == "connection" else None
 
-    def touch_connection(self, connection_id: str, now: float | None = None) -> Connection | None:
-        """Record activity and count the frame in the current one-second rate window, atomically.
+    def touch_connection(self, connection_id: str, now: float | None = None, cost: int = 1) -> Connection | None:
+        """Record activity and add the frame's cost to the current one-second rate window, atomically.
 
         Tries the cheap case first (a new window, one write), and only when another
         frame already opened this second does it add to the count. Returns the
@@ -142,7 +143,7 @@ class DynamoStore:
                     Key=key,
                     UpdateExpression="SET last_activity = :now, rl_window = :w, rl_count = :one, expires_at = :exp",
                     ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(rl_window) OR rl_window < :w)",
-                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ExpressionAttributeValues={**common, ":one": _n(cost)},
                     ReturnValues="ALL_NEW",
                 )
                 return self._connection_from_item(result["Attributes"])
@@ -154,7 +155,7 @@ class DynamoStore:
                     Key=key,
                     UpdateExpression="SET last_activity = :now, expires_at = :exp ADD rl_count :one",
                     ConditionExpression="attribute_exists(pk) AND rl_window = :w",
-                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ExpressionAttributeValues={**common, ":one": _n(cost)},
                     ReturnValues="ALL_NEW",
                 )
                 return self._connection_from_item(result["Attributes"])
@@ -227,6 +228,55 @@ class DynamoStore:
             ReturnValues="UPDATED_NEW",
         )
         return _int(result["Attributes"], "connects")
+
+    def count_in_window(self, key: str, window_seconds: int, now: float | None = None) -> float:
+        """Count one event under `key` and return the events of the last `window_seconds`, this one included.
+
+        A sliding window, not a fixed one (a fixed minute lets twice the limit through
+        around its boundary): the current bucket's count plus the previous bucket's,
+        weighted by how much of it still lies inside the window. One item per key holds
+        both buckets; each step is a conditional update, so concurrent callers never
+        lose a count, and the common case (same bucket) is one write.
+        """
+        now = time.time() if now is None else now
+        bucket = int(now // window_seconds)
+        inside = 1 - (now - bucket * window_seconds) / window_seconds  # share of the previous bucket still counted
+        base = "SET kind = :kind, expires_at = :exp"
+        steps = (
+            (f"{base} ADD cur_count :one", "cur_bucket = :b"),
+            # Same bucket, or a caller whose clock runs ahead already moved it on: count there.
+            (f"{base} ADD cur_count :one", "cur_bucket > :b"),
+            (f"{base}, prev_count = cur_count, cur_count = :one, cur_bucket = :b", "cur_bucket = :prev"),
+            (
+                f"{base}, prev_count = :zero, cur_count = :one, cur_bucket = :b",
+                "attribute_not_exists(cur_bucket) OR cur_bucket < :prev",
+            ),
+        )
+        values = {
+            ":kind": _s("rate"),
+            ":exp": _n((bucket + 2) * window_seconds),
+            ":one": _n(1),
+            ":zero": _n(0),
+            ":b": _n(bucket),
+            ":prev": _n(bucket - 1),
+        }
+        for _ in range(3):
+            for update, condition in steps:
+                used = {name: value for name, value in values.items() if name in update or name in condition}
+                try:
+                    result = self._db.update_item(
+                        TableName=self.connections_table,
+                        Key={"pk": _s(RATE_PREFIX + key)},
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues=used,
+                        ReturnValues="ALL_NEW",
+                    )
+                except self._errors.ConditionalCheckFailedException:
+                    continue  # another caller moved the buckets between our steps: try the next shape
+                counts = result["Attributes"]
+                return _int(counts, "cur_count") + _int(counts, "prev_count") * inside
+        raise RuntimeError(f"could not count in the rate window {key}: too much contention")
 
     def stale_connections(self, idle_before: float, expired_before: float | None = None) -> Iterator[Connection]:
         """Connections whose last activity is older than `idle_before`, or (with `expired_before`)
@@ -561,6 +611,16 @@ class DynamoStore:
                 return False
             return self.leave_room(room, connection_id, adjust_connection=False)
         return True
+
+    def room_size(self, room: str) -> int:
+        """How many members the room counts (its `#meta` counter): one GetItem, whatever the size."""
+        found = self._db.get_item(
+            TableName=self.rooms_table,
+            Key={"room": _s(room), "member_id": _s(ROOM_META)},
+            ProjectionExpression="member_count",
+            ConsistentRead=True,
+        ).get("Item")
+        return _int(found or {}, "member_count")
 
     def room_members(self, room: str) -> list[str]:
         return [
