@@ -91,12 +91,19 @@ class SubscribedPayload(StreamsChangedPayload):
     )
 
 
+MEMBER_ID = (
+    "This user's pseudonymous id in this room: the same for all of the user's connections in the room, "
+    "different in every room, never the user id or a connection id"
+)
+
+
 class JoinRoomPayload(_Payload):
     """Answer to `joinRoom`."""
 
     success: bool
     message: str
     already_member: bool
+    member_id: str = Field(description=f"{MEMBER_ID}; the `source` of this user's room messages")
 
 
 class LeaveRoomPayload(_Payload):
@@ -107,15 +114,15 @@ class LeaveRoomPayload(_Payload):
 
 
 class RoomMemberPayload(_Payload):
-    """Sent to the other members of a room when someone joins or leaves it."""
+    """Sent to the other members of a chat room of at most 100 members when a user joins or leaves it
+    (never in data rooms)."""
 
-    client_id: str
-    user_id: str
+    member_id: str = Field(description=f"Who joined or left: {MEMBER_ID}")
 
 
 class RoomMessagePayload(_Payload):
     message: str
-    user_id: str = Field(description="The sender")
+    member_id: str = Field(description=f"The sender: {MEMBER_ID}")
 
 
 class PongPayload(_Payload):
@@ -408,11 +415,16 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "last_seq": {"market_data:AAPL": 40},
     },
     "unsubscribed": {"success": True, "message": "Unsubscribed from alerts:*", "streams": ["alerts:*"]},
-    "joinedRoom": {"success": True, "message": "Joined desk.equities", "already_member": False},
-    "memberJoined": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},
+    "joinedRoom": {
+        "success": True,
+        "message": "Joined desk.equities",
+        "already_member": False,
+        "member_id": "m-5b1f0c9e7a2d4c3b8e6f1a20",
+    },
+    "memberJoined": {"member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
     "leftRoom": {"success": True, "message": "Left desk.equities"},
-    "memberLeft": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},
-    "roomMessage": {"message": "AAPL looks heavy", "user_id": "trader-42"},
+    "memberLeft": {"member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
+    "roomMessage": {"message": "AAPL looks heavy", "member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
     "pong": {"server_time": 1767623400.125},
     "refreshed": {"success": True, "expires_at": 1767709800, "dropped": []},
     "resumed": {
@@ -674,8 +686,8 @@ def _example(kind: ServerKind, seq: int = 42) -> dict[str, Any]:
         extra = {"room": "desk.equities"} if kind.room else {}
         if kind.reply and kind.key not in {"memberJoined", "memberLeft"}:
             extra["request_id"] = "r1"
-        if kind.key == "roomMessage":
-            extra["source"] = "Yx1aQc3LoAMCJgw="
+        if kind.key in {"roomMessage", "memberJoined", "memberLeft"}:
+            extra["source"] = payload["member_id"]
     message = ServerMessage(
         message_id=_hex(f"{kind.key}-{seq}"),
         message_type=kind.message_type,

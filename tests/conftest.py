@@ -16,6 +16,7 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import CountingMetrics, FanOut
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import DynamoStore
 
@@ -61,6 +62,7 @@ class Wired:
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,
+            member_aliases=MemberAliases(SECRET),
         )
         self.fanout = FanOut(
             settings,

@@ -209,11 +209,16 @@ def test_message_handler_enforces_token_expiry(rt: Runtime) -> None:
 def test_room_message_through_handlers(rt: Runtime) -> None:
     open_connection(rt, "a")
     open_connection(rt, "b", identity("user-b"))
-    send(rt, "a", {"action": "joinRoom", "room": "desk"})
+    member_id = send(rt, "a", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
     send(rt, "b", {"action": "joinRoom", "room": "desk"})
     send(rt, "a", {"action": "sendRoomMessage", "room": "desk", "message": "hi"}, route_key="sendRoomMessage")
     message = rt.gateway.messages("b")[-1]
-    assert (message["message_type"], message["source"], message["payload"]["message"]) == ("room_message", "a", "hi")
+    # The runtime wires the member pseudonyms: the sender appears by its member id, not its connection id
+    assert (message["message_type"], message["source"], message["payload"]["message"]) == (
+        "room_message",
+        member_id,
+        "hi",
+    )
 
 
 # ---------------------------------------------------------------- $disconnect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ def count_item(wired: Wired, room: str) -> int:
     return int(item["member_count"]["N"]) if item else 0
 
 
+def member_id(wired: Wired, room: str, user_id: str) -> str:
+    return wired.service.member_aliases.of(room, user_id)
+
+
 def with_limits(settings: Settings, aws: dict[str, Any], **limits: Any) -> Wired:
     """A wired service with its own limits (the shared fixture uses the defaults)."""
     settings = settings.model_copy(update={"limits": Limits(**limits)})
@@ -73,9 +78,9 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
         [notice] = received(wired, cid)[seen:]
         assert notice["message_type"] == "join_room"
         assert notice["room"] == "lobby"
-        assert notice["source"] == "c"
-        assert notice["payload"]["client_id"] == "c"
-        assert notice["payload"]["user_id"] == "user-c"
+        # ... by the joiner's pseudonymous id in this room: never its user id or connection id
+        assert notice["source"] == member_id(wired, "lobby", "user-c")
+        assert notice["payload"] == {"member_id": member_id(wired, "lobby", "user-c")}
         assert "request_id" not in notice
     # AND the joiner got no notice about itself
     assert [m["message_type"] for m in received(wired, "c")] == ["join_room"]
@@ -113,8 +118,8 @@ def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
     assert reply["payload"]["success"] is True
     [notice] = received(wired, "a")[seen_by_a:]
     assert notice["message_type"] == "leave_room"
-    assert notice["payload"]["client_id"] == "b"
-    assert notice["source"] == "b"
+    assert notice["payload"] == {"member_id": member_id(wired, "lobby", "user-b")}
+    assert notice["source"] == member_id(wired, "lobby", "user-b")
     assert notice["room"] == "lobby"
     # AND the membership, the room count and the connection's count all drop
     assert wired.store.room_members("lobby") == ["a"]
@@ -154,7 +159,8 @@ def test_room_message_reaches_every_member_including_the_sender(wired: Wired) ->
         [message] = received(wired, cid)[before[cid] :]
         assert message["message_type"] == "room_message"
         assert message["payload"]["message"] == "buy the dip"
-        assert message["source"] == "a"
+        assert message["source"] == member_id(wired, "desk", "user-a")
+        assert message["payload"]["member_id"] == member_id(wired, "desk", "user-a")
         assert message["room"] == "desk"
     # AND the sender's copy echoes its request id
     assert reply["request_id"] == "m1"
@@ -589,3 +595,44 @@ def test_room_messages_are_limited_per_user_and_room(settings: Settings, aws: di
         wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": "ok"})["message_type"]
         == "room_message"
     )
+
+
+# ---------------------------------------------------------------- data rooms and identities
+
+
+@pytest.mark.parametrize("room", ["alerts", "market_data_AAPL", "predictions_TSLA"])
+def test_nobody_may_post_into_a_data_room(wired: Wired, room: str) -> None:
+    # GIVEN two members of a data room, one of them an admin
+    wired.connect("user", user_id="user-u")
+    wired.connect("root", user_id="root", permissions=("admin",))
+    for cid in ("user", "root"):
+        assert wired.send(cid, {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+    before = len(received(wired, "root"))
+    # WHEN either sends a room message into it
+    for cid in ("user", "root"):
+        reply = wired.send(cid, {"action": "sendRoomMessage", "room": room, "message": "CRITICAL: halted, sell now"})
+        # THEN FORBIDDEN, and no member gets anything
+        assert error_code(reply) == "FORBIDDEN"
+    assert [m["message_type"] for m in received(wired, "root")[before:]] == ["error"]
+
+
+def test_room_traffic_names_members_by_a_pseudonym_per_room(wired: Wired) -> None:
+    # GIVEN a user whose subject is an e-mail address, and a watcher, in two rooms
+    wired.connect("alice-conn", user_id="alice@example.com")
+    wired.connect("watcher", user_id="watcher")
+    for room in ("desk", "lobby"):
+        wired.send("watcher", {"action": "joinRoom", "room": room})
+    # WHEN she joins both and speaks in both
+    replies = {room: wired.send("alice-conn", {"action": "joinRoom", "room": room}) for room in ("desk", "lobby")}
+    for room in ("desk", "lobby"):
+        wired.send("alice-conn", {"action": "sendRoomMessage", "room": room, "message": "hi"})
+    seen = [json.dumps(m) for m in received(wired, "watcher")]
+    # THEN nothing the watcher received carries her subject or her connection id
+    assert seen and not [m for m in seen if "alice@example.com" in m or "alice-conn" in m]
+    # AND she appears under one id per room, different between rooms, which her join reply tells her
+    ids = {room: replies[room]["payload"]["member_id"] for room in ("desk", "lobby")}
+    assert ids["desk"] != ids["lobby"]
+    for room in ("desk", "lobby"):
+        from_her = [m for m in received(wired, "watcher") if m["room"] == room and m["message_type"] != "join_room"]
+        notices = [m for m in received(wired, "watcher") if m["room"] == room and "success" not in m["payload"]]
+        assert {m["source"] for m in from_her + notices} == {ids[room]}

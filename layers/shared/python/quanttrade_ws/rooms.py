@@ -7,7 +7,10 @@ permission it needs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from collections.abc import Callable
 from enum import StrEnum
 
 from quanttrade_ws.auth import Identity
@@ -117,3 +120,27 @@ def holds_stream(stream: str, subscription_keys: set[str], rooms: set[str]) -> b
         return True
     room = data_room_of_stream(stream)
     return room is not None and room in rooms
+
+
+class MemberAliases:
+    """Per-room pseudonymous member ids: what room traffic shows instead of who sent it.
+
+    Notices and room messages never carry the JWT subject (often an e-mail
+    address) nor a connection id (with it, anyone could post to that connection
+    through a leaked management role, and it links a user across rooms). The id is
+    an HMAC of the room and the user under a key derived from the service secret:
+    stable for a user within a room, so members can follow a conversation;
+    different in every room, so rooms cannot be joined up; all of a user's
+    connections in a room share it, as they share the room's seat.
+    """
+
+    def __init__(self, secret: str | Callable[[], str]) -> None:
+        self._secret = secret
+        self._key: bytes | None = None
+
+    def of(self, room: str, user_id: str) -> str:
+        if self._key is None:
+            secret = self._secret() if callable(self._secret) else self._secret
+            self._key = hmac.new(secret.encode(), b"quanttrade-room-member-v1", hashlib.sha256).digest()
+        digest = hmac.new(self._key, f"{room}\x00{user_id}".encode(), hashlib.sha256).hexdigest()
+        return f"m-{digest[:24]}"

@@ -60,6 +60,7 @@ class Runtime:
     @functools.cached_property
     def service(self):  # type: ignore[no-untyped-def]
         from quanttrade_ws.auth import SessionTokens
+        from quanttrade_ws.rooms import MemberAliases
         from quanttrade_ws.service import RealtimeService
 
         return RealtimeService(
@@ -68,6 +69,7 @@ class Runtime:
             self.gateway,
             SessionTokens(lambda: self.secret),
             token_verifier=lambda: self.token_verifier,
+            member_aliases=MemberAliases(lambda: self.secret),
         )
 
     @functools.cached_property

@@ -40,7 +40,15 @@ from quanttrade_ws.protocol import (
     pack_batches,
     parse_client_frame,
 )
-from quanttrade_ws.rooms import RoomKind, check_room_name, holds_stream, room_kind, room_permission, room_refusal
+from quanttrade_ws.rooms import (
+    MemberAliases,
+    RoomKind,
+    check_room_name,
+    holds_stream,
+    room_kind,
+    room_permission,
+    room_refusal,
+)
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
@@ -71,8 +79,11 @@ class RealtimeService:
         token_verifier: Callable[[], TokenVerifier] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        member_aliases: MemberAliases,
     ) -> None:
         self.settings = settings
+        self.member_aliases = member_aliases
         self.limits = settings.limits
         self.store = store
         self.gateway = gateway
@@ -402,7 +413,12 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.JOIN_ROOM,
-            {"success": True, "message": f"Joined {frame.room}", "already_member": outcome is Outcome.ALREADY},
+            {
+                "success": True,
+                "message": f"Joined {frame.room}",
+                "already_member": outcome is Outcome.ALREADY,
+                "member_id": self.member_aliases.of(frame.room, identity.user_id),
+            },
             room=frame.room,
         )
         if outcome is Outcome.DONE:
@@ -428,12 +444,8 @@ class RealtimeService:
         size = self.store.room_size(room) + (1 if message_type is MessageType.LEAVE_ROOM else 0)
         if size > self.limits.presence_max_members:
             return
-        notice = ServerMessage(
-            message_type=message_type,
-            payload={"client_id": connection.connection_id, "user_id": connection.identity.user_id},
-            source=connection.connection_id,
-            room=room,
-        )
+        member_id = self.member_aliases.of(room, connection.identity.user_id)
+        notice = ServerMessage(message_type=message_type, payload={"member_id": member_id}, source=member_id, room=room)
         members = [m for m in self.store.room_members(room) if m != exclude]
         self.post_to(members, notice.to_json().encode())
 
@@ -442,6 +454,11 @@ class RealtimeService:
         if not identity.can("rooms:send"):
             raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to send room messages", ctx.request_id)
         self._check_room(identity, frame.room, ctx.request_id)
+        if room_kind(frame.room) is RoomKind.DATA:
+            # Members read a data room as the feed itself: a message there would pass for real data.
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"'{frame.room}' is a data room: it carries upstream data only", ctx.request_id
+            )
         size = len(frame.message.encode())
         if size > self.limits.room_message_bytes:
             raise ProtocolError(
@@ -459,10 +476,11 @@ class RealtimeService:
                 f"More than {self.limits.room_messages_per_minute} messages per minute to '{frame.room}'; slow down",
                 ctx.request_id,
             )
+        member_id = self.member_aliases.of(frame.room, identity.user_id)
         message = ServerMessage(
             message_type=MessageType.ROOM_MESSAGE,
-            payload={"message": frame.message, "user_id": identity.user_id},
-            source=ctx.connection.connection_id,
+            payload={"message": frame.message, "member_id": member_id},
+            source=member_id,
             room=frame.room,
         )
         data = message.to_json().encode()
