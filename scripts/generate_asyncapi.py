@@ -47,7 +47,13 @@ class _Payload(BaseModel):
 class ConnectionLimits(_Payload):
     """The limits that apply to this connection."""
 
-    max_subscriptions: int = Field(description="Subscriptions allowed at this subscription level")
+    max_subscriptions: int = Field(
+        description="Subscription budget of this level: a symbol stream, a type-level stream and a data room "
+        "count 1 each, a wildcard over a per-symbol feed counts `wildcard_subscription_cost`"
+    )
+    wildcard_subscription_cost: int = Field(
+        description="What `market_data:*` or `predictions:*` (every symbol) counts toward `max_subscriptions`"
+    )
     max_rooms: int = Field(description="Rooms one connection may be in")
     max_room_members: int = Field(description="Members one room may have")
     max_room_message_bytes: int = Field(description="Largest `sendRoomMessage` message, UTF-8 bytes")
@@ -284,7 +290,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     "weighs `limits.action_costs`). The frame was dropped and the error names no request; after repeated warnings "
     "the connection is closed. Also: more than `limits.room_messages_per_minute` room messages to one room (this "
     "error names the request; the connection stays open).",
-    ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached.",
+    ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached (data rooms count "
+    "1 each, a per-symbol wildcard `limits.wildcard_subscription_cost`).",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
     ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
     ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -, and a data room has one "
@@ -396,6 +403,7 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "user_id": "trader-42",
         "limits": {
             "max_subscriptions": 50,
+            "wildcard_subscription_cost": 10,
             "max_rooms": 10,
             "max_room_members": 1000,
             "max_room_message_bytes": 4096,

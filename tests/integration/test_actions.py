@@ -103,11 +103,11 @@ def test_subscribe_and_unsubscribe(wired: Wired) -> None:
 def test_join_send_and_leave(wired: Wired) -> None:
     wired.connect("c1")
     wired.connect("c2", user_id="user-2")
-    assert wired.send("c1", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
-    assert wired.send("c2", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
-    assert received(wired, "c1")[-1]["payload"]["client_id"] == "c2"
+    mine = wired.send("c1", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
+    theirs = wired.send("c2", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
+    assert received(wired, "c1")[-1]["payload"] == {"member_id": theirs}
     echo = wired.send("c1", {"action": "sendRoomMessage", "room": "desk", "message": "hello desk"})
-    assert (echo["message_type"], echo["source"], echo["room"]) == ("room_message", "c1", "desk")
+    assert (echo["message_type"], echo["source"], echo["room"]) == ("room_message", mine, "desk")
     assert received(wired, "c2")[-1]["payload"]["message"] == "hello desk"
     assert wired.send("c2", {"action": "leaveRoom", "room": "desk"})["message_type"] == "leave_room"
     assert received(wired, "c1")[-1]["message_type"] == "leave_room"

@@ -91,6 +91,21 @@ class StreamSpec(BaseModel):
         return f"{self.stream_type.value}:{self.symbol.upper() if self.symbol else '*'}"
 
 
+# How much of a level's subscription budget (Limits.subscriptions_*) a subscription key uses.
+# A symbol stream, a type-level stream (`alerts:*`, `system_status:*`) and a data room are
+# one each. A wildcard over a per-symbol feed (`market_data:*`, `predictions:*`) delivers
+# every symbol, so it is priced as a block of symbols: a free level (5) cannot hold one,
+# basic (20) two, premium and enterprise (50) five. The figure is fixed in code, not
+# configured, so a subscription always gives back exactly what it took.
+PER_SYMBOL_STREAM_TYPES = frozenset({StreamType.MARKET_DATA, StreamType.PREDICTIONS})
+WILDCARD_SUBSCRIPTION_COST = 10
+
+
+def subscription_cost(stream_key: str) -> int:
+    stream_type, _, symbol = stream_key.partition(":")
+    return WILDCARD_SUBSCRIPTION_COST if symbol == "*" and stream_type in PER_SYMBOL_STREAM_TYPES else 1
+
+
 class Hello(_Frame):
     action: Literal["hello"]
 

@@ -21,6 +21,7 @@ from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.protocol import (
     ACTION_COSTS,
     UNPARSED_FRAME_COST,
+    WILDCARD_SUBSCRIPTION_COST,
     ErrorCode,
     Hello,
     JoinRoom,
@@ -39,6 +40,7 @@ from quanttrade_ws.protocol import (
     error_message,
     pack_batches,
     parse_client_frame,
+    subscription_cost,
 )
 from quanttrade_ws.rooms import (
     MemberAliases,
@@ -290,6 +292,7 @@ class RealtimeService:
     def _limits_for(self, identity: Identity) -> dict[str, int]:
         return {
             "max_subscriptions": self.limits.subscriptions_for(identity.subscription_level),
+            "wildcard_subscription_cost": WILDCARD_SUBSCRIPTION_COST,
             "max_rooms": self.limits.rooms_per_client,
             "max_room_members": self.limits.clients_per_room,
             "max_room_message_bytes": self.limits.room_message_bytes,
@@ -323,11 +326,17 @@ class RealtimeService:
                     token_expires_at=ctx.connection.identity.token_expires_at,
                 ),
                 limit,
+                cost=subscription_cost(spec.key),
             )
             if outcome is Outcome.LIMIT:
                 raise ProtocolError(
                     ErrorCode.SUBSCRIPTION_LIMIT,
                     f"Subscription limit of {limit} reached for the {ctx.connection.identity.subscription_level} level"
+                    + (
+                        f" ({spec.key} counts as {subscription_cost(spec.key)})"
+                        if subscription_cost(spec.key) > 1
+                        else ""
+                    )
                     + (f"; subscribed to {', '.join(added)} before the limit" if added else ""),
                     ctx.request_id,
                 )
@@ -371,7 +380,11 @@ class RealtimeService:
 
     def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
         keys = dict.fromkeys(spec.key for spec in frame.streams)  # a stream named twice counts once
-        removed = [key for key in keys if self.store.remove_subscription(key, ctx.connection.connection_id)]
+        removed = [
+            key
+            for key in keys
+            if self.store.remove_subscription(key, ctx.connection.connection_id, cost=subscription_cost(key))
+        ]
         self._answer(
             ctx,
             MessageType.UNSUBSCRIBE,
@@ -394,17 +407,20 @@ class RealtimeService:
         refusal = room_refusal(identity, frame.room)
         if refusal:
             raise ProtocolError(ErrorCode.FORBIDDEN, refusal, ctx.request_id)
-        outcome = self.store.join_room(
-            frame.room,
-            ctx.connection.connection_id,
-            identity.user_id,
-            capacity=self.limits.clients_per_room,
-            room_limit=self.limits.rooms_per_client,
-            token_expires_at=identity.token_expires_at,
-        )
+        outcome = self._join(ctx.connection, frame.room)
         if outcome is Outcome.FULL:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
         if outcome is Outcome.LIMIT:
+            # One step checks both limits a data room counts against: the counters say which one held it back.
+            now = self.store.get_connection(ctx.connection.connection_id)
+            if now is not None and now.room_count < self.limits.rooms_per_client:
+                limit = self.limits.subscriptions_for(identity.subscription_level)
+                raise ProtocolError(
+                    ErrorCode.SUBSCRIPTION_LIMIT,
+                    f"Subscription limit of {limit} reached for the {identity.subscription_level} level"
+                    f" (the data room '{frame.room}' counts as one subscription)",
+                    ctx.request_id,
+                )
             raise ProtocolError(
                 ErrorCode.ROOM_LIMIT, f"Room limit of {self.limits.rooms_per_client} reached", ctx.request_id
             )
@@ -427,10 +443,29 @@ class RealtimeService:
     def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
         # Only the name is checked: a client whose refreshed token lost a room's permission must still be able to leave.
         check_room_name(frame.room, ctx.request_id)
-        if not self.store.leave_room(frame.room, ctx.connection.connection_id):
+        if not self._leave(ctx.connection.connection_id, frame.room):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
         self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
         self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
+
+    def _join(self, connection: Connection, room: str) -> Outcome:
+        """Join a room; a data room also counts as one subscription toward the level's limit,
+        since it delivers a stream as a subscription does."""
+        identity = connection.identity
+        return self.store.join_room(
+            room,
+            connection.connection_id,
+            identity.user_id,
+            capacity=self.limits.clients_per_room,
+            room_limit=self.limits.rooms_per_client,
+            token_expires_at=identity.token_expires_at,
+            subscription_limit=(
+                self.limits.subscriptions_for(identity.subscription_level) if room_kind(room) is RoomKind.DATA else None
+            ),
+        )
+
+    def _leave(self, connection_id: str, room: str) -> bool:
+        return self.store.leave_room(room, connection_id, subscription=room_kind(room) is RoomKind.DATA)
 
     def _notify_room(
         self, room: str, message_type: MessageType, connection: Connection, exclude: str | None = None
@@ -516,11 +551,11 @@ class RealtimeService:
             s.stream_key
             for s in self.store.subscriptions_of(connection_id)
             if not identity.can(f"read:{s.stream_key.split(':', 1)[0]}")
-            and self.store.remove_subscription(s.stream_key, connection_id)
+            and self.store.remove_subscription(s.stream_key, connection_id, cost=subscription_cost(s.stream_key))
         ]
         for room in self.store.rooms_of(connection_id):
             if room_refusal(identity, room):
-                self.store.leave_room(room, connection_id)
+                self._leave(connection_id, room)
                 dropped.append(room)
         self._answer(
             ctx,
@@ -560,6 +595,7 @@ class RealtimeService:
                         connection.identity.token_expires_at,
                     ),
                     limit,
+                    cost=subscription_cost(subscription.stream_key),
                 )
                 if outcome in (Outcome.DONE, Outcome.ALREADY):
                     subscriptions.append(subscription.stream_key)
@@ -570,14 +606,7 @@ class RealtimeService:
             if room_refusal(connection.identity, room):
                 dropped.append(room)
                 continue
-            outcome = self.store.join_room(
-                room,
-                connection.connection_id,
-                connection.identity.user_id,
-                capacity=self.limits.clients_per_room,
-                room_limit=self.limits.rooms_per_client,
-                token_expires_at=connection.identity.token_expires_at,
-            )
+            outcome = self._join(connection, room)
             if outcome in (Outcome.DONE, Outcome.ALREADY):
                 rooms.append(room)
             else:

@@ -414,8 +414,30 @@ class DynamoStore:
             }
         }
 
-    def add_subscription(self, subscription: Subscription, limit: int) -> Outcome:
-        """Subscribe, counting against the connection's limit in the same transaction."""
+    def _connection_counters(self, connection_id: str, deltas: dict[str, tuple[int, int | None]]) -> dict:
+        """One transaction step that moves several of the connection's counters at once (a transaction
+        may touch an item only once): `{counter: (delta, limit)}`, each kept below its limit when given."""
+        condition = "attribute_exists(pk)"
+        values: dict[str, Any] = {}
+        adds = []
+        for i, (counter, (delta, limit)) in enumerate(sorted(deltas.items())):
+            adds.append(f"{counter} :d{i}")
+            values[f":d{i}"] = _n(delta)
+            if limit is not None:
+                condition += f" AND {counter} < :l{i}"
+                values[f":l{i}"] = _n(limit)
+        return {
+            "Update": {
+                "TableName": self.connections_table,
+                "Key": {"pk": _s(connection_id)},
+                "UpdateExpression": "ADD " + ", ".join(adds),
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def add_subscription(self, subscription: Subscription, limit: int, cost: int = 1) -> Outcome:
+        """Subscribe, counting `cost` against the connection's limit in the same transaction."""
         item: dict[str, Any] = {
             "stream_key": _s(subscription.stream_key),
             "connection_id": _s(subscription.connection_id),
@@ -436,7 +458,8 @@ class DynamoStore:
                             "ConditionExpression": "attribute_not_exists(connection_id)",
                         }
                     },
-                    self._connection_counter(subscription.connection_id, "sub_count", 1, limit=limit),
+                    # sub_count + cost <= limit, as `sub_count < limit - cost + 1`
+                    self._connection_counter(subscription.connection_id, "sub_count", cost, limit=limit - cost + 1),
                 ]
             )
         except self._errors.TransactionCanceledException as error:
@@ -448,7 +471,9 @@ class DynamoStore:
             return Outcome.GONE if self.get_connection(subscription.connection_id) is None else Outcome.LIMIT
         return Outcome.DONE
 
-    def remove_subscription(self, stream_key: str, connection_id: str, adjust_connection: bool = True) -> bool:
+    def remove_subscription(
+        self, stream_key: str, connection_id: str, adjust_connection: bool = True, cost: int = 1
+    ) -> bool:
         delete = {
             "Delete": {
                 "TableName": self.subscriptions_table,
@@ -458,7 +483,7 @@ class DynamoStore:
         }
         items: list[dict[str, Any]] = [delete]
         if adjust_connection:
-            items.append(self._connection_counter(connection_id, "sub_count", -1))
+            items.append(self._connection_counter(connection_id, "sub_count", -cost))
         try:
             self._db.transact_write_items(TransactItems=items)
         except self._errors.TransactionCanceledException as error:
@@ -540,10 +565,15 @@ class DynamoStore:
         capacity: int,
         room_limit: int,
         token_expires_at: int = 0,
+        subscription_limit: int | None = None,
     ) -> Outcome:
         """Join with three conditions in one transaction: not yet a member, room below
         capacity, connection below its room limit. Concurrent joins for the last place
-        cannot both win."""
+        cannot both win. With `subscription_limit` (a data room), the membership also
+        counts as one subscription, below that limit, in the same step."""
+        counters: dict[str, tuple[int, int | None]] = {"room_count": (1, room_limit)}
+        if subscription_limit is not None:
+            counters["sub_count"] = (1, subscription_limit)
         try:
             self._db.transact_write_items(
                 TransactItems=[
@@ -571,7 +601,7 @@ class DynamoStore:
                             "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
                         }
                     },
-                    self._connection_counter(connection_id, "room_count", 1, limit=room_limit),
+                    self._connection_counters(connection_id, counters),
                 ]
             )
         except self._errors.TransactionCanceledException as error:
@@ -583,7 +613,10 @@ class DynamoStore:
             return Outcome.GONE if self.get_connection(connection_id) is None else Outcome.LIMIT
         return Outcome.DONE
 
-    def leave_room(self, room: str, connection_id: str, adjust_connection: bool = True) -> bool:
+    def leave_room(
+        self, room: str, connection_id: str, adjust_connection: bool = True, subscription: bool = False
+    ) -> bool:
+        """Leave a room; `subscription` gives back the subscription a data room's membership counted as."""
         items: list[dict[str, Any]] = [
             {
                 "Delete": {
@@ -602,7 +635,10 @@ class DynamoStore:
             },
         ]
         if adjust_connection:
-            items.append(self._connection_counter(connection_id, "room_count", -1))
+            counters: dict[str, tuple[int, int | None]] = {"room_count": (-1, None)}
+            if subscription:
+                counters["sub_count"] = (-1, None)
+            items.append(self._connection_counters(connection_id, counters))
         try:
             self._db.transact_write_items(TransactItems=items)
         except self._errors.TransactionCanceledException as error:
