@@ -55,7 +55,7 @@ class ConnectionLimits(_Payload):
         description="What `market_data:*` or `predictions:*` (every symbol) counts toward `max_subscriptions`"
     )
     max_rooms: int = Field(description="Rooms one connection may be in")
-    max_room_members: int = Field(description="Members one room may have")
+    max_room_members: int = Field(description="Members (users, one seat each) one room may have")
     max_room_message_bytes: int = Field(description="Largest `sendRoomMessage` message, UTF-8 bytes")
     messages_per_second: int = Field(
         description="Rate budget per second, in units of `action_costs` (a ping is 1); over it, RATE_LIMIT"
@@ -293,7 +293,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached (data rooms count "
     "1 each, a per-symbol wildcard `limits.wildcard_subscription_cost`).",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
-    ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
+    ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members (users: all of a user's "
+    "connections share one seat).",
     ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -, and a data room has one "
     "spelling (`market_data_<SYMBOL>`, `predictions_<SYMBOL>` with the symbol in upper case, `alerts`).",
     ErrorCode.INVALID_MESSAGE: "The frame is not JSON, misses a field, or has a bad value (an unknown filter, ...).",

@@ -297,7 +297,7 @@ def test_room_limit(settings: Settings, aws: dict[str, Any]) -> None:
 def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
     wired = with_limits(settings, aws, clients_per_room=1)
     wired.connect("c1")
-    wired.connect("c2")
+    wired.connect("c2", user_id="user-2")  # a second user: one user's connections share one seat
     wired.send("c1", {"action": "joinRoom", "room": "solo"})
     assert_error(wired.send("c2", {"action": "joinRoom", "room": "solo", "request_id": "q"}), "ROOM_FULL", "q")
 

@@ -153,12 +153,19 @@ def test_connect_records_the_authorizer_identity(rt: Runtime) -> None:
 
 
 def test_connect_over_the_user_rate_is_refused_with_429(rt: Runtime) -> None:
-    # GIVEN time held inside one minute (the limit counts per wall-clock minute)
+    # GIVEN time held still (the limit counts the last 60 seconds)
     rt.service.clock = lambda: 1_800_000_000.0
     who = identity("burst")
     limit = rt.settings.limits.connections_per_minute
+
+    def connect_and_close(i: int) -> int:
+        # each closes again, so the open-connection cap does not answer first
+        status = handlers.connect.handler(connect_event(f"c{i}", who), LambdaContext())["statusCode"]
+        rt.service.disconnect(f"c{i}")
+        return int(status)
+
     # WHEN one more than the limit connect
-    statuses = [handlers.connect.handler(connect_event(f"c{i}", who), LambdaContext()) for i in range(limit + 1)]
+    statuses = [{"statusCode": connect_and_close(i)} for i in range(limit + 1)]
     # THEN the last is refused with 429 and not recorded
     assert [s["statusCode"] for s in statuses[:-1]] == [200] * limit
     assert statuses[-1]["statusCode"] == 429

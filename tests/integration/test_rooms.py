@@ -90,7 +90,7 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
 
 def test_joining_twice_is_idempotent(wired: Wired) -> None:
     wired.connect("a")
-    wired.connect("b")
+    wired.connect("b", user_id="user-b")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
     seen_by_a = len(received(wired, "a"))
@@ -232,7 +232,7 @@ def test_room_message_to_a_member_that_is_gone_removes_it(wired: Wired) -> None:
 def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
     wired = with_limits(settings, aws, clients_per_room=2)
     for cid in ("a", "b", "c"):
-        wired.connect(cid)
+        wired.connect(cid, user_id=f"user-{cid}")
     wired.send("a", {"action": "joinRoom", "room": "small"})
     wired.send("b", {"action": "joinRoom", "room": "small"})
     # WHEN a third joins a room of capacity 2, THEN ROOM_FULL and nothing changes
@@ -254,8 +254,8 @@ def test_default_capacity_is_a_thousand_clients(wired: Wired) -> None:
         TableName=wired.settings.rooms_table,
         Item={"room": {"S": "arena"}, "member_id": {"S": ROOM_META}, "member_count": {"N": "999"}},
     )
-    wired.connect("a")
-    wired.connect("b")
+    wired.connect("a", user_id="user-a")
+    wired.connect("b", user_id="user-b")
     # THEN the 1000th joins and the 1001st gets ROOM_FULL
     assert wired.send("a", {"action": "joinRoom", "room": "arena"})["message_type"] == "join_room"
     assert error_code(wired.send("b", {"action": "joinRoom", "room": "arena"})) == "ROOM_FULL"
@@ -481,18 +481,18 @@ def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
     # GIVEN ten members of a room for fifteen, five of whom leave while five others join, all at once
     wired = with_limits(settings, aws, clients_per_room=15)
     for i in range(15):
-        wired.connect(f"c{i:02d}")
+        wired.connect(f"c{i:02d}", user_id=f"u{i}")
     for i in range(10):
-        wired.store.join_room("mixed", f"c{i:02d}", "u", 15, 10)
+        wired.store.join_room("mixed", f"c{i:02d}", f"u{i}", 15, 10)
 
-    def move(i: int) -> bool | Outcome:
+    def move(i: int) -> Outcome | None:
         if i < 5:
             return wired.store.leave_room("mixed", f"c{i:02d}")
-        return wired.store.join_room("mixed", f"c{i + 5:02d}", "u", 15, 10)
+        return wired.store.join_room("mixed", f"c{i + 5:02d}", f"u{i + 5}", 15, 10)
 
     results = _race(10, move)
     # THEN every change went through (capacity 15 leaves room for all joins before any leave)
-    assert results == [True] * 5 + [Outcome.DONE] * 5
+    assert results == [Outcome.DONE] * 10
     # AND the count item equals the members: 10 - 5 + 5
     assert len(wired.store.room_members("mixed")) == 10
     assert count_item(wired, "mixed") == 10
@@ -636,3 +636,36 @@ def test_room_traffic_names_members_by_a_pseudonym_per_room(wired: Wired) -> Non
         from_her = [m for m in received(wired, "watcher") if m["room"] == room and m["message_type"] != "join_room"]
         notices = [m for m in received(wired, "watcher") if m["room"] == room and "success" not in m["payload"]]
         assert {m["source"] for m in from_her + notices} == {ids[room]}
+
+
+# ---------------------------------------------------------------- one seat per user
+
+
+def test_a_user_holds_one_seat_in_a_room_whatever_their_connections(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN a room for 2, and a user on three connections
+    wired = with_limits(settings, aws, clients_per_room=2)
+    for cid in ("web", "mobile", "bot"):
+        wired.connect(cid, user_id="hog")
+    wired.connect("other", user_id="other")
+    wired.connect("third", user_id="third")
+    # WHEN all three of the user's connections join
+    replies = [wired.send(cid, {"action": "joinRoom", "room": "small"}) for cid in ("web", "mobile", "bot")]
+    # THEN all are in, on one seat, under one member id
+    assert [r["message_type"] for r in replies] == ["join_room"] * 3
+    assert len({r["payload"]["member_id"] for r in replies}) == 1
+    assert count_item(wired, "small") == 1
+    assert sorted(wired.store.room_members("small")) == ["bot", "mobile", "web"]
+    # AND another user still gets the second seat, and only then is the room full
+    assert wired.send("other", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
+    assert error_code(wired.send("third", {"action": "joinRoom", "room": "small"})) == "ROOM_FULL"
+    heard = len(presence_notices(wired, "other"))
+    # WHEN two of the user's connections leave, THEN the seat stays, and nobody is told the user left
+    for cid in ("web", "mobile"):
+        assert wired.send(cid, {"action": "leaveRoom", "room": "small"})["message_type"] == "leave_room"
+    assert count_item(wired, "small") == 2
+    assert len(presence_notices(wired, "other")) == heard
+    # WHEN the last one goes (by disconnecting), THEN the seat is free for someone else
+    wired.service.disconnect("bot")
+    assert count_item(wired, "small") == 1
+    assert wired.send("third", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
+    assert connection_of(wired, "web").room_count == 0

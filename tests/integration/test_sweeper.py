@@ -180,12 +180,12 @@ def test_sweeping_frees_the_room_place_a_vanished_member_held(settings: Settings
         wired.store._db,
         Clock(time.time()),
     )
-    small.connect("lost")
-    small.connect("live")
+    small.connect("lost", user_id="ghost")
+    small.connect("live", user_id="stayer")
     join(small, "lost", "desk")
     join(small, "live", "desk")
     vanish(small, "lost")
-    small.connect("newcomer")
+    small.connect("newcomer", user_id="newcomer")
     assert join(small, "newcomer", "desk")["payload"]["error_code"] == "ROOM_FULL"
     pass_idle_timeout(small)
 

@@ -36,7 +36,8 @@ class Limits(BaseModel):
     resume_messages: int = Field(5000, ge=1)  # messages one resume replays, over all its streams
     room_messages_per_minute: int = Field(60, ge=1)  # per user and room, sliding window
     presence_max_members: int = Field(100, ge=0)  # no join/leave notices in rooms with more members
-    connections_per_minute: int = Field(60, ge=1)
+    connections_per_minute: int = Field(60, ge=1)  # new connections per user, sliding window
+    connections_per_user: int = Field(10, ge=1)  # open at once per user
     max_message_bytes: int = Field(128 * 1024, ge=1)
 
     def subscriptions_for(self, level: str) -> int:

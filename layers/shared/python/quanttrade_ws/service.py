@@ -98,7 +98,8 @@ class RealtimeService:
 
     def connect(self, connection_id: str, identity: Identity, connected_at_ms: int | None = None) -> None:
         now = self.clock()
-        if self.store.count_user_connect(identity.user_id, now) > self.limits.connections_per_minute:
+        # A sliding window: a fixed minute would let twice the limit through around its boundary.
+        if self.store.count_in_window(f"connect#{identity.user_id}", 60, now) > self.limits.connections_per_minute:
             raise ConnectRefused(429, "Too many new connections for this user")
         self.store.add_connection(
             Connection(
@@ -109,6 +110,10 @@ class RealtimeService:
             ),
             now,
         )
+        # The row first, then the claim: an id in the user's set always has a row, so an id without one is stale.
+        if not self.store.claim_user_connection(identity.user_id, connection_id, self.limits.connections_per_user, now):
+            self.store.delete_connection(connection_id)
+            raise ConnectRefused(429, f"This user already has {self.limits.connections_per_user} open connections")
 
     def disconnect(self, connection_id: str) -> bool:
         """Remove a connection and everything it owns; keep a session snapshot for resume.
@@ -131,6 +136,8 @@ class RealtimeService:
         for room in rooms:
             self.store.leave_room(room, connection_id, adjust_connection=False)
         removed = self.store.delete_connection(connection_id)
+        if removed is not None:
+            self.store.release_user_connection(removed.identity.user_id, connection_id)
         return bool(removed or subscriptions or rooms)
 
     def sweep(self, idle_seconds: int | None = None) -> int:
@@ -443,10 +450,12 @@ class RealtimeService:
     def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
         # Only the name is checked: a client whose refreshed token lost a room's permission must still be able to leave.
         check_room_name(frame.room, ctx.request_id)
-        if not self._leave(ctx.connection.connection_id, frame.room):
+        outcome = self._leave(ctx.connection.connection_id, frame.room)
+        if outcome is None:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
         self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
-        self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
+        if outcome is Outcome.DONE:  # the user left; not when another of their connections keeps the seat
+            self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
 
     def _join(self, connection: Connection, room: str) -> Outcome:
         """Join a room; a data room also counts as one subscription toward the level's limit,
@@ -464,7 +473,7 @@ class RealtimeService:
             ),
         )
 
-    def _leave(self, connection_id: str, room: str) -> bool:
+    def _leave(self, connection_id: str, room: str) -> Outcome | None:
         return self.store.leave_room(room, connection_id, subscription=room_kind(room) is RoomKind.DATA)
 
     def _notify_room(
@@ -607,7 +616,7 @@ class RealtimeService:
                 dropped.append(room)
                 continue
             outcome = self._join(connection, room)
-            if outcome in (Outcome.DONE, Outcome.ALREADY):
+            if outcome in (Outcome.DONE, Outcome.SHARED, Outcome.ALREADY):
                 rooms.append(room)
             else:
                 dropped.append(room)

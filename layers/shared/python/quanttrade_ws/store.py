@@ -20,8 +20,9 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, StreamHead, Subscription
 
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
+SEAT_PREFIX = "!seat#"  # a user's seat in a room: sorts before ROOM_META, so member queries never see it
 SESSION_PREFIX = "session#"
-USER_RATE_PREFIX = "user#"
+USER_PREFIX = "user#"  # a user's open connections
 RATE_PREFIX = "rate#"
 EVENT_PREFIX = "event#"
 
@@ -34,6 +35,7 @@ class Outcome(Enum):
     LIMIT = "limit"  # the per-connection limit (rooms or subscriptions) is reached
     FULL = "full"  # the room is at capacity
     GONE = "gone"  # the connection row no longer exists
+    SHARED = "shared"  # done on a seat the user already holds through another connection
 
 
 def _s(value: str) -> dict[str, str]:
@@ -216,18 +218,62 @@ class DynamoStore:
         old = result.get("Attributes")
         return self._connection_from_item(old) if old and _str(old, "kind") == "connection" else None
 
-    def count_user_connect(self, user_id: str, now: float | None = None) -> int:
-        """Count a new connection in the user's current minute; returns the count including this one."""
+    def claim_user_connection(self, user_id: str, connection_id: str, cap: int, now: float | None = None) -> bool:
+        """Add the connection to the user's open connections if they hold fewer than `cap`.
+
+        The user's item keeps the ids themselves (a string set), not a counter: adding
+        and removing an id are idempotent, so a repeated $connect or $disconnect cannot
+        make it drift, and an id whose connection row is gone (its $disconnect never
+        came and the row expired) can be recognised and dropped when the cap is hit.
+        Call it after the connection row is written, so a live id always has a row.
+        """
         now = time.time() if now is None else now
-        minute = int(now // 60)
-        result = self._db.update_item(
+        for attempt in range(2):
+            try:
+                self._db.update_item(
+                    TableName=self.connections_table,
+                    Key={"pk": _s(USER_PREFIX + user_id)},
+                    UpdateExpression="SET kind = :kind, expires_at = :exp ADD conns :c",
+                    ConditionExpression="attribute_not_exists(conns) OR size(conns) < :cap OR contains(conns, :cid)",
+                    ExpressionAttributeValues={
+                        ":kind": _s("user_connections"),
+                        ":exp": _n(self._connection_expiry(now)),
+                        ":c": {"SS": [connection_id]},
+                        ":cap": _n(cap),
+                        ":cid": _s(connection_id),
+                    },
+                )
+                return True
+            except self._errors.ConditionalCheckFailedException:
+                if attempt or not self._forget_closed_connections(user_id, keep=connection_id):
+                    return False
+        return False
+
+    def release_user_connection(self, user_id: str, connection_id: str) -> None:
+        self._db.update_item(
             TableName=self.connections_table,
-            Key={"pk": _s(f"{USER_RATE_PREFIX}{user_id}#{minute}")},
-            UpdateExpression="SET kind = :kind, expires_at = :exp ADD connects :one",
-            ExpressionAttributeValues={":kind": _s("user_rate"), ":exp": _n((minute + 2) * 60), ":one": _n(1)},
-            ReturnValues="UPDATED_NEW",
+            Key={"pk": _s(USER_PREFIX + user_id)},
+            UpdateExpression="DELETE conns :c",
+            ExpressionAttributeValues={":c": {"SS": [connection_id]}},
         )
-        return _int(result["Attributes"], "connects")
+
+    def user_connections(self, user_id: str) -> set[str]:
+        found = self._db.get_item(
+            TableName=self.connections_table, Key={"pk": _s(USER_PREFIX + user_id)}, ConsistentRead=True
+        ).get("Item")
+        return set((found or {}).get("conns", {}).get("SS", []))
+
+    def _forget_closed_connections(self, user_id: str, keep: str) -> bool:
+        """Drop the user's ids that no longer have a connection row; returns whether any was dropped."""
+        closed = [cid for cid in self.user_connections(user_id) - {keep} if self.get_connection(cid) is None]
+        if closed:
+            self._db.update_item(
+                TableName=self.connections_table,
+                Key={"pk": _s(USER_PREFIX + user_id)},
+                UpdateExpression="DELETE conns :c",
+                ExpressionAttributeValues={":c": {"SS": closed}},
+            )
+        return bool(closed)
 
     def count_in_window(self, key: str, window_seconds: int, now: float | None = None) -> float:
         """Count one event under `key` and return the events of the last `window_seconds`, this one included.
@@ -567,86 +613,199 @@ class DynamoStore:
         token_expires_at: int = 0,
         subscription_limit: int | None = None,
     ) -> Outcome:
-        """Join with three conditions in one transaction: not yet a member, room below
-        capacity, connection below its room limit. Concurrent joins for the last place
+        """Join in one transaction with its conditions: this connection not yet a member,
+        the connection below its room limit, and either a new seat for the user with the
+        room below capacity, or the user's existing seat (a user holds one seat in a room
+        however many of their connections are in it). Concurrent joins for the last seat
         cannot both win. With `subscription_limit` (a data room), the membership also
-        counts as one subscription, below that limit, in the same step."""
+        counts as one subscription, below that limit, in the same step.
+
+        DONE: the user took a new seat; SHARED: the connection joined the user's seat."""
         counters: dict[str, tuple[int, int | None]] = {"room_count": (1, room_limit)}
         if subscription_limit is not None:
             counters["sub_count"] = (1, subscription_limit)
-        try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.rooms_table,
-                            "Item": {
-                                "room": _s(room),
-                                "member_id": _s(connection_id),
-                                "connection_id": _s(connection_id),
-                                "user_id": _s(user_id),
-                                "token_expires_at": _n(token_expires_at),
-                                "joined_at": _n(int(time.time())),
-                                "expires_at": _n(self._connection_expiry(time.time())),
-                            },
-                            "ConditionExpression": "attribute_not_exists(member_id)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.rooms_table,
-                            "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
-                            "UpdateExpression": "ADD member_count :one",
-                            "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
-                            "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
-                        }
-                    },
-                    self._connection_counters(connection_id, counters),
-                ]
-            )
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                return Outcome.ALREADY
-            if codes[1:2] == ["ConditionalCheckFailed"]:
-                return Outcome.FULL
-            return Outcome.GONE if self.get_connection(connection_id) is None else Outcome.LIMIT
-        return Outcome.DONE
-
-    def leave_room(
-        self, room: str, connection_id: str, adjust_connection: bool = True, subscription: bool = False
-    ) -> bool:
-        """Leave a room; `subscription` gives back the subscription a data room's membership counted as."""
-        items: list[dict[str, Any]] = [
+        membership = {
+            "Put": {
+                "TableName": self.rooms_table,
+                "Item": {
+                    "room": _s(room),
+                    "member_id": _s(connection_id),
+                    "connection_id": _s(connection_id),
+                    "user_id": _s(user_id),
+                    "token_expires_at": _n(token_expires_at),
+                    "joined_at": _n(int(time.time())),
+                    "expires_at": _n(self._connection_expiry(time.time())),
+                },
+                "ConditionExpression": "attribute_not_exists(member_id)",
+            }
+        }
+        seat_key = {"room": _s(room), "member_id": _s(SEAT_PREFIX + user_id)}
+        new_seat = [
+            membership,
             {
-                "Delete": {
+                "Put": {
                     "TableName": self.rooms_table,
-                    "Key": {"room": _s(room), "member_id": _s(connection_id)},
-                    "ConditionExpression": "attribute_exists(member_id)",
+                    "Item": {
+                        **seat_key,
+                        "user_id": _s(user_id),
+                        "conns": {"SS": [connection_id]},
+                        "expires_at": _n(self._connection_expiry(time.time())),
+                    },
+                    "ConditionExpression": "attribute_not_exists(member_id)",
                 }
             },
             {
                 "Update": {
                     "TableName": self.rooms_table,
                     "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
-                    "UpdateExpression": "ADD member_count :minus",
-                    "ExpressionAttributeValues": {":minus": _n(-1)},
+                    "UpdateExpression": "ADD member_count :one",
+                    "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
+                    "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
                 }
             },
+            self._connection_counters(connection_id, counters),
         ]
+        shared_seat = [
+            membership,
+            {
+                "Update": {
+                    "TableName": self.rooms_table,
+                    "Key": seat_key,
+                    "UpdateExpression": "ADD conns :c SET expires_at = :exp",
+                    "ConditionExpression": "attribute_exists(member_id)",
+                    "ExpressionAttributeValues": {
+                        ":c": {"SS": [connection_id]},
+                        ":exp": _n(self._connection_expiry(time.time())),
+                    },
+                }
+            },
+            self._connection_counters(connection_id, counters),
+        ]
+        # The seat may appear or vanish between the two shapes (another connection of the
+        # user joining or leaving): each failure on the seat sends us to the other shape.
+        for _ in range(4):
+            for items, outcome in ((new_seat, Outcome.DONE), (shared_seat, Outcome.SHARED)):
+                try:
+                    self._db.transact_write_items(TransactItems=items)
+                except self._errors.TransactionCanceledException as error:
+                    codes = _cancellation_codes(error)
+                    if codes[:1] == ["ConditionalCheckFailed"]:
+                        return Outcome.ALREADY
+                    if codes[1:2] == ["ConditionalCheckFailed"]:
+                        continue  # the seat is not in the state this shape needs: try the other
+                    if outcome is Outcome.DONE and codes[2:3] == ["ConditionalCheckFailed"]:
+                        return Outcome.FULL
+                    return Outcome.GONE if self.get_connection(connection_id) is None else Outcome.LIMIT
+                return outcome
+        raise RuntimeError(f"could not join {room}: the user's seat kept changing")
+
+    def leave_room(
+        self, room: str, connection_id: str, adjust_connection: bool = True, subscription: bool = False
+    ) -> Outcome | None:
+        """Leave a room; `subscription` gives back the subscription a data room's membership counted as.
+
+        DONE: the user's seat was freed (their last connection in the room left);
+        SHARED: another of the user's connections still holds the seat; None: not a member."""
+        found = self._db.get_item(
+            TableName=self.rooms_table,
+            Key={"room": _s(room), "member_id": _s(connection_id)},
+            ProjectionExpression="user_id",
+            ConsistentRead=True,
+        ).get("Item")
+        if not found:
+            return None
+        seat_key = {"room": _s(room), "member_id": _s(SEAT_PREFIX + _str(found, "user_id"))}
+        membership = {
+            "Delete": {
+                "TableName": self.rooms_table,
+                "Key": {"room": _s(room), "member_id": _s(connection_id)},
+                "ConditionExpression": "attribute_exists(member_id)",
+            }
+        }
+        free_place = {
+            "Update": {
+                "TableName": self.rooms_table,
+                "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
+                "UpdateExpression": "ADD member_count :minus",
+                "ExpressionAttributeValues": {":minus": _n(-1)},
+            }
+        }
+        tail: list[dict[str, Any]] = []
         if adjust_connection:
             counters: dict[str, tuple[int, int | None]] = {"room_count": (-1, None)}
             if subscription:
                 counters["sub_count"] = (-1, None)
-            items.append(self._connection_counters(connection_id, counters))
-        try:
-            self._db.transact_write_items(TransactItems=items)
-        except self._errors.TransactionCanceledException as error:
-            codes = _cancellation_codes(error)
-            if codes[:1] == ["ConditionalCheckFailed"]:
-                return False
-            return self.leave_room(room, connection_id, adjust_connection=False)
-        return True
+            tail.append(self._connection_counters(connection_id, counters))
+        cid = {":cid": _s(connection_id)}
+        shapes: list[tuple[list[dict[str, Any]], Outcome]] = [
+            # the user's last connection in the room: the seat goes, and the room has one place more
+            (
+                [
+                    membership,
+                    {
+                        "Delete": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "ConditionExpression": "contains(conns, :cid) AND size(conns) = :one",
+                            "ExpressionAttributeValues": {**cid, ":one": _n(1)},
+                        }
+                    },
+                    free_place,
+                    *tail,
+                ],
+                Outcome.DONE,
+            ),
+            # another connection of the user stays: the seat stays
+            (
+                [
+                    membership,
+                    {
+                        "Update": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "UpdateExpression": "DELETE conns :c",
+                            "ConditionExpression": "contains(conns, :cid) AND size(conns) > :one",
+                            "ExpressionAttributeValues": {**cid, ":one": _n(1), ":c": {"SS": [connection_id]}},
+                        }
+                    },
+                    *tail,
+                ],
+                Outcome.SHARED,
+            ),
+            # a membership from before seats existed: it counted one place by itself
+            (
+                [
+                    membership,
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "ConditionExpression": "attribute_not_exists(member_id) OR NOT contains(conns, :cid)",
+                            "ExpressionAttributeValues": cid,
+                        }
+                    },
+                    free_place,
+                    *tail,
+                ],
+                Outcome.DONE,
+            ),
+        ]
+        for _ in range(4):
+            for items, outcome in shapes:
+                try:
+                    self._db.transact_write_items(TransactItems=items)
+                except self._errors.TransactionCanceledException as error:
+                    codes = _cancellation_codes(error)
+                    if codes[:1] == ["ConditionalCheckFailed"]:
+                        return None  # left meanwhile
+                    if codes[1:2] == ["ConditionalCheckFailed"]:
+                        continue  # the seat is not in the state this shape needs: try the other
+                    if adjust_connection:
+                        # The connection row is gone: the membership still goes.
+                        return self.leave_room(room, connection_id, adjust_connection=False)
+                    raise
+                return outcome
+        raise RuntimeError(f"could not leave {room}: the user's seat kept changing")
 
     def room_size(self, room: str) -> int:
         """How many members the room counts (its `#meta` counter): one GetItem, whatever the size."""
