@@ -296,7 +296,7 @@ class RealtimeService:
         expires = int(self.clock()) + self.settings.token_expiry_hours * 3600
         return self.session_tokens.issue(Session(session_id, user_id, expires))
 
-    def _limits_for(self, identity: Identity) -> dict[str, int]:
+    def _limits_for(self, identity: Identity) -> dict[str, Any]:
         return {
             "max_subscriptions": self.limits.subscriptions_for(identity.subscription_level),
             "wildcard_subscription_cost": WILDCARD_SUBSCRIPTION_COST,
@@ -419,8 +419,8 @@ class RealtimeService:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
         if outcome is Outcome.LIMIT:
             # One step checks both limits a data room counts against: the counters say which one held it back.
-            now = self.store.get_connection(ctx.connection.connection_id)
-            if now is not None and now.room_count < self.limits.rooms_per_client:
+            current = self.store.get_connection(ctx.connection.connection_id)
+            if current is not None and current.room_count < self.limits.rooms_per_client:
                 limit = self.limits.subscriptions_for(identity.subscription_level)
                 raise ProtocolError(
                     ErrorCode.SUBSCRIPTION_LIMIT,
@@ -626,7 +626,7 @@ class RealtimeService:
         # one small frame must not buy a replay of every stream the server keeps.
         held_keys = {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
         held_rooms = set(self.store.rooms_of(connection.connection_id))
-        budget = [self.limits.resume_messages]
+        budget = [self.limits.resume_messages]  # one mutable cell that every _replay below spends from
         results: dict[str, dict[str, Any]] = {}
         for stream, last_seq in frame.last_seq.items():
             stream_type = stream.split(":", 1)[0]
