@@ -47,11 +47,24 @@ class _Payload(BaseModel):
 class ConnectionLimits(_Payload):
     """The limits that apply to this connection."""
 
-    max_subscriptions: int = Field(description="Subscriptions allowed at this subscription level")
+    max_subscriptions: int = Field(
+        description="Subscription budget of this level: a symbol stream, a type-level stream and a data room "
+        "count 1 each, a wildcard over a per-symbol feed counts `wildcard_subscription_cost`"
+    )
+    wildcard_subscription_cost: int = Field(
+        description="What `market_data:*` or `predictions:*` (every symbol) counts toward `max_subscriptions`"
+    )
     max_rooms: int = Field(description="Rooms one connection may be in")
-    max_room_members: int = Field(description="Members one room may have")
+    max_room_members: int = Field(description="Members (users, one seat each) one room may have")
     max_room_message_bytes: int = Field(description="Largest `sendRoomMessage` message, UTF-8 bytes")
-    messages_per_second: int = Field(description="Frames per second before RATE_LIMIT")
+    messages_per_second: int = Field(
+        description="Rate budget per second, in units of `action_costs` (a ping is 1); over it, RATE_LIMIT"
+    )
+    action_costs: dict[str, int] = Field(description="What each action weighs against `messages_per_second`")
+    max_resume_messages: int = Field(description="Messages one `resume` replays at most, over all its streams")
+    room_messages_per_minute: int = Field(
+        description="Room messages one user may send to one room per minute (sliding window, all connections)"
+    )
     max_message_bytes: int = Field(description="Largest server frame (API Gateway: 128 KB)")
     idle_timeout_seconds: int = Field(description="The gateway closes a connection idle this long")
     history_seconds: int = Field(description="How long stream history is kept for resume")
@@ -87,12 +100,19 @@ class SubscribedPayload(StreamsChangedPayload):
     )
 
 
+MEMBER_ID = (
+    "This user's pseudonymous id in this room: the same for all of the user's connections in the room, "
+    "different in every room, never the user id or a connection id"
+)
+
+
 class JoinRoomPayload(_Payload):
     """Answer to `joinRoom`."""
 
     success: bool
     message: str
     already_member: bool
+    member_id: str = Field(description=f"{MEMBER_ID}; the `source` of this user's room messages")
 
 
 class LeaveRoomPayload(_Payload):
@@ -103,15 +123,15 @@ class LeaveRoomPayload(_Payload):
 
 
 class RoomMemberPayload(_Payload):
-    """Sent to the other members of a room when someone joins or leaves it."""
+    """Sent to the other members of a chat room of at most 100 members when a user joins or leaves it
+    (never in data rooms)."""
 
-    client_id: str
-    user_id: str
+    member_id: str = Field(description=f"Who joined or left: {MEMBER_ID}")
 
 
 class RoomMessagePayload(_Payload):
     message: str
-    user_id: str = Field(description="The sender")
+    member_id: str = Field(description=f"The sender: {MEMBER_ID}")
 
 
 class PongPayload(_Payload):
@@ -135,7 +155,11 @@ class StreamReplay(_Payload):
     replayed: int = Field(description="Messages replayed before this answer")
     first_seq: int | None = Field(None, description="First replayed seq")
     last_seq: int | None = Field(None, description="The stream's latest seq on the server")
-    error: ErrorCode | None = Field(None, description="Why the stream was not replayed")
+    error: ErrorCode | None = Field(
+        None,
+        description="Why the stream was not replayed: FORBIDDEN when the token may not read it or the connection "
+        "holds no subscription or data room that receives it",
+    )
 
 
 class ResumedPayload(_Payload):
@@ -146,6 +170,11 @@ class ResumedPayload(_Payload):
     streams: dict[str, StreamReplay]
     subscriptions: list[str] = Field(description="Subscription keys the session had; they are active again")
     rooms: list[str] = Field(description="Rooms the connection is back in")
+    dropped: list[str] = Field(
+        default=[],
+        description="Subscription keys and rooms the session had that were not restored: the current token does "
+        "not permit them (the same check as `joinRoom` and `subscribe`), or a limit was reached",
+    )
     client_id: str
     session_token: str = Field(
         description="The next session token; the one this resume used is spent (single-use), so keep this one"
@@ -265,18 +294,23 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.AUTH_FAILED: "The access token or session token was refused or has expired, a session token was "
     "already used, or `refresh` sent a token older (`iat`) than the one in use. After `Session expired` the server "
     "closes the connection: reconnect with a fresh token.",
-    ErrorCode.RATE_LIMIT: "More frames per second than `limits.messages_per_second`. The frame was dropped and the "
-    "error names no request; after repeated warnings the connection is closed.",
-    ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached.",
+    ErrorCode.RATE_LIMIT: "Frames worth more than `limits.messages_per_second` units in one second (each action "
+    "weighs `limits.action_costs`). The frame was dropped and the error names no request; after repeated warnings "
+    "the connection is closed. Also: more than `limits.room_messages_per_minute` room messages to one room (this "
+    "error names the request; the connection stays open).",
+    ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached (data rooms count "
+    "1 each, a per-symbol wildcard `limits.wildcard_subscription_cost`).",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",
-    ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members.",
-    ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -",
+    ErrorCode.ROOM_FULL: "The room already has `limits.max_room_members` members (users: all of a user's "
+    "connections share one seat).",
+    ErrorCode.INVALID_ROOM: "Room names are 1-64 characters of A-Z a-z 0-9 _ . : -, and a data room has one "
+    "spelling (`market_data_<SYMBOL>`, `predictions_<SYMBOL>` with the symbol in upper case, `alerts`).",
     ErrorCode.INVALID_MESSAGE: "The frame is not JSON, misses a field, or has a bad value (an unknown filter, an "
     "`interval` outside 0.001-86400 s, ...).",
     ErrorCode.UNKNOWN_ACTION: "The `action` is none of the protocol's actions (the `receive` operations).",
     ErrorCode.FORBIDDEN: "The token lacks the permission: `read:<stream type>`, `rooms:join`, `rooms:send`, or the "
     "room's own (`read:market_data` for `market_data_*`, `read:predictions` for `predictions_*`, `read:alerts` "
-    "for `alerts`, `admin` for `admin.*`).",
+    "for `alerts`, `admin` for the reserved `admin`, `system`, `admin.*` and `system.*` in any case).",
     ErrorCode.NOT_IN_ROOM: "`leaveRoom` or `sendRoomMessage` for a room this connection has not joined.",
     ErrorCode.MESSAGE_TOO_LARGE: "A room message longer than `limits.max_room_message_bytes`.",
     ErrorCode.INTERNAL: "The server failed; the request may be retried.",
@@ -382,10 +416,14 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "user_id": "trader-42",
         "limits": {
             "max_subscriptions": 50,
+            "wildcard_subscription_cost": 10,
             "max_rooms": 10,
             "max_room_members": 1000,
             "max_room_message_bytes": 4096,
             "messages_per_second": 100,
+            "action_costs": dict(protocol.ACTION_COSTS),
+            "max_resume_messages": 5000,
+            "room_messages_per_minute": 60,
             "max_message_bytes": 131072,
             "idle_timeout_seconds": 600,
             "history_seconds": 300,
@@ -398,11 +436,16 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "last_seq": {"market_data:AAPL": 40},
     },
     "unsubscribed": {"success": True, "message": "Unsubscribed from alerts:*", "streams": ["alerts:*"]},
-    "joinedRoom": {"success": True, "message": "Joined desk.equities", "already_member": False},
-    "memberJoined": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},
+    "joinedRoom": {
+        "success": True,
+        "message": "Joined desk.equities",
+        "already_member": False,
+        "member_id": "m-5b1f0c9e7a2d4c3b8e6f1a20",
+    },
+    "memberJoined": {"member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
     "leftRoom": {"success": True, "message": "Left desk.equities"},
-    "memberLeft": {"client_id": "Yx1aQc3LoAMCJgw=", "user_id": "trader-42"},
-    "roomMessage": {"message": "AAPL looks heavy", "user_id": "trader-42"},
+    "memberLeft": {"member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
+    "roomMessage": {"message": "AAPL looks heavy", "member_id": "m-0c4e9a7b2f1d3e5a6b8c9d01"},
     "pong": {"server_time": 1767623400.125},
     "refreshed": {"success": True, "expires_at": 1767709800, "dropped": []},
     "resumed": {
@@ -411,6 +454,7 @@ REPLY_EXAMPLES: dict[str, dict[str, Any]] = {
         "streams": {"market_data:AAPL": {"recovered": True, "replayed": 2, "first_seq": 42, "last_seq": 43}},
         "subscriptions": ["market_data:AAPL"],
         "rooms": ["desk.equities"],
+        "dropped": [],
         "client_id": "Yx1aQc3LoAMCJgw=",
         "session_token": "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiI2ZjEifQ.bmV3c2ln",
     },
@@ -663,8 +707,8 @@ def _example(kind: ServerKind, seq: int = 42) -> dict[str, Any]:
         extra = {"room": "desk.equities"} if kind.room else {}
         if kind.reply and kind.key not in {"memberJoined", "memberLeft"}:
             extra["request_id"] = "r1"
-        if kind.key == "roomMessage":
-            extra["source"] = "Yx1aQc3LoAMCJgw="
+        if kind.key in {"roomMessage", "memberJoined", "memberLeft"}:
+            extra["source"] = payload["member_id"]
     message = ServerMessage(
         message_id=_hex(f"{kind.key}-{seq}"),
         message_type=kind.message_type,

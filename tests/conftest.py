@@ -15,6 +15,7 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import CountingMetrics, FanOut
 from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore
 from tests.provision import provision
@@ -63,6 +64,7 @@ class Wired:
             clock=clock,
             sleep=clock.advance,
             metrics=self.metrics,
+            member_aliases=MemberAliases(SECRET),
         )
         self.fanout = FanOut(
             settings,

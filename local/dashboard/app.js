@@ -28,6 +28,7 @@
     userId: null,
     symbols: [],
     room: null,
+    memberIds: {}, // room -> our pseudonymous member id there (from our join_room answer)
     received: 0,
     duplicates: 0,
     resuming: false,
@@ -207,19 +208,23 @@
         showAlert(payload);
         break;
       case "room_message":
-        showChat(message.room, payload.user_id, payload.message);
+        // Members appear by their per-room pseudonym; ours is in our own join_room answer.
+        showChat(message.room, payload.member_id === state.memberIds[message.room] ? "you" : payload.member_id, payload.message);
         break;
       case "join_room":
-        if (message.source && message.source !== state.clientId) {
-          showChat(message.room, null, (payload.user_id || "someone") + " joined");
+        if (payload.success) {
+          state.memberIds[message.room] = payload.member_id;
+        }
+        if (!payload.success && payload.member_id) {
+          showChat(message.room, null, payload.member_id + " joined");
         } else if (payload.success) {
           state.room = message.room || state.room;
           log("Joined room " + state.room);
         }
         break;
       case "leave_room":
-        if (message.source && message.source !== state.clientId) {
-          showChat(message.room, null, (payload.user_id || "someone") + " left");
+        if (!payload.success && payload.member_id) {
+          showChat(message.room, null, payload.member_id + " left");
         } else if (payload.success) {
           log("Left room " + message.room);
         }

@@ -141,15 +141,17 @@ async def test_room_chat_between_two_clients(connect: Connect) -> None:
     # GIVEN two users in one room
     alice, bob = await connect("alice"), await connect("bob")
     await alice.request("joinRoom", room="desk-eu")
-    await bob.request("joinRoom", room="desk-eu")
-    await alice.expect(lambda m: m.get("message_type") == "join_room" and m["payload"].get("user_id") == "bob")
+    bob_id = (await bob.request("joinRoom", room="desk-eu"))["payload"]["member_id"]
+    # ... alice is told bob joined, by his pseudonym in the room (never his user id)
+    await alice.expect(lambda m: m.get("message_type") == "join_room" and m["payload"].get("member_id") == bob_id)
 
     # WHEN alice sends a message
     echo = await alice.request("sendRoomMessage", room="desk-eu", message="buying the dip <b>now</b>")
 
     # THEN bob gets it from alice, verbatim, and alice gets her echo
     received = await bob.expect(lambda m: m.get("message_type") == "room_message", what="alice's message")
-    assert received["payload"] == {"message": "buying the dip <b>now</b>", "user_id": "alice"}
+    assert received["payload"] == {"message": "buying the dip <b>now</b>", "member_id": echo["payload"]["member_id"]}
+    assert "alice" not in json.dumps(received)
     assert received["room"] == "desk-eu"
     assert echo["message_type"] == "room_message"
     assert echo["payload"]["message"] == "buying the dip <b>now</b>"

@@ -11,7 +11,7 @@ import pytest
 
 from quanttrade_ws.config import Limits, Settings
 from quanttrade_ws.models import Connection
-from quanttrade_ws.protocol import ErrorCode
+from quanttrade_ws.protocol import ACTION_COSTS, ErrorCode
 from tests.conftest import Clock, Wired
 from tests.provision import provision
 
@@ -103,11 +103,11 @@ def test_subscribe_and_unsubscribe(wired: Wired) -> None:
 def test_join_send_and_leave(wired: Wired) -> None:
     wired.connect("c1")
     wired.connect("c2", user_id="user-2")
-    assert wired.send("c1", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
-    assert wired.send("c2", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
-    assert received(wired, "c1")[-1]["payload"]["client_id"] == "c2"
+    mine = wired.send("c1", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
+    theirs = wired.send("c2", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
+    assert received(wired, "c1")[-1]["payload"] == {"member_id": theirs}
     echo = wired.send("c1", {"action": "sendRoomMessage", "room": "desk", "message": "hello desk"})
-    assert (echo["message_type"], echo["source"], echo["room"]) == ("room_message", "c1", "desk")
+    assert (echo["message_type"], echo["source"], echo["room"]) == ("room_message", mine, "desk")
     assert received(wired, "c2")[-1]["payload"]["message"] == "hello desk"
     assert wired.send("c2", {"action": "leaveRoom", "room": "desk"})["message_type"] == "leave_room"
     assert received(wired, "c1")[-1]["message_type"] == "leave_room"
@@ -231,6 +231,25 @@ def test_rate_limit_then_close_after_repeated_warnings(wired: Wired) -> None:
     assert wired.gateway.closed == ["c1"]
 
 
+def test_the_rate_limit_weighs_each_action_by_its_cost(wired: Wired) -> None:
+    # GIVEN time held still inside one second, and the cost table
+    budget = wired.settings.limits.messages_per_second
+    assert all(ACTION_COSTS[action] > ACTION_COSTS["ping"] for action in EXPENSIVE_ACTIONS)
+    wired.connect("c1")
+    # WHEN joins spend the whole budget (far fewer frames than the budget in pings)
+    joins = budget // ACTION_COSTS["joinRoom"]
+    for i in range(joins):
+        assert wired.send("c1", {"action": "joinRoom", "room": f"r{i % 5}"})["message_type"] == "join_room"
+    # THEN even a ping is over it, and the connection is told so
+    assert_error(wired.send("c1", {"action": "ping"}), "RATE_LIMIT")
+    # AND the limits tell the client what each action costs
+    wired.clock.now += 1
+    assert wired.send("c1", {"action": "hello"})["payload"]["limits"]["action_costs"] == ACTION_COSTS
+
+
+EXPENSIVE_ACTIONS = ("subscribe", "unsubscribe", "resume", "joinRoom", "leaveRoom", "sendRoomMessage")
+
+
 def test_rate_window_resets_the_next_second(wired: Wired) -> None:
     wired.connect("c1")
     for _ in range(101):
@@ -278,7 +297,7 @@ def test_room_limit(settings: Settings, aws: dict[str, Any]) -> None:
 def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
     wired = with_limits(settings, aws, clients_per_room=1)
     wired.connect("c1")
-    wired.connect("c2")
+    wired.connect("c2", user_id="user-2")  # a second user: one user's connections share one seat
     wired.send("c1", {"action": "joinRoom", "room": "solo"})
     assert_error(wired.send("c2", {"action": "joinRoom", "room": "solo", "request_id": "q"}), "ROOM_FULL", "q")
 

@@ -212,10 +212,13 @@ def test_every_function_has_its_code_and_layers_as_directories_of_the_assembly(
         assert template.resources[function.role_logical_id].type == "AWS::IAM::Role"
 
 
-def test_the_signing_key_secret_is_generated_as_64_letters_and_digits(template: Template) -> None:
-    (secret,) = template.secrets.values()
-    assert secret.generate is not None
-    assert (secret.generate.password_length, secret.generate.exclude_punctuation) == (64, True)
+def test_both_signing_key_secrets_are_generated_as_64_letters_and_digits(template: Template) -> None:
+    # One key for access tokens, one of its own for session tokens.
+    assert sorted("JwtSigningKey" in lid for lid in template.secrets) == [False, True]
+    assert len([lid for lid in template.secrets if "SessionSigningKey" in lid]) == 1
+    for secret in template.secrets.values():
+        assert secret.generate is not None
+        assert (secret.generate.password_length, secret.generate.exclude_punctuation) == (64, True)
 
 
 # ---------------------------------------------------------------- provisioned into moto
@@ -383,7 +386,7 @@ def test_a_secret_value_override_replaces_the_generated_one(
     template: Template, deployment: Deployment, clients: Clients
 ) -> None:
     # GIVEN a development key, as QT_JWT_SECRET would give it
-    (secret_id,) = template.secrets
+    (secret_id,) = [lid for lid in template.secrets if "JwtSigningKey" in lid]
     override = os.environ.get("QT_JWT_SECRET") or "development-signing-key"
     generated = clients.secretsmanager.get_secret_value(SecretId=deployment.ref(secret_id))["SecretString"]
     try:

@@ -8,6 +8,7 @@ import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
 from quanttrade_ws.models import Connection
+from quanttrade_ws.service import ConnectRefused
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Wired
 
@@ -157,13 +158,12 @@ def test_a_frame_from_a_removed_connection_gets_no_reply_and_creates_nothing(wir
 
 
 def test_connections_per_minute_per_user(wired: Wired) -> None:
-    from quanttrade_ws.service import ConnectRefused
-
     limit = wired.settings.limits.connections_per_minute
     assert limit == 60
-    # GIVEN a user who opened 60 connections this minute
+    # GIVEN a user who opened (and closed, to stay under the open-connection cap) 60 connections this minute
     for i in range(limit):
         wired.connect(f"c{i}", user_id="burst")
+        wired.service.disconnect(f"c{i}")
     # WHEN it opens one more in the same minute, THEN $connect is refused with 429
     with pytest.raises(ConnectRefused) as refused:
         wired.connect("c-over", user_id="burst")
@@ -171,10 +171,55 @@ def test_connections_per_minute_per_user(wired: Wired) -> None:
     assert wired.store.get_connection("c-over") is None
     # AND another user is not affected
     wired.connect("other", user_id="calm")
-    # AND the next minute the user may connect again
-    wired.clock.now += 60
+    # AND two minutes later the user may connect again
+    wired.clock.now += 120
     wired.connect("c-next", user_id="burst")
     assert wired.store.get_connection("c-next") is not None
+
+
+def test_the_connect_window_slides_so_there_is_no_burst_at_the_minute(wired: Wired) -> None:
+    # GIVEN a user who opened 60 connections in the last second of a clock minute
+    minute = (int(wired.clock.now) // 60 + 1) * 60
+    wired.clock.now = minute - 1
+    for i in range(60):
+        wired.connect(f"c{i}", user_id="burst")
+        wired.service.disconnect(f"c{i}")
+    # WHEN it tries 60 more one second into the next minute
+    wired.clock.now = minute + 1
+    admitted = 0
+    for i in range(60):
+        try:
+            wired.connect(f"late{i}", user_id="burst")
+        except ConnectRefused:
+            continue
+        admitted += 1
+        wired.service.disconnect(f"late{i}")
+    # THEN (almost) none are let in: the window is the last 60 seconds, not the clock minute
+    assert admitted <= 1
+
+
+def test_open_connections_per_user_are_capped(wired: Wired) -> None:
+    cap = wired.settings.limits.connections_per_user
+    assert cap == 10
+    # GIVEN a user with 10 open connections
+    for i in range(cap):
+        wired.connect(f"c{i}", user_id="many")
+    # WHEN it opens an eleventh, THEN $connect is refused with 429 and nothing is recorded
+    with pytest.raises(ConnectRefused) as refused:
+        wired.connect("c-over", user_id="many")
+    assert refused.value.status_code == 429
+    assert wired.store.get_connection("c-over") is None
+    assert wired.store.user_connections("many") == {f"c{i}" for i in range(cap)}
+    # AND another user is not affected
+    wired.connect("other", user_id="few")
+    # AND once one closes, another may open
+    wired.service.disconnect("c0")
+    wired.connect("c-again", user_id="many")
+    # AND a connection that vanished without $disconnect (its row expired) does not hold a place forever
+    wired.store.delete_connection("c1")
+    wired.connect("c-after-ttl", user_id="many")
+    assert "c1" not in wired.store.user_connections("many")
+    assert len(wired.store.user_connections("many")) == cap
 
 
 def test_sweep_removes_only_connections_the_gateway_no_longer_knows(wired: Wired) -> None:

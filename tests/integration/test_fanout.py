@@ -7,6 +7,7 @@ only the Management API (InMemoryGateway) and SQS sends (InMemorySender) are fak
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections import Counter
 from typing import Any
@@ -685,3 +686,39 @@ def test_a_subscriber_needs_the_read_permission(wired: Wired):
     # THEN it is refused and gets no alert
     assert reply["payload"]["error_code"] == "FORBIDDEN"
     assert data(wired, "nope") == []
+
+
+# ---------------------------------------------------------------- access-token expiry
+
+
+def test_a_subscriber_whose_token_expired_gets_no_more_data(wired: Wired):
+    # GIVEN a connection whose token expires in 8 s, subscribed to every symbol and in a data room,
+    # beside one whose token is good for an hour
+    wired.connect("short", user_id="short-lived", expires_in=8)
+    wired.connect("long", user_id="long-lived")
+    for cid in ("short", "long"):
+        subscribe(wired, cid, ALL_MARKET_DATA)
+        join(wired, cid, "market_data_MSFT")
+    publish(wired, eb.market_data("AAPL"))
+    assert len(data(wired, "short")) == 1
+    # WHEN its token has expired (it sent nothing since) and more events come
+    wired.clock.advance(9)
+    publish(wired, eb.market_data("AAPL"), eb.market_data("MSFT"))
+    # THEN it gets nothing more, from its subscription or its data room, while the other gets both
+    assert len(data(wired, "short")) == 1
+    assert [m["stream"] for m in data(wired, "long")] == ["market_data:AAPL", "market_data:AAPL", "market_data:MSFT"]
+
+
+def test_a_refreshed_token_keeps_the_data_coming_past_the_old_expiry(wired: Wired):
+    # GIVEN a subscriber (in a data room too) whose token expires in 30 s,
+    # on the wall clock (refresh verifies a real JWT)
+    wired.clock.now = time.time()
+    wired.connect("c1", expires_in=30)
+    subscribe(wired, "c1", ALL_MARKET_DATA)
+    join(wired, "c1", "market_data_MSFT")
+    # WHEN it refreshes with a token good for an hour, and the old expiry passes
+    assert wired.send("c1", {"action": "refresh", "token": wired.token(expires_in=3600)})["message_type"] == "refresh"
+    wired.clock.advance(60)
+    publish(wired, eb.market_data("AAPL", at=wired.clock.now), eb.market_data("MSFT", at=wired.clock.now))
+    # THEN it still gets data through both
+    assert sorted(m["stream"] for m in data(wired, "c1")) == ["market_data:AAPL", "market_data:MSFT"]

@@ -153,12 +153,19 @@ def test_connect_records_the_authorizer_identity(rt: Runtime) -> None:
 
 
 def test_connect_over_the_user_rate_is_refused_with_429(rt: Runtime) -> None:
-    # GIVEN time held inside one minute (the limit counts per wall-clock minute)
+    # GIVEN time held still (the limit counts the last 60 seconds)
     rt.service.clock = lambda: 1_800_000_000.0
     who = identity("burst")
     limit = rt.settings.limits.connections_per_minute
+
+    def connect_and_close(i: int) -> int:
+        # each closes again, so the open-connection cap does not answer first
+        status = handlers.connect.handler(connect_event(f"c{i}", who), LambdaContext())["statusCode"]
+        rt.service.disconnect(f"c{i}")
+        return int(status)
+
     # WHEN one more than the limit connect
-    statuses = [handlers.connect.handler(connect_event(f"c{i}", who), LambdaContext()) for i in range(limit + 1)]
+    statuses = [{"statusCode": connect_and_close(i)} for i in range(limit + 1)]
     # THEN the last is refused with 429 and not recorded
     assert [s["statusCode"] for s in statuses[:-1]] == [200] * limit
     assert statuses[-1]["statusCode"] == 429
@@ -209,11 +216,16 @@ def test_message_handler_enforces_token_expiry(rt: Runtime) -> None:
 def test_room_message_through_handlers(rt: Runtime) -> None:
     open_connection(rt, "a")
     open_connection(rt, "b", identity("user-b"))
-    send(rt, "a", {"action": "joinRoom", "room": "desk"})
+    member_id = send(rt, "a", {"action": "joinRoom", "room": "desk"})["payload"]["member_id"]
     send(rt, "b", {"action": "joinRoom", "room": "desk"})
     send(rt, "a", {"action": "sendRoomMessage", "room": "desk", "message": "hi"}, route_key="sendRoomMessage")
     message = rt.gateway.messages("b")[-1]
-    assert (message["message_type"], message["source"], message["payload"]["message"]) == ("room_message", "a", "hi")
+    # The runtime wires the member pseudonyms: the sender appears by its member id, not its connection id
+    assert (message["message_type"], message["source"], message["payload"]["message"]) == (
+        "room_message",
+        member_id,
+        "hi",
+    )
 
 
 # ---------------------------------------------------------------- $disconnect

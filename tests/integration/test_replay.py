@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import Session, SessionTokens
+from quanttrade_ws.config import Limits
 from tests.conftest import Wired
 from tests.integration import events_builder as eb
 from tests.integration.test_fanout import AAPL, MSFT, data, seqs, subscribe
@@ -349,3 +350,55 @@ def rewire_history(wired: Wired, aws: dict[str, Any]):
         return other
 
     return make
+
+
+# ---------------------------------------------------------------- what one resume may cost
+
+
+def test_resume_replays_only_streams_the_session_held(wired: Wired, away):
+    # GIVEN the client held AAPL only, and MSFT and predictions moved on while it was away
+    publish(wired, *ticks(3, "MSFT"), eb.prediction("AAPL"))
+    wired.connect("new")
+    # WHEN it asks to replay AAPL, MSFT and AAPL predictions from the start
+    received = resume(wired, "new", away["token"], {STREAM: 2, "market_data:MSFT": 0, "predictions:AAPL": 0})
+    # THEN only AAPL is replayed; the others are refused without a message sent
+    assert [(m["stream"], m["seq"]) for m in received[:-1]] == [(STREAM, 3), (STREAM, 4), (STREAM, 5)]
+    streams = received[-1]["payload"]["streams"]
+    assert streams[STREAM]["recovered"] is True
+    for other in ("market_data:MSFT", "predictions:AAPL"):
+        assert streams[other] == {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
+
+
+def test_a_data_room_counts_as_holding_its_stream(wired: Wired):
+    # GIVEN a client that received MSFT through its data room, not a subscription, and went away
+    wired.connect("old")
+    token = hello(wired, "old")
+    assert wired.send("old", {"action": "joinRoom", "room": "market_data_MSFT"})["message_type"] == "join_room"
+    publish(wired, eb.market_data("MSFT"))
+    drop(wired, "old")
+    publish(wired, *ticks(2, "MSFT"))
+    # WHEN it resumes after MSFT seq 1
+    wired.connect("new")
+    received = resume(wired, "new", token, {"market_data:MSFT": 1})
+    # THEN the room's stream is replayed
+    assert [m["seq"] for m in received[:-1]] == [2, 3]
+
+
+def test_one_resume_replays_at_most_the_configured_number_of_messages(wired: Wired, rewire_history):
+    # GIVEN a resume budget of 5 messages, and a client on every symbol that missed 4 AAPL and 4 MSFT ticks
+    small = rewire_history(limits=Limits(resume_messages=5))
+    small.connect("old")
+    token = hello(small, "old")
+    subscribe(small, "old", {"stream_type": "market_data"})
+    drop(small, "old")
+    small.fanout.process_events(eb.records(*ticks(4, "AAPL"), *ticks(4, "MSFT")))
+    # WHEN it resumes both from the start
+    small.connect("new")
+    received = resume(small, "new", token, {STREAM: 0, "market_data:MSFT": 0})
+    # THEN 5 messages are replayed in all, and the resume says it did not recover everything
+    replayed = received[:-1]
+    assert len(replayed) == 5
+    payload = received[-1]["payload"]
+    assert payload["recovered"] is False
+    assert payload["streams"][STREAM]["replayed"] + payload["streams"]["market_data:MSFT"]["replayed"] == 5
+    assert small.send("new", {"action": "hello"})["payload"]["limits"]["max_resume_messages"] == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ def count_item(wired: Wired, room: str) -> int:
     return int(item["member_count"]["N"]) if item else 0
 
 
+def member_id(wired: Wired, room: str, user_id: str) -> str:
+    return wired.service.member_aliases.of(room, user_id)
+
+
 def with_limits(settings: Settings, aws: dict[str, Any], **limits: Any) -> Wired:
     """A wired service with its own limits (the shared fixture uses the defaults)."""
     settings = settings.model_copy(update={"limits": Limits(**limits)})
@@ -73,9 +78,9 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
         [notice] = received(wired, cid)[seen:]
         assert notice["message_type"] == "join_room"
         assert notice["room"] == "lobby"
-        assert notice["source"] == "c"
-        assert notice["payload"]["client_id"] == "c"
-        assert notice["payload"]["user_id"] == "user-c"
+        # ... by the joiner's pseudonymous id in this room: never its user id or connection id
+        assert notice["source"] == member_id(wired, "lobby", "user-c")
+        assert notice["payload"] == {"member_id": member_id(wired, "lobby", "user-c")}
         assert "request_id" not in notice
     # AND the joiner got no notice about itself
     assert [m["message_type"] for m in received(wired, "c")] == ["join_room"]
@@ -85,7 +90,7 @@ def test_join_replies_to_the_joiner_and_notifies_the_others(wired: Wired) -> Non
 
 def test_joining_twice_is_idempotent(wired: Wired) -> None:
     wired.connect("a")
-    wired.connect("b")
+    wired.connect("b", user_id="user-b")
     wired.send("a", {"action": "joinRoom", "room": "lobby"})
     wired.send("b", {"action": "joinRoom", "room": "lobby"})
     seen_by_a = len(received(wired, "a"))
@@ -113,8 +118,8 @@ def test_leave_replies_and_notifies_the_remaining_members(wired: Wired) -> None:
     assert reply["payload"]["success"] is True
     [notice] = received(wired, "a")[seen_by_a:]
     assert notice["message_type"] == "leave_room"
-    assert notice["payload"]["client_id"] == "b"
-    assert notice["source"] == "b"
+    assert notice["payload"] == {"member_id": member_id(wired, "lobby", "user-b")}
+    assert notice["source"] == member_id(wired, "lobby", "user-b")
     assert notice["room"] == "lobby"
     # AND the membership, the room count and the connection's count all drop
     assert wired.store.room_members("lobby") == ["a"]
@@ -154,7 +159,8 @@ def test_room_message_reaches_every_member_including_the_sender(wired: Wired) ->
         [message] = received(wired, cid)[before[cid] :]
         assert message["message_type"] == "room_message"
         assert message["payload"]["message"] == "buy the dip"
-        assert message["source"] == "a"
+        assert message["source"] == member_id(wired, "desk", "user-a")
+        assert message["payload"]["member_id"] == member_id(wired, "desk", "user-a")
         assert message["room"] == "desk"
     # AND the sender's copy echoes its request id
     assert reply["request_id"] == "m1"
@@ -226,7 +232,7 @@ def test_room_message_to_a_member_that_is_gone_removes_it(wired: Wired) -> None:
 def test_room_full(settings: Settings, aws: dict[str, Any]) -> None:
     wired = with_limits(settings, aws, clients_per_room=2)
     for cid in ("a", "b", "c"):
-        wired.connect(cid)
+        wired.connect(cid, user_id=f"user-{cid}")
     wired.send("a", {"action": "joinRoom", "room": "small"})
     wired.send("b", {"action": "joinRoom", "room": "small"})
     # WHEN a third joins a room of capacity 2, THEN ROOM_FULL and nothing changes
@@ -248,8 +254,8 @@ def test_default_capacity_is_a_thousand_clients(wired: Wired) -> None:
         TableName=wired.settings.rooms_table,
         Item={"room": {"S": "arena"}, "member_id": {"S": ROOM_META}, "member_count": {"N": "999"}},
     )
-    wired.connect("a")
-    wired.connect("b")
+    wired.connect("a", user_id="user-a")
+    wired.connect("b", user_id="user-b")
     # THEN the 1000th joins and the 1001st gets ROOM_FULL
     assert wired.send("a", {"action": "joinRoom", "room": "arena"})["message_type"] == "join_room"
     assert error_code(wired.send("b", {"action": "joinRoom", "room": "arena"})) == "ROOM_FULL"
@@ -262,6 +268,7 @@ def test_room_limit_per_client(wired: Wired) -> None:
     wired.connect("a")
     for i in range(limit):
         assert wired.send("a", {"action": "joinRoom", "room": f"room-{i}"})["message_type"] == "join_room"
+        wired.clock.advance(1)  # joins weigh 10 against the rate budget, which is not under test here
     # WHEN an eleventh room is joined, THEN ROOM_LIMIT, and the room gains no member
     reply = wired.send("a", {"action": "joinRoom", "room": "one-too-many"})
     assert error_code(reply) == "ROOM_LIMIT"
@@ -284,7 +291,22 @@ def test_room_limit_is_configurable(settings: Settings, aws: dict[str, Any]) -> 
 # ---------------------------------------------------------------- names and permissions
 
 
-INVALID_ROOM_NAMES = ["", "has space", "slash/room", "r" * 65, "caf\u00e9", "semi;colon", "tab\t", "*", "#meta"]
+INVALID_ROOM_NAMES = [
+    "",
+    "has space",
+    "slash/room",
+    "r" * 65,
+    "caf\u00e9",
+    "semi;colon",
+    "tab\t",
+    "*",
+    "#meta",
+    "desk\n",  # `$` in a `match` pattern would let a trailing newline through
+    "Market_Data_AAPL",  # a look-alike of a data room: data rooms have one spelling
+    "market_data_aapl",
+    "ALERTS",
+    "predictions_",
+]
 
 
 @pytest.mark.parametrize("action", ["joinRoom", "leaveRoom", "sendRoomMessage"])
@@ -297,10 +319,11 @@ def test_invalid_room_names(wired: Wired, action: str) -> None:
             frame["message"] = "hi"
         # THEN each is INVALID_ROOM and creates nothing
         assert error_code(wired.send("a", frame)) == "INVALID_ROOM", room
+        wired.clock.advance(1)  # room actions weigh 10 against the rate budget, which is not under test here
     assert wired.store.rooms_of("a") == []
 
 
-@pytest.mark.parametrize("room", ["a", "A-z_0.9:x", "r" * 64, "market_data", "admin", "alerts_x"])
+@pytest.mark.parametrize("room", ["a", "A-z_0.9:x", "r" * 64, "market_data", "administrator", "alerts_x", "systems"])
 def test_valid_room_names(wired: Wired, room: str) -> None:
     wired.connect("a", permissions=MEMBER)
     assert wired.send("a", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
@@ -325,6 +348,23 @@ def test_data_and_admin_rooms_need_their_permission(wired: Wired, room: str, per
     assert wired.store.room_members(room) == []
     # AND a client with the permission joins
     assert wired.send("reader", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+
+
+@pytest.mark.parametrize(
+    "room", ["admin", "ADMIN", "Admin.ops", "ADMIN.x", "admin.ops", "system", "System", "system.x"]
+)
+def test_reserved_names_and_prefixes_need_admin_whatever_their_case(wired: Wired, room: str) -> None:
+    # GIVEN a member who may join and send, but is not an admin, and an admin
+    wired.connect("plain", user_id="plain", permissions=MEMBER)
+    wired.connect("root", user_id="root", permissions=("admin",))
+    # WHEN the member joins or writes to a reserved name in any case
+    # THEN FORBIDDEN, and nothing is created
+    assert error_code(wired.send("plain", {"action": "joinRoom", "room": room})) == "FORBIDDEN"
+    reply = wired.send("plain", {"action": "sendRoomMessage", "room": room, "message": "hi"})
+    assert error_code(reply) == "FORBIDDEN"
+    assert wired.store.room_members(room) == []
+    # AND the admin may join it
+    assert wired.send("root", {"action": "joinRoom", "room": room})["message_type"] == "join_room"
 
 
 def test_admin_may_join_every_room(wired: Wired) -> None:
@@ -441,18 +481,18 @@ def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
     # GIVEN ten members of a room for fifteen, five of whom leave while five others join, all at once
     wired = with_limits(settings, aws, clients_per_room=15)
     for i in range(15):
-        wired.connect(f"c{i:02d}")
+        wired.connect(f"c{i:02d}", user_id=f"u{i}")
     for i in range(10):
-        wired.store.join_room("mixed", f"c{i:02d}", "u", 15, 10)
+        wired.store.join_room("mixed", f"c{i:02d}", f"u{i}", 15, 10)
 
-    def move(i: int) -> bool | Outcome:
+    def move(i: int) -> Outcome | None:
         if i < 5:
             return wired.store.leave_room("mixed", f"c{i:02d}")
-        return wired.store.join_room("mixed", f"c{i + 5:02d}", "u", 15, 10)
+        return wired.store.join_room("mixed", f"c{i + 5:02d}", f"u{i + 5}", 15, 10)
 
     results = _race(10, move)
     # THEN every change went through (capacity 15 leaves room for all joins before any leave)
-    assert results == [True] * 5 + [Outcome.DONE] * 5
+    assert results == [Outcome.DONE] * 10
     # AND the count item equals the members: 10 - 5 + 5
     assert len(wired.store.room_members("mixed")) == 10
     assert count_item(wired, "mixed") == 10
@@ -465,3 +505,167 @@ def test_leaving_a_data_room_needs_no_permission(wired: Wired) -> None:
     # WHEN it leaves the room, THEN it may: leaving only ever reduces what it receives
     assert wired.send("a", {"action": "leaveRoom", "room": "market_data_AAPL"})["message_type"] == "leave_room"
     assert wired.store.room_members("market_data_AAPL") == []
+
+
+# ---------------------------------------------------------------- what one frame may cost
+
+
+def presence_notices(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Join and leave notices about others (answers to the member's own requests carry `success`)."""
+    return [
+        m
+        for m in received(wired, connection_id)
+        if m["message_type"] in ("join_room", "leave_room") and "success" not in m["payload"]
+    ]
+
+
+def test_data_rooms_announce_no_joins_or_leaves(wired: Wired) -> None:
+    # GIVEN a member of a data room
+    wired.connect("a", user_id="user-a")
+    wired.connect("b", user_id="user-b")
+    wired.send("a", {"action": "joinRoom", "room": "market_data_AAPL"})
+    # WHEN someone else joins and leaves it
+    assert (
+        wired.send("b", {"action": "joinRoom", "room": "market_data_AAPL", "request_id": "j"})["message_type"]
+        == "join_room"
+    )
+    assert (
+        wired.send("b", {"action": "leaveRoom", "room": "market_data_AAPL", "request_id": "l"})["message_type"]
+        == "leave_room"
+    )
+    # THEN the member hears of neither
+    assert presence_notices(wired, "a") == []
+
+
+def test_rooms_above_the_presence_threshold_announce_no_joins_or_leaves(
+    settings: Settings, aws: dict[str, Any]
+) -> None:
+    # GIVEN presence announced up to 2 members, and a room with 2
+    wired = with_limits(settings, aws, presence_max_members=2)
+    for cid in ("a", "b", "c"):
+        wired.connect(cid, user_id=f"user-{cid}")
+    wired.send("a", {"action": "joinRoom", "room": "busy"})
+    wired.send("b", {"action": "joinRoom", "room": "busy"})
+    assert len(presence_notices(wired, "a")) == 1  # b's join, while the room was small
+    # WHEN a third joins (the room is above the threshold) and leaves again
+    wired.send("c", {"action": "joinRoom", "room": "busy"})
+    wired.send("c", {"action": "leaveRoom", "room": "busy"})
+    # THEN nobody is told of either
+    assert len(presence_notices(wired, "a")) == 1
+    assert presence_notices(wired, "b") == []
+
+
+def test_room_messages_are_limited_per_user_and_room(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN 3 room messages per minute, and a user on two connections in two rooms
+    wired = with_limits(settings, aws, room_messages_per_minute=3)
+    wired.connect("web", user_id="chatty")
+    wired.connect("bot", user_id="chatty")
+    wired.connect("reader", user_id="quiet")
+    for cid in ("web", "bot", "reader"):
+        wired.send(cid, {"action": "joinRoom", "room": "desk"})
+    wired.send("web", {"action": "joinRoom", "room": "other"})
+    heard = len(received(wired, "reader"))
+    # WHEN the user sends 3 messages to desk from one connection, then one more from the other
+    for i in range(3):
+        assert (
+            wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": f"m{i}"})["message_type"]
+            == "room_message"
+        )
+    reply = wired.send(
+        "bot", {"action": "sendRoomMessage", "room": "desk", "message": "one too many", "request_id": "x"}
+    )
+    # THEN the fourth is refused with RATE_LIMIT and reaches nobody
+    assert error_code(reply) == "RATE_LIMIT"
+    assert reply["request_id"] == "x"
+    assert len(received(wired, "reader")) == heard + 3
+    # AND another room has its own allowance
+    assert (
+        wired.send("web", {"action": "sendRoomMessage", "room": "other", "message": "hi"})["message_type"]
+        == "room_message"
+    )
+    # AND the window slides (refused attempts count too): in the next minute the earlier ones still weigh,
+    # two minutes on they do not
+    wired.clock.advance(70)
+    assert (
+        error_code(wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": "still?"}))
+        == "RATE_LIMIT"
+    )
+    wired.clock.advance(60)
+    assert (
+        wired.send("web", {"action": "sendRoomMessage", "room": "desk", "message": "ok"})["message_type"]
+        == "room_message"
+    )
+
+
+# ---------------------------------------------------------------- data rooms and identities
+
+
+@pytest.mark.parametrize("room", ["alerts", "market_data_AAPL", "predictions_TSLA"])
+def test_nobody_may_post_into_a_data_room(wired: Wired, room: str) -> None:
+    # GIVEN two members of a data room, one of them an admin
+    wired.connect("user", user_id="user-u")
+    wired.connect("root", user_id="root", permissions=("admin",))
+    for cid in ("user", "root"):
+        assert wired.send(cid, {"action": "joinRoom", "room": room})["message_type"] == "join_room"
+    before = len(received(wired, "root"))
+    # WHEN either sends a room message into it
+    for cid in ("user", "root"):
+        reply = wired.send(cid, {"action": "sendRoomMessage", "room": room, "message": "CRITICAL: halted, sell now"})
+        # THEN FORBIDDEN, and no member gets anything
+        assert error_code(reply) == "FORBIDDEN"
+    assert [m["message_type"] for m in received(wired, "root")[before:]] == ["error"]
+
+
+def test_room_traffic_names_members_by_a_pseudonym_per_room(wired: Wired) -> None:
+    # GIVEN a user whose subject is an e-mail address, and a watcher, in two rooms
+    wired.connect("alice-conn", user_id="alice@example.com")
+    wired.connect("watcher", user_id="watcher")
+    for room in ("desk", "lobby"):
+        wired.send("watcher", {"action": "joinRoom", "room": room})
+    # WHEN she joins both and speaks in both
+    replies = {room: wired.send("alice-conn", {"action": "joinRoom", "room": room}) for room in ("desk", "lobby")}
+    for room in ("desk", "lobby"):
+        wired.send("alice-conn", {"action": "sendRoomMessage", "room": room, "message": "hi"})
+    seen = [json.dumps(m) for m in received(wired, "watcher")]
+    # THEN nothing the watcher received carries her subject or her connection id
+    assert seen and not [m for m in seen if "alice@example.com" in m or "alice-conn" in m]
+    # AND she appears under one id per room, different between rooms, which her join reply tells her
+    ids = {room: replies[room]["payload"]["member_id"] for room in ("desk", "lobby")}
+    assert ids["desk"] != ids["lobby"]
+    for room in ("desk", "lobby"):
+        from_her = [m for m in received(wired, "watcher") if m["room"] == room and m["message_type"] != "join_room"]
+        notices = [m for m in received(wired, "watcher") if m["room"] == room and "success" not in m["payload"]]
+        assert {m["source"] for m in from_her + notices} == {ids[room]}
+
+
+# ---------------------------------------------------------------- one seat per user
+
+
+def test_a_user_holds_one_seat_in_a_room_whatever_their_connections(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN a room for 2, and a user on three connections
+    wired = with_limits(settings, aws, clients_per_room=2)
+    for cid in ("web", "mobile", "bot"):
+        wired.connect(cid, user_id="hog")
+    wired.connect("other", user_id="other")
+    wired.connect("third", user_id="third")
+    # WHEN all three of the user's connections join
+    replies = [wired.send(cid, {"action": "joinRoom", "room": "small"}) for cid in ("web", "mobile", "bot")]
+    # THEN all are in, on one seat, under one member id
+    assert [r["message_type"] for r in replies] == ["join_room"] * 3
+    assert len({r["payload"]["member_id"] for r in replies}) == 1
+    assert count_item(wired, "small") == 1
+    assert sorted(wired.store.room_members("small")) == ["bot", "mobile", "web"]
+    # AND another user still gets the second seat, and only then is the room full
+    assert wired.send("other", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
+    assert error_code(wired.send("third", {"action": "joinRoom", "room": "small"})) == "ROOM_FULL"
+    heard = len(presence_notices(wired, "other"))
+    # WHEN two of the user's connections leave, THEN the seat stays, and nobody is told the user left
+    for cid in ("web", "mobile"):
+        assert wired.send(cid, {"action": "leaveRoom", "room": "small"})["message_type"] == "leave_room"
+    assert count_item(wired, "small") == 2
+    assert len(presence_notices(wired, "other")) == heard
+    # WHEN the last one goes (by disconnecting), THEN the seat is free for someone else
+    wired.service.disconnect("bot")
+    assert count_item(wired, "small") == 1
+    assert wired.send("third", {"action": "joinRoom", "room": "small"})["message_type"] == "join_room"
+    assert connection_of(wired, "web").room_count == 0

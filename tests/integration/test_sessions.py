@@ -143,6 +143,33 @@ def test_an_expired_session_sending_a_malformed_frame_is_closed(real_time: Wired
     assert wired.gateway.closed == ["c1"]
 
 
+@pytest.mark.parametrize("token", ["not-a-jwt", "expired", "other-user"])
+def test_a_failed_refresh_after_expiry_closes_the_connection(real_time: Wired, token: str) -> None:
+    wired = real_time
+    # GIVEN a subscribed connection whose token expired
+    wired.connect("c1", expires_in=30)
+    wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.clock.now += 60
+    # WHEN it sends a refresh that fails
+    tokens = {
+        "not-a-jwt": "not-a-jwt",
+        "expired": wired.token(expires_in=-60),
+        "other-user": wired.token("mallory", expires_in=3600),
+    }
+    reply = wired.send("c1", {"action": "refresh", "token": tokens[token], "request_id": "r"})
+    # THEN AUTH_FAILED with its request id, and the connection is closed: it cannot keep itself open with bad refreshes
+    assert_auth_failed(reply)
+    assert reply["request_id"] == "r"
+    assert wired.gateway.closed == ["c1"]
+
+
+def test_a_failed_refresh_before_expiry_keeps_the_connection(real_time: Wired) -> None:
+    wired = real_time
+    wired.connect("c1", expires_in=30)
+    assert_auth_failed(wired.send("c1", {"action": "refresh", "token": "not-a-jwt"}))
+    assert wired.gateway.closed == []
+
+
 def test_refresh_with_another_users_token_fails(real_time: Wired) -> None:
     wired = real_time
     wired.connect("c1", user_id="alice", expires_in=30)
@@ -343,6 +370,35 @@ def test_resume_reattaches_only_what_the_new_token_permits(wired: Wired) -> None
     assert wired.store.rooms_of("new") == ["lobby"]
     assert reply["payload"]["rooms"] == ["lobby"]
     assert reply["payload"]["subscriptions"] == ["alerts:*"]
+    assert sorted(reply["payload"]["dropped"]) == ["predictions:*", "predictions_AAPL"]
+
+
+def test_resume_without_rooms_join_restores_no_room(wired: Wired) -> None:
+    # GIVEN a session in a chat room and a data room, with a subscription
+    wired.connect("old")
+    wired.connect("peer", user_id="user-2")
+    token = hello(wired, "old")
+    wired.send("old", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.send("old", {"action": "joinRoom", "room": "desk"})
+    wired.send("old", {"action": "joinRoom", "room": "alerts"})
+    wired.send("peer", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("old")
+    # WHEN the client comes back with a token that may read alerts but no longer join rooms
+    wired.connect("new", permissions=("read:alerts",))
+    assert error_code_of(wired.send("new", {"action": "joinRoom", "room": "desk"})) == "FORBIDDEN"
+    reply = resume(wired, "new", token)
+    # THEN resume restores the subscription but no room (joinRoom would refuse both), and says which it dropped
+    assert reply["payload"]["subscriptions"] == ["alerts:*"]
+    assert reply["payload"]["rooms"] == []
+    assert sorted(reply["payload"]["dropped"]) == ["alerts", "desk"]
+    assert wired.store.rooms_of("new") == []
+    # AND it does not read the room
+    wired.send("peer", {"action": "sendRoomMessage", "room": "desk", "message": "private"})
+    assert all(m["message_type"] != "room_message" for m in received(wired, "new"))
+
+
+def error_code_of(message: dict[str, Any]) -> str | None:
+    return message["payload"].get("error_code") if message["message_type"] == "error" else None
 
 
 # ---------------------------------------------------------------- refresh: downgrades stick
@@ -377,6 +433,31 @@ def test_an_upgrade_or_a_same_level_refresh_drops_nothing(real_time: Wired) -> N
     reply = wired.send("c1", {"action": "refresh", "token": wired.token(subscription_level="free")})
     assert reply["payload"]["dropped"] == []
     assert connection_of(wired, "c1").subscription_count == 5
+
+
+def test_a_downgrade_trims_by_what_each_subscription_costs_and_the_counter_stays_true(real_time: Wired) -> None:
+    wired = real_time
+    # GIVEN a premium connection holding 14 units: a wildcard over market data (10), three single
+    # subscriptions (1 each) and a data room (1)
+    wired.connect("c1", level="premium")
+    streams = [
+        {"stream_type": "alerts"},
+        {"stream_type": "market_data"},
+        {"stream_type": "predictions", "symbol": "AAPL"},
+        {"stream_type": "predictions", "symbol": "MSFT"},
+    ]
+    assert wired.send("c1", {"action": "subscribe", "streams": streams})["message_type"] == "subscribe"
+    wired.clock.advance(1)  # a new rate-budget second: the budget is not what this tests
+    assert wired.send("c1", {"action": "joinRoom", "room": "alerts"})["message_type"] == "join_room"
+    assert connection_of(wired, "c1").subscription_count == 14
+    # WHEN it refreshes with a free token (limit 5)
+    reply = wired.send("c1", {"action": "refresh", "token": wired.token(subscription_level="free")})
+    # THEN subscriptions go, last in key order first, until what is left fits: the wildcard gives back 10
+    assert reply["payload"]["dropped"] == ["predictions:MSFT", "predictions:AAPL", "market_data:*"]
+    assert [s.stream_key for s in wired.store.subscriptions_of("c1")] == ["alerts:*"]
+    assert wired.store.rooms_of("c1") == ["alerts"]
+    # AND the counter equals what is held: one subscription and one data room
+    assert connection_of(wired, "c1").subscription_count == 2
 
 
 def test_refresh_with_a_token_older_than_the_current_one_is_refused(real_time: Wired) -> None:

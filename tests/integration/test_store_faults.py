@@ -27,7 +27,9 @@ from botocore.config import Config
 from botocore.parsers import create_parser
 
 from quanttrade_ws.config import Settings
-from quanttrade_ws.store import ROOM_META
+from quanttrade_ws.protocol import subscription_cost
+from quanttrade_ws.rooms import RoomKind, room_kind
+from quanttrade_ws.store import CONDITION_FAILED, ROOM_META, SEAT_PREFIX, Outcome
 from tests.conftest import Clock, Wired
 from tests.provision import provision
 
@@ -114,20 +116,31 @@ def items(wired: Wired, table: str) -> list[dict[str, Any]]:
 
 
 def assert_counters_equal_rows(wired: Wired) -> None:
-    """Every connection's sub_count and room_count, and every room's member_count, equal the rows they count."""
+    """Every connection's sub_count (subscriptions by their cost, data rooms 1 each) and room_count, every
+    room's member_count (one per user's seat), and every seat's connections equal the rows they count."""
     settings = wired.settings
     subscriptions = items(wired, settings.subscriptions_table)
     room_rows = items(wired, settings.rooms_table)
-    members = [row for row in room_rows if row["member_id"]["S"] != ROOM_META]
+    members = [row for row in room_rows if not row["member_id"]["S"].startswith((ROOM_META, SEAT_PREFIX))]
+    seats = [row for row in room_rows if row["member_id"]["S"].startswith(SEAT_PREFIX)]
     for row in items(wired, settings.connections_table):
         if row.get("kind", {}).get("S") != "connection":
             continue
         cid = row["pk"]["S"]
-        assert int(row["sub_count"]["N"]) == sum(s["connection_id"]["S"] == cid for s in subscriptions), cid
+        subscribed = sum(
+            subscription_cost(s["stream_key"]["S"]) for s in subscriptions if s["connection_id"]["S"] == cid
+        )
+        data_rooms = sum(m["connection_id"]["S"] == cid and room_kind(m["room"]["S"]) is RoomKind.DATA for m in members)
+        assert int(row["sub_count"]["N"]) == subscribed + data_rooms, cid
         assert int(row["room_count"]["N"]) == sum(m["connection_id"]["S"] == cid for m in members), cid
     for meta in (row for row in room_rows if row["member_id"]["S"] == ROOM_META):
         room = meta["room"]["S"]
-        assert int(meta["member_count"]["N"]) == sum(m["room"]["S"] == room for m in members), room
+        assert int(meta["member_count"]["N"]) == sum(seat["room"]["S"] == room for seat in seats), room
+    for seat in seats:
+        holders = {
+            m["connection_id"]["S"] for m in members if (m["room"], m["user_id"]) == (seat["room"], seat["user_id"])
+        }
+        assert set(seat["conns"]["SS"]) == holders, seat
 
 
 def subscribe(*symbols: str) -> dict[str, Any]:
@@ -297,6 +310,7 @@ def test_mixed_actions_under_random_conflicts_give_no_false_limits_and_no_drift(
     with inject(wired).always(sometimes) as faults:
         # WHEN the clients subscribe, unsubscribe, join and leave within their limits, in rounds
         for round_ in range(4):
+            wired.clock.advance(1)  # a new rate-budget second per round: actions cost 10, the budget is not tested
             for i, cid in enumerate(clients):
                 symbols = [f"S{(i + round_ + k) % 8}" for k in range(3)]
                 room = f"room{(i + round_) % 3}"
@@ -339,3 +353,67 @@ def test_the_minimum_interval_is_accepted_and_stored(wired: Wired) -> None:
     reply = wired.send("c1", {"action": "subscribe", "streams": [{"stream_type": "alerts", "interval": 0.001}]})
     assert reply["message_type"] == "subscribe", reply
     assert [s.interval for s in wired.store.subscriptions_of("c1")] == [0.001]
+
+
+# ---------------------------------------------------------------- seats: one transaction shape per seat state
+
+
+def test_a_seat_condition_failing_under_a_join_moves_it_to_the_next_shape_not_to_a_limit(wired: Wired) -> None:
+    # GIVEN a client, and DynamoDB answering its first join that the seat's condition failed (index 1 of the
+    # new-seat shape, as when another connection of the user took the seat a moment before)
+    wired.connect("a")
+    with inject(wired).next(1, lambda _: cancelled("None", CONDITION_FAILED, "None", "None")) as faults:
+        # WHEN it joins
+        reply = wired.send("a", {"action": "joinRoom", "room": "desk"})
+    # THEN it tried the shared-seat shape (refused for real: there is no seat), then a new seat again, and is in
+    assert reply["message_type"] == "join_room", reply
+    assert (faults.injected, faults.passed) == (1, 2)
+    assert wired.store.room_members("desk") == ["a"]
+    assert wired.store.room_size("desk") == 1
+    assert_counters_equal_rows(wired)
+
+
+def test_a_conflict_while_joining_a_users_seat_is_retried_and_the_seat_shared(wired: Wired) -> None:
+    # GIVEN a user in a room through one connection, and a second connection of theirs
+    wired.connect("a1")
+    wired.connect("a2")
+    assert wired.store.join_room("desk", "a1", "user-1", capacity=10, room_limit=10) is Outcome.DONE
+    # WHEN the second joins, and its shared-seat transaction (after the new-seat one failed for real) conflicts
+    with inject(wired).next(1, lambda _: None).next(1, lambda _: cancelled("None", "TransactionConflict", "None")):
+        outcome = wired.store.join_room("desk", "a2", "user-1", capacity=10, room_limit=10)
+    # THEN it shares the seat: two members, one place taken
+    assert outcome is Outcome.SHARED
+    assert sorted(wired.store.room_members("desk")) == ["a1", "a2"]
+    assert wired.store.room_size("desk") == 1
+    assert_counters_equal_rows(wired)
+
+
+def test_a_conflict_while_leaving_a_shared_seat_is_retried_and_the_seat_kept(wired: Wired) -> None:
+    # GIVEN a user in a room through two connections
+    for cid in ("a1", "a2"):
+        wired.connect(cid)
+        wired.store.join_room("desk", cid, "user-1", capacity=10, room_limit=10)
+    # WHEN one leaves: the last-connection shape fails on the seat for real, the shared one conflicts once
+    with inject(wired).next(1, lambda _: None).next(1, lambda _: cancelled("None", "TransactionConflict", "None")):
+        outcome = wired.store.leave_room("desk", "a1")
+    # THEN the other connection keeps the seat, and every count equals its rows
+    assert outcome is Outcome.SHARED
+    assert wired.store.room_members("desk") == ["a2"]
+    assert wired.store.room_size("desk") == 1
+    assert_counters_equal_rows(wired)
+
+
+def test_leaving_once_the_connection_row_is_gone_still_frees_the_seat(wired: Wired) -> None:
+    # GIVEN two users in a data room, and the row of one's connection gone (its counters with it)
+    wired.connect("a")
+    wired.connect("b", user_id="user-2")
+    for cid in ("a", "b"):
+        assert wired.send(cid, {"action": "joinRoom", "room": "alerts"})["message_type"] == "join_room"
+    wired.store._raw.delete_item(TableName=wired.settings.connections_table, Key={"pk": {"S": "a"}})
+    # WHEN that connection leaves
+    outcome = wired.store.leave_room("alerts", "a", subscription=True)
+    # THEN the membership and the seat go without the counters, and the room has one place more
+    assert outcome is Outcome.DONE
+    assert wired.store.room_members("alerts") == ["b"]
+    assert wired.store.room_size("alerts") == 1
+    assert_counters_equal_rows(wired)

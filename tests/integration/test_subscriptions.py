@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.models import Connection
-from quanttrade_ws.protocol import MessageType, ServerMessage, StreamType
+from quanttrade_ws.protocol import WILDCARD_SUBSCRIPTION_COST, MessageType, ServerMessage, StreamType
 from tests.conftest import Wired
 
 
@@ -261,3 +261,84 @@ def test_subscriptions_belong_to_their_connection(wired: Wired) -> None:
     wired.send("b", subscribe({"stream_type": "alerts"}))
     wired.send("a", {"action": "unsubscribe", "streams": [{"stream_type": "alerts"}]})
     assert [s.connection_id for s in wired.store.subscribers("alerts:*")] == ["b"]
+
+
+def test_a_stream_named_many_times_in_one_frame_is_processed_once(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a connection, and a count of the subscription writes the store makes
+    wired.connect("c1", level="free")
+    writes: list[str] = []
+    add, remove = wired.store.add_subscription, wired.store.remove_subscription
+    monkeypatch.setattr(
+        wired.store, "add_subscription", lambda s, *a, **k: writes.append(s.stream_key) or add(s, *a, **k)
+    )
+    monkeypatch.setattr(
+        wired.store, "remove_subscription", lambda key, *a, **k: writes.append(key) or remove(key, *a, **k)
+    )
+    aapl = [{"stream_type": "market_data", "symbol": symbol} for symbol in ("AAPL", "aapl") * 25]
+    # WHEN one subscribe names AAPL 50 times (in two spellings of one key), the last time with an interval
+    aapl[-1] = {**aapl[-1], "interval": 5}
+    reply = wired.send("c1", subscribe(*aapl))
+    # THEN it is written once, counts once, answers once, and keeps the last spelling's interval
+    assert writes == ["market_data:AAPL"]
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]
+    assert sub_count(wired, "c1") == 1
+    assert [s.interval for s in wired.store.subscribers("market_data:AAPL")] == [5]
+    # AND one unsubscribe naming it 50 times removes it once
+    writes.clear()
+    reply = wired.send("c1", {"action": "unsubscribe", "streams": aapl})
+    assert writes == ["market_data:AAPL"]
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]
+
+
+# ---------------------------------------------------------------- the level's budget covers data rooms and wildcards
+
+
+def test_data_rooms_count_toward_the_subscription_limit(wired: Wired) -> None:
+    # GIVEN a free user (5 subscriptions) with 4 symbol subscriptions
+    wired.connect("c1", level="free")
+    symbols = [{"stream_type": "market_data", "symbol": s} for s in ("A", "B", "C", "D")]
+    assert wired.send("c1", subscribe(*symbols))["message_type"] == "subscribe"
+    # WHEN it joins one data room, THEN that is its fifth subscription
+    assert wired.send("c1", {"action": "joinRoom", "room": "market_data_AAPL"})["message_type"] == "join_room"
+    assert sub_count(wired, "c1") == 5
+    # AND a second data room is over the limit, and so is another subscription; neither is added
+    wired.clock.advance(1)
+    reply = wired.send("c1", {"action": "joinRoom", "room": "predictions_MSFT", "request_id": "j"})
+    assert error_code(reply) == "SUBSCRIPTION_LIMIT"
+    assert reply["request_id"] == "j"
+    assert error_code(wired.send("c1", subscribe({"stream_type": "alerts"}))) == "SUBSCRIPTION_LIMIT"
+    assert wired.store.rooms_of("c1") == ["market_data_AAPL"]
+    assert (connection_of(wired, "c1").room_count, sub_count(wired, "c1")) == (1, 5)
+    # AND a chat room does not count as a subscription
+    assert wired.send("c1", {"action": "joinRoom", "room": "lobby"})["message_type"] == "join_room"
+    # AND leaving the data room gives its place back
+    wired.clock.advance(1)
+    assert wired.send("c1", {"action": "leaveRoom", "room": "market_data_AAPL"})["message_type"] == "leave_room"
+    assert sub_count(wired, "c1") == 4
+    assert wired.send("c1", {"action": "joinRoom", "room": "predictions_MSFT"})["message_type"] == "join_room"
+
+
+def test_a_wildcard_over_a_per_symbol_feed_costs_a_block_of_symbols(wired: Wired) -> None:
+    # GIVEN a free user (5) and a basic user (20)
+    assert WILDCARD_SUBSCRIPTION_COST == 10
+    wired.connect("free", user_id="free-user", level="free")
+    wired.connect("basic", user_id="basic-user", level="basic")
+    every_symbol = {"stream_type": "market_data"}
+    # WHEN the free user asks for every market data symbol, THEN it is over its budget
+    assert error_code(wired.send("free", subscribe(every_symbol))) == "SUBSCRIPTION_LIMIT"
+    assert wired.store.subscriptions_of("free") == []
+    # ... while a type-level stream without symbols (alerts) is one subscription
+    assert wired.send("free", subscribe({"stream_type": "alerts"}))["message_type"] == "subscribe"
+    assert sub_count(wired, "free") == 1
+    # WHEN the basic user takes both per-symbol wildcards, THEN they use its 20, and nothing more fits
+    assert wired.send("basic", subscribe(every_symbol, {"stream_type": "predictions"}))["message_type"] == "subscribe"
+    assert sub_count(wired, "basic") == 20
+    assert error_code(wired.send("basic", subscribe({"stream_type": "alerts"}))) == "SUBSCRIPTION_LIMIT"
+    # AND unsubscribing a wildcard gives back all it took
+    assert wired.send("basic", {"action": "unsubscribe", "streams": [every_symbol]})["message_type"] == "unsubscribe"
+    assert sub_count(wired, "basic") == 10
+    # AND the limits a client is given say what a wildcard costs
+    limits = wired.send("basic", {"action": "hello"})["payload"]["limits"]
+    assert limits["wildcard_subscription_cost"] == WILDCARD_SUBSCRIPTION_COST

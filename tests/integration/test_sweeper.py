@@ -145,7 +145,7 @@ def test_the_sweep_asks_the_gateway_only_about_idle_connections(wired: Wired, mo
     wired.connect("idle")
     wired.send("idle", {"action": "hello"})  # leaves a session#... row
     pass_idle_timeout(wired)
-    wired.connect("active")  # leaves a user#... rate row too
+    wired.connect("active")  # leaves user#... and rate#... rows too
 
     # WHEN the sweeper runs
     removed = wired.service.sweep()
@@ -180,12 +180,12 @@ def test_sweeping_frees_the_room_place_a_vanished_member_held(settings: Settings
         wired.store._db,
         Clock(time.time()),
     )
-    small.connect("lost")
-    small.connect("live")
+    small.connect("lost", user_id="ghost")
+    small.connect("live", user_id="stayer")
     join(small, "lost", "desk")
     join(small, "live", "desk")
     vanish(small, "lost")
-    small.connect("newcomer")
+    small.connect("newcomer", user_id="newcomer")
     assert join(small, "newcomer", "desk")["payload"]["error_code"] == "ROOM_FULL"
     pass_idle_timeout(small)
 
@@ -396,7 +396,7 @@ def test_the_scheduled_sweeper_handler_removes_stale_rows_and_reports_the_count(
     wired.connect("left-behind")
     subscribe(wired, "left-behind", AAPL)
     join(wired, "left-behind", "desk")
-    wired.connect("idle-but-open")
+    wired.connect("idle-but-open", expires_in=2 * 3600)  # its token outlives the hour (an expired one is closed)
     vanish(wired, "left-behind")
     # ... the function's runtime on the same tables and gateway, with the real clock
     runtime = Runtime(wired.settings, dynamodb=aws["dynamodb"], gateway=wired.gateway)
@@ -421,3 +421,25 @@ def test_the_scheduled_sweeper_handler_removes_stale_rows_and_reports_the_count(
     assert owned_by(wired, "left-behind") == {}
     assert room_count(wired, "desk") == 0
     assert wired.store.get_connection("idle-but-open") is not None
+
+
+# ---------------------------------------------------------------- access-token expiry
+
+
+def test_a_live_connection_whose_token_expired_is_closed_by_the_next_sweep(wired: Wired) -> None:
+    # GIVEN a live, busy connection whose token expires in 8 s and one whose token is good for an hour
+    wired.connect("expiring", user_id="short-lived", expires_in=8)
+    wired.connect("valid", user_id="long-lived")
+    subscribe(wired, "expiring", AAPL)
+    # WHEN the token has expired, before the idle timeout, and without another frame, the sweeper runs
+    wired.clock.advance(9)
+    removed = wired.service.sweep()
+    # THEN the expired one is told and closed (its $disconnect removes its rows), and the other is left alone
+    assert removed == 1
+    assert wired.gateway.closed == ["expiring"]
+    [notice] = wired.gateway.messages("expiring")[-1:]
+    assert notice["payload"]["error_code"] == "AUTH_FAILED"
+    assert wired.store.get_connection("valid") is not None
+    # AND once API Gateway forgot it without a $disconnect, the next sweep removes what it owns
+    assert wired.service.sweep() == 1
+    assert owned_by(wired, "expiring") == {}

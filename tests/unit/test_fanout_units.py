@@ -45,9 +45,9 @@ class FakeStore:
         self.lookups[key] += 1
         return list(self.subscriptions[key])
 
-    def room_members(self, room: str) -> list[str]:
+    def room_audience(self, room: str) -> list[Subscription]:
         self.lookups[f"room:{room}"] += 1
-        return list(self.rooms[room])
+        return [Subscription(f"room:{room}", connection_id) for connection_id in self.rooms[room]]
 
     def sequence_event(self, stream: str, event_id: str, render: Callable[[int], str]) -> tuple[int, str, bool]:
         if event_id in self.broken_events:

@@ -56,7 +56,7 @@ API_GATEWAY_MAX_CONNECTION_SECONDS = 2 * 3600.0
 # The server's limits on one frame (quanttrade_ws.protocol: Subscribe.streams, Resume.last_seq).
 MAX_STREAMS_PER_SUBSCRIBE = 50
 MAX_RESUME_STREAMS = 100
-# Data rooms carry the events of one stream family (quanttrade_ws.service.DATA_ROOM_PREFIXES).
+# Data rooms carry the events of one stream family (quanttrade_ws.rooms.DATA_ROOM_PREFIXES).
 _DATA_ROOM_STREAMS = {"market_data_": "market_data:", "predictions_": "predictions:"}
 # A token provider that keeps failing is a configuration problem, not an outage.
 _MAX_AUTH_FAILURES = 3
@@ -75,6 +75,9 @@ class ResumeReport:
     session_resumed: bool
     recovered: bool
     streams: Mapping[str, Mapping[str, Any]]
+    # Subscription keys and rooms the session had that the server did not restore
+    # (the current token does not permit them, or a limit was reached).
+    dropped: tuple[str, ...] = ()
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -464,6 +467,7 @@ class QuantTradeClient:
             session_resumed=session_resumed,
             recovered=all(bool(result.get("recovered", True)) for result in streams.values()),
             streams=streams,
+            dropped=tuple(str(item) for item in reply.payload.get("dropped") or ()) if reply is not None else (),
         )
         if not self.last_resume.recovered:
             logger.warning("reconnected with a possible gap", extra={"streams": streams})

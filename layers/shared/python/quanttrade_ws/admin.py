@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from quanttrade_ws.protocol import ROOM_NAME_PATTERN
+from quanttrade_ws.rooms import ROOM_NAME_PATTERN
 from quanttrade_ws.store import DynamoStore
 
 
@@ -42,7 +42,7 @@ class AdminQueries:
         }
 
     def room_members(self, room: str) -> dict[str, Any]:
-        if not ROOM_NAME_PATTERN.match(room):
+        if not ROOM_NAME_PATTERN.fullmatch(room):
             raise NotFound(f"no room {room[:64]}")
         return {"room": room, "members": self.store.room_members(room)}
 

@@ -30,9 +30,14 @@ class Limits(BaseModel):
     subscriptions_premium: int = Field(50, ge=0)
     subscriptions_enterprise: int = Field(50, ge=0)
     room_message_bytes: int = Field(4096, ge=1)
+    # Rate budget per connection and second, in units of protocol.ACTION_COSTS (a ping is 1).
     messages_per_second: int = Field(100, ge=1)
     rate_limit_warnings: int = Field(3, ge=0)  # RATE_LIMIT replies before the connection is closed
-    connections_per_minute: int = Field(60, ge=1)
+    resume_messages: int = Field(5000, ge=1)  # messages one resume replays, over all its streams
+    room_messages_per_minute: int = Field(60, ge=1)  # per user and room, sliding window
+    presence_max_members: int = Field(100, ge=0)  # no join/leave notices in rooms with more members
+    connections_per_minute: int = Field(60, ge=1)  # new connections per user, sliding window
+    connections_per_user: int = Field(10, ge=1)  # open at once per user
     max_message_bytes: int = Field(128 * 1024, ge=1)
 
     def subscriptions_for(self, level: str) -> int:

@@ -204,19 +204,25 @@ class FanOut:
         keys = [detail.stream, type_key] if detail.symbol_key else [type_key]
         chosen: dict[str, None] = {}
         now = self._monotonic()
+        # API Gateway authorised only the handshake: a subscriber whose access token has
+        # expired gets nothing more (checked on every event, not when the audience was cached).
+        wall_clock = self.clock()
         for key in keys:
             subscriptions: list[Subscription] = self.audiences.get(key, lambda k=key: self.store.subscribers(k))
             for subscription in subscriptions:
-                if subscription.connection_id in chosen or not detail.passes(subscription.filters):
+                if subscription.connection_id in chosen or not subscription.live_at(wall_clock):
+                    continue
+                if not detail.passes(subscription.filters):
                     continue
                 if subscription.interval and not self._interval_due(subscription, now):
                     continue
                 chosen[subscription.connection_id] = None
         room = detail.data_room
         if room:
-            members: list[str] = self.audiences.get(f"room:{room}", lambda: self.store.room_members(room))
-            for connection_id in members:
-                chosen.setdefault(connection_id, None)
+            members: list[Subscription] = self.audiences.get(f"room:{room}", lambda: self.store.room_audience(room))
+            for member in members:
+                if member.live_at(wall_clock):
+                    chosen.setdefault(member.connection_id, None)
         return list(chosen)
 
     def _interval_due(self, subscription: Subscription, now: float) -> bool:

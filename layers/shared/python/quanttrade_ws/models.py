@@ -28,6 +28,12 @@ class Subscription:
     user_id: str = ""
     interval: float | None = None
     filters: dict[str, str] = field(default_factory=dict)
+    # The subscriber's access-token expiry (epoch seconds, 0: none), copied from the connection
+    # so the fan-out can skip an expired subscriber without reading its connection row.
+    token_expires_at: int = 0
+
+    def live_at(self, now: float) -> bool:
+        return not self.token_expires_at or self.token_expires_at >= now
 
     def to_spec(self) -> dict[str, object]:
         stream_type, _, symbol = self.stream_key.partition(":")

@@ -7,7 +7,6 @@ client builds with them, and the AsyncAPI document is generated from them.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -61,7 +60,6 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
-ROOM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
 # Bounds that keep every number a client sends storable by DynamoDB (38 significant digits,
 # magnitudes 1e-130 to 1e125): a value outside them is INVALID_MESSAGE, never a store failure.
@@ -96,6 +94,21 @@ class StreamSpec(BaseModel):
     def key(self) -> str:
         """The subscription key fan-out Queries: `market_data:AAPL`, or `market_data:*` for every symbol."""
         return f"{self.stream_type.value}:{self.symbol.upper() if self.symbol else '*'}"
+
+
+# How much of a level's subscription budget (Limits.subscriptions_*) a subscription key uses.
+# A symbol stream, a type-level stream (`alerts:*`, `system_status:*`) and a data room are
+# one each. A wildcard over a per-symbol feed (`market_data:*`, `predictions:*`) delivers
+# every symbol, so it is priced as a block of symbols: a free level (5) cannot hold one,
+# basic (20) two, premium and enterprise (50) five. The figure is fixed in code, not
+# configured, so a subscription always gives back exactly what it took.
+PER_SYMBOL_STREAM_TYPES = frozenset({StreamType.MARKET_DATA, StreamType.PREDICTIONS})
+WILDCARD_SUBSCRIPTION_COST = 10
+
+
+def subscription_cost(stream_key: str) -> int:
+    stream_type, _, symbol = stream_key.partition(":")
+    return WILDCARD_SUBSCRIPTION_COST if symbol == "*" and stream_type in PER_SYMBOL_STREAM_TYPES else 1
 
 
 class Hello(_Frame):
@@ -167,6 +180,23 @@ CLIENT_FRAMES: tuple[type[_Frame], ...] = (
     Resume,
 )
 KNOWN_ACTIONS = frozenset(frame.model_fields["action"].annotation.__args__[0] for frame in CLIENT_FRAMES)  # type: ignore[union-attr]
+
+# What each action weighs against a connection's rate budget (Limits.messages_per_second
+# units per second). A ping is the unit; an action that writes to DynamoDB, replays
+# history or posts to a room's members weighs more, so a flood of cheap-looking frames
+# cannot buy a hundred times the work of pings. A frame that does not parse weighs 1.
+ACTION_COSTS: dict[str, int] = {
+    "ping": 1,
+    "hello": 2,
+    "subscribe": 10,
+    "unsubscribe": 10,
+    "joinRoom": 10,
+    "leaveRoom": 10,
+    "sendRoomMessage": 10,
+    "refresh": 10,
+    "resume": 50,
+}
+UNPARSED_FRAME_COST = 1
 _client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
 
 

@@ -90,6 +90,7 @@ class Runtime:
     @functools.cached_property
     def service(self):  # type: ignore[no-untyped-def]
         from quanttrade_ws.auth import SessionTokens, keys_of
+        from quanttrade_ws.rooms import MemberAliases
         from quanttrade_ws.service import RealtimeService
 
         return RealtimeService(
@@ -101,6 +102,9 @@ class Runtime:
             SessionTokens(lambda: keys_of(self.session_keys)),
             token_verifier=lambda: self.token_verifier,
             metrics=metrics,
+            # Derived from the current session key (only the message function names room members, and it reads
+            # that key anyway); pseudonyms change when the key rotates.
+            member_aliases=MemberAliases(lambda: keys_of(self.session_keys)[0]),
         )
 
     @functools.cached_property

@@ -19,7 +19,9 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.protocol import (
-    ROOM_NAME_PATTERN,
+    ACTION_COSTS,
+    UNPARSED_FRAME_COST,
+    WILDCARD_SUBSCRIPTION_COST,
     ErrorCode,
     Hello,
     JoinRoom,
@@ -38,6 +40,16 @@ from quanttrade_ws.protocol import (
     error_message,
     pack_batches,
     parse_client_frame,
+    subscription_cost,
+)
+from quanttrade_ws.rooms import (
+    MemberAliases,
+    RoomKind,
+    check_room_name,
+    holds_stream,
+    room_kind,
+    room_permission,
+    room_refusal,
 )
 from quanttrade_ws.store import DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
@@ -46,9 +58,6 @@ if TYPE_CHECKING:
     from quanttrade_ws.fanout import Metrics
 
 logger = logging.getLogger(__name__)
-
-# Data rooms that also receive upstream events, and the permission each needs.
-DATA_ROOM_PREFIXES = {"market_data_": "read:market_data", "predictions_": "read:predictions"}
 
 
 class ConnectRefused(Exception):
@@ -76,8 +85,11 @@ class RealtimeService:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         metrics: Metrics | None = None,
+        *,
+        member_aliases: MemberAliases,
     ) -> None:
         self.settings = settings
+        self.member_aliases = member_aliases
         self.limits = settings.limits
         self.store = store
         self.gateway = gateway
@@ -91,7 +103,8 @@ class RealtimeService:
 
     def connect(self, connection_id: str, identity: Identity, connected_at_ms: int | None = None) -> None:
         now = self.clock()
-        if self.store.count_user_connect(identity.user_id, now) > self.limits.connections_per_minute:
+        # A sliding window: a fixed minute would let twice the limit through around its boundary.
+        if self.store.count_in_window(f"connect#{identity.user_id}", 60, now) > self.limits.connections_per_minute:
             raise ConnectRefused(429, "Too many new connections for this user")
         self.store.add_connection(
             Connection(
@@ -102,6 +115,10 @@ class RealtimeService:
             ),
             now,
         )
+        # The row first, then the claim: an id in the user's set always has a row, so an id without one is stale.
+        if not self.store.claim_user_connection(identity.user_id, connection_id, self.limits.connections_per_user, now):
+            self.store.delete_connection(connection_id)
+            raise ConnectRefused(429, f"This user already has {self.limits.connections_per_user} open connections")
 
     def disconnect(self, connection_id: str) -> bool:
         """Remove a connection and everything it owns; keep a session snapshot for resume.
@@ -124,18 +141,25 @@ class RealtimeService:
         for room in rooms:
             self.store.leave_room(room, connection_id, adjust_connection=False)
         removed = self.store.delete_connection(connection_id)
+        if removed is not None:
+            self.store.release_user_connection(removed.identity.user_id, connection_id)
         return bool(removed or subscriptions or rooms)
 
     def sweep(self, idle_seconds: int | None = None) -> int:
-        """Remove connections that vanished without $disconnect (API Gateway calls it best effort).
+        """Remove connections that vanished without $disconnect (API Gateway calls it best effort),
+        and close those whose access token has expired.
 
         A connection idle longer than API Gateway's idle timeout is asked about
         through the Management API; only one the gateway no longer knows is
-        removed, so a quiet but live client keeps its subscriptions.
+        removed, so a quiet but live client keeps its subscriptions. A live one
+        whose token expired is told so and closed (its $disconnect removes it;
+        if that never comes, the next sweep finds it gone): the fan-out already
+        skips it, and this bounds how long it stays open to one sweep period.
         """
+        now = self.clock()
         idle = self.settings.idle_timeout_seconds if idle_seconds is None else idle_seconds
         removed = 0
-        for connection in self.store.stale_connections(self.clock() - idle):
+        for connection in self.store.stale_connections(now - idle, expired_before=now):
             try:
                 known = self.gateway.info(connection.connection_id)
             except GatewayError:
@@ -147,6 +171,15 @@ class RealtimeService:
             if known is None:
                 self.disconnect(connection.connection_id)
                 removed += 1
+            elif 0 < connection.identity.token_expires_at < now:
+                try:
+                    self._expire(connection.connection_id, None)
+                except GatewayError:
+                    logger.warning(
+                        "sweep could not close an expired connection", extra={"connection_id": connection.connection_id}
+                    )
+                    continue
+                removed += 1
         return removed
 
     # ------------------------------------------------------------ frames
@@ -156,10 +189,19 @@ class RealtimeService:
 
         `received_at` is when API Gateway took the frame (requestTimeEpoch): the rate
         window counts arrivals, so a flood is limited even when invocations queue up.
+        Each frame weighs its action's cost (protocol.ACTION_COSTS): parsing comes first
+        because it is local and cheap, and the cost needs the action.
         """
         request_id: str | None = None
         try:
-            connection = self.store.touch_connection(connection_id, received_at or self.clock())
+            frame: Any = None
+            problem: ProtocolError | None = None
+            try:
+                frame = parse_client_frame(body)
+            except ProtocolError as error:
+                problem = error
+            cost = UNPARSED_FRAME_COST if frame is None else ACTION_COSTS[frame.action]
+            connection = self.store.touch_connection(connection_id, received_at or self.clock(), cost=cost)
             if connection is None:
                 return  # the connection went away while the frame was in flight
             if connection.rate_count > self.limits.messages_per_second:
@@ -167,17 +209,23 @@ class RealtimeService:
                 return
             expires_at = connection.identity.token_expires_at
             expired = bool(expires_at and expires_at < self.clock())
-            try:
-                frame = parse_client_frame(body)
-            except ProtocolError as error:
+            if problem is not None:
                 if expired:
-                    self._expire(connection_id, error.request_id)
+                    self._expire(connection_id, problem.request_id)
                 else:
-                    self.reply(connection_id, error_message(error.code, error.message, error.request_id))
+                    self.reply(connection_id, error_message(problem.code, problem.message, problem.request_id))
                 return
             request_id = frame.request_id
-            if expired and not isinstance(frame, Refresh):
-                self._expire(connection_id, request_id)
+            if expired:
+                # Only a refresh can bring an expired connection back; anything else, a failed refresh included,
+                # ends it (else an invalid refresh now and then would keep a revoked user's data flowing).
+                if not isinstance(frame, Refresh):
+                    self._expire(connection_id, request_id)
+                    return
+                try:
+                    self._dispatch(ActionContext(connection, request_id), frame)
+                except ProtocolError as error:
+                    self._expire(connection_id, request_id, f"Session expired and the refresh failed: {error.message}")
                 return
             self._dispatch(ActionContext(connection, request_id), frame)
         except ProtocolError as error:
@@ -188,9 +236,9 @@ class RealtimeService:
                 self.metrics.add_metric("InternalErrors", "Count", 1)
             self.reply(connection_id, error_message(ErrorCode.INTERNAL, "Internal error, please retry", request_id))
 
-    def _expire(self, connection_id: str, request_id: str | None) -> None:
+    def _expire(self, connection_id: str, request_id: str | None, reason: str = "Session expired") -> None:
         """API Gateway authorised only the handshake: token expiry is ours to enforce."""
-        self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, "Session expired", request_id))
+        self.reply(connection_id, error_message(ErrorCode.AUTH_FAILED, reason, request_id))
         self.gateway.close(connection_id)
 
     def _rate_limited(self, connection_id: str) -> None:
@@ -198,7 +246,9 @@ class RealtimeService:
         self.reply(
             connection_id,
             error_message(
-                ErrorCode.RATE_LIMIT, f"More than {self.limits.messages_per_second} messages per second; slow down"
+                ErrorCode.RATE_LIMIT,
+                f"More than {self.limits.messages_per_second} units per second (a ping is 1, see limits.action_costs);"
+                " slow down",
             ),
         )
         if warnings > self.limits.rate_limit_warnings:
@@ -253,13 +303,17 @@ class RealtimeService:
         expires = int(self.clock()) + self.settings.token_expiry_hours * 3600
         return self.session_tokens.issue(Session(session_id, user_id, expires))
 
-    def _limits_for(self, identity: Identity) -> dict[str, int]:
+    def _limits_for(self, identity: Identity) -> dict[str, Any]:
         return {
             "max_subscriptions": self.limits.subscriptions_for(identity.subscription_level),
+            "wildcard_subscription_cost": WILDCARD_SUBSCRIPTION_COST,
             "max_rooms": self.limits.rooms_per_client,
             "max_room_members": self.limits.clients_per_room,
             "max_room_message_bytes": self.limits.room_message_bytes,
             "messages_per_second": self.limits.messages_per_second,
+            "action_costs": dict(ACTION_COSTS),
+            "max_resume_messages": self.limits.resume_messages,
+            "room_messages_per_minute": self.limits.room_messages_per_minute,
             "max_message_bytes": self.limits.max_message_bytes,
             "idle_timeout_seconds": self.settings.idle_timeout_seconds,
             "history_seconds": self.settings.history_seconds,
@@ -269,11 +323,13 @@ class RealtimeService:
         self._answer(ctx, MessageType.PONG, {"server_time": self.clock()})
 
     def _subscribe(self, ctx: ActionContext, frame: Subscribe) -> None:
-        for spec in frame.streams:
+        # A stream named twice counts once (the last spelling of its interval and filters wins).
+        specs = list({spec.key: spec for spec in frame.streams}.values())
+        for spec in specs:
             self._check_stream(ctx.connection.identity, spec, ctx.request_id)
         limit = self.limits.subscriptions_for(ctx.connection.identity.subscription_level)
         added: list[str] = []
-        for spec in frame.streams:
+        for spec in specs:
             outcome = self.store.add_subscription(
                 Subscription(
                     stream_key=spec.key,
@@ -281,13 +337,20 @@ class RealtimeService:
                     user_id=ctx.connection.identity.user_id,
                     interval=spec.interval,
                     filters=dict(spec.filters),
+                    token_expires_at=ctx.connection.identity.token_expires_at,
                 ),
                 limit,
+                cost=subscription_cost(spec.key),
             )
             if outcome is Outcome.LIMIT:
                 raise ProtocolError(
                     ErrorCode.SUBSCRIPTION_LIMIT,
                     f"Subscription limit of {limit} reached for the {ctx.connection.identity.subscription_level} level"
+                    + (
+                        f" ({spec.key} counts as {subscription_cost(spec.key)})"
+                        if subscription_cost(spec.key) > 1
+                        else ""
+                    )
                     + (f"; subscribed to {', '.join(added)} before the limit" if added else ""),
                     ctx.request_id,
                 )
@@ -296,7 +359,7 @@ class RealtimeService:
             added.append(spec.key)
         # Where each single-symbol stream stands: the seq just before this subscription's first
         # message, so a client dropped before any message arrives can still resume from there.
-        heads = {spec.key: self.store.stream_head(spec.key) for spec in frame.streams if spec.symbol}
+        heads = {spec.key: self.store.stream_head(spec.key) for spec in specs if spec.symbol}
         last_values = {
             key: head.last_message
             for key, head in heads.items()
@@ -330,8 +393,11 @@ class RealtimeService:
                 raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter 'min_severity' takes {kind}", request_id)
 
     def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
+        keys = dict.fromkeys(spec.key for spec in frame.streams)  # a stream named twice counts once
         removed = [
-            spec.key for spec in frame.streams if self.store.remove_subscription(spec.key, ctx.connection.connection_id)
+            key
+            for key in keys
+            if self.store.remove_subscription(key, ctx.connection.connection_id, cost=subscription_cost(key))
         ]
         self._answer(
             ctx,
@@ -344,27 +410,31 @@ class RealtimeService:
         )
 
     def _check_room(self, identity: Identity, room: str, request_id: str | None) -> None:
-        if not ROOM_NAME_PATTERN.match(room):
-            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", request_id)
+        check_room_name(room, request_id)
         needed = room_permission(room)
         if needed and not identity.can(needed):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"Room '{room}' needs the {needed} permission", request_id)
 
     def _join_room(self, ctx: ActionContext, frame: JoinRoom) -> None:
         identity = ctx.connection.identity
-        if not identity.can("rooms:join"):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to join rooms", ctx.request_id)
-        self._check_room(identity, frame.room, ctx.request_id)
-        outcome = self.store.join_room(
-            frame.room,
-            ctx.connection.connection_id,
-            identity.user_id,
-            capacity=self.limits.clients_per_room,
-            room_limit=self.limits.rooms_per_client,
-        )
+        check_room_name(frame.room, ctx.request_id)
+        refusal = room_refusal(identity, frame.room)
+        if refusal:
+            raise ProtocolError(ErrorCode.FORBIDDEN, refusal, ctx.request_id)
+        outcome = self._join(ctx.connection, frame.room)
         if outcome is Outcome.FULL:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
         if outcome is Outcome.LIMIT:
+            # One step checks both limits a data room counts against: the counters say which one held it back.
+            current = self.store.get_connection(ctx.connection.connection_id)
+            if current is not None and current.room_count < self.limits.rooms_per_client:
+                limit = self.limits.subscriptions_for(identity.subscription_level)
+                raise ProtocolError(
+                    ErrorCode.SUBSCRIPTION_LIMIT,
+                    f"Subscription limit of {limit} reached for the {identity.subscription_level} level"
+                    f" (the data room '{frame.room}' counts as one subscription)",
+                    ctx.request_id,
+                )
             raise ProtocolError(
                 ErrorCode.ROOM_LIMIT, f"Room limit of {self.limits.rooms_per_client} reached", ctx.request_id
             )
@@ -373,7 +443,12 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.JOIN_ROOM,
-            {"success": True, "message": f"Joined {frame.room}", "already_member": outcome is Outcome.ALREADY},
+            {
+                "success": True,
+                "message": f"Joined {frame.room}",
+                "already_member": outcome is Outcome.ALREADY,
+                "member_id": self.member_aliases.of(frame.room, identity.user_id),
+            },
             room=frame.room,
         )
         if outcome is Outcome.DONE:
@@ -381,22 +456,47 @@ class RealtimeService:
 
     def _leave_room(self, ctx: ActionContext, frame: LeaveRoom) -> None:
         # Only the name is checked: a client whose refreshed token lost a room's permission must still be able to leave.
-        if not ROOM_NAME_PATTERN.match(frame.room):
-            raise ProtocolError(ErrorCode.INVALID_ROOM, "Room names are 1-64 of A-Z a-z 0-9 _ . : -", ctx.request_id)
-        if not self.store.leave_room(frame.room, ctx.connection.connection_id):
+        check_room_name(frame.room, ctx.request_id)
+        outcome = self._leave(ctx.connection.connection_id, frame.room)
+        if outcome is None:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
         self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
-        self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
+        if outcome is Outcome.DONE:  # the user left; not when another of their connections keeps the seat
+            self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
+
+    def _join(self, connection: Connection, room: str) -> Outcome:
+        """Join a room; a data room also counts as one subscription toward the level's limit,
+        since it delivers a stream as a subscription does."""
+        identity = connection.identity
+        return self.store.join_room(
+            room,
+            connection.connection_id,
+            identity.user_id,
+            capacity=self.limits.clients_per_room,
+            room_limit=self.limits.rooms_per_client,
+            token_expires_at=identity.token_expires_at,
+            subscription_limit=(
+                self.limits.subscriptions_for(identity.subscription_level) if room_kind(room) is RoomKind.DATA else None
+            ),
+        )
+
+    def _leave(self, connection_id: str, room: str) -> Outcome | None:
+        return self.store.leave_room(room, connection_id, subscription=room_kind(room) is RoomKind.DATA)
 
     def _notify_room(
         self, room: str, message_type: MessageType, connection: Connection, exclude: str | None = None
     ) -> None:
-        notice = ServerMessage(
-            message_type=message_type,
-            payload={"client_id": connection.connection_id, "user_id": connection.identity.user_id},
-            source=connection.connection_id,
-            room=room,
-        )
+        # Presence costs one post per member for every join and leave: data rooms are
+        # feeds, not conversations, and above the threshold the posts would outgrow the
+        # Management API's quota, so neither announces comings and goings.
+        if room_kind(room) is RoomKind.DATA:
+            return
+        # The size with the one coming or going counted, so a join and its leave are told alike.
+        size = self.store.room_size(room) + (1 if message_type is MessageType.LEAVE_ROOM else 0)
+        if size > self.limits.presence_max_members:
+            return
+        member_id = self.member_aliases.of(room, connection.identity.user_id)
+        notice = ServerMessage(message_type=message_type, payload={"member_id": member_id}, source=member_id, room=room)
         members = [m for m in self.store.room_members(room) if m != exclude]
         self.post_to(members, notice.to_json().encode())
 
@@ -405,6 +505,11 @@ class RealtimeService:
         if not identity.can("rooms:send"):
             raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to send room messages", ctx.request_id)
         self._check_room(identity, frame.room, ctx.request_id)
+        if room_kind(frame.room) is RoomKind.DATA:
+            # Members read a data room as the feed itself: a message there would pass for real data.
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"'{frame.room}' is a data room: it carries upstream data only", ctx.request_id
+            )
         size = len(frame.message.encode())
         if size > self.limits.room_message_bytes:
             raise ProtocolError(
@@ -414,10 +519,19 @@ class RealtimeService:
             )
         if not self.store.is_member(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Join '{frame.room}' before sending to it", ctx.request_id)
+        # Per user, not per connection: a second connection does not double the allowance.
+        sent = self.store.count_in_window(f"room#{frame.room}#{identity.user_id}", 60, self.clock())
+        if sent > self.limits.room_messages_per_minute:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMIT,
+                f"More than {self.limits.room_messages_per_minute} messages per minute to '{frame.room}'; slow down",
+                ctx.request_id,
+            )
+        member_id = self.member_aliases.of(frame.room, identity.user_id)
         message = ServerMessage(
             message_type=MessageType.ROOM_MESSAGE,
-            payload={"message": frame.message, "user_id": identity.user_id},
-            source=ctx.connection.connection_id,
+            payload={"message": frame.message, "member_id": member_id},
+            source=member_id,
             room=frame.room,
         )
         data = message.to_json().encode()
@@ -451,17 +565,17 @@ class RealtimeService:
             connection_id, identity
         ):
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Token is older than the one in use", ctx.request_id)
+        self.store.set_token_expiry(connection_id, identity.token_expires_at)
         # A refreshed token may permit less: drop the streams and rooms it no longer allows.
         dropped = [
             s.stream_key
             for s in self.store.subscriptions_of(connection_id)
             if not identity.can(f"read:{s.stream_key.split(':', 1)[0]}")
-            and self.store.remove_subscription(s.stream_key, connection_id)
+            and self.store.remove_subscription(s.stream_key, connection_id, cost=subscription_cost(s.stream_key))
         ]
         for room in self.store.rooms_of(connection_id):
-            needed = room_permission(room)
-            if (needed and not identity.can(needed)) or not identity.can("rooms:join"):
-                self.store.leave_room(room, connection_id)
+            if room_refusal(identity, room):
+                self._leave(connection_id, room)
                 dropped.append(room)
         dropped += self._trim_subscriptions(connection_id, identity)
         self._answer(
@@ -471,19 +585,26 @@ class RealtimeService:
         )
 
     def _trim_subscriptions(self, connection_id: str, identity: Identity) -> list[str]:
-        """After a downgrade, remove the subscriptions over the new level's limit (the last in key order
-        go first) and return their keys. The connection's counter decides how many are over."""
+        """After a downgrade, remove what is over the new level's limit and return its keys: subscriptions
+        first (the last in key order go first, each giving back its cost), then data rooms, which count as
+        one subscription each. The connection's counter decides how much is over."""
         limit = self.limits.subscriptions_for(identity.subscription_level)
         connection = self.store.get_connection(connection_id)
         over = (connection.subscription_count if connection else 0) - limit
-        if over <= 0:
-            return []
         trimmed: list[str] = []
-        for subscription in reversed(self.store.subscriptions_of(connection_id)):
-            if len(trimmed) == over:
+        for subscription in reversed(self.store.subscriptions_of(connection_id) if over > 0 else []):
+            if over <= 0:
                 break
-            if self.store.remove_subscription(subscription.stream_key, connection_id):
+            cost = subscription_cost(subscription.stream_key)
+            if self.store.remove_subscription(subscription.stream_key, connection_id, cost=cost):
                 trimmed.append(subscription.stream_key)
+                over -= cost
+        for room in reversed(self.store.rooms_of(connection_id) if over > 0 else []):
+            if over <= 0:
+                break
+            if room_kind(room) is RoomKind.DATA and self._leave(connection_id, room) is not None:
+                trimmed.append(room)
+                over -= 1
         return trimmed
 
     # ------------------------------------------------------------ resume
@@ -509,8 +630,11 @@ class RealtimeService:
         self.store.set_session(connection.connection_id, session.session_id)
         limit = self.limits.subscriptions_for(connection.identity.subscription_level)
         subscriptions = []  # only what was re-attached: the new token may permit less than the old one
+        dropped = []  # what the session had and this connection did not get back
         for subscription in snapshot.subscriptions:
-            if connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+            if not connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+                dropped.append(subscription.stream_key)
+            else:
                 outcome = self.store.add_subscription(
                     Subscription(
                         subscription.stream_key,
@@ -518,33 +642,43 @@ class RealtimeService:
                         connection.identity.user_id,
                         subscription.interval,
                         dict(subscription.filters),
+                        connection.identity.token_expires_at,
                     ),
                     limit,
+                    cost=subscription_cost(subscription.stream_key),
                 )
                 if outcome in (Outcome.DONE, Outcome.ALREADY):
                     subscriptions.append(subscription.stream_key)
+                else:
+                    dropped.append(subscription.stream_key)
         rooms = []
         for room in snapshot.rooms:
-            needed = room_permission(room)
-            if needed and not connection.identity.can(needed):
+            if room_refusal(connection.identity, room):
+                dropped.append(room)
                 continue
-            outcome = self.store.join_room(
-                room,
-                connection.connection_id,
-                connection.identity.user_id,
-                capacity=self.limits.clients_per_room,
-                room_limit=self.limits.rooms_per_client,
-            )
-            if outcome in (Outcome.DONE, Outcome.ALREADY):
+            outcome = self._join(connection, room)
+            if outcome in (Outcome.DONE, Outcome.SHARED, Outcome.ALREADY):
                 rooms.append(room)
+            else:
+                dropped.append(room)
 
+        # Only streams this connection now receives are replayed (its own subscriptions and data rooms, the
+        # session's re-attached ones among them), and at most limits.resume_messages messages in all:
+        # one small frame must not buy a replay of every stream the server keeps.
+        held_keys = {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
+        held_rooms = set(self.store.rooms_of(connection.connection_id))
+        budget = [self.limits.resume_messages]  # one mutable cell that every _replay below spends from
         results: dict[str, dict[str, Any]] = {}
         for stream, last_seq in frame.last_seq.items():
             stream_type = stream.split(":", 1)[0]
-            if stream_type not in StreamType.__members__.values() or not connection.identity.can(f"read:{stream_type}"):
+            if (
+                stream_type not in StreamType.__members__.values()
+                or not connection.identity.can(f"read:{stream_type}")
+                or not holds_stream(stream, held_keys, held_rooms)
+            ):
                 results[stream] = {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
                 continue
-            results[stream] = self._replay(connection.connection_id, stream, last_seq)
+            results[stream] = self._replay(connection.connection_id, stream, last_seq, budget)
         replayable = {stream: result for stream, result in results.items() if "error" not in result}
         if replayable and self.settings.subscriber_cache_seconds > 0:
             # Fan-out keeps audiences cached for subscriber_cache_seconds, so an event
@@ -553,7 +687,8 @@ class RealtimeService:
             # duplicate the client drops by (stream, seq).
             self.sleep(self.settings.subscriber_cache_seconds)
             for stream, result in replayable.items():
-                late = self._replay(connection.connection_id, stream, int(result["last_seq"]))
+                late = self._replay(connection.connection_id, stream, int(result["last_seq"]), budget)
+                result["recovered"] = result["recovered"] and late["recovered"]
                 result["replayed"] += late["replayed"]
                 result["last_seq"] = late["last_seq"]
         recovered = all(bool(result["recovered"]) for result in results.values())
@@ -567,6 +702,7 @@ class RealtimeService:
                 "streams": results,
                 "subscriptions": subscriptions,
                 "rooms": rooms,
+                "dropped": dropped,
                 "client_id": connection.connection_id,
                 "session_token": new_token,
             },
@@ -601,11 +737,15 @@ class RealtimeService:
             snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock(), held_by=held_by
         )
 
-    def _replay(self, connection_id: str, stream: str, last_seq: int) -> dict[str, Any]:
+    def _replay(self, connection_id: str, stream: str, last_seq: int, budget: list[int]) -> dict[str, Any]:
+        """Replay a stream after `last_seq`, spending from the resume's shared message `budget`."""
         head = self.store.stream_head(stream)
         if head.last_seq <= last_seq:
             return {"recovered": True, "replayed": 0, "last_seq": head.last_seq}
-        entries = self.store.history_after(stream, last_seq, self.settings.history_messages)
+        if budget[0] <= 0:
+            return {"recovered": False, "replayed": 0, "first_seq": None, "last_seq": head.last_seq}
+        entries = self.store.history_after(stream, last_seq, min(self.settings.history_messages, budget[0]))
+        budget[0] -= len(entries)
         recovered = bool(entries) and entries[0].seq == last_seq + 1
         for frame in pack_batches([e.message for e in entries], self.limits.max_message_bytes):
             self.post_to([connection_id], frame)
@@ -615,18 +755,6 @@ class RealtimeService:
             "first_seq": entries[0].seq if entries else None,
             "last_seq": head.last_seq,
         }
-
-
-def room_permission(room: str) -> str | None:
-    """The permission a room needs beyond rooms:join (data rooms and admin rooms)."""
-    if room.startswith("admin."):
-        return "admin"
-    if room == "alerts":
-        return "read:alerts"
-    for prefix, permission in DATA_ROOM_PREFIXES.items():
-        if room.startswith(prefix):
-            return permission
-    return None
 
 
 def _is_number(value: str) -> bool:

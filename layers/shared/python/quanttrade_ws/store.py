@@ -14,6 +14,7 @@ raises `StoreError`, which the client sees as INTERNAL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -30,9 +31,11 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.models import Connection, HistoryEntry, SessionSnapshot, StreamHead, Subscription
 
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
+SEAT_PREFIX = "!seat#"  # a user's seat in a room: sorts before ROOM_META, so member queries never see it
 SESSION_PREFIX = "session#"
 SPENT_PREFIX = "spent#"  # a session token (by its jti) that has resumed once
-USER_RATE_PREFIX = "user#"
+USER_PREFIX = "user#"  # a user's open connections (the only kind under this prefix)
+RATE_PREFIX = "rate#"  # sliding-window counters; their scopes start with a word of their own (connect#, room#)
 EVENT_PREFIX = "event#"
 
 
@@ -54,6 +57,9 @@ RETRYABLE_ERRORS = frozenset(
 # before the store took retries over.
 TRANSPORT_ERRORS = (BotocoreConnectionError, HTTPClientError)
 CONDITION_FAILED = "ConditionalCheckFailed"
+# How many times a join or leave goes through its transaction shapes while another connection of the
+# same user keeps changing the seat under it (each round follows the seat's state it last saw).
+SEAT_ROUNDS = 4
 
 
 class StoreError(RuntimeError):
@@ -68,6 +74,7 @@ class Outcome(Enum):
     LIMIT = "limit"  # the per-connection limit (rooms or subscriptions) is reached
     FULL = "full"  # the room is at capacity
     GONE = "gone"  # the connection row no longer exists
+    SHARED = "shared"  # done on a seat the user already holds through another connection
 
 
 def _s(value: str) -> dict[str, str]:
@@ -227,8 +234,8 @@ class DynamoStore:
         found = item.get("Item")
         return self._connection_from_item(found) if found and _str(found, "kind") == "connection" else None
 
-    def touch_connection(self, connection_id: str, now: float | None = None) -> Connection | None:
-        """Record activity and count the frame in the current one-second rate window, atomically.
+    def touch_connection(self, connection_id: str, now: float | None = None, cost: int = 1) -> Connection | None:
+        """Record activity and add the frame's cost to the current one-second rate window, atomically.
 
         Tries the cheap case first (a new window, one write), and only when another
         frame already opened this second does it add to the count. Returns the
@@ -245,7 +252,7 @@ class DynamoStore:
                     Key=key,
                     UpdateExpression="SET last_activity = :now, rl_window = :w, rl_count = :one, expires_at = :exp",
                     ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(rl_window) OR rl_window < :w)",
-                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ExpressionAttributeValues={**common, ":one": _n(cost)},
                     ReturnValues="ALL_NEW",
                 )
                 return self._connection_from_item(result["Attributes"])
@@ -257,7 +264,7 @@ class DynamoStore:
                     Key=key,
                     UpdateExpression="SET last_activity = :now, expires_at = :exp ADD rl_count :one",
                     ConditionExpression="attribute_exists(pk) AND rl_window = :w",
-                    ExpressionAttributeValues={**common, ":one": _n(1)},
+                    ExpressionAttributeValues={**common, ":one": _n(cost)},
                     ReturnValues="ALL_NEW",
                 )
                 return self._connection_from_item(result["Attributes"])
@@ -322,29 +329,128 @@ class DynamoStore:
         old = result.get("Attributes")
         return self._connection_from_item(old) if old and _str(old, "kind") == "connection" else None
 
-    def count_user_connect(self, user_id: str, now: float | None = None) -> int:
-        """Count a new connection in the user's current minute; returns the count including this one."""
-        now = time.time() if now is None else now
-        minute = int(now // 60)
-        result = self._db.update_item(
-            TableName=self.connections_table,
-            Key={"pk": _s(f"{USER_RATE_PREFIX}{user_id}#{minute}")},
-            UpdateExpression="SET kind = :kind, expires_at = :exp ADD connects :one",
-            ExpressionAttributeValues={":kind": _s("user_rate"), ":exp": _n((minute + 2) * 60), ":one": _n(1)},
-            ReturnValues="UPDATED_NEW",
-        )
-        return _int(result["Attributes"], "connects")
+    def claim_user_connection(self, user_id: str, connection_id: str, cap: int, now: float | None = None) -> bool:
+        """Add the connection to the user's open connections if they hold fewer than `cap`.
 
-    def stale_connections(self, idle_before: float) -> Iterator[Connection]:
-        """Connections whose last activity is older than `idle_before` (the sweeper's look-up).
+        The user's item keeps the ids themselves (a string set), not a counter: adding
+        and removing an id are idempotent, so a repeated $connect or $disconnect cannot
+        make it drift, and an id whose connection row is gone (its $disconnect never
+        came and the row expired) can be recognised and dropped when the cap is hit.
+        Call it after the connection row is written, so a live id always has a row.
+        """
+        now = time.time() if now is None else now
+        for attempt in range(2):
+            try:
+                self._db.update_item(
+                    TableName=self.connections_table,
+                    Key={"pk": _s(USER_PREFIX + user_id)},
+                    UpdateExpression="SET kind = :kind, expires_at = :exp ADD conns :c",
+                    ConditionExpression="attribute_not_exists(conns) OR size(conns) < :cap OR contains(conns, :cid)",
+                    ExpressionAttributeValues={
+                        ":kind": _s("user_connections"),
+                        ":exp": _n(self._connection_expiry(now)),
+                        ":c": {"SS": [connection_id]},
+                        ":cap": _n(cap),
+                        ":cid": _s(connection_id),
+                    },
+                )
+                return True
+            except self._errors.ConditionalCheckFailedException:
+                if attempt or not self._forget_closed_connections(user_id, keep=connection_id):
+                    return False
+        return False
+
+    def release_user_connection(self, user_id: str, connection_id: str) -> None:
+        self._db.update_item(
+            TableName=self.connections_table,
+            Key={"pk": _s(USER_PREFIX + user_id)},
+            UpdateExpression="DELETE conns :c",
+            ExpressionAttributeValues={":c": {"SS": [connection_id]}},
+        )
+
+    def user_connections(self, user_id: str) -> set[str]:
+        found = self._db.get_item(
+            TableName=self.connections_table, Key={"pk": _s(USER_PREFIX + user_id)}, ConsistentRead=True
+        ).get("Item")
+        return set((found or {}).get("conns", {}).get("SS", []))
+
+    def _forget_closed_connections(self, user_id: str, keep: str) -> bool:
+        """Drop the user's ids that no longer have a connection row; returns whether any was dropped."""
+        closed = [cid for cid in self.user_connections(user_id) - {keep} if self.get_connection(cid) is None]
+        if closed:
+            self._db.update_item(
+                TableName=self.connections_table,
+                Key={"pk": _s(USER_PREFIX + user_id)},
+                UpdateExpression="DELETE conns :c",
+                ExpressionAttributeValues={":c": {"SS": closed}},
+            )
+        return bool(closed)
+
+    def count_in_window(self, key: str, window_seconds: int, now: float | None = None) -> float:
+        """Count one event under `key` and return the events of the last `window_seconds`, this one included.
+
+        A sliding window, not a fixed one (a fixed minute lets twice the limit through
+        around its boundary): the current bucket's count plus the previous bucket's,
+        weighted by how much of it still lies inside the window. One item per key holds
+        both buckets; each step is a conditional update, so concurrent callers never
+        lose a count, and the common case (same bucket) is one write.
+        """
+        now = time.time() if now is None else now
+        bucket = int(now // window_seconds)
+        inside = 1 - (now - bucket * window_seconds) / window_seconds  # share of the previous bucket still counted
+        base = "SET kind = :kind, expires_at = :exp"
+        steps = (
+            (f"{base} ADD cur_count :one", "cur_bucket = :b"),
+            # Same bucket, or a caller whose clock runs ahead already moved it on: count there.
+            (f"{base} ADD cur_count :one", "cur_bucket > :b"),
+            (f"{base}, prev_count = cur_count, cur_count = :one, cur_bucket = :b", "cur_bucket = :prev"),
+            (
+                f"{base}, prev_count = :zero, cur_count = :one, cur_bucket = :b",
+                "attribute_not_exists(cur_bucket) OR cur_bucket < :prev",
+            ),
+        )
+        values = {
+            ":kind": _s("rate"),
+            ":exp": _n((bucket + 2) * window_seconds),
+            ":one": _n(1),
+            ":zero": _n(0),
+            ":b": _n(bucket),
+            ":prev": _n(bucket - 1),
+        }
+        for _ in range(3):
+            for update, condition in steps:
+                used = {name: value for name, value in values.items() if name in update or name in condition}
+                try:
+                    result = self._db.update_item(
+                        TableName=self.connections_table,
+                        Key={"pk": _s(RATE_PREFIX + key)},
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues=used,
+                        ReturnValues="ALL_NEW",
+                    )
+                except self._errors.ConditionalCheckFailedException:
+                    continue  # another caller moved the buckets between our steps: try the next shape
+                counts = result["Attributes"]
+                return _int(counts, "cur_count") + _int(counts, "prev_count") * inside
+        raise RuntimeError(f"could not count in the rate window {key}: too much contention")
+
+    def stale_connections(self, idle_before: float, expired_before: float | None = None) -> Iterator[Connection]:
+        """Connections whose last activity is older than `idle_before`, or (with `expired_before`)
+        whose access token expired before then: the sweeper's look-up.
 
         A Scan, deliberately: it runs on a schedule off every hot path, reads
         only the few attributes it needs, and pages through the table.
         """
+        condition = "last_activity < :before"
+        values = {":kind": _s("connection"), ":before": _n(int(idle_before))}
+        if expired_before is not None:
+            condition = f"({condition} OR (token_expires_at > :zero AND token_expires_at < :expired))"
+            values.update({":zero": _n(0), ":expired": _n(int(expired_before))})
         pages = self._scan_pages(
             TableName=self.connections_table,
-            FilterExpression="kind = :kind AND last_activity < :before",
-            ExpressionAttributeValues={":kind": _s("connection"), ":before": _n(int(idle_before))},
+            FilterExpression=f"kind = :kind AND {condition}",
+            ExpressionAttributeValues=values,
         )
         for page in pages:
             for item in page.get("Items", []):
@@ -469,20 +575,29 @@ class DynamoStore:
     # ------------------------------------------------------------ subscriptions
 
     def _connection_counter(self, connection_id: str, counter: str, delta: int, limit: int | None = None) -> dict:
-        """A transaction step that moves one of the connection's counters, below `limit` when adding.
+        """A transaction step that moves one of the connection's counters, below `limit` when adding."""
+        return self._connection_counters(connection_id, {counter: (delta, limit)})
+
+    def _connection_counters(self, connection_id: str, deltas: dict[str, tuple[int, int | None]]) -> dict:
+        """One transaction step that moves several of the connection's counters at once (a transaction
+        may touch an item only once): `{counter: (delta, limit)}`, each kept below its limit when given.
 
         Its failed condition returns the row it saw, so the caller tells a reached
         limit (a row) from a connection that is gone (none) without another read."""
         condition = "attribute_exists(pk)"
-        values = {":delta": _n(delta)}
-        if limit is not None:
-            condition += f" AND {counter} < :limit"
-            values[":limit"] = _n(limit)
+        values: dict[str, Any] = {}
+        adds = []
+        for i, (counter, (delta, limit)) in enumerate(sorted(deltas.items())):
+            adds.append(f"{counter} :d{i}")
+            values[f":d{i}"] = _n(delta)
+            if limit is not None:
+                condition += f" AND {counter} < :l{i}"
+                values[f":l{i}"] = _n(limit)
         return {
             "Update": {
                 "TableName": self.connections_table,
                 "Key": {"pk": _s(connection_id)},
-                "UpdateExpression": f"ADD {counter} :delta",
+                "UpdateExpression": "ADD " + ", ".join(adds),
                 "ConditionExpression": condition,
                 "ExpressionAttributeValues": values,
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
@@ -517,13 +632,14 @@ class DynamoStore:
                 self.backoff.wait(attempt)
         raise StoreError(f"transaction still conflicting or throttled after {self.backoff.attempts} attempts")
 
-    def add_subscription(self, subscription: Subscription, limit: int) -> Outcome:
-        """Subscribe, counting against the connection's limit in the same transaction."""
+    def add_subscription(self, subscription: Subscription, limit: int, cost: int = 1) -> Outcome:
+        """Subscribe, counting `cost` against the connection's limit in the same transaction."""
         item: dict[str, Any] = {
             "stream_key": _s(subscription.stream_key),
             "connection_id": _s(subscription.connection_id),
             "user_id": _s(subscription.user_id),
             "filters": {"M": {k: _s(v) for k, v in subscription.filters.items()}},
+            "token_expires_at": _n(subscription.token_expires_at),
             "expires_at": _n(self._connection_expiry(time.time())),
         }
         if subscription.interval is not None:
@@ -537,7 +653,8 @@ class DynamoStore:
                         "ConditionExpression": "attribute_not_exists(connection_id)",
                     }
                 },
-                self._connection_counter(subscription.connection_id, "sub_count", 1, limit=limit),
+                # sub_count + cost <= limit, as `sub_count < limit - cost + 1`
+                self._connection_counter(subscription.connection_id, "sub_count", cost, limit=limit - cost + 1),
             ]
         )
         if reasons is None:
@@ -548,7 +665,10 @@ class DynamoStore:
             return Outcome.ALREADY
         return _counter_outcome(reasons[1])
 
-    def remove_subscription(self, stream_key: str, connection_id: str, adjust_connection: bool = True) -> bool:
+    def remove_subscription(
+        self, stream_key: str, connection_id: str, adjust_connection: bool = True, cost: int = 1
+    ) -> bool:
+        """Unsubscribe, giving the subscription's `cost` back to the connection's count in the same transaction."""
         delete = {
             "Delete": {
                 "TableName": self.subscriptions_table,
@@ -558,7 +678,7 @@ class DynamoStore:
         }
         items: list[dict[str, Any]] = [delete]
         if adjust_connection:
-            items.append(self._connection_counter(connection_id, "sub_count", -1))
+            items.append(self._connection_counter(connection_id, "sub_count", -cost))
         # The row and its count go together or not at all: a row already gone leaves the counter alone.
         reasons = self._transact(items)
         if reasons is None:
@@ -578,12 +698,13 @@ class DynamoStore:
                 user_id=_str(item, "user_id"),
                 interval=_float(item, "interval"),
                 filters=_string_map(item, "filters"),
+                token_expires_at=_int(item, "token_expires_at"),
             )
             for item in self._query(
                 TableName=self.subscriptions_table,
                 KeyConditionExpression="stream_key = :k",
                 ExpressionAttributeValues={":k": _s(stream_key)},
-                ProjectionExpression="connection_id, user_id, #i, filters",
+                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at",
                 ExpressionAttributeNames={"#i": "interval"},
                 # Strongly consistent: a subscription written a moment ago must be seen
                 # once the fan-out's audience cache turns over (resume depends on it).
@@ -631,73 +752,227 @@ class DynamoStore:
 
     # ------------------------------------------------------------ rooms
 
-    def join_room(self, room: str, connection_id: str, user_id: str, capacity: int, room_limit: int) -> Outcome:
-        """Join with three conditions in one transaction: not yet a member, room below
-        capacity, connection below its room limit. Concurrent joins for the last place
-        cannot both win."""
-        reasons = self._transact(
-            [
-                {
-                    "Put": {
-                        "TableName": self.rooms_table,
-                        "Item": {
-                            "room": _s(room),
-                            "member_id": _s(connection_id),
-                            "connection_id": _s(connection_id),
-                            "user_id": _s(user_id),
-                            "joined_at": _n(int(time.time())),
-                            "expires_at": _n(self._connection_expiry(time.time())),
-                        },
-                        "ConditionExpression": "attribute_not_exists(member_id)",
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self.rooms_table,
-                        "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
-                        "UpdateExpression": "ADD member_count :one",
-                        "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
-                        "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
-                    }
-                },
-                self._connection_counter(connection_id, "room_count", 1, limit=room_limit),
-            ]
-        )
-        if reasons is None:
-            return Outcome.DONE
-        if _failed(reasons, 0):
-            return Outcome.ALREADY
-        if _failed(reasons, 1):
-            return Outcome.FULL
-        return _counter_outcome(reasons[2])
+    def join_room(
+        self,
+        room: str,
+        connection_id: str,
+        user_id: str,
+        capacity: int,
+        room_limit: int,
+        token_expires_at: int = 0,
+        subscription_limit: int | None = None,
+    ) -> Outcome:
+        """Join in one transaction with its conditions: this connection not yet a member,
+        the connection below its room limit, and either a new seat for the user with the
+        room below capacity, or the user's existing seat (a user holds one seat in a room
+        however many of their connections are in it). Concurrent joins for the last seat
+        cannot both win. With `subscription_limit` (a data room), the membership also
+        counts as one subscription, below that limit, in the same step.
 
-    def leave_room(self, room: str, connection_id: str, adjust_connection: bool = True) -> bool:
-        """Leave: the member row and both counts go in one transaction, or nothing does."""
-        items: list[dict[str, Any]] = [
+        DONE: the user took a new seat; SHARED: the connection joined the user's seat."""
+        now = time.time()
+        counters: dict[str, tuple[int, int | None]] = {"room_count": (1, room_limit)}
+        if subscription_limit is not None:
+            counters["sub_count"] = (1, subscription_limit)
+        membership = {
+            "Put": {
+                "TableName": self.rooms_table,
+                "Item": {
+                    "room": _s(room),
+                    "member_id": _s(connection_id),
+                    "connection_id": _s(connection_id),
+                    "user_id": _s(user_id),
+                    "token_expires_at": _n(token_expires_at),
+                    "joined_at": _n(int(now)),
+                    "expires_at": _n(self._connection_expiry(now)),
+                },
+                "ConditionExpression": "attribute_not_exists(member_id)",
+            }
+        }
+        seat_key = {"room": _s(room), "member_id": _s(SEAT_PREFIX + user_id)}
+        # Every shape: the membership at index 0, the seat at index 1, the connection's counters last.
+        new_seat = [
+            membership,
             {
-                "Delete": {
+                "Put": {
                     "TableName": self.rooms_table,
-                    "Key": {"room": _s(room), "member_id": _s(connection_id)},
-                    "ConditionExpression": "attribute_exists(member_id)",
+                    "Item": {
+                        **seat_key,
+                        "user_id": _s(user_id),
+                        "conns": {"SS": [connection_id]},
+                        "expires_at": _n(self._connection_expiry(now)),
+                    },
+                    "ConditionExpression": "attribute_not_exists(member_id)",
                 }
             },
             {
                 "Update": {
                     "TableName": self.rooms_table,
                     "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
-                    "UpdateExpression": "ADD member_count :minus",
-                    "ExpressionAttributeValues": {":minus": _n(-1)},
+                    "UpdateExpression": "ADD member_count :one",
+                    "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
+                    "ExpressionAttributeValues": {":one": _n(1), ":cap": _n(capacity)},
                 }
             },
+            self._connection_counters(connection_id, counters),
         ]
+        shared_seat = [
+            membership,
+            {
+                "Update": {
+                    "TableName": self.rooms_table,
+                    "Key": seat_key,
+                    "UpdateExpression": "ADD conns :c SET expires_at = :exp",
+                    "ConditionExpression": "attribute_exists(member_id)",
+                    "ExpressionAttributeValues": {
+                        ":c": {"SS": [connection_id]},
+                        ":exp": _n(self._connection_expiry(now)),
+                    },
+                }
+            },
+            self._connection_counters(connection_id, counters),
+        ]
+        # The seat may appear or vanish between the two shapes (another connection of the
+        # user joining or leaving): a failed condition on the seat sends us to the other shape.
+        # Conflicts and throttling never get here: `_transact` retries them.
+        for _ in range(SEAT_ROUNDS):
+            for items, outcome in ((new_seat, Outcome.DONE), (shared_seat, Outcome.SHARED)):
+                reasons = self._transact(items)
+                if reasons is None:
+                    return outcome
+                if _failed(reasons, 0):
+                    return Outcome.ALREADY
+                if _failed(reasons, 1):
+                    continue  # the seat is not in the state this shape needs: try the other
+                if outcome is Outcome.DONE and _failed(reasons, 2):
+                    return Outcome.FULL
+                return _counter_outcome(reasons[len(items) - 1])
+        raise StoreError(f"could not join {room}: the user's seat kept changing")
+
+    def leave_room(
+        self, room: str, connection_id: str, adjust_connection: bool = True, subscription: bool = False
+    ) -> Outcome | None:
+        """Leave a room; `subscription` gives back the subscription a data room's membership counted as.
+
+        The membership, the seat, the room's count and the connection's counters change in
+        one transaction conditioned on the membership, or not at all: counters never drift.
+
+        DONE: the user's seat was freed (their last connection in the room left);
+        SHARED: another of the user's connections still holds the seat; None: not a member."""
+        found = self._db.get_item(
+            TableName=self.rooms_table,
+            Key={"room": _s(room), "member_id": _s(connection_id)},
+            ProjectionExpression="user_id",
+            ConsistentRead=True,
+        ).get("Item")
+        if not found:
+            return None
+        seat_key = {"room": _s(room), "member_id": _s(SEAT_PREFIX + _str(found, "user_id"))}
+        tail: list[dict[str, Any]] = []
         if adjust_connection:
-            items.append(self._connection_counter(connection_id, "room_count", -1))
-        reasons = self._transact(items)
-        if reasons is not None and not _failed(reasons, 0) and adjust_connection:
-            # Only the connection counter's condition failed: its row is gone, so the member goes
-            # without it (once: the remaining items have no condition but the member's own).
-            reasons = self._transact(items[:2])
-        return reasons is None
+            counters: dict[str, tuple[int, int | None]] = {"room_count": (-1, None)}
+            if subscription:
+                counters["sub_count"] = (-1, None)
+            tail.append(self._connection_counters(connection_id, counters))
+        for _ in range(SEAT_ROUNDS):
+            for items, outcome in self._leave_shapes(room, connection_id, seat_key, tail):
+                reasons = self._transact(items)
+                if reasons is None:
+                    return outcome
+                if _failed(reasons, 0):
+                    return None  # left meanwhile
+                if _failed(reasons, 1):
+                    continue  # the seat is not in the state this shape needs: try the next
+                # Only the connection's counters are left (the room's count has no condition): the
+                # connection row is gone, so the membership goes without them, in the next round.
+                tail = []
+                break
+        raise StoreError(f"could not leave {room}: the user's seat kept changing")
+
+    def _leave_shapes(
+        self, room: str, connection_id: str, seat_key: dict[str, Any], tail: list[dict[str, Any]]
+    ) -> list[tuple[list[dict[str, Any]], Outcome]]:
+        """The ways a membership can go, one per state of the user's seat (their conditions exclude each
+        other): the membership at index 0, the seat at index 1, then the room's count and `tail`."""
+        membership = {
+            "Delete": {
+                "TableName": self.rooms_table,
+                "Key": {"room": _s(room), "member_id": _s(connection_id)},
+                "ConditionExpression": "attribute_exists(member_id)",
+            }
+        }
+        free_place = {
+            "Update": {
+                "TableName": self.rooms_table,
+                "Key": {"room": _s(room), "member_id": _s(ROOM_META)},
+                "UpdateExpression": "ADD member_count :minus",
+                "ExpressionAttributeValues": {":minus": _n(-1)},
+            }
+        }
+        cid = {":cid": _s(connection_id)}
+        return [
+            # the user's last connection in the room: the seat goes, and the room has one place more
+            (
+                [
+                    membership,
+                    {
+                        "Delete": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "ConditionExpression": "contains(conns, :cid) AND size(conns) = :one",
+                            "ExpressionAttributeValues": {**cid, ":one": _n(1)},
+                        }
+                    },
+                    free_place,
+                    *tail,
+                ],
+                Outcome.DONE,
+            ),
+            # another connection of the user stays: the seat stays
+            (
+                [
+                    membership,
+                    {
+                        "Update": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "UpdateExpression": "DELETE conns :c",
+                            "ConditionExpression": "contains(conns, :cid) AND size(conns) > :one",
+                            "ExpressionAttributeValues": {**cid, ":one": _n(1), ":c": {"SS": [connection_id]}},
+                        }
+                    },
+                    *tail,
+                ],
+                Outcome.SHARED,
+            ),
+            # a membership from before seats existed: it counted one place by itself
+            (
+                [
+                    membership,
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.rooms_table,
+                            "Key": seat_key,
+                            "ConditionExpression": "attribute_not_exists(member_id) OR NOT contains(conns, :cid)",
+                            "ExpressionAttributeValues": cid,
+                        }
+                    },
+                    free_place,
+                    *tail,
+                ],
+                Outcome.DONE,
+            ),
+        ]
+
+    def room_size(self, room: str) -> int:
+        """How many members the room counts (its `#meta` counter): one GetItem, whatever the size."""
+        found = self._db.get_item(
+            TableName=self.rooms_table,
+            Key={"room": _s(room), "member_id": _s(ROOM_META)},
+            ProjectionExpression="member_count",
+            ConsistentRead=True,
+        ).get("Item")
+        return _int(found or {}, "member_count")
 
     def room_members(self, room: str) -> list[str]:
         return [
@@ -710,6 +985,52 @@ class DynamoStore:
                 ConsistentRead=True,
             )
         ]
+
+    def room_audience(self, room: str) -> list[Subscription]:
+        """A data room's members as the fan-out needs them: connection and token expiry."""
+        return [
+            Subscription(
+                stream_key=f"room:{room}",
+                connection_id=_str(item, "member_id"),
+                user_id=_str(item, "user_id"),
+                token_expires_at=_int(item, "token_expires_at"),
+            )
+            for item in self._query(
+                TableName=self.rooms_table,
+                KeyConditionExpression="room = :r AND member_id > :meta",
+                ExpressionAttributeValues={":r": _s(room), ":meta": _s(ROOM_META)},
+                ProjectionExpression="member_id, user_id, token_expires_at",
+                ConsistentRead=True,
+            )
+        ]
+
+    def set_token_expiry(self, connection_id: str, token_expires_at: int) -> None:
+        """Copy a refreshed token's expiry onto every subscription and membership row the connection owns."""
+        owned = [
+            (self.subscriptions_table, {"stream_key": item["stream_key"], "connection_id": _s(connection_id)})
+            for item in self._owned(self.subscriptions_table, connection_id)
+        ] + [
+            (self.rooms_table, {"room": item["room"], "member_id": _s(connection_id)})
+            for item in self._owned(self.rooms_table, connection_id)
+        ]
+        for table, key in owned:
+            # A row removed meanwhile stays removed: the condition keeps the update from resurrecting it.
+            with contextlib.suppress(self._errors.ConditionalCheckFailedException):
+                self._db.update_item(
+                    TableName=table,
+                    Key=key,
+                    UpdateExpression="SET token_expires_at = :e",
+                    ConditionExpression="attribute_exists(connection_id)",
+                    ExpressionAttributeValues={":e": _n(token_expires_at)},
+                )
+
+    def _owned(self, table: str, connection_id: str) -> Iterator[dict[str, Any]]:
+        return self._query(
+            TableName=table,
+            IndexName="by_connection",
+            KeyConditionExpression="connection_id = :c",
+            ExpressionAttributeValues={":c": _s(connection_id)},
+        )
 
     def rooms_of(self, connection_id: str) -> list[str]:
         return sorted(

@@ -37,10 +37,11 @@ class Table:
         return "N" if attribute in self.number_keys else "S"
 
 
-# One item per live connection (pk = API Gateway connection id), plus two other
-# kinds that share the connection's lifecycle and TTL: `session#<id>` snapshots
-# kept after a disconnect so a client can resume, and `user#<id>#<minute>`
-# counters for the per-user connection rate.
+# One item per live connection (pk = API Gateway connection id), plus other
+# kinds with a TTL of their own: `session#<id>` snapshots kept after a disconnect
+# so a client can resume, `spent#<jti>` markers of used session tokens,
+# `user#<id>` with the set of the user's open connection ids (the per-user cap),
+# and `rate#<scope>` sliding-window counters (connects per user, room messages).
 CONNECTIONS = Table(logical_id="ConnectionsTable", env_var="CONNECTIONS_TABLE", partition_key="pk")
 
 # One item per (stream key, connection). Fan-out Queries the stream key; the
