@@ -513,6 +513,40 @@ def test_a_spent_session_token_is_refused(wired: Wired) -> None:
     assert wired.store.rooms_of("third") == []
 
 
+def test_a_resume_that_failed_after_spending_its_token_can_be_retried_by_its_connection_only(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a session in a room, and a resume on a new connection that fails (INTERNAL) after spending the token
+    wired.connect("first")
+    token = hello(wired, "first")
+    wired.send("first", {"action": "joinRoom", "room": "desk"})
+    wired.service.disconnect("first")
+    wired.connect("second")
+    set_session = wired.store.set_session
+    failures = iter([RuntimeError("DynamoDB went away")])
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return set_session(*args, **kwargs)
+
+    monkeypatch.setattr(wired.store, "set_session", fail_once)
+    failed = resume(wired, "second", token)
+    assert failed["payload"]["error_code"] == "INTERNAL", failed
+    # WHEN the client retries on the same connection (a second later: a resume weighs half the rate budget)
+    wired.clock.advance(1.0)
+    retried = resume(wired, "second", token)
+    # THEN it resumes, back in its room
+    assert retried["message_type"] == "resumed", retried
+    assert wired.store.rooms_of("second") == ["desk"]
+    # AND once answered, the token is spent for good: not again on this connection, nor on another
+    wired.clock.advance(1.0)
+    assert_auth_failed(resume(wired, "second", token))
+    wired.connect("third")
+    assert_auth_failed(resume(wired, "third", token))
+
+
 def test_the_hello_token_and_each_resumed_token_are_distinct_and_single_use(wired: Wired) -> None:
     wired.connect("c0")
     tokens = [hello(wired, "c0")]

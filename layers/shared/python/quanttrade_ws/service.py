@@ -617,9 +617,9 @@ class RealtimeService:
             raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
         if session.user_id != connection.identity.user_id:
             raise ProtocolError(ErrorCode.AUTH_FAILED, "Session belongs to another user", ctx.request_id)
-        # Single use: the `resumed` answer carries the next token. Of two resumes racing with one token,
-        # exactly one gets past this line.
-        if not self.store.spend_session_token(session.token_id, session.expires_at):
+        # Single use: the `resumed` answer carries the next token. Of two resumes racing with one token on
+        # two connections, exactly one gets past this line; the winner may retry a resume that failed.
+        if not self.store.spend_session_token(session.token_id, session.expires_at, connection.connection_id):
             raise ProtocolError(
                 ErrorCode.AUTH_FAILED, "Session token already used; resume with the latest one", ctx.request_id
             )
@@ -692,6 +692,7 @@ class RealtimeService:
                 result["replayed"] += late["replayed"]
                 result["last_seq"] = late["last_seq"]
         recovered = all(bool(result["recovered"]) for result in results.values())
+        self.store.complete_session_token(session.token_id)
         new_token = self._session_token(session.session_id, connection.identity.user_id)
         self._answer(
             ctx,

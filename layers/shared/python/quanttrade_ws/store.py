@@ -18,7 +18,6 @@ import contextlib
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
 from typing import Any
@@ -529,25 +528,42 @@ class DynamoStore:
             return False
         return True
 
-    def spend_session_token(self, token_id: str, expires_at: int) -> bool:
-        """Mark a session token used, once: False when it already was.
+    def spend_session_token(self, token_id: str, expires_at: int, connection_id: str) -> bool:
+        """Mark a session token used by this connection: False when another connection used it.
 
-        One conditional write, so of two resumes racing with one token exactly one
-        wins. The marker lives as long as the token could still be presented.
+        One conditional write, so of two resumes racing with one token on two
+        connections exactly one wins. Until `complete_session_token`, the
+        connection that spent it may present it again: a resume that failed after
+        spending (INTERNAL) can be retried, and a write retried after its first
+        attempt landed finds its own marker; a completed resume cannot be replayed.
+        The marker lives as long as the token could still be presented.
         """
-        key = {"pk": _s(SPENT_PREFIX + token_id)}
-        attempt = uuid.uuid4().hex  # tells this call's own write from an earlier spend
         try:
             self._db.put_item(
                 TableName=self.connections_table,
-                Item={**key, "kind": _s("spent_session_token"), "attempt": _s(attempt), "expires_at": _n(expires_at)},
-                ConditionExpression="attribute_not_exists(pk)",
+                Item={
+                    "pk": _s(SPENT_PREFIX + token_id),
+                    "kind": _s("spent_session_token"),
+                    "spent_by": _s(connection_id),
+                    "expires_at": _n(expires_at),
+                },
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR (spent_by = :connection AND attribute_not_exists(completed))"
+                ),
+                ExpressionAttributeValues={":connection": _s(connection_id)},
             )
         except self._errors.ConditionalCheckFailedException:
-            # A write retried after its first attempt landed (a timeout) finds its own marker: still a win.
-            found = self._db.get_item(TableName=self.connections_table, Key=key, ConsistentRead=True).get("Item")
-            return bool(found) and _str(found, "attempt") == attempt
+            return False
         return True
+
+    def complete_session_token(self, token_id: str) -> None:
+        """The resume that spent the token answered: the token cannot be presented again, even by its connection."""
+        self._db.update_item(
+            TableName=self.connections_table,
+            Key={"pk": _s(SPENT_PREFIX + token_id)},
+            UpdateExpression="SET completed = :yes",
+            ExpressionAttributeValues={":yes": _n(1)},
+        )
 
     def load_session(self, session_id: str) -> SessionSnapshot | None:
         found = self._db.get_item(
