@@ -43,6 +43,8 @@ INTERNAL_NAMES = ("Traceback", 'File "', ".py", "/", "quanttrade_ws", "botocore"
 def logs(caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
     """Everything the stack logs from here on, at DEBUG, as one text (the test client's own records left out)."""
     caplog.set_level(logging.DEBUG)
+    # The functions' forwarded lines have a level of their own (the stack's log_level): capture them all too.
+    caplog.set_level(logging.DEBUG, logger="quanttrade.local.lambda.log")
 
     def text() -> str:
         records = [r for r in caplog.records if not r.name.startswith("websockets")]
