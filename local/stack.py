@@ -167,6 +167,7 @@ class LocalStack:
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
         self._wrote_outputs = False
+        self._serving = False  # every function started and answered the smoke; pumps and schedule run
 
     # ------------------------------------------------------------------ addresses
 
@@ -271,6 +272,7 @@ class LocalStack:
             await self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
+        self._serving = True
         self._write_outputs()
         return self
 
@@ -336,6 +338,7 @@ class LocalStack:
             routes,
             self.functions[authorizer.function_logical_id] if authorizer else None,
             readiness_checks={
+                "started": self._started_serving,
                 "functions_endpoint": self._front_door_answers,
                 "tables": self._tables_exist,
                 "queues": self._queues_exist,
@@ -498,6 +501,7 @@ class LocalStack:
         if not self._started:
             return
         self._started = False
+        self._serving = False
         if self.simulator is not None:
             await self.simulator.stop()
         if self._sweeper is not None:
@@ -541,6 +545,10 @@ class LocalStack:
             gateway.config = before
 
     # ------------------------------------------------------------------ readiness
+
+    async def _started_serving(self) -> bool:
+        """The gateway answers before start-up is over (the smoke needs it): not ready until it is."""
+        return self._serving
 
     async def _front_door_answers(self) -> bool:
         """The functions' AWS endpoint answers (an unsigned request is refused by the door itself, never

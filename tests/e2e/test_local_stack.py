@@ -53,7 +53,7 @@ async def refused_status(local_stack: LocalStack, query: str) -> int:
 def test_ready_reports_moto_tables_and_queues(local_stack: LocalStack) -> None:
     answer = ready(local_stack.http_url)
     assert answer["status"] == "ready"
-    assert answer["checks"] == {"functions_endpoint": "ok", "tables": "ok", "queues": "ok"}
+    assert answer["checks"] == {"started": "ok", "functions_endpoint": "ok", "tables": "ok", "queues": "ok"}
 
 
 async def test_no_token_is_refused_with_401(local_stack: LocalStack) -> None:
