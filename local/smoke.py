@@ -152,6 +152,7 @@ class _Smoke:
             for rule in self.template.rules.values()
             if rule.event_pattern is not None
             for target in rule.targets
+            if target.target_logical_id is not None
         }
 
     def _records(self, sample: dict[str, Any], queue_logical_id: str) -> dict[str, Any]:

@@ -278,10 +278,11 @@ class LocalStack:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.assembly = self.config.assembly or await loop.run_in_executor(
-            None, lambda: synthesize(self.config.synth_context())
-        )
-        template = self.assembly.template
+        assembly = self.config.assembly
+        if assembly is None:
+            assembly = await loop.run_in_executor(None, lambda: synthesize(self.config.synth_context()))
+        self.assembly = assembly
+        template = assembly.template
         websocket_api = template.websocket_api
         await loop.run_in_executor(None, self.moto.start)
         self.front_door = AwsFrontDoor(
@@ -605,7 +606,10 @@ class LocalStack:
 
     async def _sweep_every(self, interval: float) -> None:
         schedules = [
-            (rule, target.target_logical_id) for rule in self.template.schedules.values() for target in rule.targets
+            (rule, target.target_logical_id)
+            for rule in self.template.schedules.values()
+            for target in rule.targets
+            if target.target_logical_id in self.functions
         ]
         while True:
             await asyncio.sleep(interval)
