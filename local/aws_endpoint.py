@@ -50,7 +50,8 @@ from aiohttp.web_request import BaseRequest
 
 from local.iam import Decision
 from local.principals import Principal, Principals
-from local.sigv4 import Failure, SignatureError, scope_of, sign_headers, verify
+from local.signed_http import authenticate
+from local.sigv4 import Failure, SignatureError, scope_of, sign_headers
 
 logger = logging.getLogger("quanttrade.local.aws_endpoint")
 
@@ -553,20 +554,9 @@ class AwsFrontDoor:
             form = request.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
             protocol = "query" if form else "json"
         try:
-            signed = verify(
-                method=request.method,
-                path=request.raw_path.split("?", 1)[0],
-                query=request.query_string,
-                headers=request.headers.items(),
-                body=body,
-                lookup=self.principals.credentials,
-                service=service,
-                region=self.region,
-            )
+            principal = authenticate(request, body, self.principals, region=self.region, service=service)
         except SignatureError as error:
             raise _Refused(_signature_error(service, protocol, error)) from None
-        principal = self.principals.get(signed.access_key_id)
-        assert principal is not None  # verify() found its credentials
         if parsed is None and not principal.is_admin:
             self.denied[principal.name] += 1
             message = (

@@ -44,8 +44,10 @@ _SIGNATURE_ERROR_TYPES = {
 _MISSING_TOKEN = "Missing Authentication Token"
 
 
-def authenticate(request: BaseRequest, body: bytes, principals: Principals, *, region: str) -> Principal:
-    """The principal whose SigV4 signature (service execute-api) the request carries; SignatureError if none."""
+def authenticate(
+    request: BaseRequest, body: bytes, principals: Principals, *, region: str, service: str = "execute-api"
+) -> Principal:
+    """The principal whose SigV4 signature (for `service`) the request carries; SignatureError if none."""
     signed = verify(
         method=request.method,
         path=request.raw_path.split("?", 1)[0],
@@ -53,7 +55,7 @@ def authenticate(request: BaseRequest, body: bytes, principals: Principals, *, r
         headers=request.headers.items(),
         body=body,
         lookup=principals.credentials,
-        service="execute-api",
+        service=service,
         region=region,
     )
     principal = principals.get(signed.access_key_id)
