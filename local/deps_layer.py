@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,49 +68,42 @@ def entry_key(name: str) -> str:
     return name
 
 
-def _install(pinned: dict[str, str], target: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--quiet",
-        "--no-deps",
-        "--no-compile",
-        "--target",
-        str(target),
-        *(f"{name}=={version}" for name, version in sorted(pinned.items())),
-    ]
+def _pip_install(requirements: list[str], target: Path, *, no_deps: bool) -> None:
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
+    command += [*(["--no-deps"] if no_deps else []), "--no-compile", "--target", str(target), *requirements]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise LocalLayerUnavailable(
-            "could not install the dependency layer's distributions for this machine "
-            f"({', '.join(f'{n}=={v}' for n, v in sorted(pinned.items()))}): {result.stderr.strip()[-800:]}"
+            f"could not install {', '.join(requirements)} for this machine: {result.stderr.strip()[-800:]}"
         )
 
 
+def _install_once(directory: Path, fill: Callable[[Path], None]) -> Path:
+    """`directory`, filled once by `fill(staging)`: a lock keeps parallel starts apart, and a stamp written before
+    the staging directory takes its place tells a finished install from one that died halfway."""
+    if (directory / ".complete").is_file():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.with_name(directory.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (directory / ".complete").is_file():
+            return directory
+        staging = directory.with_name(directory.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        fill(staging)
+        (staging / ".complete").write_text("\n", encoding="utf-8")
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.rename(directory)
+    return directory
+
+
 def _full_install(pinned: dict[str, str], root: Path) -> Path:
-    """The pinned distributions installed for this interpreter, once per list (a lock keeps parallel starts apart)."""
+    """The pinned distributions installed for this interpreter, once per list."""
     recipe = json.dumps({"pins": pinned, "python": sys.version_info[:2], "platform": sys.platform}, sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    target = root / key
-    stamp = target / ".complete"
-    if stamp.is_file():
-        return target / "python"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.is_file():
-            return target / "python"
-        staging = root / f"{key}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        _install(pinned, staging / "python")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        stamp.write_text(recipe + "\n", encoding="utf-8")
-    return target / "python"
+    requirements = [f"{name}=={version}" for name, version in sorted(pinned.items())]
+    installed = _install_once(root / key, lambda staging: _pip_install(requirements, staging / "python", no_deps=True))
+    return installed / "python"
 
 
 def local_layer(layer_dir: Path, root: Path = LOCAL_DEPS_ROOT) -> Path:
@@ -147,22 +141,6 @@ def runtime_provided(root: Path = LOCAL_DEPS_ROOT) -> Path:
     from importlib import metadata
 
     version = metadata.version("boto3")
-    target = root / f"runtime-boto3-{version}"
-    if (target / ".complete").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"runtime-boto3-{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").is_file():
-            return target
-        staging = root / f"runtime-boto3-{version}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
-        command += ["--no-compile", "--target", str(staging), f"boto3=={version}"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise LocalLayerUnavailable(f"could not install boto3=={version}: {result.stderr.strip()[-800:]}")
-        (staging / ".complete").write_text("\n", encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    return target
+    return _install_once(
+        root / f"runtime-boto3-{version}", lambda staging: _pip_install([f"boto3=={version}"], staging, no_deps=False)
+    )
