@@ -6,12 +6,23 @@ so `make dev`, the tests, the soak and the benchmarks share one moto.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
+
+logger = logging.getLogger("quanttrade.local.moto")
+
+# Every DynamoDB request of the server, and the TTL sweep, hold this: DynamoDB makes each request atomic.
+REQUEST_LOCK = threading.RLock()
+# DynamoDB's TTL leaves alone an item whose expiry is more than five years in the past (a value in
+# milliseconds or some other unit, most likely), so the sweep does too.
+TTL_IGNORED_AFTER_SECONDS = 5 * 365 * 24 * 3600
 
 
 def patch() -> None:
     """Make moto's DynamoDB behave like DynamoDB where the local stack depends on it: per-request atomicity,
-    and transactions that cost what they touch.
+    and transactions and queries that cost what they touch.
 
     moto 5.2 answers TransactWriteItems by deep-copying every table the
     transaction names, to restore it wholesale if a condition fails. A
@@ -27,9 +38,14 @@ def patch() -> None:
     atomic; moto's server threads do not), and a transaction snapshots only the
     items it names, restoring exactly those on failure. The tables object moto
     "copies" is the live one, so its own wholesale restore becomes a no-op.
+
+    moto 5.2 also answers a Query on a table's key by listing and sorting every
+    item of the table, then keeping those of the asked partition: each fan-out's
+    audience Query, each history read, cost time in proportion to the whole
+    table, so the stack slowed as subscriptions and history grew. Here a Query
+    of the table (not of an index) reads only its partition, as DynamoDB does.
     """
     import copy
-    import threading
 
     from moto.dynamodb import models
     from moto.dynamodb.models.table import Table
@@ -37,7 +53,7 @@ def patch() -> None:
 
     if getattr(models, "_quanttrade_patched", False):
         return
-    lock = threading.RLock()
+    lock = REQUEST_LOCK
     call_action = DynamoHandler.call_action
 
     def atomic_call_action(self: Any) -> Any:
@@ -79,7 +95,103 @@ def patch() -> None:
                     table.items[hash_key] = before
             raise
 
+    base_query = Table.query
+
+    def partition_query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        if index_name:
+            return base_query(self, hash_key, *args, **kwargs)
+        return base_query(_OnePartition(self, hash_key), hash_key, *args, **kwargs)
+
     DynamoHandler.call_action = atomic_call_action  # type: ignore[method-assign]
+    Table.query = partition_query  # type: ignore[method-assign]
     models.copy = TablesAreNotCopied  # type: ignore[assignment]
     models.DynamoDBBackend.transact_write_items = item_level_transaction  # type: ignore[method-assign]
     models._quanttrade_patched = True  # type: ignore[attr-defined]
+
+
+class _OnePartition:
+    """A table as moto's Query sees it, holding only one partition: Query reads `all_items()` and nothing
+    else of the table's items, so the rest of moto's Query (conditions, paging, limits) applies unchanged."""
+
+    def __init__(self, table: Any, hash_key: Any) -> None:
+        self._table = table
+        self._hash_key = hash_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def all_items(self) -> list[Any]:
+        stored = self._table.items.get(self._hash_key)  # .get: the table's defaultdict would add the key
+        if stored is None:
+            return []
+        if not self._table.range_key_attr:
+            return [stored]
+        return sorted(stored.values(), key=lambda item: item.range_key)
+
+
+def sweep_expired_items(now: float | None = None) -> int:
+    """Delete every item whose TTL attribute has passed, in every table with TTL enabled, as DynamoDB's
+    background TTL process does; returns how many were deleted.
+
+    Without it moto keeps every stream-history entry, event marker and rate
+    window the service writes with an expiry: memory grows for as long as the
+    stack runs, and every Query of a history partition reads more items.
+    """
+    from moto.dynamodb.models import dynamodb_backends
+
+    now = time.time() if now is None else now
+    deleted = 0
+    for account_backends in list(dynamodb_backends.values()):
+        for backend in list(account_backends.values()):
+            for table in list(backend.tables.values()):
+                attribute = table.ttl.get("AttributeName") if table.ttl.get("TimeToLiveStatus") == "ENABLED" else None
+                if attribute:
+                    with REQUEST_LOCK:
+                        deleted += _delete_expired(table, attribute, now)
+    return deleted
+
+
+def _expired(item: Any, attribute: str, now: float) -> bool:
+    value = item.attrs.get(attribute)
+    if value is None or value.type != "N":
+        return False  # DynamoDB: only a Number attribute is an expiry time
+    try:
+        expires = float(value.value)
+    except ValueError:
+        return False
+    return now - TTL_IGNORED_AFTER_SECONDS <= expires < now
+
+
+def _delete_expired(table: Any, attribute: str, now: float) -> int:
+    deleted = 0
+    for hash_key, stored in list(table.items.items()):
+        if table.range_key_attr:
+            for range_key, item in list(stored.items()):
+                if _expired(item, attribute, now):
+                    table.delete_item(hash_key, range_key)
+                    deleted += 1
+            if not stored:
+                del table.items[hash_key]  # moto keeps an emptied partition's dict otherwise
+        elif _expired(stored, attribute, now):
+            table.delete_item(hash_key, None)
+            deleted += 1
+    return deleted
+
+
+def start_ttl_sweeper(interval: float) -> threading.Event:
+    """Sweep expired items every `interval` seconds on a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                deleted = sweep_expired_items()
+            except Exception:  # a sweep must never take the server down; the next one tries again
+                logger.exception("TTL sweep failed")
+                continue
+            if deleted:
+                logger.debug("TTL sweep deleted %d expired items", deleted)
+
+    threading.Thread(target=run, name="dynamodb-ttl-sweeper", daemon=True).start()
+    return stop

@@ -43,6 +43,9 @@ from typing import IO, Any, Literal
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4566
 READY_PREFIX = "MOTO_READY"
+# How often expired items are deleted (DynamoDB TTL). DynamoDB itself gives no bound ("within a few days");
+# a minute keeps the local tables, and moto's memory, at what the service keeps alive.
+DEFAULT_TTL_SWEEP_SECONDS = 60.0
 
 Mode = Literal["subprocess", "thread"]
 
@@ -68,6 +71,7 @@ class MotoServer:
         mode: Mode = "subprocess",
         region: str = "us-east-1",
         start_timeout: float = 30.0,
+        ttl_sweep_seconds: float | None = DEFAULT_TTL_SWEEP_SECONDS,
     ) -> None:
         if mode not in ("subprocess", "thread"):
             raise ValueError(f"mode must be 'subprocess' or 'thread', not {mode!r}")
@@ -76,9 +80,11 @@ class MotoServer:
         self.mode: Mode = mode
         self.region = region
         self.start_timeout = start_timeout
+        self.ttl_sweep_seconds = ttl_sweep_seconds
         self._process: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
         self._threaded: Any = None
+        self._ttl_sweeper: threading.Event | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -109,10 +115,12 @@ class MotoServer:
             raise MotoServerError(f"moto could not listen on {self.host}:{self.port}: {error}") from error
         threading.Thread(target=server.serve_forever, name="moto-server", daemon=True).start()
         self._threaded = server
+        self._ttl_sweeper = _start_ttl_sweeper(self.ttl_sweep_seconds)
         self.port = server.server_port
 
     def _start_subprocess(self) -> None:
         command = [sys.executable, "-m", "local.moto_server", "--host", self.host, "--port", str(self.port)]
+        command += ["--ttl-sweep-seconds", str(self.ttl_sweep_seconds or 0)]
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
@@ -173,6 +181,9 @@ class MotoServer:
         raise MotoServerError(f"moto server at {self.endpoint_url} did not answer within {timeout}s: {last_error}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self._ttl_sweeper is not None:
+            self._ttl_sweeper.set()
+            self._ttl_sweeper = None
         if self._threaded is not None:
             self._threaded.shutdown()
             self._threaded.server_close()
@@ -256,10 +267,17 @@ def _make_server(host: str, port: int) -> Any:
         raise OSError(f"port {port} on {host} is in use") from exit_
 
 
-def _serve(host: str, port: int) -> None:
+def _start_ttl_sweeper(interval: float | None) -> threading.Event | None:
+    from local.moto_dynamodb import start_ttl_sweeper
+
+    return start_ttl_sweeper(interval) if interval else None
+
+
+def _serve(host: str, port: int, ttl_sweep_seconds: float | None) -> None:
     """Run moto in this process until stdin closes or a signal arrives."""
     server = _make_server(host, port)
     threading.Thread(target=server.serve_forever, name="moto-server", daemon=True).start()
+    _start_ttl_sweeper(ttl_sweep_seconds)
     print(f"{READY_PREFIX} {host} {server.server_port}", flush=True)
     stopping = threading.Event()
 
@@ -284,9 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="moto server for the QuantTrade local stack (DynamoDB, SQS, Events)")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed on stdout)")
+    parser.add_argument(
+        "--ttl-sweep-seconds",
+        type=float,
+        default=DEFAULT_TTL_SWEEP_SECONDS,
+        help="delete expired items (DynamoDB TTL) this often; 0 never",
+    )
     args = parser.parse_args(argv)
     try:
-        _serve(args.host, args.port)
+        _serve(args.host, args.port, args.ttl_sweep_seconds)
     except OSError as error:
         print(f"MOTO_FAILED {error}", flush=True)
         sys.exit(1)

@@ -1,0 +1,157 @@
+"""The moto server the local stack runs (local.moto_server, patched by local.moto_dynamodb) answers
+Query by partition as DynamoDB does, and deletes items whose TTL has passed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from local.moto_server import MotoServer
+
+TABLE = "history"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer(port=0, ttl_sweep_seconds=0.2).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dynamodb(moto: MotoServer) -> Iterator[Any]:
+    client = moto.client("dynamodb")
+    client.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+            {"AttributeName": "owner", "AttributeType": "S"},
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-owner",
+                "KeySchema": [
+                    {"AttributeName": "owner", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    try:
+        yield client
+    finally:
+        client.delete_table(TableName=TABLE)
+
+
+def _put(client: Any, pk: str, sk: int, **attributes: dict[str, str]) -> None:
+    client.put_item(TableName=TABLE, Item={"pk": {"S": pk}, "sk": {"N": str(sk)}, **attributes})
+
+
+def _keys(client: Any, **query: Any) -> list[tuple[str, int]]:
+    items = client.query(TableName=TABLE, **query)["Items"]
+    return [(item["pk"]["S"], int(item["sk"]["N"])) for item in items]
+
+
+def _all_keys(client: Any) -> set[tuple[str, int]]:
+    items = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+    return {(item["pk"]["S"], int(item["sk"]["N"])) for item in items}
+
+
+def test_a_query_reads_its_partition_in_key_order_with_conditions_paging_and_direction(dynamodb: Any) -> None:
+    # GIVEN items in three partitions, written out of order
+    for sk in (5, 1, 3, 2, 4):
+        _put(dynamodb, "a", sk, owner={"S": "x"})
+        _put(dynamodb, "b", sk, owner={"S": "y"})
+    _put(dynamodb, "c", 1)
+    key = {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "a"}}}
+
+    # WHEN the partition is queried, forwards, backwards, from a seq on, and page by page
+    forwards = _keys(dynamodb, **key)
+    backwards = _keys(dynamodb, **key, ScanIndexForward=False)
+    ranged = _keys(
+        dynamodb,
+        KeyConditionExpression="pk = :p AND sk > :s",
+        ExpressionAttributeValues={":p": {"S": "a"}, ":s": {"N": "3"}},
+    )
+    first = dynamodb.query(TableName=TABLE, **key, Limit=2)
+    second = dynamodb.query(TableName=TABLE, **key, Limit=2, ExclusiveStartKey=first["LastEvaluatedKey"])
+
+    # THEN only that partition's items come back, in the order and pages DynamoDB gives
+    assert forwards == [("a", n) for n in (1, 2, 3, 4, 5)]
+    assert backwards == [("a", n) for n in (5, 4, 3, 2, 1)]
+    assert ranged == [("a", 4), ("a", 5)]
+    assert [int(item["sk"]["N"]) for item in first["Items"] + second["Items"]] == [1, 2, 3, 4]
+    assert _keys(dynamodb, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "none"}}) == []
+    # AND a query of an index still reads across partitions
+    by_owner = _keys(
+        dynamodb,
+        IndexName="by-owner",
+        KeyConditionExpression="#o = :o",
+        ExpressionAttributeNames={"#o": "owner"},
+        ExpressionAttributeValues={":o": {"S": "y"}},
+    )
+    assert by_owner == [("b", n) for n in (1, 2, 3, 4, 5)]
+
+
+def _wait_until(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_items_whose_ttl_has_passed_are_deleted_and_nothing_else(dynamodb: Any) -> None:
+    # GIVEN TTL on `expires_at`, and items with every kind of expiry value
+    dynamodb.update_time_to_live(
+        TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+    )
+    now = time.time()
+    _put(dynamodb, "h", 1, expires_at={"N": str(int(now) - 10)})  # expired
+    _put(dynamodb, "h", 2, expires_at={"N": str(int(now) + 3600)})  # an hour to go
+    _put(dynamodb, "h", 3, expires_at={"S": str(int(now) - 10)})  # not a Number: DynamoDB ignores it
+    _put(dynamodb, "h", 4, expires_at={"N": str(int(now) - 6 * 365 * 24 * 3600)})  # > 5 years ago: ignored
+    _put(dynamodb, "h", 5)  # no expiry
+    _put(dynamodb, "gone", 1, expires_at={"N": str(int(now) - 1)})  # a partition with only an expired item
+
+    # WHEN the sweep (every 0.2 s here) has run
+    swept = _wait_until(lambda: ("h", 1) not in _all_keys(dynamodb))
+
+    # THEN the expired items are gone, everything else is still there
+    assert swept
+    assert _all_keys(dynamodb) == {("h", 2), ("h", 3), ("h", 4), ("h", 5)}
+    assert _keys(dynamodb, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "gone"}}) == []
+
+
+def test_a_table_without_ttl_keeps_items_whatever_their_attributes(moto: MotoServer, dynamodb: Any) -> None:
+    # GIVEN no TTL on the table, and an item whose `expires_at` has passed
+    _put(dynamodb, "k", 1, expires_at={"N": str(int(time.time()) - 10)})
+    # AND a second table, with TTL, whose expired item marks that a sweep has happened since
+    other = "swept-marker"
+    dynamodb.create_table(
+        TableName=other,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    try:
+        dynamodb.update_time_to_live(TableName=other, TimeToLiveSpecification={"Enabled": True, "AttributeName": "e"})
+        dynamodb.put_item(TableName=other, Item={"pk": {"S": "m"}, "e": {"N": str(int(time.time()) - 10)}})
+
+        # WHEN a sweep has run
+        assert _wait_until(lambda: not dynamodb.scan(TableName=other)["Items"])
+
+        # THEN the table without TTL still has its item
+        assert _all_keys(dynamodb) == {("k", 1)}
+    finally:
+        dynamodb.delete_table(TableName=other)
