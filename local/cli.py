@@ -103,6 +103,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         log_level=args.handler_log_level,
         faults=args.faults,
         fault_seed=args.fault_seed,
+        ttl_sweep_seconds=args.ttl_sweep or None,
     )
 
     async def run() -> None:
@@ -763,6 +764,13 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. dynamodb=0.05,management=0.05,sqs=0.02",
     )
     dev.add_argument("--fault-seed", type=int, default=None, help="seed for --faults, to repeat a run's faults")
+    dev.add_argument(
+        "--ttl-sweep",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="delete items whose DynamoDB TTL has passed this often (60; 0: never)",
+    )
     dev.add_argument("--log-level", default="INFO", help="log level of the local stack's components (INFO)")
     dev.add_argument(
         "--handler-log-level",

@@ -189,7 +189,7 @@ class QueuePump:
             blocked = self.fifo and time.monotonic() < self._blocked_until
             wait = 0 if blocked else self.wait_seconds
             try:
-                messages = await loop.run_in_executor(self._io, self._receive, wait)
+                messages = await self._receive_unless_stopping(loop, wait)
             except Exception as error:
                 # moto restarting or unreachable: keep trying, as the Lambda poller does, without spinning.
                 self.stats.last_error = f"receive: {type(error).__name__}: {error}"
@@ -203,6 +203,21 @@ class QueuePump:
                     await self._pause(self.blocked_poll_interval)
                 continue
             await self._process(messages)
+
+    async def _receive_unless_stopping(self, loop: asyncio.AbstractEventLoop, wait: int) -> list[dict[str, Any]]:
+        """A long poll that a stop does not wait for: nothing received is lost by leaving it, since
+        messages a receive never returned stay on the queue, as with Lambda's poller."""
+        receive = loop.run_in_executor(self._io, self._receive, wait)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not receive.done():
+            # Stopping mid-poll: a batch the poll still returns becomes visible again after its timeout.
+            receive.add_done_callback(lambda future: future.cancelled() or future.exception())
+            return []
+        return receive.result()
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

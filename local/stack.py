@@ -56,7 +56,7 @@ from local.cloud import Clients, CloudAssembly, Deployment, Template, provision,
 from local.deps_layer import local_layer, runtime_provided
 from local.gateway import GatewayConfig, LocalGateway
 from local.lambda_runtime import DEFAULT_ACCOUNT, Credentials, LambdaFunction, preflight
-from local.moto_server import CREDENTIALS, Mode, MotoServer
+from local.moto_server import CREDENTIALS, DEFAULT_TTL_SWEEP_SECONDS, Mode, MotoServer
 from local.principals import Principal, Principals
 from local.pump import QueuePump
 from local.signed_http import PRINCIPAL_KEY, require_invoke
@@ -100,6 +100,8 @@ class StackConfig:
     simulator: bool = False
     simulator_rate: float = 6.0
     sweep_interval: float | Literal["template"] | None = SCHEDULED
+    # How often moto deletes items whose TTL has passed, as DynamoDB's TTL does (None: never).
+    ttl_sweep_seconds: float | None = DEFAULT_TTL_SWEEP_SECONDS
     # None: each queue's visibility timeout from the template (60 s). Tests shorten it so a failed record
     # (its FIFO group held back until the timeout, as on AWS) is retried within a test's patience.
     queue_visibility_timeout: int | None = None
@@ -149,7 +151,11 @@ class LocalStack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
         self.moto = MotoServer(
-            self.config.host, self.config.moto_port, mode=self.config.moto_mode, region=self.config.region
+            self.config.host,
+            self.config.moto_port,
+            mode=self.config.moto_mode,
+            region=self.config.region,
+            ttl_sweep_seconds=self.config.ttl_sweep_seconds,
         )
         self.assembly: CloudAssembly | None = None
         self.deployment: Deployment | None = None
@@ -164,6 +170,7 @@ class LocalStack:
         self.principals = Principals(DEFAULT_ACCOUNT)
         self.front_door: AwsFrontDoor | None = None
         self.startup_seconds: float | None = None
+        self.stop_seconds: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
         self._wrote_outputs = False
@@ -498,11 +505,26 @@ class LocalStack:
         self._wrote_outputs = True
 
     async def stop(self) -> None:
-        """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto."""
+        """Simulator, then every connection (each gets its $disconnect), pumps, functions, moto.
+
+        Every step is bounded, so Ctrl-C ends the stack within seconds under any
+        load: a pump does not wait out its long poll, and the gateway gives the
+        `$disconnect`s one budget for all (see `LocalGateway.stop`).
+        """
         if not self._started:
             return
         self._started = False
         self._serving = False
+        loop = asyncio.get_running_loop()
+        timings: dict[str, float] = {}
+        began = step = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal step
+            now = time.monotonic()
+            timings[name] = now - step
+            step = now
+
         if self.simulator is not None:
             await self.simulator.stop()
         if self._sweeper is not None:
@@ -510,19 +532,27 @@ class LocalStack:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        lap("simulator")
         if self.gateway is not None:
             await self.gateway.stop()
-        for pump in self.pumps:
-            await pump.stop()
-        for function in self.functions.values():
-            await function.aclose()
+        lap("connections")
+        await asyncio.gather(*(pump.stop() for pump in self.pumps))
+        await asyncio.gather(*(function.aclose() for function in self.functions.values()))
+        lap("pumps and functions")
         if self.front_door is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.front_door.stop)
+            await loop.run_in_executor(None, self.front_door.stop)
             self.front_door = None
-        await asyncio.get_running_loop().run_in_executor(None, self.moto.stop)
+        await loop.run_in_executor(None, self.moto.stop)
+        lap("moto")
         if self._wrote_outputs:
             OUTPUTS_FILE.unlink(missing_ok=True)  # its keys and endpoints die with this stack
             self._wrote_outputs = False
+        self.stop_seconds = time.monotonic() - began
+        logger.info(
+            "stopped in %.1f s (%s)",
+            self.stop_seconds,
+            ", ".join(f"{name} {secs:.1f} s" for name, secs in timings.items()),
+        )
 
     async def __aenter__(self) -> LocalStack:
         return await self.start()
