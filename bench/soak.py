@@ -236,6 +236,7 @@ async def connect_held(url: str, count: int, tally: Tally) -> tuple[list[HeldCli
 
 async def feed(
     events: Any,
+    bus: str,
     rate: float,
     until: float,
     published: Counter[str],
@@ -272,7 +273,7 @@ async def feed(
             "Source": source,
             "DetailType": "MarketData",
             "Detail": json.dumps(detail),
-            "EventBusName": topology.EVENT_BUS_NAME,
+            "EventBusName": bus,
         }
 
         def put(entry: dict[str, Any] = entry) -> tuple[float, Any]:
@@ -641,7 +642,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         stack_cpu_start = machine.cpu_seconds(stack.pid) or 0.0
         moto_cpu_start = (machine.cpu_seconds(moto_pids[0]) or 0.0) if moto_pids else 0.0
         tasks = [
-            asyncio.create_task(feed(events, args.rate, until, published, published_at, feed_failures)),
+            asyncio.create_task(
+                feed(events, stack.info["event_bus_name"], args.rate, until, published, published_at, feed_failures)
+            ),
             asyncio.create_task(pinger(held, args.ping_interval, until)),
             asyncio.create_task(abuser(url, args.abuse_interval, until, rounds)),
         ]

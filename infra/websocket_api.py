@@ -63,13 +63,13 @@ class JsonAccessLogs:
 
 
 class WebSocketApi(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, stage_name: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, stage_name: str, api_name: str) -> None:
         super().__init__(scope, construct_id)
         self.stage_name = stage_name
         self.api = apigwv2.WebSocketApi(
             self,
             "Api",
-            api_name="quanttrade-websocket",
+            api_name=api_name,
             description="QuantTrade real-time streams for dashboards, apps and trading bots",
             route_selection_expression=topology.ROUTE_SELECTION_EXPRESSION,
         )
@@ -188,7 +188,7 @@ class WebSocketApi(Construct):
                     "reason": "The API Gateway account logging role serves every REST and WebSocket API in the "
                     "account and region, including log groups this stack does not know, so it cannot be scoped "
                     "to ours; AmazonAPIGatewayPushToCloudWatchLogs is the AWS-maintained policy for exactly this.",
-                    "applies_to": [
+                    "appliesTo": [
                         "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
                     ],
                 }

@@ -350,7 +350,8 @@ async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
     client = await connect("cli-watcher")
     await client.request("subscribe", streams=[{"stream_type": "system_status"}])
     detail = json.dumps({"service": "order-router", "status": "degraded", "message": "slow fills"})
-    publish_args = ["publish", "SystemStatus", detail, "--endpoint", local_stack.aws_endpoint_url]
+    endpoint, bus = local_stack.aws_endpoint_url, local_stack.event_bus_name
+    publish_args = ["publish", "SystemStatus", detail, "--endpoint", endpoint, "--bus", bus]
     assert await asyncio.to_thread(main, publish_args) == 0
     event_id = json.loads(capsys.readouterr().out)["EventId"]
     status = await client.expect(lambda m: m.get("payload", {}).get("event_id") == event_id, what="the CLI event")
@@ -359,6 +360,6 @@ async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
 
     assert await asyncio.to_thread(main, ["stats", "--url", local_stack.http_url]) == 0
     assert json.loads(capsys.readouterr().out)["connections"] >= 1
-    invalid = ["publish", "MarketData", '{"symbol": "AAPL"}', "--endpoint", local_stack.aws_endpoint_url]
+    invalid = ["publish", "MarketData", '{"symbol": "AAPL"}', "--endpoint", endpoint, "--bus", bus]
     with pytest.raises(SystemExit, match="would dead-letter"):
         await asyncio.to_thread(main, invalid)
