@@ -15,7 +15,7 @@ What happens, all on 127.0.0.1 (the stack in a child process, as `bench.end_to_e
    get in), and a script of abusive clients runs every `--abuse-interval`
    seconds: frames over 32 KB and messages over 128 KB (close 1009), floods
    beyond 100 messages per second (RATE_LIMIT, then the connection is closed),
-   invalid JSON and unknown actions, bad tokens (HTTP 401), and streams and
+   invalid JSON and unknown actions, no token (HTTP 401) and bad tokens (HTTP 403), and streams and
    rooms the token does not permit (FORBIDDEN, INVALID_ROOM).
 4. The feed stops; once every held client has the last seq of its stream (or
    a deadline passes), messages lost are counted: every seq of its stream from
@@ -459,7 +459,8 @@ EXPECTED = {
     "oversized_frame": {"close_code": 1009},
     "oversized_message": {"close_code": 1009},
     "garbage": {"unknown_action": "UNKNOWN_ACTION", "malformed": "INVALID_MESSAGE", "invalid_json": "INVALID_MESSAGE"},
-    "tokens": {"no_token": "401", "garbage": "401", "expired": "401", "wrong_secret": "401"},
+    # No token: API Gateway refuses before the authorizer (401); a refused token: the authorizer's Deny (403).
+    "tokens": {"no_token": "401", "garbage": "403", "expired": "403", "wrong_secret": "403"},
     "forbidden": {
         "stream": "FORBIDDEN",
         "admin-room": "FORBIDDEN",

@@ -60,12 +60,13 @@ async def test_no_token_is_refused_with_401(local_stack: LocalStack) -> None:
     assert await refused_status(local_stack, "") == 401
 
 
-async def test_a_bad_token_is_refused_with_401(local_stack: LocalStack, mint: Callable[..., str]) -> None:
-    assert await refused_status(local_stack, "?token=not-a-jwt") == 401
+async def test_a_bad_token_is_refused_with_403(local_stack: LocalStack, mint: Callable[..., str]) -> None:
+    # The authorizer answers a refused token with a Deny policy (no Lambda error), which API Gateway turns into 403.
+    assert await refused_status(local_stack, "?token=not-a-jwt") == 403
     forged = mint("mallory")[:-4] + "AAAA"
-    assert await refused_status(local_stack, f"?token={forged}") == 401
+    assert await refused_status(local_stack, f"?token={forged}") == 403
     expired = mint("late", expires_in=-60)
-    assert await refused_status(local_stack, f"?token={expired}") == 401
+    assert await refused_status(local_stack, f"?token={expired}") == 403
 
 
 # ---------------------------------------------------------------- actions through the real gateway
