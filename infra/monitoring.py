@@ -77,14 +77,14 @@ class Monitoring(Construct):
         tables: dict[str, dynamodb.Table],
         websocket_api_id: str,
         stage_name: str,
-        name: Callable[[str], str],
+        physical_name: Callable[[str], str],
         stage: str,
         delivery_lag_threshold_ms: float,
         queue_age_threshold_seconds: int,
         alarm_email: str | None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self._name = name
+        self._physical_name = physical_name  # alarm and dashboard names, unique per stage
         self.topic = self._alarm_topic(alarm_email, stage)
         self.alarms: list[cloudwatch.Alarm] = []
         self._api_id = websocket_api_id
@@ -282,7 +282,7 @@ class Monitoring(Construct):
         alarm = cloudwatch.Alarm(
             self,
             construct_id,
-            alarm_name=self._name(construct_id),
+            alarm_name=self._physical_name(construct_id),
             metric=metric,
             threshold=threshold,
             comparison_operator=comparison,
@@ -319,7 +319,7 @@ class Monitoring(Construct):
                 period=ONE_MINUTE,
             )
 
-        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=self._name("WebSocket"))
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=self._physical_name("WebSocket"))
         dashboard.add_widgets(
             graph(
                 "Connections",

@@ -108,7 +108,7 @@ class QuantTradeStack(Stack):
             websocket_api_id=self.websocket.api_id,
             stage_name=stage_name,
             tables={declared.logical_id: table for declared, table in self.tables.items()},
-            name=config.physical_name,
+            physical_name=config.physical_name,
             stage=config.stage,
             delivery_lag_threshold_ms=config.delivery_lag_threshold_ms,
             queue_age_threshold_seconds=config.queue_age_threshold_seconds,
