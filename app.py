@@ -3,7 +3,7 @@
 
     cdk synth                                   # through the CDK CLI (cdk.json names this file)
     python app.py                               # offline, no credentials; writes $CDK_OUTDIR or ./cdk.out
-    python app.py -c stage_name=dev -c settings.chunk_size=500
+    python app.py -c stage=dev -c owner=team-x -c settings.chunk_size=500
 
 Context keys are documented in infra/context.py. The third-party dependency
 layer is built (or taken from the .build/ cache) before synthesis; see

@@ -129,6 +129,7 @@ async def _serve_stack(options: dict[str, Any]) -> None:
                 "management_endpoint": stack.management_endpoint,
                 # The template names its tables: the benchmark asks the stack instead of guessing.
                 "subscriptions_table": stack.settings.subscriptions_table if stack.settings else "",
+                "event_bus_name": stack.event_bus_name,
                 "pid": os.getpid(),
             }
         )
@@ -445,7 +446,7 @@ async def _measure(arrivals: Arrivals, audience: int, repeats: int, publish: Any
     return measured
 
 
-def _market_data_entry(attempt: int) -> dict[str, Any]:
+def _market_data_entry(attempt: int, bus: str) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from quanttrade_ws import topology
@@ -465,7 +466,7 @@ def _market_data_entry(attempt: int) -> dict[str, Any]:
         "Source": source,
         "DetailType": "MarketData",
         "Detail": json.dumps(detail),
-        "EventBusName": topology.EVENT_BUS_NAME,
+        "EventBusName": bus,
     }
 
 
@@ -548,7 +549,7 @@ async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS
         control = await connect(plain.info["websocket_url"] + "control", max_size=None, ping_interval=None)
 
         async def publish_service(attempt: int) -> tuple[str, float, float]:
-            entry = _market_data_entry(attempt)
+            entry = _market_data_entry(attempt, stack.info["event_bus_name"])
 
             def put() -> tuple[str, float]:
                 published_at = time.time()

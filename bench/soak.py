@@ -15,7 +15,7 @@ What happens, all on 127.0.0.1 (the stack in a child process, as `bench.end_to_e
    get in), and a script of abusive clients runs every `--abuse-interval`
    seconds: frames over 32 KB and messages over 128 KB (close 1009), floods
    beyond 100 messages per second (RATE_LIMIT, then the connection is closed),
-   invalid JSON and unknown actions, bad tokens (HTTP 401), and streams and
+   invalid JSON and unknown actions, no token (HTTP 401) and bad tokens (HTTP 403), and streams and
    rooms the token does not permit (FORBIDDEN, INVALID_ROOM).
 4. The feed stops; once every held client has the last seq of its stream (or
    a deadline passes), messages lost are counted: every seq of its stream from
@@ -236,6 +236,7 @@ async def connect_held(url: str, count: int, tally: Tally) -> tuple[list[HeldCli
 
 async def feed(
     events: Any,
+    bus: str,
     rate: float,
     until: float,
     published: Counter[str],
@@ -272,7 +273,7 @@ async def feed(
             "Source": source,
             "DetailType": "MarketData",
             "Detail": json.dumps(detail),
-            "EventBusName": topology.EVENT_BUS_NAME,
+            "EventBusName": bus,
         }
 
         def put(entry: dict[str, Any] = entry) -> tuple[float, Any]:
@@ -458,7 +459,8 @@ EXPECTED = {
     "oversized_frame": {"close_code": 1009},
     "oversized_message": {"close_code": 1009},
     "garbage": {"unknown_action": "UNKNOWN_ACTION", "malformed": "INVALID_MESSAGE", "invalid_json": "INVALID_MESSAGE"},
-    "tokens": {"no_token": "401", "garbage": "401", "expired": "401", "wrong_secret": "401"},
+    # No token: API Gateway refuses before the authorizer (401); a refused token: the authorizer's Deny (403).
+    "tokens": {"no_token": "401", "garbage": "403", "expired": "403", "wrong_secret": "403"},
     "forbidden": {
         "stream": "FORBIDDEN",
         "admin-room": "FORBIDDEN",
@@ -641,7 +643,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         stack_cpu_start = machine.cpu_seconds(stack.pid) or 0.0
         moto_cpu_start = (machine.cpu_seconds(moto_pids[0]) or 0.0) if moto_pids else 0.0
         tasks = [
-            asyncio.create_task(feed(events, args.rate, until, published, published_at, feed_failures)),
+            asyncio.create_task(
+                feed(events, stack.info["event_bus_name"], args.rate, until, published, published_at, feed_failures)
+            ),
             asyncio.create_task(pinger(held, args.ping_interval, until)),
             asyncio.create_task(abuser(url, args.abuse_interval, until, rounds)),
         ]

@@ -1,7 +1,11 @@
 """$connect REQUEST authorizer: verifies the JWT in `?token=` and passes the identity on.
 
-Missing or invalid tokens raise "Unauthorized" (API Gateway answers 401); a
-verified token whose user may not use the WebSocket API gets a Deny (403).
+A refused token (missing, malformed, expired, forged) is an answer, not a
+failure: the authorizer returns a Deny policy and API Gateway ends the
+handshake with 403, without the invocation counting as a Lambda error. Only
+an unexpected failure (the key could not be read, a bug) is counted, as the
+`AuthorizerFailures` metric the on-call is paged on, and raised, so API
+Gateway answers 500 and the client retries instead of dropping its token.
 """
 
 from __future__ import annotations
@@ -12,24 +16,41 @@ from quanttrade_ws.auth import AuthError
 from quanttrade_ws.observability import logger, metrics
 from quanttrade_ws.runtime import runtime
 
+# API Gateway's principal for a refused handshake; nothing downstream sees it.
+REFUSED_PRINCIPAL = "refused"
+
+
+def _policy(principal: str, effect: str, method_arn: str) -> dict[str, Any]:
+    return {
+        "principalId": principal,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": effect, "Resource": method_arn}],
+        },
+    }
+
 
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path="requestContext.connectionId", log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    method_arn = event["methodArn"]
     token = (event.get("queryStringParameters") or {}).get("token")
     if not token:
-        raise Exception("Unauthorized")  # API Gateway's contract for a 401
+        # API Gateway refuses a handshake without the identity source itself (401)
+        # before invoking anything; this covers an empty `?token=` all the same.
+        return _refuse("Missing token", method_arn)
     try:
         identity = runtime().token_verifier.verify(token)
     except AuthError as error:
-        logger.info("token refused", extra={"reason": str(error)})
-        metrics.add_metric(name="AuthorizerDenied", unit="Count", value=1)
-        raise Exception("Unauthorized") from None
-    return {
-        "principalId": identity.user_id,
-        "policyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}],
-        },
-        "context": identity.to_authorizer_context(),
-    }
+        return _refuse(str(error), method_arn)
+    except Exception:
+        logger.exception("authorizer failed")
+        metrics.add_metric(name="AuthorizerFailures", unit="Count", value=1)
+        raise
+    return {**_policy(identity.user_id, "Allow", method_arn), "context": identity.to_authorizer_context()}
+
+
+def _refuse(reason: str, method_arn: str) -> dict[str, Any]:
+    logger.info("token refused", extra={"reason": reason})
+    metrics.add_metric(name="AuthorizerDenied", unit="Count", value=1)
+    return _policy(REFUSED_PRINCIPAL, "Deny", method_arn)

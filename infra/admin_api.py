@@ -45,6 +45,7 @@ class AdminApi(Construct):
         construct_id: str,
         *,
         admin_function: lambda_.IFunction,
+        api_name: str,
         log_retention_days: int,
         removal_policy: RemovalPolicy,
     ) -> None:
@@ -52,7 +53,7 @@ class AdminApi(Construct):
         self.api = apigwv2.HttpApi(
             self,
             "Api",
-            api_name="quanttrade-admin",
+            api_name=api_name,
             description="QuantTrade operators' read-only API (IAM-authorised)",
             # The default stage is created below, with access logs and throttling.
             create_default_stage=False,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import App, Aspects, Environment
+from aws_cdk import App, Aspects, Environment, Tags
 from cdk_nag import AwsSolutionsChecks
 
 from infra.context import infra_config
@@ -22,7 +22,6 @@ from infra.stack import QuantTradeStack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
-STACK_NAME = "QuantTradeStack"
 
 
 def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
@@ -49,13 +48,18 @@ def create_app(*, context: Mapping[str, Any] | None = None, outdir: str | None =
     # Without account and region the stack is environment-agnostic: ARNs and
     # URLs use AWS::AccountId / AWS::Region, so synth needs no credentials.
     env = Environment(account=config.account, region=config.region) if config.account or config.region else None
+    # The stack's name is its construct id: `QuantTrade-<stage>`, one stack per stage.
     stack = QuantTradeStack(
         app,
-        STACK_NAME,
+        config.stack_name,
         env=env,
         config=config,
         deps_layer=deps_layer,
         description="QuantTrade real-time WebSocket backend (API Gateway, Lambda, DynamoDB, EventBridge, SQS)",
     )
+    # On the app, so every resource of every stack carries them; CloudFormation
+    # also propagates stack tags to what it creates on the stack's behalf.
+    for key, value in config.tags.items():
+        Tags.of(app).add(key, value)
     Aspects.of(app).add(AwsSolutionsChecks(verbose=True))
     return app, stack

@@ -19,11 +19,19 @@ end up in the template.
 
 Infrastructure keys (see `InfraConfig` for defaults):
 
-    stage_name                 WebSocket API stage, also in the management endpoint (prod)
+    stage                      the deployment's name (prod): the stack is `QuantTrade-<stage>`, and every
+                               explicitly named resource carries it (the bus `quanttrade-<stage>`, the
+                               dashboard, the alarms, the API names), so stages share an account and region
+    owner                      value of the Owner tag on every resource (quanttrade-platform); the tags
+                               Project=QuantTrade and Stage=<stage> go on every resource too
+    stage_name                 WebSocket API stage, also in the management endpoint; defaults to `stage`
+                               (kept for stacks that chose an API stage apart from the deployment's name)
     throttle_rate_limit        default route throttling, requests per second (2000)
     throttle_burst_limit       default route throttling, burst (5000)
     log_retention_days         every log group, a CloudWatch Logs retention value (30)
-    removal_policy             retain | destroy | snapshot, for tables, secret and log groups (retain)
+    removal_policy             retain | destroy, for tables, secrets and log groups (retain). Retained
+                               tables keep point-in-time recovery (35 days of backups) and deletion
+                               protection; `snapshot` is refused, DynamoDB has no Snapshot deletion policy
     domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
     jwks_url                   verify access tokens with RS256 against this JWKS URL (session
                                tokens keep their generated key in Secrets Manager)
@@ -85,14 +93,24 @@ class ContextError(ValueError):
     """A context value that cannot be used; raised during synth so nothing half-valid is deployed."""
 
 
+PROJECT = "QuantTrade"
+# A stage goes into the stack name (letters, digits, hyphens), the bus name and
+# alarm names; 32 characters leaves every one of them well inside its limit.
+STAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$"
+# What AWS accepts in a tag value.
+TAG_VALUE_PATTERN = r"^[\w .:/=+\-@]+$"
+
+
 class InfraConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    stage_name: str = Field("prod", pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    stage: str = Field("prod", pattern=STAGE_PATTERN)
+    owner: str = Field("quanttrade-platform", pattern=TAG_VALUE_PATTERN, max_length=256)
+    stage_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
     throttle_rate_limit: float = Field(2000, gt=0)
     throttle_burst_limit: int = Field(5000, ge=0)
     log_retention_days: int = 30
-    removal_policy: Literal["retain", "destroy", "snapshot"] = "retain"
+    removal_policy: Literal["retain", "destroy"] = "retain"
     domain_name: str | None = None
     certificate_arn: str | None = None
     jwks_url: str | None = None
@@ -104,6 +122,17 @@ class InfraConfig(BaseModel):
     account: str | None = None
     region: str | None = None
     deps_layer_dir: str | None = None
+
+    @field_validator("removal_policy", mode="before")
+    @classmethod
+    def _no_snapshot(cls, value: Any) -> Any:
+        if value == "snapshot":
+            raise ValueError(
+                "removal_policy=snapshot is not supported: DynamoDB tables have no Snapshot deletion policy, so "
+                "CloudFormation rejects the template. Use 'retain': tables keep point-in-time recovery and "
+                "deletion protection"
+            )
+        return value
 
     @field_validator("log_retention_days")
     @classmethod
@@ -117,6 +146,27 @@ class InfraConfig(BaseModel):
         if bool(self.domain_name) != bool(self.certificate_arn):
             raise ValueError("domain_name and certificate_arn go together: give both or neither")
         return self
+
+    @property
+    def api_stage_name(self) -> str:
+        """The WebSocket API's stage: `stage_name` when given, else the deployment's stage."""
+        return self.stage_name or self.stage
+
+    @property
+    def stack_name(self) -> str:
+        return f"{PROJECT}-{self.stage}"
+
+    @property
+    def event_bus_name(self) -> str:
+        return f"{topology.EVENT_BUS_NAME}-{self.stage}"
+
+    def physical_name(self, what: str) -> str:
+        """The name of an explicitly named resource (dashboard, alarm, API): unique per stage."""
+        return f"{PROJECT}-{self.stage}-{what}"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"Project": PROJECT, "Stage": self.stage, "Owner": self.owner}
 
 
 def _parse_json_object(key: str, raw: Any) -> dict[str, Any]:

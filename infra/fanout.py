@@ -1,4 +1,4 @@
-"""Upstream events into the service: the `quanttrade` bus, its archive, one rule per source, the SQS queues.
+"""Upstream events into the service: the `quanttrade-<stage>` bus, its archive, one rule per source, the SQS queues.
 
 Built in two steps because the queue URLs go into the functions' environment
 while the functions are what consume the queues: the constructor creates the
@@ -23,7 +23,7 @@ DLQ_RETENTION = Duration.days(14)  # the SQS maximum: time to notice, fix and re
 
 
 class FanOut(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, archive_retention_days: int) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, bus_name: str, archive_retention_days: int) -> None:
         super().__init__(scope, construct_id)
 
         self.queues: dict[str, sqs.Queue] = {}
@@ -55,7 +55,9 @@ class FanOut(Construct):
             self.queues[declared.logical_id] = queue
             self.dead_letter_queues[declared.logical_id] = dlq
 
-        self.bus = events.EventBus(self, "EventBus", event_bus_name=topology.EVENT_BUS_NAME)
+        # Named, because upstream services address it by name in PutEvents; the
+        # stage in the name lets several stages share an account and region.
+        self.bus = events.EventBus(self, "EventBus", event_bus_name=bus_name)
         # Every upstream event is kept for the retention window so that, after
         # an incident (bad deploy, poisoned DLQ, lost table), the window can be
         # replayed into the rules instead of asking upstream to resend.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,15 @@ def manage_connections_arn(api_id: str, stage_name: str) -> str:
     # Any method (POST to send, GET for connection info, DELETE to close) on
     # any connection of this API's one stage, and nothing else.
     return f"arn:{Aws.PARTITION}:execute-api:{Aws.REGION}:{Aws.ACCOUNT_ID}:{api_id}/{stage_name}/*/@connections/*"
+
+
+def connections_finding_pattern(stage_name: str) -> str:
+    """cdk-nag's IAM5 finding for `manage_connections_arn`, as the regex a suppression's appliesTo takes."""
+    return (
+        r"/^Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:<[A-Za-z0-9]+>\/"
+        + re.escape(stage_name)
+        + r"\/\*\/@connections\/\*$/"
+    )
 
 
 @dataclass(frozen=True)
@@ -283,9 +293,9 @@ class Functions(Construct):
                         "reason": "Connection ids are assigned by API Gateway at run time, so the Management API "
                         "permission names this API and stage and leaves only the HTTP method and connection id "
                         "open.",
-                        "applies_to": [
-                            {"regex": r"/^Resource::arn:<AWS::Partition>:execute-api:.*\/\*\/@connections\/\*$/"}
-                        ],
+                        # cdk-nag reads `appliesTo` (camelCase) from a plain dict; the finding
+                        # names the API by its logical id, so the pattern pins everything else.
+                        "appliesTo": [{"regex": connections_finding_pattern(self._stage_name)}],
                     }
                 ],
                 apply_to_children=True,
@@ -312,7 +322,7 @@ class Functions(Construct):
                     "id": "AwsSolutions-IAM5",
                     "reason": "xray:PutTraceSegments and xray:PutTelemetryRecords (added by active tracing) do not "
                     "support resource-level permissions, so their resource must be '*'.",
-                    "applies_to": ["Resource::*"],
+                    "appliesTo": ["Resource::*"],  # camelCase: cdk-nag ignores `applies_to` in a dict
                 }
             ],
             apply_to_children=True,

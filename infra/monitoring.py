@@ -2,15 +2,22 @@
 
 Custom metrics are the EMF metrics the handlers emit through Powertools in
 namespace `QuantTrade` with the dimension service=websocket.
+
+Every alarm is meant to need a person: a refused token, a client over its
+limits or one throttle the SDK retried is not one. So the authorizer has no
+Errors alarm (a refusal is a Deny, not an error) but one on the failures it
+counts itself (`AuthorizerFailures`), and API Gateway's ClientError (refused
+handshakes, bad frames) is shown, never alarmed on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -34,11 +41,18 @@ CUSTOM_METRICS = (
     "ConnectionsOpened",
     "ConnectionsClosed",
     "AuthorizerDenied",
+    "AuthorizerFailures",
     "InternalErrors",
 )
 
 ONE_MINUTE = Duration.minutes(1)
 FIVE_MINUTES = Duration.minutes(5)
+# p99 duration at this share of the timeout means the slowest invocations are
+# about to be killed mid-batch (SQS redelivers, clients see timeouts).
+DURATION_TIMEOUT_SHARE = 0.8
+# $connect answers over-limit clients with 4XX, which API Gateway counts as
+# IntegrationError; this many in five minutes, twice running, is no longer a few clients.
+INTEGRATION_ERROR_THRESHOLD = 10
 
 
 def custom_metric(name: str, *, statistic: str = "Sum", period: Duration = FIVE_MINUTES) -> cloudwatch.Metric:
@@ -60,15 +74,21 @@ class Monitoring(Construct):
         functions: dict[str, lambda_.Function],
         source_queues: dict[str, sqs.Queue],
         dead_letter_queues: dict[str, sqs.Queue],
+        tables: dict[str, dynamodb.Table],
         websocket_api_id: str,
         stage_name: str,
+        physical_name: Callable[[str], str],
+        stage: str,
         delivery_lag_threshold_ms: float,
         queue_age_threshold_seconds: int,
         alarm_email: str | None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.topic = self._alarm_topic(alarm_email)
+        self._physical_name = physical_name  # alarm and dashboard names, unique per stage
+        self.topic = self._alarm_topic(alarm_email, stage)
         self.alarms: list[cloudwatch.Alarm] = []
+        self._api_id = websocket_api_id
+        self._stage_name = stage_name
 
         for name, dlq in dead_letter_queues.items():
             # Anything in a DLQ is a message the service gave up on: one is enough to look.
@@ -89,21 +109,75 @@ class Monitoring(Construct):
                 evaluation_periods=3,
                 description=f"{name} is not being drained: its oldest message is over the threshold.",
             )
-        for name, function in functions.items():
+        timeouts = {declared.name: declared.timeout_seconds for declared in topology.FUNCTIONS}
+        for function_name, function in functions.items():
+            title = function_name.title()
+            if function_name != topology.AUTHORIZER.name:
+                self._alarm(
+                    f"{title}Errors",
+                    function.metric_errors(statistic="Sum", period=FIVE_MINUTES),
+                    threshold=1,
+                    description=f"The {function_name} function raised errors; handlers are meant never to fail.",
+                )
             self._alarm(
-                f"{name.title()}Errors",
-                function.metric_errors(statistic="Sum", period=FIVE_MINUTES),
-                threshold=1,
-                description=f"The {name} function raised errors; handlers are meant never to fail.",
-            )
-            self._alarm(
-                f"{name.title()}Throttles",
+                f"{title}Throttles",
                 function.metric_throttles(statistic="Sum", period=FIVE_MINUTES),
                 threshold=1,
-                description=f"Lambda throttled the {name} function: account or reserved concurrency is exhausted.",
+                description=f"Lambda throttled the {function_name} function: account or reserved concurrency is "
+                "exhausted.",
             )
-        self.authorizer_errors = next(
-            alarm for alarm in self.alarms if alarm.node.id == f"{topology.AUTHORIZER.name.title()}Errors"
+            timeout_ms = timeouts[function_name] * 1000
+            self._alarm(
+                f"{title}DurationNearTimeout",
+                function.metric_duration(statistic="p99", period=FIVE_MINUTES),
+                threshold=DURATION_TIMEOUT_SHARE * timeout_ms,
+                evaluation_periods=3,
+                datapoints_to_alarm=2,
+                description=f"p99 duration of the {function_name} function is at or above "
+                f"{DURATION_TIMEOUT_SHARE:.0%} of its {timeouts[function_name]} s timeout: the slowest invocations "
+                "are about to time out.",
+            )
+        # Refusals are Deny answers and never reach Errors; what the authorizer
+        # counts here is its own fault (keys unreadable, JWKS unreachable, a bug),
+        # and every such connection attempt was answered 500.
+        self.authorizer_failures = self._alarm(
+            "AuthorizerFailures",
+            custom_metric("AuthorizerFailures"),
+            threshold=1,
+            description="The $connect authorizer failed (not a refused token): signing keys or the JWKS could not "
+            "be read, or a bug. Clients cannot connect; see the authorizer's log.",
+        )
+
+        for logical_id, table in tables.items():
+            # On-demand tables throttle only past twice their previous peak or on
+            # a hot partition; the SDK retries a blip, so two periods of three.
+            for kind, metric_name in (("Read", "ReadThrottleEvents"), ("Write", "WriteThrottleEvents")):
+                self._alarm(
+                    f"{logical_id}{kind}Throttles",
+                    table.metric(metric_name, statistic="Sum", period=FIVE_MINUTES),
+                    threshold=1,
+                    evaluation_periods=3,
+                    datapoints_to_alarm=2,
+                    description=f"DynamoDB is throttling {kind.lower()}s on {logical_id}: a hot partition key or "
+                    "a surge past the on-demand peak. Failures past the retries show as InternalErrors.",
+                )
+
+        # WebSocket API: ExecutionError is API Gateway failing to call a
+        # function (throttled, timed out, crashed), the 5XX of a WebSocket API.
+        self._alarm(
+            "WebSocketExecutionErrors",
+            self.api_metric("ExecutionError"),
+            threshold=1,
+            description="API Gateway could not call an integration (Lambda throttled, timed out or failed): "
+            "clients got internal errors.",
+        )
+        self._alarm(
+            "WebSocketIntegrationErrors",
+            self.api_metric("IntegrationError"),
+            threshold=INTEGRATION_ERROR_THRESHOLD,
+            evaluation_periods=2,
+            description="Integrations answered 4XX/5XX at a sustained rate: more than the $connect limit refusals "
+            "a few clients cause.",
         )
 
         self._alarm(
@@ -138,9 +212,19 @@ class Monitoring(Construct):
             description="p99 time from upstream event to post on the connection is above the threshold.",
         )
 
-        self.dashboard = self._dashboard(functions, source_queues, dead_letter_queues, websocket_api_id, stage_name)
+        self.dashboard = self._dashboard(functions, source_queues, dead_letter_queues)
 
-    def _alarm_topic(self, alarm_email: str | None) -> sns.Topic:
+    def api_metric(self, metric_name: str, *, period: Duration = FIVE_MINUTES) -> cloudwatch.Metric:
+        """A WebSocket API metric of this API's stage (dimensions ApiId and Stage)."""
+        return cloudwatch.Metric(
+            namespace="AWS/ApiGateway",
+            metric_name=metric_name,
+            dimensions_map={"ApiId": self._api_id, "Stage": self._stage_name},
+            statistic="Sum",
+            period=period,
+        )
+
+    def _alarm_topic(self, alarm_email: str | None, stage: str) -> sns.Topic:
         # SNS encryption needs a customer managed key: CloudWatch cannot use
         # the AWS managed alias/aws/sns key to publish alarm notifications.
         key = kms.Key(
@@ -161,7 +245,7 @@ class Monitoring(Construct):
         topic = sns.Topic(
             self,
             "AlarmTopic",
-            display_name="QuantTrade WebSocket alarms",
+            display_name=f"QuantTrade {stage} alarms",
             master_key=key,
             enforce_ssl=True,
         )
@@ -198,6 +282,7 @@ class Monitoring(Construct):
         alarm = cloudwatch.Alarm(
             self,
             construct_id,
+            alarm_name=self._physical_name(construct_id),
             metric=metric,
             threshold=threshold,
             comparison_operator=comparison,
@@ -218,57 +303,83 @@ class Monitoring(Construct):
         functions: dict[str, lambda_.Function],
         source_queues: dict[str, sqs.Queue],
         dead_letter_queues: dict[str, sqs.Queue],
-        api_id: str,
-        stage_name: str,
     ) -> cloudwatch.Dashboard:
-        def api_metric(name: str) -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace="AWS/ApiGateway",
-                metric_name=name,
-                dimensions_map={"ApiId": api_id, "Stage": stage_name},
-                statistic="Sum",
-                period=FIVE_MINUTES,
-            )
+        api_metric = self.api_metric
 
         def graph(title: str, metrics: Sequence[cloudwatch.IMetric], width: int = 8) -> cloudwatch.GraphWidget:
             return cloudwatch.GraphWidget(title=title, left=metrics, width=width, height=6)
 
-        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name="QuantTrade-WebSocket")
+        def per_second(metric_name: str, label: str) -> cloudwatch.MathExpression:
+            # Ids are per graph, so each expression names its metric after itself.
+            metric_id = metric_name.lower()
+            return cloudwatch.MathExpression(
+                expression=f"{metric_id} / PERIOD({metric_id})",
+                using_metrics={metric_id: custom_metric(metric_name, period=ONE_MINUTE)},
+                label=label,
+                period=ONE_MINUTE,
+            )
+
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=self._physical_name("WebSocket"))
         dashboard.add_widgets(
             graph(
                 "Connections",
-                [custom_metric("ConnectionsOpened"), custom_metric("ConnectionsClosed"), api_metric("ConnectCount")],
-            ),
-            graph(
-                "Client messages",
                 [
-                    api_metric("MessageCount"),
-                    api_metric("ClientError"),
-                    api_metric("ExecutionError"),
-                    custom_metric("InternalErrors"),
+                    api_metric("ConnectCount"),
+                    custom_metric("ConnectionsOpened"),
+                    custom_metric("ConnectionsClosed"),
+                    # Opened minus closed per period: the trend of the open connection count.
+                    cloudwatch.MathExpression(
+                        expression="opened - closed",
+                        using_metrics={
+                            "opened": custom_metric("ConnectionsOpened"),
+                            "closed": custom_metric("ConnectionsClosed"),
+                        },
+                        label="Net new connections",
+                        period=FIVE_MINUTES,
+                    ),
                 ],
             ),
-            graph("Authorizer", [custom_metric("AuthorizerDenied"), api_metric("IntegrationError")]),
-        )
-        dashboard.add_widgets(
             graph(
-                "Deliveries",
-                [custom_metric(name) for name in ("Delivered", "Gone", "DeliveryFailed", "Throttled", "InvalidEvent")],
+                "Deliveries per second",
+                [per_second("Delivered", "Delivered/s"), per_second("DeliveryFailed", "Failed/s")],
             ),
             graph(
                 "DeliveryLag (ms)",
                 [custom_metric("DeliveryLag", statistic=stat, period=ONE_MINUTE) for stat in ("p50", "p90", "p99")],
             ),
+        )
+        dashboard.add_widgets(
+            graph(
+                "Errors",
+                [
+                    api_metric("ExecutionError"),
+                    api_metric("IntegrationError"),
+                    custom_metric("InternalErrors"),
+                    custom_metric("DeliveryFailed"),
+                    custom_metric("AuthorizerFailures"),
+                ],
+            ),
+            graph(
+                "Client messages and refusals",
+                [
+                    api_metric("MessageCount"),
+                    api_metric("ClientError"),
+                    custom_metric("AuthorizerDenied"),
+                ],
+            ),
+            graph(
+                "Deliveries",
+                [custom_metric(name) for name in ("Delivered", "Gone", "DeliveryFailed", "Throttled", "InvalidEvent")],
+            ),
+        )
+        dashboard.add_widgets(
             graph(
                 "Queues",
                 [queue.metric_approximate_number_of_messages_visible() for queue in source_queues.values()]
                 + [queue.metric_approximate_age_of_oldest_message() for queue in source_queues.values()]
                 + [dlq.metric_approximate_number_of_messages_visible() for dlq in dead_letter_queues.values()],
             ),
-        )
-        dashboard.add_widgets(
             graph("Function errors", [fn.metric_errors(label=name) for name, fn in functions.items()]),
-            graph("Function throttles", [fn.metric_throttles(label=name) for name, fn in functions.items()]),
             graph(
                 "Function duration p99",
                 [fn.metric_duration(statistic="p99", label=name) for name, fn in functions.items()],

@@ -18,11 +18,7 @@ from infra.tables import Tables
 from infra.websocket_api import WebSocketApi
 from quanttrade_ws import topology
 
-REMOVAL_POLICIES = {
-    "retain": RemovalPolicy.RETAIN,
-    "destroy": RemovalPolicy.DESTROY,
-    "snapshot": RemovalPolicy.SNAPSHOT,
-}
+REMOVAL_POLICIES = {"retain": RemovalPolicy.RETAIN, "destroy": RemovalPolicy.DESTROY}
 
 
 class QuantTradeStack(Stack):
@@ -48,15 +44,22 @@ class QuantTradeStack(Stack):
             placeholders.update(jwt_algorithm="RS256", jwks_url=jwks_url)
         validated_settings(overrides, **placeholders)
 
-        # Stateful resources keep their data unless told otherwise; SNAPSHOT
-        # only means something to tables, so everything else then retains.
+        # Stateful resources keep their data unless told otherwise; retained
+        # tables also keep point-in-time recovery and deletion protection.
         removal = REMOVAL_POLICIES[config.removal_policy]
-        other_removal = RemovalPolicy.RETAIN if removal == RemovalPolicy.SNAPSHOT else removal
+        stage_name = config.api_stage_name
 
         self.tables = Tables(self, "Tables", removal_policy=removal)
-        self.fanout = FanOut(self, "FanOut", archive_retention_days=config.event_archive_retention_days)
-        self.websocket = WebSocketApi(self, "WebSocket", stage_name=config.stage_name)
-        self.token_key = TokenKey(self, "TokenKey", jwks_url=jwks_url, removal_policy=other_removal)
+        self.fanout = FanOut(
+            self,
+            "FanOut",
+            bus_name=config.event_bus_name,
+            archive_retention_days=config.event_archive_retention_days,
+        )
+        self.websocket = WebSocketApi(
+            self, "WebSocket", stage_name=stage_name, api_name=config.physical_name("websocket").lower()
+        )
+        self.token_key = TokenKey(self, "TokenKey", jwks_url=jwks_url, removal_policy=removal)
         self.functions = Functions(
             self,
             "Functions",
@@ -65,10 +68,10 @@ class QuantTradeStack(Stack):
             token_key=self.token_key,
             settings_overrides=overrides,
             websocket_api_id=self.websocket.api_id,
-            stage_name=config.stage_name,
+            stage_name=stage_name,
             deps_layer=deps_layer,
             log_retention_days=config.log_retention_days,
-            removal_policy=other_removal,
+            removal_policy=removal,
         )
         functions = self.functions.functions
 
@@ -78,7 +81,7 @@ class QuantTradeStack(Stack):
             throttle_rate_limit=config.throttle_rate_limit,
             throttle_burst_limit=config.throttle_burst_limit,
             log_retention_days=config.log_retention_days,
-            removal_policy=other_removal,
+            removal_policy=removal,
             account_logging_role=config.apigw_account_logging_role,
             domain_name=config.domain_name,
             certificate_arn=config.certificate_arn,
@@ -89,8 +92,9 @@ class QuantTradeStack(Stack):
             self,
             "Admin",
             admin_function=functions[topology.ADMIN.name],
+            api_name=config.physical_name("admin").lower(),
             log_retention_days=config.log_retention_days,
-            removal_policy=other_removal,
+            removal_policy=removal,
         )
         self.monitoring = Monitoring(
             self,
@@ -102,7 +106,10 @@ class QuantTradeStack(Stack):
                 "EventDeliveryDlq": self.fanout.event_delivery_dlq,
             },
             websocket_api_id=self.websocket.api_id,
-            stage_name=config.stage_name,
+            stage_name=stage_name,
+            tables={declared.logical_id: table for declared, table in self.tables.items()},
+            physical_name=config.physical_name,
+            stage=config.stage,
             delivery_lag_threshold_ms=config.delivery_lag_threshold_ms,
             queue_age_threshold_seconds=config.queue_age_threshold_seconds,
             alarm_email=config.alarm_email,

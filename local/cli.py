@@ -13,7 +13,7 @@ one with `--outputs FILE` (what `cdk deploy --outputs-file` writes) and/or `--st
 
 python -m local publish --outputs outputs.json --profile prod --file events/eventbridge/alert.json
 python -m local listen --outputs outputs.json --token "$QT_TOKEN" --stream market_data:AAPL
-python -m local stats --stack QuantTradeStack --profile prod     (SigV4-signed, service execute-api)
+python -m local stats --stack QuantTrade-prod --profile prod     (SigV4-signed, service execute-api)
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from typing import Any
 DEFAULT_WS_URL = "ws://127.0.0.1:8081/"
 DEFAULT_HTTP_URL = "http://127.0.0.1:8081"
 DEFAULT_AWS_ENDPOINT = "http://127.0.0.1:4566"
-DEFAULT_BUS = "quanttrade"
 ADMIN_PREFIX = "/admin"  # where the local gateway serves the admin API's routes
 
 
@@ -73,6 +72,20 @@ def _secret() -> str:
         return str(client.get_secret_value(SecretId=secret_arn)["SecretString"])
     except (BotoCoreError, ClientError) as error:
         raise SystemExit(f"cannot read the local stack's signing key at {endpoint}: {error}") from None
+
+
+def local_event_bus() -> str:
+    """The bus of the running local stack: the EventBusName output of the template it runs (it carries the stage)."""
+    from local.stack import OUTPUTS_FILE
+
+    try:
+        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
+        return str(next(iter(document.values()))["EventBusName"])
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
+        raise SystemExit(
+            "no local stack is running (start it with `make dev`) to take the event bus name from: "
+            "give --bus NAME, or --outputs/--stack for a deployed stack"
+        ) from None
 
 
 def _quiet_development_warnings() -> None:
@@ -349,12 +362,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if deployed:
         session = aws_session(args)
         stack = deployed_stack(args, session)
-        bus = args.bus or (stack.output("EventBusName") if stack else DEFAULT_BUS)
+        bus = args.bus or (stack.output("EventBusName") if stack else None)
+        if bus is None:
+            raise SystemExit("--profile/--aws alone name no stack: give --bus NAME, or --outputs/--stack")
     else:
         # moto accepts any keys; fixed ones keep a developer's real credentials out of local traffic.
         region = args.region or os.environ.get("AWS_REGION", DEFAULT_REGION)
         session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
-        bus = args.bus or DEFAULT_BUS
+        bus = args.bus or local_event_bus()
     entry = build_entry(detail_type, payload, bus)
     if not args.force:
         try:
@@ -719,7 +734,7 @@ Local or deployed: publish, listen, stats, connection, subscriptions and members
   cdk deploy --outputs-file outputs.json
   python -m local publish --outputs outputs.json --profile prod --file events/eventbridge/alert.json
   QT_TOKEN=... python -m local listen --outputs outputs.json --stream market_data:AAPL --count 5
-  python -m local stats --stack QuantTradeStack --profile prod --region eu-west-1
+  python -m local stats --stack QuantTrade-prod --profile prod --region eu-west-1
 
 The admin API is IAM-authorised: its requests are signed (SigV4, service execute-api) with the profile's
 credentials. Tokens are minted locally only: a deployed stack verifies the platform auth service's tokens.
@@ -810,7 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--aws", action="store_true", help="publish to AWS with the default credential chain")
     publish.add_argument(
-        "--bus", help=f"event bus name (default: the deployed stack's EventBusName output, else {DEFAULT_BUS})"
+        "--bus",
+        help="event bus name (default: the EventBusName output of the deployed stack, or of the running local one)",
     )
     publish.add_argument("--force", action="store_true", help="send even if the event would not validate")
     _add_deployed_options(publish, "whose credentials put the event")

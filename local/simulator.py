@@ -1,4 +1,4 @@
-"""A market simulator: the upstream services of a trading desk, publishing to the `quanttrade` bus.
+"""A market simulator: the upstream services of a trading desk, publishing to the stack's event bus.
 
 Market data ticks for a handful of symbols (a geometric random walk with a
 bid/ask spread and volumes), and now and then a model prediction, an alert,
@@ -171,9 +171,9 @@ class MarketSimulator:
         self,
         events_factory: Callable[[], Any],
         *,
+        event_bus_name: str,
         rate: float = 6.0,
         symbols: dict[str, float] | None = None,
-        event_bus_name: str = topology.EVENT_BUS_NAME,
         seed: int | None = None,
         period: float = 0.25,
     ) -> None:

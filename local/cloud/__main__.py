@@ -1,7 +1,7 @@
 """Synthesize (or reuse) the cloud assembly and show what the local stack would run from it.
 
 python -m local.cloud                          # synthesis time, cache hit or not, the template's views
-python -m local.cloud -c stage_name=dev        # context, as for `python app.py`
+python -m local.cloud -c stage=dev             # context, as for `python app.py`
 python -m local.cloud --provision              # also provision into a throwaway moto server, twice, timed
 """
 

@@ -73,7 +73,7 @@ async def test_the_gateway_logs_no_token_of_an_accepted_or_a_refused_handshake(
         assert json.loads(await ws.recv())["message_type"] == "connect"
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(f"{local_stack.websocket_url}?token={forged}", open_timeout=10)
-    assert refused.value.response.status_code == 401
+    assert refused.value.response.status_code == 403  # the authorizer's Deny
 
     # THEN the access log has both handshakes, with the token redacted and the rest of the query kept
     def handshakes() -> list[str]:
@@ -82,7 +82,7 @@ async def test_the_gateway_logs_no_token_of_an_accepted_or_a_refused_handshake(
     await eventually(lambda: len(handshakes()) >= 2, timeout=10, what="both handshakes in the access log")
     lines = handshakes()
     assert any("token=REDACTED&lang=en" in line and '" 101 ' in line for line in lines), lines
-    assert any("token=REDACTED" in line and '" 401 ' in line for line in lines), lines
+    assert any("token=REDACTED" in line and '" 403 ' in line for line in lines), lines
     # ... and neither token, nor any part of its claims or signature, is anywhere in what the stack logged
     # (the authorizer function's own INFO line about the refusal included, once its worker has written it)
     await eventually(lambda: "token refused" in logs(), timeout=10, what="the authorizer's refusal in its log")

@@ -60,12 +60,13 @@ async def test_no_token_is_refused_with_401(local_stack: LocalStack) -> None:
     assert await refused_status(local_stack, "") == 401
 
 
-async def test_a_bad_token_is_refused_with_401(local_stack: LocalStack, mint: Callable[..., str]) -> None:
-    assert await refused_status(local_stack, "?token=not-a-jwt") == 401
+async def test_a_bad_token_is_refused_with_403(local_stack: LocalStack, mint: Callable[..., str]) -> None:
+    # The authorizer answers a refused token with a Deny policy (no Lambda error), which API Gateway turns into 403.
+    assert await refused_status(local_stack, "?token=not-a-jwt") == 403
     forged = mint("mallory")[:-4] + "AAAA"
-    assert await refused_status(local_stack, f"?token={forged}") == 401
+    assert await refused_status(local_stack, f"?token={forged}") == 403
     expired = mint("late", expires_in=-60)
-    assert await refused_status(local_stack, f"?token={expired}") == 401
+    assert await refused_status(local_stack, f"?token={expired}") == 403
 
 
 # ---------------------------------------------------------------- actions through the real gateway
@@ -350,7 +351,8 @@ async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
     client = await connect("cli-watcher")
     await client.request("subscribe", streams=[{"stream_type": "system_status"}])
     detail = json.dumps({"service": "order-router", "status": "degraded", "message": "slow fills"})
-    publish_args = ["publish", "SystemStatus", detail, "--endpoint", local_stack.aws_endpoint_url]
+    endpoint, bus = local_stack.aws_endpoint_url, local_stack.event_bus_name
+    publish_args = ["publish", "SystemStatus", detail, "--endpoint", endpoint, "--bus", bus]
     assert await asyncio.to_thread(main, publish_args) == 0
     event_id = json.loads(capsys.readouterr().out)["EventId"]
     status = await client.expect(lambda m: m.get("payload", {}).get("event_id") == event_id, what="the CLI event")
@@ -359,6 +361,6 @@ async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
 
     assert await asyncio.to_thread(main, ["stats", "--url", local_stack.http_url]) == 0
     assert json.loads(capsys.readouterr().out)["connections"] >= 1
-    invalid = ["publish", "MarketData", '{"symbol": "AAPL"}', "--endpoint", local_stack.aws_endpoint_url]
+    invalid = ["publish", "MarketData", '{"symbol": "AAPL"}', "--endpoint", endpoint, "--bus", bus]
     with pytest.raises(SystemExit, match="would dead-letter"):
         await asyncio.to_thread(main, invalid)

@@ -9,6 +9,7 @@ through the `deps_layer_dir` context key, so the template can still be checked.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,22 @@ class Synth:
         return self.logical_id(self.stack.functions.roles[declared.name])
 
 
+def _synthesize(context: dict[str, Any], outdir: Path, *, stand_in: bool) -> Synth:
+    _, stack = create_app(context=context, outdir=str(outdir))
+    template = Template.from_stack(stack)
+    as_json = dict(template.to_json())
+    template_path = outdir / "template-for-lint.json"
+    template_path.write_text(json.dumps(as_json, indent=1))
+    return Synth(
+        stack=stack,
+        template=template,
+        json=as_json,
+        template_path=template_path,
+        annotations=Annotations.from_stack(stack),
+        deps_layer_stand_in=stand_in,
+    )
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     context: dict[str, Any] = {
@@ -70,18 +87,53 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         (directory / "python").mkdir()
         context["deps_layer_dir"] = str(directory)
         stand_in = True
+    return _synthesize(context, tmp_path_factory.mktemp("cdk.out"), stand_in=stand_in)
 
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    _, stack = create_app(context=context, outdir=str(outdir))
-    template = Template.from_stack(stack)
-    as_json = dict(template.to_json())
-    template_path = outdir / "template-for-lint.json"
-    template_path.write_text(json.dumps(as_json, indent=1))
-    return Synth(
-        stack=stack,
-        template=template,
-        json=as_json,
-        template_path=template_path,
-        annotations=Annotations.from_stack(stack),
-        deps_layer_stand_in=stand_in,
-    )
+
+# Every context variant that README.md and infra/context.py document, beyond the
+# default (the `synth` fixture, which also carries settings overrides). Each is
+# synthesized at most once per session, on demand.
+CERTIFICATE_ARN = "arn:aws:acm:eu-west-1:123456789012:certificate/0f6c7d7e-1111-2222-3333-444455556666"
+CONTEXT_VARIANTS: dict[str, dict[str, str]] = {
+    "stage": {"stage": "dev", "owner": "team-x"},
+    "stage_name": {"stage_name": "v1"},
+    "destroy": {"removal_policy": "destroy"},
+    "jwks_url": {"jwks_url": "https://auth.example.com/.well-known/jwks.json"},
+    "custom_domain": {"domain_name": "ws.example.com", "certificate_arn": CERTIFICATE_ARN},
+    "alarm_email": {"alarm_email": "oncall@example.com"},
+    "no_account_logging_role": {"apigw_account_logging_role": "false"},
+    "pinned_environment": {"account": "123456789012", "region": "eu-west-1"},
+    "tuned": {
+        "throttle_rate_limit": "500",
+        "throttle_burst_limit": "1000",
+        "log_retention_days": "90",
+        "event_archive_retention_days": "7",
+        "delivery_lag_threshold_ms": "500",
+        "queue_age_threshold_seconds": "120",
+    },
+    "settings": {
+        "settings": '{"chunk_size": 500, "limits": {"rooms_per_client": 5}}',
+        "settings.history_seconds": "600",
+        "settings.log_level": "DEBUG",
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def variant(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Synth]:
+    """`variant(name)`: the synthesis of one of CONTEXT_VARIANTS, with a stand-in dependency layer.
+
+    The layer's content does not change the template's shape, and a stand-in
+    keeps each variant to a couple of seconds.
+    """
+    layer = tmp_path_factory.mktemp("variant-deps-layer")
+    (layer / "python").mkdir()
+    done: dict[str, Synth] = {}
+
+    def synthesized(name: str) -> Synth:
+        if name not in done:
+            context = {**CONTEXT_VARIANTS[name], "deps_layer_dir": str(layer)}
+            done[name] = _synthesize(context, tmp_path_factory.mktemp(f"cdk.out-{name}"), stand_in=True)
+        return done[name]
+
+    return synthesized

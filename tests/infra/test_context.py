@@ -74,11 +74,39 @@ def test_unsafe_or_unknown_settings_are_refused(context: dict[str, Any], message
         ({"domain_name": "ws.example.com"}, "give both or neither"),
         ({"throttle_rate_limit": "-1"}, "throttle_rate_limit"),
         ({"stage_name": "bad stage"}, "stage_name"),
+        ({"stage": "dev_1"}, "stage"),  # no underscore: the stage goes into the stack name
+        ({"stage": "x" * 33}, "stage"),
+        ({"owner": "team<x>"}, "owner"),
+        ({"removal_policy": "snapshot"}, "no Snapshot deletion policy"),
     ],
 )
 def test_bad_infrastructure_context_is_refused(context: dict[str, Any], message: str) -> None:
     with pytest.raises(ContextError, match=message):
         infra_config(_app(context).node)
+
+
+def test_the_stage_names_the_stack_the_bus_and_the_api_stage() -> None:
+    # GIVEN only a stage
+    config = infra_config(_app({"stage": "dev", "owner": "team-x"}).node)
+    # THEN every name derives from it, and the WebSocket API stage follows it
+    assert config.stack_name == "QuantTrade-dev"
+    assert config.event_bus_name == "quanttrade-dev"
+    assert config.physical_name("WebSocket") == "QuantTrade-dev-WebSocket"
+    assert config.api_stage_name == "dev"
+    assert config.tags == {"Project": "QuantTrade", "Stage": "dev", "Owner": "team-x"}
+
+
+def test_stage_name_still_sets_the_api_stage_alone() -> None:
+    # GIVEN the older key, which only ever named the WebSocket API stage
+    config = infra_config(_app({"stage": "dev", "stage_name": "v1"}).node)
+    # THEN it keeps that meaning, and the deployment's names follow the stage
+    assert (config.api_stage_name, config.stack_name) == ("v1", "QuantTrade-dev")
+
+
+def test_without_context_the_stage_is_prod() -> None:
+    config = infra_config(_app({}).node)
+    assert (config.stage, config.api_stage_name, config.stack_name) == ("prod", "prod", "QuantTrade-prod")
+    assert config.owner == "quanttrade-platform"
 
 
 def test_infrastructure_context_strings_are_coerced() -> None:

@@ -88,7 +88,7 @@ def test_every_queue_is_encrypted_and_refuses_plain_http(synth: Synth) -> None:
 def test_one_rule_per_source_on_the_bus_to_the_events_queue(synth: Synth) -> None:
     bus_id = synth.logical_id(synth.stack.fanout.bus)
     bus = synth.json["Resources"][bus_id]["Properties"]
-    assert bus["Name"] == topology.EVENT_BUS_NAME
+    assert bus["Name"] == f"{topology.EVENT_BUS_NAME}-prod"  # the default stage's bus
     events_queue_id = synth.logical_id(synth.stack.fanout.queue(topology.EVENTS_QUEUE))
     rules = {
         json.dumps(rule["Properties"]["EventPattern"]["source"]): rule["Properties"]

@@ -142,7 +142,7 @@ def test_each_source_queue_is_fifo_with_content_deduplication_and_a_fifo_dlq(tem
 def test_each_source_has_a_rule_to_the_events_queue_in_its_message_group(template: Template) -> None:
     events_queue = queue_consumed_by(template, topology.FANOUT)
     (bus,) = template.event_buses.values()
-    assert bus.name == topology.EVENT_BUS_NAME
+    assert bus.name == f"{topology.EVENT_BUS_NAME}-prod"  # the default stage's bus
     by_pattern = {
         (rule.event_pattern or {}).get("source", [""])[0]: rule
         for rule in template.rules.values()

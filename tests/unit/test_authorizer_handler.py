@@ -1,4 +1,5 @@
-"""The $connect REQUEST authorizer Lambda: Allow + identity context, or Unauthorized (API Gateway's 401)."""
+"""The $connect REQUEST authorizer Lambda: Allow + identity context, a Deny for a refused token (API Gateway's 403),
+and a counted, raised failure only when the service itself is at fault."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from handlers import authorizer
 from quanttrade_ws import runtime as runtime_module
-from quanttrade_ws.auth import Identity, mint_token
+from quanttrade_ws.auth import Identity, KeyUnavailable, TokenVerifier, mint_token
 from tests.jwks import serve_jwks
 from tests.lambda_events import LambdaContext
 
@@ -70,10 +71,21 @@ def invoke(event: dict[str, Any]) -> dict[str, Any]:
     return authorizer.handler(event, LambdaContext())
 
 
+@pytest.fixture
+def recorded_metrics(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the metrics the authorizer adds, in order."""
+    names: list[str] = []
+    monkeypatch.setattr(authorizer.metrics, "add_metric", lambda name, unit, value: names.append(name))
+    return names
+
+
 def unauthorized(event: dict[str, Any]) -> None:
-    with pytest.raises(Exception, match=r"^Unauthorized$") as caught:
-        invoke(event)
-    assert type(caught.value) is Exception  # exactly what API Gateway maps to a 401
+    """A refusal: a Deny on the method ARN (API Gateway answers the handshake 403), never an exception,
+    so Lambda counts no error and no alarm fires for a client's stale token."""
+    result = invoke(event)
+    [statement] = result["policyDocument"]["Statement"]
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": METHOD_ARN}
+    assert "context" not in result  # a refused caller's claims go nowhere
 
 
 def test_good_token_is_allowed_with_identity_context() -> None:
@@ -109,6 +121,40 @@ def test_context_round_trips_through_identity() -> None:
     assert identity.subscription_level == "enterprise"
     assert "admin" in identity.permissions
     assert identity.to_authorizer_context() == result["context"]
+
+
+def test_a_refusal_is_counted_as_denied_not_as_a_failure(recorded_metrics: list[str]) -> None:
+    # GIVEN an expired token WHEN the authorizer refuses it
+    unauthorized(connect_event(mint_token(SECRET, "user-1", expires_in=-120)))
+    # THEN it counts a denial, and nothing the failure alarm watches
+    assert recorded_metrics == ["AuthorizerDenied"]
+
+
+def test_an_unreachable_jwks_is_a_failure_counted_and_raised(
+    monkeypatch: pytest.MonkeyPatch, recorded_metrics: list[str], rsa_key: Any
+) -> None:
+    # GIVEN an RS256 deployment whose identity provider cannot be reached (nothing listens on port 9)
+    monkeypatch.setenv("QT_JWT_ALGORITHM", "RS256")
+    monkeypatch.setenv("QT_JWKS_URL", "http://127.0.0.1:9/.well-known/jwks.json")
+    runtime_module.runtime.cache_clear()
+    # WHEN a client connects THEN the authorizer fails (API Gateway answers 500, the client may retry)
+    with pytest.raises(KeyUnavailable):
+        invoke(connect_event(rs256_token(rsa_key)))
+    # AND counts the failure the on-call is paged for, not a denial
+    assert recorded_metrics == ["AuthorizerFailures"]
+
+
+def test_an_empty_signing_key_is_a_failure_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, recorded_metrics: list[str]
+) -> None:
+    # GIVEN a runtime whose key source yields nothing (a secret without a current value)
+    runtime_module.runtime.cache_clear()
+    verifier = TokenVerifier(runtime_module.runtime().settings, keys=lambda: ())
+    monkeypatch.setattr(runtime_module.runtime(), "token_verifier", verifier)
+    # WHEN a well-formed token arrives THEN the authorizer fails and counts it
+    with pytest.raises(KeyUnavailable):
+        invoke(connect_event(mint_token(SECRET, "user-1")))
+    assert recorded_metrics == ["AuthorizerFailures"]
 
 
 def test_missing_query_string_is_unauthorized() -> None:

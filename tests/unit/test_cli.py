@@ -658,3 +658,25 @@ def test_the_stack_splits_fault_rates_between_the_front_door_and_the_gateway() -
         StackConfig(faults={"events": 0.1})
     with pytest.raises(ValueError, match="within"):
         StackConfig(faults={"management": 2.0})
+
+
+def test_local_publish_takes_the_bus_from_the_running_local_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import local.stack
+
+    # GIVEN no local stack running (no outputs file)
+    monkeypatch.setattr(local.stack, "OUTPUTS_FILE", tmp_path / "outputs.json")
+    # THEN there is no bus name to guess: the error says how to get one
+    with pytest.raises(SystemExit, match=r"no local stack is running.*--bus"):
+        cli.local_event_bus()
+    # GIVEN the outputs file `make dev` writes for the stage it synthesized
+    write_outputs(tmp_path / "outputs.json", {"QuantTrade-dev": stack_outputs(EventBusName="quanttrade-dev")})
+    # THEN publish uses that stage's bus
+    assert cli.local_event_bus() == "quanttrade-dev"
+
+
+def test_publish_with_only_a_profile_needs_a_bus(mocked_aws: None) -> None:
+    # GIVEN credentials but no stack to read EventBusName from: naming a bus is the caller's job
+    with pytest.raises(SystemExit, match="give --bus NAME"):
+        cli.main(["publish", "SystemStatus", "{}", "--aws", "--region", "eu-west-1", "--force"])

@@ -38,7 +38,7 @@ KeySource = str | Callable[[], Sequence[str]]
 def keys_of(source: KeySource) -> tuple[str, ...]:
     keys = (source,) if isinstance(source, str) else tuple(source())
     if not keys or not all(keys):
-        raise AuthError("No signing key available")
+        raise KeyUnavailable("No signing key available")
     return keys
 
 
@@ -70,7 +70,7 @@ class KeyCache:
                 found = [self._fetch(stage) for stage in self.STAGES]
                 current = found[0]
                 if not current:
-                    raise AuthError("No signing key available")
+                    raise KeyUnavailable("No signing key available")
                 self._keys = tuple(dict.fromkeys(key for key in found if key))  # current first, no duplicate
                 self._read_at = self._clock()
             return self._keys
@@ -93,6 +93,14 @@ def secrets_manager_versions(client_factory: Callable[[], Any], secret_id: str) 
 
 class AuthError(Exception):
     """A token or session that must not be let in. The message is safe to show the client."""
+
+
+class KeyUnavailable(Exception):
+    """The keys to check a token with could not be had (empty secret, JWKS unreachable).
+
+    A fault of the service, not of the token, so deliberately no AuthError: the
+    authorizer counts it as a failure to alarm on, not as a refusal.
+    """
 
 
 class Identity(BaseModel):
@@ -182,6 +190,8 @@ class TokenVerifier:
                 options={"require": ["exp", "sub", "iss", "aud"]},
                 leeway=5,
             )
+        except jwt.PyJWKClientConnectionError as error:
+            raise KeyUnavailable(f"JWKS unreachable: {error}") from None
         except jwt.ExpiredSignatureError:
             raise AuthError("Token expired") from None
         except jwt.ImmatureSignatureError:

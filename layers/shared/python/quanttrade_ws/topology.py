@@ -81,6 +81,9 @@ TABLES: tuple[Table, ...] = (CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS)
 
 # ---------------------------------------------------------------- messaging
 
+# The stack names its bus `<EVENT_BUS_NAME>-<stage>` (infra/context.py), so
+# stages share an account; upstream services take the name from the stack's
+# EventBusName output.
 EVENT_BUS_NAME = "quanttrade"
 
 

@@ -1,5 +1,5 @@
 """Upstream events: what the market data, prediction, alerting, performance,
-regime and system services put on the `quanttrade` bus, validated at the edge.
+regime and system services put on the stack's event bus, validated at the edge.
 
 Each detail model knows its stream (`market_data:AAPL`, `alerts`, ...), the
 server message type it becomes, and the data room that also receives it.
