@@ -18,6 +18,7 @@ from infra.context import ContextError, settings_field_for_env, validated_settin
 from infra.fanout import FanOut
 from infra.layers_build import LAMBDA_PYTHON_VERSION
 from infra.logs import retained_log_group
+from infra.package_size import PackageSize, Part, check, measure
 from infra.tables import Tables
 from quanttrade_ws import topology
 
@@ -124,12 +125,18 @@ class Functions(Construct):
         self.deps_layer = lambda_.LayerVersion(
             self,
             "DepsLayer",
-            description="Third-party dependencies from requirements.txt (boto3 comes from the runtime)",
+            description="Third-party dependencies from requirements.lock (boto3 comes from the runtime)",
             code=deps_code,
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[lambda_.Architecture.ARM_64],
         )
         handler_code = lambda_.Code.from_asset(str(HANDLERS_DIR), exclude=ASSET_EXCLUDES)
+        # What each function is deployed with, measured against Lambda's unzipped quota below.
+        package = (
+            Part("code", HANDLERS_DIR, tuple(ASSET_EXCLUDES)),
+            Part("shared layer", SHARED_LAYER_DIR, tuple(ASSET_EXCLUDES)),
+            Part("deps layer", deps_layer.path, () if deps_layer.content_hash else tuple(ASSET_EXCLUDES)),
+        )
 
         self.functions: dict[str, lambda_.Function] = {}
         self.log_groups: dict[str, logs.LogGroup] = {}
@@ -186,6 +193,8 @@ class Functions(Construct):
             self.log_groups[declared.name] = log_group
             self.roles[declared.name] = role
             self.environments[declared.name] = environment
+        self.package_sizes: list[PackageSize] = measure({declared.name: package for declared in topology.FUNCTIONS})
+        check(self.package_sizes)
 
     def __getitem__(self, declared: topology.Function) -> lambda_.Function:
         return self.functions[declared.name]
