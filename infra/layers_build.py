@@ -10,7 +10,8 @@ layer and nothing is compiled from source.
 The built tree then gets byte code for the runtime's Python (see
 `compile_bytecode`), and its identity is a sha256 over the built files
 (`tree_hash`): that is the CDK asset hash, so a layer version changes exactly
-when its content does.
+when its content does. The project's own code (handlers/, the shared layer)
+is deployed the same way, from compiled copies (`ensure_compiled_copy`).
 
     python -m infra.layers_build            # build (or confirm the cache); prints size and hash
     python -m infra.layers_build --force    # rebuild even when the cache is current
@@ -71,9 +72,11 @@ class DepsLayerUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DepsLayer:
-    path: Path  # the directory to zip as the layer: it holds `python/`
-    content_hash: str  # sha256 over the built tree: stable across machines; the CDK asset hash
+class BuiltTree:
+    """A built asset directory (a layer holds `python/`) and the sha256 of its content: the CDK asset hash."""
+
+    path: Path
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -205,11 +208,18 @@ def compile_bytecode(tree: Path, prefix: str = LAYER_SITE_ON_LAMBDA) -> int:
     return int(report["compiled"])
 
 
-def tree_hash(root: Path) -> str:
-    """sha256 over what a zip of `root` holds: each file's relative path, executable bit and content."""
+# Caches and tool state a source tree may hold; none of it is source, and none of it is deployed.
+SOURCE_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache")
+
+
+def tree_hash(root: Path, *, source_only: bool = False) -> str:
+    """sha256 over what a zip of `root` holds: each file's relative path, executable bit and content
+    (`source_only`: leaving out the caches a source tree gathers as it is used)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         relative = path.relative_to(root).as_posix()
+        if source_only and (set(path.relative_to(root).parts) & set(SOURCE_CACHES) or path.suffix in (".pyc", ".pyo")):
+            continue
         if path.is_symlink():
             digest.update(f"L {relative} -> {os.readlink(path)}\n".encode())
         elif path.is_file():
@@ -223,6 +233,18 @@ def tree_size(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
 
 
+def bytecode_recipe() -> str:
+    """What decides the byte code besides the source: the compile script and the compiler that runs it."""
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == LAMBDA_PYTHON_VERSION:
+        compiler = f"cpython {sys.version.split()[0]}"
+    else:
+        manifest = NODE_MODULES / "pyodide" / "package.json"
+        pinned = json.loads(manifest.read_text())["version"] if manifest.is_file() else "absent"
+        compiler = f"pyodide {pinned}"
+    script = hashlib.sha256(BYTECODE_SCRIPT.read_bytes() + PYODIDE_RUNNER.read_bytes()).hexdigest()
+    return f"{compiler} {script} unchecked-hash"
+
+
 def recipe_hash(lock: Path = LOCK) -> str:
     """Hash of everything that decides the layer's content: the lock plus how it is installed and compiled."""
     recipe = {
@@ -231,7 +253,7 @@ def recipe_hash(lock: Path = LOCK) -> str:
         "platforms": PLATFORMS,
         "runtime_provided": sorted(RUNTIME_PROVIDED),
         "layout": "python/",
-        "bytecode": [BYTECODE_SCRIPT.read_text(encoding="utf-8"), LAYER_SITE_ON_LAMBDA, "unchecked-hash"],
+        "bytecode": [bytecode_recipe(), LAYER_SITE_ON_LAMBDA],
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -251,11 +273,11 @@ def ensure_deps_layer(
     stamp: Path = STAMP,
     *,
     force: bool = False,
-) -> DepsLayer:
+) -> BuiltTree:
     """Return the built layer, building it first unless the cache matches the lock and the recipe."""
     digest = recipe_hash(lock)
     if not force and is_cached(lock, layer_dir, stamp):
-        return DepsLayer(layer_dir, tree_hash(layer_dir))
+        return BuiltTree(layer_dir, tree_hash(layer_dir))
     pins = layer_requirements(lock)
 
     # Build beside the cache and swap in only on success, so an interrupted or
@@ -290,7 +312,38 @@ def ensure_deps_layer(
     shutil.rmtree(layer_dir, ignore_errors=True)
     staging.rename(layer_dir)
     stamp.write_text(digest + "\n")
-    return DepsLayer(layer_dir, tree_hash(layer_dir))
+    return BuiltTree(layer_dir, tree_hash(layer_dir))
+
+
+def ensure_compiled_copy(source: Path, destination: Path, prefix: str) -> BuiltTree:
+    """`source` (the project's own code: handlers, the shared layer) copied to `destination` with byte code for
+    the runtime's Python, the paths in it rooted at `prefix`, where Lambda puts it (/var/task, /opt).
+
+    Rebuilt only when the source or the compile recipe changed; the returned hash is of the built tree.
+    """
+    stamp = destination.with_name(destination.name + ".stamp")
+    recipe = hashlib.sha256(
+        json.dumps([tree_hash(source, source_only=True), bytecode_recipe(), prefix]).encode()
+    ).hexdigest()
+    if destination.is_dir() and stamp.is_file() and stamp.read_text().strip() == recipe:
+        return BuiltTree(destination, tree_hash(destination))
+    staging = destination.with_name(f"{destination.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(*SOURCE_CACHES, "*.pyc", "*.pyo"))
+        compile_bytecode(staging, prefix)
+        if stamp.exists():
+            stamp.unlink()
+        shutil.rmtree(destination, ignore_errors=True)
+        try:
+            staging.rename(destination)
+        except OSError:
+            pass  # another synthesis of the same source (the local stack, a test session) put it there first
+        else:
+            stamp.write_text(recipe + "\n")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuiltTree(destination, tree_hash(destination))
 
 
 def relock(requirements: Path = REQUIREMENTS, lock: Path = LOCK) -> None:
