@@ -85,7 +85,12 @@ def paths(tmp_path: Path) -> Paths:
 def compiled(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Records the trees handed to the byte code compiler (tested for real below) instead of running it."""
     trees: list[Path] = []
-    monkeypatch.setattr(layers_build, "compile_bytecode", lambda tree: trees.append(tree) or 0)
+
+    def record(tree: Path) -> int:
+        trees.append(tree)
+        return 0
+
+    monkeypatch.setattr(layers_build, "compile_bytecode", record)
     return trees
 
 
