@@ -3,6 +3,7 @@ outputs file without approving IAM changes on anyone's behalf."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -101,6 +102,19 @@ def _deploying_section() -> str:
     return readme[start : end if end != -1 else len(readme)]
 
 
+def _publish_calls(section: str) -> list[tuple[str, str, dict[str, object]]]:
+    """The literal arguments of every `publish(source, detail_type, detail)` in the README's Python example."""
+    (block,) = [
+        block for block in re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL) if "def publish" in block
+    ]
+    calls = []
+    for node in ast.walk(ast.parse(block)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "publish":
+            source, detail_type, detail = (ast.literal_eval(argument) for argument in node.args)
+            calls.append((source, detail_type, detail))
+    return calls
+
+
 def _as_received(source: str, detail_type: str, detail: object) -> dict[str, object]:
     """What the fan-out reads from SQS for an entry that PutEvents accepted."""
     return {
@@ -118,14 +132,14 @@ def test_the_readme_publishes_every_detail_type_the_service_accepts_and_each_exa
 
     # GIVEN the README's publish examples
     section = _deploying_section()
-    examples = re.findall(r'^publish\("([^"]+)", "([^"]+)", (\{.*\})\)$', section, flags=re.MULTILINE)
+    examples = _publish_calls(section)
     # THEN there is one per detail-type the code accepts, each from the source whose rule routes it
     assert sorted(detail_type for _, detail_type, _ in examples) == sorted(DETAILS_BY_TYPE)
     routed = {(declared.source, declared.detail_type) for declared in topology.SOURCES}
     assert {(source, detail_type) for source, detail_type, _ in examples} == routed
     # AND each detail passes the edge validation as it is written there
     for source, detail_type, detail in examples:
-        parse_upstream_event(_as_received(source, detail_type, json.loads(detail)))
+        parse_upstream_event(_as_received(source, detail_type, detail))
 
 
 def test_the_readme_cli_example_is_a_valid_put_events_call() -> None:
