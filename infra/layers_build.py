@@ -38,6 +38,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.package_size import unzipped_size
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 LOCK = REPO_ROOT / "requirements.lock"
@@ -93,7 +95,7 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_LOCK_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)(?P<rest>.*)$")
+_LOCK_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)")
 
 
 def read_lock(path: Path = LOCK) -> dict[str, LockedRequirement]:
@@ -179,11 +181,11 @@ def _bytecode_command(tree: Path, prefix: str) -> list[str]:
     # A pyc is only valid for the minor version that wrote it, and this
     # machine's Python is another one: Pyodide's CPython of the runtime's
     # version (pinned in package.json) compiles instead.
-    if not (NODE_MODULES / "pyodide").is_dir():
+    if shutil.which("node") is None or not (NODE_MODULES / "pyodide").is_dir():
         raise DepsLayerUnavailable(
             f"byte code for Python {LAMBDA_PYTHON_VERSION} needs that interpreter, and this machine runs "
-            f"{sys.version_info[0]}.{sys.version_info[1]}: run `npm ci` (it installs the pinned Pyodide CPython "
-            f"{LAMBDA_PYTHON_VERSION} into node_modules/)"
+            f"{sys.version_info[0]}.{sys.version_info[1]}: install Node.js 22 or 24 and run `npm ci` "
+            f"(it installs the pinned Pyodide CPython {LAMBDA_PYTHON_VERSION} into node_modules/)"
         )
     return ["node", str(PYODIDE_RUNNER), str(tree), prefix, LAMBDA_PYTHON_VERSION]
 
@@ -226,11 +228,6 @@ def tree_hash(root: Path, *, source_only: bool = False) -> str:
             executable = bool(path.stat().st_mode & stat.S_IXUSR)
             digest.update(f"F {relative} {int(executable)} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
     return digest.hexdigest()
-
-
-def tree_size(root: Path) -> int:
-    """Bytes of the files under `root`, as Lambda counts a package unzipped."""
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
 
 
 def bytecode_recipe() -> str:
@@ -369,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 1
     state = "cached" if cached else "built"
-    size = tree_size(layer.path) / 1e6
+    size = unzipped_size(layer.path) / 1e6
     print(f"deps layer {state}: {layer.path} ({size:.1f} MB unzipped, content sha256 {layer.content_hash[:12]})")
     return 0
 

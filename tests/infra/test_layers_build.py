@@ -311,3 +311,16 @@ def test_the_built_layer_matches_the_lock_and_carries_byte_code() -> None:
     assert missing == []
     # AND its asset hash is that of its content
     assert layer.content_hash == tree_hash(layer.path)
+
+
+def test_without_the_pinned_compiler_the_build_says_to_run_npm_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a build machine whose Python is not the runtime's, and no node_modules/
+    monkeypatch.setattr(layers_build, "LAMBDA_PYTHON_VERSION", "3.99")
+    monkeypatch.setattr(layers_build, "NODE_MODULES", tmp_path / "node_modules")
+    (tmp_path / "mod.py").write_text("X = 1\n")
+    # WHEN byte code is asked for THEN the error names the remedy, and nothing was compiled
+    with pytest.raises(DepsLayerUnavailable, match=r"needs that interpreter.*npm ci"):
+        compile_bytecode(tmp_path)
+    assert not (tmp_path / "__pycache__").exists()
