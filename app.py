@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CDK entry point for QuantTrade.
 
-    cdk synth                                   # through the CDK CLI (cdk.json names this file)
+    npx cdk synth                               # through the pinned CDK CLI (cdk.json runs this file in .venv)
     python app.py                               # offline, no credentials; writes $CDK_OUTDIR or ./cdk.out
     python app.py -c stage_name=dev -c settings.chunk_size=500
 
