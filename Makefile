@@ -4,8 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# npm ci writes this; the pinned CDK CLI and Pyodide (byte code for the Lambda runtime's Python) live in node_modules/.
+NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: dev test unit integration e2e infra-test lint bench soak synth deploy destroy layers asyncapi clean
+# make deploy STAGE=dev CONTEXT="owner=platform-team settings.log_level=DEBUG"
+# CONTEXT: space-separated key=value items, each passed as its own `-c`.
+# CDK_FLAGS: extra CLI flags, e.g. CDK_FLAGS="--require-approval never" in a pipeline that reviewed the diff.
+STAGE ?= dev
+CONTEXT ?=
+CDK_FLAGS ?=
+CONTEXT_ARGS := -c stage=$(STAGE) $(foreach item,$(CONTEXT),-c '$(item)')
+CDK := npx --no-install cdk --app "$(PY) app.py" $(CONTEXT_ARGS)
+OUTPUTS := .build/outputs-$(STAGE).json
+
+.PHONY: dev test unit integration e2e infra-test lint bench soak synth bootstrap diff deploy destroy layers lock asyncapi clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +25,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+
 ## dev: the whole backend locally (gateway, moto, pumps, simulator) on 127.0.0.1:8081
-dev: $(STAMP)
+dev: $(STAMP) $(NODE_STAMP)
 	$(PY) -m local dev
 
 ## test: every suite (lint, unit, integration, infra, e2e with a real browser)
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	bash scripts/ensure_chromium.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -26,14 +41,14 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) $(NODE_STAMP)
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q tests/e2e
 
-infra-test: $(STAMP)
+infra-test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q tests/infra
 
 lint: $(STAMP)
@@ -41,29 +56,42 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 ## bench: figures, printed and written to bench/results.json (not pass/fail)
-bench: $(STAMP)
+bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m bench
 
 ## soak: 2,000 connections for a minute on the local stack; figures to bench/soak-results.json
-soak: $(STAMP)
+soak: $(STAMP) $(NODE_STAMP)
 	$(PY) -m bench.soak
 
-## synth: the CloudFormation template, offline (no AWS credentials, no Docker)
-synth: $(STAMP)
-	$(PY) app.py
+## synth: the CloudFormation template, offline (no AWS credentials, no Docker); prints each function's size
+synth: $(STAMP) $(NODE_STAMP)
+	$(PY) app.py $(CONTEXT_ARGS)
 
-## deploy / destroy: need AWS credentials and the CDK CLI (npm install -g aws-cdk)
-deploy: $(STAMP)
-	cdk deploy --app "$(PY) app.py" --require-approval never
+## bootstrap / diff / deploy / destroy: need AWS credentials; the CDK CLI is the one package-lock.json pins.
+## The CLI asks before broadening IAM (deploy) and before deleting (destroy) unless CDK_FLAGS says otherwise.
+bootstrap: $(STAMP) $(NODE_STAMP)
+	$(CDK) bootstrap $(CDK_FLAGS)
 
-destroy: $(STAMP)
-	cdk destroy --app "$(PY) app.py" --force
+diff: $(STAMP) $(NODE_STAMP)
+	$(CDK) diff $(CDK_FLAGS)
 
-layers: $(STAMP)
+deploy: $(STAMP) $(NODE_STAMP)
+	mkdir -p .build
+	$(CDK) deploy --outputs-file $(OUTPUTS) $(CDK_FLAGS)
+
+destroy: $(STAMP) $(NODE_STAMP)
+	$(CDK) destroy $(CDK_FLAGS)
+
+## layers: build the arm64 dependency layer from requirements.lock (cached in .build/)
+layers: $(STAMP) $(NODE_STAMP)
 	$(PY) -m infra.layers_build
+
+## lock: re-resolve requirements.txt into requirements.lock (pins and hashes for the Lambda runtime)
+lock: $(STAMP)
+	$(PY) -m infra.layers_build --lock
 
 asyncapi: $(STAMP)
 	$(PY) scripts/generate_asyncapi.py > docs/asyncapi.yaml
 
 clean:
-	rm -rf $(VENV) cdk.out .build .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) node_modules cdk.out .build .pytest_cache .ruff_cache .mypy_cache

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """CDK entry point for QuantTrade.
 
-    cdk synth                                   # through the CDK CLI (cdk.json names this file)
+    npx cdk synth                               # through the pinned CDK CLI (cdk.json runs this file in .venv)
     python app.py                               # offline, no credentials; writes $CDK_OUTDIR or ./cdk.out
     python app.py -c stage=dev -c owner=team-x -c settings.chunk_size=500
 
 Context keys are documented in infra/context.py. The third-party dependency
-layer is built (or taken from the .build/ cache) before synthesis; see
+layer is built from requirements.lock (or taken from the .build/ cache) before
+synthesis, and each function's unzipped size is checked against Lambda's quota; see
 infra/layers_build.py.
 """
 
@@ -25,6 +26,7 @@ for entry in (REPO_ROOT, REPO_ROOT / "layers" / "shared" / "python"):
 from infra.application import create_app  # noqa: E402
 from infra.context import ContextError  # noqa: E402
 from infra.layers_build import DepsLayerUnavailable  # noqa: E402
+from infra.package_size import PackageTooLarge, report  # noqa: E402
 
 
 def _cli_context(argv: list[str]) -> dict[str, str]:
@@ -47,9 +49,11 @@ def _cli_context(argv: list[str]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     try:
-        app, _ = create_app(context=_cli_context(argv))
+        app, stack = create_app(context=_cli_context(argv))
+        # stderr: the CDK CLI reads the assembly, not this output, and shows it.
+        print(report(stack.functions.package_sizes), file=sys.stderr)
         app.synth()
-    except (ContextError, DepsLayerUnavailable) as error:
+    except (ContextError, DepsLayerUnavailable, PackageTooLarge) as error:
         print(f"synth failed: {error}", file=sys.stderr)
         return 1
     return 0

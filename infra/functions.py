@@ -17,8 +17,9 @@ from constructs import Construct
 from infra.auth import TokenKey
 from infra.context import ContextError, settings_field_for_env, validated_settings
 from infra.fanout import FanOut
-from infra.layers_build import LAMBDA_PYTHON_VERSION
+from infra.layers_build import BUILD_DIR, LAMBDA_PYTHON_VERSION, ensure_compiled_copy
 from infra.logs import retained_log_group
+from infra.package_size import PackageSize, Part, check, measure
 from infra.tables import Tables
 from quanttrade_ws import topology
 
@@ -26,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO_ROOT / "handlers"
 SHARED_LAYER_DIR = REPO_ROOT / "layers" / "shared"
 ASSET_EXCLUDES = ["**/__pycache__", "**/*.pyc", ".pytest_cache", ".mypy_cache"]
+# Where Lambda puts a function's code and its layers: the paths compiled into their byte code.
+CODE_ON_LAMBDA = "/var/task"
+LAYERS_ON_LAMBDA = "/opt"
 
 RUNTIME = lambda_.Runtime.PYTHON_3_13
 # The dependency layer holds compiled wheels for one CPython version; a runtime
@@ -116,11 +120,27 @@ class Functions(Construct):
         self._api_id = websocket_api_id
         self._stage_name = stage_name
 
+        # The project's own code ships as compiled copies: Lambda's code is read-only,
+        # so without byte code in the asset every cold start compiles every import.
+        shared = ensure_compiled_copy(SHARED_LAYER_DIR, BUILD_DIR / "shared-layer", LAYERS_ON_LAMBDA)
+        handlers = ensure_compiled_copy(HANDLERS_DIR, BUILD_DIR / "handlers", CODE_ON_LAMBDA)
+        # Every function is deployed with the same code and layers. Measured before any
+        # asset is staged, so an oversized build fails before it is copied anywhere.
+        package = (
+            Part("code", handlers.path),
+            Part("shared layer", shared.path),
+            Part("deps layer", deps_layer.path, () if deps_layer.content_hash else tuple(ASSET_EXCLUDES)),
+        )
+        self.package_sizes: list[PackageSize] = measure({declared.name: package for declared in topology.FUNCTIONS})
+        check(self.package_sizes)
+
         self.shared_layer = lambda_.LayerVersion(
             self,
             "SharedLayer",
             description="quanttrade_ws: domain, data access, gateway client, protocol, observability",
-            code=lambda_.Code.from_asset(str(SHARED_LAYER_DIR), exclude=ASSET_EXCLUDES),
+            code=lambda_.Code.from_asset(
+                str(shared.path), asset_hash=shared.content_hash, asset_hash_type=AssetHashType.CUSTOM
+            ),
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[lambda_.Architecture.ARM_64],
         )
@@ -134,12 +154,14 @@ class Functions(Construct):
         self.deps_layer = lambda_.LayerVersion(
             self,
             "DepsLayer",
-            description="Third-party dependencies from requirements.txt (boto3 comes from the runtime)",
+            description="Third-party dependencies from requirements.lock (boto3 comes from the runtime)",
             code=deps_code,
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[lambda_.Architecture.ARM_64],
         )
-        handler_code = lambda_.Code.from_asset(str(HANDLERS_DIR), exclude=ASSET_EXCLUDES)
+        handler_code = lambda_.Code.from_asset(
+            str(handlers.path), asset_hash=handlers.content_hash, asset_hash_type=AssetHashType.CUSTOM
+        )
 
         self.functions: dict[str, lambda_.Function] = {}
         self.log_groups: dict[str, logs.LogGroup] = {}

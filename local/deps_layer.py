@@ -5,9 +5,13 @@ The dependency layer `cdk synth` packages holds wheels for arm64 Lambda
 it is the same layer rebuilt for this machine:
 
 1. the distributions the layer holds are read from its `*.dist-info`
-   directories (name and exact version), and installed once for this
-   interpreter and platform with `pip install --no-deps name==version ...`
-   (cached under `.build/local-deps/` by a hash of that list);
+   directories, and their pins come from the same `requirements.lock` the
+   layer was built from: one source for the versions here and on AWS. They
+   are installed once for this interpreter and platform with
+   `pip install --require-hashes --no-deps` (the lock lists every file's hash,
+   this machine's wheels included), cached under `.build/local-deps/` by a
+   hash of those pins. A layer whose versions are not the lock's was built
+   from another lock, and is refused rather than imitated;
 2. the layer's stand-in is a directory of links to exactly the top-level
    entries the assembly's layer has (a package, a module, an extension module
    whatever its platform tag, a dist-info), so a module missing from the
@@ -30,6 +34,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from infra.layers_build import LOCK, DepsLayerUnavailable, LockedRequirement, read_lock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DEPS_ROOT = REPO_ROOT / ".build" / "local-deps"
@@ -68,14 +74,21 @@ def entry_key(name: str) -> str:
     return name
 
 
-def _pip_install(requirements: list[str], target: Path, *, no_deps: bool) -> None:
+def _pip_install(requirements: list[str], target: Path, *, no_deps: bool, locked: bool = False) -> None:
+    """`requirements` as pip takes them; `locked`: they are lock lines (`name==version --hash=...`), checked."""
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
-    command += [*(["--no-deps"] if no_deps else []), "--no-compile", "--target", str(target), *requirements]
+    command += [*(["--no-deps"] if no_deps else []), "--no-compile", "--target", str(target)]
+    target.mkdir(parents=True, exist_ok=True)
+    listing = target.parent / "requirements.lock"
+    if locked:
+        listing.write_text("".join(line + "\n" for line in requirements), encoding="utf-8")
+        command += ["--require-hashes", "-r", str(listing)]
+    else:
+        command += requirements
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise LocalLayerUnavailable(
-            f"could not install {', '.join(requirements)} for this machine: {result.stderr.strip()[-800:]}"
-        )
+        names = ", ".join(line.split(" ", 1)[0] for line in requirements)
+        raise LocalLayerUnavailable(f"could not install {names} for this machine: {result.stderr.strip()[-800:]}")
 
 
 def _install_once(directory: Path, fill: Callable[[Path], None]) -> Path:
@@ -97,21 +110,42 @@ def _install_once(directory: Path, fill: Callable[[Path], None]) -> Path:
     return directory
 
 
-def _full_install(pinned: dict[str, str], root: Path) -> Path:
-    """The pinned distributions installed for this interpreter, once per list."""
-    recipe = json.dumps({"pins": pinned, "python": sys.version_info[:2], "platform": sys.platform}, sort_keys=True)
+def locked_pins(pinned: dict[str, str], lock: Path = LOCK) -> list[LockedRequirement]:
+    """The lock's entries for the layer's distributions; a layer that disagrees with the lock is refused."""
+    try:
+        locked = read_lock(lock)
+    except DepsLayerUnavailable as error:
+        raise LocalLayerUnavailable(str(error)) from None
+    disagreeing = [
+        f"{name}=={version} (the lock has {locked[name].version if name in locked else 'no such distribution'})"
+        for name, version in sorted(pinned.items())
+        if name not in locked or locked[name].version != version
+    ]
+    if disagreeing:
+        raise LocalLayerUnavailable(
+            f"the layer holds distributions that {lock} does not pin: {', '.join(disagreeing)}; it was built from "
+            "another lock: rebuild it (`python -m infra.layers_build`) and synthesize again"
+        )
+    return [locked[name] for name in sorted(pinned)]
+
+
+def _full_install(requirements: list[LockedRequirement], root: Path) -> Path:
+    """The locked distributions installed for this interpreter, once per list."""
+    lines = [requirement.line() for requirement in requirements]
+    recipe = json.dumps({"pins": lines, "python": sys.version_info[:2], "platform": sys.platform}, sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    requirements = [f"{name}=={version}" for name, version in sorted(pinned.items())]
-    installed = _install_once(root / key, lambda staging: _pip_install(requirements, staging / "python", no_deps=True))
+    installed = _install_once(
+        root / key, lambda staging: _pip_install(lines, staging / "python", no_deps=True, locked=True)
+    )
     return installed / "python"
 
 
-def local_layer(layer_dir: Path, root: Path = LOCAL_DEPS_ROOT) -> Path:
+def local_layer(layer_dir: Path, root: Path = LOCAL_DEPS_ROOT, lock: Path = LOCK) -> Path:
     """A directory that stands in for `layer_dir` on this machine (it holds `python/`, as a layer does)."""
     pinned = pins(layer_dir)
     if not pinned:
         return layer_dir
-    installed = _full_install(pinned, root)
+    installed = _full_install(locked_pins(pinned, lock), root)
     wanted = {entry_key(entry.name) for entry in (layer_dir / "python").iterdir() if entry.name != "__pycache__"}
     digest = hashlib.sha256(json.dumps(sorted(wanted)).encode() + str(installed).encode()).hexdigest()[:16]
     overlay = root / "layers" / digest

@@ -33,7 +33,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".build" / "assembly"
 
 # What `cdk synth` reads, relative to the project root (directories are walked).
-SOURCE_INPUTS = ("app.py", "cdk.json", "requirements.txt", "infra", "handlers", "layers/shared")
+# requirements.lock is what the dependency layer is built from; package-lock.json pins the
+# Pyodide CPython that compiles its byte code.
+SOURCE_INPUTS = (
+    "app.py",
+    "cdk.json",
+    "requirements.txt",
+    "requirements.lock",
+    "package-lock.json",
+    "infra",
+    "handlers",
+    "layers/shared",
+)
 # A different CDK library can synthesize a different template from the same source.
 LIBRARY_INPUTS = ("aws-cdk-lib", "constructs", "cdk-nag", "jsii")
 ASSET_METADATA_CONTEXT = {"aws:cdk:enable-asset-metadata": "true"}

@@ -71,7 +71,8 @@ def test_a_second_synthesis_with_unchanged_inputs_reuses_the_assembly(assembly: 
 
 def test_the_cache_key_covers_every_input_but_compiled_files(tmp_path: Path) -> None:
     # GIVEN a project with an app, infra, handlers, the shared layer and requirements
-    for relative in ("app.py", "cdk.json", "requirements.txt", "infra/stack.py", "handlers/connect.py"):
+    inputs = ("app.py", "cdk.json", "requirements.txt", "requirements.lock", "package-lock.json")
+    for relative in (*inputs, "infra/stack.py", "handlers/connect.py"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(f"# {relative}\n")
     (tmp_path / "layers/shared/python/quanttrade_ws").mkdir(parents=True)
@@ -91,9 +92,16 @@ def test_the_cache_key_covers_every_input_but_compiled_files(tmp_path: Path) -> 
     changed_handler = assembly_key({}, root=tmp_path)
     assert changed_handler != changed_layer
     assert assembly_key({"stage_name": "dev"}, root=tmp_path) != changed_handler
+    # WHEN the lock the dependency layer is built from, or the pinned byte code compiler, changes THEN too
+    (tmp_path / "requirements.lock").write_text("# relocked\n")
+    relocked = assembly_key({}, root=tmp_path)
+    assert relocked != changed_handler
+    (tmp_path / "package-lock.json").write_text("{}\n")
+    repinned = assembly_key({}, root=tmp_path)
+    assert repinned != relocked
     # (a file outside the inputs does not matter)
     (tmp_path / "README.md").write_text("docs\n")
-    assert assembly_key({}, root=tmp_path) == changed_handler
+    assert assembly_key({}, root=tmp_path) == repinned
 
 
 def test_a_failed_synthesis_says_why_and_leaves_nothing_that_looks_cached(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from infra.layers_build import ensure_deps_layer
+from infra.layers_build import ensure_deps_layer, layer_requirements
 from local import deps_layer
-from local.deps_layer import LocalLayerUnavailable, entry_key, local_layer, pins, runtime_provided
+from local.deps_layer import LocalLayerUnavailable, entry_key, local_layer, locked_pins, pins, runtime_provided
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,27 @@ def test_the_same_pins_install_once(built_layer: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(deps_layer.subprocess, "run", no_pip)
     # THEN the cache answers
     assert names(local_layer(built_layer)) == names(built_layer)
+
+
+def test_the_stand_in_installs_the_pins_of_the_lock_the_layer_was_built_from(built_layer: Path) -> None:
+    # GIVEN the layer built from requirements.lock: WHEN its stand-in's pins are looked up
+    locked = locked_pins(pins(built_layer))
+    # THEN they are the lock's own entries (versions and hashes), one source for AWS and this machine
+    assert locked == layer_requirements()
+    stand_in = local_layer(built_layer) / "python"
+    versions = {entry.name.removesuffix(".dist-info").split("-")[1] for entry in stand_in.glob("pydantic-*.dist-info")}
+    assert versions == {pin.version for pin in locked if pin.name == "pydantic"}
+
+
+def test_a_layer_built_from_another_lock_is_refused(built_layer: Path, tmp_path: Path) -> None:
+    # GIVEN a layer whose PyJWT is not the version the lock pins
+    broken = tmp_path / "layer"
+    shutil.copytree(built_layer, broken, symlinks=True)
+    (dist_info,) = (broken / "python").glob("pyjwt-*.dist-info")
+    dist_info.rename(dist_info.with_name("pyjwt-0.0.1.dist-info"))
+    # WHEN its stand-in is made THEN it is refused, naming the disagreement and the remedy
+    with pytest.raises(LocalLayerUnavailable, match=r"pyjwt==0\.0\.1 \(the lock has .*infra\.layers_build"):
+        local_layer(broken, root=tmp_path / "deps")
 
 
 def test_a_failing_install_names_the_distributions(tmp_path: Path) -> None:
