@@ -13,9 +13,26 @@ environment through `Settings.to_env()`):
 Single-field keys win over the JSON object. Every `Settings` field is accepted
 except those the stack itself owns: `region`, the table names, the queue and
 dead-letter queue URLs, `management_endpoint`, `aws_endpoint_url` (local stack
-only), `jwt_secret_arn`, `session_secret_arn`, and `jwt_secret` and
+only), `jwt_secret_arn` (bring an existing key with the infrastructure key
+`jwt_secret_arn` instead), `session_secret_arn`, and `jwt_secret` and
 `session_secret`, which are refused outright because a value given here would
 end up in the template.
+
+Access tokens from an OIDC issuer (with `jwks_url`) are checked as these say:
+
+    -c settings.jwt_issuer=https://idp.example.com/            one issuer, or several comma-separated
+    -c settings.jwt_audience=api://quanttrade                  the aud to require (default quanttrade-websocket)
+    -c settings.jwt_client_id=CLIENT -c settings.jwt_token_use=access
+                                                               Cognito: the app client instead of aud
+    -c settings.jwt_permissions_claim=scope -c settings.jwt_scope_prefix=quanttrade/
+                                                               permissions from OAuth scopes
+    -c settings.jwt_permissions_claim=cognito:groups \
+       -c settings.jwt_permission_map='{"traders": ["read:market_data"], "ops": ["admin"]}'
+                                                               or from groups
+
+With `cognito=true` the stack sets the issuer, JWKS URL and app client itself (refusing
+them here) and defaults to access tokens with scopes; token_use and the permission
+settings may still be changed.
 
 Infrastructure keys (see `InfraConfig` for defaults):
 
@@ -25,8 +42,18 @@ Infrastructure keys (see `InfraConfig` for defaults):
     log_retention_days         every log group, a CloudWatch Logs retention value (30)
     removal_policy             retain | destroy | snapshot, for tables, secret and log groups (retain)
     domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
-    jwks_url                   verify access tokens with RS256 against this JWKS URL (session
-                               tokens keep their generated key in Secrets Manager)
+    jwt_secret_arn             an existing Secrets Manager secret (complete ARN, or partial: the name
+                               only) holding the HS256 access-token key; otherwise the stack generates
+                               one. Either way its ARN is the JwtSecretArn output.
+    jwks_url                   verify access tokens with RS256 against this JWKS URL; no access-token
+                               secret is then created (session tokens keep their generated key)
+    cognito                    true: create a Cognito user pool, app client and resource server, and
+                               verify its access tokens (see infra/cognito.py) (false)
+    cognito_domain_prefix      the pool's managed-login domain prefix (<prefix>.auth.<region>.amazoncognito.com)
+    cognito_callback_urls      the app client's OAuth callback URLs, comma-separated
+                               (http://localhost:8080/callback)
+    cognito_logout_urls        its sign-out URLs, comma-separated (http://localhost:8080/)
+                               jwt_secret_arn, jwks_url and cognito exclude each other.
     event_archive_retention_days   replay window of the event bus archive (30)
     delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
     queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
@@ -96,6 +123,13 @@ class InfraConfig(BaseModel):
     domain_name: str | None = None
     certificate_arn: str | None = None
     jwks_url: str | None = None
+    jwt_secret_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+    )
+    cognito: bool = False
+    cognito_domain_prefix: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+    cognito_callback_urls: tuple[str, ...] = ("http://localhost:8080/callback",)
+    cognito_logout_urls: tuple[str, ...] = ("http://localhost:8080/",)
     event_archive_retention_days: int = Field(30, ge=1)
     delivery_lag_threshold_ms: float = Field(2000, gt=0)
     queue_age_threshold_seconds: int = Field(300, ge=60)
@@ -112,10 +146,30 @@ class InfraConfig(BaseModel):
             raise ValueError(f"log_retention_days must be one of {sorted(VALID_RETENTION_DAYS)}")
         return value
 
+    @field_validator("cognito_callback_urls", "cognito_logout_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        # `-c` gives one string: comma-separated URLs
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
     @model_validator(mode="after")
     def _domain_pair(self) -> InfraConfig:
         if bool(self.domain_name) != bool(self.certificate_arn):
             raise ValueError("domain_name and certificate_arn go together: give both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _one_token_issuer(self) -> InfraConfig:
+        chosen = [name for name in ("jwt_secret_arn", "jwks_url", "cognito") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{' and '.join(chosen)} each say how access tokens are verified: give one "
+                "(jwt_secret_arn: your HS256 key; jwks_url: your RS256 issuer; cognito: the stack's user pool)"
+            )
+        if self.cognito_domain_prefix and not self.cognito:
+            raise ValueError("cognito_domain_prefix is the user pool's domain: it needs cognito=true")
         return self
 
 
@@ -166,6 +220,12 @@ def settings_overrides(node: Node) -> dict[str, Any]:
         raise ContextError(
             "settings.session_secret cannot be set through context: it would be written into the template. "
             "The stack generates the session-token key in Secrets Manager."
+        )
+    if "jwt_secret_arn" in values:
+        raise ContextError(
+            "settings.jwt_secret_arn is filled in by the stack. To verify access tokens with an existing "
+            "Secrets Manager secret, give its ARN as the infrastructure key: -c jwt_secret_arn=arn:aws:secretsmanager:"
+            "... (the stack then imports it and grants read access to the functions that verify tokens)"
         )
     owned = STACK_OWNED_SETTINGS.intersection(values)
     if owned:
