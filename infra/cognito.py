@@ -30,13 +30,18 @@ SCOPE_PREFIX = f"{RESOURCE_SERVER_ID}/"
 # Settings the stack fills from the pool; context may not set them too (they would disagree).
 POOL_OWNED_SETTINGS = frozenset({"jwt_algorithm", "jwks_url", "jwt_issuer", "jwt_audience", "jwt_client_id"})
 
-# Settings that default to the pool's access tokens and scopes; context may choose otherwise
-# (ID tokens, groups mapped to permissions).
-POOL_DEFAULT_SETTINGS = {
-    "jwt_token_use": "access",
-    "jwt_permissions_claim": "scope",
-    "jwt_scope_prefix": SCOPE_PREFIX,
-}
+
+def pool_default_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """What context leaves open, filled for the pool's access tokens and scopes.
+
+    Context may choose otherwise: ID tokens, or groups mapped to permissions (the
+    scope prefix then does not apply, unless given too).
+    """
+    defaults: dict[str, Any] = {"jwt_token_use": "access"}
+    if "jwt_permissions_claim" not in overrides:
+        defaults.update(jwt_permissions_claim="scope", jwt_scope_prefix=SCOPE_PREFIX)
+    return {**defaults, **overrides}
+
 
 MFA_REASON = (
     "MFA is offered (optional, TOTP) rather than required: the pool also serves trading bots and "
@@ -135,7 +140,7 @@ class CognitoIdentity(Construct):
         return f"{self.issuer}/.well-known/jwks.json"
 
     def verification(self) -> dict[str, Any]:
-        """The `Settings` fields that verify this pool's tokens (beside POOL_DEFAULT_SETTINGS)."""
+        """The `Settings` fields that verify this pool's tokens (beside `pool_default_settings`)."""
         return {
             "jwt_algorithm": "RS256",
             "jwks_url": self.jwks_url,

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Literal
 
 from constructs import Node
@@ -152,6 +153,17 @@ class InfraConfig(BaseModel):
         # `-c` gives one string: comma-separated URLs
         if isinstance(value, str):
             return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("cognito_callback_urls", "cognito_logout_urls")
+    @classmethod
+    def _cognito_accepts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Cognito refuses plain http except for localhost, at deploy time; say so at synth.
+        for url in value:
+            if not (url.startswith("https://") or re.match(r"^http://localhost(:\d+)?(/|$)", url)):
+                raise ValueError(f"{url!r}: Cognito accepts https:// URLs, and http:// only for localhost")
+        if not value:
+            raise ValueError("give at least one URL")
         return value
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from constructs import Construct
 
 from infra.admin_api import AdminApi
 from infra.auth import TokenKey
-from infra.cognito import POOL_DEFAULT_SETTINGS, POOL_OWNED_SETTINGS, RESOURCE_SERVER_ID, CognitoIdentity
+from infra.cognito import POOL_OWNED_SETTINGS, RESOURCE_SERVER_ID, CognitoIdentity, pool_default_settings
 from infra.context import ContextError, InfraConfig, settings_overrides, validated_settings
 from infra.fanout import FanOut
 from infra.functions import DepsLayerSource, Functions
@@ -49,8 +49,7 @@ class QuantTradeStack(Stack):
                 raise ContextError(
                     f"cognito=true verifies the stack's own user pool; settings {clash} would contradict it"
                 )
-            for name, value in POOL_DEFAULT_SETTINGS.items():
-                overrides.setdefault(name, value)
+            overrides = pool_default_settings(overrides)
         # Validate the context's settings before any resource exists, with
         # placeholders for what the stack will fill in, so a bad value fails
         # with one clear message instead of one per function.

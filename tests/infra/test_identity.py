@@ -232,14 +232,14 @@ def test_cognito_groups_may_carry_the_permissions_instead(variant: Any) -> None:
         cognito="true",
         **{
             "settings.jwt_permissions_claim": "cognito:groups",
-            "settings.jwt_scope_prefix": "",
             "settings.jwt_permission_map": '{"traders": ["read:market_data"], "ops": ["admin"]}',
         },
     )
     settings = settings_of(synth, topology.AUTHORIZER)
     assert settings.jwt_permissions_claim == "cognito:groups"
     assert settings.jwt_permission_map == {"traders": ("read:market_data",), "ops": ("admin",)}
-    assert settings.jwt_token_use == "access"
+    # AND the scope prefix, which only scopes carry, is not applied to group names
+    assert (settings.jwt_token_use, settings.jwt_scope_prefix) == ("access", "")
 
 
 # ---------------------------------------------------------------- combinations that fail synth
@@ -257,6 +257,7 @@ def test_cognito_groups_may_carry_the_permissions_instead(variant: Any) -> None:
         ({"cognito": "true", "settings.jwks_url": "https://idp.example.com/jwks"}, r"would contradict"),
         ({"cognito_domain_prefix": "quanttrade"}, r"needs cognito=true"),
         ({"cognito": "true", "cognito_domain_prefix": "Not_Valid"}, r"cognito_domain_prefix"),
+        ({"cognito": "true", "cognito_callback_urls": "http://app.example.com/cb"}, r"http:// only for localhost"),
         ({"settings.jwt_client_id": "abc", "jwks_url": "https://idp.example.com/jwks"}, r"needs jwt_token_use"),
         ({"settings.jwt_permission_map": '{"traders": ["trade:everything"]}'}, r"unknown permissions"),
     ],
