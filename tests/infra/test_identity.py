@@ -265,3 +265,25 @@ def test_cognito_groups_may_carry_the_permissions_instead(variant: Any) -> None:
 def test_contradictory_identity_context_fails_synth(context: dict[str, Any], message: str, stand_in_layer: str) -> None:
     with pytest.raises(ContextError, match=message):
         create_app(context={**context, "deps_layer_dir": stand_in_layer})
+
+
+# ---------------------------------------------------------------- the local stack runs the default only
+
+
+def test_the_local_stack_finds_the_generated_key_and_says_why_it_cannot_run_without_one(variant: Any) -> None:
+    from local.cloud.template import Template as LocalTemplate
+    from local.stack import LocalStack, StackStartError
+
+    # The local stack reads function assets through their metadata, as local.cloud.synthesize asks for it.
+    with_assets = {"aws:cdk:enable-asset-metadata": True}
+
+    def local(template: Synth) -> LocalTemplate:
+        return LocalTemplate(template.json, assembly_dir=template.template_path.parent, stack_name="QuantTradeStack")
+
+    # GIVEN the default template: the local stack signs development tokens with the generated key
+    default = variant(**with_assets)
+    assert LocalStack._signing_key_secret(local(default)) == default.logical_id(default.stack.token_key.secret)
+    # THEN templates whose access-token key is not the stack's own are refused with the reason
+    for context in ({"jwks_url": "https://idp.example.com/jwks"}, {"jwt_secret_arn": COMPLETE_ARN}):
+        with pytest.raises(StackStartError, match=r"without a key it generates .* run it without those context keys"):
+            LocalStack._signing_key_secret(local(variant(**context, **with_assets)))
