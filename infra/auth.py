@@ -26,6 +26,7 @@ from typing import Any
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -68,6 +69,7 @@ class TokenKey(Construct):
         verification: Mapping[str, Any],
         jwt_secret_arn: str | None,
         removal_policy: RemovalPolicy,
+        jwt_secret_kms_key_arn: str | None = None,
     ):
         super().__init__(scope, construct_id)
         self.verification = dict(verification)
@@ -75,7 +77,7 @@ class TokenKey(Construct):
         if self.verification.get("jwks_url"):
             self.secret = None  # RS256: no shared key to keep
         elif jwt_secret_arn:
-            self.secret = imported_secret(self, "JwtSigningKey", jwt_secret_arn)
+            self.secret = imported_secret(self, "JwtSigningKey", jwt_secret_arn, jwt_secret_kms_key_arn)
         else:
             self.secret = self._key("JwtSigningKey", "Key that verifies QuantTrade HS256 access tokens", removal_policy)
         self.session_secret = self._key(
@@ -109,8 +111,17 @@ class TokenKey(Construct):
             self.session_secret.grant_read(grantee)
 
 
-def imported_secret(scope: Construct, construct_id: str, arn: str) -> secretsmanager.ISecret:
-    """An operator's secret by its ARN: complete (with Secrets Manager's six-character suffix) or partial."""
+def imported_secret(
+    scope: Construct, construct_id: str, arn: str, kms_key_arn: str | None = None
+) -> secretsmanager.ISecret:
+    """An operator's secret by its ARN: complete (with Secrets Manager's six-character suffix) or partial.
+
+    With the customer managed KMS key that encrypts it, readers are granted kms:Decrypt on that key too
+    (through Secrets Manager only, as CDK's grant conditions it).
+    """
+    key = kms.Key.from_key_arn(scope, f"{construct_id}EncryptionKey", kms_key_arn) if kms_key_arn else None
     if _COMPLETE_SECRET_ARN.match(arn):
-        return secretsmanager.Secret.from_secret_complete_arn(scope, construct_id, arn)
-    return secretsmanager.Secret.from_secret_partial_arn(scope, construct_id, arn)
+        attributes = secretsmanager.SecretAttributes(secret_complete_arn=arn, encryption_key=key)
+    else:
+        attributes = secretsmanager.SecretAttributes(secret_partial_arn=arn, encryption_key=key)
+    return secretsmanager.Secret.from_secret_attributes(scope, construct_id, attributes)

@@ -45,6 +45,8 @@ Infrastructure keys (see `InfraConfig` for defaults):
     jwt_secret_arn             an existing Secrets Manager secret (complete ARN, or partial: the name
                                only) holding the HS256 access-token key; otherwise the stack generates
                                one. Either way its ARN is the JwtSecretArn output.
+    jwt_secret_kms_key_arn     the customer managed KMS key that encrypts that secret, if any: the
+                               functions that read it may then decrypt with it (through Secrets Manager)
     jwks_url                   verify access tokens with RS256 against this JWKS URL; no access-token
                                secret is then created (session tokens keep their generated key)
     cognito                    true: create a Cognito user pool, app client and resource server, and
@@ -127,6 +129,9 @@ class InfraConfig(BaseModel):
     jwt_secret_arn: str | None = Field(
         None, pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
     )
+    jwt_secret_kms_key_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$"
+    )
     cognito: bool = False
     cognito_domain_prefix: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
     cognito_callback_urls: tuple[str, ...] = ("http://localhost:8080/callback",)
@@ -180,6 +185,8 @@ class InfraConfig(BaseModel):
                 f"{' and '.join(chosen)} each say how access tokens are verified: give one "
                 "(jwt_secret_arn: your HS256 key; jwks_url: your RS256 issuer; cognito: the stack's user pool)"
             )
+        if self.jwt_secret_kms_key_arn and not self.jwt_secret_arn:
+            raise ValueError("jwt_secret_kms_key_arn is the key of your secret: it needs jwt_secret_arn")
         if self.cognito_domain_prefix and not self.cognito:
             raise ValueError("cognito_domain_prefix is the user pool's domain: it needs cognito=true")
         return self

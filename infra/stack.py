@@ -93,6 +93,7 @@ class QuantTradeStack(Stack):
             "TokenKey",
             verification=verification,
             jwt_secret_arn=config.jwt_secret_arn,
+            jwt_secret_kms_key_arn=config.jwt_secret_kms_key_arn,
             removal_policy=other_removal,
         )
         self.functions = Functions(

@@ -126,6 +126,28 @@ def test_an_operators_secret_replaces_the_generated_key(variant: Any, arn: str, 
     assert lint_findings(synth) == []
 
 
+KMS_KEY = "arn:aws:kms:eu-west-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_an_operators_key_may_decrypt_its_secret_for_the_key_readers_only(variant: Any) -> None:
+    # GIVEN the operator's secret and the customer managed key that encrypts it
+    synth = variant(jwt_secret_arn=COMPLETE_ARN, jwt_secret_kms_key_arn=KMS_KEY)
+    # THEN exactly the key readers may decrypt with that key, and only through Secrets Manager
+    decrypters = set()
+    for declared in topology.FUNCTIONS:
+        role_ref = {"Ref": synth.role_id(declared)}
+        for policy in synth.resources("AWS::IAM::Policy").values():
+            if role_ref not in policy["Properties"]["Roles"]:
+                continue
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if statement["Action"] == "kms:Decrypt" or "kms:Decrypt" in statement["Action"]:
+                    assert statement["Resource"] == KMS_KEY
+                    assert "kms:ViaService" in json.dumps(statement["Condition"])
+                    decrypters.add(declared.name)
+    assert decrypters == KEY_READERS
+    assert nag_findings(synth) == []
+
+
 # ---------------------------------------------------------------- RS256: no access-token secret
 
 
@@ -256,6 +278,7 @@ def test_cognito_groups_may_carry_the_permissions_instead(variant: Any) -> None:
         ({"cognito": "true", "settings.jwt_issuer": "https://other"}, r"\['jwt_issuer'\] would contradict"),
         ({"cognito": "true", "settings.jwks_url": "https://idp.example.com/jwks"}, r"would contradict"),
         ({"cognito_domain_prefix": "quanttrade"}, r"needs cognito=true"),
+        ({"jwt_secret_kms_key_arn": KMS_KEY}, r"needs jwt_secret_arn"),
         ({"cognito": "true", "cognito_domain_prefix": "Not_Valid"}, r"cognito_domain_prefix"),
         ({"cognito": "true", "cognito_callback_urls": "http://app.example.com/cb"}, r"http:// only for localhost"),
         ({"settings.jwt_client_id": "abc", "jwks_url": "https://idp.example.com/jwks"}, r"needs jwt_token_use"),
