@@ -148,6 +148,8 @@ class Settings(BaseModel):
     @field_validator("jwt_permission_map")
     @classmethod
     def _known_permissions(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        if not value:
+            return value  # every function builds settings at cold start: import auth only when there is a map
         from quanttrade_ws.auth import KNOWN_PERMISSIONS  # auth builds on this module
 
         unknown = sorted({p for permissions in value.values() for p in permissions} - KNOWN_PERMISSIONS)
