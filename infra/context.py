@@ -30,9 +30,9 @@ Access tokens from an OIDC issuer (with `jwks_url`) are checked as these say:
        -c settings.jwt_permission_map='{"traders": ["read:market_data"], "ops": ["admin"]}'
                                                                or from groups
 
-With `cognito=true` the stack sets the issuer, JWKS URL and app client itself (refusing
-them here) and defaults to access tokens with scopes; token_use and the permission
-settings may still be changed.
+With `cognito=true` the stack sets the algorithm, JWKS URL, issuer and app client itself
+(refusing them and jwt_audience here) and defaults to access tokens with `quanttrade/`
+scopes; jwt_token_use and the permission settings may still be changed.
 
 Infrastructure keys (see `InfraConfig` for defaults):
 
@@ -55,7 +55,7 @@ Infrastructure keys (see `InfraConfig` for defaults):
     cognito_callback_urls      the app client's OAuth callback URLs, comma-separated
                                (http://localhost:8080/callback)
     cognito_logout_urls        its sign-out URLs, comma-separated (http://localhost:8080/)
-                               jwt_secret_arn, jwks_url and cognito exclude each other.
+                               (jwt_secret_arn, jwks_url and cognito exclude each other)
     event_archive_retention_days   replay window of the event bus archive (30)
     delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
     queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
