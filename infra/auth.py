@@ -24,9 +24,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -77,9 +76,12 @@ class TokenKey(Construct):
         if self.verification.get("jwks_url"):
             self.secret = None  # RS256: no shared key to keep
         elif jwt_secret_arn:
-            self.secret = imported_secret(self, "JwtSigningKey", jwt_secret_arn, jwt_secret_kms_key_arn)
+            self.secret = imported_secret(self, "JwtSigningKey", jwt_secret_arn)
         else:
             self.secret = self._key("JwtSigningKey", "Key that verifies QuantTrade HS256 access tokens", removal_policy)
+        # The operator's own KMS key, if one encrypts their secret. CDK's grant on an imported key of
+        # another (or an unknown) account adds nothing to the reader's policy, so it is stated here.
+        self.secret_kms_key_arn = jwt_secret_kms_key_arn if jwt_secret_arn else None
         self.session_secret = self._key(
             "SessionSigningKey", "Key that signs QuantTrade session-resume tokens (only those)", removal_policy
         )
@@ -107,21 +109,24 @@ class TokenKey(Construct):
     def grant_read(self, function_name: str, grantee: iam.IGrantable) -> None:
         if function_name in KEY_READERS and self.secret is not None:
             self.secret.grant_read(grantee)
+            if self.secret_kms_key_arn:
+                grantee.grant_principal.add_to_principal_policy(
+                    iam.PolicyStatement(
+                        sid="DecryptAccessTokenKey",
+                        actions=["kms:Decrypt"],
+                        resources=[self.secret_kms_key_arn],
+                        # Only as Secrets Manager decrypts the secret for GetSecretValue, nothing else.
+                        conditions={
+                            "StringEquals": {"kms:ViaService": f"secretsmanager.{Aws.REGION}.{Aws.URL_SUFFIX}"}
+                        },
+                    )
+                )
         if function_name in SESSION_KEY_READERS:
             self.session_secret.grant_read(grantee)
 
 
-def imported_secret(
-    scope: Construct, construct_id: str, arn: str, kms_key_arn: str | None = None
-) -> secretsmanager.ISecret:
-    """An operator's secret by its ARN: complete (with Secrets Manager's six-character suffix) or partial.
-
-    With the customer managed KMS key that encrypts it, readers are granted kms:Decrypt on that key too
-    (through Secrets Manager only, as CDK's grant conditions it).
-    """
-    key = kms.Key.from_key_arn(scope, f"{construct_id}EncryptionKey", kms_key_arn) if kms_key_arn else None
+def imported_secret(scope: Construct, construct_id: str, arn: str) -> secretsmanager.ISecret:
+    """An operator's secret by its ARN: complete (with Secrets Manager's six-character suffix) or partial."""
     if _COMPLETE_SECRET_ARN.match(arn):
-        attributes = secretsmanager.SecretAttributes(secret_complete_arn=arn, encryption_key=key)
-    else:
-        attributes = secretsmanager.SecretAttributes(secret_partial_arn=arn, encryption_key=key)
-    return secretsmanager.Secret.from_secret_attributes(scope, construct_id, attributes)
+        return secretsmanager.Secret.from_secret_complete_arn(scope, construct_id, arn)
+    return secretsmanager.Secret.from_secret_partial_arn(scope, construct_id, arn)
