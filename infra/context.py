@@ -13,9 +13,26 @@ environment through `Settings.to_env()`):
 Single-field keys win over the JSON object. Every `Settings` field is accepted
 except those the stack itself owns: `region`, the table names, the queue and
 dead-letter queue URLs, `management_endpoint`, `aws_endpoint_url` (local stack
-only), `jwt_secret_arn`, `session_secret_arn`, and `jwt_secret` and
+only), `jwt_secret_arn` (bring an existing key with the infrastructure key
+`jwt_secret_arn` instead), `session_secret_arn`, and `jwt_secret` and
 `session_secret`, which are refused outright because a value given here would
 end up in the template.
+
+Access tokens from an OIDC issuer (with `jwks_url`) are checked as these say:
+
+    -c settings.jwt_issuer=https://idp.example.com/            one issuer, or several comma-separated
+    -c settings.jwt_audience=api://quanttrade                  the aud to require (default quanttrade-websocket)
+    -c settings.jwt_client_id=CLIENT -c settings.jwt_token_use=access
+                                                               Cognito: the app client instead of aud
+    -c settings.jwt_permissions_claim=scope -c settings.jwt_scope_prefix=quanttrade/
+                                                               permissions from OAuth scopes
+    -c settings.jwt_permissions_claim=cognito:groups \
+       -c settings.jwt_permission_map='{"traders": ["read:market_data"], "ops": ["admin"]}'
+                                                               or from groups
+
+With `cognito=true` the stack sets the algorithm, JWKS URL, issuer and app client itself
+(refusing them and jwt_audience here) and defaults to access tokens with `quanttrade/`
+scopes; jwt_token_use and the permission settings may still be changed.
 
 Infrastructure keys (see `InfraConfig` for defaults):
 
@@ -33,8 +50,20 @@ Infrastructure keys (see `InfraConfig` for defaults):
                                tables keep point-in-time recovery (35 days of backups) and deletion
                                protection; `snapshot` is refused, DynamoDB has no Snapshot deletion policy
     domain_name, certificate_arn   optional custom domain for the WebSocket API (both or neither)
-    jwks_url                   verify access tokens with RS256 against this JWKS URL (session
-                               tokens keep their generated key in Secrets Manager)
+    jwt_secret_arn             an existing Secrets Manager secret (complete ARN, or partial: the name
+                               only) holding the HS256 access-token key; otherwise the stack generates
+                               one. Either way its ARN is the JwtSecretArn output.
+    jwt_secret_kms_key_arn     the customer managed KMS key that encrypts that secret, if any: the
+                               functions that read it may then decrypt with it (through Secrets Manager)
+    jwks_url                   verify access tokens with RS256 against this JWKS URL; no access-token
+                               secret is then created (session tokens keep their generated key)
+    cognito                    true: create a Cognito user pool, app client and resource server, and
+                               verify its access tokens (see infra/cognito.py) (false)
+    cognito_domain_prefix      the pool's managed-login domain prefix (<prefix>.auth.<region>.amazoncognito.com)
+    cognito_callback_urls      the app client's OAuth callback URLs, comma-separated
+                               (http://localhost:8080/callback)
+    cognito_logout_urls        its sign-out URLs, comma-separated (http://localhost:8080/)
+                               (jwt_secret_arn, jwks_url and cognito exclude each other)
     event_archive_retention_days   replay window of the event bus archive (30)
     delivery_lag_threshold_ms  DeliveryLag p99 alarm threshold (2000)
     queue_age_threshold_seconds    oldest-message age alarm on the source queues (300)
@@ -48,6 +77,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Literal
 
 from constructs import Node
@@ -114,6 +144,16 @@ class InfraConfig(BaseModel):
     domain_name: str | None = None
     certificate_arn: str | None = None
     jwks_url: str | None = None
+    jwt_secret_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+    )
+    jwt_secret_kms_key_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+$"
+    )
+    cognito: bool = False
+    cognito_domain_prefix: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+    cognito_callback_urls: tuple[str, ...] = ("http://localhost:8080/callback",)
+    cognito_logout_urls: tuple[str, ...] = ("http://localhost:8080/",)
     event_archive_retention_days: int = Field(30, ge=1)
     delivery_lag_threshold_ms: float = Field(2000, gt=0)
     queue_age_threshold_seconds: int = Field(300, ge=60)
@@ -139,6 +179,25 @@ class InfraConfig(BaseModel):
     def _known_retention(cls, value: int) -> int:
         if value not in VALID_RETENTION_DAYS:
             raise ValueError(f"log_retention_days must be one of {sorted(VALID_RETENTION_DAYS)}")
+        return value
+
+    @field_validator("cognito_callback_urls", "cognito_logout_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        # `-c` gives one string: comma-separated URLs
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @field_validator("cognito_callback_urls", "cognito_logout_urls")
+    @classmethod
+    def _cognito_accepts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Cognito refuses plain http except for localhost, at deploy time; say so at synth.
+        for url in value:
+            if not (url.startswith("https://") or re.match(r"^http://localhost(:\d+)?(/|$)", url)):
+                raise ValueError(f"{url!r}: Cognito accepts https:// URLs, and http:// only for localhost")
+        if not value:
+            raise ValueError("give at least one URL")
         return value
 
     @model_validator(mode="after")
@@ -167,6 +226,20 @@ class InfraConfig(BaseModel):
     @property
     def tags(self) -> dict[str, str]:
         return {"Project": PROJECT, "Stage": self.stage, "Owner": self.owner}
+
+    @model_validator(mode="after")
+    def _one_token_issuer(self) -> InfraConfig:
+        chosen = [name for name in ("jwt_secret_arn", "jwks_url", "cognito") if getattr(self, name)]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"{' and '.join(chosen)} each say how access tokens are verified: give one "
+                "(jwt_secret_arn: your HS256 key; jwks_url: your RS256 issuer; cognito: the stack's user pool)"
+            )
+        if self.jwt_secret_kms_key_arn and not self.jwt_secret_arn:
+            raise ValueError("jwt_secret_kms_key_arn is the key of your secret: it needs jwt_secret_arn")
+        if self.cognito_domain_prefix and not self.cognito:
+            raise ValueError("cognito_domain_prefix is the user pool's domain: it needs cognito=true")
+        return self
 
 
 def _parse_json_object(key: str, raw: Any) -> dict[str, Any]:
@@ -216,6 +289,12 @@ def settings_overrides(node: Node) -> dict[str, Any]:
         raise ContextError(
             "settings.session_secret cannot be set through context: it would be written into the template. "
             "The stack generates the session-token key in Secrets Manager."
+        )
+    if "jwt_secret_arn" in values:
+        raise ContextError(
+            "settings.jwt_secret_arn is filled in by the stack. To verify access tokens with an existing "
+            "Secrets Manager secret, give its ARN as the infrastructure key: -c jwt_secret_arn=arn:aws:secretsmanager:"
+            "... (the stack then imports it and grants read access to the functions that verify tokens)"
         )
     owned = STACK_OWNED_SETTINGS.intersection(values)
     if owned:

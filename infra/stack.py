@@ -9,6 +9,7 @@ from constructs import Construct
 
 from infra.admin_api import AdminApi
 from infra.auth import TokenKey
+from infra.cognito import POOL_OWNED_SETTINGS, RESOURCE_SERVER_ID, CognitoIdentity, pool_default_settings
 from infra.context import ContextError, InfraConfig, settings_overrides, validated_settings
 from infra.fanout import FanOut
 from infra.functions import DepsLayerSource, Functions
@@ -36,12 +37,25 @@ class QuantTradeStack(Stack):
         jwks_url = config.jwks_url or overrides.pop("jwks_url", None)
         if jwks_url and overrides.pop("jwt_algorithm", "RS256") != "RS256":
             raise ContextError("jwks_url is given, so access tokens are RS256; settings.jwt_algorithm disagrees")
+        if jwks_url and config.jwt_secret_arn:
+            raise ContextError("jwt_secret_arn is an HS256 key, and settings.jwks_url makes access tokens RS256")
+        if config.cognito:
+            clash = sorted(POOL_OWNED_SETTINGS.intersection(overrides)) + (["jwks_url"] if jwks_url else [])
+            if clash:
+                raise ContextError(
+                    f"cognito=true verifies the stack's own user pool; settings {clash} would contradict it"
+                )
+            overrides = pool_default_settings(overrides)
         # Validate the context's settings before any resource exists, with
         # placeholders for what the stack will fill in, so a bad value fails
         # with one clear message instead of one per function.
         placeholders: dict[str, str] = {"jwt_secret_arn": "pending", "session_secret_arn": "pending"}
         if jwks_url:
             placeholders.update(jwt_algorithm="RS256", jwks_url=jwks_url)
+        if config.cognito:
+            placeholders.update(
+                jwt_algorithm="RS256", jwks_url="pending", jwt_issuer="pending", jwt_client_id="pending"
+            )
         validated_settings(overrides, **placeholders)
 
         # Stateful resources keep their data unless told otherwise; retained
@@ -59,7 +73,32 @@ class QuantTradeStack(Stack):
         self.websocket = WebSocketApi(
             self, "WebSocket", stage_name=stage_name, api_name=config.physical_name("websocket").lower()
         )
-        self.token_key = TokenKey(self, "TokenKey", jwks_url=jwks_url, removal_policy=removal)
+        self.cognito = (
+            CognitoIdentity(
+                self,
+                "Cognito",
+                callback_urls=list(config.cognito_callback_urls),
+                logout_urls=list(config.cognito_logout_urls),
+                domain_prefix=config.cognito_domain_prefix,
+                removal_policy=removal,
+            )
+            if config.cognito
+            else None
+        )
+        if self.cognito is not None:
+            verification = self.cognito.verification()
+        elif jwks_url:
+            verification = {"jwt_algorithm": "RS256", "jwks_url": jwks_url}
+        else:
+            verification = {}
+        self.token_key = TokenKey(
+            self,
+            "TokenKey",
+            verification=verification,
+            jwt_secret_arn=config.jwt_secret_arn,
+            jwt_secret_kms_key_arn=config.jwt_secret_kms_key_arn,
+            removal_policy=removal,
+        )
         self.functions = Functions(
             self,
             "Functions",
@@ -124,10 +163,46 @@ class QuantTradeStack(Stack):
         )
         CfnOutput(self, "EventBusName", value=self.fanout.bus.event_bus_name, description="Upstream PutEvents target")
         CfnOutput(self, "AdminApiUrl", value=self.admin.url, description="IAM-authorised admin API")
+        self._token_outputs()
         if self.websocket.domain is not None:
             CfnOutput(
                 self,
                 "CustomDomainTarget",
                 value=self.websocket.domain.regional_domain_name,
                 description="Point the custom domain's DNS (CNAME/alias) here",
+            )
+
+    def _token_outputs(self) -> None:
+        """Where a token issuer finds the HS256 key, or the Cognito pool's identifiers."""
+        if self.token_key.secret is not None:
+            CfnOutput(
+                self,
+                "JwtSecretArn",
+                value=self.token_key.secret.secret_arn,
+                description="Secrets Manager secret whose value signs HS256 access tokens "
+                "(python -m local token --stack NAME mints a test token with it)",
+            )
+        if self.cognito is None:
+            return
+        CfnOutput(self, "UserPoolId", value=self.cognito.user_pool.user_pool_id, description="Cognito user pool")
+        CfnOutput(
+            self,
+            "UserPoolClientId",
+            value=self.cognito.client.user_pool_client_id,
+            description="App client whose access tokens the WebSocket API accepts (client_id)",
+        )
+        CfnOutput(self, "CognitoIssuer", value=self.cognito.issuer, description="iss of the pool's tokens")
+        CfnOutput(self, "CognitoJwksUrl", value=self.cognito.jwks_url, description="The pool's signing keys")
+        CfnOutput(
+            self,
+            "CognitoResourceServer",
+            value=RESOURCE_SERVER_ID,
+            description="Resource server identifier: scopes are <identifier>/<permission>",
+        )
+        if self.cognito.domain is not None:
+            CfnOutput(
+                self,
+                "CognitoDomainUrl",
+                value=self.cognito.domain.base_url(),
+                description="Managed login and OAuth endpoints (/oauth2/authorize, /oauth2/token)",
             )

@@ -2,6 +2,7 @@
 
 python -m local dev                       the whole backend with the simulator (what `make dev` runs)
 python -m local token --user alice        a development access token
+python -m local token --stack QuantTrade-prod --profile prod    one signed with a deployed stack's HS256 key
 python -m local publish MarketData '{"symbol": "AAPL", ...}'
 python -m local publish --file events/eventbridge/market_data.json
 python -m local listen --stream market_data:AAPL --room desk-eu [--count N] [--seconds S]
@@ -197,21 +198,64 @@ def cmd_token(args: argparse.Namespace) -> int:
     _quiet_development_warnings()
     permissions = args.permissions if args.permissions else list(ALL_PERMISSIONS)
     token = mint_token(
-        _secret(),
+        signing_key(args),
         args.user,
         permissions=permissions,
         subscription_level=args.level,
         client_type=args.client_type,
         expires_in=args.expires,
+        issuer=args.issuer,
+        audience=args.audience,
     )
     print(token)
     return 0
 
 
+def signing_key(args: argparse.Namespace) -> str:
+    """The HS256 access-token key: the local stack's, or a deployed stack's (its JwtSecretArn secret)."""
+    if not is_deployed(args):
+        _local_only_profile(args, "signing key")
+        return _secret()
+    session = aws_session(args)
+    stack = deployed_stack(args, session)
+    assert stack is not None
+    return read_signing_key(session, stack)
+
+
+def read_signing_key(session: Any, stack: DeployedStack) -> str:
+    """The value of the secret a deployed stack's JwtSecretArn output names, read with the session's credentials."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if SECRET_OUTPUT not in stack.outputs:
+        if "UserPoolId" in stack.outputs:
+            raise SystemExit(
+                f"stack {stack.name} verifies access tokens of its Cognito user pool {stack.outputs['UserPoolId']} "
+                f"(app client {stack.outputs.get('UserPoolClientId', '?')}): sign in there for a token; it has no "
+                "HS256 key to mint one with"
+            )
+        stack.output(SECRET_OUTPUT)  # says which outputs there are
+    arn = stack.outputs[SECRET_OUTPUT]
+    parts = arn.split(":")
+    if len(parts) < 7 or parts[2] != "secretsmanager":
+        raise SystemExit(f"the {SECRET_OUTPUT} output of {stack.name} in {stack.origin} is no secret ARN: {arn!r}")
+    try:
+        client = session.client("secretsmanager", region_name=parts[3])
+        return str(client.get_secret_value(SecretId=arn)["SecretString"])
+    except ClientError as error:
+        raise SystemExit(
+            f"cannot read the signing key {arn}: {_aws_error(error)} "
+            "(the credentials need secretsmanager:GetSecretValue on it, and kms:Decrypt if a key of yours encrypts it)"
+        ) from None
+    except (BotoCoreError, KeyError) as error:
+        raise SystemExit(f"cannot read the signing key {arn}: {error}") from None
+
+
 # ---------------------------------------------------------------------- deployed stacks
 
-# The outputs read are infra/stack.py's CfnOutputs: WebSocketUrl (listen), EventBusName (publish), AdminApiUrl.
+# The outputs read are infra/stack.py's CfnOutputs: WebSocketUrl (listen), EventBusName (publish), AdminApiUrl,
+# JwtSecretArn (token).
 TOKEN_ENV = "QT_TOKEN"
+SECRET_OUTPUT = "JwtSecretArn"
 DEFAULT_REGION = "us-east-1"
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -467,8 +511,8 @@ def listen_target(args: argparse.Namespace) -> tuple[str, str]:
     if not token:
         raise SystemExit(
             f"listening to the deployed stack {stack.name} needs an access token: pass --token TOKEN or set "
-            f"${TOKEN_ENV}. Minting is local-only: a deployed stack verifies tokens issued by the platform's "
-            "auth service, not development tokens signed with $QT_JWT_SECRET."
+            f"${TOKEN_ENV}, e.g. {TOKEN_ENV}=$(python -m local token --stack {stack.name}) when the stack verifies "
+            "HS256 tokens with its JwtSecretArn key; otherwise a token from its identity provider."
         )
     return url, token
 
@@ -737,12 +781,14 @@ Local or deployed: publish, listen, stats, connection, subscriptions and members
   python -m local stats --stack QuantTrade-prod --profile prod --region eu-west-1
 
 The admin API is IAM-authorised: its requests are signed (SigV4, service execute-api) with the profile's
-credentials. Tokens are minted locally only: a deployed stack verifies the platform auth service's tokens.
+credentials. `token --stack NAME` (or --outputs FILE) signs a test token with a deployed stack's HS256 key,
+read from the secret its JwtSecretArn output names (secretsmanager:GetSecretValue).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     from quanttrade_ws.auth import ALL_PERMISSIONS, CLIENT_TYPES, SUBSCRIPTION_LEVELS
+    from quanttrade_ws.config import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
     parser = argparse.ArgumentParser(
         prog="python -m local",
@@ -796,9 +842,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser(
         "token",
-        help="mint a development access token (HS256 with $QT_JWT_SECRET; the local stack only)",
-        description="Mint a development access token. Local only: a deployed stack verifies the tokens of the "
-        "platform's auth service.",
+        help="mint an HS256 access token: the local stack's key, or a deployed stack's (--stack/--outputs)",
+        description="Mint an HS256 access token for testing. Locally with $QT_JWT_SECRET or the running stack's "
+        f"key; with --outputs/--stack with the deployed stack's key, the secret its {SECRET_OUTPUT} output names. "
+        "A stack that verifies RS256 tokens (jwks_url, cognito) has no such key: its tokens come from the "
+        "identity provider.",
     )
     token.add_argument("--user", default="dev-user", help="the token's subject")
     token.add_argument(
@@ -807,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--level", default="premium", choices=SUBSCRIPTION_LEVELS, help="subscription level")
     token.add_argument("--client-type", default="web", choices=CLIENT_TYPES)
     token.add_argument("--expires", type=int, default=3600, help="lifetime in seconds (3600)")
+    token.add_argument("--issuer", default=DEFAULT_ISSUER, help=f"iss: settings.jwt_issuer ({DEFAULT_ISSUER})")
+    token.add_argument("--audience", default=DEFAULT_AUDIENCE, help=f"aud: settings.jwt_audience ({DEFAULT_AUDIENCE})")
+    _add_deployed_options(token, "whose credentials read the signing key")
     token.set_defaults(func=cmd_token)
 
     publish = commands.add_parser(

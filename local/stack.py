@@ -440,6 +440,13 @@ class LocalStack:
             if isinstance(value := function.environment.get("QT_JWT_SECRET_ARN"), dict) and "Ref" in value
         }
         secrets = named & set(template.secrets)
+        if not named:
+            # RS256 (context jwks_url or cognito), or an operator's secret (jwt_secret_arn): keys moto cannot hold.
+            raise StackStartError(
+                "the template's functions verify access tokens without a key it generates (context jwks_url, "
+                "cognito or jwt_secret_arn); the local stack mints development tokens with that key, so run it "
+                "without those context keys"
+            )
         if len(secrets) != 1:
             raise StackStartError(f"QT_JWT_SECRET_ARN names secrets {sorted(named)}; expected one of the template's")
         return secrets.pop()

@@ -184,12 +184,35 @@ async def test_listen_with_outputs_and_a_token_prints_the_ticks_and_exits_after_
     assert token not in done.out + done.err
 
 
-async def test_listen_to_a_deployed_stack_without_a_token_says_minting_is_local_only(target: Target) -> None:
+async def test_listen_to_a_deployed_stack_without_a_token_says_how_to_get_one(target: Target) -> None:
     done = await run_cli(target, "listen", "--outputs", target.outputs, "--stream", "alerts", "--count", "1")
     assert done.code == 1
     assert "needs an access token: pass --token TOKEN or set $QT_TOKEN" in done.err
-    assert "Minting is local-only" in done.err
+    assert f"QT_TOKEN=$(python -m local token --stack {STACK})" in done.err
     assert done.out == ""
+
+
+async def test_token_with_outputs_signs_with_the_stacks_secret_and_the_stack_lets_it_in(
+    target: Target, local_stack: LocalStack, connect: Connect
+) -> None:
+    # GIVEN the outputs file with the stack's JwtSecretArn output, as the stack resolves it (a moto secret that
+    # holds the key the functions verify with), and the profile's Secrets Manager calls going to moto
+    assert local_stack.deployment is not None
+    arn = local_stack.deployment.outputs()["JwtSecretArn"]
+    outputs = Path(target.outputs).with_name("token-outputs.json")
+    document = json.loads(Path(target.outputs).read_text())
+    document[STACK]["JwtSecretArn"] = arn
+    outputs.write_text(json.dumps(document))
+    on_moto = Target(str(outputs), {**target.env, "AWS_ENDPOINT_URL_SECRETS_MANAGER": target.endpoint}, target.endpoint)
+    # WHEN a token is minted from it through the profile
+    argv = ["token", "--outputs", str(outputs), "--profile", PROFILE, "--user", "cli-minted", "--level", "basic"]
+    done = await run_cli(on_moto, *argv)
+    assert done.code == 0, done.err
+    token = done.out.strip()
+    # THEN the stack's authorizer lets it in, as that user
+    client = await connect("cli-minted", token=token)
+    reply = await client.hello()
+    assert reply["payload"]["user_id"] == "cli-minted"
 
 
 async def test_stats_and_the_admin_routes_with_outputs_are_signed_requests_to_admin_api_url(

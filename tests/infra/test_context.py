@@ -137,13 +137,14 @@ def test_jwks_url_switches_access_tokens_to_rs256(stand_in_layer: str) -> None:
     )
     # WHEN the authorizer's environment is resolved
     env = stack.resolve(stack.functions.environments[topology.AUTHORIZER.name])
-    # THEN it verifies RS256 against the URL, and session tokens keep the generated key (by ARN only)
+    # THEN it verifies RS256 against the URL, with no access-token secret (none is created), and session
+    # tokens keep their generated key (by ARN only)
     assert env["QT_JWT_ALGORITHM"] == "RS256"
     assert env["QT_JWKS_URL"] == "https://auth.example.com/.well-known/jwks.json"
-    secret = stack.token_key.secret.node.default_child
+    assert stack.token_key.secret is None and "QT_JWT_SECRET_ARN" not in env
+    secret = stack.token_key.session_secret.node.default_child
     assert isinstance(secret, CfnElement)
-    secret_id = stack.get_logical_id(secret)
-    assert env["QT_JWT_SECRET_ARN"] == {"Ref": secret_id}
+    assert env["QT_SESSION_SECRET_ARN"] == {"Ref": stack.get_logical_id(secret)}
 
 
 def test_custom_domain_fronts_the_websocket_api(stand_in_layer: str) -> None:

@@ -179,6 +179,7 @@ def test_deployed_options_parse_on_every_targeting_command() -> None:
     for command in (
         ["publish", "Alert", "{}"],
         ["listen"],
+        ["token"],
         ["stats"],
         ["connection", "abc="],
         ["subscriptions", "abc="],
@@ -219,7 +220,7 @@ def test_help_explains_local_and_deployed_targets(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         parse("--help")
     top = capsys.readouterr().out
-    assert "--outputs-file" in top and "SigV4" in top and "minted locally only" in top
+    assert "--outputs-file" in top and "SigV4" in top and "`token --stack NAME`" in top and "JwtSecretArn" in top
     with pytest.raises(SystemExit):
         parse("listen", "--help")
     listen_help = capsys.readouterr().out
@@ -353,6 +354,89 @@ def test_publish_with_outputs_puts_on_the_stacks_bus(mocked_aws: None, tmp_path:
 
 
 # ---------------------------------------------------------------- SigV4 signing of the admin API
+
+
+# ---------------------------------------------------------------- token: a deployed stack's HS256 key
+
+STACK_KEY = "deployed-stack-signing-key-0123456789abcdef-0123456789abcdef"
+
+
+def create_signing_secret(value: str = STACK_KEY, region: str = "eu-west-1") -> str:
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name=region)
+    return str(client.create_secret(Name="QuantTradeStack-TokenKeyJwtSigningKey", SecretString=value)["ARN"])
+
+
+def verified(token: str, key: str, **settings: Any) -> Any:
+    """The identity the stack's authorizer would see: the shared package's verifier with the stack's key."""
+    from quanttrade_ws.auth import TokenVerifier
+    from quanttrade_ws.config import Settings
+
+    return TokenVerifier(Settings(jwt_secret=key, session_secret="another-key-for-session-tokens", **settings)).verify(
+        token
+    )
+
+
+def test_token_with_outputs_signs_with_the_secret_the_stack_names(
+    mocked_aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a deployed stack's outputs file whose JwtSecretArn names a secret (moto's)
+    arn = create_signing_secret()
+    path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(JwtSecretArn=arn)})
+    # WHEN a token is minted from it
+    argv = ["token", "--outputs", path, "--user", "alice", "--permissions", "read:alerts", "--level", "basic"]
+    assert cli.main(argv) == 0
+    token = capsys.readouterr().out.strip()
+    # THEN the stack's verifier accepts it, with what was asked for
+    identity = verified(token, STACK_KEY)
+    assert (identity.user_id, identity.permissions, identity.subscription_level) == (
+        "alice",
+        frozenset({"read:alerts"}),
+        "basic",
+    )
+
+
+def test_token_with_stack_reads_the_outputs_through_describe_stacks(
+    mocked_aws: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a stack in CloudFormation with the JwtSecretArn output
+    create_stack("QuantTrade", stack_outputs(JwtSecretArn=create_signing_secret()))
+    # WHEN a token is minted for it, for an issuer and audience the operator configured
+    argv = ["token", "--stack", "QuantTrade", "--region", "eu-west-1", "--issuer", "corp-auth", "--audience", "ws"]
+    assert cli.main(argv) == 0
+    token = capsys.readouterr().out.strip()
+    # THEN a verifier with those settings accepts it, and one with the defaults does not
+    assert verified(token, STACK_KEY, jwt_issuer="corp-auth", jwt_audience="ws").user_id == "dev-user"
+    from quanttrade_ws.auth import AuthError
+
+    with pytest.raises(AuthError):
+        verified(token, STACK_KEY)
+
+
+def test_token_for_a_stack_without_an_hs256_key_says_where_tokens_come_from(tmp_path: Path) -> None:
+    cognito = stack_outputs(UserPoolId="eu-west-1_AbCdEf123", UserPoolClientId="client123")
+    path = write_outputs(tmp_path / "outputs.json", {"Cognito": cognito, "Oidc": stack_outputs()})
+    with pytest.raises(SystemExit, match=r"Cognito user pool eu-west-1_AbCdEf123 \(app client client123\)"):
+        cli.main(["token", "--outputs", path, "--stack", "Cognito"])
+    with pytest.raises(SystemExit, match=r"stack Oidc has no JwtSecretArn output in .*outputs.json \(it has: Admin"):
+        cli.main(["token", "--outputs", path, "--stack", "Oidc"])
+
+
+def test_token_says_why_the_key_cannot_be_read(mocked_aws: None, tmp_path: Path) -> None:
+    # GIVEN outputs naming a secret that is not there (deleted, or another account's)
+    missing = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gone-AbCdEf"
+    path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(JwtSecretArn=missing)})
+    with pytest.raises(SystemExit, match=r"cannot read the signing key .*gone-AbCdEf: ResourceNotFoundException"):
+        cli.main(["token", "--outputs", path])
+    bad = write_outputs(tmp_path / "bad.json", {"QuantTrade": stack_outputs(JwtSecretArn="not-an-arn")})
+    with pytest.raises(SystemExit, match=r"no secret ARN: 'not-an-arn'"):
+        cli.main(["token", "--outputs", bad])
+
+
+def test_token_with_a_profile_but_no_stack_is_refused() -> None:
+    with pytest.raises(SystemExit, match=r"--profile is for a deployed stack's signing key"):
+        cli.main(["token", "--profile", "ops"])
 
 
 def independent_sigv4(captured: Captured, secret: str, region: str, service: str = "execute-api") -> str:
@@ -537,7 +621,7 @@ def test_listening_to_a_deployed_stack_needs_a_token_and_says_why(
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs()})
     with pytest.raises(SystemExit, match=r"needs an access token: pass --token TOKEN or set \$QT_TOKEN") as refused:
         cli.listen_target(parse("listen", "--outputs", path))
-    assert "Minting is local-only" in str(refused.value) and "platform's auth service" in str(refused.value)
+    assert "QT_TOKEN=$(python -m local token --stack QuantTrade)" in str(refused.value)
     wss = stack_outputs()["WebSocketUrl"]
     assert cli.listen_target(parse("listen", "--outputs", path, "--token", "T1")) == (wss, "T1")
     monkeypatch.setenv("QT_TOKEN", "T2")

@@ -15,13 +15,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quanttrade_ws.config import Settings
+from quanttrade_ws.config import DEFAULT_AUDIENCE, DEFAULT_ISSUER, SPACE_SEPARATED_CLAIMS, Settings
 from quanttrade_ws.protocol import StreamType
 
 SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
@@ -143,10 +143,12 @@ class Identity(BaseModel):
 
 
 class TokenVerifier:
-    """Verifies access tokens: HS256 with a shared secret, or RS256 against a JWKS URL.
+    """Verifies access tokens: HS256 with a shared secret, or RS256 against a JWKS URL (Cognito, any OIDC issuer).
 
     The accepted algorithm is fixed by configuration, never taken from the token,
-    which closes `alg: none` and HS/RS confusion.
+    which closes `alg: none` and HS/RS confusion. Beyond signature and expiry the
+    settings say what else must hold: the issuer, the audience or (Cognito) the app
+    client, `token_use`, and which claim carries the permissions.
     """
 
     def __init__(self, settings: Settings, keys: KeySource | None = None) -> None:
@@ -154,6 +156,14 @@ class TokenVerifier:
         self._algorithm = settings.jwt_algorithm
         self._keys = keys or settings.jwt_secret
         self._jwks: Any = None
+        self._audience = settings.access_token_audience()
+        self._permissions = PermissionClaim.from_settings(settings)
+        required = ["exp", "sub", "iss"]
+        if self._audience:
+            required.append("aud")
+        if settings.jwt_token_use:
+            required.append("token_use")
+        self._required = required
         if self._algorithm == "RS256":
             import jwt
 
@@ -185,9 +195,11 @@ class TokenVerifier:
                 token,
                 candidates,
                 algorithms=[self._algorithm],
-                audience=self._settings.jwt_audience,
-                issuer=self._settings.jwt_issuer,
-                options={"require": ["exp", "sub", "iss", "aud"]},
+                audience=list(self._audience) if self._audience else None,
+                issuer=list(self._settings.jwt_issuer),
+                # Without an audience to check (the app client is checked below), an `aud` claim
+                # (Cognito ID tokens carry the client id there) must not make PyJWT refuse the token.
+                options={"require": self._required, "verify_aud": bool(self._audience)},
                 leeway=5,
             )
         except jwt.PyJWKClientConnectionError as error:
@@ -198,7 +210,21 @@ class TokenVerifier:
             raise AuthError("Token not yet valid") from None
         except (jwt.PyJWTError, ValueError):
             raise AuthError("Token rejected") from None
-        return identity_from_claims(claims)
+        self._check_use_and_client(claims)
+        return identity_from_claims(claims, self._permissions)
+
+    def _check_use_and_client(self, claims: dict[str, Any]) -> None:
+        token_use = self._settings.jwt_token_use
+        if token_use and claims.get("token_use") != token_use:
+            # An ID token where access tokens are expected (or the reverse) says who someone is,
+            # not what this API lets them do.
+            raise AuthError("Token rejected")
+        client_ids = self._settings.jwt_client_id
+        if client_ids:
+            client = claims.get("client_id") if token_use == "access" else claims.get("aud")
+            clients = client if isinstance(client, list) else [client]
+            if not any(isinstance(c, str) and c in client_ids for c in clients):
+                raise AuthError("Token rejected")
 
 
 def _decode_with_any(token: str, keys: Sequence[Any], **options: Any) -> dict[str, Any]:
@@ -213,10 +239,45 @@ def _decode_with_any(token: str, keys: Sequence[Any], **options: Any) -> dict[st
     return dict(jwt.decode(token, keys[-1], **options))
 
 
-def identity_from_claims(claims: dict[str, Any]) -> Identity:
-    permissions = claims.get("permissions", [])
-    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-        raise AuthError("Token permissions must be a list of strings")
+@dataclass(frozen=True)
+class PermissionClaim:
+    """Which claim carries a token's permissions, and how its values become permissions.
+
+    The default is the platform's own `permissions` list. An OIDC provider's `scope`
+    (space-separated, each scope `<resource server>/<permission>` with `prefix` the
+    resource server's `identifier/`), or Cognito's `cognito:groups` with `mapping`
+    from group to permissions, serve as well. Values that are no known permission
+    (after the prefix and the mapping) are dropped, never an error: a provider's
+    tokens carry scopes and groups meant for other applications too.
+    """
+
+    claim: str = "permissions"
+    prefix: str = ""
+    mapping: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PermissionClaim:
+        return cls(settings.jwt_permissions_claim, settings.jwt_scope_prefix, settings.jwt_permission_map)
+
+    def permissions(self, claims: dict[str, Any]) -> frozenset[str]:
+        raw = claims.get(self.claim, [])
+        if isinstance(raw, str) and self.claim in SPACE_SEPARATED_CLAIMS:
+            raw = raw.split()
+        if not isinstance(raw, list) or not all(isinstance(value, str) for value in raw):
+            raise AuthError(f"Token {self.claim} must be a list of strings")
+        values: list[str] = raw
+        if self.prefix:
+            values = [value[len(self.prefix) :] for value in values if value.startswith(self.prefix)]
+        if self.mapping:
+            values = [permission for value in values for permission in self.mapping.get(value, ())]
+        return frozenset(value for value in values if value in KNOWN_PERMISSIONS)
+
+
+DEFAULT_PERMISSION_CLAIM = PermissionClaim()
+
+
+def identity_from_claims(claims: dict[str, Any], permissions: PermissionClaim = DEFAULT_PERMISSION_CLAIM) -> Identity:
+    granted = permissions.permissions(claims)
     level = claims.get("subscription_level", "free")
     client_type = claims.get("client_type", "web")
     if level not in SUBSCRIPTION_LEVELS or client_type not in CLIENT_TYPES:
@@ -225,7 +286,7 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         return Identity(
             user_id=str(claims["sub"]),
             client_type=client_type,
-            permissions=frozenset(p for p in permissions if p in KNOWN_PERMISSIONS),
+            permissions=granted,
             subscription_level=level,
             token_expires_at=int(claims["exp"]),
             token_issued_at=int(claims.get("iat") or 0),
@@ -242,8 +303,8 @@ def mint_token(
     subscription_level: str = "premium",
     client_type: str = "web",
     expires_in: int = 24 * 3600,
-    issuer: str = "quanttrade-auth",
-    audience: str = "quanttrade-websocket",
+    issuer: str = DEFAULT_ISSUER,
+    audience: str = DEFAULT_AUDIENCE,
     not_before: int | None = None,
     issued_at: int | None = None,
 ) -> str:

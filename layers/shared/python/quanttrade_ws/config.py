@@ -7,15 +7,33 @@ context, and the local stack from its own command line.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from quanttrade_ws import topology
 
 ENV_PREFIX = "QT_"
+DEFAULT_ISSUER = "quanttrade-auth"
+DEFAULT_AUDIENCE = "quanttrade-websocket"
+# Claims that RFC 9068 and the OIDC providers define as one space-separated string, not a list.
+SPACE_SEPARATED_CLAIMS = frozenset({"scope", "scp"})
+
+
+def _names(value: Any) -> Any:
+    """One name, a comma-separated string of names (how `-c` and the environment carry them) or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not a JSON list: {error}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class Limits(BaseModel):
@@ -68,8 +86,20 @@ class Settings(BaseModel):
     session_secret_arn: str | None = None  # Secrets Manager secret holding the session-token key
     key_cache_seconds: int = Field(300, ge=0)  # how long a warm function may use a key read from Secrets Manager
     jwks_url: str | None = None
-    jwt_issuer: str = "quanttrade-auth"
-    jwt_audience: str = "quanttrade-websocket"
+    # Access-token claims checked besides the signature and expiry (see `TokenVerifier`):
+    # `iss` is one of jwt_issuer; `aud` is one of jwt_audience (default quanttrade-websocket) unless
+    # jwt_client_id is given, which checks the app client the Cognito way instead: `client_id` in access
+    # tokens, `aud` in ID tokens, as `token_use` (jwt_token_use, then required) says the token is.
+    jwt_issuer: tuple[str, ...] = Field((DEFAULT_ISSUER,), min_length=1)
+    jwt_audience: tuple[str, ...] | None = None
+    jwt_client_id: tuple[str, ...] = ()
+    jwt_token_use: Literal["access", "id"] | None = None
+    # Where permissions come from: this claim (a list of strings; `scope` and `scp` a space-separated
+    # string), each value without jwt_scope_prefix (a resource server's `identifier/`; values without it
+    # are other APIs' scopes and ignored), then through jwt_permission_map if it is given (group -> permissions).
+    jwt_permissions_claim: str = Field("permissions", min_length=1)
+    jwt_scope_prefix: str = ""
+    jwt_permission_map: dict[str, tuple[str, ...]] = {}
     token_expiry_hours: int = Field(24, ge=1)
     refresh_window_days: int = Field(7, ge=1)
 
@@ -90,8 +120,61 @@ class Settings(BaseModel):
     limits: Limits = Limits()
     log_level: str = "INFO"
 
+    @field_validator("jwt_issuer", "jwt_audience", "jwt_client_id", mode="before")
+    @classmethod
+    def _parse_names(cls, value: Any) -> Any:
+        return _names(value)
+
+    @field_validator("jwt_issuer", "jwt_audience", "jwt_client_id")
+    @classmethod
+    def _plain_names(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        # Commas separate names in the environment, so a name may not hold one.
+        if value is None or (not value and info.field_name == "jwt_client_id"):
+            return value
+        if not value or any(not name or "," in name for name in value):
+            raise ValueError("give one or more non-empty names, none with a comma")
+        return value
+
+    @field_validator("jwt_permission_map", mode="before")
+    @classmethod
+    def _parse_map(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not a JSON object of claim value -> [permissions]: {error}") from None
+        return value
+
+    @field_validator("jwt_permission_map")
+    @classmethod
+    def _known_permissions(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        if not value:
+            return value  # every function builds settings at cold start: import auth only when there is a map
+        from quanttrade_ws.auth import KNOWN_PERMISSIONS  # auth builds on this module
+
+        unknown = sorted({p for permissions in value.values() for p in permissions} - KNOWN_PERMISSIONS)
+        if unknown:
+            raise ValueError(f"maps to unknown permissions {unknown}; known: {sorted(KNOWN_PERMISSIONS)}")
+        return value
+
+    def access_token_audience(self) -> tuple[str, ...] | None:
+        """The `aud` values an access token may carry; None when its app client is checked instead."""
+        if self.jwt_client_id:
+            return None
+        return self.jwt_audience or (DEFAULT_AUDIENCE,)
+
     @model_validator(mode="after")
     def _check_auth(self) -> Settings:
+        if self.jwt_client_id and self.jwt_audience:
+            raise ValueError(
+                "check the token's audience (jwt_audience) or its app client (jwt_client_id), not both: "
+                "Cognito access tokens carry no aud"
+            )
+        if self.jwt_client_id and not self.jwt_token_use:
+            raise ValueError(
+                "jwt_client_id needs jwt_token_use (access or id): Cognito access tokens name the app client "
+                "in client_id, ID tokens in aud"
+            )
         if self.jwt_algorithm == "RS256" and not self.jwks_url:
             raise ValueError("RS256 needs jwks_url")
         if self.jwt_algorithm == "HS256" and not (self.jwt_secret or self.jwt_secret_arn):
@@ -133,7 +216,13 @@ class Settings(BaseModel):
         table_fields = {table.env_var.lower() for table in topology.TABLES}
         env: dict[str, str] = {}
         for name, value in self.model_dump(exclude={"limits"} | table_fields).items():
-            if value is not None:
+            if isinstance(value, tuple):
+                if value:
+                    env[ENV_PREFIX + name.upper()] = ",".join(value)
+            elif isinstance(value, dict):
+                if value:
+                    env[ENV_PREFIX + name.upper()] = json.dumps(value, sort_keys=True)
+            elif value is not None:
                 env[ENV_PREFIX + name.upper()] = str(value)
         for name, value in self.limits.model_dump().items():
             env[f"{ENV_PREFIX}LIMIT_{name.upper()}"] = str(value)
