@@ -111,6 +111,23 @@ CONTEXT_VARIANTS: dict[str, dict[str, str]] = {
         "delivery_lag_threshold_ms": "500",
         "queue_age_threshold_seconds": "120",
     },
+    "own_secret": {
+        "jwt_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:platform/jwt-key-AbC123",
+        "jwt_secret_kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    },
+    "oidc": {
+        "jwks_url": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Abc123/.well-known/jwks.json",
+        "settings.jwt_issuer": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Abc123",
+        "settings.jwt_client_id": "3n4b5urk1ft4fl3mg5e62d9ado",
+        "settings.jwt_token_use": "access",
+        "settings.jwt_permissions_claim": "cognito:groups",
+        "settings.jwt_permission_map": '{"traders": ["read:market_data"]}',
+    },
+    "cognito": {
+        "cognito": "true",
+        "cognito_domain_prefix": "quanttrade-test",
+        "cognito_callback_urls": "https://app.example.com/callback",
+    },
     "settings": {
         "settings": '{"chunk_size": 500, "limits": {"rooms_per_client": 5}}',
         "settings.history_seconds": "600",

@@ -15,6 +15,9 @@ from tests.infra.conftest import CONTEXT_VARIANTS, Synth
 # new one must be added on purpose, not slip in.
 ALLOWED_SUPPRESSIONS = {
     "AwsSolutions-APIG4",  # WebSocket routes other than $connect cannot have an authorizer
+    "AwsSolutions-COG2",  # cognito=true: MFA is optional, trading bots sign in without a second factor
+    "AwsSolutions-COG3",  # cognito=true: threat protection needs Cognito's paid Plus plan
+    "AwsSolutions-COG8",  # cognito=true: the Plus feature plan, likewise an operator's choice
     "AwsSolutions-IAM4",  # API Gateway's account-wide logging role uses the AWS managed policy
     "AwsSolutions-IAM5",  # X-Ray needs '*'; Management API connection ids are run-time values
     "AwsSolutions-L1",  # python3.13 pinned to the cp313 dependency layer build
@@ -59,6 +62,12 @@ def test_every_documented_context_variant_lints_clean(name: str, variant: Callab
     assert cfn_lint_findings(synthesized) == []
     assert cdk_nag_findings(synthesized) == []
     assert [f"{m.id}: {m.entry.data}" for m in synthesized.annotations.find_warning("*", Match.any_value())] == []
+    # AND every suppression it carries is an expected one, IAM ones scoped to their findings
+    for logical_id, resource in synthesized.json["Resources"].items():
+        for suppression in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", []):
+            assert suppression["id"] in ALLOWED_SUPPRESSIONS, f"{logical_id}: {suppression['id']}"
+            if suppression["id"] in SCOPED_RULES:
+                assert suppression.get("applies_to"), f"{logical_id}: {suppression['id']} is a blanket suppression"
 
 
 def test_every_iam_suppression_names_the_findings_it_covers(synth: Synth) -> None:
