@@ -1119,6 +1119,27 @@ async def test_stopping_the_gateway_disconnects_every_connection_once(launch: La
     assert {event["requestContext"]["disconnectStatusCode"] for event in events} == {1001}
 
 
+async def test_stopping_does_not_wait_past_its_budget_for_a_disconnect_that_hangs(launch: Launch) -> None:
+    # GIVEN a $disconnect that does not return until released, and a stop budget of half a second
+    def hanging_disconnect(functions: Functions) -> dict[str, Any]:
+        def disconnect(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            functions.recorder.record("$disconnect", event, context)
+            functions.release.wait(30)
+            return {"statusCode": 200}
+
+        return {**functions.handlers(), "$disconnect": disconnect}
+
+    stack = await launch(handlers=hanging_disconnect, stop_disconnect_seconds=0.5)
+    client, connection_id = await stack.connect("one")
+    # WHEN the gateway stops while that $disconnect is still running
+    await asyncio.wait_for(stack.gateway.stop(), timeout=20)
+    # THEN the stop returned without it: the client was told "going away" and the $disconnect had started
+    assert not stack.functions.release.is_set()
+    assert (await closed(client))[0] == 1001
+    (event,) = await stack.recorder.wait("$disconnect")
+    assert event["requestContext"]["connectionId"] == connection_id
+
+
 # ---------------------------------------------------------------- HTTP surface
 
 
