@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,6 +171,8 @@ class LocalStack:
         self.front_door: AwsFrontDoor | None = None
         self.startup_seconds: float | None = None
         self.stop_seconds: float | None = None
+        self._probe_threads: ThreadPoolExecutor | None = None
+        self._probe_clients: dict[str, Any] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
         self._wrote_outputs = False
@@ -551,6 +553,10 @@ class LocalStack:
             self.front_door = None
         await loop.run_in_executor(None, self.moto.stop)
         lap("moto")
+        if self._probe_threads is not None:
+            self._probe_threads.shutdown(wait=False, cancel_futures=True)
+            self._probe_threads = None
+        self._probe_clients.clear()
         if self._wrote_outputs:
             OUTPUTS_FILE.unlink(missing_ok=True)  # its keys and endpoints die with this stack
             self._wrote_outputs = False
@@ -602,28 +608,42 @@ class LocalStack:
             except urllib.error.HTTPError as error:
                 return error.code < 500
 
-        return await asyncio.get_running_loop().run_in_executor(None, probe)
+        return await self._probe(probe)
 
     async def _tables_exist(self) -> bool:
         deployment = self._deployment()
         wanted = {deployment.ref(logical_id) for logical_id in self.template.tables}
 
         def probe() -> bool:
-            names = set(self.moto.client("dynamodb").list_tables().get("TableNames", []))
+            names = set(self._probe_client("dynamodb").list_tables().get("TableNames", []))
             return wanted <= names
 
-        return await asyncio.get_running_loop().run_in_executor(None, probe)
+        return await self._probe(probe)
 
     async def _queues_exist(self) -> bool:
         urls = list(self.queue_urls().values())
 
         def probe() -> bool:
-            sqs = self.moto.client("sqs")
+            sqs = self._probe_client("sqs")
             for url in urls:
                 sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
             return bool(urls)
 
-        return await asyncio.get_running_loop().run_in_executor(None, probe)
+        return await self._probe(probe)
+
+    async def _probe(self, probe: Callable[[], bool]) -> bool:
+        # Probes have threads of their own: on the loop's shared pool they would queue behind the
+        # simulator's and tools' blocking calls, and a probe that waits for a thread is not a slow moto.
+        if self._probe_threads is None:
+            self._probe_threads = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ready-probe")
+        return await asyncio.get_running_loop().run_in_executor(self._probe_threads, probe)
+
+    def _probe_client(self, service: str) -> Any:
+        # One client per service for every probe: building a boto3 client costs more CPU than moto's answer.
+        client = self._probe_clients.get(service)
+        if client is None:
+            client = self._probe_clients[service] = self.moto.client(service, read_timeout=5, connect_timeout=2)
+        return client
 
     # ------------------------------------------------------------------ scheduled sweeper
 
