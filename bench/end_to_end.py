@@ -41,6 +41,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,7 @@ async def _serve_stack(options: dict[str, Any]) -> None:
                 "management_endpoint": stack.management_endpoint,
                 # The template names its tables: the benchmark asks the stack instead of guessing.
                 "subscriptions_table": stack.settings.subscriptions_table if stack.settings else "",
+                "connections_table": stack.settings.connections_table if stack.settings else "",
                 "event_bus_name": stack.event_bus_name,
                 "pid": os.getpid(),
             }
@@ -170,6 +172,51 @@ def _plain_frame(event_id: str, size: int) -> str:
     bare = json.dumps(head, separators=(",", ":"))
     head["payload"]["pad"] = "x" * max(0, size - len(bare))
     return json.dumps(head, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------ the AWS samples' pattern (its own process)
+
+_SAMPLES_CLIENTS: dict[str, Any] = {}
+
+
+def samples_broadcast(aws_endpoint: str, management_endpoint: str, table: str, frame: str) -> tuple[float, int, int]:
+    """What the AWS samples' send-message function does with one event: Scan the connections table, then
+    `post_to_connection` to each connection, one after another, deleting those that are gone.
+
+    Runs in a worker process, as a Lambda function would, so its CPU is not the clients'. Returns
+    (the time it started, posts that succeeded, connections gone).
+    """
+    import boto3
+
+    started = time.time()
+    if not _SAMPLES_CLIENTS:
+        credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        _SAMPLES_CLIENTS["dynamodb"] = boto3.client(
+            "dynamodb", region_name="us-east-1", endpoint_url=aws_endpoint, **credentials
+        )
+        _SAMPLES_CLIENTS["management"] = boto3.client(
+            "apigatewaymanagementapi", region_name="us-east-1", endpoint_url=management_endpoint, **credentials
+        )
+    dynamodb, management = _SAMPLES_CLIENTS["dynamodb"], _SAMPLES_CLIENTS["management"]
+    posted = gone = 0
+    # The table also holds per-connection counters; the samples' table holds only connection rows.
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "ProjectionExpression": "pk",
+        "FilterExpression": "kind = :connection",
+        "ExpressionAttributeValues": {":connection": {"S": "connection"}},
+    }
+    while True:
+        page = dynamodb.scan(**kwargs)
+        for item in page.get("Items", []):
+            try:
+                management.post_to_connection(ConnectionId=item["pk"]["S"], Data=frame.encode())
+                posted += 1
+            except management.exceptions.GoneException:
+                gone += 1
+        if "LastEvaluatedKey" not in page:
+            return started, posted, gone
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 class ChildProcess:
@@ -413,6 +460,12 @@ class Round:
         }
 
 
+def _ratio(numerator: dict[str, Any], denominator: dict[str, Any], digits: int = 2) -> float | None:
+    """The ratio of two rounds' deliveries per second, when both have one."""
+    top, bottom = numerator["deliveries_per_second"], denominator["deliveries_per_second"]
+    return round(top / bottom, digits) if top and bottom else None
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -571,6 +624,22 @@ async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS
             await control.send(json.dumps({"event_id": event_id, "size": frame_size}))
             return event_id, published_at, cpu_at
 
+        samples_worker = ProcessPoolExecutor(max_workers=1)
+
+        async def publish_samples(attempt: int) -> tuple[str, float, float]:
+            event_id = f"samples-{attempt}-{time.monotonic_ns()}"
+            frame = _plain_frame(event_id, frame_size)
+            cpu_at = time.process_time()
+            started, _, _ = await loop.run_in_executor(
+                samples_worker,
+                samples_broadcast,
+                stack.info["aws_endpoint_url"],
+                stack.info["management_endpoint"],
+                stack.info["connections_table"],
+                frame,
+            )
+            return event_id, started, cpu_at
+
         try:
             for audience in audiences:
                 stack_cpu_before = cpu_seconds(stack.pid) or 0.0
@@ -610,16 +679,23 @@ async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS
                 plain_figures = plain_measured.summary()
                 print(f"ceiling  {audience}: {plain_figures}", flush=True)
 
+                samples_measured = await _measure(
+                    service_arrivals,
+                    audience,
+                    max(2, repeats // 4),
+                    publish_samples,
+                    f"samples {audience}",
+                    warmups=1,
+                )
+                samples_figures = samples_measured.summary()
+                print(f"samples  {audience}: {samples_figures}", flush=True)
+
                 query = await loop.run_in_executor(
                     None, subscriber_query_ms, stack.info["aws_endpoint_url"], stack.info["subscriptions_table"], STREAM
                 )
                 print(f"moto answers the {query['items']}-subscriber Query in {query['median_ms']} ms", flush=True)
                 prefix = f"end_to_end_{audience}"
-                ratio = (
-                    round(service_figures["deliveries_per_second"] / plain_figures["deliveries_per_second"], 3)
-                    if service_figures["deliveries_per_second"] and plain_figures["deliveries_per_second"]
-                    else None
-                )
+                ratio = _ratio(service_figures, plain_figures, digits=3)
                 figures.update(
                     {
                         f"{prefix}_deliveries_per_second": service_figures["deliveries_per_second"],
@@ -630,6 +706,10 @@ async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS
                         f"{prefix}_ceiling_latency_p50_ms": plain_figures["latency_p50_ms"],
                         f"{prefix}_ceiling_latency_p99_ms": plain_figures["latency_p99_ms"],
                         f"{prefix}_ratio_to_ceiling": ratio,
+                        f"{prefix}_samples_pattern_deliveries_per_second": samples_figures["deliveries_per_second"],
+                        f"{prefix}_samples_pattern_latency_p50_ms": samples_figures["latency_p50_ms"],
+                        f"{prefix}_samples_pattern_latency_p99_ms": samples_figures["latency_p99_ms"],
+                        f"{prefix}_ratio_to_samples_pattern": _ratio(service_figures, samples_figures),
                         f"{prefix}_delivered": service_figures["delivered"],
                         f"{prefix}_expected": service_figures["expected"],
                         f"{prefix}_setup_seconds": setup["seconds"],
@@ -653,6 +733,7 @@ async def run_async(audiences: Sequence[int] = AUDIENCES, repeats: int = REPEATS
             figures["end_to_end_service_clients_closed_early"] = service.closed_early
             figures["end_to_end_stack_stats"] = await loop.run_in_executor(None, stack_stats, stack.info["http_url"])
         finally:
+            samples_worker.shutdown(cancel_futures=True)
             await control.close()
             await ceiling.close()
             await service.close()

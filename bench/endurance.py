@@ -83,7 +83,7 @@ def _command(pid: int) -> str:
     except OSError:
         return "?"
     text = " ".join(part.decode(errors="replace") for part in parts if part)
-    if "moto" in text:
+    if "local.moto_server" in text:
         return "moto"
     if "lambda_worker" in text:
         return "lambda workers"
