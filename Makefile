@@ -17,7 +17,7 @@ CONTEXT_ARGS := -c stage=$(STAGE) $(foreach item,$(CONTEXT),-c '$(item)')
 CDK := npx --no-install cdk --app "$(PY) app.py" $(CONTEXT_ARGS)
 OUTPUTS := .build/outputs-$(STAGE).json
 
-.PHONY: dev test unit integration e2e infra-test lint bench soak synth bootstrap diff deploy destroy layers lock asyncapi clean
+.PHONY: dev test unit integration e2e infra-test lint bench endurance soak synth bootstrap diff deploy destroy layers lock asyncapi clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ lint: $(STAMP)
 ## bench: figures, printed and written to bench/results.json (not pass/fail)
 bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m bench
+
+## endurance: make dev itself for an hour (memory, ticks, /ready, latency), then 1,000 and 5,000 clients and Ctrl-C
+endurance: $(STAMP) $(NODE_STAMP)
+	$(PY) -m bench.endurance
 
 ## soak: 2,000 connections for a minute on the local stack; figures to bench/soak-results.json
 soak: $(STAMP) $(NODE_STAMP)

@@ -61,6 +61,7 @@ CAPACITY_SYMBOL = "CAPA"
 CONNECT_WAVE = 250  # under the gateway's 500 new connections per second
 START_DEADLINE = 300.0
 STOP_DEADLINE = 60.0
+KEEP_ALIVE_SECONDS = 240.0
 
 
 # ------------------------------------------------------------------ the stack's processes
@@ -218,6 +219,7 @@ class Subscriber:
     closed_by_server: bool = False
     connection: Any = None
     reader: asyncio.Task[None] | None = None
+    keeper: asyncio.Task[None] | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def open(self, timeout: float = 60.0) -> None:
@@ -234,6 +236,15 @@ class Subscriber:
             if reply.get("message_type") == "error":
                 raise RuntimeError(f"subscribe refused: {reply.get('payload')}")
         self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.keeper = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        # API Gateway closes a connection after 10 minutes without a message from the client (WebSocket
+        # pings do not count), so a long-lived client sends the protocol's ping, as the product's clients do.
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(KEEP_ALIVE_SECONDS)
+                await self.connection.send(json.dumps({"action": "ping"}))
 
     async def _read(self) -> None:
         import websockets
@@ -272,6 +283,8 @@ class Subscriber:
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.connection.close(), 5)
+        if self.keeper is not None:
+            self.keeper.cancel()
         if self.reader is not None:
             self.reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -11,6 +11,7 @@ whatever endpoint its client has: moto locally, or a deployed bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -262,11 +263,17 @@ class MarketSimulator:
         self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="market-simulator")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop publishing; a PutEvents still waiting on a saturated endpoint after `timeout` is left behind
+        (its thread ends when the endpoint answers or goes away), so stopping the stack never waits on it."""
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
-            await task
+            _, pending = await asyncio.wait({task}, timeout=timeout)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
