@@ -59,6 +59,8 @@ TARGETS: dict[str, Target] = {
     "end_to_end_1000_ratio_to_ceiling": _at_least(0.2),
     "end_to_end_5000_ratio_to_ceiling": _at_least(0.2),
     "end_to_end_1000_latency_p99_ms": _below(100),
+    "end_to_end_1000_ratio_to_samples_pattern": _at_least(5),
+    "end_to_end_5000_ratio_to_samples_pattern": _at_least(5),
     "dynamodb_scans_on_hot_path": Target("0", lambda value: value == 0),
     "delivery_failed": Target("0", lambda value: value == 0),
     "end_to_end_1000_incomplete": Target("0", lambda value: value == 0),
