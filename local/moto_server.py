@@ -258,11 +258,13 @@ def _make_server(host: str, port: int) -> Any:
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
-    from local.moto_dynamodb import patch
+    from local import moto_dynamodb, moto_sqs
 
-    # Per-request atomicity and item-level transactions: without them, concurrent transactions get HTTP 500s
-    # and cost time in proportion to whole tables (see local/moto_dynamodb.py).
-    patch()
+    # Per-request atomicity, item-level transactions and partition queries: without them, concurrent
+    # transactions get HTTP 500s and requests cost time in proportion to whole tables (local/moto_dynamodb.py).
+    moto_dynamodb.patch()
+    # Sends that do not count the queue's backlog (local/moto_sqs.py).
+    moto_sqs.patch()
     app = DomainDispatcherApplication(create_backend_app)
     try:
         return make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)

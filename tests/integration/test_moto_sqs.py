@@ -1,0 +1,82 @@
+"""The moto server the local stack runs sends to a queue without counting its backlog, and still counts
+for GetQueueAttributes and validates FIFO sends as SQS does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from local.moto_server import MotoServer
+
+
+@pytest.fixture(scope="module")
+def sqs() -> Iterator[Any]:
+    server = MotoServer(port=0, ttl_sweep_seconds=None).start()
+    try:
+        yield server.client("sqs")
+    finally:
+        server.stop()
+
+
+def test_sends_to_a_fifo_queue_are_validated_and_counted_as_before(sqs: Any) -> None:
+    # GIVEN a FIFO queue without content-based deduplication, holding a backlog
+    url = sqs.create_queue(QueueName="backlog.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    for n in range(50):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g", MessageDeduplicationId=f"d{n}")
+    sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300)
+
+    # WHEN a send lacks its group id or its deduplication id
+    with pytest.raises(ClientError) as no_group:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageDeduplicationId="dx")
+    with pytest.raises(ClientError) as no_dedupe:
+        sqs.send_message(QueueUrl=url, MessageBody="x", MessageGroupId="g")
+    # AND a send repeats a deduplication id
+    sqs.send_message(QueueUrl=url, MessageBody="again", MessageGroupId="g", MessageDeduplicationId="d0")
+
+    # THEN both are refused as SQS refuses them, the duplicate is dropped, and the counts are the backlog's
+    assert no_group.value.response["Error"]["Code"] in ("MissingParameter", "MissingRequiredParameter")
+    assert no_dedupe.value.response["Error"]["Code"] == "InvalidParameterValue"
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "40"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "10"
+
+
+def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
+    # GIVEN moto's SQS as the local stack patches it, in this process, and a queue holding a backlog
+    from moto import mock_aws
+    from moto.sqs.models import Message
+
+    from local import moto_sqs
+
+    moto_sqs.patch()
+    looked_at: list[str] = []
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("sqs", region_name="us-east-1")
+        url = client.create_queue(QueueName="q.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        for n in range(20):
+            client.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g", MessageDeduplicationId=f"{n}")
+        original = Message.visible
+
+        def spy(message: Any) -> bool:
+            looked_at.append(message.id)
+            return bool(original.fget(message))  # type: ignore[misc]
+
+        Message.visible = property(spy)  # type: ignore[method-assign,assignment]
+        try:
+            # WHEN one more message is sent
+            client.send_message(QueueUrl=url, MessageBody="m", MessageGroupId="g", MessageDeduplicationId="new")
+            during_send = len(looked_at)
+            # AND the attributes are asked for
+            attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        finally:
+            Message.visible = original  # type: ignore[method-assign]
+
+    # THEN the send looked at no message's visibility; the attributes request counted them all
+    assert during_send == 0
+    assert len(looked_at) >= 21
+    assert attributes["ApproximateNumberOfMessages"] == "21"
