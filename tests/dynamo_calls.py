@@ -19,7 +19,7 @@ class DynamoCalls:
     def _before(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.calls[model.name] += 1
         if model.name == "Query":
-            values = params.get("ExpressionAttributeValues", {})
+            values: dict[str, Any] = params.get("ExpressionAttributeValues", {})
             key = next(iter(values.values()), {}).get("S", "?")
             self.queries[f"{params['TableName']}/{key}"] += 1
 

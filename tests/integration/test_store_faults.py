@@ -495,8 +495,15 @@ def test_stream_heads_still_unprocessed_after_the_retries_are_read_one_by_one(wi
 
 
 def test_batch_reads_of_stream_heads_are_consistent(wired: Wired) -> None:
+    # GIVEN a record of each BatchGetItem request, every one let through to moto
     asked: list[dict[str, Any]] = []
-    with inject(wired, BATCH_GET).always(lambda request: asked.append(request) or None):
+
+    def record(request: dict[str, Any]) -> None:
+        asked.append(request)
+
+    with inject(wired, BATCH_GET).always(record):
+        # WHEN two heads are read
         wired.store.stream_heads(["market_data:A", "market_data:B"])
+    # THEN one request, reading consistently (a head written a moment ago must be seen)
     [request] = asked
     assert request["RequestItems"][wired.settings.streams_table]["ConsistentRead"] is True

@@ -552,7 +552,7 @@ def test_more_streams_than_a_transaction_holds_go_in_consecutive_transactions(
     # THEN two transactions (99 and 51 streams) and two batch reads (100 and 50 heads), all in order
     assert SUBSCRIPTIONS_PER_TRANSACTION == 99
     assert calls.calls == Counter({"TransactWriteItems": 2, "BatchGetItem": 2})
-    reply = roomy.gateway.messages("a")[-1]
+    reply: dict[str, Any] = roomy.gateway.messages("a")[-1]
     assert reply["payload"]["streams"] == keys
     assert len(reply["payload"]["last_seq"]) == 150
     assert sub_count(roomy, "a") == 150
