@@ -19,8 +19,8 @@ class DynamoCalls:
     def _before(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.calls[model.name] += 1
         if model.name == "Query":
-            values: dict[str, Any] = params.get("ExpressionAttributeValues", {})
-            key = next(iter(values.values()), {}).get("S", "?")
+            first: dict[str, Any] = next(iter(params.get("ExpressionAttributeValues", {}).values()), {})
+            key = first.get("S", "?")
             self.queries[f"{params['TableName']}/{key}"] += 1
 
     def _after(self, parsed: dict[str, Any], **_: Any) -> None:
