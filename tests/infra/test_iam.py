@@ -148,3 +148,18 @@ def test_each_key_is_readable_only_by_the_functions_that_use_it(synth: Synth) ->
     # THEN access tokens are verified by the authorizer and refresh (message); session tokens by message only
     assert readers[access_id] == {topology.AUTHORIZER.name, topology.MESSAGE.name}
     assert readers[session_id] == {topology.MESSAGE.name}
+
+
+def test_the_message_function_may_batch_read_stream_heads_and_subscribe_in_one_transaction(synth: Synth) -> None:
+    # GIVEN the message function's role (a subscribe reads every stream's head in one BatchGetItem and writes
+    # its rows and the connection's counter in one TransactWriteItems; the local stack enforces each action
+    # on its table, so a missing grant breaks `make dev` as it would the deployed stack)
+    statements = _role_statements(synth, topology.MESSAGE)
+
+    def table_id(table: topology.Table) -> str:
+        return synth.logical_id(synth.stack.tables[table])
+
+    # THEN it may BatchGetItem the streams table, and Put and Update what a subscribe transaction holds
+    assert any(table_id(topology.STREAMS) in r for r in _resources_for(statements, "dynamodb:BatchGetItem"))
+    assert any(table_id(topology.SUBSCRIPTIONS) in r for r in _resources_for(statements, "dynamodb:PutItem"))
+    assert any(table_id(topology.CONNECTIONS) in r for r in _resources_for(statements, "dynamodb:UpdateItem"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from quanttrade_ws.auth import ALL_PERMISSIONS
 from quanttrade_ws.fanout import CHUNK_SHARDS
 from tests.conftest import Wired
+from tests.dynamo_calls import DynamoCalls
 from tests.integration import events_builder as eb
 
 T0 = 1_800_000_000.0  # the conftest Clock's start, and the builder's default event time
@@ -74,34 +74,6 @@ def rewire(wired: Wired, aws: dict[str, Any]):
         return Wired(wired.settings.model_copy(update=overrides), aws["dynamodb"], wired.clock)
 
     return make
-
-
-class DynamoCalls:
-    """Counts DynamoDB calls and the items they return, through botocore's event hooks on the client."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: Counter[str] = Counter()
-        self.items_read = 0
-        self.queries: Counter[str] = Counter()  # by the key value queried
-        client.meta.events.register("before-parameter-build.dynamodb.*", self._before)
-        client.meta.events.register("after-call.dynamodb.*", self._after)
-
-    def _before(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
-        if model.name == "Query":
-            values = params.get("ExpressionAttributeValues", {})
-            key = next(iter(values.values()), {}).get("S", "?")
-            self.queries[f"{params['TableName']}/{key}"] += 1
-
-    def _after(self, parsed: dict[str, Any], **_: Any) -> None:
-        self.items_read += len(parsed.get("Items", [])) + (1 if "Item" in parsed else 0)
-        for items in parsed.get("Responses", {}).values():
-            self.items_read += len(items) if isinstance(items, list) else 0
-
-    def reset(self) -> None:
-        self.calls.clear()
-        self.queries.clear()
-        self.items_read = 0
 
 
 # ---------------------------------------------------------------- routing

@@ -56,7 +56,8 @@ INTERNAL = error("InternalServerError", status=500)
 
 
 class Inject:
-    """A `before-call` hook on one operation: answers queued requests with DynamoDB's error, parsed as botocore does."""
+    """A `before-call` hook on one operation: answers queued requests with DynamoDB's answer (an error, or a
+    partial success such as unprocessed keys), parsed as botocore does."""
 
     def __init__(self, client: Any, operation: str) -> None:
         self.client = client
@@ -86,7 +87,7 @@ class Inject:
         parser = create_parser("json")
         parsed = parser.parse(response, model.output_shape)
         # As botocore's endpoint does: the error's modeled fields (CancellationReasons) from its own shape.
-        error_shape = model.service_model.shape_for_error_code(parsed["Error"]["Code"])
+        error_shape = model.service_model.shape_for_error_code(parsed["Error"]["Code"]) if status >= 300 else None
         if error_shape is not None:
             parsed.update(parser.parse(response, error_shape))
         return AWSResponse(params["url"], status, HTTPHeaders.from_dict(headers), None), parsed
@@ -157,8 +158,10 @@ RETRYABLE_REASONS = ["TransactionConflict", "ThrottlingError", "ProvisionedThrou
 @pytest.mark.parametrize("reason", RETRYABLE_REASONS)
 def test_a_conflict_on_the_connection_row_is_retried_not_a_subscription_limit(wired: Wired, reason: str) -> None:
     # GIVEN a connection, and DynamoDB cancelling its next two subscribe transactions on the connection row
+    # (the last item, after one Put per stream)
     wired.connect("c1", level="free")
-    with inject(wired).next(2, lambda _: cancelled("None", reason)) as faults:
+    on_the_counter = lambda request: cancelled(*["None"] * (len(request["TransactItems"]) - 1), reason)  # noqa: E731
+    with inject(wired).next(2, on_the_counter) as faults:
         # WHEN it subscribes
         reply = wired.send("c1", subscribe("AAPL", "MSFT"))
     # THEN it is subscribed (after retries), with no SUBSCRIPTION_LIMIT or silent GONE
@@ -417,3 +420,90 @@ def test_leaving_once_the_connection_row_is_gone_still_frees_the_seat(wired: Wir
     assert wired.store.room_members("alerts") == ["b"]
     assert wired.store.room_size("alerts") == 1
     assert_counters_equal_rows(wired)
+
+
+# ---------------------------------------------------------------- batch reads of stream heads
+
+BATCH_GET = "BatchGetItem"
+
+
+def unprocessed(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """DynamoDB's answer when it read none of the keys asked (throttled): all of them back as unprocessed."""
+    return 200, {"Responses": {}, "UnprocessedKeys": request["RequestItems"]}
+
+
+def first_key_only(stream_head: dict[str, Any]) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
+    """An answer that reads the first key (as `stream_head`, given) and leaves the others unprocessed."""
+
+    def answer(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        [(table, asked)] = request["RequestItems"].items()
+        rest = {table: {**asked, "Keys": asked["Keys"][1:]}}
+        return 200, {"Responses": {table: [stream_head]}, "UnprocessedKeys": rest}
+
+    return answer
+
+
+def sequence(wired: Wired, stream: str, events: int) -> None:
+    for index in range(events):
+        wired.store.sequence_event(stream, f"{stream}#{index}", lambda seq: f"message {seq}")
+
+
+def test_unprocessed_stream_heads_are_asked_again(wired: Wired) -> None:
+    # GIVEN three streams with history, and DynamoDB reading only the first key, then none, then all
+    for stream, events in (("market_data:A", 1), ("market_data:B", 2), ("market_data:C", 3)):
+        sequence(wired, stream, events)
+    streams = ["market_data:A", "market_data:B", "market_data:C"]
+    expected = {stream: wired.store.stream_head(stream) for stream in streams}
+    head_a = {
+        "stream": {"S": "market_data:A"},
+        "seq": {"N": "0"},
+        "last_seq": {"N": "1"},
+        "last_message": {"S": "message 1"},
+    }
+    waits: list[float] = []
+    wired.store.backoff.sleep = waits.append
+    with inject(wired, BATCH_GET).next(1, first_key_only(head_a)).next(1, unprocessed) as faults:
+        # WHEN their heads are read together
+        heads = wired.store.stream_heads(streams)
+    # THEN the keys left over were asked again after a backoff, until DynamoDB read them, and every head is right
+    assert (faults.injected, faults.passed) == (2, 1)
+    assert len(waits) == 2
+    assert heads == expected
+    assert expected["market_data:C"].last_seq == 3
+
+
+def test_stream_heads_still_unprocessed_after_the_retries_are_read_one_by_one(wired: Wired) -> None:
+    # GIVEN two streams with history, and DynamoDB never processing a batch read
+    sequence(wired, "market_data:A", 2)
+    sequence(wired, "alerts:B", 1)
+    streams = ["market_data:A", "alerts:B", "market_data:NONE"]
+    expected = {stream: wired.store.stream_head(stream) for stream in streams}
+    read_one_by_one: list[tuple[str, bool]] = []
+
+    def count_get(params: dict[str, Any], **_: Any) -> None:
+        read_one_by_one.append((params["Key"]["stream"]["S"], params.get("ConsistentRead", False)))
+
+    wired.store._raw.meta.events.register("provide-client-params.dynamodb.GetItem", count_get)
+    with inject(wired, BATCH_GET).always(unprocessed) as faults:
+        # WHEN their heads are read together
+        heads = wired.store.stream_heads(streams)
+    # THEN the batch read was tried a bounded number of times, then each stream was read on its own
+    assert faults.injected == wired.store.backoff.attempts
+    assert read_one_by_one == [(stream, True) for stream in streams]
+    assert heads == expected
+    assert heads["market_data:A"].last_seq == 2
+
+
+def test_batch_reads_of_stream_heads_are_consistent(wired: Wired) -> None:
+    # GIVEN a record of each BatchGetItem request, every one let through to moto
+    asked: list[dict[str, Any]] = []
+
+    def record(request: dict[str, Any]) -> None:
+        asked.append(request)
+
+    with inject(wired, BATCH_GET).always(record):
+        # WHEN two heads are read
+        wired.store.stream_heads(["market_data:A", "market_data:B"])
+    # THEN one request, reading consistently (a head written a moment ago must be seen)
+    [request] = asked
+    assert request["RequestItems"][wired.settings.streams_table]["ConsistentRead"] is True

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from quanttrade_ws.models import Connection
-from quanttrade_ws.protocol import WILDCARD_SUBSCRIPTION_COST, MessageType, ServerMessage, StreamType
+from quanttrade_ws.models import Connection, StreamHead, Subscription
+from quanttrade_ws.protocol import (
+    WILDCARD_SUBSCRIPTION_COST,
+    MessageType,
+    ServerMessage,
+    StreamSpec,
+    StreamType,
+    Subscribe,
+)
+from quanttrade_ws.service import ActionContext
+from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION
 from tests.conftest import Wired
+from tests.dynamo_calls import DynamoCalls
 
 
 def connection_of(wired: Wired, connection_id: str) -> Connection:
@@ -342,3 +353,268 @@ def test_a_wildcard_over_a_per_symbol_feed_costs_a_block_of_symbols(wired: Wired
     # AND the limits a client is given say what a wildcard costs
     limits = wired.send("basic", {"action": "hello"})["payload"]["limits"]
     assert limits["wildcard_subscription_cost"] == WILDCARD_SUBSCRIPTION_COST
+
+
+# ---------------------------------------------------------------- many streams in one frame
+
+
+def market_data(*symbols: str) -> list[dict[str, Any]]:
+    return [{"stream_type": "market_data", "symbol": symbol} for symbol in symbols]
+
+
+def calls_beyond_a_ping(wired: Wired, connection_id: str, frame: dict[str, Any]) -> tuple[dict[str, Any], Counter]:
+    """The reply to `frame`, and the DynamoDB calls it made beyond those every frame makes (a ping's)."""
+    calls = DynamoCalls(wired.store._raw)
+    wired.clock.advance(1)  # each frame in a rate-budget second of its own
+    wired.send(connection_id, {"action": "ping"})
+    per_frame = Counter(calls.calls)
+    calls.reset()
+    wired.clock.advance(1)
+    reply = wired.send(connection_id, frame)
+    beyond = Counter(calls.calls)
+    beyond.subtract(per_frame)
+    return reply, +beyond
+
+
+def put_head(wired: Wired, stream: str, message_type: MessageType, seq_count: int) -> str:
+    """Sequence `seq_count` events on `stream` as fan-out does; returns the last message."""
+    message = ""
+    for index in range(seq_count):
+        _, message, _ = wired.store.sequence_event(
+            stream,
+            f"{stream}-e{index}",
+            lambda seq: ServerMessage(message_type=message_type, payload={"n": seq}, stream=stream, seq=seq).to_json(),
+        )
+    return message
+
+
+def test_fifty_streams_take_one_transaction_and_one_batch_read(wired: Wired) -> None:
+    # GIVEN a premium client (50 subscriptions)
+    wired.connect("a")
+    keys = [f"market_data:S{i:03d}" for i in range(50)]
+    # WHEN it subscribes to 50 streams in one frame
+    reply, calls = calls_beyond_a_ping(wired, "a", subscribe(*market_data(*(f"S{i:03d}" for i in range(50)))))
+    # THEN the subscription costs one TransactWriteItems and one BatchGetItem, nothing per stream
+    assert calls == Counter({"TransactWriteItems": 1, "BatchGetItem": 1})
+    # AND every stream is subscribed, counted and answered, in the frame's order
+    assert reply["message_type"] == "subscribe", reply
+    assert reply["payload"]["streams"] == keys
+    assert reply["payload"]["last_seq"] == dict.fromkeys(keys, 0)
+    assert sub_count(wired, "a") == 50
+    assert [s.stream_key for s in wired.store.subscriptions_of("a")] == keys
+
+
+def test_one_stream_costs_one_transaction_and_one_read(wired: Wired) -> None:
+    wired.connect("a")
+    reply, calls = calls_beyond_a_ping(wired, "a", subscribe(*market_data("AAPL")))
+    assert reply["payload"]["streams"] == ["market_data:AAPL"]
+    assert calls == Counter({"TransactWriteItems": 1, "BatchGetItem": 1})
+
+
+def test_a_batch_answers_each_streams_head_and_last_value(wired: Wired) -> None:
+    # GIVEN market_data:AAPL at seq 3 and predictions:AAPL at seq 2; market_data:MSFT has seen nothing
+    last_aapl = put_head(wired, "market_data:AAPL", MessageType.MARKET_DATA, 3)
+    put_head(wired, "predictions:AAPL", MessageType.PREDICTION, 2)
+    wired.connect("a")
+    # WHEN a client subscribes to them and to a wildcard in one frame
+    frame = subscribe(
+        *market_data("AAPL"),
+        {"stream_type": "predictions", "symbol": "AAPL"},
+        *market_data("MSFT"),
+        {"stream_type": "alerts"},
+    )
+    wired.send("a", frame)
+    # THEN the reply places each single-symbol stream (just before a market data last value, which follows it)
+    [reply, last_value] = received(wired, "a")
+    assert reply["payload"]["last_seq"] == {"market_data:AAPL": 2, "predictions:AAPL": 2, "market_data:MSFT": 0}
+    assert last_value == json.loads(last_aapl)
+
+
+def test_already_subscribed_streams_in_a_batch_take_the_new_interval_and_filters(wired: Wired) -> None:
+    # GIVEN a client subscribed to AAPL with a volume filter
+    wired.connect("a")
+    wired.send("a", subscribe({"stream_type": "market_data", "symbol": "AAPL", "filters": {"min_volume": "10"}}))
+    # WHEN one frame names AAPL again with other filters and an interval, and two new streams
+    reply = wired.send(
+        "a",
+        subscribe(
+            {"stream_type": "market_data", "symbol": "AAPL", "interval": 5, "filters": {"min_volume": "99"}},
+            {"stream_type": "predictions", "symbol": "TSLA", "filters": {"min_confidence": "0.7"}},
+            {"stream_type": "alerts"},
+        ),
+    )
+    # THEN all three are answered, AAPL once more with its new interval and filters, counted once
+    assert reply["payload"]["streams"] == ["market_data:AAPL", "predictions:TSLA", "alerts:*"]
+    [aapl] = wired.store.subscribers("market_data:AAPL")
+    assert (aapl.interval, aapl.filters) == (5, {"min_volume": "99"})
+    [tsla] = wired.store.subscribers("predictions:TSLA")
+    assert tsla.filters == {"min_confidence": "0.7"}
+    assert sub_count(wired, "a") == 3
+
+
+@pytest.mark.parametrize(
+    ("level", "before", "frame", "message", "subscribed", "count"),
+    [
+        (
+            "free",
+            market_data("S0", "S1", "S2"),
+            market_data("W", "X", "Y", "Z"),
+            "Subscription limit of 5 reached for the free level;"
+            " subscribed to market_data:W, market_data:X before the limit",
+            ["market_data:S0", "market_data:S1", "market_data:S2", "market_data:W", "market_data:X"],
+            5,
+        ),
+        (
+            "basic",
+            [],
+            [{"stream_type": "alerts"}, {"stream_type": "market_data"}, {"stream_type": "predictions"}],
+            "Subscription limit of 20 reached for the basic level (predictions:* counts as 10);"
+            " subscribed to alerts:*, market_data:* before the limit",
+            ["alerts:*", "market_data:*"],
+            11,
+        ),
+        (
+            "free",
+            market_data("S0", "S1", "S2", "S3", "S4"),
+            market_data("S0", "W"),
+            "Subscription limit of 5 reached for the free level; subscribed to market_data:S0 before the limit",
+            ["market_data:S0", "market_data:S1", "market_data:S2", "market_data:S3", "market_data:S4"],
+            5,
+        ),
+    ],
+    ids=["symbols", "wildcard-costs", "renewal-then-limit"],
+)
+def test_the_limit_reached_inside_a_batch_answers_and_keeps_what_one_stream_at_a_time_did(
+    wired: Wired,
+    level: str,
+    before: list[dict[str, Any]],
+    frame: list[dict[str, Any]],
+    message: str,
+    subscribed: list[str],
+    count: int,
+) -> None:
+    # GIVEN a client with some of its subscriptions taken
+    wired.connect("a", level=level)
+    if before:
+        assert wired.send("a", subscribe(*before))["message_type"] == "subscribe"
+    # WHEN one frame asks for more than the rest of its budget
+    reply = wired.send("a", subscribe(*frame, request_id="many"))
+    # THEN SUBSCRIPTION_LIMIT, naming the streams of this frame added before the limit, in its order
+    assert error_code(reply) == "SUBSCRIPTION_LIMIT", reply
+    assert reply["payload"]["message"] == message
+    assert reply["request_id"] == "many"
+    # AND those streams stay subscribed and counted, and nothing after them was written
+    assert [s.stream_key for s in wired.store.subscriptions_of("a")] == sorted(subscribed)
+    assert sub_count(wired, "a") == count
+
+
+def test_a_connection_gone_during_a_batch_subscribe_gets_no_answer_and_keeps_nothing(wired: Wired) -> None:
+    # GIVEN a client whose connection row is deleted (its $disconnect ran) as its subscribe transaction is sent
+    wired.connect("a")
+    client = wired.store._raw
+    transactions: list[int] = []
+
+    def disconnect_first(params: dict[str, Any], **_: Any) -> None:
+        if not transactions:
+            client.delete_item(TableName=wired.settings.connections_table, Key={"pk": {"S": "a"}})
+        transactions.append(len(params["TransactItems"]))
+
+    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", disconnect_first)
+    before = len(received(wired, "a"))
+    # WHEN it subscribes to three streams
+    wired.service.handle_frame("a", json.dumps(subscribe(*market_data("A", "B", "C"))))
+    # THEN the batch (3 rows and the counter) was refused, the first stream alone found the connection gone,
+    # nothing was written and nobody was answered
+    assert transactions == [4, 2]
+    assert wired.store.subscriptions_of("a") == []
+    assert len(received(wired, "a")) == before
+
+
+def test_more_streams_than_a_transaction_holds_go_in_consecutive_transactions(
+    wired: Wired, aws: dict[str, Any]
+) -> None:
+    # GIVEN an enterprise level allowing 200 subscriptions (the frame caps a subscribe at 50 today; the
+    # service must not rely on that), and a subscribe of 150 streams
+    limits = wired.settings.limits.model_copy(update={"subscriptions_enterprise": 200})
+    roomy = Wired(wired.settings.model_copy(update={"limits": limits}), aws["dynamodb"], wired.clock)
+    roomy.connect("a", level="enterprise")
+    connection = roomy.store.get_connection("a")
+    assert connection is not None
+    keys = [f"market_data:S{i:03d}" for i in range(150)]
+    frame = Subscribe.model_construct(
+        action="subscribe",
+        streams=[StreamSpec(stream_type=StreamType.MARKET_DATA, symbol=key.split(":")[1]) for key in keys],
+        request_id=None,
+    )
+    calls = DynamoCalls(roomy.store._raw)
+    # WHEN the service subscribes them
+    roomy.service._subscribe(ActionContext(connection, None), frame)
+    # THEN two transactions (99 and 51 streams) and two batch reads (100 and 50 heads), all in order
+    assert SUBSCRIPTIONS_PER_TRANSACTION == 99
+    assert calls.calls == Counter({"TransactWriteItems": 2, "BatchGetItem": 2})
+    reply: dict[str, Any] = roomy.gateway.messages("a")[-1]
+    assert reply["payload"]["streams"] == keys
+    assert len(reply["payload"]["last_seq"]) == 150
+    assert sub_count(roomy, "a") == 150
+
+
+# ---------------------------------------------------------------- the store's batch calls
+
+
+def subscription(key: str, connection_id: str = "a") -> Subscription:
+    return Subscription(stream_key=key, connection_id=connection_id, user_id="user-1")
+
+
+@pytest.mark.parametrize(
+    ("batch", "problem"),
+    [
+        ([], "at least one"),
+        ([(subscription(f"alerts:{i}"), 1) for i in range(SUBSCRIPTIONS_PER_TRANSACTION + 1)], "one transaction"),
+        ([(subscription("alerts:*"), 1), (subscription("alerts:*"), 1)], "twice"),
+        ([(subscription("alerts:*"), 1), (subscription("predictions:*", "b"), 10)], "one connection"),
+    ],
+    ids=["empty", "too-many", "a-stream-twice", "two-connections"],
+)
+def test_a_batch_the_store_cannot_write_in_one_transaction_is_refused_plainly(
+    wired: Wired, batch: list[tuple[Subscription, int]], problem: str
+) -> None:
+    wired.connect("a")
+    wired.connect("b", user_id="user-2")
+    with pytest.raises(ValueError, match=problem):
+        wired.store.add_subscriptions(batch, limit=500)
+    assert wired.store.subscriptions_of("a") == [] and wired.store.subscriptions_of("b") == []
+    assert sub_count(wired, "a") == 0
+
+
+def test_a_refused_batch_writes_nothing(wired: Wired) -> None:
+    # GIVEN a free client (5) with one stream
+    wired.connect("a", level="free")
+    assert wired.store.add_subscriptions([(subscription("alerts:*"), 1), (subscription("performance:*"), 1)], 5)
+    # WHEN a batch names a stream it has, or would pass the limit
+    already = [(subscription("alerts:*"), 1), (subscription("market_regime:*"), 1)]
+    too_many = [(subscription(f"market_data:S{i}"), 1) for i in range(4)]
+    # THEN each is refused as a whole, and the rows and count are as before
+    assert wired.store.add_subscriptions(already, 5) is False
+    assert wired.store.add_subscriptions(too_many, 5) is False
+    assert [s.stream_key for s in wired.store.subscriptions_of("a")] == ["alerts:*", "performance:*"]
+    assert sub_count(wired, "a") == 2
+    # AND a batch that fits exactly is taken
+    assert wired.store.add_subscriptions(too_many[:3], 5) is True
+    assert sub_count(wired, "a") == 5
+
+
+def test_stream_heads_read_many_streams_as_stream_head_reads_one(wired: Wired) -> None:
+    # GIVEN two streams with history and 148 without, 150 in all (more than one BatchGetItem holds)
+    put_head(wired, "market_data:AAPL", MessageType.MARKET_DATA, 2)
+    put_head(wired, "alerts:AAPL", MessageType.ALERT, 1)
+    streams = ["market_data:AAPL", *(f"market_data:S{i:03d}" for i in range(148)), "alerts:AAPL"]
+    calls = DynamoCalls(wired.store._raw)
+    # WHEN their heads are read together, one named twice
+    heads = wired.store.stream_heads([*streams, "market_data:AAPL"])
+    # THEN each is what stream_head says, in the order asked, from two BatchGetItem calls
+    assert calls.calls == Counter({"BatchGetItem": 2})
+    assert list(heads) == streams
+    assert heads == {stream: wired.store.stream_head(stream) for stream in streams}
+    assert heads["market_data:AAPL"].last_seq == 2 and heads["market_data:AAPL"].last_message
+    assert heads["market_data:S000"] == StreamHead("market_data:S000")
+    assert wired.store.stream_heads([]) == {}

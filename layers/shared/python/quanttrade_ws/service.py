@@ -51,7 +51,7 @@ from quanttrade_ws.rooms import (
     room_permission,
     room_refusal,
 )
-from quanttrade_ws.store import DynamoStore, Outcome
+from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION, DynamoStore, Outcome
 from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
 if TYPE_CHECKING:
@@ -328,38 +328,36 @@ class RealtimeService:
         for spec in specs:
             self._check_stream(ctx.connection.identity, spec, ctx.request_id)
         limit = self.limits.subscriptions_for(ctx.connection.identity.subscription_level)
-        added: list[str] = []
-        for spec in specs:
-            outcome = self.store.add_subscription(
-                Subscription(
-                    stream_key=spec.key,
-                    connection_id=ctx.connection.connection_id,
-                    user_id=ctx.connection.identity.user_id,
-                    interval=spec.interval,
-                    filters=dict(spec.filters),
-                    token_expires_at=ctx.connection.identity.token_expires_at,
-                ),
-                limit,
-                cost=subscription_cost(spec.key),
+        subscriptions = [
+            Subscription(
+                stream_key=spec.key,
+                connection_id=ctx.connection.connection_id,
+                user_id=ctx.connection.identity.user_id,
+                interval=spec.interval,
+                filters=dict(spec.filters),
+                token_expires_at=ctx.connection.identity.token_expires_at,
             )
-            if outcome is Outcome.LIMIT:
-                raise ProtocolError(
-                    ErrorCode.SUBSCRIPTION_LIMIT,
-                    f"Subscription limit of {limit} reached for the {ctx.connection.identity.subscription_level} level"
-                    + (
-                        f" ({spec.key} counts as {subscription_cost(spec.key)})"
-                        if subscription_cost(spec.key) > 1
-                        else ""
-                    )
-                    + (f"; subscribed to {', '.join(added)} before the limit" if added else ""),
-                    ctx.request_id,
-                )
-            if outcome is Outcome.GONE:
-                return
-            added.append(spec.key)
+            for spec in specs
+        ]
+        added: list[str] = []
+        # Several streams go in one transaction (a frame of 50 was 50 sequential ones, past the
+        # function's timeout on a slow table). More than a transaction holds (the frame allows 50
+        # today) go in consecutive transactions, in the frame's order.
+        for start in range(0, len(subscriptions), SUBSCRIPTIONS_PER_TRANSACTION):
+            chunk = subscriptions[start : start + SUBSCRIPTIONS_PER_TRANSACTION]
+            batch = [(subscription, subscription_cost(subscription.stream_key)) for subscription in chunk]
+            if len(chunk) > 1 and self.store.add_subscriptions(batch, limit):
+                added.extend(subscription.stream_key for subscription in chunk)
+                continue
+            # One stream, or a batch refused as a whole (a stream already subscribed, the limit, the
+            # connection gone): one transaction per stream, which refreshes what is already there and
+            # stops exactly where the limit is reached.
+            if not self._subscribe_each(ctx, chunk, limit, added):
+                return  # the connection is gone: nobody to answer
         # Where each single-symbol stream stands: the seq just before this subscription's first
         # message, so a client dropped before any message arrives can still resume from there.
-        heads = {spec.key: self.store.stream_head(spec.key) for spec in specs if spec.symbol}
+        # One BatchGetItem for the frame (for one stream it costs what a GetItem does).
+        heads = self.store.stream_heads(spec.key for spec in specs if spec.symbol)
         last_values = {
             key: head.last_message
             for key, head in heads.items()
@@ -374,6 +372,30 @@ class RealtimeService:
         # A new market data subscriber gets the latest known value at once (last value cache).
         for message in last_values.values():
             self.gateway.post(ctx.connection.connection_id, message.encode())
+
+    def _subscribe_each(
+        self, ctx: ActionContext, subscriptions: list[Subscription], limit: int, added: list[str]
+    ) -> bool:
+        """Subscribe one stream after another, appending each one done to `added`.
+
+        Raises SUBSCRIPTION_LIMIT, naming what this frame added before it, at the first stream
+        over the limit; False if the connection went away meanwhile.
+        """
+        for subscription in subscriptions:
+            key = subscription.stream_key
+            outcome = self.store.add_subscription(subscription, limit, cost=subscription_cost(key))
+            if outcome is Outcome.LIMIT:
+                raise ProtocolError(
+                    ErrorCode.SUBSCRIPTION_LIMIT,
+                    f"Subscription limit of {limit} reached for the {ctx.connection.identity.subscription_level} level"
+                    + (f" ({key} counts as {subscription_cost(key)})" if subscription_cost(key) > 1 else "")
+                    + (f"; subscribed to {', '.join(added)} before the limit" if added else ""),
+                    ctx.request_id,
+                )
+            if outcome is Outcome.GONE:
+                return False
+            added.append(key)
+        return True
 
     def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:
         if not identity.can(f"read:{spec.stream_type.value}"):

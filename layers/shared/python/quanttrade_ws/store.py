@@ -56,6 +56,11 @@ RETRYABLE_ERRORS = frozenset(
 # before the store took retries over.
 TRANSPORT_ERRORS = (BotocoreConnectionError, HTTPClientError)
 CONDITION_FAILED = "ConditionalCheckFailed"
+# DynamoDB's caps: actions in one TransactWriteItems, keys in one BatchGetItem.
+TRANSACTION_ACTIONS = 100
+BATCH_GET_KEYS = 100
+# A batch subscribe spends one action on the connection's counter; the rest are its rows.
+SUBSCRIPTIONS_PER_TRANSACTION = TRANSACTION_ACTIONS - 1
 # How many times a join or leave goes through its transaction shapes while another connection of the
 # same user keeps changing the seat under it (each round follows the seat's state it last saw).
 SEAT_ROUNDS = 4
@@ -648,8 +653,7 @@ class DynamoStore:
                 self.backoff.wait(attempt)
         raise StoreError(f"transaction still conflicting or throttled after {self.backoff.attempts} attempts")
 
-    def add_subscription(self, subscription: Subscription, limit: int, cost: int = 1) -> Outcome:
-        """Subscribe, counting `cost` against the connection's limit in the same transaction."""
+    def _subscription_item(self, subscription: Subscription) -> dict[str, Any]:
         item: dict[str, Any] = {
             "stream_key": _s(subscription.stream_key),
             "connection_id": _s(subscription.connection_id),
@@ -660,15 +664,24 @@ class DynamoStore:
         }
         if subscription.interval is not None:
             item["interval"] = _n(subscription.interval)
+        return item
+
+    def _new_subscription(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A transaction step writing a subscription row only where none is, so none is counted twice."""
+        return {
+            "Put": {
+                "TableName": self.subscriptions_table,
+                "Item": item,
+                "ConditionExpression": "attribute_not_exists(connection_id)",
+            }
+        }
+
+    def add_subscription(self, subscription: Subscription, limit: int, cost: int = 1) -> Outcome:
+        """Subscribe, counting `cost` against the connection's limit in the same transaction."""
+        item = self._subscription_item(subscription)
         reasons = self._transact(
             [
-                {
-                    "Put": {
-                        "TableName": self.subscriptions_table,
-                        "Item": item,
-                        "ConditionExpression": "attribute_not_exists(connection_id)",
-                    }
-                },
+                self._new_subscription(item),
                 # sub_count + cost <= limit, as `sub_count < limit - cost + 1`
                 self._connection_counter(subscription.connection_id, "sub_count", cost, limit=limit - cost + 1),
             ]
@@ -680,6 +693,43 @@ class DynamoStore:
             self._db.put_item(TableName=self.subscriptions_table, Item=item)
             return Outcome.ALREADY
         return _counter_outcome(reasons[1])
+
+    def add_subscriptions(self, subscriptions: Sequence[tuple[Subscription, int]], limit: int) -> bool:
+        """Subscribe one connection to several new streams at once: `(subscription, cost)` pairs, all or none.
+
+        One transaction: a conditional Put per stream (as `add_subscription`
+        writes it) and one update of the connection's counter by the total cost,
+        kept within `limit`. True: every row is written and counted. False:
+        nothing was written, because a stream was already subscribed, the limit
+        would be passed or the connection is gone; the caller then subscribes
+        one stream at a time, which tells those apart and stops where today's
+        order of streams reaches the limit.
+        """
+        if not subscriptions:
+            raise ValueError("add_subscriptions needs at least one subscription")
+        if len(subscriptions) > SUBSCRIPTIONS_PER_TRANSACTION:
+            raise ValueError(
+                f"{len(subscriptions)} subscriptions do not fit one transaction "
+                f"(at most {SUBSCRIPTIONS_PER_TRANSACTION} besides the connection's counter)"
+            )
+        connection_ids = {subscription.connection_id for subscription, _ in subscriptions}
+        if len(connection_ids) != 1:
+            raise ValueError(f"add_subscriptions takes one connection's subscriptions, not {sorted(connection_ids)}")
+        keys = [subscription.stream_key for subscription, _ in subscriptions]
+        if len(set(keys)) != len(keys):
+            # A transaction may touch an item once: DynamoDB would refuse the whole request.
+            raise ValueError(
+                f"add_subscriptions got a stream twice: {sorted(k for k in set(keys) if keys.count(k) > 1)}"
+            )
+        total = sum(cost for _, cost in subscriptions)
+        reasons = self._transact(
+            [
+                *(self._new_subscription(self._subscription_item(subscription)) for subscription, _ in subscriptions),
+                # sub_count + total <= limit, as `sub_count < limit - total + 1`
+                self._connection_counter(connection_ids.pop(), "sub_count", total, limit=limit - total + 1),
+            ]
+        )
+        return reasons is None
 
     def remove_subscription(
         self, stream_key: str, connection_id: str, adjust_connection: bool = True, cost: int = 1
@@ -1139,9 +1189,38 @@ class DynamoStore:
         found = self._db.get_item(
             TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(0)}, ConsistentRead=True
         ).get("Item")
-        if not found:
-            return StreamHead(stream)
-        return StreamHead(stream, _int(found, "last_seq"), _str(found, "last_message") or None)
+        return _stream_head(stream, found)
+
+    def stream_heads(self, streams: Iterable[str]) -> dict[str, StreamHead]:
+        """Where several streams stand, as `stream_head` reads each one, by stream in the order given.
+
+        BatchGetItem with consistent reads, up to 100 keys a call. Keys DynamoDB
+        leaves unprocessed (throttling, its 16 MB answer cap) are asked again with
+        the store's backoff, a bounded number of times; whatever is still left is
+        read one GetItem at a time, so a busy table slows the answer down but never
+        leaves a stream out or reads one stale.
+        """
+        wanted = list(dict.fromkeys(streams))  # BatchGetItem refuses a key named twice
+        found: dict[str, dict[str, Any]] = {}
+        left: list[str] = []
+        for chunk in _chunks(wanted, BATCH_GET_KEYS):
+            keys = [{"stream": _s(stream), "seq": _n(0)} for stream in chunk]
+            for attempt in range(self.backoff.attempts):
+                response = self._db.batch_get_item(
+                    RequestItems={self.streams_table: {"Keys": keys, "ConsistentRead": True}}
+                )
+                for item in response.get("Responses", {}).get(self.streams_table, []):
+                    found[_str(item, "stream")] = item
+                keys = (response.get("UnprocessedKeys") or {}).get(self.streams_table, {}).get("Keys", [])
+                if not keys:
+                    break
+                if attempt + 1 < self.backoff.attempts:
+                    self.backoff.wait(attempt)
+            left.extend(_str(key, "stream") for key in keys)
+        heads = {stream: _stream_head(stream, found.get(stream)) for stream in wanted}
+        for stream in left:
+            heads[stream] = self.stream_head(stream)
+        return heads
 
     def history_after(self, stream: str, after_seq: int, limit: int) -> list[HistoryEntry]:
         """Retained messages of a stream after `after_seq`, oldest first, expired ones left out."""
@@ -1195,6 +1274,13 @@ def _failed(reasons: list[dict[str, Any]], index: int) -> bool:
 def _counter_outcome(reason: dict[str, Any]) -> Outcome:
     """A failed connection counter: with the row it saw, the limit is reached; without one, the connection is gone."""
     return Outcome.LIMIT if reason.get("Item") else Outcome.GONE
+
+
+def _stream_head(stream: str, item: dict[str, Any] | None) -> StreamHead:
+    """A stream's head row as the domain reads it: a stream without one has seen no message yet."""
+    if not item:
+        return StreamHead(stream)
+    return StreamHead(stream, _int(item, "last_seq"), _str(item, "last_message") or None)
 
 
 def _subscription_json(subscription: Subscription) -> dict[str, Any]:
