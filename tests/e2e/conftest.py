@@ -26,6 +26,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from local.cloud import CloudAssembly, synthesize
 from local.stack import BackgroundStack, LocalStack, StackConfig
 from quanttrade_ws import topology
 
@@ -115,10 +116,18 @@ class Client:
         return self.ws.close_code
 
 
+@pytest.fixture(scope="session")
+def assembly() -> CloudAssembly:
+    """The synthesized template the stacks of these tests run, built once per session: on a fresh clone the
+    synthesis, the layers and their byte code take longer than a stack's start may."""
+    return synthesize()
+
+
 @pytest.fixture(scope="module")
-def local_stack() -> Iterator[LocalStack]:
+def local_stack(assembly: CloudAssembly) -> Iterator[LocalStack]:
     background = BackgroundStack(
         StackConfig(
+            assembly=assembly,
             gateway_port=0,
             moto_port=0,
             jwt_secret=E2E_SECRET,

@@ -40,6 +40,7 @@ class Target:
     outputs: str  # the outputs file
     env: dict[str, str]  # the subprocesses' environment: the throwaway profile, no other AWS settings
     endpoint: str  # moto, for publish's EventBridge calls
+    bus: str  # the stage's bus, as the EventBusName output names it
 
 
 @dataclass
@@ -59,7 +60,7 @@ def target(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) ->
                 STACK: {
                     "WebSocketUrl": local_stack.websocket_url,
                     "ManagementApiEndpoint": local_stack.management_endpoint,
-                    "EventBusName": "quanttrade",
+                    "EventBusName": local_stack.event_bus_name,
                     "AdminApiUrl": local_stack.http_url + "/admin",
                 }
             },
@@ -81,7 +82,7 @@ def target(local_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) ->
         AWS_EC2_METADATA_DISABLED="true",
         PYTHONUNBUFFERED="1",
     )
-    return Target(str(outputs), env, local_stack.aws_endpoint_url)
+    return Target(str(outputs), env, local_stack.aws_endpoint_url, local_stack.event_bus_name)
 
 
 async def spawn(target: Target, *argv: str) -> asyncio.subprocess.Process:
@@ -149,7 +150,7 @@ async def test_publish_with_outputs_and_a_profile_reaches_a_subscriber(target: T
     done = await run_cli(target, *argv, "--endpoint", target.endpoint)
     assert done.code == 0, done.err
     printed = json.loads(done.out)
-    assert printed["EventBusName"] == "quanttrade" and printed["DetailType"] == "SystemStatus"
+    assert printed["EventBusName"] == target.bus and printed["DetailType"] == "SystemStatus"
     status = await watcher.expect(lambda m: m.get("payload", {}).get("event_id") == printed["EventId"], what="it")
     assert status["message_type"] == "system_status"
     assert status["payload"]["message"] == "published by the CLI"
@@ -203,7 +204,9 @@ async def test_token_with_outputs_signs_with_the_stacks_secret_and_the_stack_let
     document = json.loads(Path(target.outputs).read_text())
     document[STACK]["JwtSecretArn"] = arn
     outputs.write_text(json.dumps(document))
-    on_moto = Target(str(outputs), {**target.env, "AWS_ENDPOINT_URL_SECRETS_MANAGER": target.endpoint}, target.endpoint)
+    on_moto = Target(
+        str(outputs), {**target.env, "AWS_ENDPOINT_URL_SECRETS_MANAGER": target.endpoint}, target.endpoint, target.bus
+    )
     # WHEN a token is minted from it through the profile
     argv = ["token", "--outputs", str(outputs), "--profile", PROFILE, "--user", "cli-minted", "--level", "basic"]
     done = await run_cli(on_moto, *argv)

@@ -16,17 +16,12 @@ from typing import Any
 
 import pytest
 
-from local.cloud import CloudAssembly, synthesize
+from local.cloud import CloudAssembly
 from local.smoke import run_smoke
 from local.stack import BackgroundStack, StackConfig, StackStartError
 from tests.e2e.conftest import E2E_SECRET
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def assembly() -> CloudAssembly:
-    return synthesize()
 
 
 def config(assembly: CloudAssembly, **changes: Any) -> StackConfig:

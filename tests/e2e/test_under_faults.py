@@ -22,6 +22,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from local.cloud import CloudAssembly
 from local.stack import BackgroundStack, LocalStack, StackConfig
 from tests.e2e.conftest import E2E_SECRET, unpack
 
@@ -37,9 +38,10 @@ FALSE_LIMITS = {"SUBSCRIPTION_LIMIT", "ROOM_LIMIT", "ROOM_FULL"}
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
+def stack(assembly: CloudAssembly) -> Iterator[LocalStack]:
     background = BackgroundStack(
         StackConfig(
+            assembly=assembly,
             gateway_port=0,
             moto_port=0,
             jwt_secret=E2E_SECRET,
