@@ -8,18 +8,49 @@ once the fan-out fell behind (a busy machine, a burst), every EventBridge
 delivery to the events queue got slower, the backlog grew faster, and the
 stack did not recover. Here the counts are left out of the map while a message
 is being sent (no send reads them); `GetQueueAttributes` still counts.
+
+moto also remembers the receipt handle of every message ever deleted, so that
+deleting one again succeeds, as SQS lets it: a few hundred bytes per message,
+forever, each one pinning a block of the allocator's memory. Here a queue
+remembers the most recent `REMEMBERED_DELETIONS` instead; a receipt handle is
+only good for its message's visibility timeout anyway.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
+
+REMEMBERED_DELETIONS = 10_000
 
 COUNT_PROPERTIES = (
     "approximate_number_of_messages",
     "approximate_number_of_messages_delayed",
     "approximate_number_of_messages_not_visible",
 )
+
+
+class RecentReceipts:
+    """The receipt handles of the most recently deleted messages (the set moto keeps, bounded)."""
+
+    def __init__(self, limit: int = REMEMBERED_DELETIONS) -> None:
+        self._handles: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def __contains__(self, handle: object) -> bool:
+        return handle in self._handles
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def update(self, handles: Iterable[str]) -> None:
+        for handle in handles:
+            self._handles[handle] = None
+            self._handles.move_to_end(handle)
+        while len(self._handles) > self._limit:
+            self._handles.popitem(last=False)
 
 
 def patch() -> None:
@@ -48,4 +79,12 @@ def patch() -> None:
             sending.active = False
 
     SQSBackend.send_message = send_without_counting  # type: ignore[method-assign]
+
+    queue_init = Queue.__init__
+
+    def init_with_bounded_deletions(self: Any, *args: Any, **kwargs: Any) -> None:
+        queue_init(self, *args, **kwargs)
+        self.deleted_messages = RecentReceipts()
+
+    Queue.__init__ = init_with_bounded_deletions  # type: ignore[method-assign]
     Queue._quanttrade_patched = True  # type: ignore[attr-defined]

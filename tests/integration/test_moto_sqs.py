@@ -80,3 +80,31 @@ def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
     assert during_send == 0
     assert len(looked_at) >= 21
     assert attributes["ApproximateNumberOfMessages"] == "21"
+
+
+def test_deleting_a_message_twice_still_succeeds(sqs: Any) -> None:
+    # GIVEN a message received and deleted
+    url = sqs.create_queue(QueueName="twice")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="m")
+    (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    # WHEN it is deleted again with the same receipt handle
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    # THEN SQS answers as for the first deletion, and the queue is empty
+    assert (
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]["ApproximateNumberOfMessages"]
+        == "0"
+    )
+
+
+def test_a_queue_remembers_only_the_most_recent_deletions() -> None:
+    from local.moto_sqs import RecentReceipts
+
+    # GIVEN room for three receipt handles
+    recent = RecentReceipts(limit=3)
+    # WHEN five are remembered, one of them twice
+    recent.update(["a", "b", "c"])
+    recent.update(["a", "d", "e"])
+    # THEN the three most recent are known and the memory stays at three
+    assert [handle in recent for handle in "abcde"] == [True, False, False, True, True]
+    assert len(recent) == 3
