@@ -46,6 +46,7 @@ READY_PREFIX = "MOTO_READY"
 # How often expired items are deleted (DynamoDB TTL). DynamoDB itself gives no bound ("within a few days");
 # a minute keeps the local tables, and moto's memory, at what the service keeps alive.
 DEFAULT_TTL_SWEEP_SECONDS = 60.0
+GRACEFUL_EXIT_SECONDS = 1.5
 
 Mode = Literal["subprocess", "thread"]
 
@@ -196,18 +197,16 @@ class MotoServer:
         if process is None:
             return
         if process.poll() is None:
-            # Closing stdin is the child's cue to shut down; SIGTERM and SIGKILL back it up.
+            # Closing stdin is the child's cue to shut down. Its state lives only in memory and dies with it,
+            # so a child still busy after a moment (a saturated server finishing requests) is killed: a stop
+            # must not wait on it.
             try:
                 if process.stdin is not None:
                     process.stdin.close()
-                process.wait(timeout=timeout / 2)
+                process.wait(timeout=min(timeout, GRACEFUL_EXIT_SECONDS))
             except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=timeout / 2)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                process.kill()
+                process.wait()
         for stream in (process.stdout, process.stdin, self._stderr):
             if stream is not None and not stream.closed:
                 stream.close()
