@@ -9,7 +9,10 @@
 Benchmarks print numbers, not pass/fail: a missed target is reported in the
 table and in the JSON, and the exit status is non-zero only when a benchmark
 could not run at all. A subset never overwrites bench/results.json, so that
-file always holds one complete run from one machine and one commit.
+file always holds one complete run from one machine and one commit;
+`python -m bench.endurance` (an hour, not part of this) adds its figures to it
+under keys of its own (`endurance`, `capacity`, ...), each with its own machine
+section and command, and leaves the rest alone.
 """
 
 from __future__ import annotations
