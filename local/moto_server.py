@@ -257,13 +257,21 @@ def _make_server(host: str, port: int) -> Any:
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
-    from local import moto_dynamodb, moto_sqs
+    from moto import backends
+
+    from local import moto_dynamodb, moto_events, moto_sqs
 
     # Per-request atomicity, item-level transactions and partition queries: without them, concurrent
     # transactions get HTTP 500s and requests cost time in proportion to whole tables (local/moto_dynamodb.py).
     moto_dynamodb.patch()
     # Sends that do not count the queue's backlog (local/moto_sqs.py).
     moto_sqs.patch()
+    # Each event's input paths parsed once per text, not once per delivery (local/moto_events.py).
+    moto_events.patch()
+    # moto's dispatcher lists its package directory from disk on every request to place it; it never changes.
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
     app = DomainDispatcherApplication(create_backend_app)
     try:
         return make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
