@@ -7,7 +7,9 @@ the queue. A send therefore costs time in proportion to the queue's backlog:
 once the fan-out fell behind (a busy machine, a burst), every EventBridge
 delivery to the events queue got slower, the backlog grew faster, and the
 stack did not recover. Here the counts are left out of the map while a message
-is being sent (no send reads them); `GetQueueAttributes` still counts.
+is being sent (no send reads them), or while attributes other than the counts
+are asked for (EventBridge asks for `ContentBasedDeduplication` before every
+delivery to a FIFO queue); `GetQueueAttributes` for the counts still counts.
 
 moto also remembers the receipt handle of every message ever deleted, so that
 deleting one again succeeds, as SQS lets it: a few hundred bytes per message,
@@ -79,6 +81,20 @@ def patch() -> None:
             sending.active = False
 
     SQSBackend.send_message = send_without_counting  # type: ignore[method-assign]
+
+    get_queue_attributes = SQSBackend.get_queue_attributes
+
+    def attributes_counting_only_when_asked(self: Any, queue_name: str, attribute_names: list[str]) -> Any:
+        # EventBridge asks for ContentBasedDeduplication before each delivery to a FIFO queue.
+        if "All" in attribute_names or any(name.startswith("ApproximateNumber") for name in attribute_names):
+            return get_queue_attributes(self, queue_name, attribute_names)
+        sending.active = True
+        try:
+            return get_queue_attributes(self, queue_name, attribute_names)
+        finally:
+            sending.active = False
+
+    SQSBackend.get_queue_attributes = attributes_counting_only_when_asked  # type: ignore[method-assign]
 
     queue_init = Queue.__init__
 

@@ -108,3 +108,46 @@ def test_a_queue_remembers_only_the_most_recent_deletions() -> None:
     # THEN the three most recent are known and the memory stays at three
     assert [handle in recent for handle in "abcde"] == [True, False, False, True, True]
     assert len(recent) == 3
+
+
+def test_an_eventbridge_delivery_to_a_fifo_queue_does_not_look_at_its_backlog() -> None:
+    # GIVEN moto patched as the local stack runs it, a bus whose rule targets a FIFO queue holding a backlog
+    import json
+
+    from moto import mock_aws
+    from moto.sqs.models import Message
+
+    from local import moto_sqs
+
+    moto_sqs.patch()
+    with mock_aws():
+        import boto3
+
+        sqs, events = boto3.client("sqs", region_name="us-east-1"), boto3.client("events", region_name="us-east-1")
+        url = sqs.create_queue(
+            QueueName="events.fifo", Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(Name="r", EventPattern=json.dumps({"source": ["s"]}))
+        events.put_targets(Rule="r", Targets=[{"Id": "q", "Arn": arn, "SqsParameters": {"MessageGroupId": "g"}}])
+        for n in range(20):
+            sqs.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g")
+        looked_at: list[str] = []
+        original = Message.visible
+
+        def spy(message: Any) -> bool:
+            looked_at.append(message.id)
+            return bool(original.fget(message))  # type: ignore[misc]
+
+        Message.visible = property(spy)  # type: ignore[method-assign,assignment]
+        try:
+            # WHEN an event is put on the bus
+            events.put_events(Entries=[{"Source": "s", "DetailType": "T", "Detail": "{}"}])
+            during_delivery = len(looked_at)
+            counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        finally:
+            Message.visible = original  # type: ignore[method-assign]
+
+    # THEN the delivery looked at no message; asking for the count still counts the 21
+    assert during_delivery == 0
+    assert counts["Attributes"]["ApproximateNumberOfMessages"] == "21"
