@@ -20,6 +20,7 @@ only good for its message's visibility timeout anyway.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -60,40 +61,39 @@ def patch() -> None:
 
     if getattr(Queue, "_quanttrade_patched", False):
         return
-    sending = threading.local()
+    uncounted = threading.local()  # set while this thread runs a call that reads no message count
 
-    def uncounted_while_sending(counted: property) -> property:
+    def uncounted_when_not_asked(counted: property) -> property:
         def count(queue: Any) -> int:
-            return 0 if getattr(sending, "active", False) else counted.fget(queue)  # type: ignore[misc]
+            return 0 if getattr(uncounted, "active", False) else counted.fget(queue)  # type: ignore[misc]
 
         return property(count)
 
     for name in COUNT_PROPERTIES:
-        setattr(Queue, name, uncounted_while_sending(getattr(Queue, name)))
+        setattr(Queue, name, uncounted_when_not_asked(getattr(Queue, name)))
 
-    send_message = SQSBackend.send_message
+    def without_counts(call: Any) -> Any:
+        @functools.wraps(call)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            uncounted.active = True
+            try:
+                return call(*args, **kwargs)
+            finally:
+                uncounted.active = False
 
-    def send_without_counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        sending.active = True
-        try:
-            return send_message(self, *args, **kwargs)
-        finally:
-            sending.active = False
+        return run
 
-    SQSBackend.send_message = send_without_counting  # type: ignore[method-assign]
-
+    send_message = without_counts(SQSBackend.send_message)
     get_queue_attributes = SQSBackend.get_queue_attributes
+    get_queue_attributes_uncounted = without_counts(get_queue_attributes)
 
     def attributes_counting_only_when_asked(self: Any, queue_name: str, attribute_names: list[str]) -> Any:
         # EventBridge asks for ContentBasedDeduplication before each delivery to a FIFO queue.
         if "All" in attribute_names or any(name.startswith("ApproximateNumber") for name in attribute_names):
             return get_queue_attributes(self, queue_name, attribute_names)
-        sending.active = True
-        try:
-            return get_queue_attributes(self, queue_name, attribute_names)
-        finally:
-            sending.active = False
+        return get_queue_attributes_uncounted(self, queue_name, attribute_names)
 
+    SQSBackend.send_message = send_message  # type: ignore[method-assign]
     SQSBackend.get_queue_attributes = attributes_counting_only_when_asked  # type: ignore[method-assign]
 
     queue_init = Queue.__init__

@@ -3,6 +3,7 @@ for GetQueueAttributes and validates FIFO sends as SQS does."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,25 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.moto_server import MotoServer
+
+
+@contextlib.contextmanager
+def visibility_checks() -> Iterator[list[str]]:
+    """The ids of the messages whose visibility moto checks meanwhile (each pass over a queue checks every one)."""
+    from moto.sqs.models import Message
+
+    looked_at: list[str] = []
+    original = Message.visible
+
+    def spy(message: Any) -> bool:
+        looked_at.append(message.id)
+        return bool(original.fget(message))  # type: ignore[misc]
+
+    Message.visible = property(spy)  # type: ignore[method-assign,assignment]
+    try:
+        yield looked_at
+    finally:
+        Message.visible = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +67,10 @@ def test_sends_to_a_fifo_queue_are_validated_and_counted_as_before(sqs: Any) -> 
 def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
     # GIVEN moto's SQS as the local stack patches it, in this process, and a queue holding a backlog
     from moto import mock_aws
-    from moto.sqs.models import Message
 
     from local import moto_sqs
 
     moto_sqs.patch()
-    looked_at: list[str] = []
     with mock_aws():
         import boto3
 
@@ -60,21 +78,12 @@ def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
         url = client.create_queue(QueueName="q.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
         for n in range(20):
             client.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g", MessageDeduplicationId=f"{n}")
-        original = Message.visible
-
-        def spy(message: Any) -> bool:
-            looked_at.append(message.id)
-            return bool(original.fget(message))  # type: ignore[misc]
-
-        Message.visible = property(spy)  # type: ignore[method-assign,assignment]
-        try:
+        with visibility_checks() as looked_at:
             # WHEN one more message is sent
             client.send_message(QueueUrl=url, MessageBody="m", MessageGroupId="g", MessageDeduplicationId="new")
             during_send = len(looked_at)
             # AND the attributes are asked for
             attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        finally:
-            Message.visible = original  # type: ignore[method-assign]
 
     # THEN the send looked at no message's visibility; the attributes request counted them all
     assert during_send == 0
@@ -115,7 +124,6 @@ def test_an_eventbridge_delivery_to_a_fifo_queue_does_not_look_at_its_backlog() 
     import json
 
     from moto import mock_aws
-    from moto.sqs.models import Message
 
     from local import moto_sqs
 
@@ -132,21 +140,11 @@ def test_an_eventbridge_delivery_to_a_fifo_queue_does_not_look_at_its_backlog() 
         events.put_targets(Rule="r", Targets=[{"Id": "q", "Arn": arn, "SqsParameters": {"MessageGroupId": "g"}}])
         for n in range(20):
             sqs.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g")
-        looked_at: list[str] = []
-        original = Message.visible
-
-        def spy(message: Any) -> bool:
-            looked_at.append(message.id)
-            return bool(original.fget(message))  # type: ignore[misc]
-
-        Message.visible = property(spy)  # type: ignore[method-assign,assignment]
-        try:
+        with visibility_checks() as looked_at:
             # WHEN an event is put on the bus
             events.put_events(Entries=[{"Source": "s", "DetailType": "T", "Detail": "{}"}])
             during_delivery = len(looked_at)
             counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
-        finally:
-            Message.visible = original  # type: ignore[method-assign]
 
     # THEN the delivery looked at no message; asking for the count still counts the 21
     assert during_delivery == 0
