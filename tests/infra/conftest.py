@@ -56,6 +56,16 @@ class Synth:
     def role_id(self, declared: topology.Function) -> str:
         return self.logical_id(self.stack.functions.roles[declared.name])
 
+    def role_statements(self, declared: topology.Function) -> list[dict[str, Any]]:
+        """The statements of every policy attached to the function's role."""
+        role_ref = {"Ref": self.role_id(declared)}
+        return [
+            statement
+            for policy in self.resources("AWS::IAM::Policy").values()
+            if role_ref in policy["Properties"]["Roles"]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        ]
+
 
 def _synthesize(context: dict[str, Any], outdir: Path, *, stand_in: bool) -> Synth:
     _, stack = create_app(context=context, outdir=str(outdir))

@@ -30,16 +30,6 @@ def _statements(synth: Synth) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield logical_id, statement
 
 
-def _role_statements(synth: Synth, declared: topology.Function) -> list[dict[str, Any]]:
-    role_ref = {"Ref": synth.role_id(declared)}
-    return [
-        statement
-        for policy in synth.resources("AWS::IAM::Policy").values()
-        if role_ref in policy["Properties"]["Roles"]
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-    ]
-
-
 def _resources_for(statements: list[dict[str, Any]], action: str) -> list[str]:
     return [
         json.dumps(resource)
@@ -78,14 +68,14 @@ def test_management_permission_is_scoped_to_this_api_stage_and_connections(synth
 
 def test_only_posting_functions_may_manage_connections(synth: Synth) -> None:
     for declared in topology.FUNCTIONS:
-        granted = bool(_resources_for(_role_statements(synth, declared), "execute-api:ManageConnections"))
+        granted = bool(_resources_for(synth.role_statements(declared), "execute-api:ManageConnections"))
         assert granted == declared.posts_to_connections, declared.name
 
 
 def test_table_access_matches_each_declaration(synth: Synth) -> None:
     table_ids = {declared.logical_id: synth.logical_id(synth.stack.tables[declared]) for declared in topology.TABLES}
     for declared in topology.FUNCTIONS:
-        statements = _role_statements(synth, declared)
+        statements = synth.role_statements(declared)
         reads = _resources_for(statements, "dynamodb:GetItem") + _resources_for(statements, "dynamodb:Query")
         writes = _resources_for(statements, "dynamodb:PutItem") + _resources_for(statements, "dynamodb:DeleteItem")
         for kind, granted, allowed in (("read", reads, declared.reads), ("write", writes, declared.writes)):
@@ -96,14 +86,14 @@ def test_table_access_matches_each_declaration(synth: Synth) -> None:
 
 def test_authorizer_touches_no_table_queue_or_connection(synth: Synth) -> None:
     actions = {
-        action for statement in _role_statements(synth, topology.AUTHORIZER) for action in _as_list(statement["Action"])
+        action for statement in synth.role_statements(topology.AUTHORIZER) for action in _as_list(statement["Action"])
     }
     assert not {action for action in actions if action.startswith(RESOURCE_SCOPED_SERVICES)}
 
 
 def test_queue_sends_go_only_to_declared_queues(synth: Synth) -> None:
     for declared in topology.FUNCTIONS:
-        granted = _resources_for(_role_statements(synth, declared), "sqs:SendMessage")
+        granted = _resources_for(synth.role_statements(declared), "sqs:SendMessage")
         expected = [synth.stack.fanout.queue(queue) for queue in declared.sends_to]
         if declared.dead_letters_of is not None:
             expected.append(synth.stack.fanout.dead_letter_queue(declared.dead_letters_of))
@@ -117,7 +107,7 @@ def test_queue_sends_go_only_to_declared_queues(synth: Synth) -> None:
 def test_log_permissions_name_the_functions_own_log_group(synth: Synth) -> None:
     for declared in topology.FUNCTIONS:
         log_group_id = synth.logical_id(synth.stack.functions.log_groups[declared.name])
-        resources = _resources_for(_role_statements(synth, declared), "logs:PutLogEvents")
+        resources = _resources_for(synth.role_statements(declared), "logs:PutLogEvents")
         assert resources == [json.dumps({"Fn::GetAtt": [log_group_id, "Arn"]})], declared.name
 
 
@@ -129,7 +119,7 @@ def test_function_roles_carry_no_managed_policies(synth: Synth) -> None:
 
 def test_admin_reads_only(synth: Synth) -> None:
     actions = {
-        action for statement in _role_statements(synth, topology.ADMIN) for action in _as_list(statement["Action"])
+        action for statement in synth.role_statements(topology.ADMIN) for action in _as_list(statement["Action"])
     }
     assert not actions & {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
     assert not any(action.startswith("secretsmanager:") for action in actions)
@@ -141,7 +131,7 @@ def test_each_key_is_readable_only_by_the_functions_that_use_it(synth: Synth) ->
     session_id = synth.logical_id(synth.stack.token_key.session_secret)
     readers: dict[str, set[str]] = {access_id: set(), session_id: set()}
     for declared in topology.FUNCTIONS:
-        for resource in _resources_for(_role_statements(synth, declared), "secretsmanager:GetSecretValue"):
+        for resource in _resources_for(synth.role_statements(declared), "secretsmanager:GetSecretValue"):
             for secret_id in readers:
                 if secret_id in resource:
                     readers[secret_id].add(declared.name)
@@ -154,7 +144,7 @@ def test_the_message_function_may_batch_read_stream_heads_and_subscribe_in_one_t
     # GIVEN the message function's role (a subscribe reads every stream's head in one BatchGetItem and writes
     # its rows and the connection's counter in one TransactWriteItems; the local stack enforces each action
     # on its table, so a missing grant breaks `make dev` as it would the deployed stack)
-    statements = _role_statements(synth, topology.MESSAGE)
+    statements = synth.role_statements(topology.MESSAGE)
 
     def table_id(table: topology.Table) -> str:
         return synth.logical_id(synth.stack.tables[table])

@@ -66,14 +66,10 @@ def secret_readers(synth: Synth, needle: str) -> set[str]:
     """The functions whose role may read a secret whose ARN (or Ref) contains `needle`."""
     readers = set()
     for declared in topology.FUNCTIONS:
-        role_ref = {"Ref": synth.role_id(declared)}
-        for policy in synth.resources("AWS::IAM::Policy").values():
-            if role_ref not in policy["Properties"]["Roles"]:
-                continue
-            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-                if "secretsmanager:GetSecretValue" in actions and needle in json.dumps(statement["Resource"]):
-                    readers.add(declared.name)
+        for statement in synth.role_statements(declared):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if "secretsmanager:GetSecretValue" in actions and needle in json.dumps(statement["Resource"]):
+                readers.add(declared.name)
     return readers
 
 
@@ -135,15 +131,11 @@ def test_an_operators_key_may_decrypt_its_secret_for_the_key_readers_only(varian
     # THEN exactly the key readers may decrypt with that key, and only through Secrets Manager
     decrypters = set()
     for declared in topology.FUNCTIONS:
-        role_ref = {"Ref": synth.role_id(declared)}
-        for policy in synth.resources("AWS::IAM::Policy").values():
-            if role_ref not in policy["Properties"]["Roles"]:
-                continue
-            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-                if statement["Action"] == "kms:Decrypt" or "kms:Decrypt" in statement["Action"]:
-                    assert statement["Resource"] == KMS_KEY
-                    assert "kms:ViaService" in json.dumps(statement["Condition"])
-                    decrypters.add(declared.name)
+        for statement in synth.role_statements(declared):
+            if statement["Action"] == "kms:Decrypt" or "kms:Decrypt" in statement["Action"]:
+                assert statement["Resource"] == KMS_KEY
+                assert "kms:ViaService" in json.dumps(statement["Condition"])
+                decrypters.add(declared.name)
     assert decrypters == KEY_READERS
     assert nag_findings(synth) == []
 
