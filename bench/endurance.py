@@ -176,20 +176,27 @@ def ready_status(timeout: float = 2.0) -> tuple[int, float]:
 # ------------------------------------------------------------------ clients
 
 
+def stack_outputs() -> dict[str, str]:
+    """What the running `make dev` announces in its outputs file (as `cdk deploy --outputs-file`)."""
+    return dict(next(iter(json.loads(OUTPUTS_FILE.read_text()).values())))
+
+
+def stack_client(service: str, outputs: dict[str, str]) -> Any:
+    """A boto3 client of the running stack's AWS endpoint, as the local administrator."""
+    import boto3
+
+    from local.moto_server import CREDENTIALS
+
+    make_client: Any = boto3.client
+    return make_client(service, region_name="us-east-1", endpoint_url=outputs["LocalAwsEndpoint"], **CREDENTIALS)
+
+
 class Tokens:
     """Access tokens for the running stack, minted with the key its secret holds (as `python -m local token`)."""
 
     def __init__(self) -> None:
-        import boto3
-
-        outputs = next(iter(json.loads(OUTPUTS_FILE.read_text()).values()))
-        secrets = boto3.client(
-            "secretsmanager",
-            region_name="us-east-1",
-            endpoint_url=outputs["LocalAwsEndpoint"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        outputs = stack_outputs()
+        secrets = stack_client("secretsmanager", outputs)
         self.key = secrets.get_secret_value(SecretId=outputs["LocalSigningKeySecretArn"])["SecretString"]
 
     def mint(self, user: str) -> str:
@@ -295,17 +302,9 @@ class Publisher:
     """PutEvents of MarketData for one symbol, on the bus the stack announces, through its AWS endpoint."""
 
     def __init__(self) -> None:
-        import boto3
-
-        outputs = next(iter(json.loads(OUTPUTS_FILE.read_text()).values()))
+        outputs = stack_outputs()
         self.bus = outputs["EventBusName"]
-        self.client = boto3.client(
-            "events",
-            region_name="us-east-1",
-            endpoint_url=outputs["LocalAwsEndpoint"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        self.client = stack_client("events", outputs)
         self.sequence = 0
 
     def publish(self, symbol: str) -> tuple[str, float]:
