@@ -98,9 +98,8 @@ def tree_usage(root: int) -> dict[str, Any]:
         rss, cpu = machine.rss_bytes(pid), machine.cpu_seconds(pid)
         if rss is None or cpu is None:
             continue
-        rss /= 2**20
         kind = by_kind.setdefault(_command(pid), {"rss_mib": 0.0, "cpu_seconds": 0.0, "processes": 0})
-        kind["rss_mib"] += rss
+        kind["rss_mib"] += rss / 2**20
         kind["cpu_seconds"] += cpu
         kind["processes"] += 1
     return {
