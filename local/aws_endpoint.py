@@ -373,6 +373,8 @@ class AwsFrontDoor:
         self._rules_lock = threading.Lock()
         self.secret_arns: dict[str, str] = dict(secret_arns or {})
         self.denied: Counter[str] = Counter()  # principal name -> refused requests
+        # (principal name, service, operation) -> requests answered: what CloudTrail would list, counted.
+        self.calls: Counter[tuple[str, str, str]] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -464,6 +466,13 @@ class AwsFrontDoor:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def call_counts(self) -> dict[str, dict[str, int]]:
+        """Requests per principal, as {principal: {"service:Operation": count}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for (principal, service, operation), count in sorted(self.calls.items()):
+            counts.setdefault(principal, {})[f"{service}:{operation}"] = count
+        return counts
+
     def fault_counts(self) -> dict[str, dict[str, int]]:
         """service -> error code -> faults injected so far, by rates and by rules."""
         counts = self.faults.counts()
@@ -528,6 +537,8 @@ class AwsFrontDoor:
         try:
             parsed = _parse(request, body)
             principal = self._authenticate(request, body, parsed)
+            if parsed is not None:
+                self.calls[(principal.name, parsed.service, parsed.operation)] += 1
             if not principal.is_admin:
                 assert parsed is not None
                 await self._authorise(principal, parsed, request)

@@ -772,6 +772,7 @@ class LocalStack:
                 "pumps": {pump.function.name: pump.stats.as_dict() for pump in self.pumps},
                 "simulator": dict(self.simulator.published) if self.simulator else None,
                 "connections": len(self._gateway().connection_ids),
+                "aws_calls": self.front_door.call_counts() if self.front_door is not None else {},
                 "faults_injected": {
                     **(self.front_door.fault_counts() if self.front_door is not None else {}),
                     MANAGEMENT_FAULTS: self._gateway().management_fault_counts(),

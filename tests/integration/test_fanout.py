@@ -588,6 +588,51 @@ def test_an_unsubscribed_client_stops_getting_data_once_the_cache_time_has_passe
     assert seqs(wired, "leaver") == [1]
 
 
+def test_a_batch_of_new_events_is_sequenced_with_one_read_and_one_write(wired: Wired, aws):
+    # GIVEN a subscriber of all market data, and AAPL already one tick in
+    wired.connect("any")
+    subscribe(wired, "any", ALL_MARKET_DATA)
+    publish(wired, eb.market_data(price=1))
+    calls = DynamoCalls(aws["dynamodb"])
+
+    # WHEN a batch of ten new ticks for AAPL and MSFT, interleaved, is fanned out
+    ticks = [eb.market_data("AAPL" if i % 2 else "MSFT", price=10 + i) for i in range(10)]
+    publish(wired, *ticks)
+
+    # THEN the whole batch took its places with one BatchGetItem and one TransactWriteItems, and each
+    # stream's seqs follow the batch's order on from its head
+    assert calls.calls["BatchGetItem"] == 1 and calls.calls["TransactWriteItems"] == 1
+    assert calls.calls["GetItem"] == 0
+    assert [(m["payload"]["price"], m["seq"]) for m in data(wired, "any", "market_data:AAPL")] == [
+        (1, 1),
+        (11, 2),
+        (13, 3),
+        (15, 4),
+        (17, 5),
+        (19, 6),
+    ]
+    assert seqs(wired, "any", "market_data:MSFT") == [1, 2, 3, 4, 5]
+    assert [e.seq for e in wired.store.history_after("market_data:MSFT", 0, 10)] == [1, 2, 3, 4, 5]
+    assert wired.store.stream_head("market_data:AAPL").last_seq == 6
+
+
+def test_a_redelivered_event_in_a_batch_keeps_its_seq_and_the_new_ones_follow(wired: Wired):
+    # GIVEN a subscriber of AAPL, and a tick that was sequenced and delivered once already
+    wired.connect("sub")
+    subscribe(wired, "sub", AAPL)
+    seen = eb.market_data(price=1)
+    publish(wired, seen)
+
+    # WHEN it comes again in a batch with two new ticks, one of them twice
+    new = eb.market_data(price=2)
+    publish(wired, seen, new, new, eb.market_data(price=3))
+
+    # THEN the copies carry the seqs they were first given (clients drop them by (stream, seq)),
+    # and the new ticks take the next places with no gap
+    assert [(m["payload"]["price"], m["seq"]) for m in data(wired, "sub")] == [(1, 1), (1, 1), (2, 2), (2, 2), (3, 3)]
+    assert [e.seq for e in wired.store.history_after("market_data:AAPL", 0, 10)] == [1, 2, 3]
+
+
 def test_dynamodb_work_per_event_does_not_grow_with_unrelated_connections(wired: Wired, aws, rewire):
     # GIVEN no subscriber cache (so each event reads its audience) and 10 AAPL subscribers
     uncached = rewire(subscriber_cache_seconds=0)

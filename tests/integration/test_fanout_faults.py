@@ -236,7 +236,8 @@ def test_removing_a_gone_connection_may_fail_without_failing_the_batch(wired: Wi
 
 def test_a_sequencing_failure_fails_its_record_and_the_rest_of_its_group_only(wired: Wired, outage: DynamoOutage):
     # GIVEN subscribers of all market data and of AAPL predictions, and DynamoDB failing
-    # the write that records one AAPL event in its stream, through every one of the store's retries
+    # every write that records one AAPL event in its stream, through every one of the store's retries:
+    # the batch's one transaction, and then that event's own
     wired.connect("md")
     wired.connect("pred")
     subscribe(wired, "md", ALL_MARKET_DATA)
@@ -244,7 +245,7 @@ def test_a_sequencing_failure_fails_its_record_and_the_rest_of_its_group_only(wi
     first, broken, after = eb.market_data(price=1), eb.market_data(price=2), eb.market_data("MSFT", price=3)
     prediction = eb.prediction()
     batch = eb.records(first, broken, prediction, after)
-    outage.fail("TransactWriteItems", broken["id"], times=wired.store.backoff.attempts)
+    outage.fail("TransactWriteItems", broken["id"], times=2 * wired.store.backoff.attempts)
 
     # WHEN the batch is fanned out
     response = wired.fanout.process_events(batch)

@@ -150,22 +150,27 @@ class FanOut:
     def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
         """Handle one SQS batch from the events queue; returns the partial batch response."""
         batch = _Batch(records=records)
-        invalid: list[tuple[dict[str, Any], str]] = []
+        parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
-            if _group(record) in batch.blocked_groups:
-                batch.failures.append(record["messageId"])
-                continue
             try:
-                event = parse_upstream_event(json.loads(record["body"]))
+                parsed.append((record, parse_upstream_event(json.loads(record["body"]))))
             except (ValueError, RecursionError, InvalidEvent) as error:
                 # RecursionError: a body nested deeper than the JSON parser recurses is poison too.
-                invalid.append((record, str(error) or type(error).__name__))
-                continue
-            try:
-                self._route(event, record, batch)
-            except Exception:
-                logger.exception("event could not be sequenced or routed", extra={"event_id": event.id})
-                batch.fail(record)
+                parsed.append((record, str(error) or type(error).__name__))
+        places = self._sequence_together([(event, record) for record, event in parsed if not isinstance(event, str)])
+        invalid: list[tuple[dict[str, Any], str]] = []
+        for record, event in parsed:
+            if _group(record) in batch.blocked_groups:
+                # Even an invalid one: it is dead-lettered in its turn, after the records before it.
+                batch.failures.append(record["messageId"])
+            elif isinstance(event, str):
+                invalid.append((record, event))
+            else:
+                try:
+                    self._route(event, record, batch, places.pop(record["messageId"], None))
+                except Exception:
+                    logger.exception("event could not be sequenced or routed", extra={"event_id": event.id})
+                    batch.fail(record)
         self._dead_letter(invalid, batch)
         self._deliver(batch)
         # Chunks go out after the direct posts, so an event that crosses the chunk size
@@ -174,20 +179,27 @@ class FanOut:
             self._send_chunks(chunks, record, batch)
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
 
-    def _route(self, event: UpstreamEvent, record: dict[str, Any], batch: _Batch) -> None:
+    def _sequence_together(self, events: list[tuple[UpstreamEvent, dict[str, Any]]]) -> dict[str, tuple[int, str]]:
+        """(seq, message) by SQS message id, from one read and one write for the whole batch where the store
+        can; a record left out is sequenced alone by `_route` (a redelivery, a contended head, a failed write)."""
+        if len(events) < 2:
+            return {}
+        try:
+            placed = self.store.sequence_new_events([(e.detail.stream, e.id, _renderer(e)) for e, _ in events])
+        except Exception:
+            # One at a time instead: a record that still fails then fails alone, with its group after it.
+            logger.warning("batch sequencing failed; sequencing event by event", exc_info=True)
+            return {}
+        if placed is None:
+            return {}
+        return {record["messageId"]: place for (_, record), place in zip(events, placed, strict=True)}
+
+    def _route(
+        self, event: UpstreamEvent, record: dict[str, Any], batch: _Batch, place: tuple[int, str] | None
+    ) -> None:
         detail = event.detail
         stream = detail.stream
-
-        def render(seq: int) -> str:
-            return ServerMessage(
-                message_type=detail.message_type,
-                payload={**detail.model_dump(mode="json", exclude_none=True), "event_id": event.id},
-                source=event.source,
-                stream=stream,
-                seq=seq,
-            ).to_json()
-
-        seq, message, _fresh = self.store.sequence_event(stream, event.id, render)
+        seq, message = place or self.store.sequence_event(stream, event.id, _renderer(event))[:2]
         audience = self.audience(event)
         if len(audience) > self.settings.chunk_size:
             batch.chunks.append((record, self._chunks(stream, seq, message, audience, event.event_time)))
@@ -376,6 +388,22 @@ class FanOut:
 
 
 _LAST_RECEIVE = topology.EVENTS_QUEUE.max_receive_count
+
+
+def _renderer(event: UpstreamEvent) -> Callable[[int], str]:
+    """The message an event becomes once its seq is known."""
+    detail = event.detail
+
+    def render(seq: int) -> str:
+        return ServerMessage(
+            message_type=detail.message_type,
+            payload={**detail.model_dump(mode="json", exclude_none=True), "event_id": event.id},
+            source=event.source,
+            stream=detail.stream,
+            seq=seq,
+        ).to_json()
+
+    return render
 
 
 def _receive_count(record: dict[str, Any]) -> int:

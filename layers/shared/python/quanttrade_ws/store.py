@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.exceptions import HTTPClientError
@@ -57,7 +57,10 @@ RETRYABLE_ERRORS = frozenset(
 TRANSPORT_ERRORS = (BotocoreConnectionError, HTTPClientError)
 CONDITION_FAILED = "ConditionalCheckFailed"
 # DynamoDB's caps: actions in one TransactWriteItems, keys in one BatchGetItem.
+_T = TypeVar("_T")
+
 TRANSACTION_ACTIONS = 100
+TRANSACTION_BYTES = 4 * 1024 * 1024  # DynamoDB's cap on one transaction's items together
 BATCH_GET_KEYS = 100
 # A batch subscribe spends one action on the connection's counter; the rest are its rows.
 SUBSCRIPTIONS_PER_TRANSACTION = TRANSACTION_ACTIONS - 1
@@ -1185,6 +1188,73 @@ class DynamoStore:
             return seq, message, True
         raise RuntimeError(f"could not sequence event {event_id} on {stream}: too much contention")
 
+    def sequence_new_events(
+        self, events: Sequence[tuple[str, str, Callable[[int], str]]]
+    ) -> list[tuple[int, str]] | None:
+        """Sequence a batch of events never seen before in one read and one transaction.
+
+        `events` are (stream, event id, render) in the order they arrived; each
+        gets the next seq of its stream, in that order. This is the events
+        queue's common case, and it costs one BatchGetItem and one
+        TransactWriteItems for the whole batch instead of three calls an event.
+        Returns the (seq, message) of each, or None with nothing written when
+        it does not apply: an event was sequenced before (a redelivery), a head
+        moved between the read and the write, or the batch does not fit one
+        transaction. The caller then gives each event to `sequence_event`,
+        which handles all of those one at a time.
+        """
+        ids = [event_id for _, event_id, _ in events]
+        streams = list(dict.fromkeys(stream for stream, _, _ in events))
+        if not events or len(set(ids)) != len(ids) or 2 * len(events) + len(streams) > TRANSACTION_ACTIONS:
+            return None
+        found = self._stream_items([(EVENT_PREFIX + event_id, 0) for event_id in ids] + [(s, 0) for s in streams])
+        if any((EVENT_PREFIX + event_id, 0) in found for event_id in ids):
+            return None
+        read = {stream: _int(found.get((stream, 0), {}), "last_seq") for stream in streams}
+        last = dict(read)
+        expires = _n(int(self.clock()) + self._settings.history_seconds)
+        placed: list[tuple[int, str]] = []
+        items: list[dict[str, Any]] = []
+        for stream, event_id, render in events:
+            last[stream] += 1
+            seq = last[stream]
+            message = render(seq)
+            placed.append((seq, message))
+            entry = {"stream": _s(stream), "seq": _n(seq), "message": _s(message), "expires_at": expires}
+            marker = {
+                "stream": _s(EVENT_PREFIX + event_id),
+                "seq": _n(0),
+                "assigned_seq": _n(seq),
+                "expires_at": expires,
+            }
+            items.append({"Put": {"TableName": self.streams_table, "Item": entry}})
+            items.append(
+                {
+                    "Put": {
+                        "TableName": self.streams_table,
+                        "Item": marker,
+                        "ConditionExpression": "attribute_not_exists(assigned_seq)",
+                    }
+                }
+            )
+        newest = {stream: (seq, message) for (stream, _, _), (seq, message) in zip(events, placed, strict=True)}
+        for stream, (seq, message) in newest.items():
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.streams_table,
+                        "Key": {"stream": _s(stream), "seq": _n(0)},
+                        "UpdateExpression": "SET last_seq = :seq, last_message = :m, last_message_seq = :seq",
+                        "ConditionExpression": "attribute_not_exists(last_seq) OR last_seq = :last",
+                        "ExpressionAttributeValues": {":m": _s(message), ":seq": _n(seq), ":last": _n(read[stream])},
+                    }
+                }
+            )
+        # Each message is written twice (its entry and its stream's head); keep well inside the cap.
+        if 2 * sum(len(message.encode()) for _, message in placed) > TRANSACTION_BYTES * 3 // 4:
+            return None
+        return placed if self._transact(items) is None else None
+
     def stream_head(self, stream: str) -> StreamHead:
         found = self._db.get_item(
             TableName=self.streams_table, Key={"stream": _s(stream), "seq": _n(0)}, ConsistentRead=True
@@ -1192,35 +1262,42 @@ class DynamoStore:
         return _stream_head(stream, found)
 
     def stream_heads(self, streams: Iterable[str]) -> dict[str, StreamHead]:
-        """Where several streams stand, as `stream_head` reads each one, by stream in the order given.
+        """Where several streams stand, as `stream_head` reads each one, by stream in the order given."""
+        wanted = list(dict.fromkeys(streams))
+        found = self._stream_items([(stream, 0) for stream in wanted])
+        return {stream: _stream_head(stream, found.get((stream, 0))) for stream in wanted}
 
-        BatchGetItem with consistent reads, up to 100 keys a call. Keys DynamoDB
-        leaves unprocessed (throttling, its 16 MB answer cap) are asked again with
-        the store's backoff, a bounded number of times; whatever is still left is
-        read one GetItem at a time, so a busy table slows the answer down but never
-        leaves a stream out or reads one stale.
+    def _stream_items(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+        """Items of the streams table by (stream, seq), read consistently; absent keys are left out.
+
+        BatchGetItem, up to 100 keys a call. Keys DynamoDB leaves unprocessed
+        (throttling, its 16 MB answer cap) are asked again with the store's
+        backoff, a bounded number of times; whatever is still left is read one
+        GetItem at a time, so a busy table slows the answer down but never
+        leaves an item out or reads one stale.
         """
-        wanted = list(dict.fromkeys(streams))  # BatchGetItem refuses a key named twice
-        found: dict[str, dict[str, Any]] = {}
-        left: list[str] = []
+        wanted = list(dict.fromkeys(keys))  # BatchGetItem refuses a key named twice
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        left: list[dict[str, Any]] = []
         for chunk in _chunks(wanted, BATCH_GET_KEYS):
-            keys = [{"stream": _s(stream), "seq": _n(0)} for stream in chunk]
+            request = [{"stream": _s(stream), "seq": _n(seq)} for stream, seq in chunk]
             for attempt in range(self.backoff.attempts):
                 response = self._db.batch_get_item(
-                    RequestItems={self.streams_table: {"Keys": keys, "ConsistentRead": True}}
+                    RequestItems={self.streams_table: {"Keys": request, "ConsistentRead": True}}
                 )
                 for item in response.get("Responses", {}).get(self.streams_table, []):
-                    found[_str(item, "stream")] = item
-                keys = (response.get("UnprocessedKeys") or {}).get(self.streams_table, {}).get("Keys", [])
-                if not keys:
+                    found[(_str(item, "stream"), _int(item, "seq"))] = item
+                request = (response.get("UnprocessedKeys") or {}).get(self.streams_table, {}).get("Keys", [])
+                if not request:
                     break
                 if attempt + 1 < self.backoff.attempts:
                     self.backoff.wait(attempt)
-            left.extend(_str(key, "stream") for key in keys)
-        heads = {stream: _stream_head(stream, found.get(stream)) for stream in wanted}
-        for stream in left:
-            heads[stream] = self.stream_head(stream)
-        return heads
+            left.extend(request)
+        for key in left:
+            item = self._db.get_item(TableName=self.streams_table, Key=key, ConsistentRead=True).get("Item")
+            if item:
+                found[(_str(item, "stream"), _int(item, "seq"))] = item
+        return found
 
     def history_after(self, stream: str, after_seq: int, limit: int) -> list[HistoryEntry]:
         """Retained messages of a stream after `after_seq`, oldest first, expired ones left out."""
@@ -1287,6 +1364,6 @@ def _subscription_json(subscription: Subscription) -> dict[str, Any]:
     return {"stream_key": subscription.stream_key, "interval": subscription.interval, "filters": subscription.filters}
 
 
-def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+def _chunks(values: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
