@@ -245,3 +245,33 @@ def test_connect_stores_every_permission(wired: Wired) -> None:
     connection = connection_of(wired, "c1")
     assert connection.identity.permissions == frozenset(ALL_PERMISSIONS)
     assert connection.identity.subscription_level == "enterprise"
+
+
+def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_in(wired: Wired) -> None:
+    from tests.dynamo_calls import DynamoCalls
+
+    calls = DynamoCalls(wired.store._raw)
+    minute = (int(wired.clock.now) // 60 + 1) * 60
+
+    def connect_cost(connection_id: str) -> dict[str, int]:
+        calls.reset()
+        wired.connect(connection_id, user_id="counted")
+        wired.service.disconnect(connection_id)
+        return {op: n for op, n in calls.calls.items() if op in ("UpdateItem", "PutItem")}
+
+    # GIVEN a user never seen; WHEN it connects: its rate item is created (a refused try, then the step that fits)
+    wired.clock.now = minute + 1
+    first = connect_cost("first")
+    # WHEN it connects again within the same minute, one minute on, and ten minutes on
+    same = connect_cost("same")
+    wired.clock.now = minute + 61
+    next_minute = connect_cost("next")
+    wired.clock.now = minute + 661
+    much_later = connect_cost("later")
+    # THEN the row, the open-connection claim and at most two rate-window writes, each time
+    assert first == {"PutItem": 1, "UpdateItem": 4}
+    assert same == {"PutItem": 1, "UpdateItem": 3}
+    assert next_minute == {"PutItem": 1, "UpdateItem": 4} and much_later == {"PutItem": 1, "UpdateItem": 4}
+    # AND the counts are right after those jumps: the ten-minute gap left nothing of the previous minute,
+    # so a count nine seconds later is the second of its minute
+    assert wired.store.count_in_window("connect#counted", 60, minute + 670) == pytest.approx(2)
