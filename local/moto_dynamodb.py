@@ -6,15 +6,33 @@ so `make dev`, the tests, the soak and the benchmarks share one moto.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 logger = logging.getLogger("quanttrade.local.moto")
 
 # Every DynamoDB request of the server, and the TTL sweep, hold this: DynamoDB makes each request atomic.
 REQUEST_LOCK = threading.RLock()
+# The data-plane answers: plain DynamoDB JSON (items, keys, counts, capacity), written out as it is.
+PLAIN_ANSWERS = frozenset(
+    {
+        "GetItem",
+        "BatchGetItem",
+        "Query",
+        "Scan",
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+        "TransactGetItems",
+        "TransactWriteItems",
+    }
+)
 # DynamoDB's TTL leaves alone an item whose expiry is more than five years in the past (a value in
 # milliseconds or some other unit, most likely), so the sweep does too.
 TTL_IGNORED_AFTER_SECONDS = 5 * 365 * 24 * 3600
@@ -39,6 +57,14 @@ def patch() -> None:
     items it names, restoring exactly those on failure. The tables object moto
     "copies" is the live one, so its own wholesale restore becomes a no-op.
 
+    moto 5.2 writes every answer through a serializer that walks the
+    operation's output shape value by value: measured here at 0.5 s of CPU for
+    a Query page of 1,000 subscriptions, about 70% of it in the serializer. The
+    data-plane answers are DynamoDB JSON already (attribute values, keys,
+    counts), so they are written with json.dumps; binary values and times are
+    encoded as the serializer does (base64, epoch seconds) and absent members
+    are left out. Errors and control-plane answers still take moto's serializer.
+
     moto 5.2 also answers a Query on a table's key by listing and sorting every
     item of the table, then keeping those of the asked partition: each fan-out's
     audience Query, each history read, cost time in proportion to the whole
@@ -49,7 +75,7 @@ def patch() -> None:
 
     from moto.dynamodb import models
     from moto.dynamodb.models.table import Table
-    from moto.dynamodb.responses import DynamoHandler
+    from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
     if getattr(models, "_quanttrade_patched", False):
         return
@@ -103,11 +129,33 @@ def patch() -> None:
             return base_query(self, hash_key, *args, **kwargs)
         return base_query(_OnePartition(self, hash_key), hash_key, *args, **kwargs)
 
+    serialized = DynamoResult.execute_result
+
+    def plain_json(self: Any, context: Any) -> Any:
+        if context.operation_model.name not in PLAIN_ANSWERS or isinstance(self.result, BaseException):
+            return serialized(self, context)
+        content_type = f"application/x-amz-json-{context.service_model.metadata['jsonVersion']}"
+        return 200, {"Content-Type": content_type}, json.dumps(_plain(self.result))
+
+    DynamoResult.execute_result = plain_json  # type: ignore[method-assign]
     DynamoHandler.call_action = atomic_call_action  # type: ignore[method-assign]
     Table.query = partition_query  # type: ignore[method-assign]
     models.copy = TablesAreNotCopied  # type: ignore[assignment]
     models.DynamoDBBackend.transact_write_items = item_level_transaction  # type: ignore[method-assign]
     models._quanttrade_patched = True  # type: ignore[attr-defined]
+
+
+def _plain(value: Any) -> Any:
+    """A data-plane result as DynamoDB's JSON protocol writes it: no null members, blobs in base64, epoch times."""
+    if isinstance(value, dict):
+        return {key: _plain(member) for key, member in value.items() if member is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(member) for member in value]
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
 
 
 class _OnePartition:

@@ -155,3 +155,71 @@ def test_a_table_without_ttl_keeps_items_whatever_their_attributes(moto: MotoSer
         assert _all_keys(dynamodb) == {("k", 1)}
     finally:
         dynamodb.delete_table(TableName=other)
+
+
+EVERY_TYPE = {
+    "pk": {"S": "typed"},
+    "sk": {"N": "7"},
+    "text": {"S": "caf\u00e9 \u2713"},
+    "number": {"N": "-12.5"},
+    "blob": {"B": b"\x00\xffbinary"},
+    "strings": {"SS": ["a", "b"]},
+    "numbers": {"NS": ["1", "2.5"]},
+    "blobs": {"BS": [b"\x01", b"\x02\x03"]},
+    "nested": {"M": {"inner": {"L": [{"S": "x"}, {"N": "1"}, {"NULL": True}, {"BOOL": False}]}}},
+    "flag": {"BOOL": True},
+}
+
+
+def _same_item(found: dict[str, Any]) -> bool:
+    def normal(item: dict[str, Any]) -> dict[str, Any]:
+        # Sets come back in any order, as from DynamoDB.
+        return {
+            name: {kind: sorted(v) if kind in ("SS", "NS", "BS") else v for kind, v in value.items()}
+            for name, value in item.items()
+        }
+
+    return normal(found) == normal(EVERY_TYPE)
+
+
+def test_data_plane_answers_carry_every_attribute_type_as_dynamodb_writes_them(dynamodb: Any) -> None:
+    # GIVEN an item with every attribute type, binary ones included
+    key = {"pk": EVERY_TYPE["pk"], "sk": EVERY_TYPE["sk"]}
+    put = dynamodb.put_item(TableName=TABLE, Item=EVERY_TYPE, ReturnConsumedCapacity="TOTAL")
+
+    # WHEN it is read back by each data-plane operation (answers written without moto's serializer)
+    got = dynamodb.get_item(TableName=TABLE, Key=key, ConsistentRead=True)["Item"]
+    queried = dynamodb.query(
+        TableName=TABLE, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "typed"}}
+    )
+    scanned = dynamodb.scan(TableName=TABLE)["Items"]
+    batch = dynamodb.batch_get_item(RequestItems={TABLE: {"Keys": [key]}})
+    transact = dynamodb.transact_get_items(TransactItems=[{"Get": {"TableName": TABLE, "Key": key}}])
+    updated = dynamodb.update_item(
+        TableName=TABLE,
+        Key=key,
+        UpdateExpression="SET flag = :f",
+        ExpressionAttributeValues={":f": {"BOOL": True}},
+        ReturnValues="ALL_OLD",
+    )["Attributes"]
+    absent = dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "none"}, "sk": {"N": "0"}})
+    deleted = dynamodb.delete_item(TableName=TABLE, Key=key, ReturnValues="ALL_OLD")["Attributes"]
+
+    # THEN every answer holds the same item, bytes as bytes, with counts and capacity where asked
+    assert put["ConsumedCapacity"]["TableName"] == TABLE and "Attributes" not in put
+    assert _same_item(got) and _same_item(updated) and _same_item(deleted)
+    assert queried["Count"] == 1 and queried["ScannedCount"] == 1 and _same_item(queried["Items"][0])
+    assert "LastEvaluatedKey" not in queried
+    assert [_same_item(item) for item in scanned] == [True]
+    assert _same_item(batch["Responses"][TABLE][0]) and not batch.get("UnprocessedKeys")
+    assert _same_item(transact["Responses"][0]["Item"])
+    assert "Item" not in absent
+    # AND an error still has DynamoDB's own shape
+    with pytest.raises(dynamodb.exceptions.ConditionalCheckFailedException) as refused:
+        dynamodb.put_item(
+            TableName=TABLE,
+            Item={"pk": {"S": "typed"}, "sk": {"N": "8"}},
+            ConditionExpression="attribute_exists(pk)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
