@@ -76,6 +76,7 @@ GOING_AWAY = "Going away"
 NO_STATUS_REASON = "Client-side close frame status not set"
 ABNORMAL_REASON = "Connection closed abnormally"
 MESSAGE_TOO_BIG_REASON = "Message too big"
+STOP_HANDLER_GRACE_SECONDS = 0.5  # see LocalGateway.start
 
 # The writer never waits for the socket to drain: a post must answer at once, and
 # a client that stops reading is reported as LimitExceeded (see client_buffer_bytes)
@@ -104,8 +105,9 @@ class GatewayConfig:
     max_connection_seconds: float = 7200.0
     close_timeout: float = 3.0  # how long a closing handshake may take before the socket is dropped
     # How long stopping the gateway waits for the `$disconnect` of every connection it closes; what is
-    # still running then is abandoned (on AWS `$disconnect` is best effort too), so a stop stays bounded.
-    stop_disconnect_seconds: float = 5.0
+    # still running then is abandoned (on AWS `$disconnect` is best effort too), so a stop stays bounded:
+    # with the simulator's 2 s and moto's 1.5 s, Ctrl-C ends the stack within 10 s.
+    stop_disconnect_seconds: float = 4.0
     management_rate_per_second: float = 10_000.0
     management_burst: int | None = None  # None: one second's worth
     connect_rate_per_second: float | None = 500.0  # new connections; None: unlimited
@@ -541,7 +543,9 @@ class LocalGateway:
             access_log_class=_AccessLogger,
             access_log=access_logger,
             logger=_server_logger,
-            shutdown_timeout=self.config.close_timeout,
+            # By the time the runner stops, `stop` has waited for every connection its budget allows: what
+            # is still running is abandoned work, cancelled after this grace rather than the 60 s default.
+            shutdown_timeout=STOP_HANDLER_GRACE_SECONDS,
         )
         await runner.setup()
         sock = _bind(self.config.host, self.config.port)
