@@ -32,10 +32,11 @@ $(NODE_STAMP): package.json package-lock.json
 dev: $(STAMP) $(NODE_STAMP)
 	$(PY) -m local dev
 
-## test: every suite (lint, unit, integration, infra, e2e with a real browser)
+## test: the static checks (ruff lint and format, mypy on the shared package), then every suite
+## (unit, integration, infra, e2e with a real browser)
 test: $(STAMP) $(NODE_STAMP)
 	bash scripts/ensure_chromium.sh
-	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
@@ -54,6 +55,7 @@ infra-test: $(STAMP) $(NODE_STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy layers/shared/python/quanttrade_ws
 
 ## bench: figures, printed and written to bench/results.json (not pass/fail)
 bench: $(STAMP) $(NODE_STAMP)

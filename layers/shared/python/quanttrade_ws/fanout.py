@@ -20,6 +20,7 @@ and replays the message from the stream's history, and the group moves on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -208,7 +209,7 @@ class FanOut:
         # expired gets nothing more (checked on every event, not when the audience was cached).
         wall_clock = self.clock()
         for key in keys:
-            subscriptions: list[Subscription] = self.audiences.get(key, lambda k=key: self.store.subscribers(k))
+            subscriptions: list[Subscription] = self.audiences.get(key, functools.partial(self.store.subscribers, key))
             for subscription in subscriptions:
                 if subscription.connection_id in chosen or not subscription.live_at(wall_clock):
                     continue
@@ -337,7 +338,7 @@ class FanOut:
                 self.metrics.add_metric("InvalidEvent", "Count", 1)
                 continue
             report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
-            self._account(report, lambda _cid, t=event_time: t)
+            self._account(report, _constant(event_time))
             if report.failed:
                 # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
                 # and after five receives the chunk goes to the DLQ.
@@ -383,6 +384,11 @@ def _receive_count(record: dict[str, Any]) -> int:
         return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
     except (TypeError, ValueError):
         return 1
+
+
+def _constant(event_time: datetime | None) -> Callable[[str], datetime | None]:
+    """The event time of every connection of a chunk: one event, one time."""
+    return lambda _connection_id: event_time
 
 
 def _group(record: dict[str, Any]) -> str:
