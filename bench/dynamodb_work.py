@@ -37,12 +37,11 @@ def _measure(bystanders: int) -> dict[str, float]:
     import boto3
     from moto import mock_aws
 
+    from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
     from quanttrade_ws.auth import Identity
     from quanttrade_ws.config import Settings
-    from quanttrade_ws.fanout import CountingMetrics, FanOut
-    from quanttrade_ws.gateway import InMemoryGateway
+    from quanttrade_ws.fanout import FanOut
     from quanttrade_ws.models import Connection, Subscription
-    from quanttrade_ws.queues import InMemorySender
     from quanttrade_ws.store import DynamoStore
     from tests.provision import provision
 

@@ -384,7 +384,7 @@ class ClientPool:
 
         url = self.url
         if self.token_secret is not None:
-            from quanttrade_ws.auth import mint_token
+            from local.tokens import mint_token
 
             # One user per client: the service limits new connections per user and minute.
             url = f"{url}?token={mint_token(self.token_secret, f'bench-{index:05d}-{os.urandom(3).hex()}')}"

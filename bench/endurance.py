@@ -199,7 +199,7 @@ class Tokens:
         self.key = secrets.get_secret_value(SecretId=outputs["LocalSigningKeySecretArn"])["SecretString"]
 
     def mint(self, user: str) -> str:
-        from quanttrade_ws.auth import mint_token
+        from local.tokens import mint_token
 
         # One user per client: the service limits new connections per user and minute.
         return mint_token(self.key, user, expires_in=86400)

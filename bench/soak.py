@@ -74,7 +74,7 @@ OPEN_TIMEOUT = 60.0
 
 
 def _token(user: str, **claims: Any) -> str:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     return mint_token(SECRET, user, **claims)
 
@@ -420,7 +420,7 @@ async def abuse_garbage(url: str) -> dict[str, Any]:
 
 
 async def abuse_tokens(url: str) -> dict[str, Any]:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     candidates = {
         "no_token": None,

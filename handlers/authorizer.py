@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from quanttrade_ws.auth import AuthError
-from quanttrade_ws.observability import logger, metrics
+from quanttrade_ws.observability import logger, metrics, publish_metrics
 from quanttrade_ws.runtime import runtime
 
 # API Gateway's principal for a refused handshake; nothing downstream sees it.
@@ -30,7 +30,7 @@ def _policy(principal: str, effect: str, method_arn: str) -> dict[str, Any]:
     }
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path="requestContext.connectionId", log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     method_arn = event["methodArn"]

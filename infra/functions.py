@@ -253,6 +253,9 @@ class Functions(Construct):
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": log_level,
+                # pydantic looks for plugins through importlib.metadata entry points when the first
+                # model is built, which costs 20+ ms of every cold start; this service uses none.
+                "PYDANTIC_DISABLE_PLUGINS": "1",
                 **declared.extra_env,
             }
         )

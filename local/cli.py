@@ -193,7 +193,8 @@ def _fault_lines(config: Any) -> list[str]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
+    from local.tokens import mint_token
+    from quanttrade_ws.auth import ALL_PERMISSIONS
 
     _quiet_development_warnings()
     permissions = args.permissions if args.permissions else list(ALL_PERMISSIONS)
@@ -577,7 +578,7 @@ async def _keep_alive(connection: Any) -> None:
 
 
 def _mint_listen_token(user: str) -> str:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     _quiet_development_warnings()
     return mint_token(_secret(), user)

@@ -10,11 +10,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier, mint_token
+from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
+from local.tokens import mint_token
+from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
-from quanttrade_ws.fanout import CountingMetrics, FanOut
-from quanttrade_ws.gateway import InMemoryGateway
-from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.fanout import FanOut
 from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore

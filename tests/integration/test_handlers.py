@@ -14,16 +14,13 @@ import handlers.connect
 import handlers.disconnect
 import handlers.message
 import handlers.sweeper
+from local.fakes import InMemoryGateway
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
 from tests.lambda_events import DOMAIN, LambdaContext, request_context
 from tests.provision import provision
-
-# Handlers flush metrics on every call; some calls publish none and Powertools warns about it.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def test_refresh_with_an_expired_token_fails(real_time: Wired) -> None:
 
 
 def test_refresh_with_a_forged_token_fails(real_time: Wired) -> None:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     wired = real_time
     wired.connect("c1", expires_in=30)

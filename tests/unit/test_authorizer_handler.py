@@ -11,15 +11,13 @@ import jwt
 import pytest
 
 from handlers import authorizer
+from local.tokens import mint_token
 from quanttrade_ws import runtime as runtime_module
-from quanttrade_ws.auth import Identity, KeyUnavailable, TokenVerifier, mint_token
+from quanttrade_ws.auth import Identity, KeyUnavailable, TokenVerifier
 from tests.jwks import serve_jwks
 from tests.lambda_events import LambdaContext
 
 SECRET = "authorizer-test-secret-0123456789abcdef"
-# A refused token publishes no metric of its own; Powertools warns about the empty flush.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
 METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$connect"
 
 

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
+from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.fanout import CountingMetrics, FanOut, TtlCache
-from quanttrade_ws.gateway import InMemoryGateway
+from quanttrade_ws.fanout import FanOut, TtlCache
 from quanttrade_ws.models import Subscription
-from quanttrade_ws.queues import InMemorySender
 from quanttrade_ws.upstream import parse_upstream_event
 from tests.integration import events_builder as eb
 

@@ -52,19 +52,6 @@ class Metrics(Protocol):
     def add_metric(self, name: str, unit: str, value: float) -> None: ...
 
 
-class CountingMetrics:
-    """Metrics kept in memory: for tests, benchmarks and the local stack's stats."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self.samples: dict[str, list[float]] = defaultdict(list)
-
-    def add_metric(self, name: str, unit: str, value: float) -> None:
-        self.totals[name] += value
-        if unit == "Milliseconds":
-            self.samples[name].append(value)
-
-
 class TtlCache:
     """Per-key values that expire after `seconds` in a warm function.
 
