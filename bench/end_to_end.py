@@ -110,13 +110,10 @@ async def _until_stdin_closes() -> None:
 
 async def _serve_stack(options: dict[str, Any]) -> None:
     import logging
-    import warnings
 
     from local.stack import LocalStack, StackConfig, configure_logging
 
     configure_logging(options.pop("component_log_level", "WARNING"))
-    # Neither says anything a benchmark can act on (metrics are off locally by design).
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     config = StackConfig(host="127.0.0.1", gateway_port=0, moto_port=0, jwt_secret=SECRET, dashboard=False, **options)
     stack = LocalStack(config)

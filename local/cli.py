@@ -90,10 +90,8 @@ def local_event_bus() -> str:
 
 
 def _quiet_development_warnings() -> None:
-    # The development secret is short on purpose and the handlers' metrics are disabled locally:
-    # neither warning says anything a developer can act on.
+    # The development secret is short on purpose: the warning says nothing a developer can act on.
     warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 # ---------------------------------------------------------------------- dev
