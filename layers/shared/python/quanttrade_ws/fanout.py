@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
@@ -40,12 +40,20 @@ from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
 logger = logging.getLogger(__name__)
 
 # Large audiences are split by a stable hash of the connection id, so a
 # connection is always in the same delivery group of a stream and its messages
 # keep their order however the audience grows or shrinks.
 CHUNK_SHARDS = 64
+
+
+class ChunkNotDelivered(Exception):
+    """Some posts of a delivery chunk failed after retries: SQS redelivers the chunk."""
 
 
 class Metrics(Protocol):
@@ -136,7 +144,13 @@ class FanOut:
     # ------------------------------------------------------------ events queue
 
     def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle one SQS batch from the events queue; returns the partial batch response."""
+        """Handle one SQS batch from the events queue; returns the partial batch response.
+
+        Not Powertools' batch processor, which settles one record at a time: here the batch's
+        messages are packed across records (one post per connection for the whole batch), so a
+        record's fate is known only after every post of the batch, and a record that fails
+        takes the later records of its FIFO group with it (`_Batch`).
+        """
         batch = _Batch(records=records)
         invalid: list[tuple[dict[str, Any], str]] = []
         for record in records:
@@ -308,29 +322,42 @@ class FanOut:
 
     # ------------------------------------------------------------ delivery queue
 
-    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle delivery chunks: the shards of large audiences."""
-        batch = _Batch()
-        for record in records:
-            if _group(record) in batch.blocked_groups:
-                batch.failures.append(record["messageId"])
-                continue
-            try:
-                chunk = json.loads(record["body"])
-                data = chunk["data"].encode()
-                connections = [str(c) for c in chunk["connections"]]
-                event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
-            except (ValueError, KeyError, TypeError, AttributeError):
-                logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
-                self.metrics.add_metric("InvalidEvent", "Count", 1)
-                continue
-            report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
-            self._account(report, _constant(event_time))
-            if report.failed:
-                # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
-                # and after five receives the chunk goes to the DLQ.
-                batch.fail(record)
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+    def process_chunks(self, records: list[dict[str, Any]]) -> PartialItemFailureResponse:
+        """Handle delivery chunks: the shards of large audiences.
+
+        Each chunk stands alone (one event's message to some of its audience), so Powertools'
+        FIFO processor fits: a chunk that could not be delivered fails, and so does every later
+        chunk of its message group (the same connections' next messages), which SQS redelivers
+        in order; the other groups go on.
+        """
+        # Deferred: only the delivery function pays for the batch utility's imports at cold start.
+        from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+
+        if not records:
+            return {"batchItemFailures": []}
+        processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+        # A batch whose every chunk failed (the Management API failing) answers with its failures
+        # like any other, instead of failing the invocation: it is not a fault of this function.
+        processor.raise_on_entire_batch_failure = False
+        return process_partial_response({"Records": records}, self._deliver_chunk, processor)
+
+    def _deliver_chunk(self, record: SQSRecord) -> None:
+        try:
+            chunk = json.loads(record.body)
+            data = chunk["data"].encode()
+            connections = [str(c) for c in chunk["connections"]]
+            event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # A chunk that can never be delivered is dropped, not retried until the DLQ.
+            logger.error("malformed delivery chunk dropped", extra={"sqs": record.message_id})
+            self.metrics.add_metric("InvalidEvent", "Count", 1)
+            return
+        report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
+        self._account(report, _constant(event_time))
+        if report.failed:
+            # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
+            # and after five receives the chunk goes to the DLQ.
+            raise ChunkNotDelivered(f"{len(report.failed)} of {len(connections)} posts failed")
 
     # ------------------------------------------------------------ shared
 
