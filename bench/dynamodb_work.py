@@ -27,7 +27,10 @@ def _record(symbol: str, index: int) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
         "detail-type": "MarketData",
         "source": "quanttrade.market-data",
+        "account": "123456789012",
         "time": now,
+        "region": "us-east-1",
+        "resources": [],
         "detail": {"symbol": symbol, "price": 100 + index, "volume": 10, "timestamp": now},
     }
     return {"messageId": str(uuid.uuid4()), "body": json.dumps(event), "attributes": {"MessageGroupId": "market-data"}}

@@ -418,10 +418,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
         try:
             parse_upstream_event(
                 {
+                    "version": "0",
                     "id": "check",
                     "source": entry["Source"],
                     "detail-type": entry["DetailType"],
+                    "account": "000000000000",
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "region": session.region_name or DEFAULT_REGION,
+                    "resources": [],
                     "detail": json.loads(entry["Detail"]),
                 }
             )

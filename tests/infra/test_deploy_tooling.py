@@ -118,10 +118,14 @@ def _publish_calls(section: str) -> list[tuple[str, str, dict[str, object]]]:
 def _as_received(source: str, detail_type: str, detail: object) -> dict[str, object]:
     """What the fan-out reads from SQS for an entry that PutEvents accepted."""
     return {
+        "version": "0",
         "id": "readme",
         "source": source,
         "detail-type": detail_type,
+        "account": "123456789012",
         "time": "2026-03-02T14:30:00Z",
+        "region": "us-east-1",
+        "resources": [],
         "detail": detail,
     }
 

@@ -82,7 +82,7 @@ def unauthorized(event: dict[str, Any]) -> None:
     so Lambda counts no error and no alarm fires for a client's stale token."""
     result = invoke(event)
     [statement] = result["policyDocument"]["Statement"]
-    assert statement == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": METHOD_ARN}
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": [METHOD_ARN]}
     assert "context" not in result  # a refused caller's claims go nowhere
 
 
@@ -100,7 +100,7 @@ def test_good_token_is_allowed_with_identity_context() -> None:
     # THEN it allows $connect on the method ARN and passes the verified identity on
     assert result["principalId"] == "user-77"
     [statement] = result["policyDocument"]["Statement"]
-    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": METHOD_ARN}
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": [METHOD_ARN]}
     context = result["context"]
     assert all(isinstance(value, str | int | bool) for value in context.values())
     assert context["user_id"] == "user-77"

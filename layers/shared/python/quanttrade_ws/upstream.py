@@ -11,6 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, StreamType
@@ -189,8 +190,9 @@ FILTERS_BY_STREAM: dict[StreamType, dict[str, str]] = {
 }
 
 
-class UpstreamEvent(BaseModel):
-    """An EventBridge event as it arrives in the SQS body."""
+class UpstreamEvent(EventBridgeModel):
+    """An EventBridge event as it arrives in the SQS body: Powertools' envelope (version, account,
+    region, resources, replay-name, ...) with this service's bounds on its texts and a typed detail."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
