@@ -1,8 +1,11 @@
-"""The shared package's observability: no side effects at import, metrics published once per invocation."""
+"""The shared package's observability: no side effects at import, one Logger with the correlation id for
+handlers and domain, metrics published once per invocation."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 import warnings
@@ -10,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from quanttrade_ws import fanout, observability, topology
 from quanttrade_ws.observability import metrics, publish_metrics
+from tests.lambda_events import LambdaContext
 
 
 def test_importing_the_shared_package_changes_neither_the_environment_nor_the_warning_filters() -> None:
@@ -68,3 +73,29 @@ def test_the_metrics_of_a_failing_invocation_are_still_published(
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["ConnectionsOpened"] == [1.0]
     assert not metrics.metric_set
+
+
+def test_a_domain_line_carries_the_invocations_correlation_id_and_the_stacks_service_name() -> None:
+    # GIVEN the one Logger's output captured as the Lambda runtime would see it
+    powertools = logging.getLogger(observability.SERVICE)
+    formatter = next(h.formatter for h in powertools.handlers if h.formatter is not None)
+    stream = io.StringIO()
+    capture = logging.StreamHandler(stream)
+    capture.setFormatter(formatter)
+    powertools.addHandler(capture)
+
+    # and a handler whose domain code logs
+    @observability.logger.inject_lambda_context(correlation_id_path="requestContext.connectionId")
+    def handler(event: dict[str, Any], context: Any) -> None:
+        fanout.logger.warning("could not close an unreachable connection")
+
+    # WHEN it is invoked for a connection
+    try:
+        handler({"requestContext": {"connectionId": "conn-1="}}, LambdaContext())
+    finally:
+        powertools.removeHandler(capture)
+    # THEN the domain's line is structured, with the connection id as correlation id and the stack's service name
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["message"] == "could not close an unreachable connection"
+    assert line["correlation_id"] == "conn-1="
+    assert line["service"] == topology.SERVICE_NAME

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 import zlib
 from collections import defaultdict
@@ -35,6 +34,7 @@ from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
 from quanttrade_ws.models import Subscription
+from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.store import DynamoStore
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-logger = logging.getLogger(__name__)
 
 # Large audiences are split by a stable hash of the connection id, so a
 # connection is always in the same delivery group of a stream and its messages

@@ -10,14 +10,21 @@ need. The query string never reaches a log line: it carries the access token.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
 
-SERVICE = "websocket"
-NAMESPACE = "QuantTrade"
+from quanttrade_ws import topology
 
+# The stack sets both variables from topology on every function; where they are unset (the tests,
+# a function run by hand) the same constants apply, so a line or metric never says "service_undefined".
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or topology.SERVICE_NAME
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or topology.METRICS_NAMESPACE
+
+# The one Logger of handlers and domain alike: every line, wherever it is written, carries the
+# invocation's correlation id (the connection id) that the handler's decorator sets.
 logger = Logger(service=SERVICE, log_uncaught_exceptions=False)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 

@@ -7,15 +7,12 @@ use, so a function only pays (at cold start) for the clients it touches.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
-
-logger = logging.getLogger(__name__)
 
 
 class Runtime:
