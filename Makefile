@@ -32,7 +32,7 @@ $(NODE_STAMP): package.json package-lock.json
 dev: $(STAMP) $(NODE_STAMP)
 	$(PY) -m local dev
 
-## test: the static checks (ruff lint and format, mypy on the shared package), then every suite
+## test: the static checks (ruff lint and format, mypy on the shared package and the handlers), then every suite
 ## (unit, integration, infra, e2e with a real browser)
 test: $(STAMP) $(NODE_STAMP)
 	bash scripts/ensure_chromium.sh
@@ -55,7 +55,7 @@ infra-test: $(STAMP) $(NODE_STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy layers/shared/python/quanttrade_ws
+	$(PY) -m mypy layers/shared/python/quanttrade_ws handlers
 
 ## bench: figures, printed and written to bench/results.json (not pass/fail)
 bench: $(STAMP) $(NODE_STAMP)
