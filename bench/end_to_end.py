@@ -47,9 +47,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "layers", "shared", "python")
-if SHARED not in sys.path:
-    # `python -m bench...` from the repository root finds `bench` and `local`, not the layer's package.
-    sys.path.insert(0, SHARED)
 
 SECRET = "bench-end-to-end-secret-at-least-32-bytes-long"
 SYMBOL = "BENCH"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500, help="GetItem calls per path (default 500)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
     import boto3
     from botocore.config import Config
 

@@ -13,7 +13,6 @@ nothing passes or fails.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +79,6 @@ DENIED_CODES = {"AccessDeniedException", "AccessDenied"}
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
     import boto3
     from botocore.config import Config
     from botocore.exceptions import ClientError

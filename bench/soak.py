@@ -55,13 +55,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / "layers" / "shared" / "python"
-if str(SHARED) not in sys.path:
-    sys.path.insert(0, str(SHARED))
+from bench import machine
+from bench.end_to_end import SECRET, ChildProcess, raise_fd_limit, stack_stats
 
-from bench import machine  # noqa: E402
-from bench.end_to_end import SECRET, ChildProcess, raise_fd_limit, stack_stats  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "soak-results.json"
 SYMBOLS = ("SOAKA", "SOAKB", "SOAKC", "SOAKD")

@@ -47,7 +47,13 @@ def test_the_pinned_cli_reads_the_cloud_assembly_this_aws_cdk_lib_writes() -> No
 def _make_dry_run(*args: str) -> list[list[str]]:
     """The recipe lines `make -n` would run, as argument lists; prerequisites are taken as built."""
     completed = subprocess.run(
-        ["make", "-n", "--always-make", "-o", ".venv/.installed", "-o", "node_modules/.package-lock.json", *args],
+        [
+            "make",
+            "-n",
+            "--always-make",
+            *("-o", ".venv/.installed", "-o", ".venv/.dev-paths", "-o", "node_modules/.package-lock.json"),
+            *args,
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
