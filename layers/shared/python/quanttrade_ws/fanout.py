@@ -1,21 +1,10 @@
 """Fan-out: upstream events to exactly the clients that asked for them.
 
-One SQS batch of events becomes, per event, a place in its stream (seq), an
-audience (subscribers of the stream and of its stream type, plus members of the
-event's data room, each connection once, filters and intervals applied), and
-then one post per connection for the whole batch (several messages as one
-`batch` message). Large audiences go out as delivery chunks on a second queue.
-
-Acknowledgement rule: a record is acknowledged only when each of its messages
-was delivered, deliberately dropped (filter, interval, gone connection), or
-handed to a durable queue (delivery chunks, dead letters).
-
-Order rule: the events queue is FIFO with one message group per source. A
-record that cannot be delivered fails together with every later record of its
-group, so SQS redelivers them in their order; a redelivered event keeps its seq
-and clients drop what they already have. On the last receive before the DLQ a
-connection that still cannot be reached is closed instead: its client resumes
-and replays the message from the stream's history, and the group moves on.
+One SQS batch of events becomes, per event, a place in its stream (seq) and an
+audience, then one post per connection for the whole batch; large audiences go
+out as delivery chunks on a second queue. Why a record is acknowledged only
+when each of its messages is delivered, dropped on purpose or durably queued,
+and how FIFO order survives failures: docs/adr/0001-fan-out-acknowledgement-and-order.md.
 """
 
 from __future__ import annotations

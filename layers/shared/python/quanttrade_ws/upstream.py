@@ -42,7 +42,7 @@ class _Detail(BaseModel):
 
     @property
     def data_room(self) -> str | None:
-        """The seed's data room that also receives this event, if any."""
+        """The data room (`market_data_AAPL`, `predictions_TSLA`, `alerts`) whose members also receive this event."""
         return None
 
     def passes(self, filters: dict[str, str]) -> bool:
