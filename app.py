@@ -14,19 +14,13 @@ infra/layers_build.py.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent
-# The stack reads the service topology and settings model from the shared
-# layer's package, the same code the functions run.
-for entry in (REPO_ROOT, REPO_ROOT / "layers" / "shared" / "python"):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
-
-from infra.application import create_app  # noqa: E402
-from infra.context import ContextError  # noqa: E402
-from infra.layers_build import DepsLayerUnavailable  # noqa: E402
-from infra.package_size import PackageTooLarge, report  # noqa: E402
+# The stack reads the service topology and settings model from the shared layer's package, the
+# same code the functions run: the development environment has it on its path (make's venv).
+from infra.application import create_app
+from infra.context import ContextError
+from infra.layers_build import DepsLayerUnavailable
+from infra.package_size import PackageTooLarge, report
 
 
 def _cli_context(argv: list[str]) -> dict[str, str]:

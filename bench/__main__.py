@@ -29,13 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / "layers" / "shared" / "python"
-if str(SHARED) not in sys.path:
-    # The shared package is a Lambda layer, not an installed distribution: put it where Lambda puts /opt/python.
-    sys.path.insert(0, str(SHARED))
+from bench import machine
 
-from bench import machine  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 # Cold start first, on a quiet machine; end to end last, as it is the longest and the busiest.
 ORDER = ("cold_start", "lambda_runtime", "delivery_worker", "dynamodb_work", "cost", "end_to_end")

@@ -37,9 +37,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "layers", "shared", "python")
-if SHARED not in sys.path:
-    # `python -m bench.delivery_worker` from the repository root finds `bench` and `local`, not the layer's package.
-    sys.path.insert(0, SHARED)
 
 REGION = "us-east-1"
 BATCH = 1000  # the fan-out's delivery chunk size (Settings.chunk_size)

@@ -27,7 +27,10 @@ def _record(symbol: str, index: int) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
         "detail-type": "MarketData",
         "source": "quanttrade.market-data",
+        "account": "123456789012",
         "time": now,
+        "region": "us-east-1",
+        "resources": [],
         "detail": {"symbol": symbol, "price": 100 + index, "volume": 10, "timestamp": now},
     }
     return {"messageId": str(uuid.uuid4()), "body": json.dumps(event), "attributes": {"MessageGroupId": "market-data"}}
@@ -37,12 +40,11 @@ def _measure(bystanders: int) -> dict[str, float]:
     import boto3
     from moto import mock_aws
 
+    from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
     from quanttrade_ws.auth import Identity
     from quanttrade_ws.config import Settings
-    from quanttrade_ws.fanout import CountingMetrics, FanOut
-    from quanttrade_ws.gateway import InMemoryGateway
+    from quanttrade_ws.fanout import FanOut
     from quanttrade_ws.models import Connection, Subscription
-    from quanttrade_ws.queues import InMemorySender
     from quanttrade_ws.store import DynamoStore
     from tests.provision import provision
 

@@ -47,9 +47,6 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "layers", "shared", "python")
-if SHARED not in sys.path:
-    # `python -m bench...` from the repository root finds `bench` and `local`, not the layer's package.
-    sys.path.insert(0, SHARED)
 
 SECRET = "bench-end-to-end-secret-at-least-32-bytes-long"
 SYMBOL = "BENCH"
@@ -110,13 +107,10 @@ async def _until_stdin_closes() -> None:
 
 async def _serve_stack(options: dict[str, Any]) -> None:
     import logging
-    import warnings
 
     from local.stack import LocalStack, StackConfig, configure_logging
 
     configure_logging(options.pop("component_log_level", "WARNING"))
-    # Neither says anything a benchmark can act on (metrics are off locally by design).
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     config = StackConfig(host="127.0.0.1", gateway_port=0, moto_port=0, jwt_secret=SECRET, dashboard=False, **options)
     stack = LocalStack(config)
@@ -384,7 +378,7 @@ class ClientPool:
 
         url = self.url
         if self.token_secret is not None:
-            from quanttrade_ws.auth import mint_token
+            from local.tokens import mint_token
 
             # One user per client: the service limits new connections per user and minute.
             url = f"{url}?token={mint_token(self.token_secret, f'bench-{index:05d}-{os.urandom(3).hex()}')}"

@@ -44,13 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / "layers" / "shared" / "python"
-if str(SHARED) not in sys.path:
-    sys.path.insert(0, str(SHARED))
+from bench import machine
+from bench.end_to_end import percentile, raise_fd_limit
 
-from bench import machine  # noqa: E402
-from bench.end_to_end import percentile, raise_fd_limit  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "results.json"
 OUTPUTS_FILE = ROOT / ".build" / "local" / "outputs.json"
@@ -199,7 +197,7 @@ class Tokens:
         self.key = secrets.get_secret_value(SecretId=outputs["LocalSigningKeySecretArn"])["SecretString"]
 
     def mint(self, user: str) -> str:
-        from quanttrade_ws.auth import mint_token
+        from local.tokens import mint_token
 
         # One user per client: the service limits new connections per user and minute.
         return mint_token(self.key, user, expires_in=86400)

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-from typing import Any
+
+from bench.moto_iam import ACCOUNT, REGION, TABLE, client
 
 ROOT = Path(__file__).resolve().parent.parent
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/Connections"
+# The same principal's world as bench.moto_iam's cases: one account, region and table.
 POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -39,9 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500, help="GetItem calls per path (default 500)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
-    import boto3
-    from botocore.config import Config
 
     from bench import machine
     from local.aws_endpoint import AwsFrontDoor
@@ -63,21 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         moto.client("dynamodb").put_item(TableName="Connections", Item=item)
         credentials = function.credentials
 
-        def client(endpoint: str, key_id: str, secret: str, token: str | None) -> Any:
-            make: Any = boto3.client
-            return make(
-                "dynamodb",
-                region_name=REGION,
-                endpoint_url=endpoint,
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-                aws_session_token=token,
-                config=Config(retries={"total_max_attempts": 1}),
-            )
-
-        direct = client(moto.endpoint_url, "testing", "testing", None)
+        direct = client("dynamodb", moto.endpoint_url, "testing", "testing", None)
         through = client(
-            door.endpoint_url, credentials.access_key_id, credentials.secret_key, credentials.session_token
+            "dynamodb", door.endpoint_url, credentials.access_key_id, credentials.secret_key, credentials.session_token
         )
         timings: dict[str, list[float]] = {"direct": [], "front_door": []}
         key = {"pk": {"S": "c1"}}

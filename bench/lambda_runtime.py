@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for entry in (ROOT / "layers" / "shared" / "python", ROOT):
-    if str(entry) not in sys.path:
-        sys.path.insert(0, str(entry))
-
-from local.deps_layer import runtime_provided  # noqa: E402
-from local.lambda_runtime import LambdaFunction  # noqa: E402
+from local.deps_layer import runtime_provided
+from local.lambda_runtime import LambdaFunction
 
 INVOCATIONS = 4000
 CALLERS = 64

@@ -13,7 +13,6 @@ nothing passes or fails.
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -79,10 +78,24 @@ CASES: list[tuple[str, str, str, str, dict[str, Any]]] = [
 DENIED_CODES = {"AccessDeniedException", "AccessDenied"}
 
 
-def main() -> int:
-    sys.path.insert(0, str(ROOT / "layers" / "shared" / "python"))
+def client(service: str, endpoint: str, key_id: str, secret: str, token: str | None) -> Any:
+    """A client of `service` at `endpoint` with these credentials, one attempt per call: a refusal is an answer."""
     import boto3
     from botocore.config import Config
+
+    make: Any = boto3.client  # any service by name: the stubs only type literal names
+    return make(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+def main() -> int:
     from botocore.exceptions import ClientError
 
     from local.aws_endpoint import AwsFrontDoor
@@ -103,18 +116,6 @@ def main() -> int:
         iam.create_user(UserName="bench-user")
         iam.put_user_policy(UserName="bench-user", PolicyName="bench", PolicyDocument=json.dumps(POLICY))
         key = iam.create_access_key(UserName="bench-user")["AccessKey"]
-
-        def client(service: str, endpoint: str, key_id: str, secret: str, token: str | None) -> Any:
-            make: Any = boto3.client  # any service by name: the stubs only type literal names
-            return make(
-                service,
-                region_name=REGION,
-                endpoint_url=endpoint,
-                aws_access_key_id=key_id,
-                aws_secret_access_key=secret,
-                aws_session_token=token,
-                config=Config(retries={"total_max_attempts": 1}),
-            )
 
         moto_clients = {
             service: client(service, moto.endpoint_url, key["AccessKeyId"], key["SecretAccessKey"], None)

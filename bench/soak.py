@@ -55,13 +55,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / "layers" / "shared" / "python"
-if str(SHARED) not in sys.path:
-    sys.path.insert(0, str(SHARED))
+from bench import machine
+from bench.end_to_end import SECRET, ChildProcess, raise_fd_limit, stack_stats
 
-from bench import machine  # noqa: E402
-from bench.end_to_end import SECRET, ChildProcess, raise_fd_limit, stack_stats  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 RESULTS = ROOT / "bench" / "soak-results.json"
 SYMBOLS = ("SOAKA", "SOAKB", "SOAKC", "SOAKD")
@@ -74,7 +72,7 @@ OPEN_TIMEOUT = 60.0
 
 
 def _token(user: str, **claims: Any) -> str:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     return mint_token(SECRET, user, **claims)
 
@@ -420,7 +418,7 @@ async def abuse_garbage(url: str) -> dict[str, Any]:
 
 
 async def abuse_tokens(url: str) -> dict[str, Any]:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     candidates = {
         "no_token": None,

@@ -21,7 +21,7 @@ from typing import Any
 
 import websockets
 
-from quanttrade_ws.auth import mint_token
+from local.tokens import mint_token
 
 REPLY_TIMEOUT = 30.0
 

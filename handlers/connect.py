@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from quanttrade_ws.auth import Identity
-from quanttrade_ws.observability import logger, metrics
+from quanttrade_ws.observability import logger, metrics, publish_metrics
 from quanttrade_ws.runtime import runtime
 from quanttrade_ws.service import ConnectRefused
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path="requestContext.connectionId", log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     request = event["requestContext"]

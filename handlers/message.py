@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from quanttrade_ws.observability import logger, metrics
+from quanttrade_ws.observability import logger, publish_metrics
 from quanttrade_ws.runtime import runtime
 
 
-@metrics.log_metrics
+@publish_metrics
 @logger.inject_lambda_context(correlation_id_path="requestContext.connectionId", log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     body = event.get("body")

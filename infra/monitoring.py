@@ -1,7 +1,7 @@
 """Alarms, their notification topic, and the operations dashboard.
 
 Custom metrics are the EMF metrics the handlers emit through Powertools in
-namespace `QuantTrade` with the dimension service=websocket.
+namespace `QuantTrade` with the dimension service=quanttrade-websocket (topology.SERVICE_NAME).
 
 Every alarm is meant to need a person: a refused token, a client over its
 limits or one throttle the SDK retried is not one. So the authorizer has no
@@ -26,10 +26,9 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from infra.functions import METRICS_NAMESPACE
 from quanttrade_ws import topology
 
-SERVICE_DIMENSION = {"service": "websocket"}
+SERVICE_DIMENSION = {"service": topology.SERVICE_NAME}
 # Everything the code emits; the dashboard shows each, some also alarm.
 CUSTOM_METRICS = (
     "Delivered",
@@ -57,7 +56,7 @@ INTEGRATION_ERROR_THRESHOLD = 10
 
 def custom_metric(name: str, *, statistic: str = "Sum", period: Duration = FIVE_MINUTES) -> cloudwatch.Metric:
     return cloudwatch.Metric(
-        namespace=METRICS_NAMESPACE,
+        namespace=topology.METRICS_NAMESPACE,
         metric_name=name,
         dimensions_map=SERVICE_DIMENSION,
         statistic=statistic,

@@ -90,10 +90,8 @@ def local_event_bus() -> str:
 
 
 def _quiet_development_warnings() -> None:
-    # The development secret is short on purpose and the handlers' metrics are disabled locally:
-    # neither warning says anything a developer can act on.
+    # The development secret is short on purpose: the warning says nothing a developer can act on.
     warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
-    warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 # ---------------------------------------------------------------------- dev
@@ -193,7 +191,8 @@ def _fault_lines(config: Any) -> list[str]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
+    from local.tokens import mint_token
+    from quanttrade_ws.auth import ALL_PERMISSIONS
 
     _quiet_development_warnings()
     permissions = args.permissions if args.permissions else list(ALL_PERMISSIONS)
@@ -419,10 +418,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
         try:
             parse_upstream_event(
                 {
+                    "version": "0",
                     "id": "check",
                     "source": entry["Source"],
                     "detail-type": entry["DetailType"],
+                    "account": "000000000000",
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "region": session.region_name or DEFAULT_REGION,
+                    "resources": [],
                     "detail": json.loads(entry["Detail"]),
                 }
             )
@@ -577,7 +580,7 @@ async def _keep_alive(connection: Any) -> None:
 
 
 def _mint_listen_token(user: str) -> str:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     _quiet_development_warnings()
     return mint_token(_secret(), user)

@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from local.background import BackgroundLoop
 from local.lambda_runtime import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.pump")
@@ -104,7 +105,7 @@ class PumpStats:
         }
 
 
-class QueuePump:
+class QueuePump(BackgroundLoop):
     """One event source mapping: a queue polled for one function, batches processed one at a time."""
 
     def __init__(
@@ -124,6 +125,7 @@ class QueuePump:
     ) -> None:
         if not 1 <= batch_size <= 10:
             raise ValueError("an SQS event source takes 1 to 10 records per batch here (ReceiveMessage's maximum)")
+        super().__init__()
         self.function = function
         self.queue_url = queue_url
         self.queue_arn = queue_arn
@@ -138,8 +140,6 @@ class QueuePump:
         self._sqs_factory = sqs_factory
         self._sqs: Any = None
         self._io: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
         self._blocked_until = 0.0
         self._releases: list[tuple[float, list[str]]] = []  # (when, receipt handles) of failed FIFO records
         self._sequence_numbers: OrderedDict[str, str] = OrderedDict()
@@ -149,16 +149,14 @@ class QueuePump:
     # ------------------------------------------------------------------ lifecycle
 
     @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+    def task_name(self) -> str:
+        return f"pump-{self.function.name}"
 
     def start(self) -> None:
-        if self.running:
-            return
-        self._stopping.clear()
-        # boto3 calls block; a private thread keeps a long poll from occupying a worker of the loop's default pool.
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pump-{self.function.name}")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"pump-{self.function.name}")
+        if not self.running:
+            # boto3 calls block; a private thread keeps a long poll from occupying a worker of the loop's default pool.
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.task_name)
+        super().start()
 
     async def stop(self) -> None:
         """Finish the batch in hand (a received batch is never abandoned in flight), then stop polling."""

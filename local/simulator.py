@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from local.background import BackgroundLoop
 from quanttrade_ws import topology
 
 logger = logging.getLogger("quanttrade.local.simulator")
@@ -160,7 +161,7 @@ class SimulatorRates:
         return SimulatorRates(**{name: value * factor for name, value in self.__dict__.items()})
 
 
-class MarketSimulator:
+class MarketSimulator(BackgroundLoop):
     """Publishes the model's events to the bus at the configured rates until stopped.
 
     `events_factory` builds the boto3 EventBridge client (called in the
@@ -180,6 +181,7 @@ class MarketSimulator:
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
+        super().__init__()
         self.rates = SimulatorRates().scaled(rate / SimulatorRates().market_data)
         self.model = MarketModel(symbols, seed)
         self.event_bus_name = event_bus_name
@@ -190,8 +192,6 @@ class MarketSimulator:
         self._events: Any = None
         self._tick_credit = 0.0
         self._symbol_turn = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     # ------------------------------------------------------------------ what to publish
 
@@ -253,15 +253,7 @@ class MarketSimulator:
 
     # ------------------------------------------------------------------ running
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        if self.running:
-            return
-        self._stopping.clear()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="market-simulator")
+    task_name = "market-simulator"
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop publishing; a PutEvents still waiting on a saturated endpoint after `timeout` is left behind

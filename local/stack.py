@@ -61,7 +61,8 @@ from local.principals import Principal, Principals
 from local.pump import QueuePump
 from local.signed_http import PRINCIPAL_KEY, require_invoke
 from local.simulator import MarketSimulator
-from quanttrade_ws.auth import ALL_PERMISSIONS, mint_token
+from local.tokens import mint_token
+from quanttrade_ws.auth import ALL_PERMISSIONS
 from quanttrade_ws.config import Settings
 
 logger = logging.getLogger("quanttrade.local.stack")

@@ -22,9 +22,6 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
-# Runs as a plain script (`make asyncapi`), so the shared layer is not on the path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layers" / "shared" / "python"))
-
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema

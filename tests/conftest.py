@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier, mint_token
+from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
+from local.tokens import mint_token
+from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
-from quanttrade_ws.fanout import CountingMetrics, FanOut
-from quanttrade_ws.gateway import InMemoryGateway
-from quanttrade_ws.queues import InMemorySender
+from quanttrade_ws.fanout import FanOut
 from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore
 from tests.provision import provision
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret"
 SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
@@ -28,6 +30,12 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+# A Python child of the session (a script the tests run, `python app.py`) imports this tree, as the
+# session does through pyproject's pytest paths, whatever checkout the venv's own paths name.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / root) for root in ("", "layers/shared/python", "clients/python")]
+    + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 class Clock:

@@ -102,7 +102,10 @@ def _run_app(outdir: Path, context: Mapping[str, str], root: Path) -> None:
     command = [sys.executable, str(root / "app.py")]
     for key, value in context.items():
         command += ["-c", f"{key}={value}"]
-    env = {**os.environ, "CDK_OUTDIR": str(outdir)}
+    # The tree's own import roots, as the development environment's path has them (make's venv):
+    # this tree's shared package, whichever checkout the venv was made for.
+    roots = [str(root), str(root / "layers" / "shared" / "python"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "CDK_OUTDIR": str(outdir), "PYTHONPATH": os.pathsep.join(filter(None, roots))}
     try:
         completed = subprocess.run(
             command, cwd=root, env=env, capture_output=True, text=True, timeout=SYNTH_TIMEOUT_SECONDS, check=False

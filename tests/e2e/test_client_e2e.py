@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-from local.stack import LocalStack
-from tests.e2e.conftest import eventually
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-
 from quanttrade_client import (
     AuthFailed,
     Forbidden,
@@ -41,6 +33,9 @@ from quanttrade_client import (
     SubscriptionLimit,
     UnknownAction,
 )
+
+from local.stack import LocalStack
+from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 

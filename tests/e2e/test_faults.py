@@ -44,14 +44,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from quanttrade_client import QuantTradeClient
 
 from local.gateway import LocalGateway
 from local.lambda_runtime import LambdaFunction
@@ -59,10 +58,6 @@ from local.pump import BatchOutcome, QueuePump
 from local.stack import LocalStack
 from quanttrade_ws import topology
 from tests.e2e.conftest import eventually, unpack
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-
-from quanttrade_client import QuantTradeClient
 
 pytestmark = pytest.mark.e2e
 

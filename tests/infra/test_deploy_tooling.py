@@ -47,7 +47,13 @@ def test_the_pinned_cli_reads_the_cloud_assembly_this_aws_cdk_lib_writes() -> No
 def _make_dry_run(*args: str) -> list[list[str]]:
     """The recipe lines `make -n` would run, as argument lists; prerequisites are taken as built."""
     completed = subprocess.run(
-        ["make", "-n", "--always-make", "-o", ".venv/.installed", "-o", "node_modules/.package-lock.json", *args],
+        [
+            "make",
+            "-n",
+            "--always-make",
+            *("-o", ".venv/.installed", "-o", ".venv/.dev-paths", "-o", "node_modules/.package-lock.json"),
+            *args,
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -118,10 +124,14 @@ def _publish_calls(section: str) -> list[tuple[str, str, dict[str, object]]]:
 def _as_received(source: str, detail_type: str, detail: object) -> dict[str, object]:
     """What the fan-out reads from SQS for an entry that PutEvents accepted."""
     return {
+        "version": "0",
         "id": "readme",
         "source": source,
         "detail-type": detail_type,
+        "account": "123456789012",
         "time": "2026-03-02T14:30:00Z",
+        "region": "us-east-1",
+        "resources": [],
         "detail": detail,
     }
 

@@ -71,6 +71,8 @@ def test_environment_carries_powertools_and_the_functions_resources(synth: Synth
         assert env["POWERTOOLS_SERVICE_NAME"] == "quanttrade-websocket"
         assert env["POWERTOOLS_METRICS_NAMESPACE"] == "QuantTrade"
         assert env["POWERTOOLS_LOG_LEVEL"] == "INFO"
+        # the shared package sets nothing at import: the cold-start setting travels in the environment
+        assert env["PYDANTIC_DISABLE_PLUGINS"] == "1"
         for table in topology.TABLES:
             assert env[table.env_var] == {"Ref": synth.logical_id(synth.stack.tables[table])}
         for queue in declared.sends_to:

@@ -55,7 +55,7 @@ def test_errors_alarm_for_every_function_but_the_authorizer(synth: Synth) -> Non
 def test_unexpected_authorizer_failures_alarm_on_the_first_one(synth: Synth) -> None:
     # The metric the authorizer emits only when it is at fault, never for a refusal.
     (alarm,) = _alarms_on(synth, "AuthorizerFailures", "QuantTrade")
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": "websocket"}]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "quanttrade-websocket"}]
     assert (alarm["Statistic"], alarm["Threshold"]) == ("Sum", 1)
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert not _alarms_on(synth, "AuthorizerDenied", "QuantTrade")  # refusals never page
@@ -104,7 +104,7 @@ def test_every_alarm_is_named_for_its_stage(synth: Synth) -> None:
 def test_custom_delivery_metrics_are_alarmed(synth: Synth) -> None:
     for name in ("DeliveryFailed", "Throttled", "InternalErrors"):
         (alarm,) = _alarms_on(synth, name, "QuantTrade")
-        assert alarm["Dimensions"] == [{"Name": "service", "Value": "websocket"}]
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "quanttrade-websocket"}]
         assert alarm["Statistic"] == "Sum"
 
 

@@ -1,11 +1,34 @@
-"""The synthesized cloud assembly, once per session, for the tests that run what the template declares."""
+"""Integration fixtures and helpers: the synthesized cloud assembly, once per session, for the tests
+that run what the template declares, and the readers the service tests share (a connection's row,
+what it received, the error code of a reply)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from infra.layers_build import BUILD_DIR, DepsLayerUnavailable, ensure_deps_layer
 from local.cloud import CloudAssembly, synthesize
+from quanttrade_ws.models import Connection
+from tests.conftest import Wired
+
+
+def connection_of(wired: Wired, connection_id: str) -> Connection:
+    """The connection's stored row; fails the test when there is none."""
+    found = wired.store.get_connection(connection_id)
+    assert found is not None, f"no connection row for {connection_id}"
+    return found
+
+
+def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
+    """Everything the connection received, decoded."""
+    return wired.gateway.messages(connection_id)
+
+
+def error_code(message: dict[str, Any]) -> str | None:
+    """The error code of an `error` message; None for any other message."""
+    return message["payload"].get("error_code") if message["message_type"] == "error" else None
 
 
 @pytest.fixture(scope="session")

@@ -10,22 +10,10 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.models import Connection
 from quanttrade_ws.protocol import ACTION_COSTS, ErrorCode
 from tests.conftest import Clock, Wired
+from tests.integration.conftest import connection_of, received
 from tests.provision import provision
-
-
-def connection_of(wired: Wired, connection_id: str) -> Connection:
-    found = wired.store.get_connection(connection_id)
-    assert found is not None, f"no connection row for {connection_id}"
-    return found
-
-
-def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
-    """Everything the connection received, decoded."""
-    return wired.gateway.messages(connection_id)
-
 
 # The shared fixture's test secret is shorter than PyJWT recommends; irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -33,10 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthW
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 ENVELOPE = {"message_id", "message_type", "payload", "timestamp", "source", "target", "room", "request_id"}
 ENVELOPE |= {"stream", "seq"}
-
-
-def error_code(message: dict[str, Any]) -> str | None:
-    return message["payload"].get("error_code") if message["message_type"] == "error" else None
 
 
 def assert_error(message: dict[str, Any], code: str, request_id: str | None = None) -> None:

@@ -7,22 +7,10 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
-from quanttrade_ws.models import Connection
 from quanttrade_ws.service import ConnectRefused
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Wired
-
-
-def connection_of(wired: Wired, connection_id: str) -> Connection:
-    found = wired.store.get_connection(connection_id)
-    assert found is not None, f"no connection row for {connection_id}"
-    return found
-
-
-def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
-    """Everything the connection received, decoded."""
-    return wired.gateway.messages(connection_id)
-
+from tests.integration.conftest import connection_of, received
 
 TWO_HOURS = 2 * 3600
 

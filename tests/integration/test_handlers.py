@@ -14,16 +14,14 @@ import handlers.connect
 import handlers.disconnect
 import handlers.message
 import handlers.sweeper
+from local.fakes import InMemoryGateway
+from quanttrade_ws import topology
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
 from tests.lambda_events import DOMAIN, LambdaContext, request_context
 from tests.provision import provision
-
-# Handlers flush metrics on every call; some calls publish none and Powertools warns about it.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 
 @pytest.fixture
@@ -105,7 +103,12 @@ def admin_event(route_key: str, path: str, path_parameters: dict[str, str] | Non
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "admin1234",
-            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "198.51.100.1"},
+            "http": {
+                "method": route_key.split(" ", 1)[0],
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "198.51.100.1",
+            },
             "requestId": "admin-req",
             "routeKey": route_key,
             "stage": "$default",
@@ -276,7 +279,8 @@ def test_sweeper_removes_connections_left_behind(rt: Runtime) -> None:
 
 def admin(route_key: str, path: str, **path_parameters: str) -> tuple[int, Any]:
     result = handlers.admin.handler(admin_event(route_key, path, path_parameters or None), LambdaContext())
-    assert result["headers"]["content-type"] == "application/json"
+    headers = {name.lower(): value for name, value in result["headers"].items()}
+    assert headers["content-type"] == "application/json"
     return result["statusCode"], json.loads(result["body"])
 
 
@@ -322,9 +326,52 @@ def test_admin_stats(rt: Runtime) -> None:
 
 
 def test_admin_unknown_connection_and_route_are_404(rt: Runtime) -> None:
-    assert admin("GET /connections/{connection_id}", "/connections/nope", connection_id="nope")[0] == 404
+    assert admin("GET /connections/{connection_id}", "/connections/nope", connection_id="nope") == (
+        404,
+        {"message": "no connection nope"},
+    )
     assert admin("GET /rooms/{room}/members", "/rooms/bad%20room/members", room="bad room")[0] == 404
     assert admin("DELETE /everything", "/everything")[0] == 404
+
+
+def test_admin_path_parameters_are_api_gateways_decoded_values(rt: Runtime) -> None:
+    # GIVEN a connection whose id ends in `=`, as API Gateway's ids do
+    open_connection(rt, "conn-1=")
+    # WHEN an operator asks for it, the id percent-encoded in the raw path
+    status, body = admin("GET /connections/{connection_id}", "/connections/conn-1%3D", connection_id="conn-1=")
+    # THEN the connection is found
+    assert status == 200
+    assert body["connection_id"] == "conn-1="
+
+
+NAMING_NOTHING = {"connection_id": "nobody", "room": "nowhere"}
+
+
+def test_every_admin_route_the_stack_declares_reaches_a_query(rt: Runtime) -> None:
+    # GIVEN the routes the HTTP API declares, with parameters that name nothing
+    for route_key in topology.ADMIN_ROUTES:
+        path = route_key.split(" ", 1)[1]
+        used = {name: value for name, value in NAMING_NOTHING.items() if "{" + name + "}" in path}
+        for name, value in used.items():
+            path = path.replace("{" + name + "}", value)
+        # WHEN each is called
+        status, body = admin(route_key, path, **used)
+        # THEN a query answered it (the router's own 404 says only "Not found")
+        assert body.get("message") != "Not found", route_key
+        assert status in (200, 404), route_key
+
+
+def test_a_bug_in_an_admin_query_fails_the_invocation_instead_of_answering_404(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a query that hits a KeyError (a bug, not a missing connection)
+    def broken(self: object, connection_id: str) -> dict[str, Any]:
+        return {}["connection_id"]
+
+    monkeypatch.setattr("quanttrade_ws.admin.AdminQueries.connection", broken)
+    # WHEN an operator asks for a connection THEN the error surfaces (API Gateway answers 500)
+    with pytest.raises(KeyError):
+        admin("GET /connections/{connection_id}", "/connections/a", connection_id="a")
 
 
 def test_connect_and_disconnect_need_no_management_endpoint(

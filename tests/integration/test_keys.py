@@ -10,9 +10,10 @@ import jwt
 import pytest
 from moto import mock_aws
 
-from quanttrade_ws.auth import AuthError, Session, mint_token
+from local.fakes import InMemoryGateway
+from local.tokens import mint_token
+from quanttrade_ws.auth import AuthError, Session
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.runtime import Runtime
 
 FIRST = "first-access-key-0123456789abcdef-0123456789abcdef"

@@ -24,16 +24,13 @@ import handlers.authorizer
 import handlers.connect
 import handlers.disconnect
 import handlers.message
-from quanttrade_ws.auth import mint_token
+from local.fakes import InMemoryGateway
+from local.tokens import mint_token
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import InMemoryGateway
 from quanttrade_ws.observability import SERVICE
 from quanttrade_ws.runtime import Runtime
 from tests.lambda_events import API_ID, DOMAIN, LambdaContext, request_context
 from tests.provision import provision
-
-# Handlers flush metrics on every call; some calls publish none and Powertools warns about it.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 SECRET = "log-hygiene-secret-0123456789abcdef"
 OTHER_SECRET = "not-the-service-secret-0123456789abc"

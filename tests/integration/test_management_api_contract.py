@@ -14,7 +14,8 @@ from typing import Protocol
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from quanttrade_ws.gateway import ConnectionGateway, GatewayError, InMemoryGateway, Post
+from local.fakes import InMemoryGateway
+from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.management_api import ManagementApiGateway
 from tests.unit.test_management_api import ScriptedServer
 

@@ -1,9 +1,11 @@
-"""The moto server the local stack runs delivers every event to its rule's queue, each with its own content,
-although each input path is parsed only once."""
+"""The moto server the local stack runs delivers every event to its rule's queue, each with its own content
+and the whole envelope (the account included), although each input path is parsed only once."""
 
 from __future__ import annotations
 
 import json
+
+from moto.core import DEFAULT_ACCOUNT_ID
 
 from local.moto_server import MotoServer
 
@@ -31,3 +33,4 @@ def test_events_reach_the_rules_queue_each_with_its_own_detail() -> None:
             bodies += [json.loads(m["Body"]) for m in received.get("Messages", [])]
         assert sorted(body["detail"]["n"] for body in bodies) == [0, 1, 2]
         assert {(body["source"], body["detail-type"]) for body in bodies} == {("s", "T")}
+        assert {body["account"] for body in bodies} == {DEFAULT_ACCOUNT_ID}

@@ -14,6 +14,7 @@ from local.moto_server import MotoServer
 from quanttrade_ws import topology
 from quanttrade_ws.protocol import KNOWN_ACTIONS, ErrorCode, ProtocolError, parse_client_frame
 from quanttrade_ws.upstream import DETAILS_BY_TYPE, parse_upstream_event
+from tests.integration import events_builder as eb
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
@@ -159,14 +160,7 @@ def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_li
     for entry in entries:
         assert entry["Source"] == sources[entry["DetailType"]]
         assert entry["EventBusName"] == bus
-        event = {
-            "id": "x",
-            "source": entry["Source"],
-            "detail-type": entry["DetailType"],
-            "time": "2026-03-02T14:30:00Z",
-            "detail": json.loads(entry["Detail"]),
-        }
-        parse_upstream_event(event)
+        parse_upstream_event(eb.eventbridge_event(entry["DetailType"], json.loads(entry["Detail"])))
     ticks = [json.loads(e["Detail"]) for e in entries if e["DetailType"] == "MarketData"]
     assert len(ticks) == 3600  # 6 a second
     assert all(t["bid"] < t["ask"] and t["bid"] <= t["price"] <= t["ask"] for t in ticks)

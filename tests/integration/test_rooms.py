@@ -11,28 +11,12 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.models import Connection
 from quanttrade_ws.store import ROOM_META, Outcome
 from tests.conftest import Clock, Wired
+from tests.integration.conftest import connection_of, error_code, received
 from tests.provision import provision
 
-
-def connection_of(wired: Wired, connection_id: str) -> Connection:
-    found = wired.store.get_connection(connection_id)
-    assert found is not None, f"no connection row for {connection_id}"
-    return found
-
-
-def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
-    """Everything the connection received, decoded."""
-    return wired.gateway.messages(connection_id)
-
-
 MEMBER = ("rooms:join", "rooms:send")
-
-
-def error_code(message: dict[str, Any]) -> str | None:
-    return message["payload"].get("error_code") if message["message_type"] == "error" else None
 
 
 def count_item(wired: Wired, room: str) -> int:

@@ -11,20 +11,8 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import Session, SessionTokens
-from quanttrade_ws.models import Connection
 from tests.conftest import Wired
-
-
-def connection_of(wired: Wired, connection_id: str) -> Connection:
-    found = wired.store.get_connection(connection_id)
-    assert found is not None, f"no connection row for {connection_id}"
-    return found
-
-
-def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
-    """Everything the connection received, decoded."""
-    return wired.gateway.messages(connection_id)
-
+from tests.integration.conftest import connection_of, received
 
 # The shared fixture's test secret is shorter than PyJWT recommends; irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -191,7 +179,7 @@ def test_refresh_with_an_expired_token_fails(real_time: Wired) -> None:
 
 
 def test_refresh_with_a_forged_token_fails(real_time: Wired) -> None:
-    from quanttrade_ws.auth import mint_token
+    from local.tokens import mint_token
 
     wired = real_time
     wired.connect("c1", expires_in=30)

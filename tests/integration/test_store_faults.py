@@ -31,6 +31,7 @@ from quanttrade_ws.protocol import subscription_cost
 from quanttrade_ws.rooms import RoomKind, room_kind
 from quanttrade_ws.store import CONDITION_FAILED, ROOM_META, SEAT_PREFIX, Outcome
 from tests.conftest import Clock, Wired
+from tests.integration.conftest import error_code
 from tests.provision import provision
 
 TRANSACT = "TransactWriteItems"
@@ -146,10 +147,6 @@ def assert_counters_equal_rows(wired: Wired) -> None:
 
 def subscribe(*symbols: str) -> dict[str, Any]:
     return {"action": "subscribe", "streams": [{"stream_type": "market_data", "symbol": s} for s in symbols]}
-
-
-def error_code(reply: dict[str, Any]) -> str | None:
-    return reply["payload"].get("error_code") if reply["message_type"] == "error" else None
 
 
 RETRYABLE_REASONS = ["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"]

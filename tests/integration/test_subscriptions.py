@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from quanttrade_ws.models import Connection, StreamHead, Subscription
+from quanttrade_ws.models import StreamHead, Subscription
 from quanttrade_ws.protocol import (
     WILDCARD_SUBSCRIPTION_COST,
     MessageType,
@@ -21,21 +21,7 @@ from quanttrade_ws.service import ActionContext
 from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION
 from tests.conftest import Wired
 from tests.dynamo_calls import DynamoCalls
-
-
-def connection_of(wired: Wired, connection_id: str) -> Connection:
-    found = wired.store.get_connection(connection_id)
-    assert found is not None, f"no connection row for {connection_id}"
-    return found
-
-
-def received(wired: Wired, connection_id: str) -> list[dict[str, Any]]:
-    """Everything the connection received, decoded."""
-    return wired.gateway.messages(connection_id)
-
-
-def error_code(message: dict[str, Any]) -> str | None:
-    return message["payload"].get("error_code") if message["message_type"] == "error" else None
+from tests.integration.conftest import connection_of, error_code, received
 
 
 def subscribe(*streams: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:

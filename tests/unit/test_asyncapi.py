@@ -214,10 +214,14 @@ def _event(detail_type: str, source: str, detail: dict[str, Any]) -> dict[str, A
         "messageId": uuid.uuid4().hex,
         "body": json.dumps(
             {
+                "version": "0",
                 "id": str(uuid.uuid4()),
                 "source": source,
                 "detail-type": detail_type,
+                "account": "123456789012",
                 "time": "2026-01-05T14:30:00Z",
+                "region": "us-east-1",
+                "resources": [],
                 "detail": detail,
             }
         ),

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from local.tokens import mint_token
 from quanttrade_ws.auth import (
     ALL_PERMISSIONS,
     AuthError,
@@ -23,7 +24,6 @@ from quanttrade_ws.auth import (
     SessionTokens,
     TokenVerifier,
     identity_from_claims,
-    mint_token,
     secrets_manager_versions,
 )
 from quanttrade_ws.config import Settings

@@ -11,15 +11,13 @@ import jwt
 import pytest
 
 from handlers import authorizer
+from local.tokens import mint_token
 from quanttrade_ws import runtime as runtime_module
-from quanttrade_ws.auth import Identity, KeyUnavailable, TokenVerifier, mint_token
+from quanttrade_ws.auth import Identity, KeyUnavailable, TokenVerifier
 from tests.jwks import serve_jwks
 from tests.lambda_events import LambdaContext
 
 SECRET = "authorizer-test-secret-0123456789abcdef"
-# A refused token publishes no metric of its own; Powertools warns about the empty flush.
-pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
 METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/production/$connect"
 
 
@@ -84,7 +82,7 @@ def unauthorized(event: dict[str, Any]) -> None:
     so Lambda counts no error and no alarm fires for a client's stale token."""
     result = invoke(event)
     [statement] = result["policyDocument"]["Statement"]
-    assert statement == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": METHOD_ARN}
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": [METHOD_ARN]}
     assert "context" not in result  # a refused caller's claims go nowhere
 
 
@@ -102,7 +100,7 @@ def test_good_token_is_allowed_with_identity_context() -> None:
     # THEN it allows $connect on the method ARN and passes the verified identity on
     assert result["principalId"] == "user-77"
     [statement] = result["policyDocument"]["Statement"]
-    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": METHOD_ARN}
+    assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": [METHOD_ARN]}
     context = result["context"]
     assert all(isinstance(value, str | int | bool) for value in context.values())
     assert context["user_id"] == "user-77"

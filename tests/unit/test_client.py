@@ -11,25 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-
-from quanttrade_ws import protocol
-from quanttrade_ws.protocol import ErrorCode, MessageType, ProtocolError, ServerMessage, error_message, pack_batches
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python"))
-
 import quanttrade_client
 from quanttrade_client import (
     ERRORS_BY_CODE,
@@ -43,6 +32,12 @@ from quanttrade_client import (
     backoff_delay,
 )
 from quanttrade_client.ordering import StreamOrder
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from quanttrade_ws import protocol
+from quanttrade_ws.protocol import ErrorCode, MessageType, ProtocolError, ServerMessage, error_message, pack_batches
 
 STREAM = "market_data:AAPL"
 WAIT = 5.0

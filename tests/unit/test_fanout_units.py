@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
+from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.fanout import CountingMetrics, FanOut, TtlCache
-from quanttrade_ws.gateway import InMemoryGateway
+from quanttrade_ws.fanout import FanOut, TtlCache
 from quanttrade_ws.models import Subscription
-from quanttrade_ws.queues import InMemorySender
 from quanttrade_ws.upstream import parse_upstream_event
 from tests.integration import events_builder as eb
 
@@ -380,6 +379,20 @@ def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout:
     assert eb.failures(response) == []
     assert gateway(fanout).closed == ["x"]
     assert fanout.metrics.totals["UndeliverableClosed"] == 1  # type: ignore[attr-defined]
+
+
+def test_a_batch_whose_every_chunk_failed_answers_with_all_of_them(fanout: FanOut):
+    # GIVEN two chunks of different groups, both for a failing connection
+    gateway(fanout).connect("x")
+    gateway(fanout).failing.add("x")
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="market_data:AAPL#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["x"]}), group="alerts#1"),
+    ]
+    # WHEN processed
+    response = fanout.process_chunks(records)
+    # THEN the invocation does not fail: both are reported for redelivery
+    assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
 
 
 def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):

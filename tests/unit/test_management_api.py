@@ -28,7 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import ReadOnlyCredentials
 
-from quanttrade_ws import management_api
+from quanttrade_ws import management_api, observability
 from quanttrade_ws.gateway import GatewayError, Post
 from quanttrade_ws.management_api import (
     ManagementApiGateway,
@@ -499,10 +499,11 @@ def test_failures_are_logged_once_per_batch_with_their_reasons(
     server.connect("a", "b")
     server.script("a", 403)
     server.script("b", 413)
-    with caplog.at_level("WARNING", logger="quanttrade_ws.management_api"):
+    with caplog.at_level("WARNING", logger=observability.SERVICE):
         report = make_gateway(server.endpoint).post_many([Post("a", b"1"), Post("b", b"2")])
     assert len(report.failed) == 2
-    [record] = [r for r in caplog.records if r.name == "quanttrade_ws.management_api"]
+    # the line goes through the service's one Logger
+    [record] = [r for r in caplog.records if r.name == observability.SERVICE]
     assert record.failed == 2  # type: ignore[attr-defined]
     assert record.reasons == {"HTTP 403 ForbiddenException": 1, "HTTP 413 PayloadTooLargeException": 1}  # type: ignore[attr-defined]
 

@@ -43,6 +43,13 @@ def test_every_detail_type_parses_to_its_model_and_message_type(event, model, me
     assert parsed.detail.message_type is message_type
 
 
+def test_a_replayed_event_says_which_replay_it_came_from():
+    # GIVEN an event EventBridge replays from an archive
+    event = {**eb.alert(), "replay-name": "incident-2026-03"}
+    # WHEN it is parsed THEN the envelope keeps the replay's name
+    assert parse_upstream_event(event).replay_name == "incident-2026-03"
+
+
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
@@ -57,6 +64,9 @@ def test_every_detail_type_parses_to_its_model_and_message_type(event, model, me
         (lambda e: e.update({"detail": None}), "MarketData"),
         (lambda e: e.pop("id"), "id"),
         (lambda e: e.pop("time"), "time"),
+        # the rest of EventBridge's envelope (Powertools' EventBridgeModel) is required too
+        (lambda e: e.pop("account"), "account"),
+        (lambda e: e.update({"resources": "arn"}), "resources"),
     ],
 )
 def test_invalid_events_are_rejected_with_a_reason(mutate, reason):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quanttrade_ws.rooms import ROOM_NAME_PATTERN
@@ -10,7 +9,7 @@ from quanttrade_ws.store import DynamoStore
 
 
 class NotFound(Exception):
-    pass
+    """No such connection or room: the admin API answers 404 with this message."""
 
 
 class AdminQueries:
@@ -58,21 +57,3 @@ class AdminQueries:
             stats["delivery_failures"] = int(self.counters.get("DeliveryFailed", 0))
             stats["invalid_events"] = int(self.counters.get("InvalidEvent", 0))
         return stats
-
-
-def route(queries: AdminQueries, route_key: str, path_parameters: dict[str, str]) -> tuple[int, str]:
-    """Answer one admin route (the HTTP API's routeKey) as (status, JSON body)."""
-    try:
-        if route_key == "GET /connections/{connection_id}":
-            body = queries.connection(path_parameters["connection_id"])
-        elif route_key == "GET /connections/{connection_id}/subscriptions":
-            body = queries.subscriptions(path_parameters["connection_id"])
-        elif route_key == "GET /rooms/{room}/members":
-            body = queries.room_members(path_parameters["room"])
-        elif route_key == "GET /stats":
-            body = queries.stats()
-        else:
-            return 404, json.dumps({"message": "Not Found"})
-    except (NotFound, KeyError) as error:
-        return 404, json.dumps({"message": str(error).strip("'")})
-    return 200, json.dumps(body)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quanttrade_ws.config import DEFAULT_AUDIENCE, DEFAULT_ISSUER, SPACE_SEPARATED_CLAIMS, Settings
+from quanttrade_ws.config import SPACE_SEPARATED_CLAIMS, Settings
 from quanttrade_ws.protocol import StreamType
 
 SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
@@ -293,38 +293,6 @@ def identity_from_claims(claims: dict[str, Any], permissions: PermissionClaim = 
         )
     except ValidationError:
         raise AuthError("Token subject is not acceptable") from None
-
-
-def mint_token(
-    secret: str,
-    user_id: str,
-    *,
-    permissions: tuple[str, ...] | list[str] = ALL_PERMISSIONS,
-    subscription_level: str = "premium",
-    client_type: str = "web",
-    expires_in: int = 24 * 3600,
-    issuer: str = DEFAULT_ISSUER,
-    audience: str = DEFAULT_AUDIENCE,
-    not_before: int | None = None,
-    issued_at: int | None = None,
-) -> str:
-    """An HS256 access token as the platform's auth service issues them (used locally and in tests)."""
-    import jwt
-
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": user_id,
-        "iat": now if issued_at is None else issued_at,
-        "exp": now + expires_in,
-        "iss": issuer,
-        "aud": audience,
-        "permissions": list(permissions),
-        "subscription_level": subscription_level,
-        "client_type": client_type,
-    }
-    if not_before is not None:
-        claims["nbf"] = not_before
-    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 # ---------------------------------------------------------------- session tokens

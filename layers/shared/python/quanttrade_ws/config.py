@@ -1,8 +1,9 @@
 """Settings: one validated model, read from the environment in handlers only.
 
 Domain code receives a `Settings` instance; it never reads os.environ. The
-defaults are the seed's configuration. The CDK stack sets each field from
-context, and the local stack from its own command line.
+defaults are the product's published limits (docs/PROTOCOL.md, "Limits and
+costs"). The CDK stack sets each field from context, and the local stack from
+its own command line.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _names(value: Any) -> Any:
 
 
 class Limits(BaseModel):
-    """Per-client limits (seed configuration)."""
+    """Per-client limits: what the `hello` reply announces and each action is checked against."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

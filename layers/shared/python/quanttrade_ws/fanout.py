@@ -1,45 +1,38 @@
 """Fan-out: upstream events to exactly the clients that asked for them.
 
-One SQS batch of events becomes, per event, a place in its stream (seq), an
-audience (subscribers of the stream and of its stream type, plus members of the
-event's data room, each connection once, filters and intervals applied), and
-then one post per connection for the whole batch (several messages as one
-`batch` message). Large audiences go out as delivery chunks on a second queue.
-
-Acknowledgement rule: a record is acknowledged only when each of its messages
-was delivered, deliberately dropped (filter, interval, gone connection), or
-handed to a durable queue (delivery chunks, dead letters).
-
-Order rule: the events queue is FIFO with one message group per source. A
-record that cannot be delivered fails together with every later record of its
-group, so SQS redelivers them in their order; a redelivered event keeps its seq
-and clients drop what they already have. On the last receive before the DLQ a
-connection that still cannot be reached is closed instead: its client resumes
-and replays the message from the stream's history, and the group moves on.
+One SQS batch of events becomes, per event, a place in its stream (seq) and an
+audience, then one post per connection for the whole batch; large audiences go
+out as delivery chunks on a second queue. Why a record is acknowledged only
+when each of its messages is delivered, dropped on purpose or durably queued,
+and how FIFO order survives failures: docs/adr/0001-fan-out-acknowledgement-and-order.md.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import logging
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
 from quanttrade_ws.models import Subscription
+from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
 
 # Large audiences are split by a stable hash of the connection id, so a
 # connection is always in the same delivery group of a stream and its messages
@@ -47,21 +40,12 @@ logger = logging.getLogger(__name__)
 CHUNK_SHARDS = 64
 
 
+class ChunkNotDelivered(Exception):
+    """Some posts of a delivery chunk failed after retries: SQS redelivers the chunk."""
+
+
 class Metrics(Protocol):
     def add_metric(self, name: str, unit: str, value: float) -> None: ...
-
-
-class CountingMetrics:
-    """Metrics kept in memory: for tests, benchmarks and the local stack's stats."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self.samples: dict[str, list[float]] = defaultdict(list)
-
-    def add_metric(self, name: str, unit: str, value: float) -> None:
-        self.totals[name] += value
-        if unit == "Milliseconds":
-            self.samples[name].append(value)
 
 
 class TtlCache:
@@ -148,7 +132,13 @@ class FanOut:
     # ------------------------------------------------------------ events queue
 
     def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle one SQS batch from the events queue; returns the partial batch response."""
+        """Handle one SQS batch from the events queue; returns the partial batch response.
+
+        Not Powertools' batch processor, which settles one record at a time: here the batch's
+        messages are packed across records (one post per connection for the whole batch), so a
+        record's fate is known only after every post of the batch, and a record that fails
+        takes the later records of its FIFO group with it (`_Batch`).
+        """
         batch = _Batch(records=records)
         parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
@@ -220,7 +210,7 @@ class FanOut:
         # expired gets nothing more (checked on every event, not when the audience was cached).
         wall_clock = self.clock()
         for key in keys:
-            subscriptions: list[Subscription] = self.audiences.get(key, lambda k=key: self.store.subscribers(k))
+            subscriptions: list[Subscription] = self.audiences.get(key, functools.partial(self.store.subscribers, key))
             for subscription in subscriptions:
                 if subscription.connection_id in chosen or not subscription.live_at(wall_clock):
                     continue
@@ -332,29 +322,42 @@ class FanOut:
 
     # ------------------------------------------------------------ delivery queue
 
-    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle delivery chunks: the shards of large audiences."""
-        batch = _Batch()
-        for record in records:
-            if _group(record) in batch.blocked_groups:
-                batch.failures.append(record["messageId"])
-                continue
-            try:
-                chunk = json.loads(record["body"])
-                data = chunk["data"].encode()
-                connections = [str(c) for c in chunk["connections"]]
-                event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
-            except (ValueError, KeyError, TypeError, AttributeError):
-                logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
-                self.metrics.add_metric("InvalidEvent", "Count", 1)
-                continue
-            report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
-            self._account(report, lambda _cid, t=event_time: t)
-            if report.failed:
-                # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
-                # and after five receives the chunk goes to the DLQ.
-                batch.fail(record)
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+    def process_chunks(self, records: list[dict[str, Any]]) -> PartialItemFailureResponse:
+        """Handle delivery chunks: the shards of large audiences.
+
+        Each chunk stands alone (one event's message to some of its audience), so Powertools'
+        FIFO processor fits: a chunk that could not be delivered fails, and so does every later
+        chunk of its message group (the same connections' next messages), which SQS redelivers
+        in order; the other groups go on.
+        """
+        # Deferred: only the delivery function pays for the batch utility's imports at cold start.
+        from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+
+        if not records:
+            return {"batchItemFailures": []}
+        processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+        # A batch whose every chunk failed (the Management API failing) answers with its failures
+        # like any other, instead of failing the invocation: it is not a fault of this function.
+        processor.raise_on_entire_batch_failure = False
+        return process_partial_response({"Records": records}, self._deliver_chunk, processor)
+
+    def _deliver_chunk(self, record: SQSRecord) -> None:
+        try:
+            chunk = json.loads(record.body)
+            data = chunk["data"].encode()
+            connections = [str(c) for c in chunk["connections"]]
+            event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # A chunk that can never be delivered is dropped, not retried until the DLQ.
+            logger.error("malformed delivery chunk dropped", extra={"sqs": record.message_id})
+            self.metrics.add_metric("InvalidEvent", "Count", 1)
+            return
+        report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
+        self._account(report, _constant(event_time))
+        if report.failed:
+            # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
+            # and after five receives the chunk goes to the DLQ.
+            raise ChunkNotDelivered(f"{len(report.failed)} of {len(connections)} posts failed")
 
     # ------------------------------------------------------------ shared
 
@@ -411,6 +414,11 @@ def _receive_count(record: dict[str, Any]) -> int:
         return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
     except (TypeError, ValueError):
         return 1
+
+
+def _constant(event_time: datetime | None) -> Callable[[str], datetime | None]:
+    """The event time of every connection of a chunk: one event, one time."""
+    return lambda _connection_id: event_time
 
 
 def _group(record: dict[str, Any]) -> str:

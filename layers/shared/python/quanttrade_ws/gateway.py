@@ -2,13 +2,12 @@
 connected clients (API Gateway's Management API on AWS, the local gateway at home).
 
 `ManagementApiGateway` (in management_api.py) is the real implementation; the
-`InMemoryGateway` here is the fake the unit tests use. Both satisfy the same
+in-memory fake the tests use (`local.fakes.InMemoryGateway`) satisfies the same
 contract tests.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,62 +45,3 @@ class ConnectionGateway(Protocol):
 
 class GatewayError(Exception):
     """A post failed for a reason other than a gone connection, after retries."""
-
-
-class InMemoryGateway:
-    """A fake gateway: records what was posted; tests mark connections gone or failing."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, list[bytes]] = {}
-        self.gone: set[str] = set()
-        self.failing: set[str] = set()
-        self.closed: list[str] = []
-        self._lock = threading.Lock()
-
-    def connect(self, *connection_ids: str) -> None:
-        with self._lock:
-            for connection_id in connection_ids:
-                self.sent.setdefault(connection_id, [])
-                self.gone.discard(connection_id)
-
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        report = DeliveryReport()
-        for post in posts:
-            try:
-                (report.delivered if self.post(post.connection_id, post.data) else report.gone).append(post)
-            except GatewayError:
-                report.failed.append(post)
-        return report
-
-    def post(self, connection_id: str, data: bytes) -> bool:
-        with self._lock:
-            if connection_id in self.failing:
-                raise GatewayError(f"post to {connection_id} failed")
-            if connection_id in self.gone or connection_id not in self.sent:
-                return False
-            self.sent[connection_id].append(data)
-            return True
-
-    def close(self, connection_id: str) -> None:
-        with self._lock:
-            self.closed.append(connection_id)
-            self.gone.add(connection_id)
-
-    def info(self, connection_id: str) -> dict[str, object] | None:
-        with self._lock:
-            if connection_id in self.gone or connection_id not in self.sent:
-                return None
-            return {"connectedAt": "", "lastActiveAt": "", "identity": {}}
-
-    def messages(self, connection_id: str) -> list[dict[str, object]]:
-        """Everything a connection received, decoded, with `batch` messages unpacked."""
-        import json
-
-        out: list[dict[str, object]] = []
-        for data in self.sent.get(connection_id, []):
-            message = json.loads(data)
-            if message.get("message_type") == "batch":
-                out.extend(message["payload"]["messages"])
-            else:
-                out.append(message)
-        return out

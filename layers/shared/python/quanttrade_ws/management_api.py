@@ -965,11 +965,12 @@ def _describe(job: _Job) -> str:
 
 def _log_failures(jobs: list[_Job]) -> None:
     # The report says which posts failed, not why; the why belongs in the log, once per batch, grouped.
-    import logging
     from collections import Counter
 
+    from quanttrade_ws.observability import logger
+
     reasons = Counter(job.error for job in jobs if job.outcome == _FAILED)
-    logging.getLogger(__name__).warning(
+    logger.warning(
         "management API posts failed after retries",
         extra={"failed": sum(reasons.values()), "reasons": dict(reasons.most_common(5))},
     )

@@ -264,7 +264,7 @@ def new_message_id() -> str:
 
 
 class ServerMessage(BaseModel):
-    """The seed's WebSocketMessage envelope. `stream` and `seq` are set on data messages."""
+    """The envelope of every server message (docs/PROTOCOL.md). `stream` and `seq` are set on data messages."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -293,7 +293,7 @@ def error_message(code: ErrorCode, message: str, request_id: str | None = None) 
 
 def pack_batches(messages: list[str], max_bytes: int) -> list[bytes]:
     """Frames for a run of serialised messages, in order: one message goes out as
-    itself, several as the seed's `batch` message, split so no frame exceeds
+    itself, several as one `batch` message, split so no frame exceeds
     `max_bytes` (API Gateway's 128 KB). Built by concatenation: the messages are
     already JSON and are not parsed again."""
     frames: list[bytes] = []

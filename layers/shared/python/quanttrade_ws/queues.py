@@ -41,17 +41,3 @@ class SqsSender:
                 continue
             unsent.extend(chunk[int(failure["Id"])] for failure in response.get("Failed", []))
         return unsent
-
-
-class InMemorySender:
-    """The fake: keeps what was sent per queue, in order."""
-
-    def __init__(self) -> None:
-        self.sent: dict[str, list[OutgoingMessage]] = {}
-        self.failing = False
-
-    def send(self, queue_url: str, messages: list[OutgoingMessage]) -> list[OutgoingMessage]:
-        if self.failing:
-            return list(messages)
-        self.sent.setdefault(queue_url, []).extend(messages)
-        return []

@@ -1,21 +1,28 @@
 """Wiring: builds the service's parts once per warm function from validated settings.
 
-Handlers call `runtime()` and use what they need; every part is created on first
-use, so a function only pays (at cold start) for the clients it touches.
+Each handler calls `runtime()` and uses the one part it needs (`runtime().service`,
+`.fanout`, `.store`, `.token_verifier`): every part is typed, so readers and mypy
+follow the edge from a handler into its domain object. Every part is created on
+first use, so a function only pays (at cold start) for the clients it touches:
+the domain modules are imported inside the properties, and only named for the
+type checker here.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from quanttrade_ws.auth import KeySource, TokenVerifier
+    from quanttrade_ws.fanout import FanOut
+    from quanttrade_ws.service import RealtimeService
+    from quanttrade_ws.store import DynamoStore
 
 
 class Runtime:
@@ -25,7 +32,7 @@ class Runtime:
         self._gateway = gateway
         self._sqs = sqs
 
-    def _keys(self, value: str | None, arn: str | None) -> Any:
+    def _keys(self, value: str | None, arn: str | None) -> KeySource:
         """A key source: the value itself locally; on AWS the secret's current and previous
         versions, re-read once older than key_cache_seconds (never held for the function's life)."""
         if value:
@@ -46,29 +53,29 @@ class Runtime:
         )
 
     @functools.cached_property
-    def access_keys(self) -> Any:
+    def access_keys(self) -> KeySource:
         """The keys that verify HS256 access tokens."""
         return self._keys(self.settings.jwt_secret, self.settings.jwt_secret_arn)
 
     @functools.cached_property
-    def session_keys(self) -> Any:
+    def session_keys(self) -> KeySource:
         """The keys that sign and verify session tokens (their own secret)."""
         return self._keys(self.settings.session_secret, self.settings.session_secret_arn)
 
     @functools.cached_property
-    def token_verifier(self):  # type: ignore[no-untyped-def]
+    def token_verifier(self) -> TokenVerifier:
         from quanttrade_ws.auth import TokenVerifier
 
         return TokenVerifier(self.settings, keys=self.access_keys if self.settings.jwt_algorithm == "HS256" else None)
 
     @functools.cached_property
-    def store(self):  # type: ignore[no-untyped-def]
+    def store(self) -> DynamoStore:
         from quanttrade_ws.store import DynamoStore
 
         return DynamoStore(self.settings, self._dynamodb)
 
     @functools.cached_property
-    def gateway(self):  # type: ignore[no-untyped-def]
+    def gateway(self) -> ConnectionGateway:
         if self._gateway is not None:
             return self._gateway
         endpoint = self.settings.management_endpoint
@@ -88,7 +95,7 @@ class Runtime:
         )
 
     @functools.cached_property
-    def service(self):  # type: ignore[no-untyped-def]
+    def service(self) -> RealtimeService:
         from quanttrade_ws.auth import SessionTokens, keys_of
         from quanttrade_ws.rooms import MemberAliases
         from quanttrade_ws.service import RealtimeService
@@ -108,7 +115,7 @@ class Runtime:
         )
 
     @functools.cached_property
-    def fanout(self):  # type: ignore[no-untyped-def]
+    def fanout(self) -> FanOut:
         from quanttrade_ws.fanout import FanOut
         from quanttrade_ws.queues import SqsSender
 

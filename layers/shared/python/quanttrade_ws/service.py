@@ -7,7 +7,6 @@ the routes have no route responses.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, Toke
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
+from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import (
     ACTION_COSTS,
     UNPARSED_FRAME_COST,
@@ -56,8 +56,6 @@ from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
 if TYPE_CHECKING:
     from quanttrade_ws.fanout import Metrics
-
-logger = logging.getLogger(__name__)
 
 
 class ConnectRefused(Exception):

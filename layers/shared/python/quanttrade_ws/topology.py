@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# ---------------------------------------------------------------- observability
+
+# Every function's POWERTOOLS_SERVICE_NAME (the `service` of each log line and the metrics'
+# service dimension the alarms select) and the CloudWatch namespace of its metrics.
+SERVICE_NAME = "quanttrade-websocket"
+METRICS_NAMESPACE = "QuantTrade"
+
 # ---------------------------------------------------------------- DynamoDB
 
 

@@ -11,6 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, StreamType
@@ -41,7 +42,7 @@ class _Detail(BaseModel):
 
     @property
     def data_room(self) -> str | None:
-        """The seed's data room that also receives this event, if any."""
+        """The data room (`market_data_AAPL`, `predictions_TSLA`, `alerts`) whose members also receive this event."""
         return None
 
     def passes(self, filters: dict[str, str]) -> bool:
@@ -189,8 +190,9 @@ FILTERS_BY_STREAM: dict[StreamType, dict[str, str]] = {
 }
 
 
-class UpstreamEvent(BaseModel):
-    """An EventBridge event as it arrives in the SQS body."""
+class UpstreamEvent(EventBridgeModel):
+    """An EventBridge event as it arrives in the SQS body: Powertools' envelope (version, account,
+    region, resources, replay-name, ...) with this service's bounds on its texts and a typed detail."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
