@@ -343,7 +343,7 @@ def test_client_enums_match_the_server_protocol() -> None:
 def test_client_stream_keys_match_the_server() -> None:
     for stream_type in protocol.StreamType:
         for symbol in (None, "aapl", "BRK.B"):
-            spec = protocol.StreamSpec(stream_type=stream_type, symbol=symbol)
+            spec = protocol.stream_spec({"stream_type": stream_type, "symbol": symbol})
             assert quanttrade_client.stream_key(stream_type.value, symbol) == spec.key
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quanttrade_protocol.enums import StreamType
 from quanttrade_ws.config import DEFAULT_AUDIENCE, DEFAULT_ISSUER, SPACE_SEPARATED_CLAIMS, Settings
-from quanttrade_ws.protocol import StreamType
 
 SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
 CLIENT_TYPES = ("web", "mobile", "desktop", "bot")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, StreamType
+from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, Severity, StreamType
 
 Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -21,7 +21,7 @@ LongText = Annotated[str, StringConstraints(max_length=4096)]
 Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
-SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+SEVERITY_ORDER = {severity.value: rank for rank, severity in enumerate(Severity)}
 
 
 class _Detail(BaseModel):
@@ -97,7 +97,7 @@ class Alert(_Detail):
 
     alert_type: ShortText
     message: LongText
-    severity: Literal["low", "medium", "high", "critical"]
+    severity: Severity
     symbol: Symbol | None = None
 
     @property
@@ -177,15 +177,6 @@ DETAILS_BY_TYPE: dict[str, type[_Detail]] = {
     "Performance": Performance,
     "MarketRegime": MarketRegime,
     "SystemStatus": SystemStatus,
-}
-# Filters each stream type understands; subscribe rejects the rest so typos surface.
-FILTERS_BY_STREAM: dict[StreamType, dict[str, str]] = {
-    StreamType.MARKET_DATA: {"min_volume": "number"},
-    StreamType.PREDICTIONS: {"min_confidence": "number", "direction": "text"},
-    StreamType.ALERTS: {"min_severity": "low|medium|high|critical", "alert_type": "text"},
-    StreamType.PERFORMANCE: {"metric": "text"},
-    StreamType.MARKET_REGIME: {"min_confidence": "number"},
-    StreamType.SYSTEM_STATUS: {"service": "text", "status": "text"},
 }
 
 
