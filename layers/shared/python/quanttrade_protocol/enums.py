@@ -66,3 +66,32 @@ class Severity(StrEnum):
     MEDIUM = "medium"
     HIGH = "high"
     CRITICAL = "critical"
+
+
+class Permission(StrEnum):
+    """What an access token's `permissions` grant. `admin` stands for every other one."""
+
+    READ_MARKET_DATA = "read:market_data"
+    READ_PREDICTIONS = "read:predictions"
+    READ_ALERTS = "read:alerts"
+    READ_PERFORMANCE = "read:performance"
+    READ_SYSTEM_STATUS = "read:system_status"
+    READ_MARKET_REGIME = "read:market_regime"
+    ROOMS_JOIN = "rooms:join"
+    ROOMS_SEND = "rooms:send"
+    ADMIN = "admin"
+
+    @classmethod
+    def to_read(cls, stream_type: StreamType) -> Permission:
+        """The permission that reads a stream type's streams."""
+        return _READ_PERMISSIONS[stream_type]
+
+
+_READ_PERMISSIONS: dict[StreamType, Permission] = {
+    StreamType.MARKET_DATA: Permission.READ_MARKET_DATA,
+    StreamType.PREDICTIONS: Permission.READ_PREDICTIONS,
+    StreamType.ALERTS: Permission.READ_ALERTS,
+    StreamType.PERFORMANCE: Permission.READ_PERFORMANCE,
+    StreamType.SYSTEM_STATUS: Permission.READ_SYSTEM_STATUS,
+    StreamType.MARKET_REGIME: Permission.READ_MARKET_REGIME,
+}

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from quanttrade_protocol.enums import ErrorCode, MessageType, Severity, StreamType
+from quanttrade_protocol.enums import ErrorCode, MessageType, Permission, Severity, StreamType
 from quanttrade_protocol.frames import (
     CLIENT_FRAMES,
     KNOWN_ACTIONS,
@@ -61,6 +61,7 @@ __all__ = [
     "LeaveRoom",
     "MessageType",
     "Payload",
+    "Permission",
     "Ping",
     "ProtocolError",
     "Refresh",

@@ -42,6 +42,7 @@ from quanttrade_ws.protocol import (
     LeaveRoom,
     MessageType,
     Payload,
+    Permission,
     Ping,
     ProtocolError,
     Refresh,
@@ -416,7 +417,7 @@ class RealtimeService:
 
     def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:
         # The filters were checked when the frame was parsed: each stream type has its own model.
-        if not identity.can(f"read:{spec.stream_type.value}"):
+        if not identity.can(Permission.to_read(spec.stream_type)):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"No permission to read {spec.stream_type.value}", request_id)
 
     def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
@@ -533,7 +534,7 @@ class RealtimeService:
 
     def _send_room_message(self, ctx: ActionContext, frame: SendRoomMessage) -> None:
         identity = ctx.connection.identity
-        if not identity.can("rooms:send"):
+        if not identity.can(Permission.ROOMS_SEND):
             raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to send room messages", ctx.request_id)
         self._check_room(identity, frame.room, ctx.request_id)
         if room_kind(frame.room) is RoomKind.DATA:
@@ -601,7 +602,7 @@ class RealtimeService:
         dropped = [
             s.stream_key
             for s in self.store.subscriptions_of(connection_id)
-            if not identity.can(f"read:{s.stream_key.split(':', 1)[0]}")
+            if not _may_read(identity, s.stream_key)
             and self.store.remove_subscription(s.stream_key, connection_id, cost=subscription_cost(s.stream_key))
         ]
         for room in self.store.rooms_of(connection_id):
@@ -660,7 +661,7 @@ class RealtimeService:
         subscriptions = []  # only what was re-attached: the new token may permit less than the old one
         dropped = []  # what the session had and this connection did not get back
         for subscription in snapshot.subscriptions:
-            if not connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+            if not _may_read(connection.identity, subscription.stream_key):
                 dropped.append(subscription.stream_key)
             else:
                 outcome = self.store.add_subscription(
@@ -699,12 +700,7 @@ class RealtimeService:
         results: dict[str, StreamReplay] = {}
         heads: dict[str, int] = {}  # each replayed stream's latest seq, where a catch-up replay starts
         for stream, last_seq in frame.last_seq.items():
-            stream_id = StreamId.parse(stream)
-            if (
-                stream_id is None
-                or not connection.identity.can(f"read:{stream_id.stream_type.value}")
-                or not holds_stream(stream, held_keys, held_rooms)
-            ):
+            if not _may_read(connection.identity, stream) or not holds_stream(stream, held_keys, held_rooms):
                 results[stream] = StreamReplay(recovered=False, replayed=0, error=ErrorCode.FORBIDDEN)
                 continue
             results[stream], heads[stream] = self._replay(connection.connection_id, stream, last_seq, budget)
@@ -791,3 +787,9 @@ class RealtimeService:
             last_seq=head.last_seq,
         )
         return replay, head.last_seq
+
+
+def _may_read(identity: Identity, stream: str) -> bool:
+    """Whether the identity may read a stream or subscription key (`market_data:AAPL`, `alerts:*`, `alerts`)."""
+    stream_id = StreamId.parse(stream)
+    return stream_id is not None and identity.can(Permission.to_read(stream_id.stream_type))
