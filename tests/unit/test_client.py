@@ -333,10 +333,12 @@ def make_client(server: FakeServer, open_clients: list[QuantTradeClient]) -> Cal
 # ---------------------------------------------------------------- the contract
 
 
-def test_client_enums_match_the_server_protocol() -> None:
-    assert {c.value for c in quanttrade_client.ErrorCode} == {c.value for c in protocol.ErrorCode}
-    assert {t.value for t in quanttrade_client.MessageType} == {t.value for t in protocol.MessageType}
-    assert {t.value for t in quanttrade_client.StreamType} == {t.value for t in protocol.StreamType}
+def test_client_enums_are_the_server_protocol() -> None:
+    # The same classes, not copies: the client cannot drift from what the server validates with.
+    assert quanttrade_client.ErrorCode is protocol.ErrorCode
+    assert quanttrade_client.MessageType is protocol.MessageType
+    assert quanttrade_client.StreamType is protocol.StreamType
+    # and every error code has its exception class
     assert set(ERRORS_BY_CODE) == {c.value for c in protocol.ErrorCode}
 
 

@@ -30,6 +30,8 @@ SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
 MIN_INTERVAL_SECONDS = 0.001
 MAX_INTERVAL_SECONDS = 86400
 MAX_SEQ = 2**63 - 1
+MAX_STREAMS_PER_FRAME = 50  # streams one subscribe or unsubscribe names
+MAX_RESUME_STREAMS = 100  # streams one resume names in last_seq
 WILDCARD = "*"
 
 Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
@@ -60,6 +62,11 @@ class StreamId:
         except ValueError:
             return None
         return cls(stream_type, symbol or None)
+
+    @classmethod
+    def subscription(cls, stream_type: StreamType, symbol: str | None) -> StreamId:
+        """The key a subscription to one symbol (None: every symbol) is stored under; symbols in upper case."""
+        return cls(stream_type, symbol.upper() if symbol else WILDCARD)
 
     @property
     def is_wildcard(self) -> bool:
@@ -164,7 +171,7 @@ class _StreamSpec(BaseModel):
 
     @property
     def stream_id(self) -> StreamId:
-        return StreamId(self.stream_type, self.symbol.upper() if self.symbol else WILDCARD)
+        return StreamId.subscription(self.stream_type, self.symbol)
 
     @property
     def key(self) -> str:
@@ -259,12 +266,12 @@ class Hello(_Frame):
 
 class Subscribe(_Frame):
     action: Literal["subscribe"]
-    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
+    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=MAX_STREAMS_PER_FRAME)]
 
 
 class Unsubscribe(_Frame):
     action: Literal["unsubscribe"]
-    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
+    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=MAX_STREAMS_PER_FRAME)]
 
 
 class JoinRoom(_Frame):
@@ -299,7 +306,7 @@ class Resume(_Frame):
     session_token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     last_seq: Annotated[
         dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0, le=MAX_SEQ)]],
-        Field(max_length=100),
+        Field(max_length=MAX_RESUME_STREAMS),
     ] = {}
 
 
