@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "layers" / "shared" / "python"))
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, create_model
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from quanttrade_protocol.data import DATA_PAYLOADS
 from quanttrade_protocol.messages import (
     ConnectPayload,
     ErrorPayload,
@@ -74,19 +75,6 @@ class ServerKind:
     ) -> None:
         self.key, self.message_type, self.payload, self.summary = key, message_type, payload, summary
         self.reply, self.data, self.room = reply, data, room
-
-
-def _data_payload(detail: type[upstream._Detail]) -> type[BaseModel]:
-    """The payload fan-out sends: the detail's fields plus the event id (fanout.FanOut._route)."""
-    return create_model(
-        f"{detail.__name__}Payload",
-        __base__=detail,
-        __doc__=detail.__doc__,
-        event_id=(
-            str,
-            Field(description="The upstream EventBridge event id; a redelivered event keeps it and its seq"),
-        ),
-    )
 
 
 def _camel(name: str) -> str:
@@ -136,10 +124,8 @@ SERVER_KINDS: list[ServerKind] = [
     ServerKind("refreshed", MessageType.REFRESH, RefreshPayload, "Answer to `refresh`", reply=True),
     ServerKind("resumed", MessageType.RESUMED, ResumedPayload, "Answer to `resume`", reply=True),
     *[
-        ServerKind(
-            _camel(message_type.value), message_type, _data_payload(detail), DATA_SUMMARIES[message_type], data=True
-        )
-        for message_type, detail in ServerKind.data_types.items()
+        ServerKind(_camel(message_type.value), message_type, payload, DATA_SUMMARIES[message_type], data=True)
+        for message_type, payload in DATA_PAYLOADS.items()
     ],
     ServerKind("heartbeat", MessageType.HEARTBEAT, HeartbeatPayload, "Reserved for server heartbeats"),
     ServerKind(

@@ -7,5 +7,6 @@ distribution of its own (layers/shared/pyproject.toml) that the client depends o
 
 - `quanttrade_protocol.enums`: StreamType, MessageType, ErrorCode, Severity (no pydantic)
 - `quanttrade_protocol.frames`: what a client sends, and the stream specs and filters of `subscribe`
-- `quanttrade_protocol.messages`: what the server sends (the envelope and every reply payload)
+- `quanttrade_protocol.messages`: what the server sends (the envelope and every reply and notice payload)
+- `quanttrade_protocol.data`: what data messages carry (each upstream event type's fields, and its payload)
 """

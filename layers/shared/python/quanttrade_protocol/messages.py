@@ -38,8 +38,9 @@ class ServerMessage(BaseModel):
 
     message_id: str = Field(default_factory=new_message_id)
     message_type: MessageType
-    # A reply's or notice's payload is a Payload model; data messages carry the upstream detail the
-    # fan-out serialised (quanttrade_ws.upstream) and a batch its messages.
+    # A reply's or notice's payload is a Payload model. The fan-out serialises a data message's payload
+    # (quanttrade_protocol.data) once per event and sends the same text to every subscriber, and a batch
+    # holds already serialised messages: both arrive here as plain dictionaries.
     payload: Annotated[
         SerializeAsAny[Payload] | dict[str, Any],
         WithJsonSchema({"type": "object", "description": "Its shape depends on `message_type`"}),

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, Severity, StreamType
-
-Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-LongText = Annotated[str, StringConstraints(max_length=4096)]
-Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+from quanttrade_protocol.data import (
+    AlertFields,
+    DataFields,
+    MarketDataFields,
+    MarketRegimeFields,
+    PerformanceFields,
+    PredictionFields,
+    ShortText,
+    SystemStatusFields,
+)
+from quanttrade_ws.protocol import MessageType, Severity, StreamType
 
 SEVERITY_ORDER = {severity.value: rank for rank, severity in enumerate(Severity)}
 
 
-class _Detail(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+class _Detail(DataFields):
+    """An upstream event's detail: its fields are the protocol's (quanttrade_protocol.data); this adds where
+    it goes and which subscriptions want it."""
 
     stream_type: ClassVar[StreamType]
     message_type: ClassVar[MessageType]
@@ -49,16 +54,9 @@ class _Detail(BaseModel):
         return True
 
 
-class MarketData(_Detail):
+class MarketData(_Detail, MarketDataFields):
     stream_type = StreamType.MARKET_DATA
     message_type = MessageType.MARKET_DATA
-
-    symbol: Symbol
-    price: Price
-    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    timestamp: datetime
-    bid: Price | None = None
-    ask: Price | None = None
 
     @property
     def data_room(self) -> str:
@@ -68,17 +66,9 @@ class MarketData(_Detail):
         return _at_least(filters.get("min_volume"), self.volume)
 
 
-class Prediction(_Detail):
+class Prediction(_Detail, PredictionFields):
     stream_type = StreamType.PREDICTIONS
     message_type = MessageType.PREDICTION
-
-    symbol: Symbol
-    direction: Literal["up", "down", "flat", "bullish", "bearish", "neutral"]
-    confidence: Fraction
-    horizon: ShortText
-    predicted_price: Price
-    model: ShortText
-    timestamp: datetime
 
     @property
     def data_room(self) -> str:
@@ -91,14 +81,9 @@ class Prediction(_Detail):
         )
 
 
-class Alert(_Detail):
+class Alert(_Detail, AlertFields):
     stream_type = StreamType.ALERTS
     message_type = MessageType.ALERT
-
-    alert_type: ShortText
-    message: LongText
-    severity: Severity
-    symbol: Symbol | None = None
 
     @property
     def data_room(self) -> str:
@@ -112,12 +97,9 @@ class Alert(_Detail):
         return wanted is None or wanted == self.alert_type
 
 
-class Performance(_Detail):
+class Performance(_Detail, PerformanceFields):
     stream_type = StreamType.PERFORMANCE
     message_type = MessageType.PERFORMANCE
-
-    metrics: Annotated[dict[str, Any], Field(max_length=256)]
-    strategy: ShortText | None = None
 
     @property
     def symbol_key(self) -> str | None:
@@ -128,14 +110,9 @@ class Performance(_Detail):
         return wanted is None or wanted in self.metrics
 
 
-class MarketRegime(_Detail):
+class MarketRegime(_Detail, MarketRegimeFields):
     stream_type = StreamType.MARKET_REGIME
     message_type = MessageType.MARKET_REGIME
-
-    symbol: Symbol | None = None
-    market: Symbol | None = None
-    regime: ShortText
-    confidence: Fraction
 
     @property
     def symbol_key(self) -> str | None:
@@ -145,13 +122,9 @@ class MarketRegime(_Detail):
         return _at_least(filters.get("min_confidence"), self.confidence)
 
 
-class SystemStatus(_Detail):
+class SystemStatus(_Detail, SystemStatusFields):
     stream_type = StreamType.SYSTEM_STATUS
     message_type = MessageType.SYSTEM_STATUS
-
-    service: ShortText
-    status: Literal["healthy", "degraded", "down", "maintenance"]
-    message: LongText = ""
 
     def passes(self, filters: dict[str, str]) -> bool:
         wanted_service, wanted_status = filters.get("service"), filters.get("status")
