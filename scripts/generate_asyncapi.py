@@ -3,11 +3,11 @@
     python scripts/generate_asyncapi.py > docs/asyncapi.yaml     # regenerate
     python scripts/generate_asyncapi.py --check                   # fail if the checked-in file drifted
 
-Every schema comes from a model the code uses: client frames, the envelope,
-the reply payloads and the enums from quanttrade_protocol (the models the
-service validates with and builds its replies from), data payloads from the
-quanttrade_ws.upstream detail models fan-out serialises. This script only adds
-the prose (summaries, error meanings, examples) and assembles the document;
+Every schema is a model of the quanttrade_protocol package: client frames (what
+the service validates with), the envelope and reply payloads (what it builds its
+replies from), data payloads (the fields upstream events are validated with, as
+fan-out sends them) and the enums. This script only adds the prose (summaries,
+error meanings, examples) and assembles the document;
 tests/unit/test_asyncapi.py also drives the real service through every action
 and validates what it sends against the result.
 """
