@@ -13,6 +13,7 @@ import itertools
 import json
 import sys
 import time
+import tomllib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -340,6 +341,20 @@ def test_client_enums_are_the_server_protocol() -> None:
     assert quanttrade_client.StreamType is protocol.StreamType
     # and every error code has its exception class
     assert set(ERRORS_BY_CODE) == {c.value for c in protocol.ErrorCode}
+
+
+def test_the_client_distribution_depends_on_the_protocol_distribution() -> None:
+    # GIVEN the two distributions' metadata
+    root = Path(__file__).resolve().parents[2]
+    client = tomllib.loads((root / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    shared = tomllib.loads((root / "layers" / "shared" / "pyproject.toml").read_text())
+    # THEN the protocol distribution packages quanttrade_protocol from the layer's own directory
+    found = shared["tool"]["setuptools"]["packages"]["find"]
+    assert found == {"where": ["python"], "include": ["quanttrade_protocol*"]}
+    assert (root / "layers" / "shared" / "python" / "quanttrade_protocol" / "__init__.py").is_file()
+    # AND the client requires exactly that version of it, so an installed client has the server's models
+    protocol_project = shared["project"]
+    assert f"{protocol_project['name']}=={protocol_project['version']}" in client["dependencies"]
 
 
 def test_client_stream_keys_match_the_server() -> None:
