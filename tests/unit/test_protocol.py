@@ -327,6 +327,17 @@ def test_a_bad_filter_is_invalid_message_in_plain_words(filters: dict[str, str],
     assert expected in error.message
 
 
+def test_an_unknown_filter_name_that_no_reply_could_encode_is_not_echoed() -> None:
+    # GIVEN a filter name with a lone surrogate (a JSON escape can carry one)
+    body = '{"action": "subscribe", "streams": [{"stream_type": "alerts", "filters": {"\\ud800x": "1"}}]}'
+    # WHEN it is parsed
+    error = rejected(body)
+    # THEN the error is INVALID_MESSAGE, and the reply carrying it serialises
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert "Unknown filter '?x'" in error.message
+    assert error_message(error.code, error.message).to_json()
+
+
 def test_min_severity_takes_only_the_severities() -> None:
     frame = {"action": "subscribe", "streams": [{"stream_type": "alerts", "filters": {"min_severity": "apocalyptic"}}]}
     error = rejected(json.dumps(frame))

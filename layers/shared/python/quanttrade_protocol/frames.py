@@ -109,7 +109,9 @@ class _Filters(BaseModel):
             unknown = [str(name) for name in data if name not in cls.model_fields]
             if unknown:
                 known = ", ".join(sorted(cls.model_fields))
-                raise ValueError(f"Unknown filter '{unknown[0][:32]}' for {cls.stream_type.value}; known: {known}")
+                # The client's own name, cut short and without what no reply can encode (lone surrogates).
+                shown = unknown[0][:32].encode(errors="replace").decode()
+                raise ValueError(f"Unknown filter '{shown}' for {cls.stream_type.value}; known: {known}")
         return data
 
     def as_dict(self) -> dict[str, str]:
