@@ -62,7 +62,7 @@ infra-test: $(DEV_PATHS) $(NODE_STAMP)
 lint: $(DEV_PATHS)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy layers/shared/python/quanttrade_ws handlers
+	$(PY) -m mypy layers/shared/python/quanttrade_ws layers/shared/python/quanttrade_protocol handlers
 
 ## bench: figures, printed and written to bench/results.json (not pass/fail)
 bench: $(DEV_PATHS) $(NODE_STAMP)

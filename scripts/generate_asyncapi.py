@@ -3,13 +3,13 @@
     python scripts/generate_asyncapi.py > docs/asyncapi.yaml     # regenerate
     python scripts/generate_asyncapi.py --check                   # fail if the checked-in file drifted
 
-Client frames come from quanttrade_ws.protocol (the models `parse_client_frame`
-validates with), the envelope from ServerMessage, data payloads from the
-quanttrade_ws.upstream detail models fan-out serialises, and the enums from
-the protocol. The reply payloads are dictionaries built in service.py; they
-are modelled here, and tests/unit/test_asyncapi.py drives the real service
-through every action and validates what it sends against this document, so
-the models below cannot silently drift from the handlers.
+Every schema is a model of the quanttrade_protocol package: client frames (what
+the service validates with), the envelope and reply payloads (what it builds its
+replies from), data payloads (the fields upstream events are validated with, as
+fan-out sends them) and the enums. This script only adds the prose (summaries,
+error meanings, examples) and assembles the document;
+tests/unit/test_asyncapi.py also drives the real service through every action
+and validates what it sends against the result.
 """
 
 from __future__ import annotations
@@ -23,169 +23,31 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from quanttrade_protocol.data import DATA_PAYLOADS
+from quanttrade_protocol.messages import (
+    ConnectPayload,
+    ErrorPayload,
+    HeartbeatPayload,
+    JoinRoomPayload,
+    LeaveRoomPayload,
+    PongPayload,
+    RefreshPayload,
+    ResumedPayload,
+    RoomMemberPayload,
+    RoomMessagePayload,
+    StreamsChangedPayload,
+    SubscribedPayload,
+)
 from quanttrade_ws import protocol, topology, upstream
-from quanttrade_ws.protocol import ErrorCode, MessageType, ServerMessage
+from quanttrade_ws.protocol import ErrorCode, MessageType, ServerMessage, StreamType
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "asyncapi.yaml"
 REF = "#/components/schemas/{model}"
 EXAMPLE_TIME = "2026-01-05T14:30:00.125Z"
-
-# ---------------------------------------------------------------- reply payloads (built as dicts in service.py)
-
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ConnectionLimits(_Payload):
-    """The limits that apply to this connection."""
-
-    max_subscriptions: int = Field(
-        description="Subscription budget of this level: a symbol stream, a type-level stream and a data room "
-        "count 1 each, a wildcard over a per-symbol feed counts `wildcard_subscription_cost`"
-    )
-    wildcard_subscription_cost: int = Field(
-        description="What `market_data:*` or `predictions:*` (every symbol) counts toward `max_subscriptions`"
-    )
-    max_rooms: int = Field(description="Rooms one connection may be in")
-    max_room_members: int = Field(description="Members (users, one seat each) one room may have")
-    max_room_message_bytes: int = Field(description="Largest `sendRoomMessage` message, UTF-8 bytes")
-    messages_per_second: int = Field(
-        description="Rate budget per second, in units of `action_costs` (a ping is 1); over it, RATE_LIMIT"
-    )
-    action_costs: dict[str, int] = Field(description="What each action weighs against `messages_per_second`")
-    max_resume_messages: int = Field(description="Messages one `resume` replays at most, over all its streams")
-    room_messages_per_minute: int = Field(
-        description="Room messages one user may send to one room per minute (sliding window, all connections)"
-    )
-    max_message_bytes: int = Field(description="Largest server frame (API Gateway: 128 KB)")
-    idle_timeout_seconds: int = Field(description="The gateway closes a connection idle this long")
-    history_seconds: int = Field(description="How long stream history is kept for resume")
-
-
-class ConnectPayload(_Payload):
-    """Answer to `hello`: the session and its limits."""
-
-    client_id: str = Field(description="This connection's id (API Gateway connection id)")
-    session_token: str = Field(
-        description="Session token (a JWT, audience `quanttrade-session`); send it in `resume` after a reconnect. "
-        "Single-use: each `resumed` answer carries the next one"
-    )
-    user_id: str
-    limits: ConnectionLimits
-
-
-class StreamsChangedPayload(_Payload):
-    """Answer to `subscribe` / `unsubscribe`."""
-
-    success: bool
-    message: str
-    streams: list[str] = Field(description="Subscription keys that changed: `market_data:AAPL`, `alerts:*`")
-
-
-class SubscribedPayload(StreamsChangedPayload):
-    """Answer to `subscribe`."""
-
-    last_seq: dict[str, int] = Field(
-        default={},
-        description="For each single-symbol stream, the seq just before this subscription's first message: "
-        "name it in `resume.last_seq` to replay what was missed even before any message arrived",
-    )
-
-
-MEMBER_ID = (
-    "This user's pseudonymous id in this room: the same for all of the user's connections in the room, "
-    "different in every room, never the user id or a connection id"
-)
-
-
-class JoinRoomPayload(_Payload):
-    """Answer to `joinRoom`."""
-
-    success: bool
-    message: str
-    already_member: bool
-    member_id: str = Field(description=f"{MEMBER_ID}; the `source` of this user's room messages")
-
-
-class LeaveRoomPayload(_Payload):
-    """Answer to `leaveRoom`."""
-
-    success: bool
-    message: str
-
-
-class RoomMemberPayload(_Payload):
-    """Sent to the other members of a chat room of at most 100 members when a user joins or leaves it
-    (never in data rooms)."""
-
-    member_id: str = Field(description=f"Who joined or left: {MEMBER_ID}")
-
-
-class RoomMessagePayload(_Payload):
-    message: str
-    member_id: str = Field(description=f"The sender: {MEMBER_ID}")
-
-
-class PongPayload(_Payload):
-    server_time: float = Field(description="Server clock, epoch seconds")
-
-
-class RefreshPayload(_Payload):
-    success: bool
-    expires_at: int = Field(description="Expiry of the new access token, epoch seconds")
-    dropped: list[str] = Field(
-        default=[],
-        description="Subscription keys and rooms removed because the new token no longer permits them, then, "
-        "after a downgrade, the subscriptions over the new level's `max_subscriptions` (the last in key order first)",
-    )
-
-
-class StreamReplay(_Payload):
-    """What `resume` did for one stream named in `last_seq`."""
-
-    recovered: bool = Field(description="Every message after the given seq was replayed (false: a gap remains)")
-    replayed: int = Field(description="Messages replayed before this answer")
-    first_seq: int | None = Field(None, description="First replayed seq")
-    last_seq: int | None = Field(None, description="The stream's latest seq on the server")
-    error: ErrorCode | None = Field(
-        None,
-        description="Why the stream was not replayed: FORBIDDEN when the token may not read it or the connection "
-        "holds no subscription or data room that receives it",
-    )
-
-
-class ResumedPayload(_Payload):
-    """Answer to `resume`, sent after the replayed messages."""
-
-    success: bool
-    recovered: bool = Field(description="Every stream in `last_seq` was recovered")
-    streams: dict[str, StreamReplay]
-    subscriptions: list[str] = Field(description="Subscription keys the session had; they are active again")
-    rooms: list[str] = Field(description="Rooms the connection is back in")
-    dropped: list[str] = Field(
-        default=[],
-        description="Subscription keys and rooms the session had that were not restored: the current token does "
-        "not permit them (the same check as `joinRoom` and `subscribe`), or a limit was reached",
-    )
-    client_id: str
-    session_token: str = Field(
-        description="The next session token; the one this resume used is spent (single-use), so keep this one"
-    )
-
-
-class ErrorPayload(_Payload):
-    error_code: ErrorCode
-    message: str = Field(description="Plain words, safe to show; never a stack trace")
-
-
-class HeartbeatPayload(_Payload):
-    """Reserved: clients must accept a heartbeat and may ignore it. This server version does not send one."""
-
 
 # ---------------------------------------------------------------- what each message is
 
@@ -210,19 +72,6 @@ class ServerKind:
     ) -> None:
         self.key, self.message_type, self.payload, self.summary = key, message_type, payload, summary
         self.reply, self.data, self.room = reply, data, room
-
-
-def _data_payload(detail: type[upstream._Detail]) -> type[BaseModel]:
-    """The payload fan-out sends: the detail's fields plus the event id (fanout.FanOut._route)."""
-    return create_model(
-        f"{detail.__name__}Payload",
-        __base__=detail,
-        __doc__=detail.__doc__,
-        event_id=(
-            str,
-            Field(description="The upstream EventBridge event id; a redelivered event keeps it and its seq"),
-        ),
-    )
 
 
 def _camel(name: str) -> str:
@@ -272,10 +121,8 @@ SERVER_KINDS: list[ServerKind] = [
     ServerKind("refreshed", MessageType.REFRESH, RefreshPayload, "Answer to `refresh`", reply=True),
     ServerKind("resumed", MessageType.RESUMED, ResumedPayload, "Answer to `resume`", reply=True),
     *[
-        ServerKind(
-            _camel(message_type.value), message_type, _data_payload(detail), DATA_SUMMARIES[message_type], data=True
-        )
-        for message_type, detail in ServerKind.data_types.items()
+        ServerKind(_camel(message_type.value), message_type, payload, DATA_SUMMARIES[message_type], data=True)
+        for message_type, payload in DATA_PAYLOADS.items()
     ],
     ServerKind("heartbeat", MessageType.HEARTBEAT, HeartbeatPayload, "Reserved for server heartbeats"),
     ServerKind(
@@ -472,7 +319,7 @@ def build() -> dict[str, Any]:
         raise SystemExit("every MessageType needs a ServerKind")
 
     schemas = _schemas()
-    frames = {_action(frame): frame for frame in protocol.CLIENT_FRAMES}
+    frames = {protocol.action_of(frame): frame for frame in protocol.CLIENT_FRAMES}
     messages: dict[str, Any] = {}
     for action in ACTIONS:
         summary, _replies, example = ACTIONS[action]
@@ -622,17 +469,12 @@ def _schemas() -> dict[str, Any]:
     schemas["ErrorCode"]["description"] = "Error codes:\n\n" + "\n".join(
         f"- `{code.value}`: {meaning}" for code, meaning in ERROR_MEANINGS.items()
     )
-    schemas["MessageType"]["description"] = "What a server message is; decides the shape of `payload`."
-    schemas["StreamType"]["description"] = "What a client can subscribe to."
-    schemas["ServerMessage"]["description"] = (
-        "Every server message has this envelope. `request_id` echoes the request a message answers; `stream` and "
-        "`seq` are set on data messages; `room` and `source` on room traffic."
-    )
+    # The stream specs spell their stream type as a constant each; the enum still names them all in one place.
+    schemas["StreamType"] = TypeAdapter(StreamType).json_schema()
+    # The envelope's payload is described per message kind (_envelope); the common base of the payload
+    # models is no schema of its own.
+    schemas.pop("Payload", None)
     return schemas
-
-
-def _action(frame: type[BaseModel]) -> str:
-    return str(frame.model_fields["action"].annotation.__args__[0])  # type: ignore[union-attr]
 
 
 def _envelope_name(kind: ServerKind) -> str:
@@ -700,7 +542,8 @@ def _example(kind: ServerKind, seq: int = 42) -> dict[str, Any]:
         payload = {**detail.model_dump(mode="json", exclude_none=True), "event_id": _hex(f"event-{kind.key}-{seq}")}
         extra: dict[str, Any] = {"stream": detail.stream, "seq": seq, "source": _source_of(kind.message_type)}
     else:
-        payload = REPLY_EXAMPLES[kind.key]
+        # Validated by the payload model, so an example cannot show a field the protocol lacks.
+        payload = kind.payload.model_validate(REPLY_EXAMPLES[kind.key]).model_dump(mode="json", exclude_none=True)
         extra = {"room": "desk.equities"} if kind.room else {}
         if kind.reply and kind.key not in {"memberJoined", "memberLeft"}:
             extra["request_id"] = "r1"

@@ -13,9 +13,9 @@ from quanttrade_ws.protocol import (
     WILDCARD_SUBSCRIPTION_COST,
     MessageType,
     ServerMessage,
-    StreamSpec,
     StreamType,
     Subscribe,
+    stream_spec,
 )
 from quanttrade_ws.service import ActionContext
 from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION
@@ -526,10 +526,11 @@ def test_more_streams_than_a_transaction_holds_go_in_consecutive_transactions(
     roomy.connect("a", level="enterprise")
     connection = roomy.store.get_connection("a")
     assert connection is not None
-    keys = [f"market_data:S{i:03d}" for i in range(150)]
+    symbols = [f"S{i:03d}" for i in range(150)]
+    keys = [f"market_data:{symbol}" for symbol in symbols]
     frame = Subscribe.model_construct(
         action="subscribe",
-        streams=[StreamSpec(stream_type=StreamType.MARKET_DATA, symbol=key.split(":")[1]) for key in keys],
+        streams=[stream_spec({"stream_type": StreamType.MARKET_DATA, "symbol": symbol}) for symbol in symbols],
         request_id=None,
     )
     calls = DynamoCalls(roomy.store._raw)

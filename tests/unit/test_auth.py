@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from local.tokens import mint_token
+from quanttrade_protocol.enums import Permission, StreamType
 from quanttrade_ws.auth import (
     ALL_PERMISSIONS,
     AuthError,
@@ -338,9 +339,25 @@ def test_identity_round_trips_through_the_authorizer_context() -> None:
 def test_admin_permission_implies_every_other() -> None:
     admin = Identity(user_id="a", permissions=frozenset({"admin"}))
     reader = Identity(user_id="r", permissions=frozenset({"read:alerts"}))
-    assert admin.can("read:predictions")
-    assert reader.can("read:alerts")
-    assert not reader.can("read:predictions")
+    assert admin.can(Permission.READ_PREDICTIONS)
+    assert reader.can(Permission.READ_ALERTS)
+    assert not reader.can(Permission.READ_PREDICTIONS)
+
+
+def test_every_stream_type_has_its_read_permission() -> None:
+    # GIVEN the protocol's stream types
+    for stream_type in StreamType:
+        # THEN each has one read permission, spelled as tokens carry it
+        assert Permission.to_read(stream_type) == f"read:{stream_type.value}"
+    assert set(ALL_PERMISSIONS) == {permission.value for permission in Permission}
+
+
+def test_permissions_are_typed_and_unknown_ones_are_dropped() -> None:
+    # WHEN the authorizer context carries a permission this server does not know
+    identity = Identity.from_authorizer_context({"user_id": "u", "permissions": "read:alerts,launch:rockets"})
+    # THEN the identity holds only typed, known permissions
+    assert identity.permissions == frozenset({Permission.READ_ALERTS})
+    assert all(isinstance(permission, Permission) for permission in identity.permissions)
 
 
 # ---------------------------------------------------------------- session tokens

@@ -12,9 +12,11 @@ import asyncio
 import itertools
 import json
 import time
+import tomllib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -328,17 +330,33 @@ def make_client(server: FakeServer, open_clients: list[QuantTradeClient]) -> Cal
 # ---------------------------------------------------------------- the contract
 
 
-def test_client_enums_match_the_server_protocol() -> None:
-    assert {c.value for c in quanttrade_client.ErrorCode} == {c.value for c in protocol.ErrorCode}
-    assert {t.value for t in quanttrade_client.MessageType} == {t.value for t in protocol.MessageType}
-    assert {t.value for t in quanttrade_client.StreamType} == {t.value for t in protocol.StreamType}
+def test_client_enums_are_the_server_protocol() -> None:
+    # The same classes, not copies: the client cannot drift from what the server validates with.
+    assert quanttrade_client.ErrorCode is protocol.ErrorCode
+    assert quanttrade_client.MessageType is protocol.MessageType
+    assert quanttrade_client.StreamType is protocol.StreamType
+    # and every error code has its exception class
     assert set(ERRORS_BY_CODE) == {c.value for c in protocol.ErrorCode}
+
+
+def test_the_client_distribution_depends_on_the_protocol_distribution() -> None:
+    # GIVEN the two distributions' metadata
+    root = Path(__file__).resolve().parents[2]
+    client = tomllib.loads((root / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    shared = tomllib.loads((root / "layers" / "shared" / "pyproject.toml").read_text())
+    # THEN the protocol distribution packages quanttrade_protocol from the layer's own directory
+    found = shared["tool"]["setuptools"]["packages"]["find"]
+    assert found == {"where": ["python"], "include": ["quanttrade_protocol*"]}
+    assert (root / "layers" / "shared" / "python" / "quanttrade_protocol" / "__init__.py").is_file()
+    # AND the client requires exactly that version of it, so an installed client has the server's models
+    protocol_project = shared["project"]
+    assert f"{protocol_project['name']}=={protocol_project['version']}" in client["dependencies"]
 
 
 def test_client_stream_keys_match_the_server() -> None:
     for stream_type in protocol.StreamType:
         for symbol in (None, "aapl", "BRK.B"):
-            spec = protocol.StreamSpec(stream_type=stream_type, symbol=symbol)
+            spec = protocol.stream_spec({"stream_type": stream_type, "symbol": symbol})
             assert quanttrade_client.stream_key(stream_type.value, symbol) == spec.key
 
 

@@ -9,6 +9,14 @@ from typing import Any
 
 import pytest
 
+from quanttrade_protocol.enums import Severity
+from quanttrade_protocol.frames import (
+    STREAM_SPECS,
+    AlertsFilters,
+    AlertsStream,
+    MarketDataFilters,
+    PredictionsFilters,
+)
 from quanttrade_ws.protocol import (
     KNOWN_ACTIONS,
     ErrorCode,
@@ -22,13 +30,15 @@ from quanttrade_ws.protocol import (
     Resume,
     SendRoomMessage,
     ServerMessage,
-    StreamSpec,
+    StreamId,
     StreamType,
     Subscribe,
     Unsubscribe,
     error_message,
     pack_batches,
     parse_client_frame,
+    stream_spec,
+    subscription_cost,
 )
 
 
@@ -95,7 +105,8 @@ def test_subscribe_parses_every_stream_field() -> None:
     assert spec.stream_type is StreamType.PREDICTIONS
     assert spec.symbol == "msft"
     assert spec.interval == 2.5
-    assert spec.filters == {"min_confidence": "0.8"}
+    assert spec.filters == PredictionsFilters(min_confidence="0.8")
+    assert spec.filters.as_dict() == {"min_confidence": "0.8"}
     assert frame.request_id == "r1"
 
 
@@ -263,14 +274,107 @@ def test_oversized_or_non_string_request_id_is_not_echoed() -> None:
     ],
 )
 def test_stream_spec_key(spec: dict[str, Any], key: str) -> None:
-    assert StreamSpec.model_validate(spec).key == key
+    assert stream_spec(spec).key == key
 
 
 def test_stream_specs_are_hashable_and_equal_by_value() -> None:
-    a = StreamSpec(stream_type=StreamType.ALERTS)
-    b = StreamSpec(stream_type=StreamType.ALERTS)
+    a = stream_spec({"stream_type": "alerts"})
+    b = stream_spec({"stream_type": "alerts"})
     assert a == b
+    assert hash(a) == hash(b)
     assert a.key == b.key
+
+
+# ---------------------------------------------------------------- filters: one model per stream type
+
+
+def test_every_stream_type_has_its_own_spec_and_filter_model() -> None:
+    # GIVEN the discriminated union of stream specs
+    by_type = {spec.model_fields["stream_type"].annotation.__args__[0]: spec for spec in STREAM_SPECS}  # type: ignore[union-attr]
+    # THEN each stream type has exactly one, and parsing picks it by stream_type
+    assert set(by_type) == set(StreamType)
+    for stream_type, model in by_type.items():
+        parsed = stream_spec({"stream_type": stream_type.value})
+        assert type(parsed) is model
+        assert type(parsed.filters).stream_type is stream_type
+        assert parsed.filters.as_dict() == {}
+
+
+def test_filters_are_typed_values() -> None:
+    # WHEN an alerts subscription names a severity
+    spec = stream_spec({"stream_type": "alerts", "filters": {"min_severity": "high", "alert_type": "price"}})
+    # THEN the severity is the protocol's enum, and the stored form is the text the client sent
+    assert isinstance(spec, AlertsStream)
+    assert spec.filters == AlertsFilters(min_severity=Severity.HIGH, alert_type="price")
+    assert spec.filters.as_dict() == {"min_severity": "high", "alert_type": "price"}
+    assert stream_spec({"stream_type": "market_data", "filters": {"min_volume": "1e3"}}).filters == MarketDataFilters(
+        min_volume="1e3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"colour": "red"}, "Unknown filter 'colour' for market_data; known: min_volume"),
+        ({"min_confidence": "0.5"}, "Unknown filter 'min_confidence' for market_data"),
+        ({"min_volume": "lots"}, "needs a number"),
+    ],
+)
+def test_a_bad_filter_is_invalid_message_in_plain_words(filters: dict[str, str], expected: str) -> None:
+    frame = {"action": "subscribe", "streams": [{"stream_type": "market_data", "filters": filters}]}
+    error = rejected(json.dumps(frame))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert expected in error.message
+
+
+def test_an_unknown_filter_name_that_no_reply_could_encode_is_not_echoed() -> None:
+    # GIVEN a filter name with a lone surrogate (a JSON escape can carry one)
+    body = '{"action": "subscribe", "streams": [{"stream_type": "alerts", "filters": {"\\ud800x": "1"}}]}'
+    # WHEN it is parsed
+    error = rejected(body)
+    # THEN the error is INVALID_MESSAGE, and the reply carrying it serialises
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert "Unknown filter '?x'" in error.message
+    assert error_message(error.code, error.message).to_json()
+
+
+def test_min_severity_takes_only_the_severities() -> None:
+    frame = {"action": "subscribe", "streams": [{"stream_type": "alerts", "filters": {"min_severity": "apocalyptic"}}]}
+    error = rejected(json.dumps(frame))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert all(severity.value in error.message for severity in Severity)
+
+
+# ---------------------------------------------------------------- stream ids
+
+
+@pytest.mark.parametrize(
+    ("text", "stream_type", "symbol"),
+    [
+        ("market_data:AAPL", StreamType.MARKET_DATA, "AAPL"),
+        ("market_data:*", StreamType.MARKET_DATA, "*"),
+        ("alerts", StreamType.ALERTS, None),
+        ("alerts:*", StreamType.ALERTS, "*"),
+        ("performance:momentum-1", StreamType.PERFORMANCE, "momentum-1"),
+    ],
+)
+def test_stream_ids_parse_and_spell_back(text: str, stream_type: StreamType, symbol: str | None) -> None:
+    stream = StreamId.parse(text)
+    assert stream == StreamId(stream_type, symbol)
+    assert str(stream) == text
+
+
+@pytest.mark.parametrize("text", ["weather:AAPL", "", ":AAPL", "Market_Data:AAPL"])
+def test_a_stream_of_no_known_type_parses_to_none(text: str) -> None:
+    assert StreamId.parse(text) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "cost"),
+    [("market_data:*", 10), ("predictions:*", 10), ("market_data:AAPL", 1), ("alerts:*", 1), ("weather:*", 1)],
+)
+def test_only_a_wildcard_over_a_per_symbol_feed_costs_a_block(key: str, cost: int) -> None:
+    assert subscription_cost(key) == cost
 
 
 # ---------------------------------------------------------------- server messages

@@ -1,4 +1,8 @@
-"""QuantTrade WebSocket API client: typed requests, ordered exactly-once streams, automatic reconnect and resume."""
+"""QuantTrade WebSocket API client: typed requests, ordered exactly-once streams, automatic reconnect and resume.
+
+The protocol's names (ErrorCode, MessageType, StreamType) are quanttrade_protocol's, the package the
+server validates and answers with, re-exported here.
+"""
 
 from quanttrade_client.client import QuantTradeClient, ResumeReport, TokenProvider, backoff_delay, stream_key
 from quanttrade_client.errors import (
@@ -6,7 +10,6 @@ from quanttrade_client.errors import (
     AuthFailed,
     ClientClosed,
     ConnectionLost,
-    ErrorCode,
     Forbidden,
     InternalError,
     InvalidMessage,
@@ -21,7 +24,8 @@ from quanttrade_client.errors import (
     SubscriptionLimit,
     UnknownAction,
 )
-from quanttrade_client.messages import Message, MessageType, StreamType
+from quanttrade_client.messages import Message
+from quanttrade_protocol.enums import ErrorCode, MessageType, StreamType
 
 __all__ = [
     "ERRORS_BY_CODE",

@@ -47,15 +47,13 @@ from quanttrade_client.errors import (
 )
 from quanttrade_client.messages import MalformedMessage, Message, StreamType, parse_frame
 from quanttrade_client.ordering import StreamOrder
+from quanttrade_protocol.frames import MAX_RESUME_STREAMS, MAX_STREAMS_PER_FRAME, StreamId
 
 logger = logging.getLogger("quanttrade_client")
 
 TokenProvider = Callable[[], Awaitable[str]]
 
 API_GATEWAY_MAX_CONNECTION_SECONDS = 2 * 3600.0
-# The server's limits on one frame (quanttrade_ws.protocol: Subscribe.streams, Resume.last_seq).
-MAX_STREAMS_PER_SUBSCRIBE = 50
-MAX_RESUME_STREAMS = 100
 # Data rooms carry the events of one stream family (quanttrade_ws.rooms.DATA_ROOM_PREFIXES).
 _DATA_ROOM_STREAMS = {"market_data_": "market_data:", "predictions_": "predictions:"}
 # A token provider that keeps failing is a configuration problem, not an outage.
@@ -89,9 +87,9 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float
     return rng() * min(cap, base * (2**attempt))
 
 
-def stream_key(stream_type: str, symbol: str | None) -> str:
-    """The server's subscription key (quanttrade_ws.protocol.StreamSpec.key)."""
-    return f"{stream_type}:{symbol.upper() if symbol else '*'}"
+def stream_key(stream_type: StreamType | str, symbol: str | None) -> str:
+    """The server's subscription key for a stream type and symbol (None: every symbol)."""
+    return str(StreamId.subscription(StreamType(stream_type), symbol))
 
 
 class _Connection:
@@ -495,7 +493,10 @@ class QuantTradeClient:
         return dict(wanted[-MAX_RESUME_STREAMS:])
 
     def _wants(self, stream: str) -> bool:
-        stream_type, _, symbol = stream.partition(":")
+        stream_id = StreamId.parse(stream)
+        if stream_id is None:
+            return False  # a stream type this client does not know: it never subscribed to one
+        stream_type, symbol = stream_id.stream_type, stream_id.symbol
         if stream_key(stream_type, None) in self._streams:
             return True
         if symbol and stream_key(stream_type, symbol) in self._streams:
@@ -511,8 +512,8 @@ class QuantTradeClient:
     async def _restore(self, connection: _Connection, streams: set[str], rooms: set[str]) -> None:
         """Subscribe and join whatever the application asked for that the server's session lacks."""
         missing = [spec for key, spec in self._streams.items() if key not in streams]
-        for start in range(0, len(missing), MAX_STREAMS_PER_SUBSCRIBE):
-            chunk = missing[start : start + MAX_STREAMS_PER_SUBSCRIBE]
+        for start in range(0, len(missing), MAX_STREAMS_PER_FRAME):
+            chunk = missing[start : start + MAX_STREAMS_PER_FRAME]
             await self._tolerate(self._request_on(connection, {"action": "subscribe", "streams": chunk}))
         for room in [room for room in self._rooms if room not in rooms]:
             await self._tolerate(self._request_on(connection, {"action": "joinRoom", "room": room}))

@@ -7,24 +7,7 @@ can `except RoomFull:` instead of comparing strings.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-
-class ErrorCode(StrEnum):
-    """The server's error codes (quanttrade_ws.protocol.ErrorCode; a unit test keeps the two equal)."""
-
-    AUTH_FAILED = "AUTH_FAILED"
-    RATE_LIMIT = "RATE_LIMIT"
-    SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
-    ROOM_LIMIT = "ROOM_LIMIT"
-    ROOM_FULL = "ROOM_FULL"
-    INVALID_ROOM = "INVALID_ROOM"
-    INVALID_MESSAGE = "INVALID_MESSAGE"
-    UNKNOWN_ACTION = "UNKNOWN_ACTION"
-    FORBIDDEN = "FORBIDDEN"
-    NOT_IN_ROOM = "NOT_IN_ROOM"
-    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
-    INTERNAL = "INTERNAL"
+from quanttrade_protocol.enums import ErrorCode
 
 
 class QuantTradeError(Exception):

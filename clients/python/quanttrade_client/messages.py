@@ -1,50 +1,21 @@
 """What the server sends, as typed values.
 
-Every server message is the same envelope (quanttrade_ws.protocol.ServerMessage);
-`Message` is its client-side view. A `batch` message is only a carrier: it is
-unpacked into the messages it holds before anything else looks at it.
+Every server message is the same envelope (quanttrade_protocol.messages.ServerMessage);
+`Message` is its client-side view, lenient where the server model is strict, so
+a newer server's additions do not break this client. A `batch` message is only a
+carrier: it is unpacked into the messages it holds before anything else looks at it.
+The names (MessageType, StreamType) are the protocol package's own.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from quanttrade_protocol.enums import MessageType, StreamType
 
-class StreamType(StrEnum):
-    """What a client can subscribe to (quanttrade_ws.protocol.StreamType; kept equal by a unit test)."""
-
-    MARKET_DATA = "market_data"
-    PREDICTIONS = "predictions"
-    ALERTS = "alerts"
-    PERFORMANCE = "performance"
-    SYSTEM_STATUS = "system_status"
-    MARKET_REGIME = "market_regime"
-
-
-class MessageType(StrEnum):
-    """Server message types (quanttrade_ws.protocol.MessageType; kept equal by a unit test)."""
-
-    CONNECT = "connect"
-    SUBSCRIBE = "subscribe"
-    UNSUBSCRIBE = "unsubscribe"
-    JOIN_ROOM = "join_room"
-    LEAVE_ROOM = "leave_room"
-    ROOM_MESSAGE = "room_message"
-    PONG = "pong"
-    REFRESH = "refresh"
-    RESUMED = "resumed"
-    MARKET_DATA = "market_data"
-    PREDICTION = "prediction"
-    ALERT = "alert"
-    PERFORMANCE = "performance"
-    SYSTEM_STATUS = "system_status"
-    MARKET_REGIME = "market_regime"
-    HEARTBEAT = "heartbeat"
-    BATCH = "batch"
-    ERROR = "error"
+__all__ = ["MalformedMessage", "Message", "MessageType", "StreamType", "parse_frame"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quanttrade_protocol.enums import Permission
 from quanttrade_ws.config import SPACE_SEPARATED_CLAIMS, Settings
-from quanttrade_ws.protocol import StreamType
 
 SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
 CLIENT_TYPES = ("web", "mobile", "desktop", "bot")
-KNOWN_PERMISSIONS = frozenset({f"read:{t.value}" for t in StreamType} | {"rooms:join", "rooms:send", "admin"})
-ALL_PERMISSIONS = tuple(sorted(KNOWN_PERMISSIONS))
+KNOWN_PERMISSIONS: frozenset[str] = frozenset(Permission)
+# Plain strings, for what goes into tokens and templates (a CDK construct takes no enum of ours).
+ALL_PERMISSIONS = tuple(sorted(permission.value for permission in Permission))
 SESSION_AUDIENCE = "quanttrade-session"  # never an access token's audience: neither token passes for the other
 SESSION_ISSUER = "quanttrade-websocket"
 
@@ -110,13 +111,13 @@ class Identity(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=128)
     client_type: str = "web"
-    permissions: frozenset[str] = frozenset()
+    permissions: frozenset[Permission] = frozenset()
     subscription_level: str = "free"
     token_expires_at: int = 0  # epoch seconds
     token_issued_at: int = 0  # the token's `iat`: a refresh may not go back to an older token
 
-    def can(self, permission: str) -> bool:
-        return permission in self.permissions or "admin" in self.permissions
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions or Permission.ADMIN in self.permissions
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway's authorizer context holds only strings, numbers and booleans."""
@@ -135,7 +136,7 @@ class Identity(BaseModel):
         return cls(
             user_id=str(context.get("user_id") or context.get("principalId") or ""),
             client_type=str(context.get("client_type") or "web"),
-            permissions=frozenset(p for p in permissions.split(",") if p),
+            permissions=frozenset(Permission(p) for p in permissions.split(",") if p in KNOWN_PERMISSIONS),
             subscription_level=str(context.get("subscription_level") or "free"),
             token_expires_at=int(context.get("token_expires_at") or 0),
             token_issued_at=int(context.get("token_issued_at") or 0),
@@ -259,7 +260,7 @@ class PermissionClaim:
     def from_settings(cls, settings: Settings) -> PermissionClaim:
         return cls(settings.jwt_permissions_claim, settings.jwt_scope_prefix, settings.jwt_permission_map)
 
-    def permissions(self, claims: dict[str, Any]) -> frozenset[str]:
+    def permissions(self, claims: dict[str, Any]) -> frozenset[Permission]:
         raw = claims.get(self.claim, [])
         if isinstance(raw, str) and self.claim in SPACE_SEPARATED_CLAIMS:
             raw = raw.split()
@@ -270,7 +271,7 @@ class PermissionClaim:
             values = [value[len(self.prefix) :] for value in values if value.startswith(self.prefix)]
         if self.mapping:
             values = [permission for value in values for permission in self.mapping.get(value, ())]
-        return frozenset(value for value in values if value in KNOWN_PERMISSIONS)
+        return frozenset(Permission(value) for value in values if value in KNOWN_PERMISSIONS)
 
 
 DEFAULT_PERMISSION_CLAIM = PermissionClaim()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quanttrade_ws.auth import Identity
+from quanttrade_ws.protocol import StreamId
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,12 @@ class Subscription:
         return not self.token_expires_at or self.token_expires_at >= now
 
     def to_spec(self) -> dict[str, object]:
-        stream_type, _, symbol = self.stream_key.partition(":")
+        stream = StreamId.parse(self.stream_key)
+        if stream is None:  # not a key this server writes; shown as it is stored
+            return {"stream_type": self.stream_key, "symbol": None, "interval": self.interval, "filters": {}}
         return {
-            "stream_type": stream_type,
-            "symbol": None if symbol in ("", "*") else symbol,
+            "stream_type": stream.stream_type.value,
+            "symbol": None if stream.symbol is None or stream.is_wildcard else stream.symbol,
             "interval": self.interval,
             "filters": dict(self.filters),
         }

@@ -1,100 +1,89 @@
-"""The wire protocol: client frames in, server messages out.
+"""The wire protocol as the server applies it: parsing client frames, what actions cost, errors and batches.
 
-These models are the contract. The handlers validate with them, the Python
-client builds with them, and the AsyncAPI document is generated from them.
+The contract itself (names, client frames, server messages and their payloads)
+is the quanttrade_protocol package, which the Python client installs too. The
+names the backend's modules share are re-exported here; the reply payloads are
+imported from quanttrade_protocol.messages by the service that builds them.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from functools import cache
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from quanttrade_protocol.enums import ErrorCode, MessageType, Permission, Severity, StreamType
+from quanttrade_protocol.frames import (
+    CLIENT_FRAMES,
+    KNOWN_ACTIONS,
+    MAX_INTERVAL_SECONDS,
+    MAX_SEQ,
+    MIN_INTERVAL_SECONDS,
+    STREAM_SPECS,
+    SYMBOL_PATTERN,
+    WILDCARD,
+    ClientFrame,
+    Hello,
+    JoinRoom,
+    LeaveRoom,
+    Ping,
+    Refresh,
+    Resume,
+    SendRoomMessage,
+    StreamId,
+    StreamSpec,
+    Subscribe,
+    Unsubscribe,
+    action_of,
+    stream_spec,
+)
+from quanttrade_protocol.messages import ErrorPayload, Payload, ServerMessage, new_message_id, utc_now_iso
 
-class StreamType(StrEnum):
-    MARKET_DATA = "market_data"
-    PREDICTIONS = "predictions"
-    ALERTS = "alerts"
-    PERFORMANCE = "performance"
-    SYSTEM_STATUS = "system_status"
-    MARKET_REGIME = "market_regime"
-
-
-class MessageType(StrEnum):
-    CONNECT = "connect"
-    SUBSCRIBE = "subscribe"
-    UNSUBSCRIBE = "unsubscribe"
-    JOIN_ROOM = "join_room"
-    LEAVE_ROOM = "leave_room"
-    ROOM_MESSAGE = "room_message"
-    PONG = "pong"
-    REFRESH = "refresh"
-    RESUMED = "resumed"
-    MARKET_DATA = "market_data"
-    PREDICTION = "prediction"
-    ALERT = "alert"
-    PERFORMANCE = "performance"
-    SYSTEM_STATUS = "system_status"
-    MARKET_REGIME = "market_regime"
-    HEARTBEAT = "heartbeat"
-    BATCH = "batch"
-    ERROR = "error"
-
-
-class ErrorCode(StrEnum):
-    AUTH_FAILED = "AUTH_FAILED"
-    RATE_LIMIT = "RATE_LIMIT"
-    SUBSCRIPTION_LIMIT = "SUBSCRIPTION_LIMIT"
-    ROOM_LIMIT = "ROOM_LIMIT"
-    ROOM_FULL = "ROOM_FULL"
-    INVALID_ROOM = "INVALID_ROOM"
-    INVALID_MESSAGE = "INVALID_MESSAGE"
-    UNKNOWN_ACTION = "UNKNOWN_ACTION"
-    FORBIDDEN = "FORBIDDEN"
-    NOT_IN_ROOM = "NOT_IN_ROOM"
-    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
-    INTERNAL = "INTERNAL"
-
-
-SYMBOL_PATTERN = r"^[A-Za-z0-9._^=-]{1,24}$"
-# Bounds that keep every number a client sends storable by DynamoDB (38 significant digits,
-# magnitudes 1e-130 to 1e125): a value outside them is INVALID_MESSAGE, never a store failure.
-MIN_INTERVAL_SECONDS = 0.001
-MAX_INTERVAL_SECONDS = 86400
-MAX_SEQ = 2**63 - 1
-
-# ---------------------------------------------------------------- client frames
-
-Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
-RequestId = Annotated[str, StringConstraints(max_length=128)]
-FilterValue = Annotated[str, StringConstraints(max_length=128)]
-
-
-class _Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    request_id: RequestId | None = None
-
-
-class StreamSpec(BaseModel):
-    """One stream a client wants: a stream type, optionally narrowed to one symbol."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    stream_type: StreamType
-    symbol: Symbol | None = None
-    interval: Annotated[float, Field(ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)] | None = None
-    filters: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], FilterValue], Field(max_length=16)] = {}
-
-    @property
-    def key(self) -> str:
-        """The subscription key fan-out Queries: `market_data:AAPL`, or `market_data:*` for every symbol."""
-        return f"{self.stream_type.value}:{self.symbol.upper() if self.symbol else '*'}"
-
+__all__ = [
+    "ACTION_COSTS",
+    "CLIENT_FRAMES",
+    "KNOWN_ACTIONS",
+    "MAX_INTERVAL_SECONDS",
+    "MAX_SEQ",
+    "MIN_INTERVAL_SECONDS",
+    "PER_SYMBOL_STREAM_TYPES",
+    "STREAM_SPECS",
+    "SYMBOL_PATTERN",
+    "UNPARSED_FRAME_COST",
+    "WILDCARD",
+    "WILDCARD_SUBSCRIPTION_COST",
+    "ClientFrame",
+    "ErrorCode",
+    "Hello",
+    "JoinRoom",
+    "LeaveRoom",
+    "MessageType",
+    "Payload",
+    "Permission",
+    "Ping",
+    "ProtocolError",
+    "Refresh",
+    "Resume",
+    "SendRoomMessage",
+    "ServerMessage",
+    "Severity",
+    "StreamId",
+    "StreamSpec",
+    "StreamType",
+    "Subscribe",
+    "Unsubscribe",
+    "action_of",
+    "describe_validation_error",
+    "error_message",
+    "new_message_id",
+    "pack_batches",
+    "parse_client_frame",
+    "stream_spec",
+    "subscription_cost",
+    "utc_now_iso",
+]
 
 # How much of a level's subscription budget (Limits.subscriptions_*) a subscription key uses.
 # A symbol stream, a type-level stream (`alerts:*`, `system_status:*`) and a data room are
@@ -107,79 +96,11 @@ WILDCARD_SUBSCRIPTION_COST = 10
 
 
 def subscription_cost(stream_key: str) -> int:
-    stream_type, _, symbol = stream_key.partition(":")
-    return WILDCARD_SUBSCRIPTION_COST if symbol == "*" and stream_type in PER_SYMBOL_STREAM_TYPES else 1
+    stream = StreamId.parse(stream_key)
+    if stream is not None and stream.is_wildcard and stream.stream_type in PER_SYMBOL_STREAM_TYPES:
+        return WILDCARD_SUBSCRIPTION_COST
+    return 1
 
-
-class Hello(_Frame):
-    action: Literal["hello"]
-
-
-class Subscribe(_Frame):
-    action: Literal["subscribe"]
-    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
-
-
-class Unsubscribe(_Frame):
-    action: Literal["unsubscribe"]
-    streams: Annotated[list[StreamSpec], Field(min_length=1, max_length=50)]
-
-
-class JoinRoom(_Frame):
-    action: Literal["joinRoom"]
-    room: Annotated[str, StringConstraints(max_length=256)]
-
-
-class LeaveRoom(_Frame):
-    action: Literal["leaveRoom"]
-    room: Annotated[str, StringConstraints(max_length=256)]
-
-
-class SendRoomMessage(_Frame):
-    action: Literal["sendRoomMessage"]
-    room: Annotated[str, StringConstraints(max_length=256)]
-    # The configured room message limit is checked by the domain (MESSAGE_TOO_LARGE);
-    # this bound only keeps absurd frames out of the parser.
-    message: Annotated[str, StringConstraints(max_length=128 * 1024)]
-
-
-class Ping(_Frame):
-    action: Literal["ping"]
-
-
-class Refresh(_Frame):
-    action: Literal["refresh"]
-    token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-
-
-StreamName = Annotated[str, StringConstraints(max_length=128)]
-
-
-class Resume(_Frame):
-    action: Literal["resume"]
-    session_token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    last_seq: Annotated[
-        dict[Annotated[str, StringConstraints(max_length=128)], Annotated[int, Field(ge=0, le=MAX_SEQ)]],
-        Field(max_length=100),
-    ] = {}
-
-
-ClientFrame = Annotated[
-    Hello | Subscribe | Unsubscribe | JoinRoom | LeaveRoom | SendRoomMessage | Ping | Refresh | Resume,
-    Field(discriminator="action"),
-]
-CLIENT_FRAMES: tuple[type[_Frame], ...] = (
-    Hello,
-    Subscribe,
-    Unsubscribe,
-    JoinRoom,
-    LeaveRoom,
-    SendRoomMessage,
-    Ping,
-    Refresh,
-    Resume,
-)
-KNOWN_ACTIONS = frozenset(frame.model_fields["action"].annotation.__args__[0] for frame in CLIENT_FRAMES)  # type: ignore[union-attr]
 
 # What each action weighs against a connection's rate budget (Limits.messages_per_second
 # units per second). A ping is the unit; an action that writes to DynamoDB, replays
@@ -197,7 +118,12 @@ ACTION_COSTS: dict[str, int] = {
     "resume": 50,
 }
 UNPARSED_FRAME_COST = 1
-_client_frame: TypeAdapter[Any] = TypeAdapter(ClientFrame)
+
+
+@cache
+def _client_frame() -> TypeAdapter[Any]:
+    """Built on the first frame, not at import: $connect imports the protocol and parses none."""
+    return TypeAdapter(ClientFrame)
 
 
 class ProtocolError(Exception):
@@ -228,7 +154,7 @@ def parse_client_frame(body: str | bytes | None) -> Any:
         shown = action[:64].encode(errors="replace").decode()
         raise ProtocolError(ErrorCode.UNKNOWN_ACTION, f"Unknown action '{shown}'", request_id)
     try:
-        return _client_frame.validate_python(raw)
+        return _client_frame().validate_python(raw)
     except ValidationError as error:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, describe_validation_error(error), request_id) from None
 
@@ -255,38 +181,10 @@ def describe_validation_error(error: ValidationError) -> str:
 # ---------------------------------------------------------------- server messages
 
 
-def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def new_message_id() -> str:
-    return uuid.uuid4().hex
-
-
-class ServerMessage(BaseModel):
-    """The envelope of every server message (docs/PROTOCOL.md). `stream` and `seq` are set on data messages."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    message_id: str = Field(default_factory=new_message_id)
-    message_type: MessageType
-    payload: dict[str, Any] = {}
-    timestamp: str = Field(default_factory=utc_now_iso)
-    source: str | None = None
-    target: str | None = None
-    room: str | None = None
-    request_id: str | None = None
-    stream: str | None = None
-    seq: int | None = None
-
-    def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
-
-
 def error_message(code: ErrorCode, message: str, request_id: str | None = None) -> ServerMessage:
     return ServerMessage(
         message_type=MessageType.ERROR,
-        payload={"error_code": code.value, "message": message},
+        payload=ErrorPayload(error_code=code, message=message),
         request_id=request_id,
     )
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from quanttrade_ws.auth import Identity
-from quanttrade_ws.protocol import ErrorCode, ProtocolError
+from quanttrade_ws.protocol import WILDCARD, ErrorCode, Permission, ProtocolError, StreamId
 
 # `fullmatch`, never `match` with `$`: `$` also matches before a trailing newline.
 ROOM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -22,8 +22,8 @@ ROOM_NAME_RULE = "Room names are 1-64 of A-Z a-z 0-9 _ . : -"
 
 # Data rooms also receive upstream events (upstream._Detail.data_room spells them),
 # and each needs the read permission of its stream family.
-DATA_ROOMS = {"alerts": "read:alerts"}
-DATA_ROOM_PREFIXES = {"market_data_": "read:market_data", "predictions_": "read:predictions"}
+DATA_ROOMS = {"alerts": Permission.READ_ALERTS}
+DATA_ROOM_PREFIXES = {"market_data_": Permission.READ_MARKET_DATA, "predictions_": Permission.READ_PREDICTIONS}
 # Reserved for operators: the exact names and everything under the prefixes need `admin`.
 RESERVED_NAMES = frozenset({"admin", "system"})
 RESERVED_PREFIXES = ("admin.", "system.")
@@ -76,11 +76,11 @@ def canonical_data_room(room: str) -> str | None:
     return None
 
 
-def room_permission(room: str) -> str | None:
+def room_permission(room: str) -> Permission | None:
     """The permission a room needs beyond rooms:join (data rooms and reserved rooms)."""
     kind = room_kind(room)
     if kind is RoomKind.RESERVED:
-        return "admin"
+        return Permission.ADMIN
     if kind is RoomKind.DATA:
         folded = room.casefold()
         if folded in DATA_ROOMS:
@@ -96,7 +96,7 @@ def room_refusal(identity: Identity, room: str) -> str | None:
     resume drop the rooms it refuses, so a token never keeps or regains a room
     that joinRoom would refuse it.
     """
-    if not identity.can("rooms:join"):
+    if not identity.can(Permission.ROOMS_JOIN):
         return "No permission to join rooms"
     needed = room_permission(room)
     if needed and not identity.can(needed):
@@ -106,17 +106,23 @@ def room_refusal(identity: Identity, room: str) -> str | None:
 
 def data_room_of_stream(stream: str) -> str | None:
     """The data room that also receives a stream's events (as upstream._Detail.data_room names it)."""
-    stream_type, _, symbol = stream.partition(":")
-    if stream_type in DATA_ROOMS:
-        return stream_type
-    prefix = f"{stream_type}_"
-    return prefix + symbol if prefix in DATA_ROOM_PREFIXES and symbol and symbol != "*" else None
+    stream_id = StreamId.parse(stream)
+    if stream_id is None:
+        return None
+    if stream_id.stream_type.value in DATA_ROOMS:
+        return stream_id.stream_type.value
+    prefix = f"{stream_id.stream_type.value}_"
+    symbol = stream_id.symbol
+    return prefix + symbol if prefix in DATA_ROOM_PREFIXES and symbol and not stream_id.is_wildcard else None
 
 
 def holds_stream(stream: str, subscription_keys: set[str], rooms: set[str]) -> bool:
     """Whether a connection with these subscriptions and rooms receives `stream` (`market_data:AAPL`, `alerts`)."""
-    stream_type, _, symbol = stream.partition(":")
-    if f"{stream_type}:*" in subscription_keys or (symbol and stream in subscription_keys):
+    stream_id = StreamId.parse(stream)
+    if stream_id is None:
+        return False
+    every_symbol = StreamId(stream_id.stream_type, WILDCARD)
+    if str(every_symbol) in subscription_keys or (stream_id.symbol and stream in subscription_keys):
         return True
     room = data_room_of_stream(stream)
     return room is not None and room in rooms

@@ -13,6 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from quanttrade_protocol.messages import (
+    ConnectionLimits,
+    ConnectPayload,
+    JoinRoomPayload,
+    LeaveRoomPayload,
+    PongPayload,
+    RefreshPayload,
+    ResumedPayload,
+    RoomMemberPayload,
+    RoomMessagePayload,
+    StreamReplay,
+    StreamsChangedPayload,
+    SubscribedPayload,
+)
 from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
@@ -27,12 +41,15 @@ from quanttrade_ws.protocol import (
     JoinRoom,
     LeaveRoom,
     MessageType,
+    Payload,
+    Permission,
     Ping,
     ProtocolError,
     Refresh,
     Resume,
     SendRoomMessage,
     ServerMessage,
+    StreamId,
     StreamSpec,
     StreamType,
     Subscribe,
@@ -52,7 +69,6 @@ from quanttrade_ws.rooms import (
     room_refusal,
 )
 from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION, DynamoStore, Outcome
-from quanttrade_ws.upstream import FILTERS_BY_STREAM, SEVERITY_ORDER
 
 if TYPE_CHECKING:
     from quanttrade_ws.fanout import Metrics
@@ -270,7 +286,7 @@ class RealtimeService:
         message.target = message.target or connection_id
         return self.gateway.post(connection_id, message.to_json().encode())
 
-    def _answer(self, ctx: ActionContext, message_type: MessageType, payload: dict[str, Any], **extra: Any) -> None:
+    def _answer(self, ctx: ActionContext, message_type: MessageType, payload: Payload, **extra: Any) -> None:
         self.reply(
             ctx.connection.connection_id,
             ServerMessage(message_type=message_type, payload=payload, request_id=ctx.request_id, **extra),
@@ -289,36 +305,36 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.CONNECT,
-            {
-                "client_id": connection.connection_id,
-                "session_token": self._session_token(session_id, connection.identity.user_id),
-                "user_id": connection.identity.user_id,
-                "limits": self._limits_for(connection.identity),
-            },
+            ConnectPayload(
+                client_id=connection.connection_id,
+                session_token=self._session_token(session_id, connection.identity.user_id),
+                user_id=connection.identity.user_id,
+                limits=self._limits_for(connection.identity),
+            ),
         )
 
     def _session_token(self, session_id: str, user_id: str) -> str:
         expires = int(self.clock()) + self.settings.token_expiry_hours * 3600
         return self.session_tokens.issue(Session(session_id, user_id, expires))
 
-    def _limits_for(self, identity: Identity) -> dict[str, Any]:
-        return {
-            "max_subscriptions": self.limits.subscriptions_for(identity.subscription_level),
-            "wildcard_subscription_cost": WILDCARD_SUBSCRIPTION_COST,
-            "max_rooms": self.limits.rooms_per_client,
-            "max_room_members": self.limits.clients_per_room,
-            "max_room_message_bytes": self.limits.room_message_bytes,
-            "messages_per_second": self.limits.messages_per_second,
-            "action_costs": dict(ACTION_COSTS),
-            "max_resume_messages": self.limits.resume_messages,
-            "room_messages_per_minute": self.limits.room_messages_per_minute,
-            "max_message_bytes": self.limits.max_message_bytes,
-            "idle_timeout_seconds": self.settings.idle_timeout_seconds,
-            "history_seconds": self.settings.history_seconds,
-        }
+    def _limits_for(self, identity: Identity) -> ConnectionLimits:
+        return ConnectionLimits(
+            max_subscriptions=self.limits.subscriptions_for(identity.subscription_level),
+            wildcard_subscription_cost=WILDCARD_SUBSCRIPTION_COST,
+            max_rooms=self.limits.rooms_per_client,
+            max_room_members=self.limits.clients_per_room,
+            max_room_message_bytes=self.limits.room_message_bytes,
+            messages_per_second=self.limits.messages_per_second,
+            action_costs=dict(ACTION_COSTS),
+            max_resume_messages=self.limits.resume_messages,
+            room_messages_per_minute=self.limits.room_messages_per_minute,
+            max_message_bytes=self.limits.max_message_bytes,
+            idle_timeout_seconds=self.settings.idle_timeout_seconds,
+            history_seconds=self.settings.history_seconds,
+        )
 
     def _ping(self, ctx: ActionContext, frame: Ping) -> None:
-        self._answer(ctx, MessageType.PONG, {"server_time": self.clock()})
+        self._answer(ctx, MessageType.PONG, PongPayload(server_time=self.clock()))
 
     def _subscribe(self, ctx: ActionContext, frame: Subscribe) -> None:
         # A stream named twice counts once (the last spelling of its interval and filters wins).
@@ -332,7 +348,7 @@ class RealtimeService:
                 connection_id=ctx.connection.connection_id,
                 user_id=ctx.connection.identity.user_id,
                 interval=spec.interval,
-                filters=dict(spec.filters),
+                filters=spec.filters.as_dict(),
                 token_expires_at=ctx.connection.identity.token_expires_at,
             )
             for spec in specs
@@ -365,7 +381,9 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.SUBSCRIBE,
-            {"success": True, "message": f"Subscribed to {', '.join(added)}", "streams": added, "last_seq": last_seq},
+            SubscribedPayload(
+                success=True, message=f"Subscribed to {', '.join(added)}", streams=added, last_seq=last_seq
+            ),
         )
         # A new market data subscriber gets the latest known value at once (last value cache).
         for message in last_values.values():
@@ -396,21 +414,9 @@ class RealtimeService:
         return True
 
     def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:
-        if not identity.can(f"read:{spec.stream_type.value}"):
+        # The filters were checked when the frame was parsed: each stream type has its own model.
+        if not identity.can(Permission.to_read(spec.stream_type)):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"No permission to read {spec.stream_type.value}", request_id)
-        known = FILTERS_BY_STREAM[spec.stream_type]
-        for name, value in spec.filters.items():
-            if name not in known:
-                raise ProtocolError(
-                    ErrorCode.INVALID_MESSAGE,
-                    f"Unknown filter '{name[:32]}' for {spec.stream_type.value}; known: {', '.join(sorted(known))}",
-                    request_id,
-                )
-            kind = known[name]
-            if kind == "number" and not _is_number(value):
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter '{name}' needs a number", request_id)
-            if name == "min_severity" and value not in SEVERITY_ORDER:
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"Filter 'min_severity' takes {kind}", request_id)
 
     def _unsubscribe(self, ctx: ActionContext, frame: Unsubscribe) -> None:
         keys = dict.fromkeys(spec.key for spec in frame.streams)  # a stream named twice counts once
@@ -422,11 +428,11 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.UNSUBSCRIBE,
-            {
-                "success": True,
-                "message": f"Unsubscribed from {', '.join(removed)}" if removed else "Was not subscribed",
-                "streams": removed,
-            },
+            StreamsChangedPayload(
+                success=True,
+                message=f"Unsubscribed from {', '.join(removed)}" if removed else "Was not subscribed",
+                streams=removed,
+            ),
         )
 
     def _check_room(self, identity: Identity, room: str, request_id: str | None) -> None:
@@ -463,12 +469,12 @@ class RealtimeService:
         self._answer(
             ctx,
             MessageType.JOIN_ROOM,
-            {
-                "success": True,
-                "message": f"Joined {frame.room}",
-                "already_member": outcome is Outcome.ALREADY,
-                "member_id": self.member_aliases.of(frame.room, identity.user_id),
-            },
+            JoinRoomPayload(
+                success=True,
+                message=f"Joined {frame.room}",
+                already_member=outcome is Outcome.ALREADY,
+                member_id=self.member_aliases.of(frame.room, identity.user_id),
+            ),
             room=frame.room,
         )
         if outcome is Outcome.DONE:
@@ -480,7 +486,9 @@ class RealtimeService:
         outcome = self._leave(ctx.connection.connection_id, frame.room)
         if outcome is None:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Not a member of '{frame.room}'", ctx.request_id)
-        self._answer(ctx, MessageType.LEAVE_ROOM, {"success": True, "message": f"Left {frame.room}"}, room=frame.room)
+        self._answer(
+            ctx, MessageType.LEAVE_ROOM, LeaveRoomPayload(success=True, message=f"Left {frame.room}"), room=frame.room
+        )
         if outcome is Outcome.DONE:  # the user left; not when another of their connections keeps the seat
             self._notify_room(frame.room, MessageType.LEAVE_ROOM, ctx.connection)
 
@@ -516,13 +524,15 @@ class RealtimeService:
         if size > self.limits.presence_max_members:
             return
         member_id = self.member_aliases.of(room, connection.identity.user_id)
-        notice = ServerMessage(message_type=message_type, payload={"member_id": member_id}, source=member_id, room=room)
+        notice = ServerMessage(
+            message_type=message_type, payload=RoomMemberPayload(member_id=member_id), source=member_id, room=room
+        )
         members = [m for m in self.store.room_members(room) if m != exclude]
         self.post_to(members, notice.to_json().encode())
 
     def _send_room_message(self, ctx: ActionContext, frame: SendRoomMessage) -> None:
         identity = ctx.connection.identity
-        if not identity.can("rooms:send"):
+        if not identity.can(Permission.ROOMS_SEND):
             raise ProtocolError(ErrorCode.FORBIDDEN, "No permission to send room messages", ctx.request_id)
         self._check_room(identity, frame.room, ctx.request_id)
         if room_kind(frame.room) is RoomKind.DATA:
@@ -550,7 +560,7 @@ class RealtimeService:
         member_id = self.member_aliases.of(frame.room, identity.user_id)
         message = ServerMessage(
             message_type=MessageType.ROOM_MESSAGE,
-            payload={"message": frame.message, "member_id": member_id},
+            payload=RoomMessagePayload(message=frame.message, member_id=member_id),
             source=member_id,
             room=frame.room,
         )
@@ -590,7 +600,7 @@ class RealtimeService:
         dropped = [
             s.stream_key
             for s in self.store.subscriptions_of(connection_id)
-            if not identity.can(f"read:{s.stream_key.split(':', 1)[0]}")
+            if not _may_read(identity, s.stream_key)
             and self.store.remove_subscription(s.stream_key, connection_id, cost=subscription_cost(s.stream_key))
         ]
         for room in self.store.rooms_of(connection_id):
@@ -598,11 +608,8 @@ class RealtimeService:
                 self._leave(connection_id, room)
                 dropped.append(room)
         dropped += self._trim_subscriptions(connection_id, identity)
-        self._answer(
-            ctx,
-            MessageType.REFRESH,
-            {"success": True, "expires_at": identity.token_expires_at, "dropped": dropped},
-        )
+        refreshed = RefreshPayload(success=True, expires_at=identity.token_expires_at, dropped=dropped)
+        self._answer(ctx, MessageType.REFRESH, refreshed)
 
     def _trim_subscriptions(self, connection_id: str, identity: Identity) -> list[str]:
         """After a downgrade, remove what is over the new level's limit and return its keys: subscriptions
@@ -652,7 +659,7 @@ class RealtimeService:
         subscriptions = []  # only what was re-attached: the new token may permit less than the old one
         dropped = []  # what the session had and this connection did not get back
         for subscription in snapshot.subscriptions:
-            if not connection.identity.can(f"read:{subscription.stream_key.split(':', 1)[0]}"):
+            if not _may_read(connection.identity, subscription.stream_key):
                 dropped.append(subscription.stream_key)
             else:
                 outcome = self.store.add_subscription(
@@ -688,45 +695,45 @@ class RealtimeService:
         held_keys = {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
         held_rooms = set(self.store.rooms_of(connection.connection_id))
         budget = [self.limits.resume_messages]  # one mutable cell that every _replay below spends from
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, StreamReplay] = {}
+        heads: dict[str, int] = {}  # each replayed stream's latest seq, where a catch-up replay starts
         for stream, last_seq in frame.last_seq.items():
-            stream_type = stream.split(":", 1)[0]
-            if (
-                stream_type not in StreamType.__members__.values()
-                or not connection.identity.can(f"read:{stream_type}")
-                or not holds_stream(stream, held_keys, held_rooms)
-            ):
-                results[stream] = {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
+            if not _may_read(connection.identity, stream) or not holds_stream(stream, held_keys, held_rooms):
+                results[stream] = StreamReplay(recovered=False, replayed=0, error=ErrorCode.FORBIDDEN)
                 continue
-            results[stream] = self._replay(connection.connection_id, stream, last_seq, budget)
-        replayable = {stream: result for stream, result in results.items() if "error" not in result}
-        if replayable and self.settings.subscriber_cache_seconds > 0:
+            results[stream], heads[stream] = self._replay(connection.connection_id, stream, last_seq, budget)
+        if heads and self.settings.subscriber_cache_seconds > 0:
             # Fan-out keeps audiences cached for subscriber_cache_seconds, so an event
             # sequenced just now may still go out without this connection. Once the
             # cache has turned over, replay what came meanwhile: no gap, at worst a
             # duplicate the client drops by (stream, seq).
             self.sleep(self.settings.subscriber_cache_seconds)
-            for stream, result in replayable.items():
-                late = self._replay(connection.connection_id, stream, int(result["last_seq"]), budget)
-                result["recovered"] = result["recovered"] and late["recovered"]
-                result["replayed"] += late["replayed"]
-                result["last_seq"] = late["last_seq"]
-        recovered = all(bool(result["recovered"]) for result in results.values())
+            for stream, head in heads.items():
+                late, latest = self._replay(connection.connection_id, stream, head, budget)
+                result = results[stream]
+                results[stream] = result.model_copy(
+                    update={
+                        "recovered": result.recovered and late.recovered,
+                        "replayed": result.replayed + late.replayed,
+                        "last_seq": latest,
+                    }
+                )
+        recovered = all(result.recovered for result in results.values())
         self.store.complete_session_token(session.token_id)
         new_token = self._session_token(session.session_id, connection.identity.user_id)
         self._answer(
             ctx,
             MessageType.RESUMED,
-            {
-                "success": True,
-                "recovered": recovered,
-                "streams": results,
-                "subscriptions": subscriptions,
-                "rooms": rooms,
-                "dropped": dropped,
-                "client_id": connection.connection_id,
-                "session_token": new_token,
-            },
+            ResumedPayload(
+                success=True,
+                recovered=recovered,
+                streams=results,
+                subscriptions=subscriptions,
+                rooms=rooms,
+                dropped=dropped,
+                client_id=connection.connection_id,
+                session_token=new_token,
+            ),
         )
 
     def _session_state(self, session_id: str, new_connection_id: str) -> SessionSnapshot | None:
@@ -758,29 +765,29 @@ class RealtimeService:
             snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock(), held_by=held_by
         )
 
-    def _replay(self, connection_id: str, stream: str, last_seq: int, budget: list[int]) -> dict[str, Any]:
-        """Replay a stream after `last_seq`, spending from the resume's shared message `budget`."""
+    def _replay(self, connection_id: str, stream: str, last_seq: int, budget: list[int]) -> tuple[StreamReplay, int]:
+        """Replay a stream after `last_seq`, spending from the resume's shared message `budget`.
+        Returns what was replayed and the stream's latest seq."""
         head = self.store.stream_head(stream)
         if head.last_seq <= last_seq:
-            return {"recovered": True, "replayed": 0, "last_seq": head.last_seq}
+            return StreamReplay(recovered=True, replayed=0, last_seq=head.last_seq), head.last_seq
         if budget[0] <= 0:
-            return {"recovered": False, "replayed": 0, "first_seq": None, "last_seq": head.last_seq}
+            return StreamReplay(recovered=False, replayed=0, last_seq=head.last_seq), head.last_seq
         entries = self.store.history_after(stream, last_seq, min(self.settings.history_messages, budget[0]))
         budget[0] -= len(entries)
         recovered = bool(entries) and entries[0].seq == last_seq + 1
         for frame in pack_batches([e.message for e in entries], self.limits.max_message_bytes):
             self.post_to([connection_id], frame)
-        return {
-            "recovered": recovered,
-            "replayed": len(entries),
-            "first_seq": entries[0].seq if entries else None,
-            "last_seq": head.last_seq,
-        }
+        replay = StreamReplay(
+            recovered=recovered,
+            replayed=len(entries),
+            first_seq=entries[0].seq if entries else None,
+            last_seq=head.last_seq,
+        )
+        return replay, head.last_seq
 
 
-def _is_number(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+def _may_read(identity: Identity, stream: str) -> bool:
+    """Whether the identity may read a stream or subscription key (`market_data:AAPL`, `alerts:*`, `alerts`)."""
+    stream_id = StreamId.parse(stream)
+    return stream_id is not None and identity.can(Permission.to_read(stream_id.stream_type))

@@ -441,7 +441,8 @@ class DynamoStore:
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except self._errors.ConditionalCheckFailedException as refused:
-                step = _window_step(refused.response.get("Item"), bucket)
+                found = refused.response.get("Item")
+                step = _window_step(found if isinstance(found, dict) else None, bucket)
                 continue
             counts = result["Attributes"]
             return _int(counts, "cur_count") + _int(counts, "prev_count") * inside

@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
-from quanttrade_ws.protocol import SYMBOL_PATTERN, MessageType, StreamType
+from quanttrade_protocol.data import (
+    AlertFields,
+    DataFields,
+    MarketDataFields,
+    MarketRegimeFields,
+    PerformanceFields,
+    PredictionFields,
+    ShortText,
+    SystemStatusFields,
+)
+from quanttrade_ws.protocol import MessageType, Severity, StreamType
 
-Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-LongText = Annotated[str, StringConstraints(max_length=4096)]
-Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-
-SEVERITY_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+SEVERITY_ORDER = {severity.value: rank for rank, severity in enumerate(Severity)}
 
 
-class _Detail(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+class _Detail(DataFields):
+    """An upstream event's detail: its fields are the protocol's (quanttrade_protocol.data); this adds where
+    it goes and which subscriptions want it."""
 
     stream_type: ClassVar[StreamType]
     message_type: ClassVar[MessageType]
@@ -50,16 +55,9 @@ class _Detail(BaseModel):
         return True
 
 
-class MarketData(_Detail):
+class MarketData(_Detail, MarketDataFields):
     stream_type = StreamType.MARKET_DATA
     message_type = MessageType.MARKET_DATA
-
-    symbol: Symbol
-    price: Price
-    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    timestamp: datetime
-    bid: Price | None = None
-    ask: Price | None = None
 
     @property
     def data_room(self) -> str:
@@ -69,17 +67,9 @@ class MarketData(_Detail):
         return _at_least(filters.get("min_volume"), self.volume)
 
 
-class Prediction(_Detail):
+class Prediction(_Detail, PredictionFields):
     stream_type = StreamType.PREDICTIONS
     message_type = MessageType.PREDICTION
-
-    symbol: Symbol
-    direction: Literal["up", "down", "flat", "bullish", "bearish", "neutral"]
-    confidence: Fraction
-    horizon: ShortText
-    predicted_price: Price
-    model: ShortText
-    timestamp: datetime
 
     @property
     def data_room(self) -> str:
@@ -92,14 +82,9 @@ class Prediction(_Detail):
         )
 
 
-class Alert(_Detail):
+class Alert(_Detail, AlertFields):
     stream_type = StreamType.ALERTS
     message_type = MessageType.ALERT
-
-    alert_type: ShortText
-    message: LongText
-    severity: Literal["low", "medium", "high", "critical"]
-    symbol: Symbol | None = None
 
     @property
     def data_room(self) -> str:
@@ -113,12 +98,9 @@ class Alert(_Detail):
         return wanted is None or wanted == self.alert_type
 
 
-class Performance(_Detail):
+class Performance(_Detail, PerformanceFields):
     stream_type = StreamType.PERFORMANCE
     message_type = MessageType.PERFORMANCE
-
-    metrics: Annotated[dict[str, Any], Field(max_length=256)]
-    strategy: ShortText | None = None
 
     @property
     def symbol_key(self) -> str | None:
@@ -129,14 +111,9 @@ class Performance(_Detail):
         return wanted is None or wanted in self.metrics
 
 
-class MarketRegime(_Detail):
+class MarketRegime(_Detail, MarketRegimeFields):
     stream_type = StreamType.MARKET_REGIME
     message_type = MessageType.MARKET_REGIME
-
-    symbol: Symbol | None = None
-    market: Symbol | None = None
-    regime: ShortText
-    confidence: Fraction
 
     @property
     def symbol_key(self) -> str | None:
@@ -146,13 +123,9 @@ class MarketRegime(_Detail):
         return _at_least(filters.get("min_confidence"), self.confidence)
 
 
-class SystemStatus(_Detail):
+class SystemStatus(_Detail, SystemStatusFields):
     stream_type = StreamType.SYSTEM_STATUS
     message_type = MessageType.SYSTEM_STATUS
-
-    service: ShortText
-    status: Literal["healthy", "degraded", "down", "maintenance"]
-    message: LongText = ""
 
     def passes(self, filters: dict[str, str]) -> bool:
         wanted_service, wanted_status = filters.get("service"), filters.get("status")
@@ -178,15 +151,6 @@ DETAILS_BY_TYPE: dict[str, type[_Detail]] = {
     "Performance": Performance,
     "MarketRegime": MarketRegime,
     "SystemStatus": SystemStatus,
-}
-# Filters each stream type understands; subscribe rejects the rest so typos surface.
-FILTERS_BY_STREAM: dict[StreamType, dict[str, str]] = {
-    StreamType.MARKET_DATA: {"min_volume": "number"},
-    StreamType.PREDICTIONS: {"min_confidence": "number", "direction": "text"},
-    StreamType.ALERTS: {"min_severity": "low|medium|high|critical", "alert_type": "text"},
-    StreamType.PERFORMANCE: {"metric": "text"},
-    StreamType.MARKET_REGIME: {"min_confidence": "number"},
-    StreamType.SYSTEM_STATUS: {"service": "text", "status": "text"},
 }
 
 
