@@ -89,6 +89,9 @@ class StreamSpec(BaseModel):
     symbol: Symbol | None = None
     interval: Annotated[float, Field(ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)] | None = None
     filters: Annotated[dict[Annotated[str, StringConstraints(max_length=64)], FilterValue], Field(max_length=16)] = {}
+    # Conflation: of the messages of one stream waiting for the same post, only the newest goes out.
+    # The client's choice (a price board wants it, a chart does not); skipped seqs are gaps, as with `interval`.
+    latest_only: bool = False
 
     @property
     def key(self) -> str:

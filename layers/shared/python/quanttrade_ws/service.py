@@ -336,6 +336,7 @@ class RealtimeService:
                 interval=spec.interval,
                 filters=dict(spec.filters),
                 token_expires_at=ctx.connection.identity.token_expires_at,
+                latest_only=spec.latest_only,
             )
             for spec in specs
         ]
@@ -665,6 +666,7 @@ class RealtimeService:
                         subscription.interval,
                         dict(subscription.filters),
                         connection.identity.token_expires_at,
+                        subscription.latest_only,
                     ),
                     limit,
                     cost=subscription_cost(subscription.stream_key),
