@@ -1,10 +1,10 @@
 """Coalescing window and latest-only conflation on the local stack: messages per post, cost per update, latency.
 
-For each coalescing window (`Settings.coalesce_window_ms`, 0 = off) the local
-stack is started with that setting (the synthesized template, as `make dev`
-runs it), and `--clients` WebSocket clients connect and subscribe to the same
-`--symbols` market_data symbols: half of them for every tick, half with
-`latest_only`. Then `--seconds` of ticks are published through EventBridge at
+For each number of symbols a client follows (`--symbols`) and each coalescing
+window (`Settings.coalesce_window_ms`, 0 = off) the local stack is started with
+that setting (the synthesized template, as `make dev` runs it), and `--clients`
+WebSocket clients connect and subscribe to the same market_data symbols: half
+of them for every tick, half with `latest_only`. Then `--seconds` of ticks are published through EventBridge at
 `--rate` ticks per second per symbol (one PutEvents per round, one entry per
 symbol), and every frame each client receives is recorded.
 
@@ -24,9 +24,9 @@ Per window and kind of client:
   (client, tick) delivered; **added p99** = this window's p99 minus the p99
   with the window off, for every-tick clients.
 
-Run: `python -m bench.coalescing [--windows 0 100 200] [--seconds 15] [--no-write]`
-(about a minute per window on the 2-core development machine, most of it the
-stack's start). Figures are merged into bench/results.json under `coalescing_*`.
+Run: `python -m bench.coalescing [--symbols 1 3] [--windows 0 100 200] [--seconds 15] [--no-write]`
+(under a minute per symbol count and window on the 2-core development machine).
+Figures are merged into bench/results.json under `coalescing_*`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ from bench.end_to_end import SECRET, ChildProcess, _events_client, percentile, r
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PREFIX = "coalescing_"
 WINDOWS = (0, 100, 200)
-SYMBOLS = 5  # the free level's subscription budget: five symbol streams
+SYMBOL_COUNTS = (1, 3)  # symbols each client follows; the free level's budget is five symbol streams
 RATE = 10.0  # ticks per second per symbol (issue 14's figure)
 SECONDS = 15.0
-CLIENTS = 40
+CLIENTS = 20
 WARMUP_SECONDS = 2.0
 DRAIN_TIMEOUT = 30.0
 STARTUP_TIMEOUT = 300.0
@@ -311,26 +311,28 @@ def run(
     clients: int = CLIENTS,
     seconds: float = SECONDS,
     rate: float = RATE,
-    symbols: int = SYMBOLS,
+    symbol_counts: Sequence[int] = SYMBOL_COUNTS,
 ) -> dict[str, Any]:
     raise_fd_limit()
-    names = [f"CO{i:02d}" for i in range(symbols)]
     inputs = _cost_inputs()
     figures: dict[str, Any] = {}
-    baseline_p99: float | None = None
-    for window in windows:
-        started = time.perf_counter()
-        measured = asyncio.run(_measure(window, clients, seconds, rate, names))
-        result = _figures(window, measured, inputs, rate)
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        if window == 0:
-            baseline_p99 = result["every_tick_latency_p99_ms"]
-        elif baseline_p99 is not None and result["every_tick_latency_p99_ms"] is not None:
-            result["every_tick_added_p99_ms"] = round(result["every_tick_latency_p99_ms"] - baseline_p99, 1)
-        figures[f"{PREFIX}window_{window}ms"] = result
-        print(f"window {window} ms: {json.dumps(result)}", flush=True)
+    for symbols in symbol_counts:
+        names = [f"CO{i:02d}" for i in range(symbols)]
+        baseline_p99: float | None = None
+        for window in windows:
+            started = time.perf_counter()
+            load = round(os.getloadavg()[0], 2)
+            measured = asyncio.run(_measure(window, clients, seconds, rate, names))
+            result = _figures(window, measured, inputs, rate)
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            result["load_average_1min_at_start"] = load
+            if window == 0:
+                baseline_p99 = result["every_tick_latency_p99_ms"]
+            elif baseline_p99 is not None and result["every_tick_latency_p99_ms"] is not None:
+                result["every_tick_added_p99_ms"] = round(result["every_tick_latency_p99_ms"] - baseline_p99, 1)
+            figures[f"{PREFIX}symbols_{symbols}_window_{window}ms"] = result
+            print(f"{symbols} symbol(s), window {window} ms: {json.dumps(result)}", flush=True)
     figures[f"{PREFIX}workload"] = {
-        "symbols": symbols,
         "ticks_per_second_per_symbol": rate,
         "seconds": seconds,
         "clients": clients,
@@ -342,11 +344,17 @@ def run(
 
 
 def merge_into_results(figures: dict[str, Any], command: str, described: dict[str, Any], path: Path = RESULTS) -> None:
-    """Add this run's keys to the results file, leaving every other benchmark's figures as they are."""
+    """Add this run's keys to the results file, replacing only those it measured again.
+
+    Each (symbols, window) entry carries the command and date that produced it, so runs of other symbol
+    counts or windows stay beside it with their own provenance; `coalescing_machine` is the latest run's.
+    """
     results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    results = {key: value for key, value in results.items() if not key.startswith(PREFIX)}
     described = {**described, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    results.update({f"{PREFIX}command": command, f"{PREFIX}machine": described, **figures})
+    for value in figures.values():
+        if isinstance(value, dict) and "events_published" in value:
+            value.update({"command": command, "date": described["date"]})
+    results.update({f"{PREFIX}machine": described, **figures})
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
@@ -356,10 +364,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"half every tick, half latest-only ({CLIENTS})")
     parser.add_argument("--seconds", type=float, default=SECONDS, help=f"publishing time per window ({SECONDS:g})")
     parser.add_argument("--rate", type=float, default=RATE, help=f"ticks per second per symbol ({RATE:g})")
-    parser.add_argument("--symbols", type=int, default=SYMBOLS, help=f"symbols each client follows ({SYMBOLS})")
+    parser.add_argument(
+        "--symbols", type=int, nargs="+", default=list(SYMBOL_COUNTS), help="symbols each client follows (1 3)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/results.json alone")
     args = parser.parse_args(argv)
-    if args.clients < 2 or args.seconds <= 0 or args.rate <= 0 or not 1 <= args.symbols <= 5:
+    if args.clients < 2 or args.seconds <= 0 or args.rate <= 0 or not all(1 <= s <= 5 for s in args.symbols):
         parser.error("--clients >= 2, --seconds and --rate > 0, --symbols 1-5 (the free level's budget)")
     if 0 not in args.windows:
         parser.error("--windows must include 0: the added latency is measured against the window off")
