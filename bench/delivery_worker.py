@@ -41,7 +41,8 @@ SHARED = os.path.join(ROOT, "layers", "shared", "python")
 REGION = "us-east-1"
 BATCH = 1000  # the fan-out's delivery chunk size (Settings.chunk_size)
 STARTUP_TIMEOUT = 60.0
-FAKE_CREDENTIALS = ("AKIDBENCHMARK", "benchmark-secret", None)
+# The local gateway verifies SigV4 against the principals it knows: its administrator's key (local.principals).
+FAKE_CREDENTIALS = ("testing", "testing", None)
 SAMPLE = {
     "message_type": "market_data",
     "stream": "market_data:AAPL",

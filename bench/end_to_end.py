@@ -216,7 +216,9 @@ def samples_broadcast(aws_endpoint: str, management_endpoint: str, table: str, f
 class ChildProcess:
     """A server in a child process, announced by one JSON line on its stdout, stopped by closing its stdin."""
 
-    def __init__(self, role: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, role: str, options: dict[str, Any] | None = None, startup_timeout: float = STARTUP_TIMEOUT
+    ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, SHARED, env.get("PYTHONPATH", "")) if p)
         # A file, not a pipe: nobody reads stderr while the run lasts, and a full pipe would stall the child.
@@ -230,11 +232,11 @@ class ChildProcess:
         assert stdout is not None
         reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
         reader.start()
-        reader.join(STARTUP_TIMEOUT)
+        reader.join(startup_timeout)
         if not line or not line[0].strip():
             tail = self.log_tail()
             self.close()
-            raise RuntimeError(f"{role} server did not start within {STARTUP_TIMEOUT:g}s: {tail}")
+            raise RuntimeError(f"{role} server did not start within {startup_timeout:g}s: {tail}")
         self.info: dict[str, Any] = json.loads(line[0])
         self.pid: int = int(self.info["pid"])
 

@@ -170,7 +170,9 @@ ACTIONS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
     ),
     "subscribe": (
         "Subscribe to streams: a stream type, optionally one symbol, at most one update per `interval` seconds, "
-        "narrowed by `filters`. A new `market_data` subscriber with a symbol also gets the latest tick at once.",
+        "narrowed by `filters`; with `latest_only`, only the newest of a stream's messages waiting for the same "
+        "frame is sent (for a slow consumer). A new `market_data` subscriber with a symbol also gets the latest "
+        "tick at once.",
         ["subscribed"],
         {
             "action": "subscribe",
@@ -368,7 +370,9 @@ def build() -> dict[str, Any]:
         "title": "Stream data",
         "summary": "Data messages of the subscribed streams and joined data rooms, one message or a `batch`.",
         "description": "Each carries `stream` and `seq`; `seq` grows by one per message of a stream. Filters and "
-        "intervals skip messages, so gaps are normal. A message can arrive twice (redelivery, resume): drop it by "
+        "intervals skip messages, and `latest_only` drops all but the newest of a stream in one frame, so gaps are "
+        "normal. Several messages to one connection go out as one `batch` (one per server batch, or per coalescing "
+        "window when the stack sets one). A message can arrive twice (redelivery, resume): drop it by "
         "(`stream`, `seq`).",
         "messages": [ref(kind.key) for kind in data_kinds] + [ref("batch")],
     }

@@ -212,7 +212,7 @@ def test_resume_reattaches_subscriptions_and_rooms_after_disconnect(wired: Wired
         {
             "action": "subscribe",
             "streams": [
-                {"stream_type": "market_data", "symbol": "AAPL", "filters": {"min_volume": "100"}},
+                {"stream_type": "market_data", "symbol": "AAPL", "filters": {"min_volume": "100"}, "latest_only": True},
                 {"stream_type": "alerts", "interval": 2},
             ],
         },
@@ -225,16 +225,16 @@ def test_resume_reattaches_subscriptions_and_rooms_after_disconnect(wired: Wired
     # WHEN the client reconnects and resumes with its session token
     wired.connect("new")
     reply = resume(wired, "new", token)
-    # THEN its subscriptions (with their filters and intervals) and rooms are on the new connection
+    # THEN its subscriptions (with their filters, intervals and conflation) and rooms are on the new connection
     assert reply["message_type"] == "resumed"
     assert reply["request_id"] == "rs"
     assert reply["payload"]["success"] is True
     assert sorted(reply["payload"]["subscriptions"]) == ["alerts:*", "market_data:AAPL"]
     assert sorted(reply["payload"]["rooms"]) == ["desk", "lobby"]
     [aapl] = wired.store.subscribers("market_data:AAPL")
-    assert (aapl.connection_id, aapl.filters) == ("new", {"min_volume": "100"})
+    assert (aapl.connection_id, aapl.filters, aapl.latest_only) == ("new", {"min_volume": "100"}, True)
     [alerts] = wired.store.subscribers("alerts:*")
-    assert (alerts.connection_id, alerts.interval) == ("new", 2)
+    assert (alerts.connection_id, alerts.interval, alerts.latest_only) == ("new", 2, False)
     assert sorted(wired.store.room_members("desk")) == ["new", "peer"]
     assert wired.store.rooms_of("new") == ["desk", "lobby"]
     connection = connection_of(wired, "new")

@@ -4,6 +4,7 @@ blocking, poison events, framing and retries. No DynamoDB here: the fake store c
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -406,7 +407,7 @@ def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
     ]
     # WHEN processed
     response = fanout.process_chunks(records)
-    # THEN both x chunks are reported (the second was not even tried), the other delivered
+    # THEN both x chunks are reported (they went to x in one post), the other delivered
     assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
     assert gateway(fanout).messages("ok") == [{"n": 3}]
     assert fanout.metrics.totals["DeliveryFailed"] == 1  # type: ignore[attr-defined]
@@ -435,3 +436,130 @@ def test_a_gone_connection_leaves_no_interval_state_behind(fanout: FanOut, store
     fanout.process_events(eb.records(eb.market_data("AAPL")))
     # THEN the warm function remembers intervals only for the live connection (no growth with churn)
     assert {connection_id for connection_id, _key in fanout._last_sent} == {"live"}
+
+
+# ---------------------------------------------------------------- conflation and the coalescing window
+
+
+def _batch_messages(fanout: FanOut, connection_id: str) -> list[list[tuple[str, int]]]:
+    """(stream, seq) of each frame one connection was posted, a frame being one post."""
+    frames = []
+    for raw in gateway(fanout).sent[connection_id]:
+        message = json.loads(raw)
+        inner = message["payload"]["messages"] if message["message_type"] == "batch" else [message]
+        frames.append([(m["stream"], m["seq"]) for m in inner])
+    return frames
+
+
+def test_a_latest_only_subscriber_gets_the_newest_message_of_each_stream_in_its_post(fanout: FanOut, store: FakeStore):
+    # GIVEN a price board subscribed latest-only to every symbol, and a chart subscribed to every tick
+    store.subscriptions["market_data:*"] += [
+        Subscription("market_data:*", "board", "u", latest_only=True),
+        Subscription("market_data:*", "chart", "u"),
+    ]
+    gateway(fanout).connect("board", "chart")
+
+    # WHEN one batch holds three AAPL ticks and two MSFT ticks, interleaved
+    response = fanout.process_events(
+        eb.records(*(eb.market_data(symbol, price=p) for symbol, p in zip("AAMAM", range(1, 6), strict=True)))
+    )
+
+    # THEN the board got one post with only the newest of each stream, the chart one post with all five
+    assert response == {"batchItemFailures": []}
+    assert _batch_messages(fanout, "board") == [[("market_data:A", 3), ("market_data:M", 2)]]
+    assert _batch_messages(fanout, "chart") == [
+        [("market_data:A", 1), ("market_data:A", 2), ("market_data:M", 1), ("market_data:A", 3), ("market_data:M", 2)]
+    ]
+    assert fanout.metrics.totals["Conflated"] == 3  # type: ignore[attr-defined]
+
+
+def test_delivery_chunks_of_one_batch_go_to_each_connection_in_one_post_conflated_where_asked(
+    store: FakeStore, clock: Clock, removed: list[str]
+):
+    # GIVEN chunks of one connection (every audience goes to the delivery queue), a latest-only subscriber
+    # and an every-tick subscriber of AAPL, and three AAPL ticks fanned out
+    fanout = make_fanout(store, clock, removed, chunk_size=1)
+    store.subscriptions["market_data:AAPL"] += [
+        Subscription("market_data:AAPL", "board", "u", latest_only=True),
+        Subscription("market_data:AAPL", "chart", "u"),
+    ]
+    gateway(fanout).connect("board", "chart")
+    fanout.process_events(eb.records(*(eb.market_data(price=p) for p in (1, 2, 3))))
+    chunks = sender(fanout).sent["delivery.fifo"]
+    assert len(chunks) == 6
+
+    # WHEN the delivery function gets all six chunks in one batch
+    response = fanout.process_chunks([eb.delivery_record(chunk) for chunk in chunks])
+
+    # THEN each connection got one post: the board only the newest tick, the chart all three in order
+    assert response == {"batchItemFailures": []}
+    assert _batch_messages(fanout, "board") == [[("market_data:AAPL", 3)]]
+    assert _batch_messages(fanout, "chart") == [
+        [("market_data:AAPL", 1), ("market_data:AAPL", 2), ("market_data:AAPL", 3)]
+    ]
+    assert fanout.metrics.totals["Delivered"] == 2  # type: ignore[attr-defined]
+
+
+def _lingering_fanout(store: FakeStore, clock: Clock, window_ms: int, slept: list[float]) -> FanOut:
+    settings = Settings(jwt_secret="s", session_secret="ss", coalesce_window_ms=window_ms)
+    return FanOut(
+        settings,
+        store,  # type: ignore[arg-type]
+        InMemoryGateway(),
+        InMemorySender(),
+        lambda _cid: None,
+        CountingMetrics(),
+        clock=clock,
+        monotonic=clock,
+        sleep=slept.append,
+    )
+
+
+@pytest.mark.parametrize("consumer", ["process_events", "process_chunks"])
+def test_with_a_coalescing_window_a_batch_that_was_not_full_returns_a_window_after_it_started(
+    store: FakeStore, clock: Clock, consumer: str
+):
+    # GIVEN a 100 ms coalescing window and a function that took 30 ms for its batch of two records
+    slept: list[float] = []
+    fanout = _lingering_fanout(store, clock, 100, slept)
+    real_post_many = fanout.gateway.post_many
+
+    def slow_post_many(posts: Any) -> Any:
+        clock.now += 0.030
+        return real_post_many(posts)
+
+    fanout.gateway.post_many = slow_post_many  # type: ignore[method-assign]
+    gateway(fanout).connect("c")
+    store.subscribe("market_data:AAPL", "c")
+    if consumer == "process_events":
+        records = eb.records(eb.market_data(), eb.market_data())
+    else:
+        chunk = json.dumps({"data": '{"n":1}', "connections": ["c"]})
+        records = [eb.sqs_record(chunk, group="g"), eb.sqs_record(chunk, group="g")]
+
+    # WHEN it handles the batch
+    getattr(fanout, consumer)(records)
+
+    # THEN it waits the rest of the window before returning, so the queue's next batch gathers a window of events
+    assert slept == [pytest.approx(0.070)]
+
+
+def test_a_full_batch_or_no_window_never_waits(store: FakeStore, clock: Clock):
+    # GIVEN a window and a full batch (a backlog: the next batch is full anyway), and no window with a short one
+    slept: list[float] = []
+    store.subscribe("market_data:AAPL", "c")
+    _lingering_fanout(store, clock, 200, slept).process_events(eb.records(*[eb.market_data()] * 10))
+    _lingering_fanout(store, clock, 0, slept).process_events(eb.records(eb.market_data()))
+    # THEN neither waited
+    assert slept == []
+
+
+@pytest.mark.parametrize("window", [0, 50, 200])
+def test_the_coalescing_window_is_off_or_50_to_200_ms(window: int):
+    assert Settings(jwt_secret="s", session_secret="ss", coalesce_window_ms=window).coalesce_window_ms == window
+
+
+@pytest.mark.parametrize(("window", "says"), [(20, "0 (off) or 50-200 ms"), (201, "less than or equal to 200")])
+def test_a_coalescing_window_outside_the_bounds_is_refused_with_the_reason(window: int, says: str):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Settings(jwt_secret="s", session_secret="ss", coalesce_window_ms=window)

@@ -286,10 +286,14 @@ class QuantTradeClient:
         symbol: str | None = None,
         interval: float | None = None,
         filters: Mapping[str, str] | None = None,
+        latest_only: bool = False,
     ) -> Message:
         """Subscribe to a stream type, optionally one symbol, at most one update per `interval` seconds,
-        narrowed by server-side `filters` (e.g. {"min_volume": "1000"})."""
+        narrowed by server-side `filters` (e.g. {"min_volume": "1000"}). `latest_only`: of a stream's
+        messages waiting for the same frame only the newest is sent (a price board, not a chart)."""
         spec = _spec(stream_type, symbol, interval, filters)
+        if latest_only:
+            spec["latest_only"] = True
         reply = await self._request({"action": "subscribe", "streams": [spec]})
         self._streams[stream_key(spec["stream_type"], spec.get("symbol"))] = spec
         for stream, seq in (reply.payload.get("last_seq") or {}).items():

@@ -170,6 +170,9 @@ class _StreamSpec(BaseModel):
     symbol: Symbol | None = None
     interval: Annotated[float, Field(ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)] | None = None
     filters: _Filters
+    # Conflation: of the messages of one stream waiting for the same post, only the newest goes out.
+    # The client's choice (a price board wants it, a chart does not); skipped seqs are gaps, as with `interval`.
+    latest_only: bool = False
 
     @property
     def stream_id(self) -> StreamId:

@@ -22,6 +22,8 @@ DEFAULT_ISSUER = "quanttrade-auth"
 DEFAULT_AUDIENCE = "quanttrade-websocket"
 # Claims that RFC 9068 and the OIDC providers define as one space-separated string, not a list.
 SPACE_SEPARATED_CLAIMS = frozenset({"scope", "scp"})
+MIN_COALESCE_WINDOW_MS = 50
+MAX_COALESCE_WINDOW_MS = 200
 
 
 def _names(value: Any) -> Any:
@@ -117,6 +119,9 @@ class Settings(BaseModel):
     post_concurrency: int = Field(64, ge=1)
     subscriber_cache_seconds: float = Field(0.5, ge=0)
     max_post_attempts: int = Field(6, ge=1)
+    # Coalescing window (0: off). The operator's trade of latency for API Gateway messages, not the client's:
+    # see fanout.FanOut._linger. Bounded so no setting can hold a function, or a client's data, for long.
+    coalesce_window_ms: int = Field(0, ge=0, le=MAX_COALESCE_WINDOW_MS)
 
     limits: Limits = Limits()
     log_level: str = "INFO"
@@ -134,6 +139,16 @@ class Settings(BaseModel):
             return value
         if not value or any(not name or "," in name for name in value):
             raise ValueError("give one or more non-empty names, none with a comma")
+        return value
+
+    @field_validator("coalesce_window_ms")
+    @classmethod
+    def _window_or_off(cls, value: int) -> int:
+        if value and value < MIN_COALESCE_WINDOW_MS:
+            raise ValueError(
+                f"a coalescing window is 0 (off) or {MIN_COALESCE_WINDOW_MS}-{MAX_COALESCE_WINDOW_MS} ms: "
+                "below that it saves next to nothing"
+            )
         return value
 
     @field_validator("jwt_permission_map", mode="before")

@@ -1,10 +1,25 @@
 """Fan-out: upstream events to exactly the clients that asked for them.
 
 One SQS batch of events becomes, per event, a place in its stream (seq) and an
-audience, then one post per connection for the whole batch; large audiences go
-out as delivery chunks on a second queue. Why a record is acknowledged only
-when each of its messages is delivered, dropped on purpose or durably queued,
-and how FIFO order survives failures: docs/adr/0001-fan-out-acknowledgement-and-order.md.
+audience, then one post per connection for the whole batch (several messages as
+one `batch` message); large audiences go out as delivery chunks on a second
+queue, whose consumer likewise posts once per connection for all the chunks of
+its batch. Why a record is acknowledged only when each of its messages is
+delivered, dropped on purpose or durably queued, and how FIFO order survives
+failures: docs/adr/0001-fan-out-acknowledgement-and-order.md.
+
+Going below one post per message:
+
+* Conflation (`latest_only`, the subscriber's choice): of the messages of one
+  stream waiting for the same post, only the newest goes out; the older ones
+  are deliberately dropped (they count as handled, like an `interval` skip).
+* Coalescing window (`Settings.coalesce_window_ms`, the operator's choice, off
+  by default): an invocation whose batch was not full returns no sooner than
+  the window after it started. The queue's poller hands over one batch per
+  message group at a time, so the next batch gathers a window's worth of events,
+  and each connection gets them in one post. Nothing is held across invocations
+  (that would acknowledge records not yet delivered): the events wait in the
+  queue, durable, and a full batch (a backlog) never waits.
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
@@ -29,19 +44,10 @@ from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
-if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
-
 # Large audiences are split by a stable hash of the connection id, so a
 # connection is always in the same delivery group of a stream and its messages
 # keep their order however the audience grows or shrinks.
 CHUNK_SHARDS = 64
-
-
-class ChunkNotDelivered(Exception):
-    """Some posts of a delivery chunk failed after retries: SQS redelivers the chunk."""
 
 
 class Metrics(Protocol):
@@ -85,7 +91,8 @@ class _Batch:
     records: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     blocked_groups: set[str] = field(default_factory=set)
-    outbox: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    # Per connection, in order: (conflation key: the stream for a latest-only subscriber, else None; message).
+    outbox: dict[str, list[tuple[str | None, str]]] = field(default_factory=lambda: defaultdict(list))
     record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     event_times: dict[str, datetime] = field(default_factory=dict)
     chunks: list[tuple[dict[str, Any], list[OutgoingMessage]]] = field(default_factory=list)
@@ -117,6 +124,7 @@ class FanOut:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -126,6 +134,7 @@ class FanOut:
         self.metrics = metrics
         self.clock = clock
         self._monotonic = monotonic
+        self._sleep = sleep
         self.audiences = TtlCache(settings.subscriber_cache_seconds, monotonic)
         self._last_sent: dict[tuple[str, str], float] = {}
 
@@ -139,6 +148,7 @@ class FanOut:
         record's fate is known only after every post of the batch, and a record that fails
         takes the later records of its FIFO group with it (`_Batch`).
         """
+        started = self._monotonic()
         batch = _Batch(records=records)
         parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
@@ -167,6 +177,7 @@ class FanOut:
         # never overtakes the previous one of its stream.
         for record, chunks in batch.chunks:
             self._send_chunks(chunks, record, batch)
+        self._linger(started, len(records), topology.FANOUT.batch_size)
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
 
     def _sequence_together(self, events: list[tuple[UpstreamEvent, dict[str, Any]]]) -> dict[str, tuple[int, str]]:
@@ -190,21 +201,25 @@ class FanOut:
         detail = event.detail
         stream = detail.stream
         seq, message = place or self.store.sequence_event(stream, event.id, _renderer(event))[:2]
-        audience = self.audience(event)
+        audience = self._audience(event)
         if len(audience) > self.settings.chunk_size:
             batch.chunks.append((record, self._chunks(stream, seq, message, audience, event.event_time)))
             return
-        for connection_id in audience:
-            batch.outbox[connection_id].append(message)
+        for connection_id, latest_only in audience.items():
+            batch.outbox[connection_id].append((stream if latest_only else None, message))
             batch.record_ids[connection_id].add(record["messageId"])
             batch.event_times.setdefault(connection_id, event.event_time)
 
     def audience(self, event: UpstreamEvent) -> list[str]:
         """Every connection that should get this event, once, in a stable order."""
+        return list(self._audience(event))
+
+    def _audience(self, event: UpstreamEvent) -> dict[str, bool]:
+        """The audience, each connection with whether the subscription that reached it is latest-only."""
         detail = event.detail
         type_key = f"{detail.stream_type.value}:*"
         keys = [detail.stream, type_key] if detail.symbol_key else [type_key]
-        chosen: dict[str, None] = {}
+        chosen: dict[str, bool] = {}
         now = self._monotonic()
         # API Gateway authorised only the handshake: a subscriber whose access token has
         # expired gets nothing more (checked on every event, not when the audience was cached).
@@ -218,14 +233,14 @@ class FanOut:
                     continue
                 if subscription.interval and not self._interval_due(subscription, now):
                     continue
-                chosen[subscription.connection_id] = None
+                chosen[subscription.connection_id] = subscription.latest_only
         room = detail.data_room
         if room:
             members: list[Subscription] = self.audiences.get(f"room:{room}", lambda: self.store.room_audience(room))
             for member in members:
                 if member.live_at(wall_clock):
-                    chosen.setdefault(member.connection_id, None)
-        return list(chosen)
+                    chosen.setdefault(member.connection_id, False)
+        return chosen
 
     def _interval_due(self, subscription: Subscription, now: float) -> bool:
         """At most one update per `interval` seconds for this subscription (state of the warm function)."""
@@ -237,28 +252,28 @@ class FanOut:
         return True
 
     def _chunks(
-        self, stream: str, seq: int, message: str, audience: list[str], event_time: datetime
+        self, stream: str, seq: int, message: str, audience: dict[str, bool], event_time: datetime
     ) -> list[OutgoingMessage]:
         shards: dict[int, list[str]] = defaultdict(list)
         for connection_id in audience:
             shards[zlib.crc32(connection_id.encode()) % CHUNK_SHARDS].append(connection_id)
         size = self.settings.chunk_size
-        return [
-            OutgoingMessage(
-                body=json.dumps(
-                    {
-                        "data": message,
-                        "connections": members[start : start + size],
-                        "stream": stream,
-                        "seq": seq,
-                        "event_time": event_time.isoformat(),
-                    }
-                ),
-                group_id=f"{stream}#{shard}",
-            )
-            for shard, members in sorted(shards.items())
-            for start in range(0, len(members), size)
-        ]
+        chunks = []
+        for shard, members in sorted(shards.items()):
+            for start in range(0, len(members), size):
+                connections = members[start : start + size]
+                body: dict[str, Any] = {
+                    "data": message,
+                    "connections": connections,
+                    "stream": stream,
+                    "seq": seq,
+                    "event_time": event_time.isoformat(),
+                }
+                latest_only = [connection_id for connection_id in connections if audience[connection_id]]
+                if latest_only:
+                    body["latest_only"] = latest_only
+                chunks.append(OutgoingMessage(body=json.dumps(body), group_id=f"{stream}#{shard}"))
+        return chunks
 
     def _send_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: _Batch) -> None:
         if record["messageId"] in batch.failures:
@@ -285,13 +300,30 @@ class FanOut:
             if letter.body in unsent:
                 batch.fail(record)
 
-    def _deliver(self, batch: _Batch) -> None:
+    def _posts(self, outbox: dict[str, list[tuple[str | None, str]]]) -> list[Post]:
+        """One post per connection (more only past the frame size limit), latest-only streams conflated."""
         max_bytes = self.settings.limits.max_message_bytes
-        posts = [
-            Post(connection_id, frame)
-            for connection_id, messages in batch.outbox.items()
-            for frame in pack_batches(messages, max_bytes)
-        ]
+        posts = []
+        superseded = 0
+        for connection_id, entries in outbox.items():
+            messages = _conflate(entries)
+            superseded += len(entries) - len(messages)
+            posts += [Post(connection_id, frame) for frame in pack_batches(messages, max_bytes)]
+        if superseded:
+            self.metrics.add_metric("Conflated", "Count", superseded)
+        return posts
+
+    def _linger(self, started: float, records: int, batch_size: int) -> None:
+        """The coalescing window: a batch that was not full returns no sooner than the window after it started."""
+        window = self.settings.coalesce_window_ms / 1000
+        if window <= 0 or records >= batch_size:
+            return
+        remaining = started + window - self._monotonic()
+        if remaining > 0:
+            self._sleep(remaining)
+
+    def _deliver(self, batch: _Batch) -> None:
+        posts = self._posts(batch.outbox)
         if not posts:
             return
         report = self.gateway.post_many(posts)
@@ -322,42 +354,44 @@ class FanOut:
 
     # ------------------------------------------------------------ delivery queue
 
-    def process_chunks(self, records: list[dict[str, Any]]) -> PartialItemFailureResponse:
-        """Handle delivery chunks: the shards of large audiences.
+    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        """Handle delivery chunks (the shards of large audiences): one post per connection for the whole batch.
 
-        Each chunk stands alone (one event's message to some of its audience), so Powertools'
-        FIFO processor fits: a chunk that could not be delivered fails, and so does every later
-        chunk of its message group (the same connections' next messages), which SQS redelivers
-        in order; the other groups go on.
+        Not Powertools' batch processor, for the reason `process_events` gives: the chunks' messages
+        are packed across records, so a record's fate is known only after every post of the batch.
         """
-        # Deferred: only the delivery function pays for the batch utility's imports at cold start.
-        from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
-
-        if not records:
-            return {"batchItemFailures": []}
-        processor = SqsFifoPartialProcessor(skip_group_on_error=True)
-        # A batch whose every chunk failed (the Management API failing) answers with its failures
-        # like any other, instead of failing the invocation: it is not a fault of this function.
-        processor.raise_on_entire_batch_failure = False
-        return process_partial_response({"Records": records}, self._deliver_chunk, processor)
-
-    def _deliver_chunk(self, record: SQSRecord) -> None:
-        try:
-            chunk = json.loads(record.body)
-            data = chunk["data"].encode()
-            connections = [str(c) for c in chunk["connections"]]
-            event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            # A chunk that can never be delivered is dropped, not retried until the DLQ.
-            logger.error("malformed delivery chunk dropped", extra={"sqs": record.message_id})
-            self.metrics.add_metric("InvalidEvent", "Count", 1)
-            return
-        report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
-        self._account(report, _constant(event_time))
-        if report.failed:
-            # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
-            # and after five receives the chunk goes to the DLQ.
-            raise ChunkNotDelivered(f"{len(report.failed)} of {len(connections)} posts failed")
+        started = self._monotonic()
+        batch = _Batch(records=records)
+        for record in records:
+            try:
+                chunk = json.loads(record["body"])
+                message = chunk["data"]
+                stream = chunk.get("stream")
+                connections = [str(c) for c in chunk["connections"]]
+                latest_only = {str(c) for c in chunk.get("latest_only", ())}
+                event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
+                if not isinstance(message, str) or (stream is not None and not isinstance(stream, str)):
+                    raise TypeError("data and stream must be strings")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
+                self.metrics.add_metric("InvalidEvent", "Count", 1)
+                continue
+            for connection_id in connections:
+                key = stream if connection_id in latest_only else None
+                batch.outbox[connection_id].append((key, message))
+                batch.record_ids[connection_id].add(record["messageId"])
+                if event_time is not None:
+                    batch.event_times.setdefault(connection_id, event_time)
+        posts = self._posts(batch.outbox)
+        if posts:
+            report = self.gateway.post_many(posts)
+            self._account(report, batch.event_times.get)
+            if report.failed:
+                # Redelivery re-posts those chunks whole: clients drop duplicates by (stream, seq),
+                # and after five receives a chunk goes to the DLQ. Later chunks of their groups wait with them.
+                batch.fail_from({mid for post in report.failed for mid in batch.record_ids[post.connection_id]})
+        self._linger(started, len(records), topology.DELIVERY.batch_size)
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
 
     # ------------------------------------------------------------ shared
 
@@ -409,16 +443,19 @@ def _renderer(event: UpstreamEvent) -> Callable[[int], str]:
     return render
 
 
+def _conflate(entries: list[tuple[str | None, str]]) -> list[str]:
+    """The messages in order, except that of a latest-only stream only the newest (its last) is kept."""
+    last = {key: index for index, (key, _message) in enumerate(entries) if key is not None}
+    if not last:
+        return [message for _key, message in entries]
+    return [message for index, (key, message) in enumerate(entries) if key is None or last[key] == index]
+
+
 def _receive_count(record: dict[str, Any]) -> int:
     try:
         return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
     except (TypeError, ValueError):
         return 1
-
-
-def _constant(event_time: datetime | None) -> Callable[[str], datetime | None]:
-    """The event time of every connection of a chunk: one event, one time."""
-    return lambda _connection_id: event_time
 
 
 def _group(record: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ class Subscription:
     # The subscriber's access-token expiry (epoch seconds, 0: none), copied from the connection
     # so the fan-out can skip an expired subscriber without reading its connection row.
     token_expires_at: int = 0
+    latest_only: bool = False  # conflated: only the newest message of each stream in a post (StreamSpec.latest_only)
 
     def live_at(self, now: float) -> bool:
         return not self.token_expires_at or self.token_expires_at >= now
@@ -45,6 +46,7 @@ class Subscription:
             "symbol": None if stream.symbol is None or stream.is_wildcard else stream.symbol,
             "interval": self.interval,
             "filters": dict(self.filters),
+            "latest_only": self.latest_only,
         }
 
 

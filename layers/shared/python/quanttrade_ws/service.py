@@ -350,6 +350,7 @@ class RealtimeService:
                 interval=spec.interval,
                 filters=spec.filters.as_dict(),
                 token_expires_at=ctx.connection.identity.token_expires_at,
+                latest_only=spec.latest_only,
             )
             for spec in specs
         ]
@@ -670,6 +671,7 @@ class RealtimeService:
                         subscription.interval,
                         dict(subscription.filters),
                         connection.identity.token_expires_at,
+                        subscription.latest_only,
                     ),
                     limit,
                     cost=subscription_cost(subscription.stream_key),

@@ -107,6 +107,11 @@ def _float(item: dict[str, Any], name: str) -> float | None:
     return float(value["N"]) if value and "N" in value else None
 
 
+def _flag(item: dict[str, Any], name: str) -> bool:
+    value = item.get(name)
+    return bool(value and value.get("BOOL"))
+
+
 def _string_map(item: dict[str, Any], name: str) -> dict[str, str]:
     value = item.get(name)
     if not value or "M" not in value:
@@ -591,6 +596,7 @@ class DynamoStore:
                 connection_id="",
                 interval=entry.get("interval"),
                 filters=entry.get("filters", {}),
+                latest_only=bool(entry.get("latest_only", False)),
             )
             for entry in json.loads(_str(found, "subscriptions", "[]"))
         )
@@ -673,6 +679,8 @@ class DynamoStore:
         }
         if subscription.interval is not None:
             item["interval"] = _n(subscription.interval)
+        if subscription.latest_only:
+            item["latest_only"] = {"BOOL": True}
         return item
 
     def _new_subscription(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -774,12 +782,13 @@ class DynamoStore:
                 interval=_float(item, "interval"),
                 filters=_string_map(item, "filters"),
                 token_expires_at=_int(item, "token_expires_at"),
+                latest_only=_flag(item, "latest_only"),
             )
             for item in self._query(
                 TableName=self.subscriptions_table,
                 KeyConditionExpression="stream_key = :k",
                 ExpressionAttributeValues={":k": _s(stream_key)},
-                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at",
+                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at, latest_only",
                 ExpressionAttributeNames={"#i": "interval"},
                 # Strongly consistent: a subscription written a moment ago must be seen
                 # once the fan-out's audience cache turns over (resume depends on it).
@@ -819,6 +828,7 @@ class DynamoStore:
                     user_id=_str(item, "user_id"),
                     interval=_float(item, "interval"),
                     filters=_string_map(item, "filters"),
+                    latest_only=_flag(item, "latest_only"),
                 )
                 for item in found
             ),
@@ -1367,7 +1377,14 @@ def _stream_head(stream: str, item: dict[str, Any] | None) -> StreamHead:
 
 
 def _subscription_json(subscription: Subscription) -> dict[str, Any]:
-    return {"stream_key": subscription.stream_key, "interval": subscription.interval, "filters": subscription.filters}
+    entry: dict[str, Any] = {
+        "stream_key": subscription.stream_key,
+        "interval": subscription.interval,
+        "filters": subscription.filters,
+    }
+    if subscription.latest_only:
+        entry["latest_only"] = True
+    return entry
 
 
 def _window_step(item: dict[str, Any] | None, bucket: int) -> int:
