@@ -424,7 +424,7 @@ class AwsFrontDoor:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self._port))
         self._port = sock.getsockname()[1]
-        # One keep-alive pool to moto; moto's werkzeug server serves each connection on its own thread.
+        # One keep-alive pool to moto (local.moto_http keeps connections open and reuses its threads).
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64, force_close=False),
             auto_decompress=False,

@@ -3,7 +3,7 @@
 Two ways to run it:
 
 * ``subprocess`` (the default): a child Python process serves moto, so moto's
-  request handling (XML/JSON (de)serialisation, werkzeug, the SQS long-poll
+  request handling (XML/JSON (de)serialisation, HTTP, the SQS long-poll
   loop) runs on its own interpreter and its own core instead of competing for
   the GIL with the gateway emulator and the handlers' worker threads. The
   child learns its port from the kernel (port 0 works, race-free) and reports
@@ -40,6 +40,8 @@ import time
 import urllib.error
 import urllib.request
 from typing import IO, Any, Literal
+
+from local.moto_http import KeepAliveWsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4566
@@ -127,9 +129,9 @@ class MotoServer:
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
-        # werkzeug serves each connection on a new thread, and glibc gives threads arenas of their own (up to
-        # 8 per core): freed memory stays scattered over them, so the resident size creeps up for hours
-        # while moto's own objects do not grow. Two arenas keep it where the live objects are.
+        # moto serves requests on many threads, and glibc gives threads arenas of their own (up to 8 per
+        # core): freed memory stays scattered over them, so the resident size creeps up for hours while
+        # moto's own objects do not grow. Two arenas keep it where the live objects are.
         env.setdefault("MALLOC_ARENA_MAX", "2")
         # stderr goes to a file, not a pipe: nobody reads a pipe while the stack runs, and a full pipe would
         # block the child mid-request. The file is read only to explain a failed start.
@@ -246,21 +248,14 @@ class MotoServer:
 
 
 def _make_server(host: str, port: int) -> Any:
-    """moto's WSGI app on a threaded werkzeug server, bound here so a taken port raises at once.
+    """moto's WSGI app on a keep-alive server (`local.moto_http`), bound here so a taken port raises at once.
 
     (``moto.server.ThreadedMotoServer`` binds inside its thread and then waits forever
     for a ready event that a failed bind never sets.)
     """
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    class QuietRequestHandler(MotoRequestHandler):
-        # One access-log line per request would flood the terminal of `make dev` (and fill the pipe of a child).
-        def log_request(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
     from moto import backends
     from moto.core import responses
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from local import moto_dynamodb, moto_events, moto_sqs
 
@@ -278,11 +273,7 @@ def _make_server(host: str, port: int) -> Any:
     backends.list_of_moto_modules = lambda: modules
 
     app = _dynamodb_first(DomainDispatcherApplication(create_backend_app))
-    try:
-        return make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
-    except SystemExit as exit_:
-        # werkzeug reports a taken port by printing and calling sys.exit; make it an ordinary bind error.
-        raise OSError(f"port {port} on {host} is in use") from exit_
+    return KeepAliveWsgiServer(host, port, app)
 
 
 def _dynamodb_first(app: Any) -> Any:

@@ -1,0 +1,63 @@
+"""The server in front of moto's WSGI app (local.moto_http) keeps connections open, as AWS endpoints do."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from local.moto_server import MotoServer
+from local.sigv4 import Credentials, sign_headers
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer(port=0, ttl_sweep_seconds=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _signed(moto: MotoServer, operation: str, body: dict[str, object]) -> tuple[bytes, dict[str, str]]:
+    data = json.dumps(body).encode()
+    headers = sign_headers(
+        "POST",
+        moto.endpoint_url + "/",
+        Credentials("testing", "testing"),
+        service="dynamodb",
+        region="us-east-1",
+        body=data,
+        headers={"X-Amz-Target": f"DynamoDB_20120810.{operation}", "Content-Type": "application/x-amz-json-1.0"},
+    )
+    return data, headers
+
+
+def test_one_connection_carries_many_requests_and_large_bodies(moto: MotoServer) -> None:
+    # GIVEN one HTTP/1.1 connection to moto
+    connection = http.client.HTTPConnection(moto.host, moto.port, timeout=10)
+    table = {
+        "TableName": "kept",
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    answers = []
+    # WHEN it sends a CreateTable, a 1.5 MB BatchWriteItem (five items of 300 KB) and a GetItem, one after another
+    batch = [{"PutRequest": {"Item": {"pk": {"S": f"big{i}"}, "blob": {"S": str(i) * 300_000}}}} for i in range(5)]
+    for operation, body in (
+        ("CreateTable", table),
+        ("BatchWriteItem", {"RequestItems": {"kept": batch}}),
+        ("GetItem", {"TableName": "kept", "Key": {"pk": {"S": "big4"}}}),
+    ):
+        data, headers = _signed(moto, operation, body)
+        connection.request("POST", "/", body=data, headers=headers)
+        response = connection.getresponse()
+        answers.append((response.status, response.will_close, json.loads(response.read() or b"{}")))
+
+    # THEN each is answered on that same connection, which stays open, and the large item comes back whole
+    assert [(status, closes) for status, closes, _ in answers] == [(200, False)] * 3
+    assert answers[2][2]["Item"]["blob"]["S"] == "4" * 300_000
+    connection.close()
