@@ -151,10 +151,13 @@ class Latency:
     p50: float
     p99: float
 
+    @property
+    def sigma(self) -> float:
+        return math.log(self.p99 / self.p50) / Z99 if self.p99 > self.p50 > 0 else 0.0
+
     def sample(self, rng: random.Random) -> float:
-        if self.p99 <= self.p50:
-            return self.p50
-        return self.p50 * math.exp(math.log(self.p99 / self.p50) / Z99 * rng.gauss(0.0, 1.0))
+        sigma = self.sigma
+        return self.p50 * math.exp(sigma * rng.gauss(0.0, 1.0)) if sigma else self.p50
 
 
 def ms(p50: float, p99: float) -> Latency:
@@ -385,13 +388,13 @@ class SimDynamoDB:
         values = [next(iter(v.values())) for v in key.values()]
         return str(values[0]), str(values[1]) if len(values) > 1 else ""
 
-    def get_item(self, TableName: str, Key: dict[str, Any], **_: Any) -> dict[str, Any]:  # noqa: N803
+    def get_item(self, TableName: str, Key: dict[str, Any], **_: Any) -> dict[str, Any]:
         pk, sk = self._key(Key)
         self._call(self.profile.dynamodb_get, [(TableName, pk, "r", 1.0)])
         item = self.items.get((TableName, pk, sk))
         return {"Item": dict(item)} if item is not None else {}
 
-    def query(self, TableName: str, ExpressionAttributeValues: dict[str, Any], **kwargs: Any) -> dict[str, Any]:  # noqa: N803
+    def query(self, TableName: str, ExpressionAttributeValues: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         key = str(next(iter(ExpressionAttributeValues.values()))["S"])
         if kwargs.get("IndexName"):
             raise NotImplementedError(f"the model serves only the fan-out's Queries, not {TableName} {kwargs}")
@@ -408,10 +411,10 @@ class SimDynamoDB:
         )
         return {"Items": [_subscription_row(key, index) for index in range(count)]}
 
-    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+    def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> dict[str, Any]:
         waits = []
         for action in TransactItems:
-            (kind, body), = action.items()
+            ((kind, body),) = action.items()
             pk, _ = self._key(body.get("Key") or _key_of(body["Item"]))
             waits.append((body["TableName"], pk, "w", 2.0))  # transactional writes cost two units per KB
         self._call(self.profile.dynamodb_transact, waits)
@@ -419,7 +422,7 @@ class SimDynamoDB:
         reasons = [{"Code": "None"} for _ in TransactItems]
         failed = False
         for index, action in enumerate(TransactItems):
-            (kind, body), = action.items()
+            ((kind, body),) = action.items()
             key = self._key(body.get("Key") or _key_of(body["Item"]))
             current = self.items.get((body["TableName"], *key))
             if "ConditionExpression" in body and not _condition_holds(
@@ -434,7 +437,7 @@ class SimDynamoDB:
                 "TransactWriteItems",
             )
         for action in TransactItems:
-            (kind, body), = action.items()
+            ((kind, body),) = action.items()
             if kind == "Put":
                 key = self._key(_key_of(body["Item"]))
                 self.items[(body["TableName"], *key)] = dict(body["Item"])
@@ -510,7 +513,7 @@ class Deliveries:
         return ids
 
     def delivered(self, data: bytes, at: float) -> None:
-        ids = self.event_ids(data)
+        ids = self._frames.get(data) or self.event_ids(data)
         self.tally.deliveries += len(ids)
         for event_id in ids:
             record = self.events[event_id]
@@ -563,6 +566,12 @@ class SimGateway:
         loop_free = start
         outstanding = len(posts)
         finished_at = start
+        post_p50, post_sigma = profile.post.p50, profile.post.sigma
+        throttled_p50, throttled_sigma = profile.throttled_post.p50, profile.throttled_post.sigma
+        cpu = profile.post_cpu_seconds
+        gauss, exp, take = rng.gauss, math.exp, bucket.try_take
+        delivered = self.deliveries.delivered
+        tally = self.tally
         while outstanding:
             horizon = sim.now + self.SLICE_SECONDS
             while lanes and lanes[0] < horizon:
@@ -576,24 +585,25 @@ class SimGateway:
                     heapq.heappush(lanes, max(lane_at, waiting[0][0]))
                     continue
                 index, attempt = ready.popleft()
-                sent_at = loop_free = max(loop_free, lane_at) + profile.post_cpu_seconds
-                self.tally.post_attempts += 1
-                if sent_at < self.tally.first_post:
-                    self.tally.first_post = sent_at
-                if sent_at > self.tally.last_post:
-                    self.tally.last_post = sent_at
-                if bucket.try_take(sent_at):
-                    done = sent_at + profile.post.sample(rng)
-                    self.tally.posts += 1
-                    self.deliveries.delivered(posts[index].data, done)
+                sent_at = loop_free = (loop_free if loop_free > lane_at else lane_at) + cpu
+                tally.post_attempts += 1
+                if sent_at < tally.first_post:
+                    tally.first_post = sent_at
+                if sent_at > tally.last_post:
+                    tally.last_post = sent_at
+                if take(sent_at):
+                    done = sent_at + post_p50 * exp(post_sigma * gauss(0.0, 1.0))
+                    tally.posts += 1
+                    delivered(posts[index].data, done)
                     report.delivered.append(posts[index])
                     outstanding -= 1
-                    finished_at = max(finished_at, done)
+                    if done > finished_at:
+                        finished_at = done
                 else:
-                    done = sent_at + profile.throttled_post.sample(rng)
-                    self.tally.throttled += 1
+                    done = sent_at + throttled_p50 * exp(throttled_sigma * gauss(0.0, 1.0))
+                    tally.throttled += 1
                     if attempt >= self.max_attempts:
-                        self.tally.failed_posts += 1
+                        tally.failed_posts += 1
                         report.failed.append(posts[index])
                         outstanding -= 1
                         finished_at = max(finished_at, done)
@@ -1169,7 +1179,9 @@ def grid(designs: Sequence[str], max_deliveries: int, seconds: float, log: Calla
             for symbols in SYMBOLS:
                 sustained = sustained_rate(audience, symbols, design, max_deliveries)
                 for rate in RATES:
-                    scenario = Scenario(audience, rate, symbols, events_for(audience, rate, max_deliveries, seconds), design)
+                    scenario = Scenario(
+                        audience, rate, symbols, events_for(audience, rate, max_deliveries, seconds), design
+                    )
                     row = summarise(run_scenario(scenario), sustained)
                     rows.append(row)
                     log(
@@ -1205,7 +1217,7 @@ def goals(max_deliveries: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.aws_model", description=__doc__.split("\n")[0])
     parser.add_argument("--designs", nargs="+", default=["source_group", "symbol_group"], choices=sorted(DESIGNS))
-    parser.add_argument("--max-deliveries", type=int, default=100_000, help="deliveries simulated per scenario")
+    parser.add_argument("--max-deliveries", type=int, default=50_000, help="deliveries simulated per scenario")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds of offered load per scenario")
     parser.add_argument("--output", default=os.path.join(ROOT, "bench", "aws-model-results.json"))
     parser.add_argument("--results", default=os.path.join(ROOT, "bench", "results.json"))

@@ -399,6 +399,31 @@ def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
     assert fanout.metrics.totals["DeliveryFailed"] == 1  # type: ignore[attr-defined]
 
 
+def test_chunks_of_different_groups_go_out_in_one_round(fanout: FanOut):
+    # GIVEN a batch with chunks of three groups, the third group holding two chunks
+    gateway(fanout).connect("a", "b", "c")
+    calls: list[list[str]] = []
+    post_many = gateway(fanout).post_many
+
+    def counting(posts):  # type: ignore[no-untyped-def]
+        calls.append([post.connection_id for post in posts])
+        return post_many(posts)
+
+    gateway(fanout).post_many = counting  # type: ignore[method-assign]
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["a"]}), group="s#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["b"]}), group="s#2"),
+        eb.sqs_record(json.dumps({"data": '{"n":3}', "connections": ["c"]}), group="s#3"),
+        eb.sqs_record(json.dumps({"data": '{"n":4}', "connections": ["c"]}), group="s#3"),
+    ]
+    # WHEN processed
+    response = fanout.process_chunks(records)
+    # THEN the first chunk of every group shared one call, the group's second chunk came after its first
+    assert eb.failures(response) == []
+    assert calls == [["a", "b", "c"], ["c"]]
+    assert gateway(fanout).messages("c") == [{"n": 3}, {"n": 4}]
+
+
 def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
     # GIVEN a gone subscriber and a live one, both on every market data symbol
     store.subscribe("market_data:*", "gone")

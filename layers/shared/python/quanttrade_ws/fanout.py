@@ -321,12 +321,19 @@ class FanOut:
     # ------------------------------------------------------------ delivery queue
 
     def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
-        """Handle delivery chunks: the shards of large audiences."""
+        """Handle delivery chunks: the shards of large audiences.
+
+        The batch goes out in rounds: the first chunk of every message group in one
+        `post_many`, then the second ones, and so on. Chunks of different groups (other
+        connections, or other streams) share the function's requests in flight instead
+        of waiting for each other's slowest post; a chunk still waits for the earlier
+        chunk of its own group and fails with it, so no connection gets a stream's seq
+        before one it missed (bench/README.md, the AWS model, measured the difference).
+        """
         batch = _Batch()
+        rounds: list[list[tuple[dict[str, Any], list[Post], datetime | None]]] = []
+        depth: dict[str, int] = defaultdict(int)
         for record in records:
-            if _group(record) in batch.blocked_groups:
-                batch.failures.append(record["messageId"])
-                continue
             try:
                 chunk = json.loads(record["body"])
                 data = chunk["data"].encode()
@@ -336,12 +343,36 @@ class FanOut:
                 logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
                 self.metrics.add_metric("InvalidEvent", "Count", 1)
                 continue
-            report = self.gateway.post_many([Post(connection_id, data) for connection_id in connections])
-            self._account(report, lambda _cid, t=event_time: t)
-            if report.failed:
-                # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
-                # and after five receives the chunk goes to the DLQ.
-                batch.fail(record)
+            place = depth[_group(record)]
+            depth[_group(record)] += 1
+            if place == len(rounds):
+                rounds.append([])
+            rounds[place].append((record, [Post(connection_id, data) for connection_id in connections], event_time))
+        for chunks in rounds:
+            owner: dict[tuple[str, bytes], dict[str, Any]] = {}
+            event_times: dict[str, datetime | None] = {}
+            posts: list[Post] = []
+            for record, chunk_posts, event_time in chunks:
+                if _group(record) in batch.blocked_groups:
+                    batch.failures.append(record["messageId"])
+                    continue
+                for post in chunk_posts:
+                    owner[(post.connection_id, post.data)] = record
+                    event_times[post.connection_id] = event_time
+                posts.extend(chunk_posts)
+            if not posts:
+                continue
+            report = self.gateway.post_many(posts)
+            self._account(report, event_times.get)
+            # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
+            # and after five receives the chunk goes to the DLQ.
+            failed = {
+                id(owner[(post.connection_id, post.data)]): owner[(post.connection_id, post.data)]
+                for post in report.failed
+            }
+            for record, _posts, _time in chunks:
+                if id(record) in failed:
+                    batch.fail(record)
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
 
     # ------------------------------------------------------------ shared
