@@ -137,3 +137,29 @@ def test_the_real_fan_out_delivers_every_event_to_every_subscriber() -> None:
     assert [event.delivered for event in outcome.events] == [1500, 1500, 1500]
     assert outcome.tally.peak_concurrency["delivery"] >= 1
     assert outcome.tally.failed_posts == 0
+
+
+@pytest.mark.parametrize(("deadline", "fails"), [(None, True), (25.0, False)])
+def test_throttled_posts_fail_after_their_attempts_unless_retried_to_a_deadline(deadline, fails) -> None:
+    # GIVEN 2,000 posts, 400 in flight, an account quota of 1,000 calls/s and two attempts a post
+    profile = replace(
+        AWS, post=ms(10, 10), throttled_post=ms(1, 1), post_cpu_seconds=0.0, management_rate=1000.0, management_burst=1
+    )
+    settings = Settings(post_concurrency=400, max_post_attempts=2, **SETTINGS)
+    sim, tally = Sim(seed=5), Tally()
+    deliveries = Deliveries(tally, keep_latencies=False)
+    deliveries.events["e"] = EventRecord("e", "S0", 0.0, 2000)
+    gateway = SimGateway(sim, profile, ManagementApi(profile), deliveries, settings)
+    gateway.throttle_deadline = deadline
+    reports = []
+
+    # WHEN one function posts them
+    sim.spawn(lambda: reports.append(gateway.post_many([Post(f"c{i}", _frame("e")) for i in range(2000)])))
+    sim.run()
+
+    # THEN with two attempts most throttled posts are given up; retried to the deadline, all arrive (after >= 2 s)
+    (report,) = reports
+    assert bool(report.failed) is fails
+    assert len(report.delivered) + len(report.failed) == 2000
+    if not fails:
+        assert deliveries.events["e"].last_delivery >= 2.0
