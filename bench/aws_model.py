@@ -36,6 +36,7 @@ apart, from a saturating run.
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import logging
@@ -91,7 +92,7 @@ class Sim:
         heapq.heappush(self._heap, (max(when, self.now), self._order, callback))
         self._order += 1
 
-    def spawn(self, body: Callable[[], None], when: float | None = None) -> None:
+    def spawn(self, body: Callable[[], object], when: float | None = None) -> None:
         process = _Process(self, body)
         self.at(self.now if when is None else when, process.resume)
 
@@ -113,7 +114,7 @@ class Sim:
 
 
 class _Process:
-    def __init__(self, sim: Sim, body: Callable[[], None]) -> None:
+    def __init__(self, sim: Sim, body: Callable[[], object]) -> None:
         self.sim = sim
         self.body = body
         self.go = threading.Semaphore(0)
@@ -438,8 +439,9 @@ class SimDynamoDB:
                 failed = True
         if failed:
             self.tally.transaction_conflicts += 1
+            response: Any = {"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons}
             raise _TransactionCanceled(
-                {"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons},
+                response,
                 "TransactWriteItems",
             )
         for action in TransactItems:
@@ -781,7 +783,7 @@ class SimQueue:
                 break
             self.batches_in_flight += 1
             self.tally.sqs_requests += 1  # the receive
-            self.sim.spawn(lambda b=batch: self._run(b))
+            self.sim.spawn(functools.partial(self._run, batch))
 
     def _take_batch(self) -> list[Message]:
         batch: list[Message] = []
@@ -833,7 +835,7 @@ class SimQueue:
             if self.groups[group] and group not in self.order:
                 self.order.append(group)
         for group, messages in retry.items():
-            sim.at(began + self.visibility_timeout, lambda g=group, ms=messages: self._requeue_front(g, ms))
+            sim.at(began + self.visibility_timeout, functools.partial(self._requeue_front, group, messages))
         if self.order:
             self._schedule_poll()
 
@@ -1011,7 +1013,7 @@ def run_scenario(scenario: Scenario, horizon: float = 3600.0) -> Outcome:
         sim.at(sim.now + delay, lambda: events_queue.enqueue(body, group))
 
     for index in range(scenario.events):
-        sim.at(index / scenario.rate, lambda i=index: publish(i))
+        sim.at(index / scenario.rate, functools.partial(publish, index))
     sim.run(until=horizon)
     events = list(deliveries.events.values())
     return Outcome(
@@ -1178,7 +1180,7 @@ def validate(results_path: str) -> dict[str, Any]:
         "latency_p99_ms": round(1000 * (percentile(latencies, 0.99) or 0), 1),
         "deliveries_per_second": round(1000 / statistics.median(times), 1) if times else None,
     }
-    comparison = {}
+    comparison: dict[str, Any] = {}
     for name, value in model.items():
         local = measured.get(f"end_to_end_1000_{name}")
         comparison[name] = {
