@@ -424,6 +424,22 @@ def test_chunks_of_different_groups_go_out_in_one_round(fanout: FanOut):
     assert gateway(fanout).messages("c") == [{"n": 3}, {"n": 4}]
 
 
+def test_a_failed_post_fails_every_chunk_of_the_round_that_carried_it(fanout: FanOut):
+    # GIVEN the same message to the same failing connection in chunks of two groups, and a healthy chunk
+    gateway(fanout).connect("x", "ok")
+    gateway(fanout).failing.add("x")
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="s#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="t#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["ok"]}), group="s#2"),
+    ]
+    # WHEN processed in one round
+    response = fanout.process_chunks(records)
+    # THEN both chunks that carried the failed post are redelivered, the healthy one is not
+    assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
+    assert gateway(fanout).messages("ok") == [{"n": 2}]
+
+
 def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
     # GIVEN a gone subscriber and a live one, both on every market data symbol
     store.subscribe("market_data:*", "gone")

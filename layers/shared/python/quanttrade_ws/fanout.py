@@ -349,7 +349,9 @@ class FanOut:
                 rounds.append([])
             rounds[place].append((record, [Post(connection_id, data) for connection_id in connections], event_time))
         for chunks in rounds:
-            owner: dict[tuple[str, bytes], dict[str, Any]] = {}
+            # A failed post fails every chunk that carried it (the same message to the same
+            # connection twice in one round costs a redelivery, never a loss).
+            owners: dict[tuple[str, bytes], list[dict[str, Any]]] = defaultdict(list)
             event_times: dict[str, datetime | None] = {}
             posts: list[Post] = []
             for record, chunk_posts, event_time in chunks:
@@ -357,7 +359,7 @@ class FanOut:
                     batch.failures.append(record["messageId"])
                     continue
                 for post in chunk_posts:
-                    owner[(post.connection_id, post.data)] = record
+                    owners[(post.connection_id, post.data)].append(record)
                     event_times[post.connection_id] = event_time
                 posts.extend(chunk_posts)
             if not posts:
@@ -366,10 +368,7 @@ class FanOut:
             self._account(report, event_times.get)
             # Redelivery re-posts the whole chunk: clients drop duplicates by (stream, seq),
             # and after five receives the chunk goes to the DLQ.
-            failed = {
-                id(owner[(post.connection_id, post.data)]): owner[(post.connection_id, post.data)]
-                for post in report.failed
-            }
+            failed = {id(record) for post in report.failed for record in owners[(post.connection_id, post.data)]}
             for record, _posts, _time in chunks:
                 if id(record) in failed:
                     batch.fail(record)
