@@ -131,6 +131,7 @@ class FanOut(Construct):
                 event_sources.SqsEventSource(
                     self.queue(declared.consumes),
                     batch_size=declared.batch_size,
+                    max_concurrency=declared.max_concurrency,
                     # A failed message is retried alone instead of redelivering
                     # (and re-posting) the whole batch.
                     report_batch_item_failures=True,

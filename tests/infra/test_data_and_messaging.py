@@ -126,6 +126,17 @@ def test_queue_consumers_report_partial_batch_failures(synth: Synth) -> None:
         assert mapping["EventSourceArn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert mapping["BatchSize"] == declared.batch_size
+        assert mapping.get("ScalingConfig", {}).get("MaximumConcurrency") == declared.max_concurrency
+
+
+def test_delivery_functions_together_stay_within_the_management_api_quota(synth: Synth) -> None:
+    # Five functions of 64 posts in flight each are about the account's 10,000 calls/s.
+    (mapping,) = [
+        m["Properties"]
+        for m in synth.resources("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": synth.function_id(topology.DELIVERY)}
+    ]
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 5}
 
 
 def test_sweeper_runs_every_five_minutes(synth: Synth) -> None:

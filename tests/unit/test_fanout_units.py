@@ -413,6 +413,47 @@ def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
     assert fanout.metrics.totals["DeliveryFailed"] == 1  # type: ignore[attr-defined]
 
 
+def test_chunks_of_every_group_go_out_in_one_call_each_connection_in_order(fanout: FanOut):
+    # GIVEN a batch with chunks of three groups, the third group holding two chunks
+    gateway(fanout).connect("a", "b", "c")
+    calls: list[list[str]] = []
+    post_many = gateway(fanout).post_many
+
+    def counting(posts):  # type: ignore[no-untyped-def]
+        calls.append([post.connection_id for post in posts])
+        return post_many(posts)
+
+    gateway(fanout).post_many = counting  # type: ignore[method-assign]
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["a"]}), group="s#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["b"]}), group="s#2"),
+        eb.sqs_record(json.dumps({"data": '{"n":3}', "connections": ["c"]}), group="s#3"),
+        eb.sqs_record(json.dumps({"data": '{"n":4}', "connections": ["c"]}), group="s#3"),
+    ]
+    # WHEN processed
+    response = fanout.process_chunks(records)
+    # THEN every chunk shared one call, the group's two chunks as one post to c, in their order
+    assert eb.failures(response) == []
+    assert calls == [["a", "b", "c"]]
+    assert gateway(fanout).messages("c") == [{"n": 3}, {"n": 4}]
+
+
+def test_a_failed_post_fails_every_chunk_that_carried_it(fanout: FanOut):
+    # GIVEN the same message to the same failing connection in chunks of two groups, and a healthy chunk
+    gateway(fanout).connect("x", "ok")
+    gateway(fanout).failing.add("x")
+    records = [
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="s#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["x"]}), group="t#1"),
+        eb.sqs_record(json.dumps({"data": '{"n":2}', "connections": ["ok"]}), group="s#2"),
+    ]
+    # WHEN processed
+    response = fanout.process_chunks(records)
+    # THEN both chunks that carried the failed post are redelivered, the healthy one is not
+    assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
+    assert gateway(fanout).messages("ok") == [{"n": 2}]
+
+
 def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
     # GIVEN a gone subscriber and a live one, both on every market data symbol
     store.subscribe("market_data:*", "gone")
