@@ -399,6 +399,15 @@ class SimDynamoDB:
         item = self.items.get((TableName, pk, sk))
         return {"Item": dict(item)} if item is not None else {}
 
+    def batch_get_item(self, RequestItems: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """Consistent reads of a few keys in one call (a batch's event markers and stream heads): GetItem's
+        latency, one read unit on each key's partition."""
+        ((table, request),) = RequestItems.items()
+        keys = [self._key(key) for key in request["Keys"]]
+        self._call(self.profile.dynamodb_get, [(table, pk, "r", 1.0) for pk, _ in keys])
+        found = [dict(self.items[(table, *key)]) for key in keys if (table, *key) in self.items]
+        return {"Responses": {table: found}, "UnprocessedKeys": {}}
+
     def query(self, TableName: str, ExpressionAttributeValues: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         key = str(next(iter(ExpressionAttributeValues.values()))["S"])
         if kwargs.get("IndexName"):
@@ -462,15 +471,15 @@ def _key_of(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _condition_holds(expression: str, item: dict[str, Any] | None, values: dict[str, Any]) -> bool:
-    """`attribute_not_exists(a) OR a = :v`, the one shape `sequence_event` writes."""
+    """`attribute_not_exists(a)`, optionally `OR a = :v`: the shapes the store's sequencing writes."""
     left, _, right = expression.partition(" OR ")
     attribute = left.strip().removeprefix("attribute_not_exists(").removesuffix(")")
     name, _, placeholder = right.partition(" = ")
-    if not left.startswith("attribute_not_exists(") or name.strip() != attribute:
+    if not left.startswith("attribute_not_exists(") or (right and name.strip() != attribute):
         raise NotImplementedError(f"condition {expression!r} is not modelled")
     if item is None or attribute not in item:
         return True
-    return item[attribute] == values[placeholder.strip()]
+    return bool(right) and item[attribute] == values[placeholder.strip()]
 
 
 def _set_expression(expression: str, values: dict[str, Any]) -> dict[str, Any]:
