@@ -354,8 +354,9 @@ async def test_typed_errors_from_the_real_handlers(
     with pytest.raises(RoomLimit):
         await within_rate(lambda: client.join_room(f"room-{uuid.uuid4().hex[:8]}"))
 
-    # and the connection is still fine after all that
-    assert (await client.ping()).message_type == "pong"
+    # and the connection is still fine after all that (a ping right after the joins may find this
+    # second's rate budget spent: the server drops it with a RATE_LIMIT warning, and the next window answers)
+    assert (await within_rate(client.ping)).message_type == "pong"
 
 
 async def test_flooding_the_server_raises_rate_limited(make_client: Callable[..., QuantTradeClient]) -> None:
