@@ -349,13 +349,10 @@ def merge_into_results(figures: dict[str, Any], command: str, described: dict[st
     Each (symbols, window) entry carries the command and date that produced it, so runs of other symbol
     counts or windows stay beside it with their own provenance; `coalescing_machine` is the latest run's.
     """
-    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    described = {**described, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     for value in figures.values():
         if isinstance(value, dict) and "events_published" in value:
             value.update({"command": command, "date": described["date"]})
-    results.update({f"{PREFIX}machine": described, **figures})
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    machine.merge_results(path, {f"{PREFIX}machine": machine.at_end(described), **figures})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

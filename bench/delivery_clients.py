@@ -27,8 +27,6 @@ Figures are merged into bench/results.json under `delivery_clients_*`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -278,11 +276,8 @@ def _figures(
 
 def merge_into_results(figures: dict[str, Any], command: str, described: dict[str, Any], path: Path = RESULTS) -> None:
     """Add this run's keys to the results file, leaving every other benchmark's figures as they are."""
-    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    results = {key: value for key, value in results.items() if not key.startswith(PREFIX)}
-    described = {**described, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    results.update({f"{PREFIX}command": command, f"{PREFIX}machine": described, **figures})
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    updates = {f"{PREFIX}command": command, f"{PREFIX}machine": machine.at_end(described), **figures}
+    machine.merge_results(path, updates, dropping_prefix=PREFIX)
 
 
 def _print(figures: dict[str, Any]) -> None:

@@ -517,10 +517,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         asyncio.run(run_async(args, stack, figures))
     finally:
         stack.kill()
-    figures["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    results = json.loads(args.output.read_text()) if args.output.exists() else {}
-    results[args.key] = figures
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    figures["machine"] = machine.at_end(figures["machine"])
+    machine.merge_results(args.output, {args.key: figures})
     print(json.dumps({k: v for k, v in figures.items() if not k.endswith(("samples", "per_minute"))}, indent=2))
     return figures
 

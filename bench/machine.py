@@ -8,6 +8,7 @@ fill stay None instead of failing the run.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -68,6 +69,21 @@ def describe() -> dict[str, Any]:
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         **{f"git_{key}": value for key, value in git_commit().items()},
     }
+
+
+def at_end(described: dict[str, Any]) -> dict[str, Any]:
+    """A machine section taken before a run, with the load average as the run ends."""
+    return {**described, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def merge_results(path: Path, updates: dict[str, Any], *, dropping_prefix: str | None = None) -> None:
+    """Write `updates` into a results file, leaving every other benchmark's keys as they are
+    (and, with `dropping_prefix`, removing this benchmark's keys that the run did not produce again)."""
+    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if dropping_prefix is not None:
+        results = {key: value for key, value in results.items() if not key.startswith(dropping_prefix)}
+    results.update(updates)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def rss_bytes(pid: int) -> int | None:
