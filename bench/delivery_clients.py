@@ -3,7 +3,7 @@
 Issue 14's rule: keep the hand-written client (`ManagementApiGateway`, its own
 HTTP/1.1 and SigV4) only if its CPU per post is at least 2x lower than the best
 library-based option. The candidates, all posting the same messages to the
-same real local gateway (`local.gateway.LocalGateway` in a subprocess, with
+same real local gateway (`local.api_gateway.server.LocalGateway` in a subprocess, with
 real WebSocket clients reading every frame), at the same concurrency:
 
 * `hand_written`: `ManagementApiGateway.post_many`, in the fan-out's chunks of 1,000;

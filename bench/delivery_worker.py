@@ -12,7 +12,7 @@ Servers, in order of preference:
   or AWS with `--aws-credentials`). Without `--connection-id`, posts go to
   made-up ids and are answered 410; both clients pay for the answer the same
   way, so "answered" (delivered + gone) is what is counted.
-* the local gateway (`local.gateway.LocalGateway`) in a subprocess, with real
+* the local gateway (`local.api_gateway.server.LocalGateway`) in a subprocess, with real
   WebSocket clients connected to it, so every post is delivered to a socket.
 * a minimal stand-in (answers 200 to every `POST /@connections/*`) in a
   subprocess, when the local gateway can't be imported or started, or with
@@ -162,7 +162,8 @@ async def _serve_local_gateway(clients: int) -> None:
 
     import aiohttp
 
-    from local.gateway import GatewayConfig, LocalGateway
+    from local.api_gateway.config import GatewayConfig
+    from local.api_gateway.server import LocalGateway
 
     logging.disable(logging.CRITICAL)
     config = GatewayConfig(

@@ -4,7 +4,7 @@ Two surfaces are IAM-authorised on AWS and so are here:
 
 * the WebSocket API's Management API (`@connections`): `execute-api:ManageConnections`
   on `arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD>/@connections/<id>`
-  (checked by `local.gateway`);
+  (checked by `local.api_gateway.management_api`);
 * the admin HTTP API (`/admin/...`, and the local-only `/local/stats`):
   `execute-api:Invoke` on `arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD><path>`
   (`require_invoke`, applied to those routes by `local.stack`).

@@ -6,7 +6,7 @@ What runs locally is what deploys. `LocalStack.start()`:
    inputs, so a warm start does not pay for it) and reads the template;
 2. starts moto in server mode and creates every table, queue, bus, rule and
    secret the template declares (`local.cloud.provision`);
-3. starts the API Gateway emulator (`local.gateway`) with the template's
+3. starts the API Gateway emulator (`local.api_gateway`) with the template's
    WebSocket routes, its `$connect` authorizer and identity source, and the
    template's stage, plus the admin HTTP API's routes;
 4. runs every Lambda function of the template (`local.lambda_runtime`) in
@@ -51,10 +51,11 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from local.api_gateway.config import GatewayConfig
+from local.api_gateway.server import LocalGateway
 from local.aws_endpoint import AwsFrontDoor
 from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
 from local.deps_layer import local_layer, runtime_provided
-from local.gateway import GatewayConfig, LocalGateway
 from local.lambda_runtime import DEFAULT_ACCOUNT, Credentials, LambdaFunction, preflight
 from local.moto_server import CREDENTIALS, DEFAULT_TTL_SWEEP_SECONDS, Mode, MotoServer
 from local.principals import Principal, Principals

@@ -292,8 +292,6 @@ async def stop_gateway(local_stack: LocalStack) -> None:
 async def start_gateway(local_stack: LocalStack) -> None:
     gateway = local_stack.gateway
     assert gateway is not None
-    # LocalGateway.stop() leaves `_stopping` set, so a restarted gateway would refuse every handshake with 503.
-    gateway._stopping = False
     await gateway.start()
 
 

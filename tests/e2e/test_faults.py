@@ -52,7 +52,7 @@ import pytest
 import websockets
 from quanttrade_client import QuantTradeClient
 
-from local.gateway import LocalGateway
+from local.api_gateway.server import LocalGateway
 from local.lambda_runtime import LambdaFunction
 from local.pump import BatchOutcome, QueuePump
 from local.stack import LocalStack

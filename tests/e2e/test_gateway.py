@@ -35,7 +35,9 @@ from botocore.exceptions import ClientError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from local.gateway import GatewayConfig, LocalGateway, redact_query
+from local.api_gateway.access_log import redact_query
+from local.api_gateway.config import GatewayConfig
+from local.api_gateway.server import LocalGateway
 from local.lambda_runtime import LambdaContext, LambdaFunction, LambdaTimeoutError
 from local.principals import ADMIN_CREDENTIALS, Principals
 from local.signed_http import require_invoke

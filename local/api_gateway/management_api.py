@@ -1,0 +1,180 @@
+"""The Management API: `POST|GET|DELETE @connections/{id}`, as boto3's `apigatewaymanagementapi` calls it.
+
+Every call is signed (SigV4) and authorised (`execute-api:ManageConnections`
+on the connection's ARN) against the principals the stage knows, throttled at
+the account's rate, and answered with API Gateway's error shapes; injected
+faults (`management_faults`) come before the throttle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+
+from local.api_gateway.config import GatewayConfig
+from local.api_gateway.connection import Connection
+from local.api_gateway.error_responses import JSON, gone, management_error
+from local.api_gateway.management_faults import INTERNAL_ERROR, THROTTLED, ManagementFaults, answer_of
+from local.api_gateway.throttle import TokenBucket
+from local.iam import Decision
+from local.principals import Principals
+from local.signed_http import access_denied, authenticate, request_context, signature_refusal
+from local.sigv4 import SignatureError
+
+logger = logging.getLogger("quanttrade.local.gateway")
+
+RECORDED_CALLS = 10_000  # how many of the last Management API calls `ManagementApi.calls` keeps
+
+CloseConnection = Callable[[Connection, int, str], None]
+
+
+class ManagementCall(NamedTuple):
+    method: str
+    connection_id: str
+    status: int
+
+
+class ManagementApi:
+    """Serves the Management API for the stage's open `connections`; `close` ends one (`DELETE`)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        principals: Principals,
+        connections: Mapping[str, Connection],
+        close: CloseConnection,
+    ) -> None:
+        # Who may call it (SigV4 + execute-api:ManageConnections).
+        self.principals = principals
+        self._connections = connections
+        self._close = close
+        # The last calls and their answers, as API Gateway's execution logs would show them (its access
+        # log cannot: a keep-alive connection opened while INFO was off is never logged). Bounded: the
+        # stack runs for hours at thousands of posts a second.
+        self.calls: deque[ManagementCall] = deque(maxlen=RECORDED_CALLS)
+        self.faults = ManagementFaults(config.management_fault_rate, config.management_fault_seed)
+        self._config = config
+        self._limits = _limits_of(config)
+        self._bucket = TokenBucket(*self._limits)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: GatewayConfig) -> None:
+        limits = _limits_of(config)
+        if limits != self._limits:
+            # A new config (LocalStack.gateway_limits) throttles at its rate from now on.
+            self._limits = limits
+            self._bucket = TokenBucket(*limits)
+        self._config = config
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._serve(request)
+        self.calls.append(ManagementCall(request.method, request.match_info["connection_id"], response.status))
+        return response
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        config = self._config
+        limit = config.max_message_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+        try:
+            data = await request.read()  # the signature covers the body
+        except web.HTTPRequestEntityTooLarge:
+            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+        try:
+            principal = authenticate(request, data, self.principals, region=config.region)
+        except SignatureError as error:
+            return signature_refusal(error)
+        stage = request.match_info.get("stage")
+        if stage is not None and stage != config.stage:
+            return management_error(403, "ForbiddenException", "Forbidden")
+        connection_id = request.match_info["connection_id"]
+        resource = (
+            f"arn:aws:execute-api:{config.region}:{config.account}:{config.api_id}/"
+            f"{config.stage}/{request.method}/@connections/{connection_id}"
+        )
+        action = "execute-api:ManageConnections"
+        decision = principal.decide(action, resource, request_context(request, config.region, principal))
+        if decision is not Decision.ALLOW:
+            return access_denied(principal, action, resource, decision)
+        fault = self.faults.pick(request.method, connection_id, principal.name)
+        if isinstance(fault, tuple):
+            return management_error(*fault)
+        if fault is not None:
+            if fault.kind != "delay":
+                return management_error(*answer_of(fault.kind))
+            await asyncio.sleep(fault.delay)
+            if request.transport is None or request.transport.is_closing():
+                # The caller gave up (its timeout) or died meanwhile: the call is not carried out.
+                fault.dropped += 1
+                return management_error(*INTERNAL_ERROR)
+        if not self._bucket.take():
+            return management_error(*THROTTLED)
+        method = request.method
+        if method == hdrs.METH_POST:
+            return await self._post(connection_id, data)
+        if method == hdrs.METH_GET:
+            return self._get(connection_id)
+        if method == hdrs.METH_DELETE:
+            return self._delete(connection_id)
+        return management_error(405, "MethodNotAllowedException", "Method Not Allowed")
+
+    async def _post(self, connection_id: str, data: bytes) -> web.Response:
+        if len(data) > self._config.max_message_bytes:
+            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.close_intent is not None:
+            return gone()
+        transport = connection.transport
+        ws = connection.ws
+        if transport is None or ws is None or transport.is_closing():
+            return gone()
+        if transport.get_write_buffer_size() > self._config.client_buffer_bytes:
+            return management_error(429, "LimitExceededException", "Client side buffer is full")
+        try:
+            # API Gateway delivers posted data as one text frame, byte for byte.
+            await ws.send_frame(data, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            return gone()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("POST @connections/%s %d bytes", connection_id, len(data))
+        return web.Response(status=200)
+
+    def _get(self, connection_id: str) -> web.Response:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.close_intent is not None:
+            return gone()
+        info = {
+            "connectedAt": _iso(connection.connected_at),
+            "identity": {
+                "sourceIp": connection.source_ip,
+                "userAgent": connection.identity.get("userAgent", ""),
+            },
+            "lastActiveAt": _iso(connection.last_active),
+        }
+        return web.Response(status=200, body=json.dumps(info), content_type=JSON)
+
+    def _delete(self, connection_id: str) -> web.Response:
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.close_intent is not None:
+            return gone()
+        self._close(connection, WSCloseCode.OK, "")
+        return web.Response(status=204)
+
+
+def _limits_of(config: GatewayConfig) -> tuple[float, int | None]:
+    return config.management_rate_per_second, config.management_burst
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
