@@ -346,7 +346,7 @@ def test_the_dashboard_is_served_on_a_plain_get_of_the_websocket_path(local_stac
 async def test_cli_publish_reaches_a_listener_and_cli_stats_reads_the_admin_api(
     local_stack: LocalStack, connect: Connect, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from local.cli import main
+    from local.cli.main import main
 
     client = await connect("cli-watcher")
     await client.request("subscribe", streams=[{"stream_type": "system_status"}])

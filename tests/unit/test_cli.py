@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from local import cli
+from local.cli import admin, deployed, listen, local_target, main
 from local.principals import ADMIN_CREDENTIALS
 from local.sigv4 import verify
 
@@ -159,20 +159,20 @@ def admin_server() -> Iterator[AdminServer]:
 
 
 def parse(*argv: str) -> Any:
-    return cli.build_parser().parse_args(list(argv))
+    return main.build_parser().parse_args(list(argv))
 
 
 def test_local_defaults_are_unchanged() -> None:
     publish = parse("publish", "MarketData", "{}")
     assert (publish.outputs, publish.stack, publish.profile, publish.region) == (None, None, None, None)
     assert publish.bus is None and publish.endpoint is None and not publish.aws
-    assert not cli.is_deployed(publish)
-    listen = parse("listen", "--stream", "market_data:AAPL")
-    assert listen.url is None and listen.token is None and listen.user == "listener"
-    assert listen.count is None and listen.seconds is None
+    assert not deployed.is_deployed(publish)
+    listen_args = parse("listen", "--stream", "market_data:AAPL")
+    assert listen_args.url is None and listen_args.token is None and listen_args.user == "listener"
+    assert listen_args.count is None and listen_args.seconds is None
     stats = parse("stats")
     assert stats.url is None and not stats.local and stats.timeout == 10.0
-    assert stats.func is cli.cmd_stats
+    assert stats.func is admin.cmd_stats
 
 
 def test_deployed_options_parse_on_every_targeting_command() -> None:
@@ -189,8 +189,8 @@ def test_deployed_options_parse_on_every_targeting_command() -> None:
             *command, "--outputs", "out.json", "--stack", "QuantTrade", "--profile", "ops", "--region", "eu-west-1"
         )
         assert (args.outputs, args.stack, args.profile, args.region) == ("out.json", "QuantTrade", "ops", "eu-west-1")
-        assert cli.is_deployed(args)
-    assert cli.is_deployed(parse("stats", "--stack", "QuantTrade"))
+        assert deployed.is_deployed(args)
+    assert deployed.is_deployed(parse("stats", "--stack", "QuantTrade"))
 
 
 def test_listen_stop_options_and_admin_sub_commands() -> None:
@@ -198,10 +198,10 @@ def test_listen_stop_options_and_admin_sub_commands() -> None:
     assert args.stream == ["market_data:AAPL", "alerts"] and args.room == ["desk-eu"] and args.count == 3
     assert parse("listen", "--seconds", "2.5").seconds == 2.5
     assert parse("connection", "abc=").connection_id == "abc="
-    assert parse("connection", "abc=").func is cli.cmd_connection
-    assert parse("subscriptions", "abc=").func is cli.cmd_subscriptions
+    assert parse("connection", "abc=").func is admin.cmd_connection
+    assert parse("subscriptions", "abc=").func is admin.cmd_subscriptions
     assert parse("members", "desk:eu").room == "desk:eu"
-    assert parse("members", "desk:eu").func is cli.cmd_members
+    assert parse("members", "desk:eu").func is admin.cmd_members
 
 
 @pytest.mark.parametrize(
@@ -235,11 +235,11 @@ def test_help_explains_local_and_deployed_targets(capsys: pytest.CaptureFixture[
 
 def test_an_outputs_file_with_one_stack_needs_no_stack_name(tmp_path: Path) -> None:
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs()})
-    stack = cli.read_outputs_file(path)
+    stack = deployed.read_outputs_file(path)
     assert stack.name == "QuantTrade" and stack.origin == path
     assert stack.output("EventBusName") == "quanttrade-prod"
     assert stack.output("WebSocketUrl").startswith("wss://")
-    assert cli.read_outputs_file(path, "QuantTrade") == stack
+    assert deployed.read_outputs_file(path, "QuantTrade") == stack
 
 
 def test_an_outputs_file_with_several_stacks_is_picked_from_by_stack_name(tmp_path: Path) -> None:
@@ -247,13 +247,13 @@ def test_an_outputs_file_with_several_stacks_is_picked_from_by_stack_name(tmp_pa
         tmp_path / "outputs.json",
         {"QuantTrade-dev": stack_outputs(EventBusName="qt-dev"), "QuantTrade-prod": stack_outputs()},
     )
-    assert cli.read_outputs_file(path, "QuantTrade-dev").output("EventBusName") == "qt-dev"
+    assert deployed.read_outputs_file(path, "QuantTrade-dev").output("EventBusName") == "qt-dev"
     with pytest.raises(
         SystemExit, match=r"several stacks \(QuantTrade-dev, QuantTrade-prod\): choose one with --stack"
     ):
-        cli.read_outputs_file(path)
+        deployed.read_outputs_file(path)
     with pytest.raises(SystemExit, match="has no stack 'QuantTrade'; it holds: QuantTrade-dev, QuantTrade-prod"):
-        cli.read_outputs_file(path, "QuantTrade")
+        deployed.read_outputs_file(path, "QuantTrade")
 
 
 @pytest.mark.parametrize(
@@ -269,15 +269,15 @@ def test_malformed_outputs_files_are_refused_clearly(tmp_path: Path, content: st
     path = tmp_path / "outputs.json"
     path.write_text(content)
     with pytest.raises(SystemExit, match=re.escape(message)):
-        cli.read_outputs_file(str(path))
+        deployed.read_outputs_file(str(path))
 
 
 def test_a_missing_outputs_file_or_output_is_named(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"cannot read the outputs file .*nowhere.json"):
-        cli.read_outputs_file(str(tmp_path / "nowhere.json"))
+        deployed.read_outputs_file(str(tmp_path / "nowhere.json"))
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": {"WebSocketUrl": "wss://x"}})
     with pytest.raises(SystemExit, match=r"stack QuantTrade has no AdminApiUrl output in .* \(it has: WebSocketUrl\)"):
-        cli.read_outputs_file(path).output("AdminApiUrl")
+        deployed.read_outputs_file(path).output("AdminApiUrl")
 
 
 # ---------------------------------------------------------------- DescribeStacks (moto)
@@ -306,29 +306,29 @@ def create_stack(name: str, outputs: dict[str, str], region: str = "eu-west-1") 
 def test_stack_reads_the_outputs_with_describe_stacks(mocked_aws: None) -> None:
     create_stack("QuantTrade", stack_outputs())
     args = parse("listen", "--stack", "QuantTrade", "--region", "eu-west-1", "--token", "T")
-    stack = cli.deployed_stack(args)
+    stack = deployed.deployed_stack(args)
     assert stack is not None
     assert stack.outputs == stack_outputs()
     assert stack.origin == "CloudFormation (eu-west-1)"
-    assert cli.listen_target(args) == (stack_outputs()["WebSocketUrl"], "T")
+    assert listen.listen_target(args) == (stack_outputs()["WebSocketUrl"], "T")
 
 
 def test_an_unknown_stack_is_a_clear_error(mocked_aws: None) -> None:
     args = parse("stats", "--stack", "Nope", "--region", "eu-west-1")
     with pytest.raises(SystemExit, match=r"cannot describe the stack 'Nope': ValidationError: .*does not exist"):
-        cli.deployed_stack(args)
+        deployed.deployed_stack(args)
 
 
 def test_an_unknown_profile_is_a_clear_error() -> None:
     with pytest.raises(SystemExit, match=r"could not be found.*aws configure list-profiles"):
-        cli.deployed_stack(parse("stats", "--stack", "QuantTrade", "--profile", "nobody"))
+        deployed.deployed_stack(parse("stats", "--stack", "QuantTrade", "--profile", "nobody"))
 
 
 def test_stats_with_stack_signs_a_get_of_the_described_admin_url(
     mocked_aws: None, admin_server: AdminServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     create_stack("QuantTrade", stack_outputs(admin_url=admin_server.url + "/"))
-    assert cli.main(["stats", "--stack", "QuantTrade", "--region", "eu-west-1"]) == 0
+    assert main.main(["stats", "--stack", "QuantTrade", "--region", "eu-west-1"]) == 0
     assert json.loads(capsys.readouterr().out) == admin_server.body
     assert admin_server.last.path == "/stats"
     match = AUTHORIZATION.match(admin_server.last.headers["authorization"])
@@ -341,14 +341,14 @@ def test_publish_with_outputs_puts_on_the_stacks_bus(mocked_aws: None, tmp_path:
     boto3.client("events", region_name="eu-west-1").create_event_bus(Name="quanttrade-prod")
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs()})
     detail = json.dumps({"service": "order-router", "status": "degraded", "message": "slow fills"})
-    assert cli.main(["publish", "SystemStatus", detail, "--outputs", path, "--region", "eu-west-1"]) == 0
+    assert main.main(["publish", "SystemStatus", detail, "--outputs", path, "--region", "eu-west-1"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["EventBusName"] == "quanttrade-prod" and printed["DetailType"] == "SystemStatus"
     assert printed["EventId"]
 
     # --bus still wins; a bus the account does not have is a plain error, not a traceback.
     assert (
-        cli.main(["publish", "SystemStatus", detail, "--outputs", path, "--bus", "nope", "--region", "eu-west-1"]) == 1
+        main.main(["publish", "SystemStatus", detail, "--outputs", path, "--bus", "nope", "--region", "eu-west-1"]) == 1
     )
     assert "cannot publish to the bus nope: ResourceNotFoundException" in capsys.readouterr().err
 
@@ -386,7 +386,7 @@ def test_token_with_outputs_signs_with_the_secret_the_stack_names(
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(JwtSecretArn=arn)})
     # WHEN a token is minted from it
     argv = ["token", "--outputs", path, "--user", "alice", "--permissions", "read:alerts", "--level", "basic"]
-    assert cli.main(argv) == 0
+    assert main.main(argv) == 0
     token = capsys.readouterr().out.strip()
     # THEN the stack's verifier accepts it, with what was asked for
     identity = verified(token, STACK_KEY)
@@ -404,7 +404,7 @@ def test_token_with_stack_reads_the_outputs_through_describe_stacks(
     create_stack("QuantTrade", stack_outputs(JwtSecretArn=create_signing_secret()))
     # WHEN a token is minted for it, for an issuer and audience the operator configured
     argv = ["token", "--stack", "QuantTrade", "--region", "eu-west-1", "--issuer", "corp-auth", "--audience", "ws"]
-    assert cli.main(argv) == 0
+    assert main.main(argv) == 0
     token = capsys.readouterr().out.strip()
     # THEN a verifier with those settings accepts it, and one with the defaults does not
     assert verified(token, STACK_KEY, jwt_issuer="corp-auth", jwt_audience="ws").user_id == "dev-user"
@@ -418,9 +418,9 @@ def test_token_for_a_stack_without_an_hs256_key_says_where_tokens_come_from(tmp_
     cognito = stack_outputs(UserPoolId="eu-west-1_AbCdEf123", UserPoolClientId="client123")
     path = write_outputs(tmp_path / "outputs.json", {"Cognito": cognito, "Oidc": stack_outputs()})
     with pytest.raises(SystemExit, match=r"Cognito user pool eu-west-1_AbCdEf123 \(app client client123\)"):
-        cli.main(["token", "--outputs", path, "--stack", "Cognito"])
+        main.main(["token", "--outputs", path, "--stack", "Cognito"])
     with pytest.raises(SystemExit, match=r"stack Oidc has no JwtSecretArn output in .*outputs.json \(it has: Admin"):
-        cli.main(["token", "--outputs", path, "--stack", "Oidc"])
+        main.main(["token", "--outputs", path, "--stack", "Oidc"])
 
 
 def test_token_says_why_the_key_cannot_be_read(mocked_aws: None, tmp_path: Path) -> None:
@@ -428,15 +428,15 @@ def test_token_says_why_the_key_cannot_be_read(mocked_aws: None, tmp_path: Path)
     missing = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gone-AbCdEf"
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(JwtSecretArn=missing)})
     with pytest.raises(SystemExit, match=r"cannot read the signing key .*gone-AbCdEf: ResourceNotFoundException"):
-        cli.main(["token", "--outputs", path])
+        main.main(["token", "--outputs", path])
     bad = write_outputs(tmp_path / "bad.json", {"QuantTrade": stack_outputs(JwtSecretArn="not-an-arn")})
     with pytest.raises(SystemExit, match=r"no secret ARN: 'not-an-arn'"):
-        cli.main(["token", "--outputs", bad])
+        main.main(["token", "--outputs", bad])
 
 
 def test_token_with_a_profile_but_no_stack_is_refused() -> None:
     with pytest.raises(SystemExit, match=r"--profile is for a deployed stack's signing key"):
-        cli.main(["token", "--profile", "ops"])
+        main.main(["token", "--profile", "ops"])
 
 
 def independent_sigv4(captured: Captured, secret: str, region: str, service: str = "execute-api") -> str:
@@ -494,7 +494,7 @@ def test_stats_signs_with_the_profiles_credentials_as_botocore_would(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(admin_url=admin_server.url + "/")})
-    assert cli.main(["stats", "--outputs", path, "--profile", ops_profile]) == 0
+    assert main.main(["stats", "--outputs", path, "--profile", ops_profile]) == 0
     out = capsys.readouterr().out
     assert json.loads(out) == admin_server.body
     assert out.startswith('{\n  "connections": 3,')  # indented and sorted
@@ -523,12 +523,12 @@ def test_path_parameters_are_encoded_and_signed_as_api_gateway_checks_them(
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(admin_url=admin_server.url)})
     common = ["--outputs", path, "--profile", ops_profile, "--region", "us-west-2"]
     admin_server.body = {"connection_id": "Zx9-abc=", "subscriptions": []}
-    assert cli.main(["subscriptions", "Zx9-abc=", *common]) == 0
+    assert main.main(["subscriptions", "Zx9-abc=", *common]) == 0
     assert admin_server.last.path == "/connections/Zx9-abc%3D/subscriptions"
     assert json.loads(capsys.readouterr().out) == admin_server.body
-    assert cli.main(["connection", "Zx9-abc=", *common]) == 0
+    assert main.main(["connection", "Zx9-abc=", *common]) == 0
     assert admin_server.last.path == "/connections/Zx9-abc%3D"
-    assert cli.main(["members", "desk:eu", *common]) == 0
+    assert main.main(["members", "desk:eu", *common]) == 0
     captured = admin_server.last
     assert captured.path == "/rooms/desk%3Aeu/members"
     match = AUTHORIZATION.match(captured.headers["authorization"])
@@ -542,11 +542,11 @@ def test_the_signing_region_comes_from_region_then_the_execute_api_host_then_the
         region_name = "sa-east-1"
 
     url = "https://abc123.execute-api.ap-southeast-2.amazonaws.com/stats"
-    assert cli.signing_region(url, parse("stats"), Session()) == "ap-southeast-2"
-    assert cli.signing_region(url, parse("stats", "--region", "eu-west-1"), Session()) == "eu-west-1"
-    assert cli.signing_region("https://admin.example.com/stats", parse("stats"), Session()) == "sa-east-1"
+    assert admin.signing_region(url, parse("stats"), Session()) == "ap-southeast-2"
+    assert admin.signing_region(url, parse("stats", "--region", "eu-west-1"), Session()) == "eu-west-1"
+    assert admin.signing_region("https://admin.example.com/stats", parse("stats"), Session()) == "sa-east-1"
     Session.region_name = None  # type: ignore[assignment]
-    assert cli.signing_region("https://admin.example.com/stats", parse("stats"), Session()) == "us-east-1"
+    assert admin.signing_region("https://admin.example.com/stats", parse("stats"), Session()) == "us-east-1"
 
 
 @pytest.mark.parametrize(
@@ -568,7 +568,7 @@ def test_a_non_2xx_answer_is_a_clear_error_and_a_non_zero_exit(
 ) -> None:
     admin_server.status, admin_server.body = status, body
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(admin_url=admin_server.url)})
-    assert cli.main(["connection", "gone=", "--outputs", path, "--profile", ops_profile]) == 1
+    assert main.main(["connection", "gone=", "--outputs", path, "--profile", ops_profile]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"GET {admin_server.url}/connections/gone%3D: {expected}" in captured.err
@@ -578,7 +578,7 @@ def test_local_admin_requests_are_signed_as_the_local_administrator(
     admin_server: AdminServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # WHEN the CLI reads the local admin API (IAM-authorised, as the deployed one is)
-    assert cli.main(["stats", "--url", admin_server.url]) == 0
+    assert main.main(["stats", "--url", admin_server.url]) == 0
     # THEN the request carries a SigV4 signature (service execute-api) that verifies with the local admin's keys
     assert admin_server.last.path == "/admin/stats"
     headers = admin_server.last.headers
@@ -595,20 +595,20 @@ def test_local_admin_requests_are_signed_as_the_local_administrator(
     )
     assert signer.access_key_id == "testing"
     assert json.loads(capsys.readouterr().out) == admin_server.body
-    assert cli.main(["members", "desk-eu", "--url", admin_server.url]) == 0
+    assert main.main(["members", "desk-eu", "--url", admin_server.url]) == 0
     assert admin_server.last.path == "/admin/rooms/desk-eu/members"
 
 
 def test_admin_commands_refuse_mixed_or_incomplete_targets(tmp_path: Path, admin_server: AdminServer) -> None:
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs(admin_url=admin_server.url)})
     with pytest.raises(SystemExit, match="--profile is for a deployed stack's admin API: give --outputs FILE"):
-        cli.main(["stats", "--profile", "ops"])
+        main.main(["stats", "--profile", "ops"])
     with pytest.raises(SystemExit, match="--url is the local gateway's"):
-        cli.main(["stats", "--outputs", path, "--url", admin_server.url])
+        main.main(["stats", "--outputs", path, "--url", admin_server.url])
     with pytest.raises(SystemExit, match="--local reads the local stack's counters"):
-        cli.main(["stats", "--outputs", path, "--local"])
+        main.main(["stats", "--outputs", path, "--local"])
     with pytest.raises(SystemExit, match="no AWS credentials: the admin API is IAM-authorised"):
-        cli.main(["stats", "--outputs", path])
+        main.main(["stats", "--outputs", path])
     assert admin_server.requests == []
 
 
@@ -620,13 +620,13 @@ def test_listening_to_a_deployed_stack_needs_a_token_and_says_why(
 ) -> None:
     path = write_outputs(tmp_path / "outputs.json", {"QuantTrade": stack_outputs()})
     with pytest.raises(SystemExit, match=r"needs an access token: pass --token TOKEN or set \$QT_TOKEN") as refused:
-        cli.listen_target(parse("listen", "--outputs", path))
+        listen.listen_target(parse("listen", "--outputs", path))
     assert "QT_TOKEN=$(python -m local token --stack QuantTrade)" in str(refused.value)
     wss = stack_outputs()["WebSocketUrl"]
-    assert cli.listen_target(parse("listen", "--outputs", path, "--token", "T1")) == (wss, "T1")
+    assert listen.listen_target(parse("listen", "--outputs", path, "--token", "T1")) == (wss, "T1")
     monkeypatch.setenv("QT_TOKEN", "T2")
-    assert cli.listen_target(parse("listen", "--outputs", path)) == (wss, "T2")
-    assert cli.listen_target(parse("listen", "--outputs", path, "--url", "wss://ws.example.com")) == (
+    assert listen.listen_target(parse("listen", "--outputs", path)) == (wss, "T2")
+    assert listen.listen_target(parse("listen", "--outputs", path, "--url", "wss://ws.example.com")) == (
         "wss://ws.example.com",
         "T2",
     )
@@ -638,12 +638,12 @@ def test_listening_locally_mints_a_token_and_ignores_qt_token(monkeypatch: pytes
     secret = "unit-secret-of-at-least-thirty-two-bytes"
     monkeypatch.setenv("QT_JWT_SECRET", secret)
     monkeypatch.setenv("QT_TOKEN", "a-deployed-stacks-token")
-    url, token = cli.listen_target(parse("listen", "--user", "bob"))
-    assert url == cli.DEFAULT_WS_URL
+    url, token = listen.listen_target(parse("listen", "--user", "bob"))
+    assert url == local_target.DEFAULT_WS_URL
     claims = jwt.decode(token, secret, algorithms=["HS256"], audience="quanttrade-websocket")
     assert claims["sub"] == "bob"
     with pytest.raises(SystemExit, match="--profile is for a deployed stack"):
-        cli.listen_target(parse("listen", "--profile", "ops"))
+        listen.listen_target(parse("listen", "--profile", "ops"))
 
 
 class FakeWebSocketApi:
@@ -675,8 +675,8 @@ async def run_listen(api: FakeWebSocketApi, *extra: str) -> int:
     async with serve(api.handler, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         argv = ["listen", "--url", f"ws://127.0.0.1:{port}/", "--token", "T", "--stream", "market_data:AAPL", *extra]
-        args = cli.build_parser().parse_args(argv)
-        return await asyncio.wait_for(cli.listen(args), 10)
+        args = main.build_parser().parse_args(argv)
+        return await asyncio.wait_for(listen.listen(args), 10)
 
 
 async def test_count_stops_after_n_data_messages_even_inside_a_batch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -753,14 +753,14 @@ def test_local_publish_takes_the_bus_from_the_running_local_stack(
     monkeypatch.setattr(local.stack, "OUTPUTS_FILE", tmp_path / "outputs.json")
     # THEN there is no bus name to guess: the error says how to get one
     with pytest.raises(SystemExit, match=r"no local stack is running.*--bus"):
-        cli.local_event_bus()
+        local_target.local_event_bus()
     # GIVEN the outputs file `make dev` writes for the stage it synthesized
     write_outputs(tmp_path / "outputs.json", {"QuantTrade-dev": stack_outputs(EventBusName="quanttrade-dev")})
     # THEN publish uses that stage's bus
-    assert cli.local_event_bus() == "quanttrade-dev"
+    assert local_target.local_event_bus() == "quanttrade-dev"
 
 
 def test_publish_with_only_a_profile_needs_a_bus(mocked_aws: None) -> None:
     # GIVEN credentials but no stack to read EventBusName from: naming a bus is the caller's job
     with pytest.raises(SystemExit, match="give --bus NAME"):
-        cli.main(["publish", "SystemStatus", "{}", "--aws", "--region", "eu-west-1", "--force"])
+        main.main(["publish", "SystemStatus", "{}", "--aws", "--region", "eu-west-1", "--force"])

@@ -1,0 +1,70 @@
+"""The running local stack as the commands' target: its URLs, its signing key and its event bus.
+
+`make dev` writes the stack's outputs (`local.stack.OUTPUTS_FILE`); the
+commands read the signing key's secret and the bus name from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+DEFAULT_WS_URL = "ws://127.0.0.1:8081/"
+DEFAULT_HTTP_URL = "http://127.0.0.1:8081"
+DEFAULT_AWS_ENDPOINT = "http://127.0.0.1:4566"
+ADMIN_PREFIX = "/admin"  # where the local gateway serves the admin API's routes
+
+
+def local_signing_key() -> str:
+    """The HS256 key the running local stack holds.
+
+    `$QT_JWT_SECRET` when set (`make dev` then stores that value in the stack's
+    secret); otherwise the value the stack generated, read from its Secrets
+    Manager through the outputs file `make dev` writes.
+    """
+    secret = os.environ.get("QT_JWT_SECRET")
+    if secret:
+        return secret
+    from local.stack import OUTPUTS_FILE
+
+    try:
+        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
+        outputs = next(iter(document.values()))
+        endpoint, secret_arn = outputs["LocalAwsEndpoint"], outputs["LocalSigningKeySecretArn"]
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError):
+        raise SystemExit(
+            "no local stack is running (start it with `make dev`), and QT_JWT_SECRET is not set: "
+            "there is no key to mint a token with"
+        ) from None
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from local.moto_server import CREDENTIALS
+
+    make_client: Any = boto3.client
+    client = make_client("secretsmanager", region_name=secret_arn.split(":")[3], endpoint_url=endpoint, **CREDENTIALS)
+    try:
+        return str(client.get_secret_value(SecretId=secret_arn)["SecretString"])
+    except (BotoCoreError, ClientError) as error:
+        raise SystemExit(f"cannot read the local stack's signing key at {endpoint}: {error}") from None
+
+
+def local_event_bus() -> str:
+    """The bus of the running local stack: the EventBusName output of the template it runs (it carries the stage)."""
+    from local.stack import OUTPUTS_FILE
+
+    try:
+        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
+        return str(next(iter(document.values()))["EventBusName"])
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
+        raise SystemExit(
+            "no local stack is running (start it with `make dev`) to take the event bus name from: "
+            "give --bus NAME, or --outputs/--stack for a deployed stack"
+        ) from None
+
+
+def quiet_development_warnings() -> None:
+    # The development secret is short on purpose: the warning says nothing a developer can act on.
+    warnings.filterwarnings("ignore", message=r"The HMAC key is \d+ bytes long")
