@@ -108,7 +108,8 @@ async def _until_stdin_closes() -> None:
 async def _serve_stack(options: dict[str, Any]) -> None:
     import logging
 
-    from local.stack import LocalStack, StackConfig, configure_logging
+    from local.stack.config import StackConfig
+    from local.stack.local_stack import LocalStack, configure_logging
 
     configure_logging(options.pop("component_log_level", "WARNING"))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

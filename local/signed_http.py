@@ -7,7 +7,7 @@ Two surfaces are IAM-authorised on AWS and so are here:
   (checked by `local.api_gateway.management_api`);
 * the admin HTTP API (`/admin/...`, and the local-only `/local/stats`):
   `execute-api:Invoke` on `arn:aws:execute-api:<region>:<account>:<api>/<stage>/<METHOD><path>`
-  (`require_invoke`, applied to those routes by `local.stack`).
+  (`require_invoke`, applied to those routes by `local.stack.http_routes`).
 
 Callers sign with the credentials of a principal in the shared `Principals`
 registry: the local administrator's development keys for the CLI, tests and

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from local.stack.event_sources import scheduled_event
+
 if TYPE_CHECKING:
-    from local.stack import LocalStack
+    from local.stack.local_stack import LocalStack
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 SMOKE_USER = "deploy-smoke"
@@ -207,7 +209,7 @@ class _Smoke:
                     await self.invoke(
                         target.target_logical_id,
                         f"schedule {rule.schedule_expression}",
-                        self.stack.scheduled_event(rule.logical_id),
+                        scheduled_event(self.stack.config.region, rule.logical_id),
                     )
 
     async def admin_routes(self) -> None:

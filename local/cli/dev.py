@@ -12,7 +12,8 @@ from local.cli.local_target import quiet_development_warnings
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from local.stack import LocalStack, StackConfig, configure_logging
+    from local.stack.config import StackConfig
+    from local.stack.local_stack import LocalStack, configure_logging
 
     configure_logging(args.log_level)
     quiet_development_warnings()
@@ -103,7 +104,7 @@ def _fault_lines(config: Any) -> list[str]:
 
 def fault_rates(text: str) -> dict[str, float]:
     """`dynamodb=0.05,management=0.05,sqs=0.02` -> {"dynamodb": 0.05, ...}, each a share within [0, 1]."""
-    from local.stack import FAULT_TARGETS  # only when faults are asked for: it imports the whole stack
+    from local.stack.config import FAULT_TARGETS  # only when faults are asked for: it imports moto's server
 
     rates: dict[str, float] = {}
     for pair in text.split(","):

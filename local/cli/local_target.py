@@ -1,6 +1,6 @@
 """The running local stack as the commands' target: its URLs, its signing key and its event bus.
 
-`make dev` writes the stack's outputs (`local.stack.OUTPUTS_FILE`); the
+`make dev` writes the stack's outputs (`local.stack.config.OUTPUTS_FILE`); the
 commands read the signing key's secret and the bus name from there.
 """
 
@@ -27,7 +27,7 @@ def local_signing_key() -> str:
     secret = os.environ.get("QT_JWT_SECRET")
     if secret:
         return secret
-    from local.stack import OUTPUTS_FILE
+    from local.stack.config import OUTPUTS_FILE
 
     try:
         document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
@@ -53,7 +53,7 @@ def local_signing_key() -> str:
 
 def local_event_bus() -> str:
     """The bus of the running local stack: the EventBusName output of the template it runs (it carries the stage)."""
-    from local.stack import OUTPUTS_FILE
+    from local.stack.config import OUTPUTS_FILE
 
     try:
         document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))

@@ -27,7 +27,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from local.cloud import CloudAssembly, synthesize
-from local.stack import BackgroundStack, LocalStack, StackConfig
+from local.stack.config import StackConfig
+from local.stack.in_thread import BackgroundStack
+from local.stack.local_stack import LocalStack
 from quanttrade_ws import topology
 
 E2E_SECRET = "e2e-secret-of-at-least-thirty-two-bytes"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from local.sigv4 import Credentials
-from local.stack import LocalStack
+from local.stack.local_stack import LocalStack
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e

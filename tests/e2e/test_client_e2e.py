@@ -34,7 +34,7 @@ from quanttrade_client import (
     UnknownAction,
 )
 
-from local.stack import LocalStack
+from local.stack.local_stack import LocalStack
 from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.e2e

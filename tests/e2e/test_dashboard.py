@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from local.signed_http import signed_request
-from local.stack import LocalStack
+from local.stack.local_stack import LocalStack
 from tests.e2e.conftest import Client, eventually
 
 CHROMIUM = "/usr/bin/chromium"

@@ -18,7 +18,8 @@ import pytest
 
 from local.cloud import CloudAssembly
 from local.smoke import run_smoke
-from local.stack import BackgroundStack, StackConfig, StackStartError
+from local.stack.config import StackConfig, StackStartError
+from local.stack.in_thread import BackgroundStack
 from tests.e2e.conftest import E2E_SECRET
 
 pytestmark = pytest.mark.e2e

@@ -55,7 +55,7 @@ from quanttrade_client import QuantTradeClient
 from local.api_gateway.server import LocalGateway
 from local.lambda_runtime import LambdaFunction
 from local.pump import BatchOutcome, QueuePump
-from local.stack import LocalStack
+from local.stack.local_stack import LocalStack
 from quanttrade_ws import topology
 from tests.e2e.conftest import eventually, unpack
 

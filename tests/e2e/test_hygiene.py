@@ -27,7 +27,7 @@ import pytest
 import websockets
 
 from local.aws_endpoint import FaultRule
-from local.stack import LocalStack
+from local.stack.local_stack import LocalStack
 from quanttrade_ws import topology
 from tests.e2e.conftest import Client, eventually
 

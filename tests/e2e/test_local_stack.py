@@ -18,7 +18,8 @@ import websockets
 from botocore.exceptions import ClientError
 
 from local.signed_http import signed_request
-from local.stack import LocalStack, ready
+from local.stack.local_stack import LocalStack
+from local.stack.readiness import ready
 from tests.e2e.conftest import Client, eventually
 
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from local.cloud import CloudAssembly
-from local.stack import BackgroundStack, LocalStack, StackConfig
+from local.stack.config import StackConfig
+from local.stack.in_thread import BackgroundStack
+from local.stack.local_stack import LocalStack
 from tests.e2e.conftest import E2E_SECRET, unpack
 
 pytestmark = pytest.mark.e2e

@@ -287,7 +287,8 @@ def test_contradictory_identity_context_fails_synth(context: dict[str, Any], mes
 
 def test_the_local_stack_finds_the_generated_key_and_says_why_it_cannot_run_without_one(variant: Any) -> None:
     from local.cloud.template import Template as LocalTemplate
-    from local.stack import LocalStack, StackStartError
+    from local.stack.config import StackStartError
+    from local.stack.signing_key import signing_key_secret
 
     # The local stack reads function assets through their metadata, as local.cloud.synthesize asks for it.
     with_assets = {"aws:cdk:enable-asset-metadata": True}
@@ -297,8 +298,8 @@ def test_the_local_stack_finds_the_generated_key_and_says_why_it_cannot_run_with
 
     # GIVEN the default template: the local stack signs development tokens with the generated key
     default = variant(**with_assets)
-    assert LocalStack._signing_key_secret(local(default)) == default.logical_id(default.stack.token_key.secret)
+    assert signing_key_secret(local(default)) == default.logical_id(default.stack.token_key.secret)
     # THEN templates whose access-token key is not the stack's own are refused with the reason
     for context in ({"jwks_url": "https://idp.example.com/jwks"}, {"jwt_secret_arn": COMPLETE_ARN}):
         with pytest.raises(StackStartError, match=r"without a key it generates .* run it without those context keys"):
-            LocalStack._signing_key_secret(local(variant(**context, **with_assets)))
+            signing_key_secret(local(variant(**context, **with_assets)))

@@ -732,7 +732,7 @@ def test_dev_takes_fault_rates_for_the_services_and_the_management_api(capsys: p
 
 
 def test_the_stack_splits_fault_rates_between_the_front_door_and_the_gateway() -> None:
-    from local.stack import StackConfig
+    from local.stack.config import StackConfig
 
     # GIVEN rates for the services and the Management API, THEN the front door gets only the services'
     config = StackConfig(faults={"dynamodb": 0.05, "management": 0.1, "sqs": 0.02})
@@ -747,10 +747,10 @@ def test_the_stack_splits_fault_rates_between_the_front_door_and_the_gateway() -
 def test_local_publish_takes_the_bus_from_the_running_local_stack(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import local.stack
+    import local.stack.config
 
     # GIVEN no local stack running (no outputs file)
-    monkeypatch.setattr(local.stack, "OUTPUTS_FILE", tmp_path / "outputs.json")
+    monkeypatch.setattr(local.stack.config, "OUTPUTS_FILE", tmp_path / "outputs.json")
     # THEN there is no bus name to guess: the error says how to get one
     with pytest.raises(SystemExit, match=r"no local stack is running.*--bus"):
         local_target.local_event_bus()
