@@ -1,7 +1,7 @@
 """What the local AWS front door adds per request: `python -m bench.front_door [--requests N]`.
 
 A DynamoDB GetItem by boto3, sent alternately straight to moto (in its own
-process, as the local stack runs it) and through `local.aws_endpoint.AwsFrontDoor`
+process, as the local stack runs it) and through `local.aws_front_door.server.AwsFrontDoor`
 (SigV4 verified, the function's policy evaluated, the request forwarded and
 the answer streamed back), as a function principal holding a CDK-shaped
 policy. Calls alternate so that both paths see the same machine load. Prints
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench import machine
-    from local.aws_endpoint import AwsFrontDoor
+    from local.aws_front_door.server import AwsFrontDoor
     from local.moto_server import MotoServer
     from local.principals import Principals
 

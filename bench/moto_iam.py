@@ -4,7 +4,7 @@ One principal, one policy (the shapes CDK grants render: table + index ARNs, a
 queue ARN, an explicit Deny, a condition, a mixed-case action), and the same
 requests sent by boto3 twice: straight to moto with its enforcement switched
 on (`INITIAL_NO_AUTH_ACTION_COUNT` reached, via `/moto-api/reset-auth`) as an
-IAM user holding that policy, and through `local.aws_endpoint.AwsFrontDoor` as
+IAM user holding that policy, and through `local.aws_front_door.server.AwsFrontDoor` as
 a function principal holding the same policy. Each outcome is printed beside
 what AWS decides. Prints a table and writes bench/moto-iam-results.json;
 nothing passes or fails.
@@ -98,7 +98,7 @@ def client(service: str, endpoint: str, key_id: str, secret: str, token: str | N
 def main() -> int:
     from botocore.exceptions import ClientError
 
-    from local.aws_endpoint import AwsFrontDoor
+    from local.aws_front_door.server import AwsFrontDoor
     from local.moto_server import MotoServer
     from local.principals import Principals
 

@@ -1,6 +1,6 @@
 """Who may call the local stack's AWS surfaces: each function's role, and the local administrator.
 
-One `Principals` registry is shared by the AWS front door (`local.aws_endpoint`,
+One `Principals` registry is shared by the AWS front door (`local.aws_front_door`,
 in front of moto) and the gateway's Management API and admin routes: both look
 up the access key a request was signed with, verify the signature with its
 secret (`local.sigv4`), and authorise the request with the principal's policies

@@ -20,7 +20,7 @@ What a request is rejected for, in AWS's order of checks:
   difference in what was signed (BAD_SIGNATURE).
 
 Each service turns a `SignatureError` into its own error shape (see
-`local.aws_endpoint` and the gateway's Management API); this module knows
+`local.aws_front_door` and the gateway's Management API); this module knows
 nothing of protocols.
 """
 

@@ -16,7 +16,7 @@ What runs locally is what deploys. `LocalStack.start()` (`local_stack`):
    environment with Ref/GetAtt/Join/Sub resolved to the local resources and
    the Management API endpoint pointing at the local gateway, its timeout,
    memory size and a concurrency cap (`functions`). Each function's calls to
-   AWS go through `local.aws_endpoint`, which checks them against the
+   AWS go through `local.aws_front_door`, which checks them against the
    function's role policies from the template;
 5. cold-starts every function and runs the deploy smoke (`local.smoke`):
    every function is invoked with the samples in `events/` that belong to it.

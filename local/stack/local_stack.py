@@ -14,7 +14,7 @@ from typing import Any
 
 from local.api_gateway.config import GatewayConfig
 from local.api_gateway.server import LocalGateway
-from local.aws_endpoint import AwsFrontDoor
+from local.aws_front_door.server import AwsFrontDoor
 from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
 from local.deps_layer import runtime_provided
 from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction, preflight

@@ -3,7 +3,7 @@
 The functions run as on AWS, in their own worker processes, so every fault is
 injected where AWS itself would produce it, outside the functions:
 
-* throttled DynamoDB: the AWS front door (`local.aws_endpoint`) answers the
+* throttled DynamoDB: the AWS front door (`local.aws_front_door`) answers the
   fan-out function's calls (matched by its name): its next two GetItem calls
   with ProvisionedThroughputExceededException, which botocore retries through,
   and every TransactWriteItems (the seq transaction) with DynamoDB's

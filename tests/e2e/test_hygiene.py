@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import websockets
 
-from local.aws_endpoint import FaultRule
+from local.aws_front_door.faults import FaultRule
 from local.stack.local_stack import LocalStack
 from quanttrade_ws import topology
 from tests.e2e.conftest import Client, eventually

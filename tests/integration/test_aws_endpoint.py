@@ -16,7 +16,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from local.aws_endpoint import AwsFrontDoor, FaultInjector, ParsedRequest
+from local.aws_front_door.faults import FaultInjector
+from local.aws_front_door.parsed_request import ParsedRequest
+from local.aws_front_door.server import AwsFrontDoor
 from local.moto_server import MotoServer
 from local.principals import Principal, Principals
 from local.sigv4 import Credentials, sign_headers
