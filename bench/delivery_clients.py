@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.delivery_worker import BATCH, FAKE_CREDENTIALS, REGION, _messages, _ServerProcess
+from bench.delivery_worker import BATCH, FAKE_CREDENTIALS, REGION, ServerProcess, sample_posts
 
 CLIENTS = ("hand_written", "aiohttp", "botocore")
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -222,10 +222,10 @@ FACTORIES: dict[str, Callable[[str, int], Any]] = {
 
 
 def run(messages: int = 5000, concurrency: int = 64, rounds: int = 3, clients: int = BATCH) -> dict[str, Any]:
-    server = _ServerProcess("local-gateway", clients, tls=False)
+    server = ServerProcess("local-gateway", clients, tls=False)
     try:
         endpoint = server.target["endpoint"]
-        posts = _messages(messages, server.target["connection_ids"])
+        posts = sample_posts(messages, server.target["connection_ids"])
         warmup = posts[: concurrency * 4]
         instances = {name: FACTORIES[name](endpoint, concurrency) for name in CLIENTS}
         samples: dict[str, list[Outcome]] = {name: [] for name in CLIENTS}

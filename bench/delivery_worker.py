@@ -209,7 +209,7 @@ def _serve(kind: str, clients: int, tls: bool) -> None:
     asyncio.run(_serve_local_gateway(clients) if kind == "local-gateway" else _serve_standin(tls))
 
 
-class _ServerProcess:
+class ServerProcess:
     """A server in a child process, announced by one JSON line on its stdout, stopped by closing its stdin."""
 
     def __init__(self, kind: str, clients: int, tls: bool) -> None:
@@ -248,7 +248,8 @@ class _ServerProcess:
 # ------------------------------------------------------------------ the measurement
 
 
-def _messages(count: int, connection_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+def sample_posts(count: int, connection_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+    """`count` posts of the sample tick, over 500 symbols and round-robin over `connection_ids`: (id, body)."""
     body = json.dumps(SAMPLE, separators=(",", ":"))
     return [
         (connection_ids[i % len(connection_ids)], body.replace("AAPL", f"S{i % 500:03d}").encode())
@@ -355,8 +356,8 @@ def run(
     with _target(endpoint, server, clients, connection_ids, tls) as target:
         ids = target["connection_ids"] or [f"bench-{i:05d}=" for i in range(BATCH)]
         ca_file = target.get("ca_file")
-        ours = _measure_gateway(target["endpoint"], _messages(messages, ids), concurrency, credentials, ca_file)
-        theirs = _measure_boto3(target["endpoint"], _messages(baseline_messages, ids), credentials, ca_file)
+        ours = _measure_gateway(target["endpoint"], sample_posts(messages, ids), concurrency, credentials, ca_file)
+        theirs = _measure_boto3(target["endpoint"], sample_posts(baseline_messages, ids), credentials, ca_file)
     ours_answered = ours["delivered"] + ours["gone"]
     theirs_answered = theirs["delivered"] + theirs["gone"]
     ours_rate = _rate(ours_answered, ours["cpu"])
@@ -395,11 +396,11 @@ def _target(
     process = None
     if server == "local-gateway" and not tls:  # the local gateway speaks plain HTTP only
         try:
-            process = _ServerProcess("local-gateway", clients, tls=False)
+            process = ServerProcess("local-gateway", clients, tls=False)
         except (RuntimeError, json.JSONDecodeError) as exc:
             print(f"local gateway unavailable ({exc}); using the stand-in server", file=sys.stderr)
     if process is None:
-        process = _ServerProcess("standin", clients, tls)
+        process = ServerProcess("standin", clients, tls)
     try:
         yield process.target
     finally:
