@@ -78,6 +78,7 @@ def read_signing_key(session: Any, stack: DeployedStack) -> str:
 
 
 def add_command(commands: Any) -> None:
+    """The `token` command and its options. `commands`: the main parser's sub-parsers."""
     from quanttrade_ws.auth import ALL_PERMISSIONS, CLIENT_TYPES, SUBSCRIPTION_LEVELS
     from quanttrade_ws.config import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 

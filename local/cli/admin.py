@@ -148,6 +148,8 @@ def _segment(value: str) -> str:
 
 
 def add_commands(commands: Any) -> None:
+    """The admin API's commands (stats, connection, subscriptions, members) on `commands`, the sub-parsers."""
+
     def admin_command(name: str, help_text: str, route: str) -> argparse.ArgumentParser:
         command = commands.add_parser(
             name,

@@ -124,6 +124,7 @@ def fault_rates(text: str) -> dict[str, float]:
 
 
 def add_command(commands: Any) -> None:
+    """The `dev` command and its options. `commands`: the main parser's sub-parsers."""
     dev = commands.add_parser("dev", help="run the whole backend (with the market simulator)")
     dev.add_argument("--host", default="127.0.0.1", help="interface for the gateway and moto (default 127.0.0.1)")
     dev.add_argument("--port", type=int, default=8081, help="gateway port: WebSocket, Management API, dashboard")

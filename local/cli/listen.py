@@ -146,6 +146,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def add_command(commands: Any) -> None:
+    """The `listen` command and its options. `commands`: the main parser's sub-parsers."""
     listen_command = commands.add_parser(
         "listen",
         help="connect, subscribe and print messages as they arrive",

@@ -120,6 +120,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def add_command(commands: Any) -> None:
+    """The `publish` command and its options. `commands`: the main parser's sub-parsers."""
     publish = commands.add_parser(
         "publish",
         help="put one upstream event on the event bus (local moto, or a deployed stack's)",
