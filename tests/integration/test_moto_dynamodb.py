@@ -250,3 +250,115 @@ print(released, before, rss())
     released, before, after = out[0] == "True", int(out[1]), int(out[2])
     assert released
     assert before - after > 100 * 2**20
+
+
+# Update requests of every shape the expression machinery handles, each text used again with other values:
+# a parsed text is shared between requests, so a value must never leak from one request into the next.
+UPDATES: list[dict[str, Any]] = [
+    {"UpdateExpression": "SET a = :v, b = :w", "ExpressionAttributeValues": {":v": {"N": "1"}, ":w": {"S": "x"}}},
+    {"UpdateExpression": "SET a = :v, b = :w", "ExpressionAttributeValues": {":v": {"N": "7"}, ":w": {"S": "y"}}},
+    {"UpdateExpression": "SET a = a + :v", "ExpressionAttributeValues": {":v": {"N": "5"}}},
+    {
+        "UpdateExpression": "SET c = if_not_exists(c, :z) - :v",
+        "ExpressionAttributeValues": {":z": {"N": "0"}, ":v": {"N": "2"}},
+    },
+    {
+        "UpdateExpression": "SET c = if_not_exists(c, :z) - :v",
+        "ExpressionAttributeValues": {":z": {"N": "9"}, ":v": {"N": "3"}},
+    },
+    {
+        "UpdateExpression": "SET l = list_append(if_not_exists(l, :e), :v)",
+        "ExpressionAttributeValues": {":e": {"L": []}, ":v": {"L": [{"S": "p"}]}},
+    },
+    {
+        "UpdateExpression": "SET l = list_append(if_not_exists(l, :e), :v)",
+        "ExpressionAttributeValues": {":e": {"L": []}, ":v": {"L": [{"N": "2"}]}},
+    },
+    {
+        "UpdateExpression": "SET #m = :m",
+        "ExpressionAttributeNames": {"#m": "map"},
+        "ExpressionAttributeValues": {":m": {"M": {"in": {"M": {}}}}},
+    },
+    {
+        "UpdateExpression": "SET #m.#i.deep = :v",
+        "ExpressionAttributeNames": {"#m": "map", "#i": "in"},
+        "ExpressionAttributeValues": {":v": {"BOOL": True}},
+    },
+    {"UpdateExpression": "SET l[0] = :v REMOVE b", "ExpressionAttributeValues": {":v": {"S": "first"}}},
+    {
+        "UpdateExpression": "ADD n :one, s :set",
+        "ExpressionAttributeValues": {":one": {"N": "1"}, ":set": {"SS": ["a", "b"]}},
+    },
+    {
+        "UpdateExpression": "ADD n :one, s :set",
+        "ExpressionAttributeValues": {":one": {"N": "10"}, ":set": {"SS": ["c"]}},
+    },
+    {"UpdateExpression": "DELETE s :set", "ExpressionAttributeValues": {":set": {"SS": ["a"]}}},
+    {"UpdateExpression": "REMOVE l[0], #m.#i", "ExpressionAttributeNames": {"#m": "map", "#i": "in"}},
+    # refused alike: a missing operand, overlapping paths, a key attribute, an unused value, a failed condition
+    {"UpdateExpression": "SET a = missing + :v", "ExpressionAttributeValues": {":v": {"N": "1"}}},
+    {"UpdateExpression": "SET a = :v, a = :w", "ExpressionAttributeValues": {":v": {"N": "1"}, ":w": {"N": "2"}}},
+    {"UpdateExpression": "SET pk = :v", "ExpressionAttributeValues": {":v": {"S": "other"}}},
+    {"UpdateExpression": "SET a = :v", "ExpressionAttributeValues": {":v": {"N": "1"}, ":unused": {"N": "2"}}},
+    {
+        "UpdateExpression": "SET a = :v",
+        "ConditionExpression": "a = :w",
+        "ExpressionAttributeValues": {":v": {"N": "3"}, ":w": {"N": "999"}},
+    },
+    {"UpdateExpression": "SET a = :v, b = :w", "ExpressionAttributeValues": {":v": {"N": "8"}, ":w": {"S": "z"}}},
+]
+
+
+def _outcomes(client: Any, table: str) -> list[Any]:
+    """Each update's answer (the new item) or its error code, on two items (one new, one existing)."""
+    from botocore.exceptions import ClientError
+
+    client.put_item(TableName=table, Item={"pk": {"S": "old"}, "sk": {"N": "1"}, "a": {"N": "40"}})
+    outcomes: list[Any] = []
+    for pk in ("new", "old"):
+        for request in UPDATES:
+            try:
+                answer = client.update_item(
+                    TableName=table, Key={"pk": {"S": pk}, "sk": {"N": "1"}}, ReturnValues="ALL_NEW", **request
+                )
+                outcomes.append(answer.get("Attributes"))
+            except ClientError as error:
+                outcomes.append(error.response["Error"]["Code"])
+    return outcomes
+
+
+SHIPPED_MOTO = """
+import json, boto3
+from moto import mock_aws
+from tests.integration.test_moto_dynamodb import TABLE, _outcomes
+with mock_aws():
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    print(json.dumps(_outcomes(client, TABLE)))
+"""
+
+
+def test_update_expressions_answer_as_unpatched_moto_does(dynamodb: Any) -> None:
+    # GIVEN the stack's moto (parsed texts shared, copies from pickles, passes looked up by node type)
+    # and moto as it ships, in a process of its own (so nothing in this one can have patched it)
+    import json
+    import subprocess
+    import sys
+
+    # WHEN both take the same updates of every shape, each text more than once with other values
+    patched = _outcomes(dynamodb, TABLE)
+    shipped = json.loads(
+        subprocess.run([sys.executable, "-c", SHIPPED_MOTO], capture_output=True, text=True, check=True).stdout
+    )
+
+    # THEN every answer and every refusal is the same
+    assert patched == shipped
+    assert shipped.count("ValidationException") >= 4 and shipped.count("ConditionalCheckFailedException") == 2
+    assert {"a": {"N": "8"}}.items() <= shipped[-1].items()
