@@ -572,7 +572,7 @@ class SimGateway:
         self.throttle_deadline: float | None = None
         self.tally = deliveries.tally
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
         report = DeliveryReport()
         if not posts:
             return report

@@ -53,7 +53,7 @@ class ScriptedGateway(InMemoryGateway):
         super().__init__()
         self.fail = fail
 
-    def post_many(self, posts: Any) -> DeliveryReport:
+    def post_many(self, posts: Any, deadline: float | None = None) -> DeliveryReport:
         report = DeliveryReport()
         for post in posts:
             if post.connection_id in self.fail:

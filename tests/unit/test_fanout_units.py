@@ -13,7 +13,7 @@ import pytest
 
 from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.fanout import FanOut, TtlCache
+from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS, FanOut, TtlCache
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.upstream import parse_upstream_event
 from tests.integration import events_builder as eb
@@ -419,9 +419,9 @@ def test_chunks_of_every_group_go_out_in_one_call_each_connection_in_order(fanou
     calls: list[list[str]] = []
     post_many = gateway(fanout).post_many
 
-    def counting(posts):  # type: ignore[no-untyped-def]
+    def counting(posts, deadline=None):  # type: ignore[no-untyped-def]
         calls.append([post.connection_id for post in posts])
-        return post_many(posts)
+        return post_many(posts, deadline)
 
     gateway(fanout).post_many = counting  # type: ignore[method-assign]
     records = [
@@ -452,6 +452,21 @@ def test_a_failed_post_fails_every_chunk_that_carried_it(fanout: FanOut):
     # THEN both chunks that carried the failed post are redelivered, the healthy one is not
     assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
     assert gateway(fanout).messages("ok") == [{"n": 2}]
+
+
+def test_posts_are_given_the_invocations_deadline_less_the_reserve(fanout: FanOut, store: FakeStore, clock: Clock):
+    # GIVEN a subscriber, and an invocation with 12.5 s left when its batch arrives
+    store.subscribe("market_data:AAPL", "a")
+    gateway(fanout).connect("a")
+    # WHEN an event batch and then a chunk batch are processed, with and without the remaining time
+    fanout.process_events(eb.records(eb.market_data("AAPL")), time_left_ms=12_500)
+    chunk = eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["a"]}), group="s#1")
+    fanout.process_chunks([chunk], time_left_ms=12_500)
+    fanout.process_events(eb.records(eb.market_data("AAPL")))
+    # THEN the gateway was told to be done by then, less what the invocation keeps for itself (on the
+    # monotonic clock, which stood still here); without the remaining time there is no deadline
+    expected = clock.now + 12.5 - DEADLINE_RESERVE_SECONDS
+    assert gateway(fanout).deadlines == [expected, expected, None]
 
 
 def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
@@ -565,9 +580,9 @@ def test_with_a_coalescing_window_a_batch_that_was_not_full_returns_a_window_aft
     fanout = _lingering_fanout(store, clock, 100, slept)
     real_post_many = fanout.gateway.post_many
 
-    def slow_post_many(posts: Any) -> Any:
+    def slow_post_many(posts: Any, deadline: float | None = None) -> Any:
         clock.now += 0.030
-        return real_post_many(posts)
+        return real_post_many(posts, deadline)
 
     fanout.gateway.post_many = slow_post_many  # type: ignore[method-assign]
     gateway(fanout).connect("c")

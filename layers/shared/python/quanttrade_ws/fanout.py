@@ -44,6 +44,11 @@ from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
+# Time an invocation keeps for itself after its posts: sending delivery chunks to SQS, flushing
+# metrics, returning the batch response. Posts still throttled this close to the end are failed
+# (their records come back) rather than retried into a Lambda timeout, which would fail the whole batch.
+DEADLINE_RESERVE_SECONDS = 2.0
+
 # Large audiences are split by a stable hash of the connection id, so a
 # connection is always in the same delivery group of a stream and its messages
 # keep their order however the audience grows or shrinks.
@@ -96,6 +101,7 @@ class _Batch:
     record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     event_times: dict[str, datetime] = field(default_factory=dict)
     chunks: list[tuple[dict[str, Any], list[OutgoingMessage]]] = field(default_factory=list)
+    deadline: float | None = None  # for the gateway's retries of throttled posts, on the monotonic clock
 
     def fail(self, record: dict[str, Any]) -> None:
         """Fail a record and every later record of its FIFO group, so a retry keeps the order."""
@@ -140,8 +146,13 @@ class FanOut:
 
     # ------------------------------------------------------------ events queue
 
-    def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    def process_events(
+        self, records: list[dict[str, Any]], time_left_ms: int | None = None
+    ) -> dict[str, list[dict[str, str]]]:
         """Handle one SQS batch from the events queue; returns the partial batch response.
+
+        `time_left_ms` is the invocation's remaining time (the Lambda context's
+        `get_remaining_time_in_millis()`): throttled posts are retried until shortly before it.
 
         Not Powertools' batch processor, which settles one record at a time: here the batch's
         messages are packed across records (one post per connection for the whole batch), so a
@@ -149,7 +160,7 @@ class FanOut:
         takes the later records of its FIFO group with it (`_Batch`).
         """
         started = self._monotonic()
-        batch = _Batch(records=records)
+        batch = _Batch(records=records, deadline=self._deadline(started, time_left_ms))
         parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
             try:
@@ -313,6 +324,13 @@ class FanOut:
             self.metrics.add_metric("Conflated", "Count", superseded)
         return posts
 
+    @staticmethod
+    def _deadline(started: float, time_left_ms: int | None) -> float | None:
+        """When the gateway must be done with this invocation's posts, on the monotonic clock."""
+        if time_left_ms is None:
+            return None
+        return started + time_left_ms / 1000 - DEADLINE_RESERVE_SECONDS
+
     def _linger(self, started: float, records: int, batch_size: int) -> None:
         """The coalescing window: a batch that was not full returns no sooner than the window after it started."""
         window = self.settings.coalesce_window_ms / 1000
@@ -326,7 +344,7 @@ class FanOut:
         posts = self._posts(batch.outbox)
         if not posts:
             return
-        report = self.gateway.post_many(posts)
+        report = self.gateway.post_many(posts, batch.deadline)
         self._account(report, batch.event_times.get)
         if not report.failed:
             return
@@ -354,14 +372,18 @@ class FanOut:
 
     # ------------------------------------------------------------ delivery queue
 
-    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    def process_chunks(
+        self, records: list[dict[str, Any]], time_left_ms: int | None = None
+    ) -> dict[str, list[dict[str, str]]]:
         """Handle delivery chunks (the shards of large audiences): one post per connection for the whole batch.
+
+        `time_left_ms` as for `process_events`.
 
         Not Powertools' batch processor, for the reason `process_events` gives: the chunks' messages
         are packed across records, so a record's fate is known only after every post of the batch.
         """
         started = self._monotonic()
-        batch = _Batch(records=records)
+        batch = _Batch(records=records, deadline=self._deadline(started, time_left_ms))
         for record in records:
             try:
                 chunk = json.loads(record["body"])
@@ -384,7 +406,7 @@ class FanOut:
                     batch.event_times.setdefault(connection_id, event_time)
         posts = self._posts(batch.outbox)
         if posts:
-            report = self.gateway.post_many(posts)
+            report = self.gateway.post_many(posts, batch.deadline)
             self._account(report, batch.event_times.get)
             if report.failed:
                 # Redelivery re-posts those chunks whole: clients drop duplicates by (stream, seq),

@@ -30,8 +30,13 @@ class DeliveryReport:
 
 
 class ConnectionGateway(Protocol):
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        """Post each message to its connection with bounded parallelism, retrying throttling."""
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
+        """Post each message to its connection with bounded parallelism, retrying throttling.
+
+        `deadline` (on time.monotonic()'s clock) is when the caller must have its answer, the
+        invocation's end less what it keeps for itself: throttled posts are retried until then,
+        and what is not delivered by then is reported failed.
+        """
 
     def post(self, connection_id: str, data: bytes) -> bool:
         """Post one message. False when the connection is gone (410); raises on other failures."""

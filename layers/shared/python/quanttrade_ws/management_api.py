@@ -41,7 +41,14 @@ if TYPE_CHECKING:
     import asyncio
     import ssl
 
-__all__ = ["BotocoreCredentials", "Credentials", "ManagementApiGateway", "SigV4Signer", "full_jitter_backoff"]
+__all__ = [
+    "BotocoreCredentials",
+    "Credentials",
+    "ManagementApiGateway",
+    "RetryPolicy",
+    "SigV4Signer",
+    "full_jitter_backoff",
+]
 
 SERVICE = "execute-api"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -192,6 +199,42 @@ def full_jitter_backoff(attempt: int, base: float, cap: float, rng: Callable[[],
     return rng() * min(cap, base * (2 ** (attempt - 1)))
 
 
+class RetryPolicy:
+    """Whether a failed call goes again, and after how long.
+
+    Throttling (429, LimitExceeded) means "not now", not "not this". Given a
+    deadline (the end of the Lambda invocation, less what the caller keeps for
+    itself), a throttled call keeps trying until the deadline: a post given up
+    early is a whole SQS record redelivered a visibility timeout later, while
+    the account's rate frees up within a second. Other retryable failures (5xx,
+    timeouts, dropped connections) get `max_attempts` tries, and so does
+    throttling when there is no deadline. No wait ever ends at or past the
+    deadline: a call that could only go again after it fails now.
+    """
+
+    def __init__(self, max_attempts: int, backoff_base: float, backoff_cap: float, rng: Callable[[], float]) -> None:
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.rng = rng
+
+    def delay(self, attempts: int, throttles: int, throttled: bool, now: float, deadline: float | None) -> float | None:
+        """Seconds to wait before the next try, or None to give up.
+
+        `attempts` counts the tries so far (this failed one included), `throttles`
+        those of them that were throttled; `now` and `deadline` are on one clock.
+        """
+        if deadline is None:
+            if attempts >= self.max_attempts:
+                return None
+        elif not throttled and attempts - throttles >= self.max_attempts:
+            return None
+        delay = full_jitter_backoff(attempts, self.backoff_base, self.backoff_cap, self.rng)
+        if deadline is not None and now + delay >= deadline:
+            return None
+        return delay
+
+
 # --------------------------------------------------------------------- requests and outcomes
 
 _PENDING, _OK, _GONE, _FAILED = 0, 1, 2, 3
@@ -212,6 +255,7 @@ class _Job:
         "request",
         "stale_retried",
         "status",
+        "throttles",
     )
 
     def __init__(self, method: str, connection_id: str, request: bytes) -> None:
@@ -220,6 +264,7 @@ class _Job:
         self.request = request  # signed once: retries within a batch stay far inside SigV4's 5 minute window
         self.follower: _Job | None = None  # the next post to the same connection, sent only after this one
         self.attempts = 0
+        self.throttles = 0
         self.stale_retried = False
         self.outcome = _PENDING
         self.status: int | None = None
@@ -512,9 +557,17 @@ class _Pool:
 class _Batch:
     """One call's jobs, pumped through the pool with at most `pool.size` requests in flight."""
 
-    def __init__(self, gateway: ManagementApiGateway, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+    def __init__(
+        self,
+        gateway: ManagementApiGateway,
+        loop: asyncio.AbstractEventLoop,
+        jobs: list[_Job],
+        deadline: float | None,
+    ) -> None:
         self.gateway = gateway
         self.loop = loop
+        self.deadline = deadline  # on gateway.clock; None: retries are bounded by attempts only
+        self.abandoned = False
         self.pool = gateway._pool
         self.jobs = jobs
         # Posts to one connection go out one after another, so a client sees them in the order given
@@ -538,6 +591,8 @@ class _Batch:
         self.opening: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
 
     def pump(self) -> None:
+        if self.abandoned:
+            return
         pool = self.pool
         queue = self.queue
         while queue:
@@ -619,13 +674,17 @@ class _Batch:
 
     def retry_or_fail(self, job: _Job, status: int | None, reason: str, throttled: bool) -> None:
         self.last_event = time.monotonic()
+        if throttled:
+            job.throttles += 1
         gateway = self.gateway
-        if job.attempts >= gateway.max_attempts:
+        delay = gateway.retry.delay(job.attempts, job.throttles, throttled, gateway.clock(), self.deadline)
+        if delay is None:
+            if self.deadline is not None and job.attempts - job.throttles < gateway.retry.max_attempts:
+                reason = f"{reason}; no retry before the invocation's deadline"
             self.finish(job, _FAILED, status, b"", reason)
             return
         if throttled:
             self.throttle_retries += 1
-        delay = full_jitter_backoff(job.attempts, gateway.backoff_base, gateway.backoff_cap, gateway._rng)
         handle: asyncio.TimerHandle | None = None
 
         def requeue() -> None:
@@ -672,22 +731,35 @@ class _Batch:
         tick = min(timeout / 4, 0.5)
         # Healthy batches hear something (an answer, a timeout, a connect result, a retry timer) at least this
         # often; silence beyond it can only be a bug stranding a job, and a Lambda must not hang on one.
-        stall_limit = 2 * (timeout + self.gateway.backoff_cap) + 1.0
+        stall_limit = 2 * (timeout + self.gateway.retry.backoff_cap) + 1.0
 
         def watch() -> None:
+            if self.past_deadline():
+                # Posts still unanswered now could only end after the invocation: failed, they are redelivered.
+                self.abandon("no answer before the invocation's deadline")
+                return
             self.check_timeouts()
             if time.monotonic() - self.last_event > stall_limit:
                 self.abandon("batch stalled")
             elif not self.done.done():
-                self.watchdog = self.loop.call_later(tick, watch)
+                self.watchdog = self.loop.call_later(self._until_next_watch(tick), watch)
 
-        self.watchdog = self.loop.call_later(tick, watch)
+        self.watchdog = self.loop.call_later(self._until_next_watch(tick), watch)
+
+    def _until_next_watch(self, tick: float) -> float:
+        if self.deadline is None:
+            return tick
+        return max(0.0, min(tick, self.deadline - self.gateway.clock()))
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and self.gateway.clock() >= self.deadline
 
     def stop_watchdog(self) -> None:
         if self.watchdog is not None:
             self.watchdog.cancel()
 
     def abandon(self, reason: str) -> None:
+        self.abandoned = True  # slots freed below must not start new requests
         for task in list(self.opening):
             task.cancel()
         for conn in list(self.busy):
@@ -709,7 +781,8 @@ class ManagementApiGateway:
     post into exactly one of the report's lists: delivered (2xx), gone (410),
     failed (anything else once retries are spent). Throttling (429,
     LimitExceeded), 5xx, timeouts and connection errors are retried with
-    full-jitter backoff up to `max_attempts` attempts; 400/403/413 are not.
+    full-jitter backoff up to `max_attempts` attempts, or, for throttling, until
+    the `deadline` given to `post_many` (see RetryPolicy); 400/403/413 are not.
     Posts to the same connection are sent one after another, in the order
     given, and once one is gone the rest for that connection are gone without
     further calls. It never raises for a post's failure.
@@ -734,6 +807,7 @@ class ManagementApiGateway:
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         rng: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or timeout <= 0:
             raise ValueError("concurrency and max_attempts must be >= 1 and timeout > 0")
@@ -749,16 +823,14 @@ class ManagementApiGateway:
         self.endpoint = endpoint
         self.region = region
         self.concurrency = concurrency
-        self.max_attempts = max_attempts
         self.timeout = timeout
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self._credentials = credentials_provider or BotocoreCredentials()
         if rng is None:
             import random
 
             rng = random.random
-        self._rng = rng
+        self.retry = RetryPolicy(max_attempts, backoff_base, backoff_cap, rng)
+        self.clock = clock  # the clock `post_many` deadlines are on
         self._signer = SigV4Signer(host, region)
         self._wire_prefix = parts.path.rstrip("/") + "/@connections/"
         self._canonical_prefix = canonical_uri(self._wire_prefix.rstrip("/")) + "/"
@@ -773,13 +845,13 @@ class ManagementApiGateway:
 
     # ------------------------------------------------------------------ ConnectionGateway
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
         report = DeliveryReport()
         if not posts:
             return report
         credentials = self._resolve_credentials()
         jobs = [self._job("POST", post.connection_id, post.data, credentials) for post in posts]
-        report.throttle_retries = self._execute(jobs)
+        report.throttle_retries = self._execute(jobs, deadline)
         lists = (None, report.delivered, report.gone, report.failed)
         for post, job in zip(posts, jobs, strict=True):
             lists[job.outcome].append(post)  # type: ignore[union-attr]
@@ -895,7 +967,7 @@ class ManagementApiGateway:
 
     # ------------------------------------------------------------------ the event loop
 
-    def _execute(self, jobs: list[_Job]) -> int:
+    def _execute(self, jobs: list[_Job], deadline: float | None = None) -> int:
         with self._lock:
             import asyncio
 
@@ -908,7 +980,7 @@ class ManagementApiGateway:
                         self._ssl_context = ssl.create_default_context()
                     self._pool.ssl_context = self._ssl_context
             loop = self._loop
-            return int(self._run(loop, lambda: self._drive(loop, jobs)))
+            return int(self._run(loop, lambda: self._drive(loop, jobs, deadline)))
 
     @staticmethod
     def _run(loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -936,7 +1008,7 @@ class ManagementApiGateway:
             raise outcome[0]
         return outcome[0]
 
-    async def _drive(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> int:
+    async def _drive(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], deadline: float | None) -> int:
         import asyncio
 
         pool = self._pool
@@ -944,7 +1016,10 @@ class ManagementApiGateway:
             # Let the selector report EOFs on idle connections the server closed between batches,
             # so they are dropped now rather than discovered with a request on them.
             await asyncio.sleep(0)
-        batch = _Batch(self, loop, jobs)
+        batch = _Batch(self, loop, jobs, deadline)
+        if batch.past_deadline():
+            batch.abandon("the invocation's deadline passed before posting")
+            return 0
         pool.batch = batch
         batch.start_watchdog()
         try:

@@ -133,8 +133,8 @@ class _DeferredGateway:
     def __init__(self, build: Callable[[], ConnectionGateway]) -> None:
         self._build = build
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        return self._build().post_many(posts)
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
+        return self._build().post_many(posts, deadline)
 
     def post(self, connection_id: str, data: bytes) -> bool:
         return self._build().post(connection_id, data)
