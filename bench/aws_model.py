@@ -61,9 +61,9 @@ from bench.cost import PRICES  # noqa: E402
 from local.fakes import CountingMetrics  # noqa: E402
 from quanttrade_ws import topology  # noqa: E402
 from quanttrade_ws.config import Settings  # noqa: E402
+from quanttrade_ws.connection_gateway import DeliveryReport, Post  # noqa: E402
 from quanttrade_ws.fanout import FanOut  # noqa: E402
-from quanttrade_ws.gateway import DeliveryReport, Post  # noqa: E402
-from quanttrade_ws.management_api import full_jitter_backoff  # noqa: E402
+from quanttrade_ws.management_api.retry import full_jitter_backoff  # noqa: E402
 from quanttrade_ws.queues import OutgoingMessage  # noqa: E402
 from quanttrade_ws.store import Backoff, DynamoStore  # noqa: E402
 

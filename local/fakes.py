@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
-from quanttrade_ws.gateway import DeliveryReport, GatewayError, Post
+from quanttrade_ws.connection_gateway import DeliveryReport, GatewayError, Post
 from quanttrade_ws.queues import OutgoingMessage
 
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.fakes import InMemoryGateway
-from quanttrade_ws.gateway import DeliveryReport, Post
+from quanttrade_ws.connection_gateway import DeliveryReport, Post
 from tests.conftest import Wired
 from tests.integration import events_builder as eb
 from tests.integration.test_fanout import AAPL, ALL_MARKET_DATA, data, seqs, subscribe

@@ -23,7 +23,7 @@ from bench.aws_model import (
     run_scenario,
 )
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import Post
+from quanttrade_ws.connection_gateway import Post
 
 SETTINGS = dict(jwt_secret="x" * 40, session_secret="y" * 40)
 

@@ -28,16 +28,14 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import ReadOnlyCredentials
 
-from quanttrade_ws import management_api, observability
-from quanttrade_ws.gateway import GatewayError, Post
-from quanttrade_ws.management_api import (
-    ManagementApiGateway,
-    RetryPolicy,
-    SigV4Signer,
-    canonical_uri,
-    full_jitter_backoff,
-    quote_segment,
-)
+from quanttrade_ws import observability
+from quanttrade_ws.connection_gateway import GatewayError, Post
+from quanttrade_ws.management_api.call_batch import Call, CallBatch
+from quanttrade_ws.management_api.client import ManagementApiGateway
+from quanttrade_ws.management_api.connection_pool import ConnectionPool
+from quanttrade_ws.management_api.http_connection import HttpConnection
+from quanttrade_ws.management_api.retry import RetryPolicy, full_jitter_backoff
+from quanttrade_ws.management_api.sigv4 import SigV4Signer, canonical_uri, quote_segment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -808,13 +806,13 @@ class _RecordingBatch:
 
 def _feed(pieces: list[bytes], then_eof: bool = False) -> tuple[_RecordingBatch, _FakeTransport]:
     """Drive one connection's parser with a response arriving in the given pieces."""
-    pool = management_api._Pool("127.0.0.1", 1, None, 1, 30.0, 1.0)
+    pool = ConnectionPool("127.0.0.1", 1, None, 1, 30.0, 1.0)
     pool.live = 1
-    conn = management_api._Connection(pool)
+    conn = HttpConnection(pool)
     transport = _FakeTransport()
     conn.connection_made(transport)
     batch = _RecordingBatch()
-    conn.send(batch, management_api._Job("POST", "c", b""))  # type: ignore[arg-type]
+    conn.send(batch, Call("POST", "c", b""))  # type: ignore[arg-type]
     for piece in pieces:
         conn.data_received(piece)
     if then_eof:
@@ -879,9 +877,9 @@ def test_garbage_is_a_transport_error_and_the_connection_is_dropped(garbage: byt
 
 
 def test_bytes_nobody_asked_for_retire_an_idle_connection() -> None:
-    pool = management_api._Pool("127.0.0.1", 1, None, 1, 30.0, 1.0)
+    pool = ConnectionPool("127.0.0.1", 1, None, 1, 30.0, 1.0)
     pool.live = 1
-    conn = management_api._Connection(pool)
+    conn = HttpConnection(pool)
     transport = _FakeTransport()
     conn.connection_made(transport)
     pool.put_idle(conn)
@@ -1001,7 +999,7 @@ def test_a_stalled_batch_is_abandoned_rather_than_hanging(
     server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway], monkeypatch: Any
 ) -> None:
     # GIVEN a request the server never answers, and (to stand in for a bug) no timeout enforcement
-    monkeypatch.setattr(management_api._Batch, "check_timeouts", lambda self: None)
+    monkeypatch.setattr(CallBatch, "check_timeouts", lambda self: None)
     server.connect("stuck", "fine")
     server.script("stuck", ("delay", 60))
     gateway = make_gateway(server.endpoint, timeout=0.2, backoff_cap=0.001)
@@ -1156,7 +1154,7 @@ def test_default_credentials_come_from_botocore(
 
 def test_importing_the_module_pulls_in_no_asyncio_ssl_or_botocore() -> None:
     probe = (
-        "import sys; import quanttrade_ws.management_api; "
+        "import sys; import quanttrade_ws.management_api.client; "
         "print(sorted(m for m in ('asyncio', 'ssl', 'botocore', 'urllib.parse', 'json') if m in sys.modules))"
     )
     completed = subprocess.run(

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
+from quanttrade_ws.connection_gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches

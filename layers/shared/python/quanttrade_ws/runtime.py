@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
+from quanttrade_ws.connection_gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Runtime:
             raise RuntimeError(
                 "QT_MANAGEMENT_ENDPOINT is not set: this function has no Management API endpoint to post to"
             )
-        from quanttrade_ws.management_api import ManagementApiGateway
+        from quanttrade_ws.management_api.client import ManagementApiGateway
 
         return ManagementApiGateway(
             endpoint,

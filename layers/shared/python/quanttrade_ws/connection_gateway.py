@@ -1,7 +1,8 @@
-"""The connection gateway: the one interface through which the service talks to
-connected clients (API Gateway's Management API on AWS, the local gateway at home).
+"""The connection gateway: the port through which the domain reaches connected clients
+(post to them, close them, ask about them), whoever serves it: API Gateway's Management
+API on AWS, the local API Gateway emulator at home.
 
-`ManagementApiGateway` (in management_api.py) is the real implementation; the
+`management_api.client.ManagementApiGateway` is the real implementation; the
 in-memory fake the tests use (`local.fakes.InMemoryGateway`) satisfies the same
 contract tests.
 """
