@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from quanttrade_protocol.data import DATA_PAYLOADS
+from quanttrade_protocol.data import DATA_PAYLOADS, data_payload
 from quanttrade_protocol.messages import (
     ConnectPayload,
     ErrorPayload,
@@ -475,9 +475,10 @@ def _schemas() -> dict[str, Any]:
     )
     # The stream specs spell their stream type as a constant each; the enum still names them all in one place.
     schemas["StreamType"] = TypeAdapter(StreamType).json_schema()
-    # The envelope's payload is described per message kind (_envelope); the common base of the payload
-    # models is no schema of its own.
+    # The envelope's payload is described per message kind (_envelope); the common bases of the payload
+    # models are no schemas of their own.
     schemas.pop("Payload", None)
+    schemas.pop("DataPayload", None)
     return schemas
 
 
@@ -541,9 +542,9 @@ def _batch_schema(data_kinds: list[ServerKind]) -> dict[str, Any]:
 
 def _example(kind: ServerKind, seq: int = 42) -> dict[str, Any]:
     if kind.data:
-        # Serialised the way fan-out serialises it (fanout.FanOut._route).
+        # The payload the fan-out sends for this event (data_payload, as fanout._renderer builds it).
         detail = ServerKind.data_types[kind.message_type].model_validate(DATA_EXAMPLES[kind.message_type])
-        payload = {**detail.model_dump(mode="json", exclude_none=True), "event_id": _hex(f"event-{kind.key}-{seq}")}
+        payload: Any = data_payload(kind.message_type, detail, _hex(f"event-{kind.key}-{seq}"))
         extra: dict[str, Any] = {"stream": detail.stream, "seq": seq, "source": _source_of(kind.message_type)}
     else:
         # Validated by the payload model, so an example cannot show a field the protocol lacks.

@@ -396,7 +396,7 @@ def test_every_post_lands_in_exactly_one_list_of_the_report(wired: Wired):
     gateway.failing.add("failing")
     # WHEN posting to all three
     report = gateway.post_many([Post(c, b"{}") for c in ("live", "gone", "failing")])
-    # THEN each post is in one list (the contract FanOut's accounting relies on)
+    # THEN each post is in one list (the contract EventFanOut's accounting relies on)
     assert [p.connection_id for p in report.delivered] == ["live"]
     assert [p.connection_id for p in report.gone] == ["gone"]
     assert [p.connection_id for p in report.failed] == ["failing"]

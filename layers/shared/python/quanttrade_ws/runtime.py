@@ -20,7 +20,7 @@ from quanttrade_ws.observability import metrics
 
 if TYPE_CHECKING:
     from quanttrade_ws.auth import KeySource, TokenVerifier
-    from quanttrade_ws.fanout import FanOut
+    from quanttrade_ws.fanout import EventFanOut
     from quanttrade_ws.service import RealtimeService
     from quanttrade_ws.store import DynamoStore
 
@@ -115,8 +115,8 @@ class Runtime:
         )
 
     @functools.cached_property
-    def fanout(self) -> FanOut:
-        from quanttrade_ws.fanout import FanOut
+    def fanout(self) -> EventFanOut:
+        from quanttrade_ws.fanout import EventFanOut
         from quanttrade_ws.queues import SqsSender
 
         sqs = self._sqs
@@ -124,7 +124,7 @@ class Runtime:
             import boto3
 
             sqs = boto3.client("sqs", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url)
-        return FanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
+        return EventFanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
 
 
 class _DeferredGateway:
