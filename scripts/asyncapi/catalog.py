@@ -11,21 +11,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from quanttrade_protocol import messages
 from quanttrade_protocol.data import DATA_PAYLOADS
-from quanttrade_protocol.messages import (
-    ConnectPayload,
-    ErrorPayload,
-    HeartbeatPayload,
-    JoinRoomPayload,
-    LeaveRoomPayload,
-    PongPayload,
-    RefreshPayload,
-    ResumedPayload,
-    RoomMemberPayload,
-    RoomMessagePayload,
-    StreamsChangedPayload,
-    SubscribedPayload,
-)
 from quanttrade_ws import upstream
 from quanttrade_ws.protocol import ErrorCode, MessageType
 
@@ -67,46 +54,52 @@ DATA_SUMMARIES = {
 }
 
 SERVER_KINDS: list[ServerKind] = [
-    ServerKind("connect", MessageType.CONNECT, ConnectPayload, "Answer to `hello`", reply=True),
-    ServerKind("subscribed", MessageType.SUBSCRIBE, SubscribedPayload, "Answer to `subscribe`", reply=True),
-    ServerKind("unsubscribed", MessageType.UNSUBSCRIBE, StreamsChangedPayload, "Answer to `unsubscribe`", reply=True),
-    ServerKind("joinedRoom", MessageType.JOIN_ROOM, JoinRoomPayload, "Answer to `joinRoom`", reply=True, room=True),
+    ServerKind("connect", MessageType.CONNECT, messages.ConnectPayload, "Answer to `hello`", reply=True),
+    ServerKind("subscribed", MessageType.SUBSCRIBE, messages.SubscribedPayload, "Answer to `subscribe`", reply=True),
+    ServerKind(
+        "unsubscribed", MessageType.UNSUBSCRIBE, messages.StreamsChangedPayload, "Answer to `unsubscribe`", reply=True
+    ),
+    ServerKind(
+        "joinedRoom", MessageType.JOIN_ROOM, messages.JoinRoomPayload, "Answer to `joinRoom`", reply=True, room=True
+    ),
     ServerKind(
         "memberJoined",
         MessageType.JOIN_ROOM,
-        RoomMemberPayload,
+        messages.RoomMemberPayload,
         "Another client joined a room this connection is in",
         room=True,
     ),
-    ServerKind("leftRoom", MessageType.LEAVE_ROOM, LeaveRoomPayload, "Answer to `leaveRoom`", reply=True, room=True),
+    ServerKind(
+        "leftRoom", MessageType.LEAVE_ROOM, messages.LeaveRoomPayload, "Answer to `leaveRoom`", reply=True, room=True
+    ),
     ServerKind(
         "memberLeft",
         MessageType.LEAVE_ROOM,
-        RoomMemberPayload,
+        messages.RoomMemberPayload,
         "Another client left a room this connection is in",
         room=True,
     ),
     ServerKind(
         "roomMessage",
         MessageType.ROOM_MESSAGE,
-        RoomMessagePayload,
+        messages.RoomMessagePayload,
         "A message sent to a room. The sender's own copy carries its `request_id` and is the answer to "
         "`sendRoomMessage`; the other members' copies carry none.",
         reply=True,
         room=True,
     ),
-    ServerKind("pong", MessageType.PONG, PongPayload, "Answer to `ping`", reply=True),
-    ServerKind("refreshed", MessageType.REFRESH, RefreshPayload, "Answer to `refresh`", reply=True),
-    ServerKind("resumed", MessageType.RESUMED, ResumedPayload, "Answer to `resume`", reply=True),
+    ServerKind("pong", MessageType.PONG, messages.PongPayload, "Answer to `ping`", reply=True),
+    ServerKind("refreshed", MessageType.REFRESH, messages.RefreshPayload, "Answer to `refresh`", reply=True),
+    ServerKind("resumed", MessageType.RESUMED, messages.ResumedPayload, "Answer to `resume`", reply=True),
     *[
         ServerKind(_camel(message_type.value), message_type, payload, DATA_SUMMARIES[message_type], data=True)
         for message_type, payload in DATA_PAYLOADS.items()
     ],
-    ServerKind("heartbeat", MessageType.HEARTBEAT, HeartbeatPayload, "Reserved for server heartbeats"),
+    ServerKind("heartbeat", MessageType.HEARTBEAT, messages.HeartbeatPayload, "Reserved for server heartbeats"),
     ServerKind(
         "error",
         MessageType.ERROR,
-        ErrorPayload,
+        messages.ErrorPayload,
         "A request failed (with its `request_id`), or the connection broke a rule (RATE_LIMIT, without one)",
         reply=True,
     ),
