@@ -791,13 +791,13 @@ class _RecordingBatch:
         self.responses: list[tuple[int, bytes, bytes, bool]] = []
         self.errors: list[str] = []
 
-    def on_response(self, conn: Any, job: Any, status: int, body: bytes, error_type: bytes, reusable: bool) -> None:
+    def on_response(self, conn: Any, call: Any, status: int, body: bytes, error_type: bytes, reusable: bool) -> None:
         self.responses.append((status, body, error_type, reusable))
 
-    def on_connection_lost(self, conn: Any, job: Any, reason: str) -> None:
+    def on_connection_lost(self, conn: Any, call: Any, reason: str) -> None:
         self.errors.append(reason)
 
-    def on_transport_error(self, job: Any, reason: str) -> None:
+    def on_transport_error(self, call: Any, reason: str) -> None:
         self.errors.append(reason)
 
     def pump(self) -> None:

@@ -65,7 +65,7 @@ class CallBatch:
         self,
         loop: asyncio.AbstractEventLoop,
         pool: ConnectionPool,
-        jobs: list[Call],
+        calls: list[Call],
         retry: RetryPolicy,
         timeout: float,
         clock: Callable[[], float],
@@ -73,7 +73,7 @@ class CallBatch:
     ) -> None:
         self.loop = loop
         self.pool = pool
-        self.jobs = jobs
+        self.calls = calls
         self.retry = retry
         self.timeout = timeout
         self.clock = clock
@@ -83,14 +83,14 @@ class CallBatch:
         # even when an earlier one is throttled and retried; different connections proceed in parallel.
         self.queue: deque[Call] = deque()
         last: dict[str, Call] = {}
-        for job in jobs:
-            previous = last.get(job.connection_id)
+        for call in calls:
+            previous = last.get(call.connection_id)
             if previous is None:
-                self.queue.append(job)
+                self.queue.append(call)
             else:
-                previous.follower = job
-            last[job.connection_id] = job
-        self.unfinished = len(jobs)
+                previous.follower = call
+            last[call.connection_id] = call
+        self.unfinished = len(calls)
         self.done: asyncio.Future[None] = loop.create_future()
         self.busy: set[HttpConnection] = set()
         self.timers: set[asyncio.TimerHandle] = set()
@@ -109,16 +109,16 @@ class CallBatch:
             if conn is not None:
                 self.dispatch(conn, queue.popleft())
             elif pool.live < pool.size:
-                job = queue.popleft()
-                job.attempts += 1
+                call = queue.popleft()
+                call.attempts += 1
                 pool.live += 1
-                task = self.loop.create_task(self._open_and_send(job))
+                task = self.loop.create_task(self._open_and_send(call))
                 self.opening.add(task)
                 task.add_done_callback(self.opening.discard)
             else:
                 return
 
-    async def _open_and_send(self, job: Call) -> None:
+    async def _open_and_send(self, call: Call) -> None:
         conn = HttpConnection(self.pool)
         try:
             await self.pool.open(conn)
@@ -126,36 +126,36 @@ class CallBatch:
             conn.abort()  # frees the slot, whether the attempt failed or the batch was abandoned
             if not isinstance(exc, Exception):
                 raise
-            # DNS, refusal, TLS and timeouts alike: the job retries after a backoff.
-            self.retry_or_fail(job, None, f"connect failed: {exc!r}", throttled=False)
+            # DNS, refusal, TLS and timeouts alike: the call retries after a backoff.
+            self.retry_or_fail(call, None, f"connect failed: {exc!r}", throttled=False)
             self.pump()
             return
         self.last_event = time.monotonic()
-        job.attempts -= 1  # dispatch counts the attempt
-        self.dispatch(conn, job)
+        call.attempts -= 1  # dispatch counts the attempt
+        self.dispatch(conn, call)
 
-    def dispatch(self, conn: HttpConnection, job: Call) -> None:
-        job.attempts += 1
+    def dispatch(self, conn: HttpConnection, call: Call) -> None:
+        call.attempts += 1
         self.busy.add(conn)
-        conn.send(self, job)
+        conn.send(self, call)
 
     def on_response(
-        self, conn: HttpConnection, job: Call, status: int, body: bytes, error_type: bytes, reusable: bool
+        self, conn: HttpConnection, call: Call, status: int, body: bytes, error_type: bytes, reusable: bool
     ) -> None:
         self.last_event = time.monotonic()
         self.busy.discard(conn)
         if 200 <= status < 300:
-            self.finish(job, OK, status, body, "")
+            self.finish(call, OK, status, body, "")
         elif status == 410:
-            self.finish(job, GONE, status, body, "")
+            self.finish(call, GONE, status, body, "")
         else:
             reason = f"HTTP {status} {error_type.decode(errors='replace')}".strip()
             throttled = status == 429 or (status == 400 and any(t in error_type.lower() for t in THROTTLE_ERROR_TYPES))
             if throttled or status >= 500:
-                self.retry_or_fail(job, status, reason, throttled=throttled)
+                self.retry_or_fail(call, status, reason, throttled=throttled)
             else:
                 # 400/403/413...: the same request would fail the same way.
-                self.finish(job, FAILED, status, body, reason)
+                self.finish(call, FAILED, status, body, reason)
         if reusable:
             if self.queue:
                 self.dispatch(conn, self.queue.popleft())
@@ -164,32 +164,32 @@ class CallBatch:
         elif self.queue:
             self.pump()
 
-    def on_connection_lost(self, conn: HttpConnection, job: Call, reason: str) -> None:
+    def on_connection_lost(self, conn: HttpConnection, call: Call, reason: str) -> None:
         self.last_event = time.monotonic()
         self.busy.discard(conn)
-        if not conn.received and conn.served > 0 and not job.stale_retried:
+        if not conn.received and conn.served > 0 and not call.stale_retried:
             # A reused keep-alive connection the server had already closed: the request most likely never
             # reached it, so it goes again, first in line, once, without spending an attempt.
-            job.stale_retried = True
-            job.attempts -= 1
-            self.queue.appendleft(job)
+            call.stale_retried = True
+            call.attempts -= 1
+            self.queue.appendleft(call)
         else:
-            self.retry_or_fail(job, None, reason, throttled=False)
+            self.retry_or_fail(call, None, reason, throttled=False)
         self.pump()
 
-    def on_transport_error(self, job: Call, reason: str) -> None:
-        self.retry_or_fail(job, None, reason, throttled=False)
+    def on_transport_error(self, call: Call, reason: str) -> None:
+        self.retry_or_fail(call, None, reason, throttled=False)
         self.pump()
 
-    def retry_or_fail(self, job: Call, status: int | None, reason: str, throttled: bool) -> None:
+    def retry_or_fail(self, call: Call, status: int | None, reason: str, throttled: bool) -> None:
         self.last_event = time.monotonic()
         if throttled:
-            job.throttles += 1
-        delay = self.retry.delay(job.attempts, job.throttles, throttled, self.clock(), self.deadline)
+            call.throttles += 1
+        delay = self.retry.delay(call.attempts, call.throttles, throttled, self.clock(), self.deadline)
         if delay is None:
-            if self.deadline is not None and job.attempts - job.throttles < self.retry.max_attempts:
+            if self.deadline is not None and call.attempts - call.throttles < self.retry.max_attempts:
                 reason = f"{reason}; no retry before the invocation's deadline"
-            self.finish(job, FAILED, status, b"", reason)
+            self.finish(call, FAILED, status, b"", reason)
             return
         if throttled:
             self.throttle_retries += 1
@@ -198,20 +198,20 @@ class CallBatch:
         def requeue() -> None:
             self.last_event = time.monotonic()
             self.timers.discard(handle)  # type: ignore[arg-type]
-            self.queue.append(job)
+            self.queue.append(call)
             self.pump()
 
         handle = self.loop.call_later(delay, requeue)
         self.timers.add(handle)
 
-    def finish(self, job: Call, outcome: int, status: int | None, body: bytes, error: str) -> None:
-        """Settle a job; its follower becomes sendable (callers pump), or is gone too if the connection is."""
-        job.outcome = outcome
-        job.status = status
-        job.body = body
-        job.error = error
+    def finish(self, call: Call, outcome: int, status: int | None, body: bytes, error: str) -> None:
+        """Settle a call; its follower becomes sendable (callers pump), or is gone too if the connection is."""
+        call.outcome = outcome
+        call.status = status
+        call.body = body
+        call.error = error
         self.unfinished -= 1
-        follower = job.follower
+        follower = call.follower
         while follower is not None and outcome == GONE:
             follower.outcome = GONE
             follower.status = status
@@ -225,12 +225,12 @@ class CallBatch:
     def check_timeouts(self) -> None:
         limit = time.monotonic() - self.timeout
         for conn in [c for c in self.busy if c.sent_at < limit]:
-            job = conn.job
+            call = conn.call
             self.busy.discard(conn)
             # The response may still come; the connection can't be reused without reading it, so drop it.
             conn.abort()
-            if job is not None:
-                self.retry_or_fail(job, None, f"no response within {self.timeout}s", throttled=False)
+            if call is not None:
+                self.retry_or_fail(call, None, f"no response within {self.timeout}s", throttled=False)
         self.pump()
 
     def start_watchdog(self) -> None:
@@ -238,7 +238,7 @@ class CallBatch:
         timeout = self.timeout
         tick = min(timeout / 4, 0.5)
         # Healthy batches hear something (an answer, a timeout, a connect result, a retry timer) at least this
-        # often; silence beyond it can only be a bug stranding a job, and a Lambda must not hang on one.
+        # often; silence beyond it can only be a bug stranding a call, and a Lambda must not hang on one.
         stall_limit = 2 * (timeout + self.retry.backoff_cap) + 1.0
 
         def watch() -> None:
@@ -276,7 +276,7 @@ class CallBatch:
         for handle in self.timers:
             handle.cancel()
         self.timers.clear()
-        for job in self.jobs:
-            if job.outcome == PENDING:
-                self.finish(job, FAILED, None, b"", reason)
+        for call in self.calls:
+            if call.outcome == PENDING:
+                self.finish(call, FAILED, None, b"", reason)
         self.queue.clear()

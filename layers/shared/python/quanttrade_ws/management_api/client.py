@@ -108,40 +108,40 @@ class ManagementApiGateway:
         if not posts:
             return report
         credentials = self._resolve_credentials()
-        jobs = [self._job("POST", post.connection_id, post.data, credentials) for post in posts]
-        report.throttle_retries = self._execute(jobs, deadline)
+        calls = [self._call("POST", post.connection_id, post.data, credentials) for post in posts]
+        report.throttle_retries = self._execute(calls, deadline)
         lists = (None, report.delivered, report.gone, report.failed)
-        for post, job in zip(posts, jobs, strict=True):
-            lists[job.outcome].append(post)  # type: ignore[union-attr]
+        for post, call in zip(posts, calls, strict=True):
+            lists[call.outcome].append(post)  # type: ignore[union-attr]
         if report.failed:
-            _log_failures(jobs)
+            _log_failures(calls)
         return report
 
     def post(self, connection_id: str, data: bytes) -> bool:
-        job = self._single("POST", connection_id, data)
-        if job.outcome == OK:
+        call = self._single("POST", connection_id, data)
+        if call.outcome == OK:
             return True
-        if job.outcome == GONE:
+        if call.outcome == GONE:
             return False
-        raise GatewayError(f"post to {connection_id} failed after {job.attempts} attempt(s): {_describe(job)}")
+        raise GatewayError(f"post to {connection_id} failed after {call.attempts} attempt(s): {_describe(call)}")
 
     def close(self, connection_id: str) -> None:
-        job = self._single("DELETE", connection_id, b"")
-        if job.outcome == FAILED:
-            raise GatewayError(f"closing {connection_id} failed after {job.attempts} attempt(s): {_describe(job)}")
+        call = self._single("DELETE", connection_id, b"")
+        if call.outcome == FAILED:
+            raise GatewayError(f"closing {connection_id} failed after {call.attempts} attempt(s): {_describe(call)}")
 
     def info(self, connection_id: str) -> dict[str, object] | None:
-        job = self._single("GET", connection_id, b"")
-        if job.outcome == GONE:
+        call = self._single("GET", connection_id, b"")
+        if call.outcome == GONE:
             return None
-        if job.outcome == FAILED:
-            raise GatewayError(f"info for {connection_id} failed after {job.attempts} attempt(s): {_describe(job)}")
+        if call.outcome == FAILED:
+            raise GatewayError(f"info for {connection_id} failed after {call.attempts} attempt(s): {_describe(call)}")
         import json
 
         try:
-            parsed = json.loads(job.body)
+            parsed = json.loads(call.body)
         except ValueError as exc:
-            raise GatewayError(f"info for {connection_id}: response is not JSON: {job.body[:200]!r}") from exc
+            raise GatewayError(f"info for {connection_id}: response is not JSON: {call.body[:200]!r}") from exc
         if not isinstance(parsed, dict):
             raise GatewayError(f"info for {connection_id}: expected a JSON object, got {type(parsed).__name__}")
         return parsed
@@ -213,19 +213,19 @@ class ManagementApiGateway:
             raise GatewayError("no AWS credentials for signing Management API calls")
         return credentials
 
-    def _job(self, method: str, connection_id: str, data: bytes | str, credentials: Credentials) -> Call:
+    def _call(self, method: str, connection_id: str, data: bytes | str, credentials: Credentials) -> Call:
         if isinstance(data, str):
             data = data.encode()
         return Call(method, connection_id, self.signed_request(method, connection_id, data, credentials))
 
     def _single(self, method: str, connection_id: str, data: bytes) -> Call:
-        job = self._job(method, connection_id, data, self._resolve_credentials())
-        self._execute([job])
-        return job
+        call = self._call(method, connection_id, data, self._resolve_credentials())
+        self._execute([call])
+        return call
 
     # ------------------------------------------------------------------ the event loop
 
-    def _execute(self, jobs: list[Call], deadline: float | None = None) -> int:
+    def _execute(self, calls: list[Call], deadline: float | None = None) -> int:
         with self._lock:
             import asyncio
 
@@ -238,7 +238,7 @@ class ManagementApiGateway:
                         self._ssl_context = ssl.create_default_context()
                     self._pool.ssl_context = self._ssl_context
             loop = self._loop
-            return int(self._run(loop, lambda: self._drive(loop, jobs, deadline)))
+            return int(self._run(loop, lambda: self._drive(loop, calls, deadline)))
 
     @staticmethod
     def _run(loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -266,7 +266,7 @@ class ManagementApiGateway:
             raise outcome[0]
         return outcome[0]
 
-    async def _drive(self, loop: asyncio.AbstractEventLoop, jobs: list[Call], deadline: float | None) -> int:
+    async def _drive(self, loop: asyncio.AbstractEventLoop, calls: list[Call], deadline: float | None) -> int:
         import asyncio
 
         pool = self._pool
@@ -274,7 +274,7 @@ class ManagementApiGateway:
             # Let the selector report EOFs on idle connections the server closed between batches,
             # so they are dropped now rather than discovered with a request on them.
             await asyncio.sleep(0)
-        batch = CallBatch(loop, pool, jobs, self.retry, self.timeout, self.clock, deadline)
+        batch = CallBatch(loop, pool, calls, self.retry, self.timeout, self.clock, deadline)
         if batch.past_deadline():
             batch.abandon("the invocation's deadline passed before posting")
             return 0
@@ -291,18 +291,18 @@ class ManagementApiGateway:
         return batch.throttle_retries
 
 
-def _describe(job: Call) -> str:
-    detail = job.body[:200].decode(errors="replace").strip()
-    return f"{job.error} {detail}" if detail else job.error
+def _describe(call: Call) -> str:
+    detail = call.body[:200].decode(errors="replace").strip()
+    return f"{call.error} {detail}" if detail else call.error
 
 
-def _log_failures(jobs: list[Call]) -> None:
+def _log_failures(calls: list[Call]) -> None:
     # The report says which posts failed, not why; the why belongs in the log, once per batch, grouped.
     from collections import Counter
 
     from quanttrade_ws.observability import logger
 
-    reasons = Counter(job.error for job in jobs if job.outcome == FAILED)
+    reasons = Counter(call.error for call in calls if call.outcome == FAILED)
     logger.warning(
         "management API posts failed after retries",
         extra={"failed": sum(reasons.values()), "reasons": dict(reasons.most_common(5))},

@@ -30,9 +30,9 @@ class HttpConnection:
         "_status",
         "_until_eof",
         "batch",
+        "call",
         "dead",
         "idle_since",
-        "job",
         "pool",
         "received",
         "sent_at",
@@ -44,7 +44,7 @@ class HttpConnection:
         self.pool = pool
         self.transport: Any = None
         self.batch: CallBatch | None = None
-        self.job: Call | None = None
+        self.call: Call | None = None
         self.dead = False
         self.served = 0
         self.received = False
@@ -62,15 +62,15 @@ class HttpConnection:
         self._error_type = b""
         self._body_parts: list[bytes] = []
 
-    def send(self, batch: CallBatch, job: Call) -> None:
+    def send(self, batch: CallBatch, call: Call) -> None:
         self.batch = batch
-        self.job = job
+        self.call = call
         self.received = False
         self.sent_at = time.monotonic()
-        self.transport.write(job.request)
+        self.transport.write(call.request)
 
     def abort(self) -> None:
-        self.job = None
+        self.call = None
         self.batch = None
         if self.transport is not None:
             self.transport.abort()
@@ -88,22 +88,22 @@ class HttpConnection:
         """See pause_writing."""
 
     def eof_received(self) -> bool:
-        if self._until_eof and self.job is not None:
+        if self._until_eof and self.call is not None:
             self._complete(self._status, b"".join(self._body_parts), reusable=False)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._until_eof and self.job is not None:
+        if self._until_eof and self.call is not None:
             self._complete(self._status, b"".join(self._body_parts), reusable=False)
-        job, batch = self.job, self.batch
-        self.job = None
+        call, batch = self.call, self.batch
+        self.call = None
         self.batch = None
         self.pool.forget(self)
-        if job is not None and batch is not None:
-            batch.on_connection_lost(self, job, f"connection lost: {exc or 'closed by server'}")
+        if call is not None and batch is not None:
+            batch.on_connection_lost(self, call, f"connection lost: {exc or 'closed by server'}")
 
     def data_received(self, data: bytes) -> None:
-        if self.job is None:
+        if self.call is None:
             # Bytes nobody asked for (say, a 408 before an idle close): this connection can't be trusted.
             self.transport.abort()
             self.pool.forget(self)
@@ -113,10 +113,10 @@ class HttpConnection:
         try:
             self._parse(buffer)
         except (ValueError, IndexError) as exc:
-            job, batch = self.job, self.batch
+            call, batch = self.call, self.batch
             self.abort()
-            if job is not None and batch is not None:
-                batch.on_transport_error(job, f"unparseable response: {exc}")
+            if call is not None and batch is not None:
+                batch.on_transport_error(call, f"unparseable response: {exc}")
 
     def _parse(self, buffer: bytes) -> None:
         if not self._status:
@@ -169,16 +169,16 @@ class HttpConnection:
             self._buffer = buffer
 
     def _complete(self, status: int, body: bytes, reusable: bool) -> None:
-        job, batch, error_type = self.job, self.batch, self._error_type
-        self.job = None
+        call, batch, error_type = self.call, self.batch, self._error_type
+        self.call = None
         self.batch = None
         self.served += 1
         self._reset_response()
         if not reusable:
             self.transport.close()
             self.pool.forget(self)
-        if job is not None and batch is not None:
-            batch.on_response(self, job, status, body, error_type, reusable)
+        if call is not None and batch is not None:
+            batch.on_response(self, call, status, body, error_type, reusable)
 
 
 def _header(lower_head: bytes, name: bytes, head: bytes | None = None) -> bytes:
