@@ -422,6 +422,7 @@ def test_full_jitter_backoff_is_bounded_by_the_exponential_and_the_cap() -> None
     assert full_jitter_backoff(10, 0.025, 1.0, lambda: 1.0) == pytest.approx(1.0)
     assert full_jitter_backoff(4, 0.025, 1.0, lambda: 0.0) == 0.0
     assert full_jitter_backoff(2, 0.025, 1.0, lambda: 0.5) == pytest.approx(0.025)
+    assert full_jitter_backoff(5_000, 0.025, 1.0, lambda: 1.0) == pytest.approx(1.0)  # no overflow, however many
 
 
 def test_throttling_is_retried_with_backoff_and_counted(

@@ -12,7 +12,9 @@ def full_jitter_backoff(attempt: int, base: float, cap: float, rng: Callable[[],
     which is what lets a fan-out of thousands get under the account's
     management-call rate instead of hammering it.
     """
-    return rng() * min(cap, base * (2 ** (attempt - 1)))
+    # Throttling retried until a deadline has no attempt limit: the exponent stops growing long after the
+    # cap is reached, before 2**n outgrows a float.
+    return rng() * min(cap, base * (2 ** min(attempt - 1, 64)))
 
 
 class RetryPolicy:
