@@ -3,7 +3,7 @@
 `python -m bench.aws_model` simulates, on simulated time, EventBridge -> SQS ->
 the fan-out Lambda -> DynamoDB and the Management API, and the delivery queue ->
 the delivery Lambda for large audiences. What runs inside each simulated Lambda
-invocation is the real `FanOut.process_events` / `FanOut.process_chunks` with the
+invocation is the real `EventFanOut.process_events` / `EventFanOut.process_chunks` with the
 real `DynamoStore` (its sequencing transaction, its audience Query, its retries):
 only the ports are simulated -
 
@@ -61,9 +61,9 @@ from bench.cost import PRICES  # noqa: E402
 from local.fakes import CountingMetrics  # noqa: E402
 from quanttrade_ws import topology  # noqa: E402
 from quanttrade_ws.config import Settings  # noqa: E402
-from quanttrade_ws.fanout import FanOut  # noqa: E402
-from quanttrade_ws.gateway import DeliveryReport, Post  # noqa: E402
-from quanttrade_ws.management_api import full_jitter_backoff  # noqa: E402
+from quanttrade_ws.connection_gateway import DeliveryReport, Post  # noqa: E402
+from quanttrade_ws.fanout import EventFanOut  # noqa: E402
+from quanttrade_ws.management_api.retry import full_jitter_backoff  # noqa: E402
 from quanttrade_ws.queues import OutgoingMessage  # noqa: E402
 from quanttrade_ws.store import Backoff, DynamoStore  # noqa: E402
 
@@ -572,7 +572,7 @@ class SimGateway:
         self.throttle_deadline: float | None = None
         self.tally = deliveries.tally
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
         report = DeliveryReport()
         if not posts:
             return report
@@ -671,7 +671,7 @@ class LambdaFunction:
         self.memory_gb = memory_gb
         self.idle = 0
         self.running = 0
-        self.fanout: FanOut | None = None
+        self.fanout: EventFanOut | None = None
 
     def invoke(self, handler: Callable[[list[dict[str, Any]]], dict[str, Any]], records: list[dict[str, Any]]) -> dict:
         sim, profile = self.sim, self.profile
@@ -931,11 +931,11 @@ def run_scenario(scenario: Scenario, horizon: float = 3600.0) -> Outcome:
     def store_for() -> DynamoStore:
         return DynamoStore(settings, client=dynamodb, clock=lambda: EPOCH + sim.now, backoff=Backoff(sleep=sim.sleep))
 
-    def fanout_of(function: LambdaFunction) -> FanOut:
-        # One FanOut per function, as one warm module state: its audience cache is shared by the
+    def fanout_of(function: LambdaFunction) -> EventFanOut:
+        # One EventFanOut per function, as one warm module state: its audience cache is shared by the
         # function's environments here, which at most makes Query counts optimistic for hot streams.
         if function.fanout is None:
-            function.fanout = FanOut(
+            function.fanout = EventFanOut(
                 settings,
                 store_for(),
                 gateway,

@@ -63,7 +63,7 @@ def _timed(post_all: Callable[[Messages], tuple[int, int, int]], messages: Messa
 
 class HandWritten:
     def __init__(self, endpoint: str, concurrency: int) -> None:
-        from quanttrade_ws.management_api import ManagementApiGateway
+        from quanttrade_ws.management_api.client import ManagementApiGateway
 
         credentials = _credentials()
         self.gateway = ManagementApiGateway(
@@ -71,7 +71,7 @@ class HandWritten:
         )
 
     def post_all(self, messages: Messages) -> tuple[int, int, int]:
-        from quanttrade_ws.gateway import Post
+        from quanttrade_ws.connection_gateway import Post
 
         delivered = gone = failed = 0
         for start in range(0, len(messages), BATCH):
@@ -92,7 +92,7 @@ class AiohttpClient:
         import asyncio
         from urllib.parse import urlsplit
 
-        from quanttrade_ws.management_api import SigV4Signer
+        from quanttrade_ws.management_api.sigv4 import SigV4Signer
 
         parts = urlsplit(endpoint)
         default_port = 443 if parts.scheme == "https" else 80
@@ -116,7 +116,7 @@ class AiohttpClient:
     def _headers(self, quoted: str, data: bytes) -> dict[str, str]:
         import hashlib
 
-        from quanttrade_ws.management_api import canonical_uri
+        from quanttrade_ws.management_api.sigv4 import canonical_uri
 
         second = int(time.time())
         if second != self.clock[0]:  # the same once-a-second date the hand-written client keeps
@@ -139,7 +139,7 @@ class AiohttpClient:
 
         import yarl
 
-        from quanttrade_ws.management_api import quote_segment
+        from quanttrade_ws.management_api.sigv4 import quote_segment
 
         counts = [0, 0, 0]
         pending = iter(messages)

@@ -262,8 +262,8 @@ def _measure_gateway(
 ) -> dict[str, Any]:
     import ssl
 
-    from quanttrade_ws.gateway import Post
-    from quanttrade_ws.management_api import ManagementApiGateway
+    from quanttrade_ws.connection_gateway import Post
+    from quanttrade_ws.management_api.client import ManagementApiGateway
 
     gateway = ManagementApiGateway(
         endpoint,
@@ -342,7 +342,7 @@ def run(
     """Post `messages` through ManagementApiGateway and (fewer, by default) through boto3; return the figures."""
     from botocore.credentials import ReadOnlyCredentials
 
-    from quanttrade_ws.management_api import BotocoreCredentials
+    from quanttrade_ws.management_api.sigv4 import BotocoreCredentials
 
     if aws_credentials:
         credentials: Any = BotocoreCredentials()

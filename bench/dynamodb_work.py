@@ -1,7 +1,7 @@
 """DynamoDB work per event: calls and items read, with many connections that do not subscribe.
 
 Fan-out must cost in proportion to an event's audience, never to the number of
-connections in the system. This runs the real FanOut against moto's DynamoDB
+connections in the system. This runs the real EventFanOut against moto's DynamoDB
 (tables from the topology), once with only the 10 subscribers and once with
 10,000 more connections subscribed to other symbols, and counts every DynamoDB
 call and every item read per event through botocore's event hooks.
@@ -43,7 +43,7 @@ def _measure(bystanders: int) -> dict[str, float]:
     from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
     from quanttrade_ws.auth import Identity
     from quanttrade_ws.config import Settings
-    from quanttrade_ws.fanout import FanOut
+    from quanttrade_ws.fanout import EventFanOut
     from quanttrade_ws.models import Connection, Subscription
     from quanttrade_ws.store import DynamoStore
     from tests.provision import provision
@@ -81,7 +81,7 @@ def _measure(bystanders: int) -> dict[str, float]:
 
         client.meta.events.register("before-call.dynamodb.*", count_call)
         client.meta.events.register("after-call.dynamodb.*", count_items)
-        fanout = FanOut(settings, store, gateway, InMemorySender(), lambda _cid: None, CountingMetrics())
+        fanout = EventFanOut(settings, store, gateway, InMemorySender(), lambda _cid: None, CountingMetrics())
         for index in range(EVENTS):
             fanout.process_events([_record("AAPL", index)])
         delivered = sum(len(gateway.sent[f"c{i:06d}"]) for i in range(SUBSCRIBERS))

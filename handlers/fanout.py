@@ -11,4 +11,4 @@ from quanttrade_ws.runtime import runtime
 @publish_metrics
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return runtime().fanout.process_events(event.get("Records", []))
+    return runtime().fanout.process_events(event.get("Records", []), context.get_remaining_time_in_millis())

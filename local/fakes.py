@@ -11,7 +11,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
-from quanttrade_ws.gateway import DeliveryReport, GatewayError, Post
+from quanttrade_ws.connection_gateway import DeliveryReport, GatewayError, Post
 from quanttrade_ws.queues import OutgoingMessage
 
 
@@ -23,6 +23,7 @@ class InMemoryGateway:
         self.gone: set[str] = set()
         self.failing: set[str] = set()
         self.closed: list[str] = []
+        self.deadlines: list[float | None] = []
         self._lock = threading.Lock()
 
     def connect(self, *connection_ids: str) -> None:
@@ -31,7 +32,9 @@ class InMemoryGateway:
                 self.sent.setdefault(connection_id, [])
                 self.gone.discard(connection_id)
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
+        # Posting here is instant and never throttled: the deadline is only recorded, for tests to check.
+        self.deadlines.append(deadline)
         report = DeliveryReport()
         for post in posts:
             try:

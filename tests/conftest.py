@@ -15,7 +15,7 @@ from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
 from local.tokens import mint_token
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
-from quanttrade_ws.fanout import FanOut
+from quanttrade_ws.fanout import EventFanOut
 from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
 from quanttrade_ws.store import Backoff, DynamoStore
@@ -74,7 +74,7 @@ class Wired:
             metrics=self.metrics,
             member_aliases=MemberAliases(SECRET),
         )
-        self.fanout = FanOut(
+        self.fanout = EventFanOut(
             settings,
             self.store,
             self.gateway,

@@ -18,6 +18,10 @@ class LambdaContext:
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:quanttrade-test"
     aws_request_id: str = "req-1"
+    remaining_ms: int = 30_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 def request_context(connection_id: str, route_key: str, event_type: str, **extra: Any) -> dict[str, Any]:

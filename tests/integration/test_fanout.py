@@ -1,6 +1,6 @@
 """Fan-out on moto's DynamoDB: upstream events reach exactly the right clients, once, in order, fast.
 
-Everything below runs the real FanOut and RealtimeService against the real tables;
+Everything below runs the real EventFanOut and RealtimeService against the real tables;
 only the Management API (InMemoryGateway) and SQS sends (InMemorySender) are fakes.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS
-from quanttrade_ws.fanout import CHUNK_SHARDS
+from quanttrade_ws.delivery_chunks import CHUNK_SHARDS
 from tests.conftest import Wired
 from tests.dynamo_calls import DynamoCalls
 from tests.integration import events_builder as eb

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from local.fakes import InMemoryGateway
-from quanttrade_ws.gateway import DeliveryReport, Post
+from quanttrade_ws.connection_gateway import DeliveryReport, Post
 from tests.conftest import Wired
 from tests.integration import events_builder as eb
 from tests.integration.test_fanout import AAPL, ALL_MARKET_DATA, data, seqs, subscribe
@@ -53,7 +53,7 @@ class ScriptedGateway(InMemoryGateway):
         super().__init__()
         self.fail = fail
 
-    def post_many(self, posts: Any) -> DeliveryReport:
+    def post_many(self, posts: Any, deadline: float | None = None) -> DeliveryReport:
         report = DeliveryReport()
         for post in posts:
             if post.connection_id in self.fail:
@@ -396,7 +396,7 @@ def test_every_post_lands_in_exactly_one_list_of_the_report(wired: Wired):
     gateway.failing.add("failing")
     # WHEN posting to all three
     report = gateway.post_many([Post(c, b"{}") for c in ("live", "gone", "failing")])
-    # THEN each post is in one list (the contract FanOut's accounting relies on)
+    # THEN each post is in one list (the contract EventFanOut's accounting relies on)
     assert [p.connection_id for p in report.delivered] == ["live"]
     assert [p.connection_id for p in report.gone] == ["gone"]
     assert [p.connection_id for p in report.failed] == ["failing"]

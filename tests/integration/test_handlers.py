@@ -11,15 +11,19 @@ import pytest
 
 import handlers.admin
 import handlers.connect
+import handlers.delivery
 import handlers.disconnect
+import handlers.fanout
 import handlers.message
 import handlers.sweeper
 from local.fakes import InMemoryGateway
 from quanttrade_ws import topology
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
 from quanttrade_ws.config import Settings
+from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
+from tests.integration import events_builder as eb
 from tests.lambda_events import DOMAIN, LambdaContext, request_context
 from tests.provision import provision
 
@@ -29,7 +33,8 @@ def rt(settings: Settings, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
     """The handlers' runtime on moto, with the gateway replaced by the in-memory fake."""
     settings, _ = provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
     runtime = Runtime(settings, dynamodb=aws["dynamodb"], gateway=InMemoryGateway())
-    for module in (handlers.connect, handlers.disconnect, handlers.message, handlers.sweeper, handlers.admin):
+    modules = (handlers.connect, handlers.disconnect, handlers.message, handlers.sweeper, handlers.admin)
+    for module in (*modules, handlers.fanout, handlers.delivery):
         monkeypatch.setattr(module, "runtime", lambda: runtime)
     return runtime
 
@@ -138,6 +143,33 @@ def send(rt: Runtime, connection_id: str, body: Any, **kwargs: Any) -> dict[str,
     result = handlers.message.handler(message_event(connection_id, body, **kwargs), LambdaContext())
     assert result == {"statusCode": 200}
     return rt.gateway.messages(connection_id)[-1]
+
+
+# ---------------------------------------------------------------- fan-out and delivery
+
+
+def test_the_fanout_and_delivery_handlers_post_within_the_invocations_remaining_time(rt: Runtime) -> None:
+    # GIVEN a subscriber of AAPL, and a gateway that records the deadline it is given
+    open_connection(rt, "c1")
+    send(rt, "c1", {"action": "subscribe", "streams": [{"stream_type": "market_data", "symbol": "AAPL"}]})
+    gateway = rt.gateway
+    assert isinstance(gateway, InMemoryGateway)
+    chunk = json.dumps({"data": '{"n":1}', "connections": ["c1"], "stream": "market_data:AAPL", "seq": 1})
+    # WHEN a tick reaches the fan-out handler and a chunk the delivery handler, with 20 s of the invocation left
+    before = time.monotonic()
+    context = LambdaContext(remaining_ms=20_000)
+    fanned = handlers.fanout.handler({"Records": eb.records(eb.market_data("AAPL"))}, context)
+    delivered = handlers.delivery.handler({"Records": [eb.sqs_record(chunk, group="market_data:AAPL#1")]}, context)
+    after = time.monotonic()
+    # THEN both were delivered, each post_many told to be done 20 s after its invocation began, less the reserve
+    assert fanned == delivered == {"batchItemFailures": []}
+    tick, chunk_message = gateway.messages("c1")[-2:]
+    assert (tick["stream"], chunk_message) == ("market_data:AAPL", {"n": 1})
+    assert len(gateway.deadlines) == 2
+    for deadline in gateway.deadlines:
+        assert deadline is not None
+        began = deadline - (20.0 - DEADLINE_RESERVE_SECONDS)
+        assert before <= began <= after
 
 
 # ---------------------------------------------------------------- $connect

@@ -15,8 +15,8 @@ import pytest
 from botocore.credentials import ReadOnlyCredentials
 
 from local.fakes import InMemoryGateway
-from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
-from quanttrade_ws.management_api import ManagementApiGateway
+from quanttrade_ws.connection_gateway import ConnectionGateway, GatewayError, Post
+from quanttrade_ws.management_api.client import ManagementApiGateway
 from tests.unit.test_management_api import ScriptedServer
 
 CREDENTIALS = ReadOnlyCredentials("AKIDEXAMPLE", "secret", "token")

@@ -20,7 +20,7 @@ import pytest
 import handlers.sweeper
 from quanttrade_ws import topology
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.gateway import GatewayError
+from quanttrade_ws.connection_gateway import GatewayError
 from quanttrade_ws.runtime import Runtime
 from quanttrade_ws.store import ROOM_META
 from tests.conftest import Clock, Wired

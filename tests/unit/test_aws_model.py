@@ -23,7 +23,7 @@ from bench.aws_model import (
     run_scenario,
 )
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import Post
+from quanttrade_ws.connection_gateway import Post
 
 SETTINGS = dict(jwt_secret="x" * 40, session_secret="y" * 40)
 
@@ -130,7 +130,7 @@ def test_the_real_fan_out_delivers_every_event_to_every_subscriber() -> None:
     # GIVEN 1,500 subscribers of one stream (over the chunk size: the delivery queue is used too)
     scenario = Scenario(audience=1500, rate=2.0, symbols=1, events=3, profile="local")
 
-    # WHEN the model runs the FanOut on three events
+    # WHEN the model runs the EventFanOut on three events
     outcome = run_scenario(scenario, horizon=120)
 
     # THEN each event reached all 1,500, once, in sequence order of its stream

@@ -1,4 +1,4 @@
-"""FanOut's parts with in-memory fakes: the audience cache, audiences, intervals, FIFO group
+"""EventFanOut's parts with in-memory fakes: the audience cache, audiences, intervals, FIFO group
 blocking, poison events, framing and retries. No DynamoDB here: the fake store counts calls."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
+from quanttrade_protocol.data import DATA_PAYLOADS, MarketDataPayload, data_payload
+from quanttrade_protocol.enums import MessageType
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.fanout import FanOut, TtlCache
+from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS, EventFanOut, TtlCache
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.upstream import parse_upstream_event
 from tests.integration import events_builder as eb
@@ -75,7 +77,7 @@ def removed() -> list[str]:
     return []
 
 
-def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides: Any) -> FanOut:
+def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides: Any) -> EventFanOut:
     settings = Settings(
         jwt_secret="s",
         session_secret="ss",
@@ -84,7 +86,7 @@ def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides:
         **overrides,
     )
     gateway = InMemoryGateway()
-    return FanOut(
+    return EventFanOut(
         settings,
         store,  # type: ignore[arg-type]
         gateway,
@@ -97,16 +99,16 @@ def make_fanout(store: FakeStore, clock: Clock, removed: list[str], **overrides:
 
 
 @pytest.fixture
-def fanout(store: FakeStore, clock: Clock, removed: list[str]) -> FanOut:
+def fanout(store: FakeStore, clock: Clock, removed: list[str]) -> EventFanOut:
     return make_fanout(store, clock, removed)
 
 
-def gateway(fanout: FanOut) -> InMemoryGateway:
+def gateway(fanout: EventFanOut) -> InMemoryGateway:
     assert isinstance(fanout.gateway, InMemoryGateway)
     return fanout.gateway
 
 
-def sender(fanout: FanOut) -> InMemorySender:
+def sender(fanout: EventFanOut) -> InMemorySender:
     assert isinstance(fanout.sender, InMemorySender)
     return fanout.sender
 
@@ -199,7 +201,7 @@ def test_counting_metrics_totals_and_millisecond_samples():
 # ---------------------------------------------------------------- audience
 
 
-def test_audience_is_symbol_then_type_then_room_each_connection_once(fanout: FanOut, store: FakeStore):
+def test_audience_is_symbol_then_type_then_room_each_connection_once(fanout: EventFanOut, store: FakeStore):
     # GIVEN overlapping audiences
     store.subscribe("market_data:AAPL", "a")
     store.subscribe("market_data:AAPL", "b")
@@ -212,7 +214,7 @@ def test_audience_is_symbol_then_type_then_room_each_connection_once(fanout: Fan
     assert audience == ["a", "b", "c", "d"]
 
 
-def test_audience_of_a_symbol_less_event_reads_only_the_type_key(fanout: FanOut, store: FakeStore):
+def test_audience_of_a_symbol_less_event_reads_only_the_type_key(fanout: EventFanOut, store: FakeStore):
     # GIVEN an alert with no symbol  WHEN its audience is built
     store.subscribe("alerts:*", "a")
     store.subscribe("alerts:AAPL", "b")
@@ -222,14 +224,14 @@ def test_audience_of_a_symbol_less_event_reads_only_the_type_key(fanout: FanOut,
     assert set(store.lookups) == {"alerts:*", "room:alerts"}
 
 
-def test_audience_of_an_event_without_a_data_room_reads_no_room(fanout: FanOut, store: FakeStore):
+def test_audience_of_an_event_without_a_data_room_reads_no_room(fanout: EventFanOut, store: FakeStore):
     # GIVEN a system status event  WHEN its audience is built  THEN no room is Queried
     store.subscribe("system_status:*", "ops")
     assert fanout.audience(event(eb.system_status())) == ["ops"]
     assert set(store.lookups) == {"system_status:*"}
 
 
-def test_filters_are_per_subscription(fanout: FanOut, store: FakeStore):
+def test_filters_are_per_subscription(fanout: EventFanOut, store: FakeStore):
     # GIVEN a picky subscriber and a relaxed one
     store.subscribe("market_data:AAPL", "picky", min_volume="5000")
     store.subscribe("market_data:AAPL", "relaxed")
@@ -237,7 +239,7 @@ def test_filters_are_per_subscription(fanout: FanOut, store: FakeStore):
     assert fanout.audience(event(eb.market_data(volume=10))) == ["relaxed"]
 
 
-def test_interval_is_kept_per_connection_and_subscription(fanout: FanOut, store: FakeStore, clock: Clock):
+def test_interval_is_kept_per_connection_and_subscription(fanout: EventFanOut, store: FakeStore, clock: Clock):
     # GIVEN two connections with a 2 s interval on AAPL
     store.subscribe("market_data:AAPL", "a", interval=2)
     store.subscribe("market_data:AAPL", "b", interval=2)
@@ -250,7 +252,7 @@ def test_interval_is_kept_per_connection_and_subscription(fanout: FanOut, store:
     assert got == [["a", "b"], [], ["a", "b"], []]
 
 
-def test_a_filtered_out_event_does_not_use_up_the_interval(fanout: FanOut, store: FakeStore, clock: Clock):
+def test_a_filtered_out_event_does_not_use_up_the_interval(fanout: EventFanOut, store: FakeStore, clock: Clock):
     # GIVEN a subscriber wanting big ticks at most every 5 s
     store.subscribe("market_data:AAPL", "a", interval=5, min_volume="1000")
     # WHEN a small tick comes, then a big one a second later
@@ -264,7 +266,7 @@ def test_a_filtered_out_event_does_not_use_up_the_interval(fanout: FanOut, store
 # ---------------------------------------------------------------- batches and FIFO groups
 
 
-def test_a_failed_record_blocks_only_later_records_of_its_group(fanout: FanOut, store: FakeStore):
+def test_a_failed_record_blocks_only_later_records_of_its_group(fanout: EventFanOut, store: FakeStore):
     # GIVEN subscribers of everything and a batch of two groups, the second market-data event unsequenceable
     store.subscribe("market_data:*", "md")
     store.subscribe("predictions:*", "pr")
@@ -284,7 +286,9 @@ def test_a_failed_record_blocks_only_later_records_of_its_group(fanout: FanOut, 
     assert store.heads["market_data:AAPL"] == 1
 
 
-def test_an_invalid_record_after_a_failure_in_its_group_is_retried_not_dead_lettered(fanout: FanOut, store: FakeStore):
+def test_an_invalid_record_after_a_failure_in_its_group_is_retried_not_dead_lettered(
+    fanout: EventFanOut, store: FakeStore
+):
     # GIVEN a failing market-data event followed by an invalid one in the same group
     broken = eb.market_data()
     store.broken_events.add(broken["id"])
@@ -294,7 +298,7 @@ def test_an_invalid_record_after_a_failure_in_its_group_is_retried_not_dead_lett
     assert sender(fanout).sent == {}
 
 
-def test_a_deeply_nested_body_goes_to_the_dlq_and_does_not_crash_the_batch(fanout: FanOut, store: FakeStore):
+def test_a_deeply_nested_body_goes_to_the_dlq_and_does_not_crash_the_batch(fanout: EventFanOut, store: FakeStore):
     # GIVEN a poison body nested deeper than the JSON parser recurses, beside a valid tick
     store.subscribe("market_data:AAPL", "a")
     gateway(fanout).connect("a")
@@ -308,7 +312,7 @@ def test_a_deeply_nested_body_goes_to_the_dlq_and_does_not_crash_the_batch(fanou
     assert len(sender(fanout).sent["events-dlq.fifo"]) == 1
 
 
-def test_an_event_that_cannot_be_rendered_goes_to_the_dlq_not_round_the_queue(fanout: FanOut, store: FakeStore):
+def test_an_event_that_cannot_be_rendered_goes_to_the_dlq_not_round_the_queue(fanout: EventFanOut, store: FakeStore):
     # GIVEN a market data event whose extra detail nests too deep to serialise, beside a valid tick
     store.subscribe("market_data:AAPL", "a")
     gateway(fanout).connect("a")
@@ -352,7 +356,7 @@ def test_many_messages_for_one_connection_are_split_into_frames_under_the_limit(
     assert [m["seq"] for m in gateway(small).messages("a")] == list(range(1, 11))
 
 
-def test_a_failed_post_fails_its_record_and_the_later_records_of_its_group(fanout: FanOut, store: FakeStore):
+def test_a_failed_post_fails_its_record_and_the_later_records_of_its_group(fanout: EventFanOut, store: FakeStore):
     # GIVEN a failing subscriber of AAPL and a healthy subscriber of every symbol
     store.subscribe("market_data:AAPL", "x")
     store.subscribe("market_data:*", "ok")
@@ -368,7 +372,7 @@ def test_a_failed_post_fails_its_record_and_the_later_records_of_its_group(fanou
     assert [m["seq"] for m in gateway(fanout).messages("ok")] == [1, 1]
 
 
-def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout: FanOut, store: FakeStore):
+def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout: EventFanOut, store: FakeStore):
     # GIVEN a failing subscriber, and a record on its fifth receive (the next failure would dead-letter it)
     store.subscribe("market_data:AAPL", "x")
     gateway(fanout).connect("x")
@@ -382,7 +386,7 @@ def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout:
     assert fanout.metrics.totals["UndeliverableClosed"] == 1  # type: ignore[attr-defined]
 
 
-def test_a_batch_whose_every_chunk_failed_answers_with_all_of_them(fanout: FanOut):
+def test_a_batch_whose_every_chunk_failed_answers_with_all_of_them(fanout: EventFanOut):
     # GIVEN two chunks of different groups, both for a failing connection
     gateway(fanout).connect("x")
     gateway(fanout).failing.add("x")
@@ -396,7 +400,7 @@ def test_a_batch_whose_every_chunk_failed_answers_with_all_of_them(fanout: FanOu
     assert eb.failures(response) == [records[0]["messageId"], records[1]["messageId"]]
 
 
-def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
+def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: EventFanOut):
     # GIVEN two retry chunks for one connection that is failing, and one for a healthy connection
     gateway(fanout).connect("x", "ok")
     gateway(fanout).failing.add("x")
@@ -413,15 +417,15 @@ def test_a_failed_chunk_blocks_later_chunks_of_its_group(fanout: FanOut):
     assert fanout.metrics.totals["DeliveryFailed"] == 1  # type: ignore[attr-defined]
 
 
-def test_chunks_of_every_group_go_out_in_one_call_each_connection_in_order(fanout: FanOut):
+def test_chunks_of_every_group_go_out_in_one_call_each_connection_in_order(fanout: EventFanOut):
     # GIVEN a batch with chunks of three groups, the third group holding two chunks
     gateway(fanout).connect("a", "b", "c")
     calls: list[list[str]] = []
     post_many = gateway(fanout).post_many
 
-    def counting(posts):  # type: ignore[no-untyped-def]
+    def counting(posts, deadline=None):  # type: ignore[no-untyped-def]
         calls.append([post.connection_id for post in posts])
-        return post_many(posts)
+        return post_many(posts, deadline)
 
     gateway(fanout).post_many = counting  # type: ignore[method-assign]
     records = [
@@ -438,7 +442,7 @@ def test_chunks_of_every_group_go_out_in_one_call_each_connection_in_order(fanou
     assert gateway(fanout).messages("c") == [{"n": 3}, {"n": 4}]
 
 
-def test_a_failed_post_fails_every_chunk_that_carried_it(fanout: FanOut):
+def test_a_failed_post_fails_every_chunk_that_carried_it(fanout: EventFanOut):
     # GIVEN the same message to the same failing connection in chunks of two groups, and a healthy chunk
     gateway(fanout).connect("x", "ok")
     gateway(fanout).failing.add("x")
@@ -454,7 +458,47 @@ def test_a_failed_post_fails_every_chunk_that_carried_it(fanout: FanOut):
     assert gateway(fanout).messages("ok") == [{"n": 2}]
 
 
-def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: FakeStore, removed: list[str]):
+def test_posts_are_given_the_invocations_deadline_less_the_reserve(fanout: EventFanOut, store: FakeStore, clock: Clock):
+    # GIVEN a subscriber, and an invocation with 12.5 s left when its batch arrives
+    store.subscribe("market_data:AAPL", "a")
+    gateway(fanout).connect("a")
+    # WHEN an event batch and then a chunk batch are processed, with and without the remaining time
+    fanout.process_events(eb.records(eb.market_data("AAPL")), time_left_ms=12_500)
+    chunk = eb.sqs_record(json.dumps({"data": '{"n":1}', "connections": ["a"]}), group="s#1")
+    fanout.process_chunks([chunk], time_left_ms=12_500)
+    fanout.process_events(eb.records(eb.market_data("AAPL")))
+    # THEN the gateway was told to be done by then, less what the invocation keeps for itself (on the
+    # monotonic clock, which stood still here); without the remaining time there is no deadline
+    expected = clock.now + 12.5 - DEADLINE_RESERVE_SECONDS
+    assert gateway(fanout).deadlines == [expected, expected, None]
+
+
+def test_a_data_message_carries_the_protocol_payload_with_extra_fields_then_the_event_id(
+    fanout: EventFanOut, store: FakeStore
+):
+    # GIVEN a subscriber, and a tick whose upstream service sent a field the protocol does not name
+    store.subscribe("market_data:AAPL", "c")
+    gateway(fanout).connect("c")
+    raw = eb.market_data("AAPL", event_id="evt-typed")
+    raw["detail"] = {**raw["detail"], "exchange": "XNAS", "ask": None}
+    # WHEN it is fanned out
+    fanout.process_events(eb.records(raw))
+    # THEN the payload is the protocol's MarketDataPayload (it validates as one) and reads, in order: the
+    # event's fields, the extra one as sent, then the event id; fields without a value are left out
+    [message] = gateway(fanout).messages("c")
+    payload = message["payload"]
+    assert isinstance(payload, dict)
+    assert list(payload) == ["symbol", "price", "volume", "timestamp", "bid", "exchange", "event_id"]
+    typed = DATA_PAYLOADS[MessageType.MARKET_DATA].model_validate(payload)
+    assert isinstance(typed, MarketDataPayload)
+    assert (typed.event_id, typed.model_extra) == ("evt-typed", {"exchange": "XNAS"})
+    # AND that is exactly the payload data_payload builds from the parsed event
+    event = parse_upstream_event(raw)
+    rendered = data_payload(MessageType.MARKET_DATA, event.detail, event.id).model_dump_json(exclude_none=True)
+    assert json.dumps(payload, separators=(",", ":")) == rendered
+
+
+def test_gone_connections_are_removed_once_per_batch(fanout: EventFanOut, store: FakeStore, removed: list[str]):
     # GIVEN a gone subscriber and a live one, both on every market data symbol
     store.subscribe("market_data:*", "gone")
     store.subscribe("market_data:*", "live")
@@ -467,7 +511,7 @@ def test_gone_connections_are_removed_once_per_batch(fanout: FanOut, store: Fake
     assert [m["stream"] for m in gateway(fanout).messages("live")] == ["market_data:AAPL", "market_data:MSFT"]
 
 
-def test_a_gone_connection_leaves_no_interval_state_behind(fanout: FanOut, store: FakeStore):
+def test_a_gone_connection_leaves_no_interval_state_behind(fanout: EventFanOut, store: FakeStore):
     # GIVEN a throttled subscription (interval) whose connection turns out to be gone
     store.subscribe("market_data:AAPL", "gone", interval=5)
     store.subscribe("market_data:AAPL", "live", interval=5)
@@ -482,7 +526,7 @@ def test_a_gone_connection_leaves_no_interval_state_behind(fanout: FanOut, store
 # ---------------------------------------------------------------- conflation and the coalescing window
 
 
-def _batch_messages(fanout: FanOut, connection_id: str) -> list[list[tuple[str, int]]]:
+def _batch_messages(fanout: EventFanOut, connection_id: str) -> list[list[tuple[str, int]]]:
     """(stream, seq) of each frame one connection was posted, a frame being one post."""
     frames = []
     for raw in gateway(fanout).sent[connection_id]:
@@ -492,7 +536,9 @@ def _batch_messages(fanout: FanOut, connection_id: str) -> list[list[tuple[str, 
     return frames
 
 
-def test_a_latest_only_subscriber_gets_the_newest_message_of_each_stream_in_its_post(fanout: FanOut, store: FakeStore):
+def test_a_latest_only_subscriber_gets_the_newest_message_of_each_stream_in_its_post(
+    fanout: EventFanOut, store: FakeStore
+):
     # GIVEN a price board subscribed latest-only to every symbol, and a chart subscribed to every tick
     store.subscriptions["market_data:*"] += [
         Subscription("market_data:*", "board", "u", latest_only=True),
@@ -541,9 +587,9 @@ def test_delivery_chunks_of_one_batch_go_to_each_connection_in_one_post_conflate
     assert fanout.metrics.totals["Delivered"] == 2  # type: ignore[attr-defined]
 
 
-def _lingering_fanout(store: FakeStore, clock: Clock, window_ms: int, slept: list[float]) -> FanOut:
+def _lingering_fanout(store: FakeStore, clock: Clock, window_ms: int, slept: list[float]) -> EventFanOut:
     settings = Settings(jwt_secret="s", session_secret="ss", coalesce_window_ms=window_ms)
-    return FanOut(
+    return EventFanOut(
         settings,
         store,  # type: ignore[arg-type]
         InMemoryGateway(),
@@ -565,9 +611,9 @@ def test_with_a_coalescing_window_a_batch_that_was_not_full_returns_a_window_aft
     fanout = _lingering_fanout(store, clock, 100, slept)
     real_post_many = fanout.gateway.post_many
 
-    def slow_post_many(posts: Any) -> Any:
+    def slow_post_many(posts: Any, deadline: float | None = None) -> Any:
         clock.now += 0.030
-        return real_post_many(posts)
+        return real_post_many(posts, deadline)
 
     fanout.gateway.post_many = slow_post_many  # type: ignore[method-assign]
     gateway(fanout).connect("c")

@@ -28,15 +28,14 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.credentials import ReadOnlyCredentials
 
-from quanttrade_ws import management_api, observability
-from quanttrade_ws.gateway import GatewayError, Post
-from quanttrade_ws.management_api import (
-    ManagementApiGateway,
-    SigV4Signer,
-    canonical_uri,
-    full_jitter_backoff,
-    quote_segment,
-)
+from quanttrade_ws import observability
+from quanttrade_ws.connection_gateway import GatewayError, Post
+from quanttrade_ws.management_api.call_batch import Call, CallBatch
+from quanttrade_ws.management_api.client import ManagementApiGateway
+from quanttrade_ws.management_api.connection_pool import ConnectionPool
+from quanttrade_ws.management_api.http_connection import HttpConnection
+from quanttrade_ws.management_api.retry import RetryPolicy, full_jitter_backoff
+from quanttrade_ws.management_api.sigv4 import SigV4Signer, canonical_uri, quote_segment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -423,6 +422,7 @@ def test_full_jitter_backoff_is_bounded_by_the_exponential_and_the_cap() -> None
     assert full_jitter_backoff(10, 0.025, 1.0, lambda: 1.0) == pytest.approx(1.0)
     assert full_jitter_backoff(4, 0.025, 1.0, lambda: 0.0) == 0.0
     assert full_jitter_backoff(2, 0.025, 1.0, lambda: 0.5) == pytest.approx(0.025)
+    assert full_jitter_backoff(5_000, 0.025, 1.0, lambda: 1.0) == pytest.approx(1.0)  # no overflow, however many
 
 
 def test_throttling_is_retried_with_backoff_and_counted(
@@ -458,6 +458,153 @@ def test_throttling_that_never_stops_fails_after_max_attempts(
     assert report.failed == [Post("t", b"1")] and not report.delivered and not report.gone
     assert server.requests_for("t") == 3
     assert report.throttle_retries == 2  # the third answer was not retried
+
+
+class SteppingClock:
+    """A monotonic clock that moves only when told: deadlines decided without waiting for them."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingPolicy(RetryPolicy):
+    """The gateway's retry policy, recording each decision: (now, wait or None for giving up, deadline)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        super().__init__(policy.max_attempts, policy.backoff_base, policy.backoff_cap, policy.rng)
+        self.decisions: list[tuple[float, float | None, float | None]] = []
+
+    def delay(self, attempts: int, throttles: int, throttled: bool, now: float, deadline: float | None) -> float | None:
+        wait = super().delay(attempts, throttles, throttled, now, deadline)
+        self.decisions.append((now, wait, deadline))
+        return wait
+
+
+def test_throttling_is_retried_past_max_attempts_until_delivered_within_the_deadline(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a connection whose first five posts are throttled, and a gateway allowed two attempts
+    server.connect("t")
+    server.script("t", *[429] * 5)
+    clock = SteppingClock()
+    gateway = make_gateway(server.endpoint, max_attempts=2, clock=clock)
+    # WHEN a message is posted with a deadline a minute away
+    report = gateway.post_many([Post("t", b"1")], deadline=clock.now + 60)
+    # THEN throttling did not spend the attempts: it is delivered on the sixth try, five retries counted
+    assert report.delivered == [Post("t", b"1")] and not report.failed
+    assert report.throttle_retries == 5
+    assert server.requests_for("t") == 6
+    assert server.received["t"] == [b"1"]
+
+
+def test_throttling_until_the_deadline_fails_the_post_and_no_wait_passes_the_deadline(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a connection that is throttled on every post, a healthy one, and a clock that moves a quarter
+    # of a second per backoff draw (so the deadline arrives after a known number of retries)
+    server.connect("t", "ok")
+    server.script("t", *[429] * 100)
+    clock = SteppingClock()
+
+    def rng() -> float:
+        clock.now += 0.25
+        return 1.0
+
+    gateway = make_gateway(server.endpoint, max_attempts=2, rng=rng, clock=clock, backoff_cap=0.004)
+    policy = RecordingPolicy(gateway.retry)
+    gateway.retry = policy
+    deadline = clock.now + 2.0
+    # WHEN both are posted with a deadline two (clock) seconds away
+    report = gateway.post_many([Post("t", b"1"), Post("ok", b"2")], deadline=deadline)
+    # THEN the throttled post is reported failed (its record is redelivered) and the other delivered
+    assert report.failed == [Post("t", b"1")]
+    assert report.delivered == [Post("ok", b"2")]
+    # AND it was retried well past max_attempts, until no wait could end before the deadline
+    waits = [wait for _, wait, _ in policy.decisions if wait is not None]
+    assert len(waits) == report.throttle_retries == 8
+    assert server.requests_for("t") == 9
+    # AND no wait was scheduled to end at or past the deadline; the one that would have is where it gave up
+    assert all(now + wait < deadline for now, wait, _ in policy.decisions if wait is not None)
+    assert policy.decisions[-1][1] is None and policy.decisions[-1][0] + 0.004 >= deadline
+
+
+def test_other_failures_keep_their_attempt_limit_under_a_deadline(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a connection that answers 503 every time, and a deadline far away
+    server.connect("s")
+    server.script("s", *[503] * 10)
+    gateway = make_gateway(server.endpoint, max_attempts=3)
+    # WHEN a message is posted
+    report = gateway.post_many([Post("s", b"1")], deadline=time.monotonic() + 60)
+    # THEN it fails after max_attempts tries, as without a deadline
+    assert report.failed == [Post("s", b"1")]
+    assert server.requests_for("s") == 3
+
+
+def test_gone_under_a_deadline_is_gone_at_once(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a connection id the server does not know (410)
+    gateway = make_gateway(server.endpoint)
+    # WHEN posted with a deadline
+    report = gateway.post_many([Post("never-connected", b"1")], deadline=time.monotonic() + 60)
+    # THEN it is gone after one call, not retried
+    assert report.gone == [Post("never-connected", b"1")]
+    assert server.requests_for("never-connected") == 1
+
+
+def test_a_deadline_already_passed_fails_every_post_without_a_call(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a connected client and a deadline that has already passed
+    server.connect("a")
+    clock = SteppingClock()
+    gateway = make_gateway(server.endpoint, clock=clock)
+    # WHEN posting
+    report = gateway.post_many([Post("a", b"1"), Post("a", b"2")], deadline=clock.now)
+    # THEN nothing is sent and both are failed, for redelivery
+    assert report.failed == [Post("a", b"1"), Post("a", b"2")]
+    assert server.requests == []
+
+
+def test_unanswered_requests_are_failed_at_the_deadline(
+    server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway]
+) -> None:
+    # GIVEN a server that answers a post only after 30 s, and a deadline half a second away
+    server.connect("slow")
+    server.script("slow", ("delay", 30.0))
+    gateway = make_gateway(server.endpoint, timeout=60.0)
+    # WHEN posting
+    report = gateway.post_many([Post("slow", b"1")], deadline=time.monotonic() + 0.5)
+    # THEN the post is failed at the deadline rather than waited for (the request timeout is a minute)
+    assert report.failed == [Post("slow", b"1")]
+    assert server.requests_for("slow") == 1
+
+
+def test_the_retry_policy_never_waits_past_the_deadline() -> None:
+    # GIVEN the default backoff with the largest draws, and a deadline 3 s ahead
+    policy = RetryPolicy(max_attempts=6, backoff_base=0.025, backoff_cap=1.0, rng=lambda: 1.0)
+    deadline = 103.0
+    # WHEN asked at every point of the way, for throttled tries far beyond max_attempts
+    for attempts in range(1, 40):
+        for step in range(0, 61):
+            now = 100.0 + step * 0.05
+            wait = policy.delay(attempts, attempts, True, now, deadline)
+            # THEN every wait ends before the deadline, and one is given whenever the capped backoff fits
+            if wait is not None:
+                assert now + wait < deadline
+            expected = min(1.0, 0.025 * 2 ** (attempts - 1))
+            assert (wait is None) == (now + expected >= deadline)
+    # AND without a deadline, throttled or not, max_attempts is the limit
+    assert policy.delay(5, 5, True, 0.0, None) is not None
+    assert policy.delay(6, 6, True, 0.0, None) is None
+    # AND under a deadline, failures other than throttling still count to max_attempts
+    assert policy.delay(9, 3, False, 0.0, 1e9) is None
+    assert policy.delay(9, 4, False, 0.0, 1e9) is not None
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -645,13 +792,13 @@ class _RecordingBatch:
         self.responses: list[tuple[int, bytes, bytes, bool]] = []
         self.errors: list[str] = []
 
-    def on_response(self, conn: Any, job: Any, status: int, body: bytes, error_type: bytes, reusable: bool) -> None:
+    def on_response(self, conn: Any, call: Any, status: int, body: bytes, error_type: bytes, reusable: bool) -> None:
         self.responses.append((status, body, error_type, reusable))
 
-    def on_connection_lost(self, conn: Any, job: Any, reason: str) -> None:
+    def on_connection_lost(self, conn: Any, call: Any, reason: str) -> None:
         self.errors.append(reason)
 
-    def on_transport_error(self, job: Any, reason: str) -> None:
+    def on_transport_error(self, call: Any, reason: str) -> None:
         self.errors.append(reason)
 
     def pump(self) -> None:
@@ -660,13 +807,13 @@ class _RecordingBatch:
 
 def _feed(pieces: list[bytes], then_eof: bool = False) -> tuple[_RecordingBatch, _FakeTransport]:
     """Drive one connection's parser with a response arriving in the given pieces."""
-    pool = management_api._Pool("127.0.0.1", 1, None, 1, 30.0, 1.0)
+    pool = ConnectionPool("127.0.0.1", 1, None, 1, 30.0, 1.0)
     pool.live = 1
-    conn = management_api._Connection(pool)
+    conn = HttpConnection(pool)
     transport = _FakeTransport()
     conn.connection_made(transport)
     batch = _RecordingBatch()
-    conn.send(batch, management_api._Job("POST", "c", b""))  # type: ignore[arg-type]
+    conn.send(batch, Call("POST", "c", b""))  # type: ignore[arg-type]
     for piece in pieces:
         conn.data_received(piece)
     if then_eof:
@@ -731,9 +878,9 @@ def test_garbage_is_a_transport_error_and_the_connection_is_dropped(garbage: byt
 
 
 def test_bytes_nobody_asked_for_retire_an_idle_connection() -> None:
-    pool = management_api._Pool("127.0.0.1", 1, None, 1, 30.0, 1.0)
+    pool = ConnectionPool("127.0.0.1", 1, None, 1, 30.0, 1.0)
     pool.live = 1
-    conn = management_api._Connection(pool)
+    conn = HttpConnection(pool)
     transport = _FakeTransport()
     conn.connection_made(transport)
     pool.put_idle(conn)
@@ -853,7 +1000,7 @@ def test_a_stalled_batch_is_abandoned_rather_than_hanging(
     server: ScriptedServer, make_gateway: Callable[..., ManagementApiGateway], monkeypatch: Any
 ) -> None:
     # GIVEN a request the server never answers, and (to stand in for a bug) no timeout enforcement
-    monkeypatch.setattr(management_api._Batch, "check_timeouts", lambda self: None)
+    monkeypatch.setattr(CallBatch, "check_timeouts", lambda self: None)
     server.connect("stuck", "fine")
     server.script("stuck", ("delay", 60))
     gateway = make_gateway(server.endpoint, timeout=0.2, backoff_cap=0.001)
@@ -1008,7 +1155,7 @@ def test_default_credentials_come_from_botocore(
 
 def test_importing_the_module_pulls_in_no_asyncio_ssl_or_botocore() -> None:
     probe = (
-        "import sys; import quanttrade_ws.management_api; "
+        "import sys; import quanttrade_ws.management_api.client; "
         "print(sorted(m for m in ('asyncio', 'ssl', 'botocore', 'urllib.parse', 'json') if m in sys.modules))"
     )
     completed = subprocess.run(

@@ -4,7 +4,7 @@ The protocol's names (ErrorCode, MessageType, StreamType) are quanttrade_protoco
 server validates and answers with, re-exported here.
 """
 
-from quanttrade_client.client import QuantTradeClient, ResumeReport, TokenProvider, backoff_delay, stream_key
+from quanttrade_client.client import QuantTradeClient, TokenProvider, backoff_delay
 from quanttrade_client.errors import (
     ERRORS_BY_CODE,
     AuthFailed,
@@ -25,6 +25,7 @@ from quanttrade_client.errors import (
     UnknownAction,
 )
 from quanttrade_client.messages import Message
+from quanttrade_client.session import ResumeReport, stream_key
 from quanttrade_protocol.enums import ErrorCode, MessageType, StreamType
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StringConstraints, model_serializer
 
 from quanttrade_protocol.enums import MessageType, Severity
 from quanttrade_protocol.frames import Symbol
@@ -76,31 +76,45 @@ EventId = Annotated[
 ]
 
 
-class MarketDataPayload(MarketDataFields):
+class DataPayload(DataFields):
+    """A data message's payload: an event's fields, any extra ones its upstream service sent, and its id."""
+
+    # No return annotation: the payload's JSON schema (docs/asyncapi.yaml) stays its fields'.
+    @model_serializer(mode="wrap")
+    def _event_id_last(self, serialize: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        # The id the server adds goes after everything the upstream service sent, extra fields
+        # included, as it always has on the wire (pydantic would put extra fields last).
+        fields = serialize(self)
+        if isinstance(fields, dict) and "event_id" in fields:
+            fields["event_id"] = fields.pop("event_id")
+        return fields
+
+
+class MarketDataPayload(MarketDataFields, DataPayload):
     event_id: EventId
 
 
-class PredictionPayload(PredictionFields):
+class PredictionPayload(PredictionFields, DataPayload):
     event_id: EventId
 
 
-class AlertPayload(AlertFields):
+class AlertPayload(AlertFields, DataPayload):
     event_id: EventId
 
 
-class PerformancePayload(PerformanceFields):
+class PerformancePayload(PerformanceFields, DataPayload):
     event_id: EventId
 
 
-class MarketRegimePayload(MarketRegimeFields):
+class MarketRegimePayload(MarketRegimeFields, DataPayload):
     event_id: EventId
 
 
-class SystemStatusPayload(SystemStatusFields):
+class SystemStatusPayload(SystemStatusFields, DataPayload):
     event_id: EventId
 
 
-DATA_PAYLOADS: dict[MessageType, type[DataFields]] = {
+DATA_PAYLOADS: dict[MessageType, type[DataPayload]] = {
     MessageType.MARKET_DATA: MarketDataPayload,
     MessageType.PREDICTION: PredictionPayload,
     MessageType.ALERT: AlertPayload,
@@ -108,3 +122,12 @@ DATA_PAYLOADS: dict[MessageType, type[DataFields]] = {
     MessageType.MARKET_REGIME: MarketRegimePayload,
     MessageType.SYSTEM_STATUS: SystemStatusPayload,
 }
+
+
+def data_payload(message_type: MessageType, fields: DataFields, event_id: str) -> DataPayload:
+    """The payload of the data message an upstream event becomes.
+
+    `fields` were validated by this message type's fields model on the way in (the
+    upstream detail models are built on them), so they are not validated again.
+    """
+    return DATA_PAYLOADS[message_type].model_construct(**dict(fields), event_id=event_id)

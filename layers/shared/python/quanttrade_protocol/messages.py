@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, WithJsonSchema
 
+from quanttrade_protocol.data import DataPayload
 from quanttrade_protocol.enums import ErrorCode, MessageType
 
 
@@ -38,11 +39,11 @@ class ServerMessage(BaseModel):
 
     message_id: str = Field(default_factory=new_message_id)
     message_type: MessageType
-    # A reply's or notice's payload is a Payload model. The fan-out serialises a data message's payload
-    # (quanttrade_protocol.data) once per event and sends the same text to every subscriber, and a batch
-    # holds already serialised messages: both arrive here as plain dictionaries.
+    # A reply's or notice's payload is a Payload model, a data message's a DataPayload (the fan-out serialises
+    # it once per event and sends the same text to every subscriber). A batch holds already serialised
+    # messages: its payload is a plain dictionary.
     payload: Annotated[
-        SerializeAsAny[Payload] | dict[str, Any],
+        SerializeAsAny[Payload] | SerializeAsAny[DataPayload] | dict[str, Any],
         WithJsonSchema({"type": "object", "description": "Its shape depends on `message_type`"}),
     ] = {}
     timestamp: str = Field(default_factory=utc_now_iso)

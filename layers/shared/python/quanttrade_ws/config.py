@@ -120,7 +120,7 @@ class Settings(BaseModel):
     subscriber_cache_seconds: float = Field(0.5, ge=0)
     max_post_attempts: int = Field(6, ge=1)
     # Coalescing window (0: off). The operator's trade of latency for API Gateway messages, not the client's:
-    # see fanout.FanOut._linger. Bounded so no setting can hold a function, or a client's data, for long.
+    # see fanout.EventFanOut._linger. Bounded so no setting can hold a function, or a client's data, for long.
     coalesce_window_ms: int = Field(0, ge=0, le=MAX_COALESCE_WINDOW_MS)
 
     limits: Limits = Limits()

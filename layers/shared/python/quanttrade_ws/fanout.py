@@ -27,27 +27,27 @@ from __future__ import annotations
 import functools
 import json
 import time
-import zlib
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from quanttrade_protocol.data import data_payload
 from quanttrade_ws import topology
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
+from quanttrade_ws.connection_gateway import ConnectionGateway, DeliveryReport, GatewayError, Post
+from quanttrade_ws.delivery_chunks import DeliveryChunk, MalformedChunk, chunk_messages
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
+from quanttrade_ws.record_batch import RecordBatch, conflate, group_of, receive_count
 from quanttrade_ws.store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
-# Large audiences are split by a stable hash of the connection id, so a
-# connection is always in the same delivery group of a stream and its messages
-# keep their order however the audience grows or shrinks.
-CHUNK_SHARDS = 64
+# Time an invocation keeps for itself after its posts: sending delivery chunks to SQS, flushing
+# metrics, returning the batch response. Posts still throttled this close to the end are failed
+# (their records come back) rather than retried into a Lambda timeout, which would fail the whole batch.
+DEADLINE_RESERVE_SECONDS = 2.0
 
 
 class Metrics(Protocol):
@@ -86,34 +86,9 @@ class TtlCache:
                     self._entries[key] = (expires, kept)
 
 
-@dataclass
-class _Batch:
-    records: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    blocked_groups: set[str] = field(default_factory=set)
-    # Per connection, in order: (conflation key: the stream for a latest-only subscriber, else None; message).
-    outbox: dict[str, list[tuple[str | None, str]]] = field(default_factory=lambda: defaultdict(list))
-    record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    event_times: dict[str, datetime] = field(default_factory=dict)
-    chunks: list[tuple[dict[str, Any], list[OutgoingMessage]]] = field(default_factory=list)
+class EventFanOut:
+    """Upstream events to their subscribers: the events queue's batches, and the delivery queue's chunks."""
 
-    def fail(self, record: dict[str, Any]) -> None:
-        """Fail a record and every later record of its FIFO group, so a retry keeps the order."""
-        self.failures.append(record["messageId"])
-        self.blocked_groups.add(_group(record))
-
-    def fail_from(self, message_ids: set[str]) -> None:
-        """After delivery: fail these records and every later record of their groups."""
-        blocked: set[str] = set()
-        for record in self.records:
-            group = _group(record)
-            if record["messageId"] in message_ids or group in blocked:
-                blocked.add(group)
-                if record["messageId"] not in self.failures:
-                    self.failures.append(record["messageId"])
-
-
-class FanOut:
     def __init__(
         self,
         settings: Settings,
@@ -140,16 +115,21 @@ class FanOut:
 
     # ------------------------------------------------------------ events queue
 
-    def process_events(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    def process_events(
+        self, records: list[dict[str, Any]], time_left_ms: int | None = None
+    ) -> dict[str, list[dict[str, str]]]:
         """Handle one SQS batch from the events queue; returns the partial batch response.
+
+        `time_left_ms` is the invocation's remaining time (the Lambda context's
+        `get_remaining_time_in_millis()`): throttled posts are retried until shortly before it.
 
         Not Powertools' batch processor, which settles one record at a time: here the batch's
         messages are packed across records (one post per connection for the whole batch), so a
         record's fate is known only after every post of the batch, and a record that fails
-        takes the later records of its FIFO group with it (`_Batch`).
+        takes the later records of its FIFO group with it (`record_batch.RecordBatch`).
         """
         started = self._monotonic()
-        batch = _Batch(records=records)
+        batch = RecordBatch(records=records, deadline=self._deadline(started, time_left_ms))
         parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
             try:
@@ -160,7 +140,7 @@ class FanOut:
         places = self._sequence_together([(event, record) for record, event in parsed if not isinstance(event, str)])
         invalid: list[tuple[dict[str, Any], str]] = []
         for record, event in parsed:
-            if _group(record) in batch.blocked_groups:
+            if group_of(record) in batch.blocked_groups:
                 # Even an invalid one: it is dead-lettered in its turn, after the records before it.
                 batch.failures.append(record["messageId"])
             elif isinstance(event, str):
@@ -178,7 +158,7 @@ class FanOut:
         for record, chunks in batch.chunks:
             self._send_chunks(chunks, record, batch)
         self._linger(started, len(records), topology.FANOUT.batch_size)
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+        return batch.response()
 
     def _sequence_together(self, events: list[tuple[UpstreamEvent, dict[str, Any]]]) -> dict[str, tuple[int, str]]:
         """(seq, message) by SQS message id, from one read and one write for the whole batch where the store
@@ -196,14 +176,15 @@ class FanOut:
         return {record["messageId"]: place for (_, record), place in zip(events, placed, strict=True)}
 
     def _route(
-        self, event: UpstreamEvent, record: dict[str, Any], batch: _Batch, place: tuple[int, str] | None
+        self, event: UpstreamEvent, record: dict[str, Any], batch: RecordBatch, place: tuple[int, str] | None
     ) -> None:
         detail = event.detail
         stream = detail.stream
         seq, message = place or self.store.sequence_event(stream, event.id, _renderer(event))[:2]
         audience = self._audience(event)
         if len(audience) > self.settings.chunk_size:
-            batch.chunks.append((record, self._chunks(stream, seq, message, audience, event.event_time)))
+            chunks = chunk_messages(stream, seq, message, audience, event.event_time, self.settings.chunk_size)
+            batch.chunks.append((record, chunks))
             return
         for connection_id, latest_only in audience.items():
             batch.outbox[connection_id].append((stream if latest_only else None, message))
@@ -251,31 +232,7 @@ class FanOut:
         self._last_sent[key] = now
         return True
 
-    def _chunks(
-        self, stream: str, seq: int, message: str, audience: dict[str, bool], event_time: datetime
-    ) -> list[OutgoingMessage]:
-        shards: dict[int, list[str]] = defaultdict(list)
-        for connection_id in audience:
-            shards[zlib.crc32(connection_id.encode()) % CHUNK_SHARDS].append(connection_id)
-        size = self.settings.chunk_size
-        chunks = []
-        for shard, members in sorted(shards.items()):
-            for start in range(0, len(members), size):
-                connections = members[start : start + size]
-                body: dict[str, Any] = {
-                    "data": message,
-                    "connections": connections,
-                    "stream": stream,
-                    "seq": seq,
-                    "event_time": event_time.isoformat(),
-                }
-                latest_only = [connection_id for connection_id in connections if audience[connection_id]]
-                if latest_only:
-                    body["latest_only"] = latest_only
-                chunks.append(OutgoingMessage(body=json.dumps(body), group_id=f"{stream}#{shard}"))
-        return chunks
-
-    def _send_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: _Batch) -> None:
+    def _send_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: RecordBatch) -> None:
         if record["messageId"] in batch.failures:
             return
         if self.sender.send(self.settings.delivery_queue_url, chunks):
@@ -283,7 +240,7 @@ class FanOut:
             return
         self.metrics.add_metric("DeliveryChunks", "Count", len(chunks))
 
-    def _dead_letter(self, invalid: list[tuple[dict[str, Any], str]], batch: _Batch) -> None:
+    def _dead_letter(self, invalid: list[tuple[dict[str, Any], str]], batch: RecordBatch) -> None:
         for record, reason in invalid:
             logger.warning(
                 "invalid upstream event sent to the DLQ", extra={"reason": reason, "sqs": record["messageId"]}
@@ -306,12 +263,19 @@ class FanOut:
         posts = []
         superseded = 0
         for connection_id, entries in outbox.items():
-            messages = _conflate(entries)
+            messages = conflate(entries)
             superseded += len(entries) - len(messages)
             posts += [Post(connection_id, frame) for frame in pack_batches(messages, max_bytes)]
         if superseded:
             self.metrics.add_metric("Conflated", "Count", superseded)
         return posts
+
+    @staticmethod
+    def _deadline(started: float, time_left_ms: int | None) -> float | None:
+        """When the gateway must be done with this invocation's posts, on the monotonic clock."""
+        if time_left_ms is None:
+            return None
+        return started + time_left_ms / 1000 - DEADLINE_RESERVE_SECONDS
 
     def _linger(self, started: float, records: int, batch_size: int) -> None:
         """The coalescing window: a batch that was not full returns no sooner than the window after it started."""
@@ -322,17 +286,17 @@ class FanOut:
         if remaining > 0:
             self._sleep(remaining)
 
-    def _deliver(self, batch: _Batch) -> None:
+    def _deliver(self, batch: RecordBatch) -> None:
         posts = self._posts(batch.outbox)
         if not posts:
             return
-        report = self.gateway.post_many(posts)
+        report = self.gateway.post_many(posts, batch.deadline)
         self._account(report, batch.event_times.get)
         if not report.failed:
             return
         undeliverable = {post.connection_id for post in report.failed}
         failed_records = {message_id for cid in undeliverable for message_id in batch.record_ids[cid]}
-        last_chance = {r["messageId"] for r in batch.records if _receive_count(r) >= _LAST_RECEIVE}
+        last_chance = {r["messageId"] for r in batch.records if receive_count(r) >= _LAST_RECEIVE}
         if failed_records & last_chance:
             # Redelivering would dead-letter an event for everyone: close the connections
             # we cannot reach instead; their clients resume and replay from history, which
@@ -354,44 +318,41 @@ class FanOut:
 
     # ------------------------------------------------------------ delivery queue
 
-    def process_chunks(self, records: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    def process_chunks(
+        self, records: list[dict[str, Any]], time_left_ms: int | None = None
+    ) -> dict[str, list[dict[str, str]]]:
         """Handle delivery chunks (the shards of large audiences): one post per connection for the whole batch.
+
+        `time_left_ms` as for `process_events`.
 
         Not Powertools' batch processor, for the reason `process_events` gives: the chunks' messages
         are packed across records, so a record's fate is known only after every post of the batch.
         """
         started = self._monotonic()
-        batch = _Batch(records=records)
+        batch = RecordBatch(records=records, deadline=self._deadline(started, time_left_ms))
         for record in records:
             try:
-                chunk = json.loads(record["body"])
-                message = chunk["data"]
-                stream = chunk.get("stream")
-                connections = [str(c) for c in chunk["connections"]]
-                latest_only = {str(c) for c in chunk.get("latest_only", ())}
-                event_time = datetime.fromisoformat(chunk["event_time"]) if chunk.get("event_time") else None
-                if not isinstance(message, str) or (stream is not None and not isinstance(stream, str)):
-                    raise TypeError("data and stream must be strings")
-            except (ValueError, KeyError, TypeError, AttributeError):
+                chunk = DeliveryChunk.parse(record["body"])
+            except (MalformedChunk, KeyError):
                 logger.error("malformed delivery chunk dropped", extra={"sqs": record.get("messageId")})
                 self.metrics.add_metric("InvalidEvent", "Count", 1)
                 continue
-            for connection_id in connections:
-                key = stream if connection_id in latest_only else None
-                batch.outbox[connection_id].append((key, message))
+            for connection_id in chunk.connections:
+                key = chunk.stream if connection_id in chunk.latest_only else None
+                batch.outbox[connection_id].append((key, chunk.message))
                 batch.record_ids[connection_id].add(record["messageId"])
-                if event_time is not None:
-                    batch.event_times.setdefault(connection_id, event_time)
+                if chunk.event_time is not None:
+                    batch.event_times.setdefault(connection_id, chunk.event_time)
         posts = self._posts(batch.outbox)
         if posts:
-            report = self.gateway.post_many(posts)
+            report = self.gateway.post_many(posts, batch.deadline)
             self._account(report, batch.event_times.get)
             if report.failed:
                 # Redelivery re-posts those chunks whole: clients drop duplicates by (stream, seq),
                 # and after five receives a chunk goes to the DLQ. Later chunks of their groups wait with them.
                 batch.fail_from({mid for post in report.failed for mid in batch.record_ids[post.connection_id]})
         self._linger(started, len(records), topology.DELIVERY.batch_size)
-        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in batch.failures]}
+        return batch.response()
 
     # ------------------------------------------------------------ shared
 
@@ -434,29 +395,10 @@ def _renderer(event: UpstreamEvent) -> Callable[[int], str]:
     def render(seq: int) -> str:
         return ServerMessage(
             message_type=detail.message_type,
-            payload={**detail.model_dump(mode="json", exclude_none=True), "event_id": event.id},
+            payload=data_payload(detail.message_type, detail, event.id),
             source=event.source,
             stream=detail.stream,
             seq=seq,
         ).to_json()
 
     return render
-
-
-def _conflate(entries: list[tuple[str | None, str]]) -> list[str]:
-    """The messages in order, except that of a latest-only stream only the newest (its last) is kept."""
-    last = {key: index for index, (key, _message) in enumerate(entries) if key is not None}
-    if not last:
-        return [message for _key, message in entries]
-    return [message for index, (key, message) in enumerate(entries) if key is None or last[key] == index]
-
-
-def _receive_count(record: dict[str, Any]) -> int:
-    try:
-        return int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
-    except (TypeError, ValueError):
-        return 1
-
-
-def _group(record: dict[str, Any]) -> str:
-    return str(record.get("attributes", {}).get("MessageGroupId", ""))

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
+from quanttrade_ws.connection_gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
 
 if TYPE_CHECKING:
     from quanttrade_ws.auth import KeySource, TokenVerifier
-    from quanttrade_ws.fanout import FanOut
+    from quanttrade_ws.fanout import EventFanOut
     from quanttrade_ws.service import RealtimeService
     from quanttrade_ws.store import DynamoStore
 
@@ -85,7 +85,7 @@ class Runtime:
             raise RuntimeError(
                 "QT_MANAGEMENT_ENDPOINT is not set: this function has no Management API endpoint to post to"
             )
-        from quanttrade_ws.management_api import ManagementApiGateway
+        from quanttrade_ws.management_api.client import ManagementApiGateway
 
         return ManagementApiGateway(
             endpoint,
@@ -115,8 +115,8 @@ class Runtime:
         )
 
     @functools.cached_property
-    def fanout(self) -> FanOut:
-        from quanttrade_ws.fanout import FanOut
+    def fanout(self) -> EventFanOut:
+        from quanttrade_ws.fanout import EventFanOut
         from quanttrade_ws.queues import SqsSender
 
         sqs = self._sqs
@@ -124,7 +124,7 @@ class Runtime:
             import boto3
 
             sqs = boto3.client("sqs", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url)
-        return FanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
+        return EventFanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
 
 
 class _DeferredGateway:
@@ -133,8 +133,8 @@ class _DeferredGateway:
     def __init__(self, build: Callable[[], ConnectionGateway]) -> None:
         self._build = build
 
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        return self._build().post_many(posts)
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
+        return self._build().post_many(posts, deadline)
 
     def post(self, connection_id: str, data: bytes) -> bool:
         return self._build().post(connection_id, data)

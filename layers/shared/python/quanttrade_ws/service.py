@@ -29,7 +29,7 @@ from quanttrade_protocol.messages import (
 )
 from quanttrade_ws.auth import AuthError, Identity, Session, SessionTokens, TokenVerifier
 from quanttrade_ws.config import Settings
-from quanttrade_ws.gateway import ConnectionGateway, GatewayError, Post
+from quanttrade_ws.connection_gateway import ConnectionGateway, GatewayError, Post
 from quanttrade_ws.models import Connection, SessionSnapshot, Subscription
 from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import (

@@ -1,7 +1,8 @@
-"""The connection gateway: the one interface through which the service talks to
-connected clients (API Gateway's Management API on AWS, the local gateway at home).
+"""The connection gateway: the port through which the domain reaches connected clients
+(post to them, close them, ask about them), whoever serves it: API Gateway's Management
+API on AWS, the local API Gateway emulator at home.
 
-`ManagementApiGateway` (in management_api.py) is the real implementation; the
+`management_api.client.ManagementApiGateway` is the real implementation; the
 in-memory fake the tests use (`local.fakes.InMemoryGateway`) satisfies the same
 contract tests.
 """
@@ -30,8 +31,13 @@ class DeliveryReport:
 
 
 class ConnectionGateway(Protocol):
-    def post_many(self, posts: Sequence[Post]) -> DeliveryReport:
-        """Post each message to its connection with bounded parallelism, retrying throttling."""
+    def post_many(self, posts: Sequence[Post], deadline: float | None = None) -> DeliveryReport:
+        """Post each message to its connection with bounded parallelism, retrying throttling.
+
+        `deadline` (on time.monotonic()'s clock) is when the caller must have its answer, the
+        invocation's end less what it keeps for itself: throttled posts are retried until then,
+        and what is not delivered by then is reported failed.
+        """
 
     def post(self, connection_id: str, data: bytes) -> bool:
         """Post one message. False when the connection is gone (410); raises on other failures."""
