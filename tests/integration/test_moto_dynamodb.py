@@ -362,3 +362,32 @@ def test_update_expressions_answer_as_unpatched_moto_does(dynamodb: Any) -> None
     assert patched == shipped
     assert shipped.count("ValidationException") >= 4 and shipped.count("ConditionalCheckFailedException") == 2
     assert {"a": {"N": "8"}}.items() <= shipped[-1].items()
+
+
+def test_the_server_keeps_no_replaced_item_or_message(moto: MotoServer, dynamodb: Any) -> None:
+    # GIVEN the stack's moto, where moto itself would keep every model instance it made in a list per class
+    import json
+    import urllib.request
+
+    sqs = moto.client("sqs")
+    queue = sqs.create_queue(QueueName="kept-messages")["QueueUrl"]
+
+    # WHEN one item is written 200 times over and 50 messages are sent and deleted
+    for version in range(200):
+        _put(dynamodb, "one", 1, version={"N": str(version)})
+    for index in range(50):
+        sqs.send_message(QueueUrl=queue, MessageBody=f"message {index}")
+    while received := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        sqs.delete_message_batch(
+            QueueUrl=queue, Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in received]
+        )
+
+    # THEN moto's own list of instances (its dashboard's data) holds none of them: replaced item versions
+    # and deleted messages are garbage, not kept for as long as the server runs
+    with urllib.request.urlopen(f"{moto.endpoint_url}/moto-api/data.json", timeout=10) as response:
+        tracked = json.load(response)
+    assert tracked["dynamodb"].get("Item", []) == []
+    assert tracked["sqs"].get("Message", []) == []
+    # AND the table still holds the last version
+    item = dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "one"}, "sk": {"N": "1"}})["Item"]
+    assert item["version"] == {"N": "199"}
