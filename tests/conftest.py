@@ -18,7 +18,8 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import FanOut
 from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.service import RealtimeService
-from quanttrade_ws.store import Backoff, DynamoStore
+from quanttrade_ws.store.dynamo_store import DynamoStore
+from quanttrade_ws.store.tables import Backoff
 from tests.provision import provision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

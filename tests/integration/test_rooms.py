@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.store import ROOM_META, Outcome
+from quanttrade_ws.store.ports import Outcome
+from quanttrade_ws.store.rooms import ROOM_META
 from tests.conftest import Clock, Wired
 from tests.integration.conftest import connection_of, error_code, received
 from tests.provision import provision

@@ -29,7 +29,9 @@ from botocore.parsers import create_parser
 from quanttrade_ws.config import Settings
 from quanttrade_ws.protocol import subscription_cost
 from quanttrade_ws.rooms import RoomKind, room_kind
-from quanttrade_ws.store import CONDITION_FAILED, ROOM_META, SEAT_PREFIX, Outcome
+from quanttrade_ws.store.ports import Outcome
+from quanttrade_ws.store.rooms import ROOM_META, SEAT_PREFIX
+from quanttrade_ws.store.tables import CONDITION_FAILED
 from tests.conftest import Clock, Wired
 from tests.integration.conftest import error_code
 from tests.provision import provision

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quanttrade_ws.rooms import ROOM_NAME_PATTERN
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store.dynamo_store import DynamoStore
 
 
 class NotFound(Exception):

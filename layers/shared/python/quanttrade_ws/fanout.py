@@ -41,7 +41,7 @@ from quanttrade_ws.models import Subscription
 from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store.dynamo_store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
 # Large audiences are split by a stable hash of the connection id, so a

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from quanttrade_ws.clock import Clock, wall_clock
 from quanttrade_ws.config import Settings
 from quanttrade_ws.gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
@@ -22,12 +23,21 @@ if TYPE_CHECKING:
     from quanttrade_ws.auth import KeySource, TokenVerifier
     from quanttrade_ws.fanout import FanOut
     from quanttrade_ws.service import RealtimeService
-    from quanttrade_ws.store import DynamoStore
+    from quanttrade_ws.store.dynamo_store import DynamoStore
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, dynamodb: Any = None, gateway: Any = None, sqs: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dynamodb: Any = None,
+        gateway: Any = None,
+        sqs: Any = None,
+        clock: Clock = wall_clock,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # the one clock of every part built here
         self._dynamodb = dynamodb
         self._gateway = gateway
         self._sqs = sqs
@@ -70,9 +80,9 @@ class Runtime:
 
     @functools.cached_property
     def store(self) -> DynamoStore:
-        from quanttrade_ws.store import DynamoStore
+        from quanttrade_ws.store.dynamo_store import DynamoStore
 
-        return DynamoStore(self.settings, self._dynamodb)
+        return DynamoStore(self.settings, self._dynamodb, clock=self.clock)
 
     @functools.cached_property
     def gateway(self) -> ConnectionGateway:
@@ -108,6 +118,7 @@ class Runtime:
             _DeferredGateway(lambda: self.gateway),
             SessionTokens(lambda: keys_of(self.session_keys)),
             token_verifier=lambda: self.token_verifier,
+            clock=self.clock,
             metrics=metrics,
             # Derived from the current session key (only the message function names room members, and it reads
             # that key anyway); pseudonyms change when the key rotates.
@@ -124,7 +135,9 @@ class Runtime:
             import boto3
 
             sqs = boto3.client("sqs", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url)
-        return FanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
+        return FanOut(
+            self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics, clock=self.clock
+        )
 
 
 class _DeferredGateway:

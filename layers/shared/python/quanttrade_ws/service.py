@@ -68,7 +68,8 @@ from quanttrade_ws.rooms import (
     room_permission,
     room_refusal,
 )
-from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION, DynamoStore, Outcome
+from quanttrade_ws.store.ports import Outcome, Store
+from quanttrade_ws.store.subscriptions import SUBSCRIPTIONS_PER_TRANSACTION
 
 if TYPE_CHECKING:
     from quanttrade_ws.fanout import Metrics
@@ -92,7 +93,7 @@ class RealtimeService:
     def __init__(
         self,
         settings: Settings,
-        store: DynamoStore,
+        store: Store,
         gateway: ConnectionGateway,
         session_tokens: SessionTokens,
         token_verifier: Callable[[], TokenVerifier] | None = None,
@@ -118,7 +119,7 @@ class RealtimeService:
     def connect(self, connection_id: str, identity: Identity, connected_at_ms: int | None = None) -> None:
         now = self.clock()
         # A sliding window: a fixed minute would let twice the limit through around its boundary.
-        if self.store.count_in_window(f"connect#{identity.user_id}", 60, now) > self.limits.connections_per_minute:
+        if self.store.count_in_window(f"connect#{identity.user_id}", 60) > self.limits.connections_per_minute:
             raise ConnectRefused(429, "Too many new connections for this user")
         self.store.add_connection(
             Connection(
@@ -126,11 +127,10 @@ class RealtimeService:
                 identity=identity,
                 connected_at=connected_at_ms or int(now * 1000),
                 last_activity=int(now),
-            ),
-            now,
+            )
         )
         # The row first, then the claim: an id in the user's set always has a row, so an id without one is stale.
-        if not self.store.claim_user_connection(identity.user_id, connection_id, self.limits.connections_per_user, now):
+        if not self.store.claim_user_connection(identity.user_id, connection_id, self.limits.connections_per_user):
             self.store.delete_connection(connection_id)
             raise ConnectRefused(429, f"This user already has {self.limits.connections_per_user} open connections")
 
@@ -215,7 +215,7 @@ class RealtimeService:
             except ProtocolError as error:
                 problem = error
             cost = UNPARSED_FRAME_COST if frame is None else ACTION_COSTS[frame.action]
-            connection = self.store.touch_connection(connection_id, received_at or self.clock(), cost=cost)
+            connection = self.store.touch_connection(connection_id, received_at, cost=cost)
             if connection is None:
                 return  # the connection went away while the frame was in flight
             if connection.rate_count > self.limits.messages_per_second:
@@ -551,7 +551,7 @@ class RealtimeService:
         if not self.store.is_member(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Join '{frame.room}' before sending to it", ctx.request_id)
         # Per user, not per connection: a second connection does not double the allowance.
-        sent = self.store.count_in_window(f"room#{frame.room}#{identity.user_id}", 60, self.clock())
+        sent = self.store.count_in_window(f"room#{frame.room}#{identity.user_id}", 60)
         if sent > self.limits.room_messages_per_minute:
             raise ProtocolError(
                 ErrorCode.RATE_LIMIT,
@@ -763,9 +763,7 @@ class RealtimeService:
         return snapshot
 
     def _save_session(self, snapshot: SessionSnapshot, held_by: str | None = None) -> None:
-        self.store.save_session(
-            snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, now=self.clock(), held_by=held_by
-        )
+        self.store.save_session(snapshot, ttl_seconds=self.settings.token_expiry_hours * 3600, held_by=held_by)
 
     def _replay(self, connection_id: str, stream: str, last_seq: int, budget: list[int]) -> tuple[StreamReplay, int]:
         """Replay a stream after `last_seq`, spending from the resume's shared message `budget`.
