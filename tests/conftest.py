@@ -17,7 +17,7 @@ from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVe
 from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import FanOut
 from quanttrade_ws.rooms import MemberAliases
-from quanttrade_ws.service import RealtimeService
+from quanttrade_ws.service.dispatch import RealtimeService
 from quanttrade_ws.store.dynamo_store import DynamoStore
 from quanttrade_ws.store.tables import Backoff
 from tests.provision import provision

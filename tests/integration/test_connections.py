@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
-from quanttrade_ws.service import ConnectRefused
+from quanttrade_ws.service.lifecycle import ConnectRefused
 from quanttrade_ws.store.rooms import ROOM_META
 from tests.conftest import Wired
 from tests.integration.conftest import connection_of, received

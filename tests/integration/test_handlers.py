@@ -20,6 +20,7 @@ from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
 from quanttrade_ws.config import Settings
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
+from quanttrade_ws.store.ports import JoinLimits
 from tests.lambda_events import DOMAIN, LambdaContext, request_context
 from tests.provision import provision
 
@@ -261,7 +262,7 @@ def test_sweeper_removes_connections_left_behind(rt: Runtime) -> None:
         rt.store.add_connection(
             Connection(connection_id, identity(), connected_at=long_ago * 1000, last_activity=long_ago)
         )
-    rt.store.join_room("desk", "left-behind", "user-1", 1000, 10)
+    rt.store.join_room("desk", "left-behind", "user-1", JoinLimits(capacity=1000, room_limit=10))
     rt.gateway.connect("idle-but-open")
     open_connection(rt, "active")
     # WHEN the scheduled sweeper runs

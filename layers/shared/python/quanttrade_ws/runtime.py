@@ -22,7 +22,7 @@ from quanttrade_ws.observability import metrics
 if TYPE_CHECKING:
     from quanttrade_ws.auth import KeySource, TokenVerifier
     from quanttrade_ws.fanout import FanOut
-    from quanttrade_ws.service import RealtimeService
+    from quanttrade_ws.service.dispatch import RealtimeService
     from quanttrade_ws.store.dynamo_store import DynamoStore
 
 
@@ -108,7 +108,7 @@ class Runtime:
     def service(self) -> RealtimeService:
         from quanttrade_ws.auth import SessionTokens, keys_of
         from quanttrade_ws.rooms import MemberAliases
-        from quanttrade_ws.service import RealtimeService
+        from quanttrade_ws.service.dispatch import RealtimeService
 
         return RealtimeService(
             self.settings,

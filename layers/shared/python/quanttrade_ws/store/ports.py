@@ -8,6 +8,7 @@ repository module named for its aggregate.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -24,6 +25,16 @@ class Outcome(Enum):
     FULL = "full"  # the room is at capacity
     GONE = "gone"  # the connection row no longer exists
     SHARED = "shared"  # done on a seat the user already holds through another connection
+
+
+@dataclass(frozen=True)
+class JoinLimits:
+    """What a join is held to: the room's seats, the connection's rooms and, for a data room (a feed
+    that counts as one subscription), the connection's subscriptions."""
+
+    capacity: int
+    room_limit: int
+    subscription_limit: int | None = None
 
 
 class ConnectionStore(Protocol):
@@ -67,14 +78,7 @@ class SubscriptionStore(Protocol):
 
 class RoomStore(Protocol):
     def join_room(
-        self,
-        room: str,
-        connection_id: str,
-        user_id: str,
-        capacity: int,
-        room_limit: int,
-        token_expires_at: int = 0,
-        subscription_limit: int | None = None,
+        self, room: str, connection_id: str, user_id: str, limits: JoinLimits, token_expires_at: int = 0
     ) -> Outcome: ...
     def leave_room(
         self, room: str, connection_id: str, adjust_connection: bool = True, subscription: bool = False

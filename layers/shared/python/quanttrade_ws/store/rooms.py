@@ -13,7 +13,7 @@ from typing import Any
 from quanttrade_ws.models import Subscription
 from quanttrade_ws.store.codec import get_int, get_str, n, s
 from quanttrade_ws.store.connections import connection_counters, counter_outcome
-from quanttrade_ws.store.ports import Outcome
+from quanttrade_ws.store.ports import JoinLimits, Outcome
 from quanttrade_ws.store.tables import DynamoTables, StoreError, failed
 
 ROOM_META = "#meta"  # sorts before every connection id, which never starts with '#'
@@ -27,27 +27,20 @@ class DynamoRooms(DynamoTables):
     """The rooms table: a row per member, a seat per user, a `#meta` row per room."""
 
     def join_room(
-        self,
-        room: str,
-        connection_id: str,
-        user_id: str,
-        capacity: int,
-        room_limit: int,
-        token_expires_at: int = 0,
-        subscription_limit: int | None = None,
+        self, room: str, connection_id: str, user_id: str, limits: JoinLimits, token_expires_at: int = 0
     ) -> Outcome:
         """Join in one transaction with its conditions: this connection not yet a member,
         the connection below its room limit, and either a new seat for the user with the
         room below capacity, or the user's existing seat (a user holds one seat in a room
         however many of their connections are in it). Concurrent joins for the last seat
-        cannot both win. With `subscription_limit` (a data room), the membership also
+        cannot both win. With a `subscription_limit` (a data room), the membership also
         counts as one subscription, below that limit, in the same step.
 
         DONE: the user took a new seat; SHARED: the connection joined the user's seat."""
         now = self.clock()
-        counters: dict[str, tuple[int, int | None]] = {"room_count": (1, room_limit)}
-        if subscription_limit is not None:
-            counters["sub_count"] = (1, subscription_limit)
+        counters: dict[str, tuple[int, int | None]] = {"room_count": (1, limits.room_limit)}
+        if limits.subscription_limit is not None:
+            counters["sub_count"] = (1, limits.subscription_limit)
         membership = {
             "Put": {
                 "TableName": self.rooms_table,
@@ -85,7 +78,7 @@ class DynamoRooms(DynamoTables):
                     "Key": {"room": s(room), "member_id": s(ROOM_META)},
                     "UpdateExpression": "ADD member_count :one",
                     "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
-                    "ExpressionAttributeValues": {":one": n(1), ":cap": n(capacity)},
+                    "ExpressionAttributeValues": {":one": n(1), ":cap": n(limits.capacity)},
                 }
             },
             connection_counters(self.connections_table, connection_id, counters),
