@@ -68,7 +68,7 @@ class Wired:
             settings,
             self.store,
             self.gateway,
-            SessionTokens(SESSION_SECRET),
+            SessionTokens(SESSION_SECRET, clock=clock),
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,

@@ -116,7 +116,7 @@ class Runtime:
             # $connect and $disconnect never post, and the template gives them no endpoint: the
             # Management API client is built on the first call that needs it, not with the service.
             _DeferredGateway(lambda: self.gateway),
-            SessionTokens(lambda: keys_of(self.session_keys)),
+            SessionTokens(lambda: keys_of(self.session_keys), clock=self.clock),
             token_verifier=lambda: self.token_verifier,
             clock=self.clock,
             metrics=metrics,

@@ -131,7 +131,7 @@ class SessionActions(RoomActions, SubscriptionActions):
     def _resume(self, ctx: ActionContext, frame: Resume) -> None:
         connection = ctx.connection
         try:
-            session = self.session_tokens.verify(frame.session_token, now=self.clock())
+            session = self.session_tokens.verify(frame.session_token)
         except AuthError as error:
             raise ProtocolError(ErrorCode.AUTH_FAILED, str(error), ctx.request_id) from None
         if session.user_id != connection.identity.user_id:
