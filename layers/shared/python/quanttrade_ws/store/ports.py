@@ -1,6 +1,6 @@
 """The store's ports: what the domain asks of each aggregate, and the outcomes it gets back.
 
-The service and the fan-out depend on these Protocols, not on DynamoDB;
+The service and the admin queries depend on these Protocols, not on DynamoDB;
 `DynamoStore` (dynamo_store.py) satisfies every one of them, each through the
 repository module named for its aggregate.
 """
