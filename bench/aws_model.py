@@ -65,7 +65,8 @@ from quanttrade_ws.connection_gateway import DeliveryReport, Post  # noqa: E402
 from quanttrade_ws.fanout import EventFanOut  # noqa: E402
 from quanttrade_ws.management_api.retry import full_jitter_backoff  # noqa: E402
 from quanttrade_ws.queues import OutgoingMessage  # noqa: E402
-from quanttrade_ws.store import Backoff, DynamoStore  # noqa: E402
+from quanttrade_ws.store.dynamo_store import DynamoStore  # noqa: E402
+from quanttrade_ws.store.tables import Backoff  # noqa: E402
 
 EPOCH = 1_800_000_000.0  # wall clock of simulated time 0 (tokens never expire in the model)
 Z99 = 2.326  # standard normal quantile of 0.99

@@ -45,7 +45,7 @@ def _measure(bystanders: int) -> dict[str, float]:
     from quanttrade_ws.config import Settings
     from quanttrade_ws.fanout import EventFanOut
     from quanttrade_ws.models import Connection, Subscription
-    from quanttrade_ws.store import DynamoStore
+    from quanttrade_ws.store.dynamo_store import DynamoStore
     from tests.provision import provision
 
     with mock_aws():

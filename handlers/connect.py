@@ -7,7 +7,7 @@ from typing import Any
 from quanttrade_ws.auth import Identity
 from quanttrade_ws.observability import logger, metrics, publish_metrics
 from quanttrade_ws.runtime import runtime
-from quanttrade_ws.service import ConnectRefused
+from quanttrade_ws.service.lifecycle import ConnectRefused
 
 
 @publish_metrics

@@ -17,8 +17,9 @@ from quanttrade_ws.auth import ALL_PERMISSIONS, Identity, SessionTokens, TokenVe
 from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import EventFanOut
 from quanttrade_ws.rooms import MemberAliases
-from quanttrade_ws.service import RealtimeService
-from quanttrade_ws.store import Backoff, DynamoStore
+from quanttrade_ws.service.dispatch import RealtimeService
+from quanttrade_ws.store.dynamo_store import DynamoStore
+from quanttrade_ws.store.tables import Backoff
 from tests.provision import provision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ class Wired:
             settings,
             self.store,
             self.gateway,
-            SessionTokens(SESSION_SECRET),
+            SessionTokens(SESSION_SECRET, clock=clock),
             lambda: self.verifier,
             clock=clock,
             sleep=clock.advance,

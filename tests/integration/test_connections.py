@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS, Identity
-from quanttrade_ws.service import ConnectRefused
-from quanttrade_ws.store import ROOM_META
+from quanttrade_ws.service.lifecycle import ConnectRefused
+from quanttrade_ws.store.rooms import ROOM_META
 from tests.conftest import Wired
 from tests.integration.conftest import connection_of, received
 
@@ -262,4 +262,5 @@ def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_i
     assert next_minute == {"PutItem": 1, "UpdateItem": 4} and much_later == {"PutItem": 1, "UpdateItem": 4}
     # AND the counts are right after those jumps: the ten-minute gap left nothing of the previous minute,
     # so a count nine seconds later is the second of its minute
-    assert wired.store.count_in_window("connect#counted", 60, minute + 670) == pytest.approx(2)
+    wired.clock.now = minute + 670
+    assert wired.store.count_in_window("connect#counted", 60) == pytest.approx(2)

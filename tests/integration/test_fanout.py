@@ -15,6 +15,7 @@ import pytest
 
 from quanttrade_ws.auth import ALL_PERMISSIONS
 from quanttrade_ws.delivery_chunks import CHUNK_SHARDS
+from quanttrade_ws.store.ports import JoinLimits
 from tests.conftest import Wired
 from tests.dynamo_calls import DynamoCalls
 from tests.integration import events_builder as eb
@@ -678,7 +679,7 @@ def test_dynamodb_work_per_event_does_not_grow_with_unrelated_connections(wired:
         key = ["market_data:MSFT", "predictions:*", "market_data:TSLA", "alerts:*"][i % 4]
         uncached.store.add_subscription(_subscription(key, cid), limit=50)
         if i % 10 == 0:
-            uncached.store.join_room(f"room{i % 3}", cid, "u", capacity=1000, room_limit=10)
+            uncached.store.join_room(f"room{i % 3}", cid, "u", JoinLimits(capacity=1000, room_limit=10))
     crowded = work_for_one_event()
 
     # THEN one AAPL event costs exactly the same DynamoDB calls and items read, and is not a Scan

@@ -23,6 +23,7 @@ from quanttrade_ws.config import Settings
 from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS
 from quanttrade_ws.models import Connection
 from quanttrade_ws.runtime import Runtime
+from quanttrade_ws.store.ports import JoinLimits
 from tests.integration import events_builder as eb
 from tests.lambda_events import DOMAIN, LambdaContext, request_context
 from tests.provision import provision
@@ -188,8 +189,8 @@ def test_connect_records_the_authorizer_identity(rt: Runtime) -> None:
 
 
 def test_connect_over_the_user_rate_is_refused_with_429(rt: Runtime) -> None:
-    # GIVEN time held still (the limit counts the last 60 seconds)
-    rt.service.clock = lambda: 1_800_000_000.0
+    # GIVEN time held still (the limit counts the last 60 seconds) for every part the runtime builds
+    rt.clock = lambda: 1_800_000_000.0
     who = identity("burst")
     limit = rt.settings.limits.connections_per_minute
 
@@ -293,7 +294,7 @@ def test_sweeper_removes_connections_left_behind(rt: Runtime) -> None:
         rt.store.add_connection(
             Connection(connection_id, identity(), connected_at=long_ago * 1000, last_activity=long_ago)
         )
-    rt.store.join_room("desk", "left-behind", "user-1", 1000, 10)
+    rt.store.join_room("desk", "left-behind", "user-1", JoinLimits(capacity=1000, room_limit=10))
     rt.gateway.connect("idle-but-open")
     open_connection(rt, "active")
     # WHEN the scheduled sweeper runs

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.store import ROOM_META, Outcome
+from quanttrade_ws.store.ports import JoinLimits, Outcome
+from quanttrade_ws.store.rooms import ROOM_META
 from tests.conftest import Clock, Wired
 from tests.integration.conftest import connection_of, error_code, received
 from tests.provision import provision
@@ -452,7 +453,9 @@ def test_concurrent_joins_of_one_client_respect_its_room_limit(
     # GIVEN one connection joining 12 rooms at once with a limit of 4
     wired = with_limits(settings, aws, rooms_per_client=4)
     wired.connect("a")
-    outcomes = Counter(_race(12, lambda i: wired.store.join_room(f"room-{i}", "a", "user-1", 1000, 4)))
+    outcomes = Counter(
+        _race(12, lambda i: wired.store.join_room(f"room-{i}", "a", "user-1", JoinLimits(capacity=1000, room_limit=4)))
+    )
     # THEN exactly 4 joins win and the counter agrees with the memberships
     assert outcomes == {Outcome.DONE: 4, Outcome.LIMIT: 8}
     assert len(wired.store.rooms_of("a")) == 4
@@ -467,12 +470,12 @@ def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
     for i in range(15):
         wired.connect(f"c{i:02d}", user_id=f"u{i}")
     for i in range(10):
-        wired.store.join_room("mixed", f"c{i:02d}", f"u{i}", 15, 10)
+        wired.store.join_room("mixed", f"c{i:02d}", f"u{i}", JoinLimits(capacity=15, room_limit=10))
 
     def move(i: int) -> Outcome | None:
         if i < 5:
             return wired.store.leave_room("mixed", f"c{i:02d}")
-        return wired.store.join_room("mixed", f"c{i + 5:02d}", f"u{i + 5}", 15, 10)
+        return wired.store.join_room("mixed", f"c{i + 5:02d}", f"u{i + 5}", JoinLimits(capacity=15, room_limit=10))
 
     results = _race(10, move)
     # THEN every change went through (capacity 15 leaves room for all joins before any leave)
@@ -485,7 +488,9 @@ def test_concurrent_joins_and_leaves_keep_the_count_equal_to_the_members(
 def test_leaving_a_data_room_needs_no_permission(wired: Wired) -> None:
     # GIVEN a client that is in a data room it may no longer read (it joined before its permissions changed)
     wired.connect("a", permissions=MEMBER)
-    assert wired.store.join_room("market_data_AAPL", "a", "user-1", capacity=10, room_limit=10) is Outcome.DONE
+    assert (
+        wired.store.join_room("market_data_AAPL", "a", "user-1", JoinLimits(capacity=10, room_limit=10)) is Outcome.DONE
+    )
     # WHEN it leaves the room, THEN it may: leaving only ever reduces what it receives
     assert wired.send("a", {"action": "leaveRoom", "room": "market_data_AAPL"})["message_type"] == "leave_room"
     assert wired.store.room_members("market_data_AAPL") == []

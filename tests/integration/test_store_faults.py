@@ -29,7 +29,9 @@ from botocore.parsers import create_parser
 from quanttrade_ws.config import Settings
 from quanttrade_ws.protocol import subscription_cost
 from quanttrade_ws.rooms import RoomKind, room_kind
-from quanttrade_ws.store import CONDITION_FAILED, ROOM_META, SEAT_PREFIX, Outcome
+from quanttrade_ws.store.ports import JoinLimits, Outcome
+from quanttrade_ws.store.rooms import ROOM_META, SEAT_PREFIX
+from quanttrade_ws.store.tables import CONDITION_FAILED
 from tests.conftest import Clock, Wired
 from tests.integration.conftest import error_code
 from tests.provision import provision
@@ -377,10 +379,10 @@ def test_a_conflict_while_joining_a_users_seat_is_retried_and_the_seat_shared(wi
     # GIVEN a user in a room through one connection, and a second connection of theirs
     wired.connect("a1")
     wired.connect("a2")
-    assert wired.store.join_room("desk", "a1", "user-1", capacity=10, room_limit=10) is Outcome.DONE
+    assert wired.store.join_room("desk", "a1", "user-1", JoinLimits(capacity=10, room_limit=10)) is Outcome.DONE
     # WHEN the second joins, and its shared-seat transaction (after the new-seat one failed for real) conflicts
     with inject(wired).next(1, lambda _: None).next(1, lambda _: cancelled("None", "TransactionConflict", "None")):
-        outcome = wired.store.join_room("desk", "a2", "user-1", capacity=10, room_limit=10)
+        outcome = wired.store.join_room("desk", "a2", "user-1", JoinLimits(capacity=10, room_limit=10))
     # THEN it shares the seat: two members, one place taken
     assert outcome is Outcome.SHARED
     assert sorted(wired.store.room_members("desk")) == ["a1", "a2"]
@@ -392,7 +394,7 @@ def test_a_conflict_while_leaving_a_shared_seat_is_retried_and_the_seat_kept(wir
     # GIVEN a user in a room through two connections
     for cid in ("a1", "a2"):
         wired.connect(cid)
-        wired.store.join_room("desk", cid, "user-1", capacity=10, room_limit=10)
+        wired.store.join_room("desk", cid, "user-1", JoinLimits(capacity=10, room_limit=10))
     # WHEN one leaves: the last-connection shape fails on the seat for real, the shared one conflicts once
     with inject(wired).next(1, lambda _: None).next(1, lambda _: cancelled("None", "TransactionConflict", "None")):
         outcome = wired.store.leave_room("desk", "a1")

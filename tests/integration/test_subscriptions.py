@@ -17,8 +17,8 @@ from quanttrade_ws.protocol import (
     Subscribe,
     stream_spec,
 )
-from quanttrade_ws.service import ActionContext
-from quanttrade_ws.store import SUBSCRIPTIONS_PER_TRANSACTION
+from quanttrade_ws.service.core import ActionContext
+from quanttrade_ws.store.subscriptions import SUBSCRIPTIONS_PER_TRANSACTION
 from tests.conftest import Wired
 from tests.dynamo_calls import DynamoCalls
 from tests.integration.conftest import connection_of, error_code, received

@@ -22,7 +22,7 @@ from quanttrade_ws import topology
 from quanttrade_ws.config import Limits, Settings
 from quanttrade_ws.connection_gateway import GatewayError
 from quanttrade_ws.runtime import Runtime
-from quanttrade_ws.store import ROOM_META
+from quanttrade_ws.store.rooms import ROOM_META
 from tests.conftest import Clock, Wired
 from tests.lambda_events import LambdaContext
 from tests.provision import provision

@@ -389,12 +389,31 @@ def test_tampered_session_token() -> None:
 
 
 def test_expired_session_token() -> None:
-    tokens = SessionTokens(SESSION_SECRET)
+    # GIVEN a session token issued at 990 and expiring at 1000 by the clock the tokens were given
+    now = [990.0]
+    tokens = SessionTokens(SESSION_SECRET, clock=lambda: now[0])
     token = tokens.issue(Session("sid-1", "user-1", 1000))
+    # WHEN it is verified when that clock reads 1001 THEN it is expired
+    now[0] = 1001.0
     with pytest.raises(AuthError, match="expired"):
         tokens.verify(token)
-    # the caller's clock decides
-    assert tokens.verify(token, now=999).session_id == "sid-1"
+    # AND that clock decides, not the machine's: at 999 the same token verifies
+    now[0] = 999.0
+    assert tokens.verify(token).session_id == "sid-1"
+
+
+def test_a_session_token_issued_after_now_by_the_clock_is_rejected() -> None:
+    # GIVEN a genuine session token issued at 2000 by the tokens' clock
+    now = [2000.0]
+    tokens = SessionTokens(SESSION_SECRET, clock=lambda: now[0])
+    token = tokens.issue(Session("sid-1", "user-1", 3000))
+    # WHEN it is presented while that clock reads 1999 THEN it is not accepted
+    now[0] = 1999.0
+    with pytest.raises(AuthError, match="rejected"):
+        tokens.verify(token)
+    # AND from its issue time on it is
+    now[0] = 2000.0
+    assert tokens.verify(token).session_id == "sid-1"
 
 
 def test_access_token_is_not_a_session_token() -> None:

@@ -23,7 +23,8 @@ def test_importing_the_shared_package_changes_neither_the_environment_nor_the_wa
     probe = """
 import json, os, warnings
 env, filters = dict(os.environ), list(warnings.filters)
-import quanttrade_ws, quanttrade_ws.observability, quanttrade_ws.runtime, quanttrade_ws.service, quanttrade_ws.fanout
+import quanttrade_ws, quanttrade_ws.observability, quanttrade_ws.runtime, quanttrade_ws.fanout
+import quanttrade_ws.service.dispatch
 print(json.dumps({"env": sorted(set(os.environ.items()) ^ set(env.items())), "filters": warnings.filters != filters}))
 """
     # WHEN every module a handler imports is imported

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quanttrade_ws.rooms import ROOM_NAME_PATTERN
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store.ports import Store
 
 
 class NotFound(Exception):
@@ -13,7 +13,7 @@ class NotFound(Exception):
 
 
 class AdminQueries:
-    def __init__(self, store: DynamoStore, counters: dict[str, float] | None = None) -> None:
+    def __init__(self, store: Store, counters: dict[str, float] | None = None) -> None:
         self.store = store
         self.counters = counters  # the local stack's delivery counters; on AWS, CloudWatch has them
 

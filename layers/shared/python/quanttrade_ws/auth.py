@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quanttrade_protocol.enums import Permission
+from quanttrade_ws.clock import Clock, wall_clock
 from quanttrade_ws.config import SPACE_SEPARATED_CLAIMS, Settings
 
 SUBSCRIPTION_LEVELS = ("free", "basic", "premium", "enterprise")
@@ -318,13 +319,14 @@ class SessionTokens:
 
     ALGORITHM = "HS256"
 
-    def __init__(self, keys: KeySource) -> None:
+    def __init__(self, keys: KeySource, clock: Clock = wall_clock) -> None:
         self._keys = keys
+        self._clock = clock  # the service's: a token's age and expiry are read on the same clock as everything else
 
-    def issue(self, session: Session, now: float | None = None) -> str:
+    def issue(self, session: Session) -> str:
         import jwt
 
-        issued = int(time.time() if now is None else now)
+        issued = int(self._clock())
         claims = {
             "iss": SESSION_ISSUER,
             "aud": SESSION_AUDIENCE,
@@ -336,7 +338,7 @@ class SessionTokens:
         }
         return jwt.encode(claims, keys_of(self._keys)[0], algorithm=self.ALGORITHM)
 
-    def verify(self, token: str, now: float | None = None) -> Session:
+    def verify(self, token: str) -> Session:
         import jwt
 
         # Issued tokens are ASCII base64url; anything else would make PyJWT raise other than PyJWTError.
@@ -349,12 +351,20 @@ class SessionTokens:
                 algorithms=[self.ALGORITHM],
                 audience=SESSION_AUDIENCE,
                 issuer=SESSION_ISSUER,
-                # Expiry is checked below against the service's clock, not PyJWT's.
-                options={"require": ["exp", "sub", "sid", "jti", "iss", "aud"], "verify_exp": False},
+                # Issue time and expiry are checked below against our clock, not PyJWT's (the machine's).
+                options={
+                    "require": ["exp", "sub", "sid", "jti", "iss", "aud"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
             session = Session(str(claims["sid"]), str(claims["sub"]), int(claims["exp"]), str(claims["jti"]))
+            issued_at = int(claims.get("iat", 0))
         except (jwt.PyJWTError, ValueError, KeyError, TypeError):
             raise AuthError("Session token rejected") from None
-        if session.expires_at < (time.time() if now is None else now):
+        now = self._clock()
+        if issued_at > now:
+            raise AuthError("Session token rejected")  # issued in the future: not one of ours as our clock sees it
+        if session.expires_at < now:
             raise AuthError("Session expired")
         return session

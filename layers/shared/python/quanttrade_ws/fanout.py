@@ -41,7 +41,7 @@ from quanttrade_ws.observability import logger
 from quanttrade_ws.protocol import ServerMessage, pack_batches
 from quanttrade_ws.queues import OutgoingMessage, QueueSender
 from quanttrade_ws.record_batch import RecordBatch, conflate, group_of, receive_count
-from quanttrade_ws.store import DynamoStore
+from quanttrade_ws.store.dynamo_store import DynamoStore
 from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_event
 
 # Time an invocation keeps for itself after its posts: sending delivery chunks to SQS, flushing

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from quanttrade_ws.clock import Clock, wall_clock
 from quanttrade_ws.config import Settings
 from quanttrade_ws.connection_gateway import ConnectionGateway, DeliveryReport, Post
 from quanttrade_ws.observability import metrics
@@ -21,13 +22,22 @@ from quanttrade_ws.observability import metrics
 if TYPE_CHECKING:
     from quanttrade_ws.auth import KeySource, TokenVerifier
     from quanttrade_ws.fanout import EventFanOut
-    from quanttrade_ws.service import RealtimeService
-    from quanttrade_ws.store import DynamoStore
+    from quanttrade_ws.service.dispatch import RealtimeService
+    from quanttrade_ws.store.dynamo_store import DynamoStore
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, dynamodb: Any = None, gateway: Any = None, sqs: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dynamodb: Any = None,
+        gateway: Any = None,
+        sqs: Any = None,
+        clock: Clock = wall_clock,
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # the one clock of every part built here
         self._dynamodb = dynamodb
         self._gateway = gateway
         self._sqs = sqs
@@ -70,9 +80,9 @@ class Runtime:
 
     @functools.cached_property
     def store(self) -> DynamoStore:
-        from quanttrade_ws.store import DynamoStore
+        from quanttrade_ws.store.dynamo_store import DynamoStore
 
-        return DynamoStore(self.settings, self._dynamodb)
+        return DynamoStore(self.settings, self._dynamodb, clock=self.clock)
 
     @functools.cached_property
     def gateway(self) -> ConnectionGateway:
@@ -98,7 +108,7 @@ class Runtime:
     def service(self) -> RealtimeService:
         from quanttrade_ws.auth import SessionTokens, keys_of
         from quanttrade_ws.rooms import MemberAliases
-        from quanttrade_ws.service import RealtimeService
+        from quanttrade_ws.service.dispatch import RealtimeService
 
         return RealtimeService(
             self.settings,
@@ -106,8 +116,9 @@ class Runtime:
             # $connect and $disconnect never post, and the template gives them no endpoint: the
             # Management API client is built on the first call that needs it, not with the service.
             _DeferredGateway(lambda: self.gateway),
-            SessionTokens(lambda: keys_of(self.session_keys)),
+            SessionTokens(lambda: keys_of(self.session_keys), clock=self.clock),
             token_verifier=lambda: self.token_verifier,
+            clock=self.clock,
             metrics=metrics,
             # Derived from the current session key (only the message function names room members, and it reads
             # that key anyway); pseudonyms change when the key rotates.
@@ -124,7 +135,9 @@ class Runtime:
             import boto3
 
             sqs = boto3.client("sqs", region_name=self.settings.region, endpoint_url=self.settings.aws_endpoint_url)
-        return EventFanOut(self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics)
+        return EventFanOut(
+            self.settings, self.store, self.gateway, SqsSender(sqs), self.service.disconnect, metrics, clock=self.clock
+        )
 
 
 class _DeferredGateway:

@@ -1,0 +1,185 @@
+"""Subscriptions: a row per (stream key, connection), counted against the connection's limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from quanttrade_ws.models import Subscription
+from quanttrade_ws.store.codec import get_flag, get_float, get_int, get_str, get_string_map, n, s
+from quanttrade_ws.store.connections import connection_counters, counter_outcome
+from quanttrade_ws.store.ports import Outcome
+from quanttrade_ws.store.tables import TRANSACTION_ACTIONS, DynamoTables, chunks, failed
+
+# A batch subscribe spends one action on the connection's counter; the rest are its rows.
+SUBSCRIPTIONS_PER_TRANSACTION = TRANSACTION_ACTIONS - 1
+
+
+class DynamoSubscriptions(DynamoTables):
+    """The subscriptions table: the fan-out Queries it by stream key, $disconnect by connection."""
+
+    def add_subscription(self, subscription: Subscription, limit: int, cost: int = 1) -> Outcome:
+        """Subscribe, counting `cost` against the connection's limit in the same transaction."""
+        item = self._subscription_item(subscription)
+        reasons = self._transact(
+            [
+                self._new_subscription(item),
+                # sub_count + cost <= limit, as `sub_count < limit - cost + 1`
+                self._sub_count(subscription.connection_id, cost, limit=limit - cost + 1),
+            ]
+        )
+        if reasons is None:
+            return Outcome.DONE
+        if failed(reasons, 0):
+            # Already subscribed: keep one row, take the newest interval and filters.
+            self._db.put_item(TableName=self.subscriptions_table, Item=item)
+            return Outcome.ALREADY
+        return counter_outcome(reasons[1])
+
+    def add_subscriptions(self, subscriptions: Sequence[tuple[Subscription, int]], limit: int) -> bool:
+        """Subscribe one connection to several new streams at once: `(subscription, cost)` pairs, all or none.
+
+        One transaction: a conditional Put per stream (as `add_subscription`
+        writes it) and one update of the connection's counter by the total cost,
+        kept within `limit`. True: every row is written and counted. False:
+        nothing was written, because a stream was already subscribed, the limit
+        would be passed or the connection is gone; the caller then subscribes
+        one stream at a time, which tells those apart and stops where today's
+        order of streams reaches the limit.
+        """
+        if not subscriptions:
+            raise ValueError("add_subscriptions needs at least one subscription")
+        if len(subscriptions) > SUBSCRIPTIONS_PER_TRANSACTION:
+            raise ValueError(
+                f"{len(subscriptions)} subscriptions do not fit one transaction "
+                f"(at most {SUBSCRIPTIONS_PER_TRANSACTION} besides the connection's counter)"
+            )
+        connection_ids = {subscription.connection_id for subscription, _ in subscriptions}
+        if len(connection_ids) != 1:
+            raise ValueError(f"add_subscriptions takes one connection's subscriptions, not {sorted(connection_ids)}")
+        keys = [subscription.stream_key for subscription, _ in subscriptions]
+        if len(set(keys)) != len(keys):
+            # A transaction may touch an item once: DynamoDB would refuse the whole request.
+            raise ValueError(
+                f"add_subscriptions got a stream twice: {sorted(k for k in set(keys) if keys.count(k) > 1)}"
+            )
+        total = sum(cost for _, cost in subscriptions)
+        reasons = self._transact(
+            [
+                *(self._new_subscription(self._subscription_item(subscription)) for subscription, _ in subscriptions),
+                # sub_count + total <= limit, as `sub_count < limit - total + 1`
+                self._sub_count(connection_ids.pop(), total, limit=limit - total + 1),
+            ]
+        )
+        return reasons is None
+
+    def remove_subscription(
+        self, stream_key: str, connection_id: str, adjust_connection: bool = True, cost: int = 1
+    ) -> bool:
+        """Unsubscribe, giving the subscription's `cost` back to the connection's count in the same transaction."""
+        delete = {
+            "Delete": {
+                "TableName": self.subscriptions_table,
+                "Key": {"stream_key": s(stream_key), "connection_id": s(connection_id)},
+                "ConditionExpression": "attribute_exists(connection_id)",
+            }
+        }
+        items: list[dict[str, Any]] = [delete]
+        if adjust_connection:
+            items.append(self._sub_count(connection_id, -cost))
+        # The row and its count go together or not at all: a row already gone leaves the counter alone.
+        reasons = self._transact(items)
+        if reasons is None:
+            return True
+        if failed(reasons, 0):
+            return False
+        # Only the counter's condition is left: the connection row, and its counter with it, is
+        # gone. The subscription still goes.
+        return self._transact([delete]) is None
+
+    def subscribers(self, stream_key: str) -> list[Subscription]:
+        """Everyone subscribed to one stream key: a Query, never a Scan."""
+        return [
+            Subscription(
+                stream_key=stream_key,
+                connection_id=get_str(item, "connection_id"),
+                user_id=get_str(item, "user_id"),
+                interval=get_float(item, "interval"),
+                filters=get_string_map(item, "filters"),
+                token_expires_at=get_int(item, "token_expires_at"),
+                latest_only=get_flag(item, "latest_only"),
+            )
+            for item in self._query(
+                TableName=self.subscriptions_table,
+                KeyConditionExpression="stream_key = :k",
+                ExpressionAttributeValues={":k": s(stream_key)},
+                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at, latest_only",
+                ExpressionAttributeNames={"#i": "interval"},
+                # Strongly consistent: a subscription written a moment ago must be seen
+                # once the fan-out's audience cache turns over (resume depends on it).
+                ConsistentRead=True,
+            )
+        ]
+
+    def subscriptions_of(self, connection_id: str) -> list[Subscription]:
+        keys = [get_str(item, "stream_key") for item in self._owned(self.subscriptions_table, connection_id)]
+        if not keys:
+            return []
+        # The index projects keys only; fetch the rows for their filters and intervals.
+        found = []
+        for chunk in chunks(keys, 100):
+            request = {
+                self.subscriptions_table: {
+                    "Keys": [{"stream_key": s(k), "connection_id": s(connection_id)} for k in chunk]
+                }
+            }
+            while request:
+                response = self._db.batch_get_item(RequestItems=request)
+                found.extend(response["Responses"].get(self.subscriptions_table, []))
+                request = response.get("UnprocessedKeys") or {}
+        return sorted(
+            (
+                Subscription(
+                    stream_key=get_str(item, "stream_key"),
+                    connection_id=connection_id,
+                    user_id=get_str(item, "user_id"),
+                    interval=get_float(item, "interval"),
+                    filters=get_string_map(item, "filters"),
+                    latest_only=get_flag(item, "latest_only"),
+                )
+                for item in found
+            ),
+            key=lambda subscription: subscription.stream_key,
+        )
+
+    def count_subscriptions(self) -> int:
+        return self._count(self.subscriptions_table)
+
+    def _subscription_item(self, subscription: Subscription) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "stream_key": s(subscription.stream_key),
+            "connection_id": s(subscription.connection_id),
+            "user_id": s(subscription.user_id),
+            "filters": {"M": {k: s(v) for k, v in subscription.filters.items()}},
+            "token_expires_at": n(subscription.token_expires_at),
+            "expires_at": n(self._connection_expiry(self.clock())),
+        }
+        if subscription.interval is not None:
+            item["interval"] = n(subscription.interval)
+        if subscription.latest_only:
+            item["latest_only"] = {"BOOL": True}
+        return item
+
+    def _new_subscription(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A transaction step writing a subscription row only where none is, so none is counted twice."""
+        return {
+            "Put": {
+                "TableName": self.subscriptions_table,
+                "Item": item,
+                "ConditionExpression": "attribute_not_exists(connection_id)",
+            }
+        }
+
+    def _sub_count(self, connection_id: str, delta: int, limit: int | None = None) -> dict[str, Any]:
+        """A transaction step that moves the connection's subscription counter, below `limit` when adding."""
+        return connection_counters(self.connections_table, connection_id, {"sub_count": (delta, limit)})
