@@ -118,12 +118,18 @@ def http_api_event(request: web.Request, route_key: str, principals: Principals)
 
 
 def _local_stats(stack: LocalStack) -> dict[str, Any]:
-    """What CloudWatch would show on AWS: invocations, errors and the pumps' counters."""
+    """What CloudWatch would show on AWS: invocations, errors, cold starts (Init Duration lines) and the pumps'
+    counters."""
     gateway = stack.running_gateway()
     front_door = stack.front_door
     return {
         "functions": {
-            name: {"invocations": f.invocations, "errors": f.errors, "timeouts": f.timeouts}
+            name: {
+                "invocations": f.invocations,
+                "errors": f.errors,
+                "timeouts": f.timeouts,
+                "cold_starts": f.cold_starts,
+            }
             for name, f in stack.functions.items()
         },
         "pumps": {pump.function.name: pump.stats.as_dict() for pump in stack.pumps},

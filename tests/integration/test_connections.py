@@ -247,7 +247,7 @@ def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_i
         wired.service.disconnect(connection_id)
         return {op: n for op, n in calls.calls.items() if op in ("UpdateItem", "PutItem")}
 
-    # GIVEN a user never seen; WHEN it connects: its rate item is created (a refused try, then the step that fits)
+    # GIVEN a user never seen; WHEN it connects: its rate item is created by the first try
     wired.clock.now = minute + 1
     first = connect_cost("first")
     # WHEN it connects again within the same minute, one minute on, and ten minutes on
@@ -256,8 +256,9 @@ def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_i
     next_minute = connect_cost("next")
     wired.clock.now = minute + 661
     much_later = connect_cost("later")
-    # THEN the row, the open-connection claim and at most two rate-window writes, each time
-    assert first == {"PutItem": 1, "UpdateItem": 4}
+    # THEN the row, the open-connection claim and its release, and one rate-window write for a new user or
+    # the same minute, two when the minute moved on (a refused try, then the step that fits)
+    assert first == {"PutItem": 1, "UpdateItem": 3}
     assert same == {"PutItem": 1, "UpdateItem": 3}
     assert next_minute == {"PutItem": 1, "UpdateItem": 4} and much_later == {"PutItem": 1, "UpdateItem": 4}
     # AND the counts are right after those jumps: the ten-minute gap left nothing of the previous minute,

@@ -25,14 +25,16 @@ class DynamoRateWindows(DynamoTables):
         around its boundary): the current bucket's count plus the previous bucket's,
         weighted by how much of it still lies inside the window. One item per key holds
         both buckets; each step is a conditional update, so concurrent callers never
-        lose a count, and the common case (same bucket) is one write.
+        lose a count, and the common cases (same bucket, or a key never counted: every
+        new user's first connect) are one write.
         """
         now = self.clock()
         bucket = int(now // window_seconds)
         inside = 1 - (now - bucket * window_seconds) / window_seconds  # share of the previous bucket still counted
         base = "SET kind = :kind, expires_at = :exp"
         steps = (
-            (f"{base} ADD cur_count :one", "cur_bucket = :b"),
+            # Same bucket, or no buckets yet (the item is new, or holds none): count in this one.
+            (f"{base}, cur_bucket = :b ADD cur_count :one", "cur_bucket = :b OR attribute_not_exists(cur_bucket)"),
             # Same bucket, or a caller whose clock runs ahead already moved it on: count there.
             (f"{base} ADD cur_count :one", "cur_bucket > :b"),
             (f"{base}, prev_count = cur_count, cur_count = :one, cur_bucket = :b", "cur_bucket = :prev"),
@@ -62,7 +64,7 @@ class DynamoRateWindows(DynamoTables):
                     ExpressionAttributeValues=used,
                     ReturnValues="ALL_NEW",
                     # A refusal shows where the buckets stand, so the next try is the step that fits:
-                    # a key's first count costs two writes, not four.
+                    # a count that moves the buckets on costs two writes, not four.
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except self._errors.ConditionalCheckFailedException as refused:
