@@ -144,9 +144,9 @@ def run_lambda_runtime(_: dict[str, Any], options: argparse.Namespace) -> dict[s
 
 
 def run_end_to_end(_: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
-    from bench import end_to_end
+    from bench.end_to_end import scenario
 
-    figures = end_to_end.run(options.audiences, options.repeats)
+    figures = scenario.run(options.audiences, options.repeats)
     for audience in options.audiences:
         expected = figures.get(f"end_to_end_{audience}_expected")
         delivered = figures.get(f"end_to_end_{audience}_delivered")
@@ -257,7 +257,7 @@ def output_path(requested: Sequence[str], given: str | None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.end_to_end import AUDIENCES, REPEATS
+    from bench.end_to_end.scenario import AUDIENCES, REPEATS
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK", help=f"any of: {', '.join(ORDER)} (default: all)")

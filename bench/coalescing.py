@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import cost, machine
-from bench.end_to_end import SECRET, ChildProcess, _events_client, percentile, raise_fd_limit, stack_stats
+from bench.child_process import ChildProcess
+from bench.measurement import percentile, raise_fd_limit
+from bench.stack_server import SECRET, events_client, stack_stats
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PREFIX = "coalescing_"
@@ -177,9 +179,9 @@ async def _measure(window: int, clients: int, seconds: float, rate: float, symbo
     }
     loop = asyncio.get_running_loop()
     # A stack per window: the setting is part of the synthesized template. Starting it takes most of a run,
-    # and longer on a busy machine than bench.end_to_end's default patience.
+    # and longer on a busy machine than bench.child_process's default patience.
     with ChildProcess("stack", options, startup_timeout=STARTUP_TIMEOUT) as stack:
-        events = await loop.run_in_executor(None, _events_client, stack.info["aws_endpoint_url"])
+        events = await loop.run_in_executor(None, events_client, stack.info["aws_endpoint_url"])
         bus = stack.info["event_bus_name"]
         recorder = Recorder(set(symbols))
         connections = []

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.delivery_worker import BATCH, FAKE_CREDENTIALS, REGION, ServerProcess, sample_posts
+from bench.delivery_worker import BATCH, FAKE_CREDENTIALS, REGION, sample_posts
+from bench.management_api_servers import ServerProcess
 
 CLIENTS = ("hand_written", "aiohttp", "botocore")
 RESULTS = Path(__file__).resolve().parent / "results.json"

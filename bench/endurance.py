@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
-from bench.end_to_end import percentile, raise_fd_limit
+from bench.measurement import percentile, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 

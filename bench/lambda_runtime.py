@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from local.deps_layer import runtime_provided
-from local.lambda_runtime import LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
 
 INVOCATIONS = 4000
 CALLERS = 64

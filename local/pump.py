@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from local.background import BackgroundLoop
-from local.lambda_runtime import LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.pump")
 

@@ -14,7 +14,7 @@ from local.api_gateway.config import GatewayConfig
 from local.api_gateway.connection import Connection
 from local.api_gateway.error_responses import Refusal
 from local.api_gateway.lambda_events import event_headers, query_parameters, request_context
-from local.lambda_runtime import LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.gateway")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from local.lambda_runtime import DEFAULT_ACCOUNT, DEFAULT_REGION
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT, DEFAULT_REGION
 
 
 @dataclass(frozen=True)

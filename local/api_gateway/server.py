@@ -20,7 +20,8 @@ from local.api_gateway.health import HealthEndpoints, ReadinessCheck
 from local.api_gateway.management_api import ManagementApi, ManagementCall
 from local.api_gateway.management_faults import ManagementFault
 from local.api_gateway.websocket_stage import WebSocketStage
-from local.lambda_runtime import Handler, LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
+from local.lambda_runtime.in_process import Handler
 from local.principals import Principals
 
 logger = logging.getLogger("quanttrade.local.gateway")

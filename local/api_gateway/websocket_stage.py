@@ -39,7 +39,8 @@ from local.api_gateway.lambda_events import (
     status_of,
 )
 from local.api_gateway.throttle import TokenBucket
-from local.lambda_runtime import LambdaFunction, LambdaShutdownError
+from local.lambda_runtime.errors import LambdaShutdownError
+from local.lambda_runtime.function import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.gateway")
 

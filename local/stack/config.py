@@ -12,7 +12,7 @@ from typing import Any, Literal
 from local.api_gateway.config import GatewayConfig
 from local.cloud import CloudAssembly
 from local.cloud.template import Api
-from local.lambda_runtime import DEFAULT_ACCOUNT
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.moto_server import DEFAULT_TTL_SWEEP_SECONDS, Mode
 
 # What `cdk deploy --outputs-file` would write, for `python -m local ...` to find the running stack.

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from local.cloud import Deployment, Template
-from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT
+from local.lambda_runtime.function import LambdaFunction
 from local.pump import QueuePump
 from local.stack.config import SCHEDULED, StackStartError
 

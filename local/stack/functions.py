@@ -6,7 +6,8 @@ from pathlib import Path
 
 from local.cloud import Deployment, Template
 from local.deps_layer import local_layer
-from local.lambda_runtime import DEFAULT_ACCOUNT, Credentials, LambdaFunction
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT, Credentials
+from local.lambda_runtime.function import LambdaFunction
 from local.principals import Principal, Principals
 
 # Lambda's default concurrency is the account's (1,000); two cores cannot hold that many interpreters.

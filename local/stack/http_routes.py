@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from local.lambda_runtime import DEFAULT_ACCOUNT
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.principals import Principals
 from local.signed_http import PRINCIPAL_KEY, require_invoke
 from local.stack.config import ADMIN_API_ID, MANAGEMENT_FAULTS

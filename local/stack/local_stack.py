@@ -17,7 +17,9 @@ from local.api_gateway.server import LocalGateway
 from local.aws_front_door.server import AwsFrontDoor
 from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
 from local.deps_layer import runtime_provided
-from local.lambda_runtime import DEFAULT_ACCOUNT, LambdaFunction, preflight
+from local.lambda_runtime.environment import DEFAULT_ACCOUNT
+from local.lambda_runtime.function import LambdaFunction
+from local.lambda_runtime.preflight import preflight
 from local.moto_server import CREDENTIALS, MotoServer
 from local.principals import Principals
 from local.pump import QueuePump

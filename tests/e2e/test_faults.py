@@ -54,7 +54,7 @@ import websockets
 from quanttrade_client import QuantTradeClient
 
 from local.api_gateway.server import LocalGateway
-from local.lambda_runtime import LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
 from local.pump import BatchOutcome, QueuePump
 from local.stack.local_stack import LocalStack
 from quanttrade_ws import topology

@@ -38,7 +38,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from local.api_gateway.access_log import redact_query
 from local.api_gateway.config import GatewayConfig
 from local.api_gateway.server import LocalGateway
-from local.lambda_runtime import LambdaContext, LambdaFunction, LambdaTimeoutError
+from local.lambda_runtime.errors import LambdaTimeoutError
+from local.lambda_runtime.function import LambdaFunction
+from local.lambda_worker import LambdaContext
 from local.principals import ADMIN_CREDENTIALS, Principals
 from local.signed_http import require_invoke
 from local.sigv4 import Credentials, sign_headers

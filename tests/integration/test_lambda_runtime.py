@@ -20,18 +20,11 @@ from typing import Any
 
 import pytest
 
-from local.deps_layer import local_layer, runtime_provided
-from local.lambda_runtime import (
-    REPO_ROOT,
-    Credentials,
-    LambdaFunction,
-    LambdaFunctionError,
-    LambdaInitError,
-    LambdaShutdownError,
-    LambdaTimeoutError,
-    PreflightError,
-    preflight,
-)
+from local.deps_layer import REPO_ROOT, local_layer, runtime_provided
+from local.lambda_runtime.environment import Credentials
+from local.lambda_runtime.errors import LambdaFunctionError, LambdaInitError, LambdaShutdownError, LambdaTimeoutError
+from local.lambda_runtime.function import LambdaFunction
+from local.lambda_runtime.preflight import PreflightError, preflight
 
 HANDLERS = """
 import json

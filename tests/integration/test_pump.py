@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from local.lambda_runtime import LambdaFunction
+from local.lambda_runtime.function import LambdaFunction
 from local.moto_server import MotoServer
 from local.pump import QueuePump
 

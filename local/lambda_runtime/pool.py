@@ -1,0 +1,51 @@
+"""The execution environments of one function on one event loop: the concurrency cap, the warm ones, the live ones."""
+
+from __future__ import annotations
+
+import asyncio
+
+from local.lambda_runtime.worker import Worker
+
+
+class WorkerPool:
+    """Replaced whole on shutdown, or when the function is driven from another event loop."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.slots = asyncio.Semaphore(concurrency)
+        self.idle: list[Worker] = []
+        self.workers: set[Worker] = set()  # alive and usable (idle or busy)
+        self.processes: set[Worker] = set()  # every process not yet exited, usable or not
+        self.closed = False
+
+    def add(self, worker: Worker) -> None:
+        self.workers.add(worker)
+        self.processes.add(worker)
+        worker.finished.add_done_callback(lambda _: self.processes.discard(worker))
+
+    def take_warm(self) -> Worker | None:
+        """An idle environment still alive, or None: the caller then starts one cold."""
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.process.returncode is None:
+                return worker
+            # Died while idle (killed from outside, out of memory): Lambda would just start another.
+            self.workers.discard(worker)
+        return None
+
+    def retire_all(self) -> None:
+        """The configuration changed: idle environments go now, busy ones when their invocation ends."""
+        if self.closed:
+            return
+        for worker in self.idle:
+            self.workers.discard(worker)
+            worker.kill("reconfigured")
+        self.idle.clear()
+        for worker in self.workers:
+            worker.retired = True
+
+    def close(self) -> None:
+        self.closed = True
+        for worker in list(self.workers):
+            worker.kill("shutdown")
+        self.idle.clear()
