@@ -424,8 +424,52 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
     )
 
 
-async def capacity(clients: int, events: int, figures: dict[str, Any], held: list[Subscriber]) -> None:
+def local_stats() -> dict[str, Any]:
+    """The running stack's `/local/stats`, signed as the local administrator (as `python -m local stats`)."""
+    from local.signed_http import signed_request
+
+    with urllib.request.urlopen(signed_request("GET", f"{HTTP}/local/stats", region="us-east-1"), timeout=30) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def stats_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Cold starts by function and AWS calls by operation (all principals) between two `/local/stats`."""
+
+    def calls(stats: dict[str, Any]) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for by_operation in stats["aws_calls"].values():
+            for operation, count in by_operation.items():
+                totals[operation] = totals.get(operation, 0) + count
+        return totals
+
+    def short(name: str) -> str:  # QuantTrade-prod-FunctionsConnectFunctionAA697F77-... -> Connect
+        return name.split("Functions", 1)[-1].split("Function", 1)[0] or name
+
+    cold = {
+        short(name): usage.get("cold_starts", 0) - before["functions"].get(name, {}).get("cold_starts", 0)
+        for name, usage in after["functions"].items()
+    }
+    was, now = calls(before), calls(after)
+    return {
+        "cold_starts": {name: count for name, count in cold.items() if count},
+        "aws_calls": {op: now[op] - was.get(op, 0) for op in sorted(now) if now[op] - was.get(op, 0)},
+    }
+
+
+def cpu_by_kind(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds each kind of process spent between two `tree_usage` readings (exited workers' are lost)."""
+    kinds = after["by_kind"]
+    return {
+        kind: round(usage["cpu_seconds"] - before["by_kind"].get(kind, {}).get("cpu_seconds", 0.0), 1)
+        for kind, usage in kinds.items()
+    }
+
+
+async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str, Any], held: list[Subscriber]) -> None:
     tokens = Tokens()
+    loop = asyncio.get_running_loop()
+    at_start = await loop.run_in_executor(None, tree_usage, stack.process.pid)
+    stats_at_start = await loop.run_in_executor(None, local_stats)
     stream = [{"stream_type": "market_data", "symbol": CAPACITY_SYMBOL}]
     new = [Subscriber(stream, tokens.mint(f"capacity-{len(held) + n}")) for n in range(clients - len(held))]
     began = time.monotonic()
@@ -442,8 +486,9 @@ async def capacity(clients: int, events: int, figures: dict[str, Any], held: lis
         # Stay under the gateway's (API Gateway's) 500 new connections per second.
         await asyncio.sleep(max(0.0, len(wave) / 450 - (time.monotonic() - wave_began)))
     subscribed_seconds = time.monotonic() - began
+    subscribed = await loop.run_in_executor(None, tree_usage, stack.process.pid)
+    stats_subscribed = await loop.run_in_executor(None, local_stats)
     publisher = Publisher()
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     incomplete = 0
     for _ in range(events):
@@ -451,6 +496,7 @@ async def capacity(clients: int, events: int, figures: dict[str, Any], held: lis
         arrivals = await asyncio.gather(*(client.wait_for(event_id, 30) for client in held))
         incomplete += sum(arrival is None for arrival in arrivals)
         latencies.extend((arrival - sent) * 1000 for arrival in arrivals if arrival is not None)
+    delivered = await loop.run_in_executor(None, tree_usage, stack.process.pid)
     key = f"capacity_{clients}"
     figures.update(
         {
@@ -461,11 +507,17 @@ async def capacity(clients: int, events: int, figures: dict[str, Any], held: lis
             f"{key}_deliveries_missing": incomplete,
             f"{key}_latency_p50_ms": _round(percentile(latencies, 0.5)),
             f"{key}_latency_p99_ms": _round(percentile(latencies, 0.99)),
+            # Where the time went: the stack's CPU seconds by process kind, in each half of the step.
+            f"{key}_connect_cpu_seconds_by_kind": cpu_by_kind(at_start, subscribed),
+            f"{key}_events_cpu_seconds_by_kind": cpu_by_kind(subscribed, delivered),
+            f"{key}_connect_work": stats_between(stats_at_start, stats_subscribed),
         }
     )
     print(
         f"  {clients} clients: subscribed in {subscribed_seconds:.1f} s, one event to all: "
-        f"p50 {figures[key + '_latency_p50_ms']} ms p99 {figures[key + '_latency_p99_ms']} ms, missing {incomplete}",
+        f"p50 {figures[key + '_latency_p50_ms']} ms p99 {figures[key + '_latency_p99_ms']} ms, missing {incomplete}\n"
+        f"    CPU s by process while connecting {figures[key + '_connect_cpu_seconds_by_kind']}, "
+        f"while delivering {figures[key + '_events_cpu_seconds_by_kind']}",
         flush=True,
     )
 
@@ -479,7 +531,7 @@ async def run_async(args: argparse.Namespace, stack: DevStack, figures: dict[str
         await endurance(stack, args, figures)
     held: list[Subscriber] = []
     for clients in sorted(args.clients):
-        await capacity(clients, args.events, figures, held)
+        await capacity(stack, clients, args.events, figures, held)
     if held:
         loop = asyncio.get_running_loop()
         seconds = await loop.run_in_executor(None, stack.interrupt)
