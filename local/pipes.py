@@ -126,8 +126,8 @@ class PipePump(BackgroundLoop):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            receive = loop.run_in_executor(self._io, self._receive)
-            stopping = asyncio.ensure_future(self._stopping.wait())
+            receive: asyncio.Future[Any] = loop.run_in_executor(self._io, self._receive)
+            stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
             try:
                 await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
             finally:
