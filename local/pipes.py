@@ -109,7 +109,7 @@ class PipePump(BackgroundLoop):
         super().start()
 
     async def stop(self) -> None:
-        """Finish the batch in hand, then stop polling (a long poll in progress is left behind)."""
+        """Finish the poll and the batch in hand (at most `wait_seconds` more), then stop polling."""
         self._stopping.set()
         task, self._task = self._task, None
         if task is not None:
@@ -126,18 +126,10 @@ class PipePump(BackgroundLoop):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            receive: asyncio.Future[Any] = loop.run_in_executor(self._io, self._receive)
-            stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
             try:
-                await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not receive.done():
-                # Stopping mid-poll: whatever it still returns becomes visible again after its timeout.
-                receive.add_done_callback(lambda future: future.cancelled() or future.exception())
-                return
-            try:
-                messages = receive.result()
+                # A stop waits for the poll in progress (it ends within wait_seconds) and moves what it brings,
+                # rather than leave those messages invisible on the source for its visibility timeout.
+                messages = await loop.run_in_executor(self._io, self._receive)
                 self.stats.receives += 1
                 if messages:
                     await loop.run_in_executor(self._io, self.move, messages)

@@ -51,7 +51,8 @@ def queue_url(deployment: Deployment, declared: topology.Queue) -> str:
     return deployment.ref(logical_id)
 
 
-async def receive_all(sqs: Any, url: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+# Generous: a loaded 2-core machine (moto, the front door and the pump in one process) can be slow.
+async def receive_all(sqs: Any, url: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     got: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(got) < count:
@@ -70,11 +71,11 @@ async def receive_all(sqs: Any, url: str, count: int, timeout: float = 10.0) -> 
     return got
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("timed out")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -123,7 +124,7 @@ async def test_a_tick_without_a_symbol_stays_on_the_ingest_queue_for_its_dlq(
     await asyncio.to_thread(sqs.send_message, QueueUrl=ingest, MessageBody=json.dumps(event))
 
     # WHEN the pipe receives it
-    await eventually(lambda: pipe.stats.unresolved >= 1)
+    await eventually(lambda: pipe.stats.unresolved >= 1, "the pipe to leave the message on the ingest queue")
 
     # THEN it is not sent on: it stays in flight on the ingest queue (its redrive policy will dead-letter it)
     attributes = sqs.get_queue_attributes(QueueUrl=ingest, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
