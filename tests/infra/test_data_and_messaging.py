@@ -181,14 +181,16 @@ def test_queue_consumers_report_partial_batch_failures(synth: Synth) -> None:
         assert mapping.get("ScalingConfig", {}).get("MaximumConcurrency") == declared.max_concurrency
 
 
-def test_delivery_functions_together_stay_within_the_management_api_quota(synth: Synth) -> None:
-    # Five functions of 64 posts in flight each are about the account's 10,000 calls/s.
+def test_delivery_functions_are_capped_where_the_management_api_quota_stays_full(synth: Synth) -> None:
+    # Five functions of 64 posts in flight each are about the account's 10,000 calls/s; eight keep it full
+    # while some wait on their next batch, their 429s retried to the deadline rather than failed (the AWS
+    # model: 100,000 subscribers in 11.0 s with 8, 12.1 s with 5, 12.4 s with 10; bench/README.md).
     (mapping,) = [
         m["Properties"]
         for m in synth.resources("AWS::Lambda::EventSourceMapping").values()
         if m["Properties"]["FunctionName"] == {"Ref": synth.function_id(topology.DELIVERY)}
     ]
-    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 5}
+    assert mapping["ScalingConfig"] == {"MaximumConcurrency": 8}
 
 
 def test_sweeper_runs_every_five_minutes(synth: Synth) -> None:
