@@ -1,4 +1,5 @@
-"""Upstream events into the service: the `quanttrade-<stage>` bus, its archive, one rule per source, the SQS queues.
+"""Upstream events into the service: the `quanttrade-<stage>` bus, its archive, one rule per source, the SQS queues
+and the pipes that group a source's events by stream.
 
 Built in two steps because the queue URLs go into the functions' environment
 while the functions are what consume the queues: the constructor creates the
@@ -8,11 +9,13 @@ functions exist.
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_pipes as pipes
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -47,6 +50,12 @@ class FanOut(Construct):
                 # gets the same so a sender that omits MessageDeduplicationId is
                 # deduplicated rather than rejected; an explicit id still wins.
                 content_based_deduplication=True if declared.fifo else None,
+                # Per-group quotas and deduplication: the market-data pipe spreads symbols over groups, and
+                # one group (one partition) then takes 300 sends/s instead of the whole queue.
+                deduplication_scope=sqs.DeduplicationScope.MESSAGE_GROUP if declared.high_throughput else None,
+                fifo_throughput_limit=sqs.FifoThroughputLimit.PER_MESSAGE_GROUP_ID
+                if declared.high_throughput
+                else None,
                 visibility_timeout=Duration.seconds(declared.visibility_timeout_seconds),
                 encryption=sqs.QueueEncryption.SQS_MANAGED,
                 enforce_ssl=True,
@@ -92,22 +101,85 @@ class FanOut(Construct):
         events_queue = self.queues[topology.EVENTS_QUEUE.logical_id]
         self.rules: dict[str, events.Rule] = {}
         for source in topology.SOURCES:
+            if source.pipe is None:
+                # One group per source: FIFO orders within a group, which is the order
+                # sequence numbers are handed out in.
+                target = targets.SqsQueue(
+                    events_queue, message_group_id=source.message_group, dead_letter_queue=self.event_delivery_dlq
+                )
+                description = f"{source.detail_type} events from {source.source} to the events queue"
+            else:
+                # A rule's MessageGroupId is a fixed string; the source's pipe sets one per stream.
+                target = targets.SqsQueue(self.queue(source.pipe.source), dead_letter_queue=self.event_delivery_dlq)
+                description = f"{source.detail_type} events from {source.source} to {source.pipe.logical_id}"
             self.rules[source.rule_logical_id] = events.Rule(
                 self,
                 source.rule_logical_id,
                 event_bus=self.bus,
-                description=f"{source.detail_type} events from {source.source} to the events queue",
+                description=description,
                 event_pattern=events.EventPattern(source=[source.source], detail_type=[source.detail_type]),
-                targets=[
-                    targets.SqsQueue(
-                        events_queue,
-                        # One group per source: FIFO orders within a group, which is
-                        # the order sequence numbers are handed out in.
-                        message_group_id=source.message_group,
-                        dead_letter_queue=self.event_delivery_dlq,
-                    )
-                ],
+                targets=[target],
             )
+        self.pipes: dict[str, pipes.CfnPipe] = {
+            declared.logical_id: self._pipe(declared) for declared in topology.PIPES
+        }
+
+    def _pipe(self, declared: topology.Pipe) -> pipes.CfnPipe:
+        """An EventBridge Pipe from the ingest queue to the FIFO queue, each event in its stream's message group.
+
+        Facts it rests on (docs/adr/0002-one-message-group-per-stream.md): a target parameter may be a JSON
+        path into the event, `$.body.<key>` for an SQS source whose body is JSON ("Dynamic path
+        parameters", https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-event-target.html);
+        an SQS target takes batches of up to 10 and the input template applies to each record
+        (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-batching-concurrency.html); a
+        record the target refuses is retried up to the source queue's maxReceiveCount, then goes to the
+        queue's own DLQ (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-error-troubleshooting.html).
+        """
+        source, target = self.queue(declared.source), self.queue(declared.target)
+        role = iam.Role(
+            self,
+            f"{declared.logical_id}Role",
+            description=f"{declared.logical_id}: from {declared.source.logical_id} to {declared.target.logical_id}",
+            # Only pipes of this account may assume it (the confused-deputy guard for service roles).
+            assumed_by=iam.ServicePrincipal(
+                "pipes.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}}
+            ),
+            # Inline, so the permissions exist when CloudFormation creates the pipe (which checks them).
+            inline_policies={
+                "Pipe": iam.PolicyDocument(
+                    statements=[
+                        iam.PolicyStatement(
+                            actions=["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+                            resources=[source.queue_arn],
+                        ),
+                        iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[target.queue_arn]),
+                    ]
+                )
+            },
+        )
+        return pipes.CfnPipe(
+            self,
+            declared.logical_id,
+            role_arn=role.role_arn,
+            source=source.queue_arn,
+            target=target.queue_arn,
+            description=f"Groups {declared.source.logical_id}'s events by {declared.group_id_path} into "
+            f"{declared.target.logical_id}",
+            source_parameters=pipes.CfnPipe.PipeSourceParametersProperty(
+                sqs_queue_parameters=pipes.CfnPipe.PipeSourceSqsQueueParametersProperty(
+                    batch_size=declared.batch_size,
+                    # No batching window: a tick waits for nothing but the poll.
+                    maximum_batching_window_in_seconds=0,
+                )
+            ),
+            target_parameters=pipes.CfnPipe.PipeTargetParametersProperty(
+                input_template=declared.input_template,
+                sqs_queue_parameters=pipes.CfnPipe.PipeTargetSqsQueueParametersProperty(
+                    message_group_id=declared.group_id_path,
+                    message_deduplication_id=declared.deduplication_id_path,
+                ),
+            ),
+        )
 
     def queue(self, declared: topology.Queue) -> sqs.Queue:
         return self.queues[declared.logical_id]

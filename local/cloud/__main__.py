@@ -27,6 +27,14 @@ def _summary(template: Template) -> dict[str, object]:
         "event_source_mappings": {
             m.queue_logical_id: m.function_logical_id for m in template.event_source_mappings.values()
         },
+        "pipes": {
+            lid: {
+                "from": p.source_logical_id,
+                "to": p.target_logical_id,
+                "group": p.message_group_id.path.text if p.message_group_id and p.message_group_id.path else None,
+            }
+            for lid, p in template.pipes.items()
+        },
     }
 
 

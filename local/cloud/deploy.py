@@ -225,6 +225,9 @@ class Deployment:
             name = props.get("TopicName") or physical_name(stack, lid, kind)
             arn = self._arn("sns", name)
             return {"Ref": arn, "TopicArn": arn, "TopicName": name}
+        if kind == cfn.PIPE:
+            name = props.get("Name") or physical_name(stack, lid, kind)
+            return {"Ref": name, "Arn": self._arn("pipes", f"pipe/{name}")}
         if kind == "AWS::KMS::Key":
             key_id = str(_uuid_like(stack, lid))
             return {"Ref": key_id, "KeyId": key_id, "Arn": self._arn("kms", f"key/{key_id}")}
@@ -250,12 +253,15 @@ class Deployment:
 
     def role_policies(self, function_logical_id: str) -> list[dict[str, Any]]:
         """The resolved policy documents of the function's role (inline policies, then attached AWS::IAM::Policy)."""
-        function = self.template.functions[function_logical_id]
-        policies = self.template.role_policies(function.role_logical_id)
+        return self.role_documents(self.template.functions[function_logical_id].role_logical_id)
+
+    def role_documents(self, role_logical_id: str) -> list[dict[str, Any]]:
+        """The resolved policy documents of a role of the template (a function's, a pipe's)."""
+        policies = self.template.role_policies(role_logical_id)
         if policies.managed_policy_arns:
             managed = self.resolve(list(policies.managed_policy_arns))
             raise UnresolvableError(
-                f"role {function.role_logical_id} has managed policies {managed}, whose documents the template lacks"
+                f"role {role_logical_id} has managed policies {managed}, whose documents the template lacks"
             )
         return [self.resolve(document) for document in policies.documents]
 
@@ -453,6 +459,8 @@ def provision(
     unknown = set(secret_values) - set(template.secrets)
     if unknown:
         raise ProvisioningError(f"secret_values for {sorted(unknown)}, which are not secrets of the template")
+    # Pipes run as pumps once the stack serves (local.pipes); one the local stack cannot run fails the deploy now.
+    _ = template.pipes
     deployment = Deployment(template=template, region=clients.region, account=account, api_ids=dict(api_ids or {}))
     tables: set[str] = set()
     for page in clients.dynamodb.get_paginator("list_tables").paginate():

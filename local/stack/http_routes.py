@@ -133,6 +133,7 @@ def _local_stats(stack: LocalStack) -> dict[str, Any]:
             for name, f in stack.functions.items()
         },
         "pumps": {pump.function.name: pump.stats.as_dict() for pump in stack.pumps},
+        "pipes": {pipe.name: pipe.stats.as_dict() for pipe in stack.pipes},
         "simulator": dict(stack.simulator.published) if stack.simulator else None,
         "connections": len(gateway.connection_ids),
         "aws_calls": front_door.call_counts() if front_door is not None else {},

@@ -21,6 +21,7 @@ from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.lambda_runtime.function import LambdaFunction
 from local.lambda_runtime.preflight import preflight
 from local.moto_server import CREDENTIALS, MotoServer
+from local.pipes import PipePump, pipe_pumps
 from local.principals import Principals
 from local.pump import QueuePump
 from local.simulator import MarketSimulator
@@ -60,6 +61,7 @@ class LocalStack:
         self.secret: str = ""
         self.gateway: LocalGateway | None = None
         self.pumps: list[QueuePump] = []
+        self.pipes: list[PipePump] = []  # the template's EventBridge Pipes (local.pipes)
         self.simulator: MarketSimulator | None = None
         self.functions: dict[str, LambdaFunction] = {}  # template logical id -> function
         # Who may call AWS, the Management API and the admin routes: each function's role, and the local
@@ -274,6 +276,14 @@ class LocalStack:
         )
         for pump in self.pumps:
             pump.start()
+        self.pipes = await loop.run_in_executor(
+            None,
+            lambda: pipe_pumps(
+                template, deployment, self.principals, endpoint_url=front_door.endpoint_url, region=self.config.region
+            ),
+        )
+        for pipe in self.pipes:
+            pipe.start()
         interval = sweep_interval(template, self.config.sweep_interval)
         if interval:
             self._sweeper = loop.create_task(
@@ -340,7 +350,7 @@ class LocalStack:
         if self.gateway is not None:
             await self.gateway.stop()
         lap("connections")
-        await asyncio.gather(*(pump.stop() for pump in self.pumps))
+        await asyncio.gather(*(pump.stop() for pump in self.pumps), *(pipe.stop() for pipe in self.pipes))
         await asyncio.gather(*(function.aclose() for function in self.functions.values()))
         lap("pumps and functions")
         if self.front_door is not None:

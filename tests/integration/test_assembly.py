@@ -147,7 +147,7 @@ def test_each_source_queue_is_fifo_with_content_deduplication_and_a_fifo_dlq(tem
         assert dlq.message_retention == 14 * 24 * 3600
 
 
-def test_each_source_has_a_rule_to_the_events_queue_in_its_message_group(template: Template) -> None:
+def test_each_source_has_a_rule_to_the_events_queue_in_its_message_group_or_to_its_pipe(template: Template) -> None:
     events_queue = queue_consumed_by(template, topology.FANOUT)
     (bus,) = template.event_buses.values()
     assert bus.name == f"{topology.EVENT_BUS_NAME}-prod"  # the default stage's bus
@@ -161,9 +161,17 @@ def test_each_source_has_a_rule_to_the_events_queue_in_its_message_group(templat
         assert rule.bus_logical_id == bus.logical_id
         assert rule.event_pattern == {"source": [source.source], "detail-type": [source.detail_type]}
         (target,) = rule.targets
-        assert target.target_logical_id == events_queue
-        assert target.message_group_id == source.message_group
         assert template.queues[target.dead_letter_logical_id or ""].fifo is False  # EventBridge DLQs are standard
+        if source.pipe is None:
+            assert target.target_logical_id == events_queue
+            assert target.message_group_id == source.message_group
+            continue
+        # A piped source: the rule feeds the standard ingest queue, the pipe groups by stream into the events queue.
+        (pipe,) = [p for p in template.pipes.values() if p.source_logical_id == target.target_logical_id]
+        assert template.queues[pipe.source_logical_id].fifo is False and target.message_group_id is None
+        assert pipe.target_logical_id == events_queue
+        assert pipe.message_group_id is not None and pipe.message_group_id.path is not None
+        assert pipe.message_group_id.path.text == source.pipe.group_id_path
 
 
 def test_the_sweeper_runs_on_a_schedule(template: Template) -> None:

@@ -41,17 +41,29 @@ def load(*parts: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def provisioned(assembly: CloudAssembly) -> Iterator[tuple[MotoServer, str, str]]:
-    """moto with the template's resources; the bus name and the events queue (the one the rules feed)."""
+def provisioned(assembly: CloudAssembly) -> Iterator[tuple[MotoServer, str, str, list[str]]]:
+    """moto with the template's resources; the bus name, the events queue and every queue a rule feeds
+    (the events queue, and the market-data pipe's ingest queue: no pipe runs here)."""
     server = MotoServer(port=0).start()
     deployment = provision(assembly.template, Clients.from_factory(server.client))
-    rule = next(rule for rule in assembly.template.rules.values() if rule.event_pattern)
-    yield server, deployment.ref(rule.bus_logical_id), deployment.ref(rule.targets[0].target_logical_id)
+    # The alerting rule: a source without a pipe, whose target is the events queue itself.
+    rule = next(
+        rule
+        for rule in assembly.template.rules.values()
+        if rule.event_pattern and rule.event_pattern["source"] == ["quanttrade.alerting"]
+    )
+    fed = {t.target_logical_id for r in assembly.template.rules.values() if r.event_pattern for t in r.targets}
+    yield (
+        server,
+        deployment.ref(rule.bus_logical_id),
+        deployment.ref(rule.targets[0].target_logical_id),
+        [deployment.ref(logical_id) for logical_id in sorted(fed)],
+    )
     server.stop()
 
 
 def test_a_published_event_reaches_the_events_queue_in_its_source_group(provisioned: Any) -> None:
-    server, bus, events_queue = provisioned
+    server, bus, events_queue, _ = provisioned
     sample = load("eventbridge", "alert.json")
     server.client("events").put_events(
         Entries=[
@@ -152,7 +164,7 @@ def test_sqs_samples_are_lambda_batches_from_their_queue(sample: str, queue: top
 def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_limits(provisioned: Any) -> None:
     from local.simulator import MAX_ENTRIES_PER_CALL, MarketSimulator
 
-    server, bus, events_queue = provisioned
+    server, bus, _, fed_queues = provisioned
     simulator = MarketSimulator(lambda: server.client("events"), rate=6.0, seed=7, event_bus_name=bus)
     entries = [entry for second in range(600) for entry in simulator.entries_for(1.0, now=1_800_000_000.0 + second)]
     sources = {s.detail_type: s.source for s in topology.SOURCES}
@@ -165,12 +177,14 @@ def test_the_simulator_publishes_valid_events_of_every_kind_within_put_events_li
     assert len(ticks) == 3600  # 6 a second
     assert all(t["bid"] < t["ask"] and t["bid"] <= t["price"] <= t["ask"] for t in ticks)
 
-    # Published for real: 23 entries go out as three PutEvents calls and all reach the events queue.
+    # Published for real: 23 entries go out as three PutEvents calls and all reach the queues the rules feed.
     batch = entries[:23]
     assert MAX_ENTRIES_PER_CALL == 10
     assert simulator.publish(batch) == 23
     sqs = server.client("sqs")
-    url = events_queue
-    arrived = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-    assert int(arrived["ApproximateNumberOfMessages"]) == 23
-    sqs.purge_queue(QueueUrl=url)
+    arrived = 0
+    for url in fed_queues:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        arrived += int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+        sqs.purge_queue(QueueUrl=url)
+    assert arrived == 23

@@ -163,3 +163,21 @@ def test_throttled_posts_fail_after_their_attempts_unless_retried_to_a_deadline(
     assert len(report.delivered) + len(report.failed) == 2000
     if not fails:
         assert deliveries.events["e"].last_delivery >= 2.0
+
+
+def test_environments_initialised_beforehand_pay_no_cold_start() -> None:
+    # GIVEN the AWS profile and 1,500 subscribers (the delivery queue is used), once from cold and once with the
+    # fan-out's and the delivery functions' environments initialised beforehand (provisioned concurrency)
+    cold = Scenario(audience=1500, rate=1.0, symbols=1, events=2)
+    warm = replace(cold, warm_fanout=1, warm_delivery=8)
+
+    # WHEN both run
+    cold_outcome, warm_outcome = run_scenario(cold, horizon=120), run_scenario(warm, horizon=120)
+
+    # THEN both deliver everything, the warm run starts no environment it had and its first event arrives sooner
+    assert [e.delivered for e in warm_outcome.events] == [e.delivered for e in cold_outcome.events] == [1500, 1500]
+    assert cold_outcome.tally.cold_starts >= 2 and warm_outcome.tally.cold_starts == 0
+    first_cold, first_warm = (
+        o.events[0].last_delivery - o.events[0].published_at for o in (cold_outcome, warm_outcome)
+    )
+    assert first_warm < first_cold

@@ -100,6 +100,9 @@ class Queue:
     env_var: str
     visibility_timeout_seconds: int
     fifo: bool = False
+    # FIFO high throughput: the send quota and deduplication apply per message group
+    # (FifoThroughputLimit perMessageGroupId, DeduplicationScope messageGroup).
+    high_throughput: bool = False
     max_receive_count: int = 5
 
     @property
@@ -111,16 +114,56 @@ class Queue:
         return self.env_var.replace("_URL", "_DLQ_URL")
 
 
-# FIFO with one message group per upstream source: sequence numbers are given
-# out and delivered in the order events leave the queue, so no client sees an
-# older message of a stream after a newer one.
-EVENTS_QUEUE = Queue(logical_id="EventsQueue", env_var="EVENTS_QUEUE_URL", visibility_timeout_seconds=60, fifo=True)
+# FIFO: sequence numbers are given out and delivered in the order events leave
+# their message group, so no client sees an older message of a stream after a
+# newer one. Market data is grouped per symbol (through its pipe, below), every
+# other source in one group of its own; high throughput, so the send quota is
+# per group rather than 300 calls/s for the whole queue (docs/adr/0002).
+EVENTS_QUEUE = Queue(
+    logical_id="EventsQueue",
+    env_var="EVENTS_QUEUE_URL",
+    visibility_timeout_seconds=60,
+    fifo=True,
+    high_throughput=True,
+)
 # Delivery chunks of large audiences and retries of failed posts. FIFO grouped
 # by stream and chunk so each connection keeps its per-stream order.
 DELIVERY_QUEUE = Queue(
     logical_id="DeliveryQueue", env_var="DELIVERY_QUEUE_URL", visibility_timeout_seconds=60, fifo=True
 )
-QUEUES: tuple[Queue, ...] = (EVENTS_QUEUE, DELIVERY_QUEUE)
+# Standard: where the market-data rule puts events for the pipe to group by symbol. No function reads
+# it (the pipe does); its DLQ takes events the pipe could not place (no symbol to group by).
+MARKET_DATA_INGEST_QUEUE = Queue(
+    logical_id="MarketDataIngestQueue", env_var="MARKET_DATA_INGEST_QUEUE_URL", visibility_timeout_seconds=30
+)
+QUEUES: tuple[Queue, ...] = (EVENTS_QUEUE, DELIVERY_QUEUE, MARKET_DATA_INGEST_QUEUE)
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """An EventBridge Pipe from a standard ingest queue into a FIFO queue, each event in the message
+    group its `group_id_path` names: an EventBridge rule's MessageGroupId is a fixed string, a pipe's
+    target parameters take a JSON path into the event (`$.body...` for an SQS source)."""
+
+    logical_id: str
+    source: Queue
+    target: Queue
+    group_id_path: str
+    # The EventBridge event id: a copy the rule or the pipe delivers twice is dropped by the FIFO queue
+    # (within its 5 minute deduplication window, per message group).
+    deduplication_id_path: str = "$.body.id"
+    # The target gets the EventBridge event itself, as a rule would put it, not the pipe's SQS record.
+    input_template: str = "<$.body>"
+    batch_size: int = 10  # SendMessageBatch's maximum
+
+
+MARKET_DATA_PIPE = Pipe(
+    logical_id="MarketDataPipe",
+    source=MARKET_DATA_INGEST_QUEUE,
+    target=EVENTS_QUEUE,
+    group_id_path="$.body.detail.symbol",
+)
+PIPES: tuple[Pipe, ...] = (MARKET_DATA_PIPE,)
 
 
 @dataclass(frozen=True)
@@ -130,6 +173,9 @@ class Source:
     source: str
     detail_type: str
     stream_type: str
+    # None: the rule sends to the events queue in the source's one message group. A pipe: the rule
+    # sends to the pipe's ingest queue and the pipe groups the events by stream.
+    pipe: Pipe | None = None
 
     @property
     def rule_logical_id(self) -> str:
@@ -142,7 +188,7 @@ class Source:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("quanttrade.market-data", "MarketData", "market_data"),
+    Source("quanttrade.market-data", "MarketData", "market_data", pipe=MARKET_DATA_PIPE),
     Source("quanttrade.prediction", "Prediction", "predictions"),
     Source("quanttrade.alerting", "Alert", "alerts"),
     Source("quanttrade.performance", "Performance", "performance"),
@@ -216,10 +262,11 @@ DELIVERY = Function(
     memory_mb=1024,
     batch_size=10,
     # One delivery function keeps post_concurrency (64) posts in flight at ~28 ms each: about 2,300
-    # posts/s. Five of them are the account's 10,000 Management API calls/s; more only trade 429s and
-    # fail posts after their last attempt, which redelivers whole chunks a visibility timeout later
-    # (the AWS model: 100,000 subscribers in 12 s with 5, in minutes without a cap; bench/README.md).
-    max_concurrency=5,
+    # posts/s, so five are the account's 10,000 Management API calls/s. Eight keep the quota full while
+    # some wait on their next batch; their 429s are retried until the deadline, not failed (without that
+    # policy more functions only fail posts and redeliver whole chunks). The AWS model with 8: 100,000
+    # subscribers in 10.3 s warm, 11.0 s cold; 12.1 s with 5; minutes uncapped (bench/README.md).
+    max_concurrency=8,
     reserved_pool=2,
 )
 SWEEPER = Function(
