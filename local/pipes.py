@@ -36,9 +36,10 @@ import boto3
 from botocore.config import Config
 
 from local.background import BackgroundLoop
-from local.cloud import Deployment, Template
+from local.cloud.deploy import Deployment
 from local.cloud.pipe_paths import UnresolvedPath, sqs_source_event
-from local.cloud.template import Pipe
+from local.cloud.resources.pipes import Pipe
+from local.cloud.template import Template
 from local.principals import Principal, Principals
 
 logger = logging.getLogger("quanttrade.local.pipes")

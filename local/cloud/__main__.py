@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from local.cloud import Clients, SynthesisError, provision, synthesize
+from local.cloud.deploy import Clients, provision
+from local.cloud.synth import SynthesisError, synthesize
 from local.cloud.template import Template
 
 

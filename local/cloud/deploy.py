@@ -31,9 +31,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.cloud import template as cfn
+from local.cloud.assembly import CloudAssembly
 from local.cloud.intrinsics import Resolver, UnresolvableError
-from local.cloud.template import CloudAssembly, Template, TemplateError
+from local.cloud.resources import resource as cfn
+from local.cloud.resources.resource import TemplateError
+from local.cloud.template import Template
 
 DEFAULT_ACCOUNT = "123456789012"  # moto's default account
 PARTITION = "aws"

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from local.cloud.template import TemplateError
+from local.cloud.resources.resource import TemplateError
 
 SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from local.cloud.template import CloudAssembly
+from local.cloud.assembly import CloudAssembly
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".build" / "assembly"

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from local.api_gateway.config import GatewayConfig
-from local.cloud import CloudAssembly
-from local.cloud.template import Api
+from local.cloud.assembly import CloudAssembly
+from local.cloud.resources.api_gateway import Api
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.moto_server import DEFAULT_TTL_SWEEP_SECONDS, Mode
 

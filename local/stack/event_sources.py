@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from local.cloud import Deployment, Template
+from local.cloud.deploy import Deployment
+from local.cloud.template import Template
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.lambda_runtime.function import LambdaFunction
 from local.pump import QueuePump

@@ -15,7 +15,10 @@ from typing import Any
 from local.api_gateway.config import GatewayConfig
 from local.api_gateway.server import LocalGateway
 from local.aws_front_door.server import AwsFrontDoor
-from local.cloud import Clients, CloudAssembly, Deployment, Template, provision, synthesize
+from local.cloud.assembly import CloudAssembly
+from local.cloud.deploy import Clients, Deployment, provision
+from local.cloud.synth import synthesize
+from local.cloud.template import Template
 from local.deps_layer import runtime_provided
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.lambda_runtime.function import LambdaFunction

@@ -26,7 +26,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from local.cloud import CloudAssembly, synthesize
+from local.cloud.assembly import CloudAssembly
+from local.cloud.synth import synthesize
 from local.stack.config import StackConfig
 from local.stack.in_thread import BackgroundStack
 from local.stack.local_stack import LocalStack

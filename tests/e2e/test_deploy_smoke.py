@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from local.cloud import CloudAssembly
+from local.cloud.assembly import CloudAssembly
 from local.smoke import run_smoke
 from local.stack.config import StackConfig, StackStartError
 from local.stack.in_thread import BackgroundStack

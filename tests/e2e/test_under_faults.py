@@ -22,7 +22,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from local.cloud import CloudAssembly
+from local.cloud.assembly import CloudAssembly
 from local.stack.config import StackConfig
 from local.stack.in_thread import BackgroundStack
 from local.stack.local_stack import LocalStack

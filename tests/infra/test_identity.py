@@ -290,7 +290,7 @@ def test_the_local_stack_finds_the_generated_key_and_says_why_it_cannot_run_with
     from local.stack.config import StackStartError
     from local.stack.signing_key import signing_key_secret
 
-    # The local stack reads function assets through their metadata, as local.cloud.synthesize asks for it.
+    # The local stack reads function assets through their metadata, as local.cloud.synth.synthesize asks for it.
     with_assets = {"aws:cdk:enable-asset-metadata": True}
 
     def local(template: Synth) -> LocalTemplate:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from infra.layers_build import BUILD_DIR, DepsLayerUnavailable, ensure_deps_layer
-from local.cloud import CloudAssembly, synthesize
+from local.cloud.assembly import CloudAssembly
+from local.cloud.synth import synthesize
 from quanttrade_ws.models import Connection
 from tests.conftest import Wired
 

@@ -17,18 +17,10 @@ from typing import Any
 
 import pytest
 
-from local.cloud import (
-    Clients,
-    CloudAssembly,
-    Deployment,
-    ProvisioningError,
-    SynthesisError,
-    Template,
-    assembly_key,
-    provision,
-    synthesize,
-)
-from local.cloud.synth import COMPLETE_MARKER
+from local.cloud.assembly import CloudAssembly
+from local.cloud.deploy import Clients, Deployment, ProvisioningError, provision
+from local.cloud.synth import COMPLETE_MARKER, SynthesisError, assembly_key, synthesize
+from local.cloud.template import Template
 from local.moto_server import MotoServer
 from quanttrade_ws import topology
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from local.aws_front_door.server import AwsFrontDoor
-from local.cloud import Clients, CloudAssembly, Deployment, provision
+from local.cloud.assembly import CloudAssembly
+from local.cloud.deploy import Clients, Deployment, provision
 from local.moto_server import MotoServer
 from local.pipes import PipePump, pipe_pumps
 from local.principals import Principals

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from local.cloud import Deployment, Template, TemplateError, UnresolvableError, physical_name
-from local.cloud.deploy import creation_order
-from local.cloud.intrinsics import Resolver
-from local.cloud.template import PUNCTUATION, GenerateSecretString, referenced_ids
+from local.cloud.deploy import Deployment, creation_order, physical_name
+from local.cloud.intrinsics import Resolver, UnresolvableError
+from local.cloud.resources.resource import TemplateError, referenced_ids
+from local.cloud.resources.secrets_manager import PUNCTUATION, GenerateSecretString
+from local.cloud.template import Template
 
 PSEUDO = {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}
 

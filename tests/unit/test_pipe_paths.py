@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from local.cloud import Template, TemplateError
 from local.cloud.pipe_paths import (
     InputTemplate,
     JsonPath,
@@ -17,6 +16,8 @@ from local.cloud.pipe_paths import (
     UnresolvedPath,
     sqs_source_event,
 )
+from local.cloud.resources.resource import TemplateError
+from local.cloud.template import Template
 
 EVENT = {
     "id": "evt-1",
