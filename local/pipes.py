@@ -36,7 +36,7 @@ import boto3
 from botocore.config import Config
 
 from local.background import BackgroundLoop
-from local.cloud.deploy import Deployment
+from local.cloud.deployment import Deployment
 from local.cloud.pipe_paths import UnresolvedPath, sqs_source_event
 from local.cloud.resources.pipes import Pipe
 from local.cloud.template import Template

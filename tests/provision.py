@@ -3,7 +3,7 @@
 The CDK stack is built from the same declarations, so these tests exercise the
 keys, indexes and queues that deploy, without paying for a synthesis per test.
 The local stack itself provisions from the synthesized template instead
-(`local.cloud.deploy.provision`), and tests/integration/test_assembly.py checks that.
+(`local.cloud.provisioning.provision`), and tests/integration/test_assembly.py checks that.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ The modules: `synth` (running the CDK app, cached), `assembly` (the cloud
 assembly and its stack templates), `template` (one stack's resources and their
 views), `resources` (the views, one module per service), `intrinsics`
 (resolving Ref, Fn::GetAtt, Fn::Join, Fn::Sub ...), `pipe_paths` (the paths and
-templates of EventBridge Pipes), `deploy` (provisioning into moto and the
-Deployment), `__main__` (`python -m local.cloud`: synthesis and provisioning timed).
+templates of EventBridge Pipes), `provisioning` (`provision`: the tables, queues,
+bus, rules and secrets created in moto), `deployment` (`Deployment`: physical ids
+and attributes, resolution, the functions' environments and role documents),
+`physical_names` (names as CloudFormation makes them up), `__main__`
+(`python -m local.cloud`: synthesis and provisioning timed).
 """

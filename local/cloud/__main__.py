@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from local.cloud.deploy import Clients, provision
+from local.cloud.provisioning import Clients, provision
 from local.cloud.synth import SynthesisError, synthesize
 from local.cloud.template import Template
 

@@ -5,7 +5,7 @@ What runs locally is what deploys. `LocalStack.start()` (`local_stack`):
 1. synthesizes the CDK app (`local.cloud.synth.synthesize`, cached by a hash of its
    inputs, so a warm start does not pay for it) and reads the template;
 2. starts moto in server mode and creates every table, queue, bus, rule and
-   secret the template declares (`local.cloud.deploy.provision`);
+   secret the template declares (`local.cloud.provisioning.provision`);
 3. starts the API Gateway emulator (`local.api_gateway`) with the template's
    WebSocket routes, its `$connect` authorizer and identity source, and the
    template's stage, plus the admin HTTP API's routes (`http_routes`);

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from local.cloud.deploy import Deployment
+from local.cloud.deployment import Deployment
 from local.cloud.template import Template
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.lambda_runtime.function import LambdaFunction

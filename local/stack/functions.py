@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from local.cloud.deploy import Deployment
+from local.cloud.deployment import Deployment
 from local.cloud.template import Template
 from local.deps_layer import local_layer
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT, Credentials

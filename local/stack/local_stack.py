@@ -16,7 +16,8 @@ from local.api_gateway.config import GatewayConfig
 from local.api_gateway.server import LocalGateway
 from local.aws_front_door.server import AwsFrontDoor
 from local.cloud.assembly import CloudAssembly
-from local.cloud.deploy import Clients, Deployment, provision
+from local.cloud.deployment import Deployment
+from local.cloud.provisioning import Clients, provision
 from local.cloud.synth import synthesize
 from local.cloud.template import Template
 from local.deps_layer import runtime_provided

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from local.cloud.deploy import Deployment
+from local.cloud.deployment import Deployment
 from local.cloud.template import Template
 from local.moto_server import MotoServer
 from local.stack.config import StackStartError

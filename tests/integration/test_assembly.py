@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from local.cloud.assembly import CloudAssembly
-from local.cloud.deploy import Clients, Deployment, ProvisioningError, provision
+from local.cloud.deployment import Deployment
+from local.cloud.provisioning import Clients, ProvisioningError, provision
 from local.cloud.synth import COMPLETE_MARKER, SynthesisError, assembly_key, synthesize
 from local.cloud.template import Template
 from local.moto_server import MotoServer

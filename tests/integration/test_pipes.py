@@ -14,7 +14,8 @@ import pytest
 
 from local.aws_front_door.server import AwsFrontDoor
 from local.cloud.assembly import CloudAssembly
-from local.cloud.deploy import Clients, Deployment, provision
+from local.cloud.deployment import Deployment
+from local.cloud.provisioning import Clients, provision
 from local.moto_server import MotoServer
 from local.pipes import PipePump, pipe_pumps
 from local.principals import Principals

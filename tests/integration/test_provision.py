@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from local.cloud.assembly import CloudAssembly
-from local.cloud.deploy import Clients, provision
+from local.cloud.provisioning import Clients, provision
 from local.moto_server import MotoServer
 from quanttrade_ws import topology
 from quanttrade_ws.protocol import KNOWN_ACTIONS, ErrorCode, ProtocolError, parse_client_frame

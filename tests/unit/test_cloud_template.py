@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from local.cloud.deploy import Deployment, creation_order, physical_name
+from local.cloud.deployment import Deployment
 from local.cloud.intrinsics import Resolver, UnresolvableError
+from local.cloud.physical_names import physical_name
+from local.cloud.provisioning import creation_order
 from local.cloud.resources.resource import TemplateError, referenced_ids
 from local.cloud.resources.secrets_manager import PUNCTUATION, GenerateSecretString
 from local.cloud.template import Template
