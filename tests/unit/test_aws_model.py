@@ -8,20 +8,14 @@ from dataclasses import replace
 
 import pytest
 
-from bench.aws_model import (
-    AWS,
-    Deliveries,
-    EventRecord,
-    LambdaFunction,
-    ManagementApi,
-    Scenario,
-    Sim,
-    SimGateway,
-    SimQueue,
-    Tally,
-    ms,
-    run_scenario,
-)
+from bench.aws_model.deliveries import Deliveries, EventRecord
+from bench.aws_model.lambda_function import LambdaFunction
+from bench.aws_model.management_api import ManagementApi, SimGateway
+from bench.aws_model.profiles import AWS, ms
+from bench.aws_model.scenario import Scenario, run_scenario
+from bench.aws_model.scheduler import Sim
+from bench.aws_model.sqs import SimQueue
+from bench.aws_model.tally import Tally
 from quanttrade_ws.config import Settings
 from quanttrade_ws.connection_gateway import Post
 
