@@ -19,6 +19,7 @@ from bench.aws_model.goals import goals
 from bench.aws_model.grid import grid, markdown_table
 from bench.aws_model.profiles import AWS, LOCAL
 from bench.aws_model.validation import validate
+from quanttrade_ws.observability import logger as service_logger
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     started = time.perf_counter()
     # Sequencing contention and failed posts are counted in the figures; their log lines are noise here.
-    logging.getLogger("quanttrade_ws").setLevel(logging.CRITICAL)
+    service_logger.setLevel(logging.CRITICAL)
 
     def log(line: str) -> None:
         print(line, flush=True)
