@@ -15,8 +15,9 @@ from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
 from quanttrade_protocol.data import DATA_PAYLOADS, MarketDataPayload, data_payload
 from quanttrade_protocol.enums import MessageType
 from quanttrade_ws.config import Limits, Settings
-from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS, EventFanOut, TtlCache
+from quanttrade_ws.fanout import DEADLINE_RESERVE_SECONDS, EventFanOut
 from quanttrade_ws.models import Subscription
+from quanttrade_ws.ttl_cache import TtlCache
 from quanttrade_ws.upstream import parse_upstream_event
 from tests.integration import events_builder as eb
 
