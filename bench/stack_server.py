@@ -21,7 +21,8 @@ async def serve_stack(options: dict[str, Any]) -> None:
     import logging
 
     from local.stack.config import StackConfig
-    from local.stack.local_stack import LocalStack, configure_logging
+    from local.stack.console_logging import configure_logging
+    from local.stack.local_stack import LocalStack
 
     configure_logging(options.pop("component_log_level", "WARNING"))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

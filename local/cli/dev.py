@@ -13,7 +13,8 @@ from local.cli.local_target import quiet_development_warnings
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from local.stack.config import StackConfig
-    from local.stack.local_stack import LocalStack, configure_logging
+    from local.stack.console_logging import configure_logging
+    from local.stack.local_stack import LocalStack
 
     configure_logging(args.log_level)
     quiet_development_warnings()

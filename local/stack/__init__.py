@@ -33,5 +33,6 @@ The modules: `config` (StackConfig, what can be changed), `local_stack`
 and their roles), `signing_key` (the access tokens' key), `event_sources`
 (queue pumps and the schedule), `http_routes` (admin API, /local/stats,
 dashboard), `readiness` (what /ready probes), `in_thread` (BackgroundStack,
-for synchronous callers and fixtures).
+for synchronous callers and fixtures), `console_logging` (how the stack's own
+components log to the console).
 """

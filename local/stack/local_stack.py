@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -397,15 +396,3 @@ class LocalStack:
     async def _started_serving(self) -> bool:
         """The gateway answers before start-up is over (the smoke needs it): not ready until it is."""
         return self._serving
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Readable logs for the local stack's own components; the handlers log through Powertools."""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    # "Found credentials in environment variables" once per boto3 client says nothing useful here.
-    logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLevelName(level)))
