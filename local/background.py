@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 
 
 class BackgroundLoop(ABC):
@@ -35,3 +36,27 @@ class BackgroundLoop(ABC):
     @abstractmethod
     async def _run(self) -> None:
         """The loop itself: turns until `_stopping` is set."""
+
+
+class PollingLoop(BackgroundLoop):
+    """A loop whose blocking calls (boto3's, SQS long polls) run on a thread of its own, so a long poll
+    never occupies a worker of the event loop's default pool. Stopping finishes the turn in hand (a
+    received batch is never abandoned in flight), then releases the thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._io: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        if not self.running:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.task_name)
+        super().start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        if self._io is not None:
+            self._io.shutdown(wait=False, cancel_futures=True)
+            self._io = None

@@ -28,14 +28,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from local.background import BackgroundLoop
+from local.background import PollingLoop
 from local.cloud.deployment import Deployment
 from local.cloud.pipe_paths import UnresolvedPath, sqs_source_event
 from local.cloud.resources.pipes import Pipe
@@ -66,7 +65,7 @@ class PipeStats:
         }
 
 
-class PipePump(BackgroundLoop):
+class PipePump(PollingLoop):
     """One pipe: its source queue polled, each batch moved to the target, one batch at a time."""
 
     def __init__(
@@ -94,7 +93,6 @@ class PipePump(BackgroundLoop):
         self.stats = PipeStats()
         self._sqs_factory = sqs_factory
         self._sqs: Any = None
-        self._io: ThreadPoolExecutor | None = None
 
     @property
     def task_name(self) -> str:
@@ -103,21 +101,6 @@ class PipePump(BackgroundLoop):
     def check_access(self) -> None:
         """The pipe's first call, GetQueueAttributes on its source: a role that may not read it fails here."""
         self._client().get_queue_attributes(QueueUrl=self.source_url, AttributeNames=["QueueArn"])
-
-    def start(self) -> None:
-        if not self.running:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.task_name)
-        super().start()
-
-    async def stop(self) -> None:
-        """Finish the poll and the batch in hand (at most `wait_seconds` more), then stop polling."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
-        if self._io is not None:
-            self._io.shutdown(wait=False, cancel_futures=True)
-            self._io = None
 
     def _client(self) -> Any:
         if self._sqs is None:

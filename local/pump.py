@@ -42,11 +42,10 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.background import BackgroundLoop
+from local.background import PollingLoop
 from local.lambda_runtime.function import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.pump")
@@ -105,7 +104,7 @@ class PumpStats:
         }
 
 
-class QueuePump(BackgroundLoop):
+class QueuePump(PollingLoop):
     """One event source mapping: a queue polled for one function, batches processed one at a time."""
 
     def __init__(
@@ -139,7 +138,6 @@ class QueuePump(BackgroundLoop):
         self.stats = PumpStats()
         self._sqs_factory = sqs_factory
         self._sqs: Any = None
-        self._io: ThreadPoolExecutor | None = None
         self._blocked_until = 0.0
         self._releases: list[tuple[float, list[str]]] = []  # (when, receipt handles) of failed FIFO records
         self._sequence_numbers: OrderedDict[str, str] = OrderedDict()
@@ -151,22 +149,6 @@ class QueuePump(BackgroundLoop):
     @property
     def task_name(self) -> str:
         return f"pump-{self.function.name}"
-
-    def start(self) -> None:
-        if not self.running:
-            # boto3 calls block; a private thread keeps a long poll from occupying a worker of the loop's default pool.
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.task_name)
-        super().start()
-
-    async def stop(self) -> None:
-        """Finish the batch in hand (a received batch is never abandoned in flight), then stop polling."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
-        if self._io is not None:
-            self._io.shutdown(wait=False, cancel_futures=True)
-            self._io = None
 
     async def wait_idle(self, timeout: float) -> bool:
         """Whether a receive came back empty within `timeout` (the queue had nothing visible)."""
