@@ -35,7 +35,7 @@ class DynamoRateWindows(DynamoTables):
         steps = (
             # Same bucket, or no buckets yet (the item is new, or holds none): count in this one.
             (f"{base}, cur_bucket = :b ADD cur_count :one", "cur_bucket = :b OR attribute_not_exists(cur_bucket)"),
-            # Same bucket, or a caller whose clock runs ahead already moved it on: count there.
+            # A caller whose clock runs ahead already moved the bucket on: count there.
             (f"{base} ADD cur_count :one", "cur_bucket > :b"),
             (f"{base}, prev_count = cur_count, cur_count = :one, cur_bucket = :b", "cur_bucket = :prev"),
             (
