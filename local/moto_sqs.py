@@ -7,7 +7,7 @@ the queue. A send therefore costs time in proportion to the queue's backlog:
 once the fan-out fell behind (a busy machine, a burst), every EventBridge
 delivery to the events queue got slower, the backlog grew faster, and the
 stack did not recover. Here the counts are left out of the map while a message
-is being sent (no send reads them), or while attributes other than the counts
+is being sent, alone or in a batch (no send reads them), or while attributes other than the counts
 are asked for (EventBridge asks for `ContentBasedDeduplication` before every
 delivery to a FIFO queue); `GetQueueAttributes` for the counts still counts.
 
@@ -84,6 +84,8 @@ def patch() -> None:
         return run
 
     send_message = without_counts(SQSBackend.send_message)
+    # SendMessageBatch validates each entry against the queue's attribute map before sending it.
+    send_message_batch = without_counts(SQSBackend.send_message_batch)
     get_queue_attributes = SQSBackend.get_queue_attributes
     get_queue_attributes_uncounted = without_counts(get_queue_attributes)
 
@@ -94,6 +96,7 @@ def patch() -> None:
         return get_queue_attributes_uncounted(self, queue_name, attribute_names)
 
     SQSBackend.send_message = send_message  # type: ignore[method-assign]
+    SQSBackend.send_message_batch = send_message_batch  # type: ignore[method-assign]
     SQSBackend.get_queue_attributes = attributes_counting_only_when_asked  # type: ignore[method-assign]
 
     queue_init = Queue.__init__
