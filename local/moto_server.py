@@ -388,6 +388,12 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         print(f"MOTO_FAILED {error}", flush=True)
         sys.exit(1)
+    # Everything moto holds lives in this process's memory and dies with it, so there is nothing to save;
+    # but a normal exit joins every request thread, and one still inside a long poll holds the exit for
+    # the rest of its wait (the parent then kills the process after GRACEFUL_EXIT_SECONDS).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
