@@ -158,3 +158,41 @@ def test_an_eventbridge_delivery_to_a_fifo_queue_does_not_look_at_its_backlog() 
     # THEN the delivery looked at no message; asking for the count still counts the 21
     assert during_delivery == 0
     assert counts["Attributes"]["ApproximateNumberOfMessages"] == "21"
+
+
+def test_a_receive_reads_the_retention_period_without_building_the_attribute_map(monkeypatch: Any) -> None:
+    # GIVEN moto's SQS as the local stack patches it, and a queue that keeps messages for a minute
+    from moto import mock_aws
+    from moto.sqs import models
+
+    from local import moto_sqs
+
+    moto_sqs.patch()
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("sqs", region_name="us-east-1")
+        url = client.create_queue(QueueName="kept", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        for n in range(10):
+            client.send_message(QueueUrl=url, MessageBody=f"m{n}")
+        maps = 0
+        built = models.Queue.attributes
+
+        def counted(queue: Any) -> Any:
+            nonlocal maps
+            maps += 1
+            return built.fget(queue)  # type: ignore[attr-defined]
+
+        monkeypatch.setattr(models.Queue, "attributes", property(counted))
+        # WHEN ten messages are received within their retention period
+        received = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)["Messages"]
+        receive_maps = maps
+        # AND again once the period has passed (moto's clock moved two minutes on)
+        now = models.unix_time()
+        monkeypatch.setattr(models, "unix_time", lambda: now + 120)
+        late = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+
+    # THEN all ten came while retained and none after; the receive built at most a map for the request itself
+    assert len(received) == 10
+    assert late == []
+    assert receive_maps <= 2
