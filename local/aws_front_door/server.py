@@ -37,6 +37,8 @@ from local.sigv4 import SignatureError, scope_of, sign_headers
 logger = logging.getLogger("quanttrade.local.aws_endpoint")
 
 _MAX_BODY = 16 * 1024 * 1024
+# How long a stop lets requests still in flight finish (see `AwsFrontDoor.stop`).
+SHUTDOWN_GRACE_SECONDS = 0.25
 
 
 class _Refused(Exception):
@@ -155,8 +157,10 @@ class AwsFrontDoor:
             if self._server is not None:
                 self._server.close()
                 # Keep-alive connections (boto3 pools them) hold handler tasks: end them before the loop stops.
+                # The stack stops its pumps and functions first, so what is still in flight here is a long
+                # poll a pump has already left (a stop does not wait for it): it is not waited for either.
                 if self._web_server is not None:
-                    await self._web_server.shutdown(timeout=2.0)
+                    await self._web_server.shutdown(timeout=SHUTDOWN_GRACE_SECONDS)
                 await self._server.wait_closed()
             if self._session is not None:
                 await self._session.close()
