@@ -319,6 +319,7 @@ def sign_headers(
     return signed
 
 
+@functools.lru_cache(maxsize=4096)  # a Management API path is one connection's: the same for every message to it
 def canonical_uri(path: str) -> str:
     """The canonical URI of a path as sent: dot segments and empty segments out, then percent-encoded again.
 
@@ -391,8 +392,7 @@ def _signature(canonical_request: str, amz_date: str, secret_key: str, region: s
         f"{ALGORITHM}\n{amz_date}\n{day}/{region}/{service}/aws4_request\n"
         + hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
     )
-    key = _signing_key(secret_key, day, region, service)
-    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(_signing_key(secret_key, day, region, service), string_to_sign.encode(), "sha256").hex()
 
 
 _signing_keys: dict[tuple[str, str, str, str], bytes] = {}
