@@ -48,10 +48,12 @@ def authenticate(
     request: BaseRequest, body: bytes, principals: Principals, *, region: str, service: str = "execute-api"
 ) -> Principal:
     """The principal whose SigV4 signature (for `service`) the request carries; SignatureError if none."""
+    # As sent on the wire: aiohttp's `query_string` is decoded, and SigV4 canonicalises the encoded form.
+    path, _, query = request.raw_path.partition("?")
     signed = verify(
         method=request.method,
-        path=request.raw_path.split("?", 1)[0],
-        query=request.query_string,
+        path=path,
+        query=query,
         headers=request.headers.items(),
         body=body,
         lookup=principals.credentials,

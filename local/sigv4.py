@@ -1,12 +1,18 @@
 """Verifying AWS Signature Version 4 on requests the local stack receives, as AWS front ends do.
 
-The signature is recomputed with botocore's own signer (`SigV4Auth`), fed an
-`AWSRequest` rebuilt from the request exactly as it arrived: the method, the
-path as sent on the wire (still percent-encoded once; the signer encodes it
-again, as SigV4 does for every service but S3), the raw query string, only the
-headers the client listed in `SignedHeaders`, the body, and the client's own
-`X-Amz-Date`. Whatever botocore would have computed for that request is then
-compared with the client's signature in constant time.
+The signature is recomputed from the request exactly as it arrived, following
+the SigV4 specification for every service but S3: the method; the path as sent
+on the wire (still percent-encoded once) with dot segments and repeated slashes
+removed and then percent-encoded again; the query string with each name and
+value decoded, encoded again with only `A-Za-z0-9-_.~` left bare and the pairs
+sorted; the headers the client listed in `SignedHeaders`, lower-cased, sorted,
+each value trimmed with inner runs of whitespace collapsed and repeats joined by
+commas; the SHA-256 of the body; the client's own `X-Amz-Date`. The result is
+compared with the client's signature in constant time. It is computed with
+hashlib and hmac directly, deriving the signing key once per (secret, day,
+region, service): every Management API post and every call a function makes to
+AWS pays for it, so it must be cheap. botocore's `SigV4Auth` is the reference
+the tests hold it to, request by request.
 
 What a request is rejected for, in AWS's order of checks:
 
@@ -21,23 +27,23 @@ What a request is rejected for, in AWS's order of checks:
 
 Each service turns a `SignatureError` into its own error shape (see
 `local.aws_front_door` and the gateway's Management API); this module knows
-nothing of protocols.
+nothing of protocols. `sign_headers` is the other side: it signs a request the
+way botocore would (the front door's own calls to moto, the CLI, tests).
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
+from urllib.parse import SplitResult, unquote_to_bytes, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_SKEW_SECONDS = 15 * 60
@@ -46,6 +52,33 @@ _AUTHORIZATION = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+)\s*,\s*"
     r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<signature>[0-9a-f]{64})\s*$"
 )
+# Headers botocore never signs (botocore.auth.SIGNED_HEADERS_BLACKLIST): `sign_headers` leaves them out as it
+# does. Verification signs whatever the client listed, as AWS does.
+_UNSIGNABLE = frozenset(
+    {
+        "baggage",
+        "connection",
+        "expect",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "traceparent",
+        "tracestate",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "x-amzn-trace-id",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+# One table lookup per byte: what urllib.parse.quote does, without its per-call setup.
+_QUOTE = tuple(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256))
+_QUOTE_PATH = tuple("/" if b == ord("/") else _QUOTE[b] for b in range(256))
+_BARE_PATH = re.compile(r"[A-Za-z0-9\-_.~/]*")
+_KEY_CACHE_SIZE = 256  # derived signing keys kept; a day's keys for every principal the stack knows
 
 
 @dataclass(frozen=True)
@@ -111,9 +144,9 @@ def verify(
     """The signer of a request whose SigV4 signature holds for `service` in `region`; else SignatureError.
 
     `path` is the path as received (percent-encoded), `query` the raw query
-    string without '?', `headers` every header received (repeats allowed).
+    string as received, without '?', `headers` every header received (repeats allowed).
     """
-    pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     lowered: dict[str, list[str]] = {}
     for name, value in pairs:
         lowered.setdefault(name.lower(), []).append(value)
@@ -157,16 +190,10 @@ def verify(
     if credentials.session_token is None and token is not None:
         raise SignatureError(Failure.UNKNOWN_KEY, UNKNOWN_KEY_MESSAGE)
 
-    missing = [name for name in signed_names if name not in lowered]
-    if missing:
+    if any(name not in lowered for name in signed_names):
         raise SignatureError(Failure.BAD_SIGNATURE, BAD_SIGNATURE_MESSAGE)
 
-    try:
-        signed_at = datetime.strptime(amz_date, _AMZ_DATE).replace(tzinfo=UTC)
-    except ValueError:
-        raise SignatureError(
-            Failure.INCOMPLETE, f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'."
-        ) from None
+    signed_at = _parse_amz_date(amz_date)
     current = time.time() if now is None else now
     skew = signed_at.timestamp() - current
     if abs(skew) > MAX_SKEW_SECONDS:
@@ -191,15 +218,25 @@ def verify(
     if scope_service != service:
         raise SignatureError(Failure.WRONG_SCOPE, f"Credential should be scoped to correct service: '{service}'.")
 
+    payload_hash = hashlib.sha256(body).hexdigest()
     content_sha = _one(lowered, "x-amz-content-sha256")
-    if content_sha is not None and not hmac.compare_digest(content_sha, hashlib.sha256(body).hexdigest()):
-        # botocore puts this header's value in the canonical request instead of hashing the body, so a
-        # body that does not match it must be caught here (UNSIGNED-PAYLOAD included: fail closed).
+    if content_sha is not None and not hmac.compare_digest(content_sha, payload_hash):
+        # A client signs this header's value in place of the body's hash, so a body that does not match it
+        # must be caught here (UNSIGNED-PAYLOAD included: fail closed).
         raise SignatureError(Failure.BAD_SIGNATURE, BAD_SIGNATURE_MESSAGE)
 
-    expected = _signature(
-        method, path, query, pairs, set(signed_names), body, credentials, scope_region, service, amz_date
+    names = sorted(set(signed_names))
+    canonical_request = "\n".join(
+        (
+            method.upper(),
+            canonical_uri(path),
+            canonical_query(query),
+            "".join([f"{name}:{_header_value(lowered[name])}\n" for name in names]),
+            ";".join(names),
+            payload_hash,
+        )
     )
+    expected = _signature(canonical_request, amz_date, credentials.secret_key, scope_region, service)
     if not hmac.compare_digest(expected, match["signature"]):
         raise SignatureError(Failure.BAD_SIGNATURE, BAD_SIGNATURE_MESSAGE)
     return SignedBy(access_key_id, scope_region, service, signed_at)
@@ -233,45 +270,161 @@ def sign_headers(
     region: str,
     body: bytes = b"",
     headers: Mapping[str, str] | None = None,
+    now: float | None = None,
 ) -> dict[str, str]:
-    """Headers (Authorization, X-Amz-Date, ...) that sign a request the way boto3 would: for the CLI and tests."""
-    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-    frozen = ReadOnlyCredentials(credentials.access_key_id, credentials.secret_key, credentials.session_token)
-    signer = SigV4Auth(frozen, service, region)
-    if credentials.session_token:
-        request.headers["X-Amz-Security-Token"] = credentials.session_token
-    signer.add_auth(request)
-    return dict(request.headers.items())
+    """Headers (Authorization, X-Amz-Date, ...) that sign a request the way boto3 would, signed at `now` (epoch).
+
+    The result is what botocore's `SigV4Auth.add_auth` leaves on the request:
+    `headers` minus any Authorization, X-Amz-Date (and X-Amz-Security-Token
+    when the credentials carry a token), then X-Amz-Date, X-Amz-Security-Token
+    and Authorization, in that order. A URL's query is signed in its canonical
+    form, as `verify` and AWS read it (botocore takes it as already canonical).
+    """
+    given = dict(headers or {})
+    if any(name.lower() == "date" for name in given):
+        raise ValueError("sign_headers signs with X-Amz-Date; remove the Date header")
+    token = credentials.session_token
+    replaced = {"authorization", "x-amz-date", "x-amz-security-token"} if token else {"authorization", "x-amz-date"}
+    signed = {name: value for name, value in given.items() if name.lower() not in replaced}
+    amz_date = time.strftime(_AMZ_DATE, time.gmtime(now))
+    signed["X-Amz-Date"] = amz_date
+    if token:
+        signed["X-Amz-Security-Token"] = token
+
+    split = urlsplit(url)
+    to_sign: dict[str, list[str]] = {}
+    for name, value in signed.items():
+        lowered = name.lower()
+        if lowered not in _UNSIGNABLE:
+            to_sign.setdefault(lowered, []).append(value)
+    if "host" not in to_sign:
+        to_sign["host"] = [_host_of(split)]
+    names = sorted(to_sign)
+    content_sha = to_sign.get("x-amz-content-sha256")
+    canonical_request = "\n".join(
+        (
+            method.upper(),
+            canonical_uri(split.path),
+            canonical_query(split.query),
+            "".join([f"{name}:{_header_value(to_sign[name])}\n" for name in names]),
+            ";".join(names),
+            content_sha[0] if content_sha else hashlib.sha256(body).hexdigest(),
+        )
+    )
+    signature = _signature(canonical_request, amz_date, credentials.secret_key, region, service)
+    signed["Authorization"] = (
+        f"{ALGORITHM} Credential={credentials.access_key_id}/{amz_date[:8]}/{region}/{service}/aws4_request, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return signed
+
+
+@functools.lru_cache(maxsize=4096)  # a Management API path is one connection's: the same for every message to it
+def canonical_uri(path: str) -> str:
+    """The canonical URI of a path as sent: dot segments and empty segments out, then percent-encoded again.
+
+    Every service but S3 encodes the path twice: the client encodes it once to
+    send it, and the canonical form encodes that again (`%3D` on the wire is
+    `%253D` here), which is what botocore signs.
+    """
+    normalized = _remove_dot_segments(path) if path else "/"
+    if _BARE_PATH.fullmatch(normalized):
+        return normalized
+    table = _QUOTE_PATH
+    return "".join([table[b] for b in normalized.encode("utf-8", "surrogateescape")])
+
+
+def canonical_query(query: str) -> str:
+    """The canonical query string: each name and value decoded and encoded again, pairs sorted by name, then value.
+
+    A name without `=` has an empty value; repeated names stay, ordered by value.
+    """
+    if not query:
+        return ""
+    pairs = []
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        pairs.append((_quote_component(name), _quote_component(value)))
+    pairs.sort()
+    return "&".join([f"{name}={value}" for name, value in pairs])
+
+
+def _quote_component(text: str) -> str:
+    raw = unquote_to_bytes(text) if "%" in text else text.encode("utf-8", "surrogateescape")
+    table = _QUOTE
+    return "".join([table[b] for b in raw])
+
+
+def _remove_dot_segments(path: str) -> str:
+    # RFC 3986 section 5.2.4, plus what AWS adds: consecutive slashes collapse (botocore's remove_dot_segments).
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment and segment != ".":
+            if segment == "..":
+                if out:
+                    out.pop()
+            else:
+                out.append(segment)
+    first = "/" if path[0] == "/" else ""
+    last = "/" if path[-1] == "/" and out else ""
+    return first + "/".join(out) + last
+
+
+def _header_value(values: list[str]) -> str:
+    # Trimall: no white space around a value, runs of it inside collapsed to one space; repeats joined by commas.
+    return ",".join([" ".join(value.split()) for value in values])
+
+
+def _host_of(split: SplitResult) -> str:
+    # What an HTTP client sends as Host for the URL: lower-case, no user info, the port unless it is the default.
+    host = split.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = split.port
+    if port is not None and port != _DEFAULT_PORTS.get(split.scheme):
+        host = f"{host}:{port}"
+    return host
+
+
+def _signature(canonical_request: str, amz_date: str, secret_key: str, region: str, service: str) -> str:
+    day = amz_date[:8]
+    string_to_sign = (
+        f"{ALGORITHM}\n{amz_date}\n{day}/{region}/{service}/aws4_request\n"
+        + hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
+    )
+    return hmac.digest(_signing_key(secret_key, day, region, service), string_to_sign.encode(), "sha256").hex()
+
+
+_signing_keys: dict[tuple[str, str, str, str], bytes] = {}
+_signing_keys_lock = threading.Lock()
+
+
+def _signing_key(secret_key: str, day: str, region: str, service: str) -> bytes:
+    """The derived key, four HMACs the first time a (secret, day, region, service) is seen, a lookup after."""
+    cache_key = (secret_key, day, region, service)
+    key = _signing_keys.get(cache_key)
+    if key is None:
+        key = hmac.digest(f"AWS4{secret_key}".encode(), day.encode(), "sha256")
+        for part in (region, service, "aws4_request"):
+            key = hmac.digest(key, part.encode(), "sha256")
+        with _signing_keys_lock:  # the gateway and the front door verify on different threads
+            if len(_signing_keys) >= _KEY_CACHE_SIZE:
+                _signing_keys.clear()  # yesterday's keys and rotated secrets go; today's come back on first use
+            _signing_keys[cache_key] = key
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_amz_date(amz_date: str) -> datetime:
+    # Requests signed in the same second carry the same date: parse it once (strptime is a large share of a verify).
+    try:
+        return datetime.strptime(amz_date, _AMZ_DATE).replace(tzinfo=UTC)
+    except ValueError:
+        raise SignatureError(
+            Failure.INCOMPLETE, f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'."
+        ) from None
 
 
 def _one(headers: Mapping[str, list[str]], name: str) -> str | None:
     values = headers.get(name)
     return values[0] if values else None
-
-
-def _signature(
-    method: str,
-    path: str,
-    query: str,
-    headers: list[tuple[str, str]],
-    signed_names: set[str],
-    body: bytes,
-    credentials: Credentials,
-    region: str,
-    service: str,
-    amz_date: str,
-) -> str:
-    host = next((value for name, value in headers if name.lower() == "host"), "localhost")
-    url = f"http://{host}{path or '/'}" + (f"?{query}" if query else "")
-    request = AWSRequest(method=method.upper(), url=url, data=body)
-    for name, value in headers:
-        if name.lower() in signed_names:
-            request.headers[name] = value  # HTTPHeaders appends: repeated headers stay repeated
-    request.context["timestamp"] = amz_date
-    signer = SigV4Auth(
-        ReadOnlyCredentials(credentials.access_key_id, credentials.secret_key, credentials.session_token),
-        service,
-        region,
-    )
-    canonical_request = signer.canonical_request(request)
-    return str(signer.signature(signer.string_to_sign(request, canonical_request), request))

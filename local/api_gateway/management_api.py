@@ -24,13 +24,15 @@ from local.api_gateway.error_responses import JSON, gone, management_error
 from local.api_gateway.management_faults import INTERNAL_ERROR, THROTTLED, ManagementFaults, answer_of
 from local.api_gateway.throttle import TokenBucket
 from local.iam import Decision
-from local.principals import Principals
+from local.principals import Principal, Principals
 from local.signed_http import access_denied, authenticate, request_context, signature_refusal
 from local.sigv4 import SignatureError
 
 logger = logging.getLogger("quanttrade.local.gateway")
 
 RECORDED_CALLS = 10_000  # how many of the last Management API calls `ManagementApi.calls` keeps
+MANAGE_CONNECTIONS = "execute-api:ManageConnections"  # the IAM action of every Management API call
+DECISIONS_KEPT = 20_000  # IAM decisions remembered per (caller, connection, source address); see `_decide`
 
 CloseConnection = Callable[[Connection, int, str], None]
 
@@ -63,6 +65,7 @@ class ManagementApi:
         self._config = config
         self._limits = _limits_of(config)
         self._bucket = TokenBucket(*self._limits)
+        self._decisions: dict[tuple[int, str, str], tuple[Principal, Decision]] = {}
 
     @property
     def config(self) -> GatewayConfig:
@@ -103,10 +106,9 @@ class ManagementApi:
             f"arn:aws:execute-api:{config.region}:{config.account}:{config.api_id}/"
             f"{config.stage}/{request.method}/@connections/{connection_id}"
         )
-        action = "execute-api:ManageConnections"
-        decision = principal.decide(action, resource, request_context(request, config.region, principal))
+        decision = self._decide(principal, resource, request)
         if decision is not Decision.ALLOW:
-            return access_denied(principal, action, resource, decision)
+            return access_denied(principal, MANAGE_CONNECTIONS, resource, decision)
         fault = self.faults.pick(request.method, connection_id, principal.name)
         if isinstance(fault, tuple):
             return management_error(*fault)
@@ -128,6 +130,24 @@ class ManagementApi:
         if method == hdrs.METH_DELETE:
             return self._delete(connection_id)
         return management_error(405, "MethodNotAllowedException", "Method Not Allowed")
+
+    def _decide(self, principal: Principal, resource: str, request: web.Request) -> Decision:
+        # The fan-out posts every message of an event to the same connections: evaluating its policies once per
+        # (caller, connection ARN, source address) rather than per post takes a share of each post's CPU. The
+        # decision depends on nothing else (the ARN names the region, the stage and the method; a principal and
+        # its policies never change), so a cached one is the one IAM would give.
+        remote = request.remote or ""
+        key = (id(principal), resource, remote)
+        cached = self._decisions.get(key)
+        if cached is not None and cached[0] is principal:
+            return cached[1]
+        decision = principal.decide(
+            MANAGE_CONNECTIONS, resource, request_context(request, self._config.region, principal)
+        )
+        if len(self._decisions) >= DECISIONS_KEPT:
+            self._decisions.clear()  # closed connections' entries go; live ones come back on their next post
+        self._decisions[key] = (principal, decision)
+        return decision
 
     async def _post(self, connection_id: str, data: bytes) -> web.Response:
         if len(data) > self._config.max_message_bytes:

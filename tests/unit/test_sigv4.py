@@ -1,18 +1,38 @@
-"""SigV4 verification against requests that real boto3 clients signed."""
+"""SigV4 verification and signing, held to botocore's SigV4Auth: requests real boto3 clients signed, and many varied
+requests botocore signed directly."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from unittest import mock
+from urllib.parse import quote, urlsplit
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
+from aiohttp.test_utils import make_mocked_request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
+from botocore.credentials import ReadOnlyCredentials
+from botocore.utils import percent_encode_sequence
+from multidict import CIMultiDict
 
-from local.sigv4 import Credentials, Failure, SignatureError, sign_headers, verify
+from local.principals import Principals
+from local.signed_http import authenticate
+from local.sigv4 import (
+    Credentials,
+    Failure,
+    SignatureError,
+    canonical_query,
+    canonical_uri,
+    sign_headers,
+    verify,
+)
 
 GOOD = Credentials("AKIDGOOD", "good-secret")
 TEMPORARY = Credentials("ASIATEMP", "temp-secret", "session-token-value")
@@ -190,3 +210,329 @@ def test_missing_and_malformed_authorization() -> None:
     # A forged header with the right prefix but no signature is incomplete, not accepted
     forged = replace_header(sent, "Authorization", "AWS4-HMAC-SHA256 Credential=AKIDGOOD/20240101/us-east-1/dynamodb")
     assert refused(forged, "dynamodb").failure is Failure.INCOMPLETE
+
+
+# ------------------------------------------------------------------ equivalence with botocore's SigV4Auth
+
+SIGNED_AT = datetime(2026, 3, 4, 5, 6, 7)  # botocore's clock (naive UTC) while it signs the cases below
+SIGNED_AT_EPOCH = SIGNED_AT.replace(tzinfo=UTC).timestamp()
+HOST = "127.0.0.1:4566"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request to sign: the path and query exactly as they go on the wire."""
+
+    name: str
+    service: str
+    method: str = "POST"
+    path: str = "/"
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    credentials: Credentials = GOOD
+    region: str = "us-east-1"
+
+
+def _json(target: str, document: dict[str, Any], version: str = "1.0") -> dict[str, Any]:
+    return {
+        "headers": (("X-Amz-Target", target), ("Content-Type", f"application/x-amz-json-{version}")),
+        "body": json.dumps(document).encode(),
+    }
+
+
+def _query(pairs: list[tuple[str, Any]]) -> str:
+    encode: Any = percent_encode_sequence  # takes pairs too (repeated names); its stubs say Mapping only
+    return str(encode(pairs))  # how botocore's query serializer puts parameters on the wire
+
+
+CASES = [
+    Case("dynamodb GetItem", "dynamodb", **_json("DynamoDB_20120810.GetItem", GET_ITEM)),
+    Case(
+        "dynamodb Query, temporary credentials",
+        "dynamodb",
+        credentials=TEMPORARY,
+        **_json(
+            "DynamoDB_20120810.Query",
+            {
+                "TableName": "Subscriptions",
+                "KeyConditionExpression": "pk = :s",
+                "ExpressionAttributeValues": {":s": {"S": "market_data:AAPL ✓"}},
+            },
+        ),
+    ),
+    Case("dynamodb in another region", "dynamodb", region="eu-west-1", **_json("DynamoDB_20120810.PutItem", {})),
+    Case(
+        "sqs JSON SendMessage",
+        "sqs",
+        **_json("AmazonSQS.SendMessage", {"QueueUrl": f"http://{HOST}/123456789012/q", "MessageBody": "x  y"}),
+    ),
+    Case(
+        "sqs query protocol in the body",
+        "sqs",
+        headers=(("Content-Type", "application/x-www-form-urlencoded; charset=utf-8"),),
+        body=_query(
+            [("Action", "SendMessage"), ("QueueUrl", f"http://{HOST}/123456789012/q"), ("MessageBody", "a+b c~/é")]
+        ).encode(),
+    ),
+    Case(
+        "sqs query protocol in the URL: repeated, unsorted, empty and encoded values",
+        "sqs",
+        method="GET",
+        path="/123456789012/q",
+        query=_query(
+            [
+                ("Action", "ReceiveMessage"),
+                ("MessageAttributeName", ["zeta", "alpha", "Alpha", ""]),
+                ("AttributeName.1", "All"),
+                ("Empty", ""),
+                ("Odd key+/=~", "value with spaces+plus/slash=equals~tilde&amp%25"),
+                ("Unicode", "ünï ✓"),
+            ]
+        ),
+    ),
+    Case("a query name without '='", "sqs", method="GET", path="/q", query="flag&b=2&a="),
+    Case(
+        "Management API post, '=' in the connection id",
+        "execute-api",
+        path="/@connections/" + quote("bench-00001=", safe=""),
+        body=b'{"message_type":"market_data"}',
+    ),
+    Case(
+        "Management API post under a stage, every id character",
+        "execute-api",
+        path="/prod/@connections/" + quote("Ab+/=Cd", safe=""),
+        body=b"hi",
+    ),
+    Case("Management API GET", "execute-api", method="GET", path="/@connections/" + quote("x=", safe="")),
+    Case("Management API DELETE", "execute-api", method="DELETE", path="/@connections/abc"),
+    Case("a space encoded on the wire", "execute-api", method="GET", path="/a%20b/c"),
+    Case("a space as the signer saw it", "execute-api", method="GET", path="/a b/c d"),
+    Case("unicode encoded on the wire", "execute-api", method="GET", path="/caf%C3%A9/%E2%9C%93"),
+    Case("unicode as the signer saw it", "execute-api", method="GET", path="/café/✓"),
+    Case("an encoded slash", "execute-api", method="PUT", path="/a%2Fb/c", body=b"{}"),
+    Case("plus, tilde and reserved characters", "execute-api", method="PATCH", path="/a+b/~user/x!$&'()*,;:@"),
+    Case("dot segments and repeated slashes", "execute-api", method="GET", path="/a/./b/../c//d/"),
+    Case("a trailing slash", "execute-api", method="GET", path="/admin/connections/"),
+    Case(
+        "headers with runs of spaces, tabs, and repeated values",
+        "execute-api",
+        method="GET",
+        path="/admin/stats",
+        headers=(
+            ("X-Custom", "  leading and   inner \t spaces  "),
+            ("X-Repeated", "one"),
+            ("x-repeated", "two   three"),
+            ("Accept", "application/json"),
+            ("Content-Type", "text/plain;   charset=utf-8"),
+        ),
+    ),
+    Case("a binary body", "execute-api", path="/@connections/abc", body=bytes(range(256)) * 3),
+    Case(
+        "a signed X-Amz-Content-SHA256 that matches the body",
+        "dynamodb",
+        headers=(("X-Amz-Content-SHA256", hashlib.sha256(b'{"a": 1}').hexdigest()),),
+        body=b'{"a": 1}',
+    ),
+]
+
+
+def botocore_signed(case: Case, *, params: Any = None) -> Sent:
+    """The case signed by botocore's SigV4Auth at SIGNED_AT, as it then arrives (with the Host header).
+
+    `params` (pairs, repeats allowed) are signed from botocore's own encoding of them instead of the URL's query.
+    """
+    url = f"http://{HOST}{case.path}" + (f"?{case.query}" if case.query else "")
+    request = AWSRequest(method=case.method, url=url, data=case.body, params=params)
+    for name, value in case.headers:
+        request.headers[name] = value  # HTTPHeaders appends: repeated headers stay repeated
+    credentials = case.credentials
+    signer = SigV4Auth(
+        ReadOnlyCredentials(credentials.access_key_id, credentials.secret_key, credentials.session_token),
+        case.service,
+        case.region,
+    )
+    with mock.patch("botocore.auth.get_current_datetime", return_value=SIGNED_AT):
+        signer.add_auth(request)
+    headers = [*request.headers.items(), ("Host", HOST)]
+    return Sent(case.method, case.path, case.query, headers, case.body)
+
+
+def verifies(sent: Sent, case: Case) -> Any:
+    return verify(
+        method=sent.method,
+        path=sent.path,
+        query=sent.query,
+        headers=sent.headers,
+        body=sent.body,
+        lookup=KNOWN.get,
+        service=case.service,
+        region=case.region,
+        now=SIGNED_AT_EPOCH + 30,
+    )
+
+
+def refusal(sent: Sent, case: Case) -> Failure:
+    with pytest.raises(SignatureError) as error:
+        verifies(sent, case)
+    return error.value.failure
+
+
+def one_byte_changed(text: str) -> str:
+    """`text` with its last ASCII letter or digit replaced by another (an 'x' appended when it has none)."""
+    for index in range(len(text) - 1, -1, -1):
+        if text[index].isascii() and text[index].isalnum():
+            replacement = "b" if text[index] == "a" else "a"
+            return text[:index] + replacement + text[index + 1 :]
+    return text + "x"
+
+
+def signed_names(sent: Sent) -> list[str]:
+    authorization = next(value for name, value in sent.headers if name == "Authorization")
+    return authorization.split("SignedHeaders=", 1)[1].split(",", 1)[0].split(";")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_what_botocore_signs_verifies(case: Case) -> None:
+    # GIVEN a request signed by botocore's own SigV4Auth
+    sent = botocore_signed(case)
+    # WHEN it is verified THEN it holds, for the signer's key and scope
+    signed = verifies(sent, case)
+    assert (signed.access_key_id, signed.region, signed.service) == (
+        case.credentials.access_key_id,
+        case.region,
+        case.service,
+    )
+    assert signed.signed_at == SIGNED_AT.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_one_byte_changed_anywhere_signed_is_refused(case: Case) -> None:
+    # GIVEN a request botocore signed
+    sent = botocore_signed(case)
+    authorization = next(value for name, value in sent.headers if name == "Authorization")
+    last = authorization[-1]
+    forged_signature = authorization[:-1] + ("0" if last != "0" else "1")
+    # WHEN one byte changes in the signature, the path, the query or the body THEN the signature no longer holds
+    variants = {
+        "signature": replace_header(sent, "Authorization", forged_signature),
+        "path": Sent(sent.method, one_byte_changed(sent.path), sent.query, sent.headers, sent.body),
+        "query": Sent(sent.method, sent.path, one_byte_changed(sent.query), sent.headers, sent.body),
+        "body": Sent(sent.method, sent.path, sent.query, sent.headers, _flip_last_byte(sent.body)),
+        "method": Sent("PUT" if sent.method != "PUT" else "POST", sent.path, sent.query, sent.headers, sent.body),
+    }
+    # AND in any signed header but the date and the token (their own checks answer for those, below)
+    for name in signed_names(sent):
+        if name in ("x-amz-date", "x-amz-security-token"):
+            continue
+        index = max(i for i, (key, _) in enumerate(sent.headers) if key.lower() == name)
+        headers = list(sent.headers)
+        headers[index] = (headers[index][0], one_byte_changed(headers[index][1]))
+        variants[f"header {name}"] = Sent(sent.method, sent.path, sent.query, headers, sent.body)
+    failures = {what: refusal(variant, case) for what, variant in variants.items()}
+    assert failures == dict.fromkeys(variants, Failure.BAD_SIGNATURE)
+
+
+def _flip_last_byte(body: bytes) -> bytes:
+    return body[:-1] + bytes([body[-1] ^ 1]) if body else b"x"
+
+
+def test_the_date_and_the_token_are_signed_too() -> None:
+    # GIVEN a request signed with temporary credentials
+    case = next(case for case in CASES if case.credentials is TEMPORARY)
+    sent = botocore_signed(case)
+    date = next(value for name, value in sent.headers if name == "X-Amz-Date")
+    # WHEN its date moves by one second THEN the signature does not hold
+    moved = replace_header(sent, "X-Amz-Date", date[:-3] + f"{(int(date[-3:-1]) + 1) % 60:02d}Z")
+    assert refusal(moved, case) is Failure.BAD_SIGNATURE
+    # WHEN its token changes by one byte THEN the key is not recognised
+    token = next(value for name, value in sent.headers if name == "X-Amz-Security-Token")
+    assert refusal(replace_header(sent, "X-Amz-Security-Token", one_byte_changed(token)), case) is Failure.UNKNOWN_KEY
+
+
+def test_an_unsigned_payload_is_refused_as_before() -> None:
+    # GIVEN a request botocore signed with UNSIGNED-PAYLOAD (HTTPS, payload signing off), the body not covered
+    case = Case("unsigned payload", "dynamodb", **_json("DynamoDB_20120810.GetItem", GET_ITEM))
+    request = AWSRequest(method="POST", url=f"https://{HOST}/", data=case.body)
+    for name, value in case.headers:
+        request.headers[name] = value
+    request.context["payload_signing_enabled"] = False
+    with mock.patch("botocore.auth.get_current_datetime", return_value=SIGNED_AT):
+        SigV4Auth(ReadOnlyCredentials(GOOD.access_key_id, GOOD.secret_key, None), "dynamodb", "us-east-1").add_auth(
+            request
+        )
+    assert request.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    sent = Sent("POST", "/", "", [*request.headers.items(), ("Host", HOST)], case.body)
+    # THEN it is refused: every caller of the local stack signs its payload, so fail closed
+    assert refusal(sent, case) is Failure.BAD_SIGNATURE
+
+
+def test_a_query_arriving_in_another_encoding_verifies_against_its_canonical_form() -> None:
+    # GIVEN botocore signing parameters (it encodes them itself) and a wire query that encodes them differently
+    params = [("b", "x y"), ("a", "~/+"), ("a", "é")]
+    case = Case("query", "sqs", method="GET", path="/q", query="b=x%20y&a=%7e%2f%2B&a=%C3%A9")
+    sent = botocore_signed(case, params=params)
+    # THEN the verifier decodes and re-encodes each name and value before sorting, as AWS does
+    assert canonical_query(case.query) == "a=%C3%A9&a=~%2F%2B&b=x%20y"
+    assert verifies(sent, case).service == "sqs"
+
+
+def test_canonical_forms() -> None:
+    # The path is encoded again (so %3D becomes %253D), '/' and unreserved characters stay as they are
+    assert canonical_uri("/@connections/abc%3D") == "/%40connections/abc%253D"
+    assert canonical_uri("/a b/~x/./y/../z//") == "/a%20b/~x/z/"
+    assert canonical_uri("") == "/"
+    # Query pairs sort by name, then value; a bare name gets an empty value
+    assert canonical_query("b=2&a=2&a=1&c") == "a=1&a=2&b=2&c="
+
+
+# ------------------------------------------------------------------ sign_headers against botocore
+
+SIGNING_CASES = [
+    ("POST", f"http://{HOST}/", {"X-Amz-Target": "DynamoDB_20120810.GetItem"}, b'{"TableName": "t"}', GOOD),
+    ("POST", f"http://{HOST}/", {"X-Amz-Target": "secretsmanager.DescribeSecret"}, b"{}", TEMPORARY),
+    ("GET", f"http://{HOST}/admin/stats?" + _query([("z", "1"), ("a", ["2", "1"]), ("e", "")]), {}, b"", GOOD),
+    ("POST", f"http://{HOST}/prod/@connections/" + quote("a+/=", safe=""), {}, b"hello", GOOD),
+    ("GET", "http://LocalHost:80/caf%C3%A9/a%2Fb/~x", {"Accept": "application/json"}, b"", GOOD),
+    ("GET", "https://example.com:443/a b", {"User-Agent": "not signed", "X-Spaces": " a   b "}, b"", GOOD),
+    ("PUT", "http://[::1]:4566/x", {"Host": "explicit.host:1", "Authorization": "old", "X-Amz-Date": "old"}, b"", GOOD),
+    ("DELETE", "https://[::1]/@connections/c1", {"X-Amz-Security-Token": "stale"}, b"", TEMPORARY),
+    ("POST", f"http://{HOST}/", {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}, b"ignored", GOOD),
+]
+
+
+@pytest.mark.parametrize("method, url, headers, body, credentials", SIGNING_CASES)
+def test_sign_headers_is_what_botocore_adds(
+    method: str, url: str, headers: dict[str, str], body: bytes, credentials: Credentials
+) -> None:
+    # GIVEN botocore signing a request at a known time
+    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+    if credentials.session_token:
+        request.headers["X-Amz-Security-Token"] = credentials.session_token
+    frozen = ReadOnlyCredentials(credentials.access_key_id, credentials.secret_key, credentials.session_token)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=SIGNED_AT):
+        SigV4Auth(frozen, "execute-api", "eu-west-1").add_auth(request)
+    # WHEN sign_headers signs the same request at the same time
+    ours = sign_headers(
+        method, url, credentials, service="execute-api", region="eu-west-1", body=body, headers=headers,
+        now=SIGNED_AT_EPOCH,
+    )  # fmt: skip
+    # THEN the headers, their values and their order are botocore's
+    assert list(ours.items()) == list(request.headers.items())
+
+
+def test_sign_headers_refuses_a_date_header() -> None:
+    with pytest.raises(ValueError, match="X-Amz-Date"):
+        sign_headers("GET", f"http://{HOST}/", GOOD, service="s", region="r", headers={"Date": "today"})
+
+
+def test_the_gateway_verifies_the_query_as_it_was_sent_not_as_aiohttp_decodes_it() -> None:
+    # GIVEN a signed admin call whose query carries encoded characters (aiohttp's `query_string` decodes them)
+    principals = Principals("123456789012")
+    query = _query([("cursor", "a b&next=%41"), ("limit", "10")])
+    url = f"http://{HOST}/admin/connections?{query}"
+    headers = sign_headers("GET", url, principals.admin.credentials, service="execute-api", region="us-east-1")
+    request = make_mocked_request("GET", f"/admin/connections?{query}", headers=CIMultiDict({**headers, "Host": HOST}))
+    assert request.query_string != query  # what the gateway must not sign over
+    # WHEN the gateway authenticates it THEN the signer is the administrator
+    assert authenticate(request, b"", principals, region="us-east-1") is principals.admin
