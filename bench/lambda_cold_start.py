@@ -15,9 +15,8 @@ invocations); the figures are for one of the template's functions (by handler,
   another process once per process, PSS divides them among their sharers, so the
   sum of PSS is what the environments really take from the machine.
 
-Whatever processes the runtime keeps per function configuration besides its
-environments (see `local.lambda_runtime`) are reported apart, with the CPU they
-used since the stack started.
+The template the environments are forked from (see `local.lambda_runtime.template`)
+is reported apart, with the CPU it used since the stack started.
 """
 
 from __future__ import annotations
@@ -92,7 +91,6 @@ def measure(function_handler: str, runs: int, environments: int) -> dict[str, An
     stack = background.start(timeout=300)
     try:
         function = next(f for f in stack.functions.values() if f.handler_spec == function_handler)
-        before = set(machine_pids())
         init_s, first_s, cpu_s = [], [], []
         for run in range(runs):
             kill_environments(background, function)
@@ -112,7 +110,7 @@ def measure(function_handler: str, runs: int, environments: int) -> dict[str, An
 
         background.run(at_once())
         pids = background.call(lambda: function.environment_pids)
-        others = sorted(set(machine_pids()) - before - set(pids))
+        templates = background.call(lambda: function.template_pids)
         return {
             "function": function.name,
             "cold_start_init_wall_ms_median": round(statistics.median(init_s) * 1000, 1),
@@ -122,34 +120,17 @@ def measure(function_handler: str, runs: int, environments: int) -> dict[str, An
             "environments": len(pids),
             "environments_rss_mib_total": _mib(sum(machine.rss_bytes(pid) or 0 for pid in pids)),
             "environments_pss_mib_total": _mib(sum(pss_bytes(pid) or 0 for pid in pids)),
-            "other_runtime_processes": {
+            "templates": {
                 str(pid): {
                     "rss_mib": _mib(machine.rss_bytes(pid) or 0),
                     "pss_mib": _mib(pss_bytes(pid) or 0),
                     "cpu_s": machine.cpu_seconds(pid),
                 }
-                for pid in others
+                for pid in templates
             },
         }
     finally:
         background.stop()
-
-
-def machine_pids() -> list[int]:
-    """This process's descendants whose command line is a Lambda worker (environments and whatever serves them)."""
-    found, pending = [], [os.getpid()]
-    while pending:
-        pid = pending.pop()
-        children = machine.child_pids(pid)
-        pending.extend(children)
-        for child in children:
-            try:
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lambda_worker" in command:
-                found.append(child)
-    return found
 
 
 def _mib(size: int) -> float:

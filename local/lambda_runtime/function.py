@@ -258,8 +258,9 @@ class LambdaFunction:
         path.append(str(runtime_dir))
         day = time.strftime("%Y/%m/%d", time.gmtime())
         stream = f"{day}/[{self.version}]{uuid.uuid4().hex}"
+        generation = pool.generation
         env = self.runtime_environment(stream, runtime_dir)
-        worker = await self._start_environment(pool, path, env)
+        worker = await self._start_environment(pool, generation, path, env)
         pool.add(worker)
         if pool.closed:
             worker.kill("shutdown")
@@ -293,13 +294,16 @@ class LambdaFunction:
             raise error
         return worker
 
-    async def _start_environment(self, pool: WorkerPool, path: list[str], env: dict[str, str]) -> Worker:
+    async def _start_environment(
+        self, pool: WorkerPool, generation: int, path: list[str], env: dict[str, str]
+    ) -> Worker:
         """A new environment's process: forked from the configuration's template, or started fresh when the
         template cannot fork cleanly (see `local.lambda_runtime.template`)."""
         code_dirs = [str(d) for d in self.code_dirs]
         cwd = self.code_dirs[0]
         for _ in range(2):  # a template that died is replaced once; a second death is not a coincidence
-            if pool.fork_refused or pool.closed:
+            # A cold start that began before a reconfiguration starts fresh: no template has its environment.
+            if pool.fork_refused or pool.closed or pool.generation != generation:
                 break
             async with pool.template_lock:
                 template = pool.template
@@ -307,12 +311,15 @@ class LambdaFunction:
                     # As an environment but for its log stream, which is each environment's own.
                     template_env = {k: v for k, v in env.items() if k != "AWS_LAMBDA_LOG_STREAM_NAME"}
                     template = await Template.start(self.name, self.arn, path, template_env, cwd, code_dirs)
-                    pool.add_template(template)
+                    if not pool.add_template(template, generation):
+                        break
             try:
                 process = await template.fork(env, INIT_TIMEOUT_SECONDS)
             except TemplateRefused as refused:
                 logger.warning("%s: cold starts start a fresh interpreter: %s", self.name, refused)
-                pool.fork_refused = True
+                if pool.template is template:
+                    pool.fork_refused = True
+                    pool.template = None
                 template.retire()
             except TemplateUnavailable:
                 continue
@@ -368,6 +375,13 @@ class LambdaFunction:
         if self._pool is None or self._pool.closed:
             return []
         return sorted(worker.process.pid for worker in self._pool.workers if worker.process.returncode is None)
+
+    @property
+    def template_pids(self) -> list[int]:
+        """The process ids of the templates the environments are forked from (see `local.lambda_runtime.template`)."""
+        if self._pool is None or self._pool.closed:
+            return []
+        return sorted(t.process.pid for t in self._pool.templates if t.process.returncode is None)
 
     def kill_busy_environments(self) -> int:
         """SIGKILL every execution environment that is running an invocation now; how many there were.

@@ -26,11 +26,18 @@ class WorkerPool:
         self.template_lock = asyncio.Lock()  # concurrent cold starts start one template, not one each
         self.templates: set[Template] = set()  # every template process not yet exited, current or retired
         self.fork_refused = False  # the current configuration's template cannot fork cleanly: start fresh
+        self.generation = 0  # which configuration is current: a cold start of an older one forks from no template
 
-    def add_template(self, template: Template) -> None:
-        self.template = template
+    def add_template(self, template: Template, generation: int) -> bool:
+        """Track a template's process until it exits; the current configuration's template unless the pool closed
+        or the configuration changed while it started (then it is closed at once)."""
         self.templates.add(template)
         template.finished.add_done_callback(lambda _: self.templates.discard(template))
+        if self.closed or generation != self.generation:
+            template.close()
+            return False
+        self.template = template
+        return True
 
     def add(self, worker: Worker) -> None:
         self.workers.add(worker)
@@ -62,6 +69,7 @@ class WorkerPool:
             self.template.retire()
             self.template = None
         self.fork_refused = False
+        self.generation += 1
 
     def close(self) -> None:
         self.closed = True
