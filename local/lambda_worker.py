@@ -330,7 +330,10 @@ class ForkServer:
                 self.reap()
             if self.control not in ready:
                 continue
-            data, ancillary, _, _ = self.control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))
+            try:
+                data, ancillary, _, _ = self.control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))
+            except ConnectionError:  # the runtime closed its end with reports still unread: it is gone all the same
+                return None
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     usable = len(payload) - len(payload) % FD_SIZE
