@@ -322,13 +322,13 @@ class ForkServer:
     def serve(self) -> tuple[int, int] | None:
         """Serve orders until the control socket closes (None); in a forked child, its (requests, answers) fds."""
         while True:
-            ready, _, _ = select.select([self.control, self.wakeup_read], [], [])
+            ready, _, _ = select.select([self.control.fileno(), self.wakeup_read], [], [])
             if self.wakeup_read in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wakeup_read, 512):
                         pass
                 self.reap()
-            if self.control not in ready:
+            if self.control.fileno() not in ready:
                 continue
             try:
                 data, ancillary, _, _ = self.control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))

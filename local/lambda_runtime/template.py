@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,18 @@ class ForkedProcess:
         self.stdin: asyncio.StreamWriter | None = None
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
-        self._pidfd: int | None = pidfd
+        self._pidfd = pidfd
+        # Open as long as this object lives, not just until the exit: a kill from another thread must never find
+        # the number reused by another environment's pidfd.
+        weakref.finalize(self, os.close, pidfd)
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._following = False
 
     def kill(self) -> None:
         """SIGKILL through the pidfd: safe from any thread, and never reaches another process."""
-        pidfd = self._pidfd
-        if self.returncode is None and pidfd is not None:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if self.returncode is None:
+            with contextlib.suppress(OSError):  # ESRCH: it has exited and its report is on its way
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
@@ -73,22 +77,20 @@ class ForkedProcess:
             return
         self.returncode = status
         self._exited.set_result(status)
-        pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(pidfd)
+        if self.stdin is not None:
+            self.stdin.close()  # the other pipes close on their own at end of file
 
     def follow_without_parent(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The template died: this child dies too (PR_SET_PDEATHSIG); its pidfd says when."""
-        pidfd = self._pidfd
-        if pidfd is None:
+        """The template died: this child dies too (PR_SET_PDEATHSIG); its pidfd becomes readable when it has."""
+        if self._exited.done() or self._following:
             return
+        self._following = True
 
         def gone() -> None:
-            loop.remove_reader(pidfd)
+            loop.remove_reader(self._pidfd)
             self.exited(-signal.SIGKILL)
 
-        loop.add_reader(pidfd, gone)
+        loop.add_reader(self._pidfd, gone)
 
 
 class Template:
@@ -185,9 +187,12 @@ class Template:
                 self._pending.append(future)
                 try:
                     await self._send(_frame(order), theirs)
-                except OSError as error:
-                    self._pending.remove(future)
-                    raise TemplateUnavailable(f"{self.function_name}: the template is gone: {error}") from None
+                except BaseException as error:
+                    # Part of the order may have gone out: the stream of orders can no longer be trusted.
+                    self.close()
+                    if isinstance(error, OSError):
+                        raise TemplateUnavailable(f"{self.function_name}: the template is gone: {error}") from None
+                    raise
                 self._modules_sent = len(modules)
             for fd in theirs:
                 os.close(fd)

@@ -40,10 +40,12 @@ class EnvironmentProcess(Protocol):
     """What a worker uses of its process: asyncio's subprocess, or a child forked by a template."""
 
     pid: int
-    returncode: int | None
     stdin: asyncio.StreamWriter | None
     stdout: asyncio.StreamReader | None
     stderr: asyncio.StreamReader | None
+
+    @property
+    def returncode(self) -> int | None: ...
 
     def kill(self) -> None: ...
 
