@@ -1,10 +1,10 @@
 """What one cold start of a real function costs the machine, and what N warm environments of it hold in memory.
 
-    python -m bench.lambda_cold_start [--function connect.handler] [--runs 5] [--environments 8]
+    python -m bench.lambda_cold_start [--function connect.handler] [--event connect] [--runs 5] [--environments 8]
 
 The local stack runs as `make dev` does (minus the simulator, sweeper and smoke
 invocations); the figures are for one of the template's functions (by handler,
-`connect.handler` by default) invoked with the sample event of its route:
+`connect.handler` by default) invoked with a sample event of events/apigateway/:
 
 * a cold start, `--runs` times in a row, each after killing the function's
   environments: wall time of the init phase, then of the first invocation (the
@@ -53,8 +53,7 @@ def pss_bytes(pid: int) -> int | None:
     return None
 
 
-def sample_event(function: LambdaFunction, number: int) -> dict[str, Any]:
-    name = (function.handler_spec or "").split(".", 1)[0]
+def sample_event(name: str, number: int) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((ROOT / "events" / "apigateway" / f"{name}.json").read_text())
     event["requestContext"]["connectionId"] = f"bench{number:04d}="
     return event
@@ -74,7 +73,7 @@ def kill_environments(background: BackgroundStack, function: LambdaFunction) -> 
     wait_until(lambda: not background.call(lambda: function.environment_pids), "the environments to be gone")
 
 
-def measure(function_handler: str, runs: int, environments: int) -> dict[str, Any]:
+def measure(function_handler: str, event_name: str, runs: int, environments: int) -> dict[str, Any]:
     background = BackgroundStack(
         StackConfig(
             assembly=synthesize(),
@@ -97,7 +96,7 @@ def measure(function_handler: str, runs: int, environments: int) -> dict[str, An
             began = time.perf_counter()
             background.run(function.init())
             initialised = time.perf_counter()
-            background.run(function.invoke(sample_event(function, run)))
+            background.run(function.invoke(sample_event(event_name, run)))
             done = time.perf_counter()
             (pid,) = background.call(lambda: function.environment_pids)
             init_s.append(initialised - began)
@@ -106,7 +105,7 @@ def measure(function_handler: str, runs: int, environments: int) -> dict[str, An
         kill_environments(background, function)
 
         async def at_once() -> None:
-            await asyncio.gather(*(function.invoke(sample_event(function, 100 + n)) for n in range(environments)))
+            await asyncio.gather(*(function.invoke(sample_event(event_name, 100 + n)) for n in range(environments)))
 
         background.run(at_once())
         pids = background.call(lambda: function.environment_pids)
@@ -140,10 +139,11 @@ def _mib(size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--function", default="connect.handler", help="the handler of the template's function")
+    parser.add_argument("--event", default="connect", help="the sample event, events/apigateway/<event>.json")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--environments", type=int, default=8)
     args = parser.parse_args()
-    for key, value in measure(args.function, args.runs, args.environments).items():
+    for key, value in measure(args.function, args.event, args.runs, args.environments).items():
         print(f"{key:45} {value}")
 
 

@@ -14,10 +14,16 @@ user code runs, fd 0 is pointed at /dev/null and fd 1 at stderr, so whatever
 the handler prints or logs ends up in the log stream (stderr, forwarded by the
 parent) and can never corrupt a frame.
 
-Frames out: first one init answer, `{"ready": true}` or an error; then per
-request `{"id", "result"}` or `{"id", "errorType", "errorMessage", "stackTrace"}`.
+Frames out: first one init answer, `{"ready": true, "modules"}` or an error;
+then per request `{"id", "result"}` or `{"id", "errorType", "errorMessage",
+"stackTrace"}`. `modules` (in the init answer and the first invocation's) names
+what the environment imported outside its code directories, for its template.
 Frames in: `{"id", "deadline_ms", "trace_id", "event"}`. EOF on the request
 channel ends the environment.
+
+Started with `"template": true` in its configuration, the same bootstrap makes a
+template instead (`ForkServer`): it serves a control socket on stdin and forks
+one environment per order, and each child goes on as above.
 """
 
 from __future__ import annotations
