@@ -33,10 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from local.lambda_runtime.worker import WORKER_SCRIPT, forward_log
+from local.lambda_runtime.worker import STREAM_LIMIT, WORKER_SCRIPT, forward_log
 from local.lambda_worker import FD_SIZE, HEADER
-
-STREAM_LIMIT = 1 << 20  # as start_worker's: one answer or log line per read, up to 1 MiB before it is split
 
 
 class TemplateUnavailable(Exception):
@@ -160,11 +158,6 @@ class Template:
         """Modules an environment of this configuration imported; the next forks preload them."""
         for name in modules or ():
             self._modules.setdefault(name, None)
-
-    @property
-    def environments(self) -> int:
-        """Environments forked from this template and not yet exited."""
-        return len(self._children)
 
     async def fork(self, env: Mapping[str, str], timeout: float) -> ForkedProcess:
         """A new environment that sees exactly `env`; its init answer is still to read.

@@ -23,6 +23,7 @@ from local.lambda_worker import HEADER
 function_logger = logging.getLogger("quanttrade.local.lambda.log")  # the functions' own log streams
 
 WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "lambda_worker.py"
+STREAM_LIMIT = 1 << 20  # what one read of an environment's pipes may hold: an answer, or a log line before it is split
 
 _LOG_LEVELS = {
     "TRACE": logging.DEBUG,
@@ -136,7 +137,7 @@ async def start_worker(
         cwd=cwd,
         # Its own session: a Ctrl-C meant for the stack must not interrupt handlers mid-invocation.
         start_new_session=True,
-        limit=1 << 20,
+        limit=STREAM_LIMIT,
     )
     return Worker(process, function_name)
 
