@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
 import sys
 import time
 import uuid
@@ -26,6 +23,7 @@ from local.lambda_runtime.errors import (
 )
 from local.lambda_runtime.in_process import Handler, InProcessHandler
 from local.lambda_runtime.pool import WorkerPool
+from local.lambda_runtime.template import Template, TemplateRefused, TemplateUnavailable
 from local.lambda_runtime.worker import Worker, WorkerExited, exit_description, request_frame, start_worker
 from local.lambda_worker import LambdaContext
 
@@ -245,6 +243,7 @@ class LambdaFunction:
                     # environment whose state is unknown is never reused.
                     pool.workers.discard(worker)
                     worker.kill(worker.stop_reason or "abandoned")
+        self._learn(pool, answer)
         if "result" in answer:
             return answer["result"]
         raise LambdaFunctionError(self.name, answer["errorType"], answer["errorMessage"])
@@ -259,8 +258,9 @@ class LambdaFunction:
         path.append(str(runtime_dir))
         day = time.strftime("%Y/%m/%d", time.gmtime())
         stream = f"{day}/[{self.version}]{uuid.uuid4().hex}"
+        generation = pool.generation
         env = self.runtime_environment(stream, runtime_dir)
-        worker = await start_worker(self.name, self.arn, path, env, self.code_dirs[0])
+        worker = await self._start_environment(pool, generation, path, env)
         pool.add(worker)
         if pool.closed:
             worker.kill("shutdown")
@@ -285,6 +285,7 @@ class LambdaFunction:
             raise
         finally:
             timer.cancel()
+        self._learn(pool, answer)
         if not answer.get("ready"):
             pool.workers.discard(worker)
             worker.kill("init failed")
@@ -292,6 +293,50 @@ class LambdaFunction:
             logger.error("%s", error)
             raise error
         return worker
+
+    async def _start_environment(
+        self, pool: WorkerPool, generation: int, path: list[str], env: dict[str, str]
+    ) -> Worker:
+        """A new environment's process: forked from the configuration's template, or started fresh when the
+        template cannot fork cleanly (see `local.lambda_runtime.template`)."""
+        code_dirs = [str(d) for d in self.code_dirs]
+        cwd = self.code_dirs[0]
+        for _ in range(2):  # a template that died is replaced once; a second death is not a coincidence
+            # A cold start that began before a reconfiguration starts fresh: no template has its environment.
+            if pool.fork_refused or pool.closed or pool.generation != generation:
+                break
+            async with pool.template_lock:
+                template = pool.template
+                if template is None or template.dead:
+                    # As an environment but for its log stream, which is each environment's own.
+                    template_env = {k: v for k, v in env.items() if k != "AWS_LAMBDA_LOG_STREAM_NAME"}
+                    template = await Template.start(self.name, self.arn, path, template_env, cwd, code_dirs)
+                    if not pool.add_template(template, generation):
+                        break
+            try:
+                process = await template.fork(env, INIT_TIMEOUT_SECONDS)
+            except TemplateRefused as refused:
+                logger.warning("%s: cold starts start a fresh interpreter: %s", self.name, refused)
+                if pool.template is template:
+                    pool.fork_refused = True
+                    pool.template = None
+                template.retire()
+            except TemplateUnavailable:
+                continue
+            except TimeoutError:
+                template.close()
+                raise LambdaInitError(
+                    self.name, "Sandbox.Timedout", f"Init phase timed out after {INIT_TIMEOUT_SECONDS:.2f} seconds"
+                ) from None
+            else:
+                return Worker(process, self.name)
+        return await start_worker(self.name, self.arn, path, env, cwd, code_dirs)
+
+    @staticmethod
+    def _learn(pool: WorkerPool, answer: dict[str, Any]) -> None:
+        modules = answer.pop("modules", None)
+        if modules and pool.template is not None:
+            pool.template.learn(modules)
 
     def _current_pool(self) -> WorkerPool:
         pool = self._pool
@@ -324,6 +369,20 @@ class LambdaFunction:
             return 0
         return sum(1 for worker in self._pool.workers if worker.process.returncode is None)
 
+    @property
+    def environment_pids(self) -> list[int]:
+        """The process ids of the execution environments alive now (what memory and CPU are measured by)."""
+        if self._pool is None or self._pool.closed:
+            return []
+        return sorted(worker.process.pid for worker in self._pool.workers if worker.process.returncode is None)
+
+    @property
+    def template_pids(self) -> list[int]:
+        """The process ids of the templates the environments are forked from (see `local.lambda_runtime.template`)."""
+        if self._pool is None or self._pool.closed:
+            return []
+        return sorted(t.process.pid for t in self._pool.templates if t.process.returncode is None)
+
     def kill_busy_environments(self) -> int:
         """SIGKILL every execution environment that is running an invocation now; how many there were.
 
@@ -340,8 +399,7 @@ class LambdaFunction:
         for worker in busy:
             if worker.stop_reason is None:
                 worker.stop_reason = "killed"
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.process.pid, signal.SIGKILL)
+            worker.kill_from_any_thread()
         if busy:
             logger.warning("%s: killed %d busy execution environment(s)", self.name, len(busy))
         return len(busy)
@@ -363,9 +421,11 @@ class LambdaFunction:
         """`shutdown()`, then wait until every environment's process has exited and its log is drained."""
         pool = self._pool
         self.shutdown(wait=False)
-        if pool is None or pool.loop is not asyncio.get_running_loop() or not pool.processes:
+        if pool is None or pool.loop is not asyncio.get_running_loop():
             return
-        await asyncio.wait([worker.finished for worker in pool.processes], timeout=5)
+        finishing = [worker.finished for worker in pool.processes] + [t.finished for t in pool.templates]
+        if finishing:
+            await asyncio.wait(finishing, timeout=5)
 
     def __repr__(self) -> str:
         return f"LambdaFunction({self.name!r}, concurrency={self.concurrency})"

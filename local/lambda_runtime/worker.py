@@ -11,17 +11,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from local.lambda_worker import HEADER
 
 function_logger = logging.getLogger("quanttrade.local.lambda.log")  # the functions' own log streams
 
 WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "lambda_worker.py"
+STREAM_LIMIT = 1 << 20  # what one read of an environment's pipes may hold: an answer, or a log line before it is split
 
 _LOG_LEVELS = {
     "TRACE": logging.DEBUG,
@@ -35,6 +37,22 @@ _LOG_LEVELS = {
 }
 
 
+class EnvironmentProcess(Protocol):
+    """What a worker uses of its process: asyncio's subprocess, or a child forked by a template."""
+
+    pid: int
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 class WorkerExited(Exception):
     """The environment's process went away before it answered."""
 
@@ -44,13 +62,13 @@ class Worker:
 
     __slots__ = ("finished", "process", "retired", "stop_reason")
 
-    def __init__(self, process: asyncio.subprocess.Process, function_name: str) -> None:
+    def __init__(self, process: EnvironmentProcess, function_name: str) -> None:
         self.process = process
         self.stop_reason: str | None = None  # why the parent killed it: "timeout", "shutdown", ...
         self.retired = False  # the configuration changed: not to be reused after the invocation in hand
         assert process.stderr is not None
         # Done once the process has exited and its last log line is forwarded.
-        self.finished = asyncio.ensure_future(self._finish(_forward_log(process.stderr, function_name)))
+        self.finished = asyncio.ensure_future(self._finish(forward_log(process.stderr, function_name)))
 
     async def _finish(self, forward_log: Coroutine[Any, Any, None]) -> None:
         await forward_log
@@ -79,6 +97,16 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
+    def kill_from_any_thread(self) -> None:
+        """SIGKILL without touching the event loop's state (asyncio's Process.kill may reap, so not that)."""
+        if self.process.returncode is not None:
+            return
+        if isinstance(self.process, asyncio.subprocess.Process):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.kill()
+
     async def exit_status(self) -> int:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(self.process.wait(), timeout=5)
@@ -86,7 +114,12 @@ class Worker:
 
 
 async def start_worker(
-    function_name: str, function_arn: str, path: Sequence[str], env: Mapping[str, str], cwd: Path
+    function_name: str,
+    function_arn: str,
+    path: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    code_dirs: Sequence[str],
 ) -> Worker:
     """Start an interpreter that imports only from `path` and sees only `env`; its init answer is still to read."""
     process = await asyncio.create_subprocess_exec(
@@ -94,7 +127,9 @@ async def start_worker(
         "-I",
         "-S",
         str(WORKER_SCRIPT),
-        json.dumps({"path": list(path), "function_arn": function_arn, "environment": sorted(env)}),
+        json.dumps(
+            {"path": list(path), "code_dirs": list(code_dirs), "function_arn": function_arn, "environment": sorted(env)}
+        ),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -102,7 +137,7 @@ async def start_worker(
         cwd=cwd,
         # Its own session: a Ctrl-C meant for the stack must not interrupt handlers mid-invocation.
         start_new_session=True,
-        limit=1 << 20,
+        limit=STREAM_LIMIT,
     )
     return Worker(process, function_name)
 
@@ -122,7 +157,7 @@ def exit_description(status: int) -> str:
     return f"exit status {status}"
 
 
-async def _forward_log(stream: asyncio.StreamReader, function_name: str) -> None:
+async def forward_log(stream: asyncio.StreamReader, function_name: str) -> None:
     """Each line the environment writes becomes a log record named after the function (what CloudWatch shows)."""
     while True:
         try:

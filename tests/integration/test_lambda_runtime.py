@@ -34,6 +34,11 @@ import time
 from pathlib import Path
 
 COUNT = 0
+PRELOADED = "boto3" in sys.modules  # before this environment's init phase: only if its template imported it
+INIT_TOKEN = os.urandom(8).hex()  # module-level state: each environment's init phase makes its own
+if "INIT_LOG" in os.environ:  # a side effect of the init phase, one line per environment that ran it
+    with open(os.environ["INIT_LOG"], "a") as init_log:
+        init_log.write(f"{os.getpid()}\\n")
 
 
 def environment(event, context):
@@ -77,6 +82,36 @@ def context_of(event, context):
         "remaining_ms": context.get_remaining_time_in_millis(),
         "env_log_stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
         "trace": os.environ.get("_X_AMZN_TRACE_ID"),
+    }
+
+
+def facts(event, context):
+    import random
+    import uuid
+
+    import boto3  # noqa: F401  what real handlers import on first use: a template preloads it for the next ones
+    import pydantic  # noqa: F401
+
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the directory listing's own descriptor, closed by now
+            pass
+    global COUNT
+    COUNT += 1
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "sid": os.getsid(0),
+        "fds": fds,
+        "threads": len(os.listdir("/proc/self/task")),
+        "init_token": INIT_TOKEN,
+        "count": COUNT,
+        "random": random.random(),
+        "uuid": str(uuid.uuid4()),
+        "stage": os.environ.get("STAGE"),
+        "preloaded": PRELOADED,
     }
 
 
@@ -593,3 +628,189 @@ def test_a_callable_handler_takes_no_code(code: Path) -> None:
     # GIVEN the in-process mode of the gateway's and pumps' tests WHEN given code dirs THEN it is refused
     with pytest.raises(ValueError, match="takes no code or layers"):
         LambdaFunction("f", lambda event, context: None, code_dirs=[code])
+
+
+# ---------------------------------------------------------------- environments forked from a template
+
+
+async def cold_start_again(function: LambdaFunction, pid: int) -> None:
+    """Kill the function's one environment, as something outside would, so that its next invocation starts cold."""
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: function.warm_environments == 0, what="the killed environment to be noticed")
+
+
+async def test_each_environment_runs_its_own_init_phase_and_owns_its_module_state(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN a function whose module records its init phase, started cold three times
+    init_log = tmp_path / "init.log"
+    function = make("app.facts", environment={"INIT_LOG": str(init_log)})
+    seen = []
+    for _ in range(3):
+        if seen:
+            await cold_start_again(function, seen[-1]["pid"])
+        seen.append(await function.invoke({}))
+
+    # THEN every environment ran the handler module's import itself: one init line each, its own module state
+    assert init_log.read_text().split() == [str(facts["pid"]) for facts in seen]
+    assert len({facts["init_token"] for facts in seen}) == 3
+    assert [facts["count"] for facts in seen] == [1, 1, 1]
+    assert function.cold_starts == 3
+    # AND the later ones were forked from the configuration's template, whose imports they share
+    (template_pid,) = function.template_pids
+    assert {facts["ppid"] for facts in seen} == {template_pid}
+    # AND no two environments draw the same random numbers or ids
+    assert len({facts["random"] for facts in seen}) == len({facts["uuid"] for facts in seen}) == 3
+
+
+async def test_a_forked_environment_holds_nothing_of_the_template(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN an environment forked after its template preloaded what the first one imported (boto3, pydantic...)
+    function = make("app.facts")
+    first = await function.invoke({})
+    await cold_start_again(function, first["pid"])
+
+    # WHEN it reports its process
+    facts = await function.invoke({})
+
+    # THEN the template had imported boto3 before the environment's init phase (the first environment had not)
+    assert (first["preloaded"], facts["preloaded"]) == (False, True)
+    # AND it is single-threaded, in its own session, and holds stdin, its log and its two channels only: no socket
+    assert facts["threads"] == 1
+    assert facts["sid"] == facts["pid"]
+    assert sorted(facts["fds"], key=int) == ["0", "1", "2", *sorted(set(facts["fds"]) - {"0", "1", "2"}, key=int)]
+    assert len(facts["fds"]) == 5
+    assert facts["fds"]["0"] == os.devnull
+    assert facts["fds"]["1"] == facts["fds"]["2"] and facts["fds"]["1"].startswith("pipe:")
+    assert not [link for link in facts["fds"].values() if link.startswith("socket:")]
+
+
+async def test_an_init_error_in_a_forked_environment_is_the_error_a_fresh_one_reports(
+    make: Callable[..., LambdaFunction], code: Path, tmp_path: Path
+) -> None:
+    # GIVEN a layer module that fails while importing once a flag exists, and a handler that imports it
+    layer = tmp_path / "picky-layer"
+    (layer / "python").mkdir(parents=True)
+    flag = tmp_path / "flag"
+    (layer / "python" / "picky_dep.py").write_text(
+        f"from pathlib import Path\n\nif Path({str(flag)!r}).exists():\n    raise RuntimeError('the flag says no')\n"
+    )
+    (code / "picky.py").write_text(
+        "import os\n\nimport picky_dep  # noqa: F401\n\ndef handler(e, c):\n    return os.getpid()\n"
+    )
+    function = make("picky.handler", name="quanttrade-picky", layer_dirs=[layer])
+    pid = await function.invoke({})
+
+    # WHEN the flag is set and the next environment starts cold, from a template that learned to preload picky_dep
+    flag.touch()
+    await cold_start_again(function, pid)
+    with pytest.raises(LambdaInitError) as raised:
+        await function.invoke({})
+
+    # THEN that cold start fails with the module's own error, as an interpreter started fresh reports it
+    assert str(raised.value) == "quanttrade-picky: RuntimeError: the flag says no"
+    assert (function.errors, function.cold_starts) == (1, 2)
+    # AND so does a function whose first environment meets it
+    fresh = make("picky.handler", name="quanttrade-picky-fresh", layer_dirs=[layer])
+    with pytest.raises(LambdaInitError) as fresh_raised:
+        await fresh.init()
+    assert (fresh_raised.value.error_type, fresh_raised.value.error_message) == ("RuntimeError", "the flag says no")
+
+
+async def test_a_timeout_kills_only_its_own_forked_environment(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN two environments of a function with a one-second timeout, forked from one template
+    function = make("app.sleep", timeout_seconds=1, concurrency=2)
+    pids = set(await asyncio.gather(function.invoke({"seconds": 0.5}), function.invoke({"seconds": 0.5})))
+    assert len(pids) == 2
+    templates = function.template_pids
+
+    # WHEN one invocation overruns
+    with pytest.raises(LambdaTimeoutError):
+        await function.invoke({"seconds": 30})
+
+    # THEN exactly one environment is killed; the other and the template live on, and the other answers warm
+    await eventually(lambda: sum(process_gone(pid) for pid in pids) == 1, what="one environment to be killed")
+    (survivor,) = [pid for pid in pids if not process_gone(pid)]
+    assert await function.invoke({"seconds": 0}) == survivor
+    assert function.template_pids == templates
+    assert (function.timeouts, function.cold_starts) == (1, 2)
+
+
+async def test_a_new_configuration_forks_from_a_new_template_with_the_new_environment(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a function with two environments of its first configuration behind it
+    function = make("app.facts", environment={"STAGE": "one"})
+    first = await function.invoke({})
+    await cold_start_again(function, first["pid"])
+    assert (await function.invoke({}))["stage"] == "one"
+    (old_template,) = function.template_pids
+
+    # WHEN it is reconfigured and started cold twice
+    function.configure(environment={"STAGE": "two"})
+    after = [await function.invoke({})]
+    await cold_start_again(function, after[0]["pid"])
+    after.append(await function.invoke({}))
+
+    # THEN both new environments see the new variables, forked from another template; the old one has gone
+    assert [facts["stage"] for facts in after] == ["two", "two"]
+    (new_template,) = function.template_pids
+    assert new_template != old_template and {facts["ppid"] for facts in after} == {new_template}
+    await eventually(lambda: process_gone(old_template), what="the retired template to exit")
+
+
+async def test_a_dead_template_takes_its_environments_and_the_next_cold_start_starts_another(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a warm environment and its template
+    function = make("app.facts")
+    before = await function.invoke({})
+    (template,) = function.template_pids
+
+    # WHEN the template is killed
+    os.kill(template, signal.SIGKILL)
+
+    # THEN its environment dies with it (nothing outlives the runtime that accounts for it)
+    await eventually(lambda: process_gone(before["pid"]), what="the environment to follow its template")
+    await eventually(lambda: function.warm_environments == 0, what="the dead environment to be noticed")
+    # AND the next invocation starts cold from a new template, without an error
+    after = await function.invoke({})
+    assert after["ppid"] != template and function.template_pids == [after["ppid"]]
+    assert (function.errors, function.cold_starts) == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("what", "source"),
+    [
+        (
+            "threads",
+            "import threading\nimport time\n\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n",
+        ),
+        ("a socket", "import socket\n\nKEPT = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"),
+    ],
+)
+async def test_a_layer_that_starts_a_thread_or_opens_a_socket_at_import_is_never_forked(
+    make: Callable[..., LambdaFunction],
+    code: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    what: str,
+    source: str,
+) -> None:
+    # GIVEN a layer module that starts a thread or opens a socket when imported, and a handler that imports it
+    layer = tmp_path / "busy-layer"
+    (layer / "python").mkdir(parents=True)
+    (layer / "python" / "busy_dep.py").write_text(source)
+    (code / "busy.py").write_text(
+        "import os\n\nimport busy_dep  # noqa: F401\n\ndef handler(e, c):\n    return os.getpid()\n"
+    )
+    function = make("busy.handler", layer_dirs=[layer])
+    pid = await function.invoke({})
+
+    # WHEN the next environment starts cold, after the template would have imported that module
+    await cold_start_again(function, pid)
+    second = await function.invoke({})
+
+    # THEN the template refuses to fork it into every environment: the environment is a fresh interpreter
+    assert second != pid and function.errors == 0
+    assert Path(f"/proc/{second}/stat").read_text().split(") ", 1)[1].split()[1] == str(os.getpid())
+    assert any(what in record.getMessage() and "fresh interpreter" in record.getMessage() for record in caplog.records)
