@@ -413,3 +413,119 @@ def test_the_server_keeps_no_replaced_item_or_message(moto: MotoServer, dynamodb
     # AND the table still holds the last version
     item = dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": "one"}, "sk": {"N": "1"}})["Item"]
     assert item["version"] == {"N": "199"}
+
+
+INDEXED = "indexed"
+
+
+def _index_outcomes(client: Any) -> list[Any]:
+    """Index queries of every shape the service makes and then some: each answer's items in order, its
+    LastEvaluatedKey, and refusals by code."""
+    from botocore.exceptions import ClientError
+
+    client.create_table(
+        TableName=INDEXED,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": kind}
+            for name, kind in (("pk", "S"), ("sk", "N"), ("owner", "S"), ("kind", "S"))
+        ],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by-owner",
+                "KeySchema": [
+                    {"AttributeName": "owner", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
+            {
+                "IndexName": "by-kind",
+                "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            },
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for n in range(60):  # written out of key order, over six partitions; some rows outside either index
+        item = {"pk": {"S": f"p{(n * 7) % 6}"}, "sk": {"N": str((n * 13) % 60)}}
+        if n % 5:
+            item["owner"] = {"S": f"o{n % 3}"}
+        if n % 4:
+            item["kind"] = {"S": "k" if n % 2 else "j"}
+        client.put_item(TableName=INDEXED, Item=item)
+    queries: list[dict[str, Any]] = [
+        {"IndexName": "by-owner", "KeyConditionExpression": "#o = :o", "ExpressionAttributeNames": {"#o": "owner"}},
+        {
+            "IndexName": "by-owner",
+            "KeyConditionExpression": "#o = :o AND sk BETWEEN :a AND :b",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "ScanIndexForward": False,
+        },
+        {
+            "IndexName": "by-owner",
+            "KeyConditionExpression": "#o = :o",
+            "FilterExpression": "pk <> :p",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "Limit": 4,
+        },
+        {"IndexName": "by-kind", "KeyConditionExpression": "kind = :k"},
+        {"IndexName": "by-kind", "KeyConditionExpression": "kind = :k", "Limit": 3},
+        {"IndexName": "by-owner", "KeyConditionExpression": "#o = :o", "ExpressionAttributeNames": {"#o": "nobody"}},
+        {"IndexName": "no-such-index", "KeyConditionExpression": "kind = :k"},
+    ]
+    values = {":o": {"S": "o1"}, ":a": {"N": "10"}, ":b": {"N": "45"}, ":p": {"S": "p2"}, ":k": {"S": "k"}}
+    outcomes: list[Any] = []
+    for query in queries:
+        used = {name: value for name, value in values.items() if name in str(query)}
+        pages: list[Any] = []
+        start: dict[str, Any] | None = None
+        try:
+            for _ in range(30):  # every page, as a paginating caller reads them
+                page = client.query(
+                    TableName=INDEXED,
+                    ExpressionAttributeValues=used,
+                    **query,
+                    **({"ExclusiveStartKey": start} if start else {}),
+                )
+                pages.append([[item["pk"]["S"], item["sk"]["N"]] for item in page["Items"]])
+                start = page.get("LastEvaluatedKey")
+                pages.append(start)
+                if not start:
+                    break
+        except ClientError as error:
+            pages.append(error.response["Error"]["Code"])
+        outcomes.append(pages)
+    return outcomes
+
+
+SHIPPED_MOTO_INDEXES = """
+import json, boto3
+from moto import mock_aws
+from tests.integration.test_moto_dynamodb import _index_outcomes
+with mock_aws():
+    print(json.dumps(_index_outcomes(boto3.client("dynamodb", region_name="us-east-1"))))
+"""
+
+
+def test_index_queries_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
+    # GIVEN the stack's moto (an index Query picks its partition's items without sorting the table)
+    # and moto as it ships, in a process of its own
+    import json
+    import subprocess
+    import sys
+
+    # WHEN both answer the same index queries, page by page
+    client = moto.client("dynamodb")
+    try:
+        patched = _index_outcomes(client)
+    finally:
+        client.delete_table(TableName=INDEXED)
+    shipped = json.loads(
+        subprocess.run([sys.executable, "-c", SHIPPED_MOTO_INDEXES], capture_output=True, text=True, check=True).stdout
+    )
+
+    # THEN every item comes in the same order, with the same paging keys and refusals
+    assert patched == shipped
+    assert len(shipped[0][0]) >= 10 and shipped[-1] == ["ResourceNotFoundException"]
+    assert any(len(pages) > 3 for pages in shipped)  # some queries took several pages
