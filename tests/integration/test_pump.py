@@ -100,17 +100,11 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0, what:
         await asyncio.sleep(0.02)
 
 
-def pump_for(queue: Queue, handler: Any, moto: MotoServer, **options: Any) -> QueuePump:
-    function = LambdaFunction("test-consumer", handler, timeout_seconds=options.pop("timeout", 5.0), concurrency=1)
-    return QueuePump(
-        function,
-        lambda: moto.client("sqs"),
-        queue.url,
-        queue.arn,
-        visibility_timeout=VISIBILITY_SECONDS,
-        fifo=queue.fifo,
-        **options,
+def pump_for(queue: Queue, handler: Any, moto: MotoServer, *, concurrency: int = 1, **options: Any) -> QueuePump:
+    function = LambdaFunction(
+        "test-consumer", handler, timeout_seconds=options.pop("timeout", 5.0), concurrency=concurrency
     )
+    return QueuePump(function, lambda: moto.client("sqs"), queue.url, queue.arn, fifo=queue.fifo, **options)
 
 
 def fail_bodies(*bodies: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
