@@ -238,5 +238,5 @@ def patch() -> None:
 
     SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
     SQSBackend.change_message_visibility = change_visibility_notifying  # type: ignore[method-assign]
-    Queue.delete_message = delete_message_notifying  # type: ignore[method-assign]
+    Queue.delete_message = delete_message_notifying  # type: ignore[method-assign,assignment]
     Queue._quanttrade_patched = True  # type: ignore[attr-defined]

@@ -154,7 +154,7 @@ async def test_several_pollers_move_batches_at_once_and_every_tick_arrives_once(
             barrier.wait()  # raises BrokenBarrierError if no other move comes meanwhile
         move(messages, poller)
 
-    pump.move = move_after_meeting  # type: ignore[method-assign]
+    pump.move = move_after_meeting  # type: ignore[method-assign,assignment]
     sqs = server.client("sqs")
     ingest = queue_url(deployment, topology.MARKET_DATA_INGEST_QUEUE)
     ticks = [eb.market_data(f"SYM{n % 20}") for n in range(40)]
