@@ -6,10 +6,12 @@ map includes the approximate message counts, each a pass over every message in
 the queue. A send therefore costs time in proportion to the queue's backlog:
 once the fan-out fell behind (a busy machine, a burst), every EventBridge
 delivery to the events queue got slower, the backlog grew faster, and the
-stack did not recover. Here the counts are left out of the map while a message
-is being sent (no send reads them), or while attributes other than the counts
-are asked for (EventBridge asks for `ContentBasedDeduplication` before every
-delivery to a FIFO queue); `GetQueueAttributes` for the counts still counts.
+stack did not recover. `SendMessageBatch` (the pipe's) reads the map once more
+per entry to validate it. Here the counts are left out of the map while a
+message or a batch is being sent (no send reads them), or while attributes
+other than the counts are asked for (EventBridge asks for
+`ContentBasedDeduplication` before every delivery to a FIFO queue);
+`GetQueueAttributes` for the counts still counts.
 
 moto also remembers the receipt handle of every message ever deleted, so that
 deleting one again succeeds, as SQS lets it: a few hundred bytes per message,
@@ -159,11 +161,12 @@ def patch() -> None:
     def without_counts(call: Any) -> Any:
         @functools.wraps(call)
         def run(*args: Any, **kwargs: Any) -> Any:
+            outer = getattr(uncounted, "active", False)  # a batch's sends run inside the batch
             uncounted.active = True
             try:
                 return call(*args, **kwargs)
             finally:
-                uncounted.active = False
+                uncounted.active = outer
 
         return run
 
@@ -178,6 +181,8 @@ def patch() -> None:
         return get_queue_attributes_uncounted(self, queue_name, attribute_names)
 
     SQSBackend.send_message = send_message  # type: ignore[method-assign]
+    # A batch validates every entry first, reading the attribute map each time (the pipe's SendMessageBatch).
+    SQSBackend.send_message_batch = without_counts(SQSBackend.send_message_batch)  # type: ignore[method-assign]
     SQSBackend.get_queue_attributes = attributes_counting_only_when_asked  # type: ignore[method-assign]
 
     queue_init = Queue.__init__

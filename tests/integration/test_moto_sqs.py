@@ -72,7 +72,7 @@ def test_sends_to_a_fifo_queue_are_validated_and_counted_as_before(sqs: Any) -> 
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "10"
 
 
-def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
+def test_a_send_or_a_batch_does_not_look_at_every_message_of_the_backlog() -> None:
     # GIVEN moto's SQS as the local stack patches it, in this process, and a queue holding a backlog
     from moto import mock_aws
 
@@ -87,16 +87,23 @@ def test_a_send_does_not_look_at_every_message_of_the_backlog() -> None:
         for n in range(20):
             client.send_message(QueueUrl=url, MessageBody=f"m{n}", MessageGroupId="g", MessageDeduplicationId=f"{n}")
         with visibility_checks() as looked_at:
-            # WHEN one more message is sent
+            # WHEN one more message is sent, and a batch of two
             client.send_message(QueueUrl=url, MessageBody="m", MessageGroupId="g", MessageDeduplicationId="new")
+            client.send_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(n), "MessageBody": f"b{n}", "MessageGroupId": "g", "MessageDeduplicationId": f"b{n}"}
+                    for n in range(2)
+                ],
+            )
             during_send = len(looked_at)
             # AND the attributes are asked for
             attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
 
-    # THEN the send looked at no message's visibility; the attributes request counted them all
+    # THEN the sends looked at no message's visibility; the attributes request counted them all
     assert during_send == 0
-    assert len(looked_at) >= 21
-    assert attributes["ApproximateNumberOfMessages"] == "21"
+    assert len(looked_at) >= 23
+    assert attributes["ApproximateNumberOfMessages"] == "23"
 
 
 def test_deleting_a_message_twice_still_succeeds(sqs: Any) -> None:
