@@ -17,15 +17,23 @@ or its sends, as it would on AWS. Retryable errors of SQS (throttling, 5xx) are
 retried by the client at once, as Pipes retries its internal errors without counting
 them against maxReceiveCount.
 
-One poller per pipe: on AWS several pollers read a standard source at once, so the
-order in which a source's messages reach the target is not the order they were sent
-in there either (docs/adr/0002-one-message-group-per-stream.md says what order holds).
+Several pollers per pipe: Pipes reads an SQS source with concurrent pollers, as
+Lambda's event source mappings do; a pipe has no setting for how many, and the Pipes
+pages publish no number
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-pipes-batching-concurrency.html),
+so a pump runs `PIPE_POLLERS`, Lambda's starting five for an SQS source
+(https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html): enough that
+one slow SendMessageBatch no longer holds up the whole source, few enough that the
+pipe's long polls hold five of moto's request threads (`local.moto_http.POOL_THREADS`),
+not dozens. Each poller receives, sends and deletes on its own. The market-data source
+is a standard queue, so its batches reach the target in no particular order, as on AWS
+(a FIFO source would keep each group's order: the queue hides a group with messages in
+flight from the other pollers);
+docs/adr/0002-one-message-group-per-stream.md says what order holds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +42,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from local.background import PollingLoop
+from local.background import Parallelism, PollingLoop
 from local.cloud.deployment import Deployment
 from local.cloud.pipe_paths import UnresolvedPath, sqs_source_event
 from local.cloud.resources.pipes import Pipe
@@ -45,10 +53,13 @@ logger = logging.getLogger("quanttrade.local.pipes")
 
 # Pipes retries SQS's retryable errors itself; botocore's standard mode does the same for the pump.
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10}, connect_timeout=5, read_timeout=30)
+# See the module docstring.
+PIPE_POLLERS = 5
 
 
 @dataclass
 class PipeStats:
+    parallelism: Parallelism
     receives: int = 0
     moved: int = 0  # sent to the target and deleted from the source
     unresolved: int = 0  # records left on the source: a target parameter's path found nothing usable
@@ -57,6 +68,7 @@ class PipeStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **self.parallelism.as_dict(),  # in_flight: batches being moved now
             "receives": self.receives,
             "moved": self.moved,
             "unresolved": self.unresolved,
@@ -66,7 +78,7 @@ class PipeStats:
 
 
 class PipePump(PollingLoop):
-    """One pipe: its source queue polled, each batch moved to the target, one batch at a time."""
+    """One pipe: its source queue polled by several pollers, each moving its batches to the target."""
 
     def __init__(
         self,
@@ -78,10 +90,11 @@ class PipePump(PollingLoop):
         source_arn: str,
         target_url: str,
         region: str,
+        pollers: int = PIPE_POLLERS,
         wait_seconds: int = 1,
         error_backoff: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(sqs_factory, pollers=pollers)
         self.pipe = pipe
         self.name = name
         self.source_url = source_url
@@ -90,9 +103,7 @@ class PipePump(PollingLoop):
         self.region = region
         self.wait_seconds = wait_seconds
         self.error_backoff = error_backoff
-        self.stats = PipeStats()
-        self._sqs_factory = sqs_factory
-        self._sqs: Any = None
+        self.stats = PipeStats(self.parallelism)
 
     @property
     def task_name(self) -> str:
@@ -100,32 +111,26 @@ class PipePump(PollingLoop):
 
     def check_access(self) -> None:
         """The pipe's first call, GetQueueAttributes on its source: a role that may not read it fails here."""
-        self._client().get_queue_attributes(QueueUrl=self.source_url, AttributeNames=["QueueArn"])
+        self.client(0).get_queue_attributes(QueueUrl=self.source_url, AttributeNames=["QueueArn"])
 
-    def _client(self) -> Any:
-        if self._sqs is None:
-            self._sqs = self._sqs_factory()
-        return self._sqs
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _poll(self, poller: int) -> None:
         while not self._stopping.is_set():
             try:
                 # A stop waits for the poll in progress (it ends within wait_seconds) and moves what it brings,
                 # rather than leave those messages invisible on the source for its visibility timeout.
-                messages = await loop.run_in_executor(self._io, self._receive)
+                messages = await self._blocking(self._receive, poller)
                 self.stats.receives += 1
                 if messages:
-                    await loop.run_in_executor(self._io, self.move, messages)
+                    with self.parallelism.batch():
+                        await self._blocking(self.move, messages, poller)
             except Exception as error:
                 # moto restarting, or the role refused: keep trying without spinning, as the pipe does.
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 logger.warning("pipe %s: %s", self.name, error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.error_backoff)
+                await self._pause(self.error_backoff)
 
-    def _receive(self) -> list[dict[str, Any]]:
-        response = self._client().receive_message(
+    def _receive(self, poller: int) -> list[dict[str, Any]]:
+        response = self.client(poller).receive_message(
             QueueUrl=self.source_url,
             MaxNumberOfMessages=self.pipe.batch_size,
             WaitTimeSeconds=self.wait_seconds,
@@ -134,8 +139,9 @@ class PipePump(PollingLoop):
         )
         return list(response.get("Messages", []))
 
-    def move(self, messages: list[dict[str, Any]]) -> None:
-        """Send what resolves to the target in one SendMessageBatch, in receive order; delete what was sent."""
+    def move(self, messages: list[dict[str, Any]], poller: int = 0) -> None:
+        """Send what resolves to the target in one SendMessageBatch, in receive order; delete what was sent
+        (with `poller`'s client)."""
         entries: list[dict[str, Any]] = []
         by_id: dict[str, dict[str, Any]] = {}
         for index, message in enumerate(messages):
@@ -151,7 +157,7 @@ class PipePump(PollingLoop):
             by_id[str(index)] = message
         if not entries:
             return
-        sqs = self._client()
+        sqs = self.client(poller)
         response = sqs.send_message_batch(QueueUrl=self.target_url, Entries=entries)
         for failure in response.get("Failed", []):
             self.stats.refused += 1

@@ -1,9 +1,9 @@
-"""SQS event source mappings for the local stack: what Lambda's poller does, against moto.
+"""SQS event source mappings for the local stack: what Lambda's pollers do, against moto.
 
-For every event source mapping of the template, a `QueuePump` long-polls
-its queue, hands each batch to the function exactly as Lambda's SQS event
-source mapping would (record shape, batch size, one batch in flight per queue
-so FIFO groups keep their order), and honours the answer:
+For every event source mapping of the template, a `QueuePump` runs several
+pollers that long-poll its queue at once, each handing its batch to the
+function exactly as Lambda's SQS event source mapping would (record shape,
+batch size) and honouring the answer:
 
 * a `batchItemFailures` response deletes every other record; the failed ones
   stay in flight and reappear after the visibility timeout;
@@ -15,28 +15,39 @@ so FIFO groups keep their order), and honours the answer:
   as SQS does (tests/integration/test_pump.py holds it to that), so the pump
   does not re-implement it.
 
-Latency: moto wakes a long poll as soon as a message arrives (a condition
-variable notified by SendMessage), so a long poll returns in ~5 ms and an idle
-pump costs one request per `wait_seconds`. One moto quirk is worked around: a
-long poll on a FIFO queue whose only visible messages belong to a group that
-has messages in flight busy-loops inside moto for the whole wait (100% of a
-core: its wake-up predicate ignores group locks). That state arises after a
-partial failure, so while failed records are still in flight the pump short
-polls every `blocked_poll_interval` instead, and returns to long polling when
-their visibility timeout has passed.
+How many pollers, as Lambda scales
+(https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-scaling.html):
+Lambda starts an SQS mapping with five concurrent batches and scales out while
+messages wait, up to the mapping's `ScalingConfig.MaximumConcurrency` (2 to
+1,000,
+https://docs.aws.amazon.com/AWSCloudFormation/latest/TemplateReference/aws-properties-lambda-eventsourcemapping-scalingconfig.html)
+and the function's concurrency. A pump runs that ceiling from the start:
+`MaximumConcurrency` if the mapping sets one, else `DEFAULT_POLLERS` (Lambda's
+five), never more than the function's concurrency (the execution environments
+the local stack gives it). Each poller receives, invokes and deletes on its own;
+stats, the FIFO sequence numbers and the function are shared.
 
-A second moto quirk breaks FIFO order on redelivery: when several in-flight
-messages of one group become visible together, moto hands out the *last* one
-first (it unlocks the group only after stepping past the earlier ones). So
-the pump makes failed FIFO records visible itself, all at once with
-ChangeMessageVisibility(0), a moment before their timeout would have, and
-moto then returns them in queue order as SQS does.
+Order on a FIFO queue comes from the queue, not from the pump: Lambda delivers
+a group's messages in order, one batch of a group in flight at a time, and a
+batch may hold several groups, in order within each; so a FIFO mapping's
+concurrency is at most its number of active message groups (same page). That
+holds here because a FIFO queue returns no message of a group that has
+messages in flight (received, not deleted, visibility not run out) to anyone
+(https://repost.aws/knowledge-center/sqs-fifo-messages-not-returned), so a
+failed record holds back its group, and only its group, until it is retried.
+moto's receive did not do that atomically, busy-looped on a long poll while
+groups were in flight, and redelivered a group last message first;
+`local.moto_sqs` fixes all three, and tests/integration/test_pump.py holds
+several pollers to per-group order through failures.
+
+Latency: moto wakes a long poll as soon as a message can be received (a send,
+a delete that frees a group, a visibility change), so a poll returns in ~5 ms
+and an idle poller costs one request per `wait_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -45,12 +56,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.background import PollingLoop
+from local.background import Parallelism, PollingLoop
 from local.lambda_runtime.function import LambdaFunction
 
 logger = logging.getLogger("quanttrade.local.pump")
 
-RELEASE_MARGIN_SECONDS = 0.15
+# Lambda starts an SQS mapping with five concurrent batches; a mapping without MaximumConcurrency gets
+# that many pollers (bounded by the function's concurrency).
+DEFAULT_POLLERS = 5
 
 # The system attributes Lambda puts in each record, in its order.
 RECORD_ATTRIBUTES = (
@@ -80,6 +93,7 @@ class BatchOutcome:
 
 @dataclass
 class PumpStats:
+    parallelism: Parallelism
     receives: int = 0
     batches: int = 0
     records: int = 0
@@ -93,6 +107,7 @@ class PumpStats:
     def as_dict(self) -> dict[str, Any]:
         recent = sorted(self.latencies_ms)
         return {
+            **self.parallelism.as_dict(),  # in_flight: invocations running now
             "receives": self.receives,
             "batches": self.batches,
             "records": self.records,
@@ -105,7 +120,7 @@ class PumpStats:
 
 
 class QueuePump(PollingLoop):
-    """One event source mapping: a queue polled for one function, batches processed one at a time."""
+    """One event source mapping: a queue polled for one function by several pollers at once."""
 
     def __init__(
         self,
@@ -115,31 +130,26 @@ class QueuePump(PollingLoop):
         queue_arn: str,
         *,
         batch_size: int = 10,
-        visibility_timeout: float = 30.0,
+        maximum_concurrency: int | None = None,
         fifo: bool | None = None,
         region: str = "us-east-1",
         wait_seconds: int = 1,
-        blocked_poll_interval: float = 0.05,
         error_backoff: float = 0.5,
     ) -> None:
         if not 1 <= batch_size <= 10:
             raise ValueError("an SQS event source takes 1 to 10 records per batch here (ReceiveMessage's maximum)")
-        super().__init__()
+        if maximum_concurrency is not None and not 2 <= maximum_concurrency <= 1000:
+            raise ValueError(f"ScalingConfig.MaximumConcurrency is 2 to 1000, not {maximum_concurrency}")
+        super().__init__(sqs_factory, pollers=min(maximum_concurrency or DEFAULT_POLLERS, function.concurrency))
         self.function = function
         self.queue_url = queue_url
         self.queue_arn = queue_arn
         self.batch_size = batch_size
-        self.visibility_timeout = visibility_timeout
         self.fifo = queue_url.endswith(".fifo") if fifo is None else fifo
         self.region = region
         self.wait_seconds = wait_seconds
-        self.blocked_poll_interval = blocked_poll_interval
         self.error_backoff = error_backoff
-        self.stats = PumpStats()
-        self._sqs_factory = sqs_factory
-        self._sqs: Any = None
-        self._blocked_until = 0.0
-        self._releases: list[tuple[float, list[str]]] = []  # (when, receipt handles) of failed FIFO records
+        self.stats = PumpStats(self.parallelism)
         self._sequence_numbers: OrderedDict[str, str] = OrderedDict()
         self._last_sequence = 0
         self._idle = asyncio.Event()
@@ -151,7 +161,7 @@ class QueuePump(PollingLoop):
         return f"pump-{self.function.name}"
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Whether a receive came back empty within `timeout` (the queue had nothing visible)."""
+        """Whether a receive came back empty within `timeout` (the queue had nothing receivable)."""
         self._idle.clear()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -159,17 +169,12 @@ class QueuePump(PollingLoop):
             return False
         return True
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ one poller
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _poll(self, poller: int) -> None:
         while not self._stopping.is_set():
-            if self._releases and time.monotonic() >= self._releases[0][0]:
-                await loop.run_in_executor(self._io, self._release_due)
-            blocked = self.fifo and time.monotonic() < self._blocked_until
-            wait = 0 if blocked else self.wait_seconds
             try:
-                messages = await self._receive_unless_stopping(loop, wait)
+                messages = await self._receive_unless_stopping(poller)
             except Exception as error:
                 # moto restarting or unreachable: keep trying, as the Lambda poller does, without spinning.
                 self.stats.last_error = f"receive: {type(error).__name__}: {error}"
@@ -179,15 +184,14 @@ class QueuePump(PollingLoop):
             self.stats.receives += 1
             if not messages:
                 self._idle.set()
-                if blocked:
-                    await self._pause(self.blocked_poll_interval)
                 continue
-            await self._process(messages)
+            with self.parallelism.batch():
+                await self._process(poller, messages)
 
-    async def _receive_unless_stopping(self, loop: asyncio.AbstractEventLoop, wait: int) -> list[dict[str, Any]]:
+    async def _receive_unless_stopping(self, poller: int) -> list[dict[str, Any]]:
         """A long poll that a stop does not wait for: nothing received is lost by leaving it, since
         messages a receive never returned stay on the queue, as with Lambda's poller."""
-        receive = loop.run_in_executor(self._io, self._receive, wait)
+        receive = asyncio.ensure_future(self._blocking(self._receive, poller))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -199,25 +203,18 @@ class QueuePump(PollingLoop):
             return []
         return receive.result()
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    def _receive(self, wait_seconds: int) -> list[dict[str, Any]]:
-        if self._sqs is None:
-            self._sqs = self._sqs_factory()
-        response = self._sqs.receive_message(
+    def _receive(self, poller: int) -> list[dict[str, Any]]:
+        response = self.client(poller).receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.batch_size,
-            WaitTimeSeconds=wait_seconds,
+            WaitTimeSeconds=self.wait_seconds,
             AttributeNames=["All"],
             MessageSystemAttributeNames=["All"],
             MessageAttributeNames=["All"],
         )
         return list(response.get("Messages", []))
 
-    async def _process(self, messages: list[dict[str, Any]]) -> None:
-        received_at = time.monotonic()
+    async def _process(self, poller: int, messages: list[dict[str, Any]]) -> None:
         records = [self.record(message) for message in messages]
         self.stats.batches += 1
         self.stats.records += len(records)
@@ -238,7 +235,6 @@ class QueuePump(PollingLoop):
             logger.error(
                 "%s failed a batch of %d: %s: %s", self.function.name, len(records), type(error).__name__, error
             )
-            self._block_from(received_at, messages)
             return
         failed = self.failed_ids(response, {record["messageId"] for record in records})
         if failed is None:
@@ -246,45 +242,19 @@ class QueuePump(PollingLoop):
             self.stats.outcomes.append(BatchOutcome(counts, len(records), "unreadable batchItemFailures"))
             self.stats.last_error = f"{self.function.name}: unreadable batchItemFailures {str(response)[:200]}"
             logger.error("%s answered an unreadable partial batch response: %.200s", self.function.name, response)
-            self._block_from(received_at, messages)
             return
         self.stats.outcomes.append(BatchOutcome(counts, len(failed)))
-        if failed:
-            self.stats.failed_records += len(failed)
-            self._block_from(received_at, [message for message in messages if message["MessageId"] in failed])
+        self.stats.failed_records += len(failed)
         done = [message for message in messages if message["MessageId"] not in failed]
         if done:
-            await asyncio.get_running_loop().run_in_executor(self._io, self._delete, done)
+            await self._blocking(self._delete, poller, done)
 
-    def _block_from(self, received_at: float, failed: list[dict[str, Any]]) -> None:
-        self._blocked_until = max(self._blocked_until, received_at + self.visibility_timeout)
-        if self.fifo:
-            # Slightly early, so the release always beats moto's own expiry (which would reorder them).
-            when = received_at + max(0.0, self.visibility_timeout - RELEASE_MARGIN_SECONDS)
-            self._releases.append((when, [message["ReceiptHandle"] for message in failed]))
-
-    def _release_due(self) -> None:
-        now = time.monotonic()
-        due = [handles for when, handles in self._releases if when <= now]
-        self._releases = [(when, handles) for when, handles in self._releases if when > now]
-        handles = [handle for batch in due for handle in batch]
-        for start in range(0, len(handles), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for i, handle in enumerate(handles[start : start + 10])
-            ]
-            try:
-                self._sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
-            except Exception as error:
-                # They still come back on their own when the timeout runs out, possibly reordered by moto.
-                logger.warning("%s: could not release failed records: %s", self.function.name, error)
-
-    def _delete(self, messages: list[dict[str, Any]]) -> None:
+    def _delete(self, poller: int, messages: list[dict[str, Any]]) -> None:
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
             entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
             try:
-                response = self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                response = self.client(poller).delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
             except Exception as error:
                 # Undeleted records come back after the visibility timeout: at-least-once, as on AWS.
                 self.stats.last_error = f"delete: {type(error).__name__}: {error}"

@@ -30,9 +30,8 @@ def queue_pumps(
     sqs_client: Callable[[], Any],
     *,
     region: str,
-    visibility_timeout: int | None,
 ) -> list[QueuePump]:
-    """One pump per enabled event source mapping; `visibility_timeout` (None: the queue's own) overrides each."""
+    """One pump per enabled event source mapping, with as many pollers as its ScalingConfig allows (local.pump)."""
     pumps = []
     for mapping in template.event_source_mappings.values():
         if not mapping.enabled:
@@ -43,7 +42,6 @@ def queue_pumps(
                 "report batch item failures, so one failed record would redeliver the whole batch"
             )
         queue = template.queues[mapping.queue_logical_id]
-        visibility = visibility_timeout or queue.visibility_timeout or 30
         pumps.append(
             QueuePump(
                 functions[mapping.function_logical_id],
@@ -51,7 +49,7 @@ def queue_pumps(
                 deployment.ref(mapping.queue_logical_id),
                 deployment.get_att(mapping.queue_logical_id, "Arn"),
                 batch_size=mapping.batch_size or 10,
-                visibility_timeout=visibility,
+                maximum_concurrency=mapping.maximum_concurrency,
                 fifo=queue.fifo,
                 region=region,
             )

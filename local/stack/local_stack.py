@@ -275,7 +275,6 @@ class LocalStack:
             self.functions,
             lambda: self.moto.client("sqs"),
             region=self.config.region,
-            visibility_timeout=self.config.queue_visibility_timeout,
         )
         for pump in self.pumps:
             pump.start()

@@ -37,7 +37,8 @@ Subscribers: two raw `websockets` clients that resume when closed (holding
 back what arrives while resuming and ordering it by seq, as a client must) and
 one `QuantTradeClient`. Every data message is recorded as it arrives,
 duplicates included; after de-duplication by (stream, seq) the first copies
-must be exactly seqs 1..N in order, and seq k must be the k-th published event.
+must be exactly seqs 1..N in order, each published event must hold exactly one of
+them, and every copy of a seq must be the same event.
 """
 
 from __future__ import annotations
@@ -349,9 +350,12 @@ def dead_letters(stack: LocalStack) -> int:
 def assert_every_seq_once_in_order(subscriber: Subscriber, event_ids: list[str]) -> None:
     kept = dedup(subscriber.arrivals)
     assert [seq for seq, _ in kept] == list(range(1, EVENTS + 1)), (subscriber.name, kept)
-    # seq k is the k-th event published, and every copy of a seq (redelivered, replayed) is that same event
-    assert [event_id for _, event_id in kept] == event_ids, subscriber.name
-    assert all(event_id == event_ids[seq - 1] for seq, event_id in subscriber.arrivals), subscriber.name
+    # every published event holds one seq, and every copy of a seq (redelivered, replayed) is that same event.
+    # Seq order is the order the events entered their FIFO group, which the pipe's concurrent pollers may make
+    # differ from the publish order (docs/adr/0002-one-message-group-per-stream.md, "What order is guaranteed").
+    assert sorted(event_id for _, event_id in kept) == sorted(event_ids), subscriber.name
+    event_of_seq = dict(kept)
+    assert all(event_id == event_of_seq[seq] for seq, event_id in subscriber.arrivals), subscriber.name
     if isinstance(subscriber, RawSubscriber):
         assert not subscriber.problems, (subscriber.name, subscriber.problems)
 

@@ -248,7 +248,8 @@ async def test_a_market_data_event_reaches_a_subscribed_client_with_stream_and_s
     first_id = publish("MarketData", tick(price=101.25))
     second_id = publish("MarketData", tick(price=101.5))
 
-    # THEN they arrive in order, as market_data:AAPL with consecutive seqs
+    # THEN they arrive as market_data:AAPL with consecutive seqs (in the order they entered their FIFO group,
+    # which the pipe's concurrent pollers may make differ from the publish order: ADR 0002)
     def market_data(m: dict[str, Any]) -> bool:
         return m.get("message_type") == "market_data"
 
@@ -258,7 +259,7 @@ async def test_a_market_data_event_reaches_a_subscribed_client_with_stream_and_s
     assert first["source"] == "quanttrade.market-data"
     assert first["payload"]["price"] == 101.25
     assert isinstance(first["seq"], int) and first["seq"] >= 1
-    assert second["seq"] == first["seq"] + 1
+    assert abs(second["seq"] - first["seq"]) == 1
     # ... and not to the MSFT subscriber
     published_msft = publish("MarketData", tick("MSFT", 400.0))
     got = await msft.expect(lambda m: market_data(m), what="the MSFT tick")
@@ -294,7 +295,7 @@ async def test_resume_after_a_reconnect_replays_what_was_missed(
     assert resumed["payload"]["streams"]["market_data:GOOGL"]["replayed"] == 2
     assert "market_data:GOOGL" in resumed["payload"]["subscriptions"]
     replayed = [await second.expect(with_event_id(i), what="a replayed tick") for i in missed_ids]
-    assert [m["seq"] for m in replayed] == [seen["seq"] + 1, seen["seq"] + 2]
+    assert sorted(m["seq"] for m in replayed) == [seen["seq"] + 1, seen["seq"] + 2]  # in either order (ADR 0002)
 
     # ... and live ticks follow. Fan-out caches a stream's audience for subscriber_cache_seconds, so the
     # restored subscription is seen by the first tick published after that cache turns over.

@@ -4,8 +4,10 @@ queue in its symbol's message group, moved by the pipe's role."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from local.cloud.assembly import CloudAssembly
 from local.cloud.deployment import Deployment
 from local.cloud.provisioning import Clients, provision
 from local.moto_server import MotoServer
-from local.pipes import PipePump, pipe_pumps
+from local.pipes import PIPE_POLLERS, PipePump, pipe_pumps
 from local.principals import Principals
 from quanttrade_ws import topology
 from quanttrade_ws.upstream import parse_upstream_event
@@ -109,7 +111,9 @@ async def test_market_data_reaches_the_events_queue_in_its_symbols_group(
         event = parse_upstream_event(json.loads(by_group[symbol]["Body"]))
         assert event.detail.stream == f"market_data:{symbol}"
         assert by_group[symbol]["Attributes"]["MessageDeduplicationId"] == event.id
-    assert pipe.stats.moved == 2 and pipe.stats.unresolved == 0
+    # (a poller counts a move once it has deleted it from the source, a moment after the send)
+    await eventually(lambda: pipe.stats.moved == 2, "the pipe to count both moves")
+    assert pipe.stats.unresolved == 0
     # AND the pipe signed as its role: the front door saw its calls under the pipe's name
     assert cloud[2].call_counts()[pipe.name]["sqs:SendMessageBatch"] >= 1
 
@@ -132,6 +136,48 @@ async def test_a_tick_without_a_symbol_stays_on_the_ingest_queue_for_its_dlq(
     attributes = sqs.get_queue_attributes(QueueUrl=ingest, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
     assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
     assert "$.body.detail.symbol" in (pipe.stats.last_error or "")
+
+
+async def test_several_pollers_move_batches_at_once_and_every_tick_arrives_once(
+    cloud: tuple[MotoServer, Deployment, AwsFrontDoor],
+) -> None:
+    # GIVEN the pipe, whose first two moves only get through if they run at the same time,
+    # and 40 ticks of 20 symbols on its ingest queue
+    server, deployment, door = cloud
+    (pump,) = pipe_pumps(
+        deployment.template, deployment, door.principals, endpoint_url=door.endpoint_url, region=deployment.region
+    )
+    barrier = threading.Barrier(2, timeout=10)
+    moves = itertools.count()
+    move = pump.move
+
+    def move_after_meeting(messages: list[dict[str, Any]], poller: int) -> None:
+        if next(moves) < 2:
+            barrier.wait()  # raises BrokenBarrierError if no other move comes meanwhile
+        move(messages, poller)
+
+    pump.move = move_after_meeting  # type: ignore[method-assign,assignment]
+    sqs = server.client("sqs")
+    ingest = queue_url(deployment, topology.MARKET_DATA_INGEST_QUEUE)
+    ticks = [eb.market_data(f"SYM{n % 20}") for n in range(40)]
+    for start in range(0, len(ticks), 10):
+        entries = [{"Id": str(i), "MessageBody": json.dumps(tick)} for i, tick in enumerate(ticks[start : start + 10])]
+        await asyncio.to_thread(sqs.send_message_batch, QueueUrl=ingest, Entries=entries)
+
+    # WHEN the pipe runs
+    pump.start()
+    try:
+        messages = await receive_all(sqs, queue_url(deployment, topology.EVENTS_QUEUE), len(ticks))
+    finally:
+        await pump.stop()  # each poller finishes its move (the send's delete and count)
+
+    # THEN every tick reached the events queue once, in its symbol's group, moved by several pollers at once
+    assert sorted(m["Attributes"]["MessageDeduplicationId"] for m in messages) == sorted(t["id"] for t in ticks)
+    assert {m["Attributes"]["MessageGroupId"] for m in messages} == {f"SYM{n}" for n in range(20)}
+    stats = pump.stats.as_dict()
+    assert stats["pollers"] == PIPE_POLLERS
+    assert stats["peak_in_flight"] >= 2
+    assert stats["moved"] == len(ticks)
 
 
 def test_a_pipe_whose_role_may_not_read_its_source_fails_the_start(
