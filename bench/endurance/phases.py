@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -162,6 +163,14 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
     )
 
 
+def disconnects_finished(log: str) -> int | None:
+    """How many `$disconnect`s finished within the stop's budget, as the gateway's stop logged it."""
+    found = None
+    for match in re.finditer(r"\$disconnect finished for (\d+) of \d+ connections|(\d+) connections closed, each", log):
+        found = int(match.group(1) or match.group(2))
+    return found
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -180,6 +189,11 @@ async def run_async(args: argparse.Namespace, stack: DevStack, figures: dict[str
             stop_connections_held=len(held),
             stop_seconds=_round(seconds),
             stop_clients_closed_by_server=sum(client.closed_by_server for client in held),
+            stop_disconnects_finished=disconnects_finished(stack.log_tail(10**9)),  # after every line of the stop
         )
-        print(f"  Ctrl-C with {len(held)} connected: stopped in {figures['stop_seconds']} s", flush=True)
+        print(
+            f"  Ctrl-C with {len(held)} connected: stopped in {figures['stop_seconds']} s, "
+            f"$disconnect finished for {figures['stop_disconnects_finished']}",
+            flush=True,
+        )
         await asyncio.gather(*(client.close() for client in held))
