@@ -98,6 +98,20 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of a process: its private pages and its share of pages it shares with others
+    (a forked execution environment and its template). Summed over processes it is the memory they use
+    together, where summed resident sizes count every shared page once per process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def child_pids(pid: int) -> list[int]:
     """Direct children of a process (Linux), e.g. the moto server the local stack started."""
     children: list[int] = []

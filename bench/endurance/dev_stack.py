@@ -50,18 +50,21 @@ def _command(pid: int) -> str:
 
 
 def tree_usage(root: int) -> dict[str, Any]:
-    """Resident memory (MiB) and CPU seconds of the stack's processes, by kind and in total."""
+    """Resident memory (MiB; RSS, and PSS, which counts shared pages once) and CPU seconds of the stack's
+    processes, by kind and in total."""
     by_kind: dict[str, dict[str, float]] = {}
     for pid in process_tree(root):
-        rss, cpu = machine.rss_bytes(pid), machine.cpu_seconds(pid)
+        rss, pss, cpu = machine.rss_bytes(pid), machine.pss_bytes(pid), machine.cpu_seconds(pid)
         if rss is None or cpu is None:
             continue
-        kind = by_kind.setdefault(_command(pid), {"rss_mib": 0.0, "cpu_seconds": 0.0, "processes": 0})
+        kind = by_kind.setdefault(_command(pid), {"rss_mib": 0.0, "pss_mib": 0.0, "cpu_seconds": 0.0, "processes": 0})
         kind["rss_mib"] += rss / 2**20
+        kind["pss_mib"] += (pss or 0) / 2**20
         kind["cpu_seconds"] += cpu
         kind["processes"] += 1
     return {
         "rss_mib": round(sum(kind["rss_mib"] for kind in by_kind.values()), 1),
+        "pss_mib": round(sum(kind["pss_mib"] for kind in by_kind.values()), 1),
         "cpu_seconds": round(sum(kind["cpu_seconds"] for kind in by_kind.values()), 1),
         "by_kind": {name: {k: round(v, 1) for k, v in kind.items()} for name, kind in by_kind.items()},
     }

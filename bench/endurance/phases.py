@@ -61,7 +61,7 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
             minute_started, minute_ticks = now, total
             last = samples[-1]
             print(
-                f"  {len(ticks_per_minute):>3} min  rss {last['rss_mib']:>7.1f} MiB  "
+                f"  {len(ticks_per_minute):>3} min  rss {last['rss_mib']:>7.1f} MiB  pss {last['pss_mib']:>7.1f} MiB  "
                 f"cpu {last['cpu_seconds']:>7.1f} s  "
                 f"ticks/s {ticks_per_minute[-1]:5.2f}  probe p50 {percentile(probe_ms[-2:], 0.5) or 0:6.0f} ms  "
                 f"ready failures {len(ready_failures)}",
@@ -80,6 +80,12 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
         endurance_rss_mib_end=samples[-1]["rss_mib"],
         endurance_rss_growth_mib_after_first_minute=round(max(s["rss_mib"] for s in after_first_minute) - baseline, 1),
         endurance_rss_by_kind_end=samples[-1]["by_kind"],
+        # Forked execution environments share their template's pages: PSS counts those once.
+        endurance_pss_mib_first_minute=after_first_minute[0]["pss_mib"],
+        endurance_pss_mib_end=samples[-1]["pss_mib"],
+        endurance_pss_growth_mib_after_first_minute=round(
+            max(s["pss_mib"] for s in after_first_minute) - after_first_minute[0]["pss_mib"], 1
+        ),
         endurance_ticks_per_second_first_minute=round(ticks_per_minute[0], 2) if ticks_per_minute else None,
         endurance_ticks_per_second_last_minute=round(ticks_per_minute[-1], 2) if ticks_per_minute else None,
         endurance_ticks_last_vs_first=(
