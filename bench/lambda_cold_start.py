@@ -41,18 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-of-at-least-thirty-two-bytes"
 
 
-def pss_bytes(pid: int) -> int | None:
-    """Proportional set size of a process: its private pages plus its share of each page it shares."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="utf-8") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def sample_event(name: str, number: int) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((ROOT / "events" / "apigateway" / f"{name}.json").read_text())
     event["requestContext"]["connectionId"] = f"bench{number:04d}="
@@ -118,11 +106,11 @@ def measure(function_handler: str, event_name: str, runs: int, environments: int
             "cold_start_cpu_s_runs": [round(c, 3) for c in cpu_s],
             "environments": len(pids),
             "environments_rss_mib_total": _mib(sum(machine.rss_bytes(pid) or 0 for pid in pids)),
-            "environments_pss_mib_total": _mib(sum(pss_bytes(pid) or 0 for pid in pids)),
+            "environments_pss_mib_total": _mib(sum(machine.pss_bytes(pid) or 0 for pid in pids)),
             "templates": {
                 str(pid): {
                     "rss_mib": _mib(machine.rss_bytes(pid) or 0),
-                    "pss_mib": _mib(pss_bytes(pid) or 0),
+                    "pss_mib": _mib(machine.pss_bytes(pid) or 0),
                     "cpu_s": machine.cpu_seconds(pid),
                 }
                 for pid in templates
