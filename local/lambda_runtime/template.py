@@ -27,13 +27,12 @@ import json
 import os
 import signal
 import socket
-import sys
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from local.lambda_runtime.worker import STREAM_LIMIT, WORKER_SCRIPT, forward_log
+from local.lambda_runtime.worker import STREAM_LIMIT, forward_log, spawn_interpreter
 from local.lambda_worker import FD_SIZE, HEADER
 
 
@@ -124,27 +123,10 @@ class Template:
     ) -> Template:
         """Start a template the way `start_worker` starts an environment; its control socket is its stdin."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        config = {
-            "template": True,
-            "path": list(path),
-            "code_dirs": list(code_dirs),
-            "function_arn": function_arn,
-            "environment": sorted(env),
-        }
+        config = {"template": True, "path": list(path), "code_dirs": list(code_dirs), "function_arn": function_arn}
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                str(WORKER_SCRIPT),
-                json.dumps(config),
-                stdin=theirs.fileno(),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                limit=STREAM_LIMIT,
+            process = await spawn_interpreter(
+                config, env, cwd, stdin=theirs.fileno(), stdout=asyncio.subprocess.DEVNULL
             )
         except BaseException:
             ours.close()

@@ -122,16 +122,24 @@ async def start_worker(
     code_dirs: Sequence[str],
 ) -> Worker:
     """Start an interpreter that imports only from `path` and sees only `env`; its init answer is still to read."""
-    process = await asyncio.create_subprocess_exec(
+    config = {"path": list(path), "code_dirs": list(code_dirs), "function_arn": function_arn}
+    process = await spawn_interpreter(config, env, cwd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    return Worker(process, function_name)
+
+
+async def spawn_interpreter(
+    config: Mapping[str, Any], env: Mapping[str, str], cwd: Path, *, stdin: Any, stdout: Any
+) -> asyncio.subprocess.Process:
+    """`local/lambda_worker.py` in an isolated interpreter that sees only `env` (whose names it is also told):
+    how an environment starts, and a template (`local.lambda_runtime.template`) exactly alike."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",
         "-S",
         str(WORKER_SCRIPT),
-        json.dumps(
-            {"path": list(path), "code_dirs": list(code_dirs), "function_arn": function_arn, "environment": sorted(env)}
-        ),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
+        json.dumps({**config, "environment": sorted(env)}),
+        stdin=stdin,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
         env=dict(env),
         cwd=cwd,
@@ -139,7 +147,6 @@ async def start_worker(
         start_new_session=True,
         limit=STREAM_LIMIT,
     )
-    return Worker(process, function_name)
 
 
 def request_frame(request_id: str, deadline_ms: int, trace_id: str, payload: str) -> bytes:
