@@ -12,6 +12,12 @@ import pytest
 from local.moto_server import MotoServer
 
 TABLE = "history"
+# An index of the items that have an owner, by owner then sort key (the shape of the service's `by_connection`).
+BY_OWNER = {
+    "IndexName": "by-owner",
+    "KeySchema": [{"AttributeName": "owner", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    "Projection": {"ProjectionType": "ALL"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +40,7 @@ def dynamodb(moto: MotoServer) -> Iterator[Any]:
             {"AttributeName": "sk", "AttributeType": "N"},
             {"AttributeName": "owner", "AttributeType": "S"},
         ],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by-owner",
-                "KeySchema": [
-                    {"AttributeName": "owner", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
+        GlobalSecondaryIndexes=[BY_OWNER],
         BillingMode="PAY_PER_REQUEST",
     )
     try:
@@ -431,14 +428,7 @@ def _index_outcomes(client: Any) -> list[Any]:
             for name, kind in (("pk", "S"), ("sk", "N"), ("owner", "S"), ("kind", "S"))
         ],
         GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by-owner",
-                "KeySchema": [
-                    {"AttributeName": "owner", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            },
+            BY_OWNER,
             {
                 "IndexName": "by-kind",
                 "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"}],
