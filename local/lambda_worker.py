@@ -159,6 +159,29 @@ def read_frame(channel: BinaryIO) -> dict[str, Any] | None:
     return frame
 
 
+def complete_frames(buffer: bytes) -> tuple[list[dict[str, Any]], bytes]:
+    """The whole frames at the head of `buffer`, decoded, and the start of one still arriving."""
+    frames = []
+    while len(buffer) >= HEADER.size:
+        (length,) = HEADER.unpack_from(buffer)
+        if len(buffer) < HEADER.size + length:
+            break
+        frames.append(json.loads(buffer[HEADER.size : HEADER.size + length]))
+        buffer = buffer[HEADER.size + length :]
+    return frames, buffer
+
+
+def receive_with_descriptors(control: socket.socket) -> tuple[bytes, list[int]]:
+    """One read of a template's control socket: the bytes, and the descriptors that came with them."""
+    data, ancillary, _, _ = control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))
+    descriptors: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % FD_SIZE  # a truncated last descriptor is no descriptor
+            descriptors.extend(array.array("i", payload[:usable]))
+    return data, descriptors
+
+
 def write_frame(fd: int, frame: dict[str, Any]) -> None:
     try:
         data = encode(frame)
@@ -337,26 +360,18 @@ class ForkServer:
             if self.control.fileno() not in ready:
                 continue
             try:
-                data, ancillary, _, _ = self.control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))
+                data, descriptors = receive_with_descriptors(self.control)
             except ConnectionError:  # the runtime closed its end with reports still unread: it is gone all the same
                 return None
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(payload) - len(payload) % FD_SIZE
-                    self.descriptors.extend(array.array("i", payload[:usable]))
+            self.descriptors.extend(descriptors)
             if not data:
                 return None
-            self.buffer += data
-            while len(self.buffer) >= HEADER.size:
-                (length,) = HEADER.unpack_from(self.buffer)
-                if len(self.buffer) < HEADER.size + length:
-                    break
-                order = json.loads(self.buffer[HEADER.size : HEADER.size + length])
-                self.buffer = self.buffer[HEADER.size + length :]
+            orders, self.buffer = complete_frames(self.buffer + data)
+            for order in orders:
                 descriptors, self.descriptors = self.descriptors[:3], self.descriptors[3:]
                 child = self.fork(order, descriptors)
                 if child is not None:
-                    return child
+                    return child  # in the child: the orders after this one are the template's
 
     def fork(self, order: dict[str, Any], descriptors: list[int]) -> tuple[int, int] | None:
         for name in order["modules"]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from local.lambda_runtime.worker import STREAM_LIMIT, forward_log, spawn_interpreter
-from local.lambda_worker import FD_SIZE, HEADER
+from local.lambda_worker import HEADER, complete_frames, receive_with_descriptors
 
 
 class TemplateUnavailable(Exception):
@@ -234,25 +234,17 @@ class Template:
 
     def _on_readable(self) -> None:
         try:
-            data, ancillary, _, _ = self._control.recvmsg(1 << 16, socket.CMSG_SPACE(16 * FD_SIZE))
+            data, descriptors = receive_with_descriptors(self._control)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data, ancillary = b"", []
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % FD_SIZE
-                self._descriptors.extend(array.array("i", payload[:usable]))
+            data, descriptors = b"", []
+        self._descriptors.extend(descriptors)
         if not data:
             self._died()
             return
-        self._buffer += data
-        while len(self._buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(self._buffer)
-            if len(self._buffer) < HEADER.size + length:
-                return
-            report = json.loads(self._buffer[HEADER.size : HEADER.size + length])
-            self._buffer = self._buffer[HEADER.size + length :]
+        reports, self._buffer = complete_frames(self._buffer + data)
+        for report in reports:
             self._on_report(report)
 
     def _on_report(self, report: dict[str, Any]) -> None:
