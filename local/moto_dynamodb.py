@@ -164,6 +164,7 @@ def patch() -> None:
     _check_update_expressions_once()
     _lex_conditions_once()
     _walk_trees_by_type()
+    _project_names_directly()
     models._quanttrade_patched = True  # type: ignore[attr-defined]
 
 
@@ -336,6 +337,37 @@ def _walk_trees_by_type() -> None:
 
     DepthFirstTraverser.traverse = traverse  # type: ignore[method-assign]
     Node.find_clauses = find_clauses  # type: ignore[method-assign]
+
+
+def _project_names_directly() -> None:
+    """moto projects an item by turning all of it into plain Python values, looking each path up in a deep copy,
+    turning what it found back into attribute values through boto3's serializer, and building the new item one
+    attribute at a time, each with a size check over everything already in it: 60% of moto's CPU for the fan-out's
+    1,000-subscriber audience Query (py-spy). A projection of top-level names only, which is what the service asks
+    for, here picks those attributes as stored, as a read without a projection returns them. The values are shared,
+    not copied: the projected item is only read, to write this request's answer under the request lock (and a
+    Query has copied its items already). It skips the size check (the item passed it on write), as moto's own
+    `Item.__deepcopy__` does. A path into a map or a list goes moto's way."""
+    from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
+
+    project = Item.project
+
+    def project_names(self: Any, projection_expressions: list[list[str]]) -> Any:
+        if any(len(path) != 1 or "[" in path[0] for path in projection_expressions):
+            return project(self, projection_expressions)
+        projected = Item.__new__(Item)
+        projected.hash_key = self.hash_key
+        projected.range_key = self.range_key
+        attrs = LimitedSizeDict.__new__(LimitedSizeDict)
+        dict.__init__(attrs)
+        for (name,) in projection_expressions:
+            value = self.attrs.get(name)
+            if value is not None:
+                dict.__setitem__(attrs, name, value)
+        projected.attrs = attrs
+        return projected
+
+    Item.project = project_names  # type: ignore[method-assign]
 
 
 def _plain(value: Any) -> Any:

@@ -519,3 +519,113 @@ def test_index_queries_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
     assert patched == shipped
     assert len(shipped[0][0]) >= 10 and shipped[-1] == ["ResourceNotFoundException"]
     assert any(len(pages) > 3 for pages in shipped)  # some queries took several pages
+
+
+PROJECTED = "projected"
+# Every attribute type, maps and lists nested, numbers as written (moto's own projection re-serialises them).
+PROJECTED_ATTRIBUTES: dict[str, Any] = {
+    "a_text": {"S": "text"},
+    "a_num": {"N": "1.50"},
+    "a_big": {"N": "12345678901234567890"},
+    "a_flag": {"BOOL": False},
+    "a_null": {"NULL": True},
+    "a_bin": {"B": b"\x00\x01bytes"},
+    "a_strings": {"SS": ["b", "a"]},
+    "a_numbers": {"NS": ["2", "1"]},
+    "filters": {"M": {}},
+    "a_map": {"M": {"inner": {"M": {"deep": {"S": "x"}}}, "a_list": {"L": [{"N": "1"}, {"S": "two"}]}}},
+    "a_list": {"L": [{"M": {"k": {"S": "v"}}}, {"BOOL": True}]},
+}
+PROJECTIONS: list[dict[str, Any]] = [
+    {"ProjectionExpression": ", ".join(PROJECTED_ATTRIBUTES)},
+    {"ProjectionExpression": "sk, #t, absent", "ExpressionAttributeNames": {"#t": "a_text"}},
+    {"ProjectionExpression": "a_map"},
+    {"ProjectionExpression": "absent"},
+    {"ProjectionExpression": "a_map.inner.deep, a_list[0].k, a_text"},
+    {"ProjectionExpression": "#m.a_list[1], a_numbers", "ExpressionAttributeNames": {"#m": "a_map"}},
+]
+
+
+def _normal(attribute: dict[str, Any]) -> Any:
+    """An attribute value as JSON, sets sorted (their order is not part of DynamoDB's answer)."""
+    kind, inner = next(iter(attribute.items()))
+    if kind in ("SS", "NS"):
+        return {kind: sorted(inner)}
+    if kind == "M":
+        return {kind: {key: _normal(member) for key, member in inner.items()}}
+    if kind == "L":
+        return {kind: [_normal(member) for member in inner]}
+    if kind == "B":
+        return {kind: inner.hex()}
+    return attribute
+
+
+def _projection_outcomes(client: Any) -> list[Any]:
+    """Projected Query, GetItem and Scan answers (names, placeholders, absent attributes, keys, paths into
+    maps and lists), on items that each lack some of the attributes."""
+    client.create_table(
+        TableName=PROJECTED,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for n in range(5):
+        attributes = dict(list(PROJECTED_ATTRIBUTES.items())[n:])
+        client.put_item(TableName=PROJECTED, Item={"pk": {"S": "p"}, "sk": {"N": str(n)}, **attributes})
+    outcomes: list[Any] = []
+    for projection in PROJECTIONS:
+        answers = [
+            client.query(
+                TableName=PROJECTED,
+                KeyConditionExpression="pk = :p",
+                ExpressionAttributeValues={":p": {"S": "p"}},
+                ConsistentRead=True,
+                **projection,
+            )["Items"],
+            [client.get_item(TableName=PROJECTED, Key={"pk": {"S": "p"}, "sk": {"N": "0"}}, **projection)["Item"]],
+            client.scan(TableName=PROJECTED, **projection)["Items"],
+        ]
+        outcomes += [[{name: _normal(value) for name, value in item.items()} for item in items] for items in answers]
+    return outcomes
+
+
+SHIPPED_MOTO_PROJECTIONS = """
+import json, boto3
+from moto import mock_aws
+from tests.integration.test_moto_dynamodb import _projection_outcomes
+with mock_aws():
+    print(json.dumps(_projection_outcomes(boto3.client("dynamodb", region_name="us-east-1"))))
+"""
+
+
+def test_projected_reads_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
+    # GIVEN the stack's moto (a projection of top-level names picks the stored attributes directly)
+    # and moto as it ships, in a process of its own
+    import json
+    import subprocess
+    import sys
+
+    # WHEN both answer the same projected Queries, GetItems and Scans
+    client = moto.client("dynamodb")
+    try:
+        patched = _projection_outcomes(client)
+    finally:
+        client.delete_table(TableName=PROJECTED)
+    shipped = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SHIPPED_MOTO_PROJECTIONS], capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+    # THEN every item has the same attributes with the same values
+    assert patched == shipped
+    assert set(shipped[0][0]) == set(PROJECTED_ATTRIBUTES)  # the first item, every attribute projected
+    assert shipped[3] == [
+        {"sk": {"N": "0"}, "a_text": {"S": "text"}},
+        {"sk": {"N": "1"}},
+        *({"sk": {"N": str(n)}} for n in range(2, 5)),
+    ]
+    assert shipped[9] == [{}] * 5  # an absent attribute projects nothing
