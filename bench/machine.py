@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_ROUND_TRIPS = 5_000  # about 40 ms of CPU on the 2-core development machine
 
 
 def cpu_model() -> str | None:
@@ -86,6 +87,20 @@ def merge_results(path: Path, updates: dict[str, Any], *, dropping_prefix: str |
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
+def reference_work_ms() -> float:
+    """CPU milliseconds this process spends on a fixed piece of pure-Python work (JSON round trips, the
+    interpreter's everyday diet). On a shared virtual machine the same work costs more or less from one
+    minute to the next; a long run that takes this beside its own CPU figures can tell a slower machine
+    from a stack that does more."""
+    import time
+
+    document = {"stream": "market_data:AAPL", "seq": 12345, "payload": {"price": 187.25, "volume": 300, "tags": ["a"]}}
+    started = time.process_time()
+    for _ in range(REFERENCE_ROUND_TRIPS):
+        json.loads(json.dumps(document))
+    return (time.process_time() - started) * 1000
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident set size of a process, from /proc (None when it is gone or /proc is absent)."""
     try:
@@ -124,12 +139,17 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time a process has used so far (Linux)."""
+def cpu_seconds(pid: int, *, exited_children: bool = False) -> float | None:
+    """User plus system CPU time a process has used so far (Linux); with `exited_children`, also that of its
+    children that have exited and been waited for, so a process tree's sum does not drop when one ends
+    (an idle execution environment that the local stack shut down, say)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12])
+        if exited_children:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 

@@ -51,10 +51,10 @@ def _command(pid: int) -> str:
 
 def tree_usage(root: int) -> dict[str, Any]:
     """Resident memory (MiB; RSS, and PSS, which counts shared pages once) and CPU seconds of the stack's
-    processes, by kind and in total."""
+    processes, by kind and in total (CPU of processes that have ended stays with their parent's kind)."""
     by_kind: dict[str, dict[str, float]] = {}
     for pid in process_tree(root):
-        rss, pss, cpu = machine.rss_bytes(pid), machine.pss_bytes(pid), machine.cpu_seconds(pid)
+        rss, pss, cpu = machine.rss_bytes(pid), machine.pss_bytes(pid), machine.cpu_seconds(pid, exited_children=True)
         if rss is None or cpu is None:
             continue
         kind = by_kind.setdefault(_command(pid), {"rss_mib": 0.0, "pss_mib": 0.0, "cpu_seconds": 0.0, "processes": 0})
@@ -184,7 +184,8 @@ def stats_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 
 
 def cpu_by_kind(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """CPU seconds each kind of process spent between two `tree_usage` readings (exited workers' are lost)."""
+    """CPU seconds each kind of process spent between two `tree_usage` readings (an ended process counts with
+    its parent)."""
     kinds = after["by_kind"]
     return {
         kind: round(usage["cpu_seconds"] - before["by_kind"].get(kind, {}).get("cpu_seconds", 0.0), 1)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import statistics
 import time
 from typing import Any
 
 from bench.endurance.clients import Publisher, Subscriber, Tokens
 from bench.endurance.dev_stack import DevStack, cpu_by_kind, local_stats, ready_status, stats_between, tree_usage
+from bench.machine import reference_work_ms
 from bench.measurement import percentile
 
 PROBE_SYMBOL = "PROBE"
@@ -34,12 +36,19 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
     probes_lost = 0
     ticks_per_minute: list[float] = []
     minute_started, minute_ticks = began, everything.total()
+    # Each minute's CPU by process kind, and the machine's speed then (see `reference_work_ms`): a rise in the
+    # first with none in the second is the stack doing more.
+    cpu_per_minute: list[dict[str, float]] = []
+    reference_per_minute: list[float] = []
+    minute_sample = 0
     next_sample = next_ready = next_probe = began
     while time.monotonic() < end:
         now = time.monotonic()
         if now >= next_sample:
             usage = await loop.run_in_executor(None, tree_usage, stack.process.pid)
-            samples.append({"t": round(now - began, 1), **usage, "ticks": everything.total()})
+            samples.append(
+                {"t": round(now - began, 1), **usage, "ticks": everything.total(), "reference_ms": reference_work_ms()}
+            )
             next_sample += args.sample_interval
         if now >= next_ready:
             status, took = await loop.run_in_executor(None, ready_status)
@@ -60,11 +69,15 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
             ticks_per_minute.append((total - minute_ticks) / (now - minute_started))
             minute_started, minute_ticks = now, total
             last = samples[-1]
+            cpu_per_minute.append(cpu_by_kind(samples[minute_sample], last))
+            reference_per_minute.append(round(statistics.median(s["reference_ms"] for s in samples[minute_sample:]), 1))
+            minute_sample = len(samples) - 1
             print(
                 f"  {len(ticks_per_minute):>3} min  rss {last['rss_mib']:>7.1f} MiB  pss {last['pss_mib']:>7.1f} MiB  "
                 f"cpu {last['cpu_seconds']:>7.1f} s  "
                 f"ticks/s {ticks_per_minute[-1]:5.2f}  probe p50 {percentile(probe_ms[-2:], 0.5) or 0:6.0f} ms  "
-                f"ready failures {len(ready_failures)}",
+                f"ready failures {len(ready_failures)}  cpu/min {cpu_per_minute[-1]}  "
+                f"reference {reference_per_minute[-1]} ms",
                 flush=True,
             )
         await asyncio.sleep(0.2)
@@ -108,6 +121,8 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
             1,
         ),
         endurance_ticks_per_minute=[round(value, 2) for value in ticks_per_minute],
+        endurance_cpu_seconds_by_kind_per_minute=cpu_per_minute,
+        endurance_reference_work_ms_per_minute=reference_per_minute,
         endurance_rss_samples=[(s["t"], s["rss_mib"]) for s in samples],
     )
 
