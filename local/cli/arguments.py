@@ -6,14 +6,16 @@ import argparse
 from typing import Any
 
 
-def positive(kind: type) -> Any:
+def positive(kind: type, *, or_zero: bool = False) -> Any:
+    """An argument type: a number of `kind` more than 0 (or 0 too, with `or_zero`: an option's "never")."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        if value < 0 or (value == 0 and not or_zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if or_zero else 'more than 0'}: {text!r}")
         return value
 
     return parse

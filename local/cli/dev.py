@@ -8,7 +8,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from local.cli.arguments import positive
 from local.cli.local_target import quiet_development_warnings
+from local.lambda_runtime.pool import DEFAULT_IDLE_LIMIT_SECONDS
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -32,6 +34,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         faults=args.faults,
         fault_seed=args.fault_seed,
         ttl_sweep_seconds=args.ttl_sweep or None,
+        environment_idle_seconds=args.environment_idle,
     )
 
     async def run() -> None:
@@ -159,6 +162,14 @@ def add_command(commands: Any) -> None:
         default=60.0,
         metavar="SECONDS",
         help="delete items whose DynamoDB TTL has passed this often (60; 0: never)",
+    )
+    dev.add_argument(
+        "--environment-idle",
+        type=positive(float, or_zero=True),
+        default=DEFAULT_IDLE_LIMIT_SECONDS,
+        metavar="SECONDS",
+        help="shut down a function's execution environment after this long without an invocation, as Lambda does "
+        "(%(default)g; 0: never)",
     )
     dev.add_argument("--log-level", default="INFO", help="log level of the local stack's components (INFO)")
     dev.add_argument(

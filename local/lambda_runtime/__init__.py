@@ -12,9 +12,10 @@ it:
   sets (AWS_REGION, AWS_LAMBDA_FUNCTION_NAME, _HANDLER, TZ, the role's
   credentials, ...); nothing inherited from the process that runs the stack;
 * lifecycle: a cold start imports the handler (an import failure is an init
-  error naming the function and the cause), warm environments are reused, an
-  invocation that overruns its timeout kills its environment and the next one
-  starts cold; at most `concurrency` environments exist at once.
+  error naming the function and the cause), warm environments are reused (the
+  most recently used first) and shut down after a while without an invocation
+  (`pool`), an invocation that overruns its timeout kills its environment and
+  the next one starts cold; at most `concurrency` environments exist at once.
 
 A cold start does not start an interpreter, though: it forks one. Each function
 configuration has a template (`template`), an interpreter started exactly as an

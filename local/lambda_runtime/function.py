@@ -22,7 +22,7 @@ from local.lambda_runtime.errors import (
     LambdaTimeoutError,
 )
 from local.lambda_runtime.in_process import Handler, InProcessHandler
-from local.lambda_runtime.pool import WorkerPool
+from local.lambda_runtime.pool import DEFAULT_IDLE_LIMIT_SECONDS, WorkerPool
 from local.lambda_runtime.template import Template, TemplateRefused, TemplateUnavailable
 from local.lambda_runtime.worker import Worker, WorkerExited, exit_description, request_frame, start_worker
 from local.lambda_worker import LambdaContext
@@ -41,7 +41,9 @@ class LambdaFunction:
     this process (test doubles only; no code or layers then).
 
     Counters, as CloudWatch's metrics: `invocations`, `errors` (handler errors,
-    init failures, runtime exits), `timeouts`, and `cold_starts`.
+    init failures, runtime exits), `timeouts`, and `cold_starts`; and `reaped`,
+    the environments shut down after `idle_limit_seconds` without an invocation
+    (0: never), which Lambda does without telling.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LambdaFunction:
         timeout_seconds: float = 10.0,
         memory_mb: int = 256,
         concurrency: int = 8,
+        idle_limit_seconds: float = DEFAULT_IDLE_LIMIT_SECONDS,
         region: str = DEFAULT_REGION,
         account: str = DEFAULT_ACCOUNT,
         version: str = "$LATEST",
@@ -66,10 +69,13 @@ class LambdaFunction:
             raise ValueError("concurrency must be at least 1")
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
+        if idle_limit_seconds < 0:
+            raise ValueError("idle_limit_seconds must be positive, or 0 for never")
         self.name = name
         self.timeout_seconds = float(timeout_seconds)
         self.memory_mb = int(memory_mb)
         self.concurrency = concurrency
+        self.idle_limit_seconds = float(idle_limit_seconds)
         self.version = version
         self.region = region
         self.arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
@@ -78,6 +84,7 @@ class LambdaFunction:
         self.errors = 0
         self.timeouts = 0
         self.cold_starts = 0
+        self.reaped = 0
         self.code_dirs = tuple(Path(d).resolve() for d in code_dirs)
         self.layer_dirs = tuple(Path(d).resolve() for d in layer_dirs)
         self._runtime_dir = None if runtime_dir is None else Path(runtime_dir).resolve()
@@ -200,7 +207,7 @@ class LambdaFunction:
         async with pool.slots:
             if pool.closed:
                 raise LambdaShutdownError(self.name)
-            pool.idle.append(pool.take_warm() or await self._cold_start(pool))
+            pool.put_idle(pool.take_warm() or await self._cold_start(pool))
 
     async def _invoke_in_worker(self, event: Any, trace_id: str | None) -> Any:
         try:
@@ -237,7 +244,7 @@ class LambdaFunction:
             finally:
                 timer.cancel()
                 if answered and worker.stop_reason is None and not worker.retired and not pool.closed:
-                    pool.idle.append(worker)
+                    pool.put_idle(worker)
                 else:
                     # Killed, dead, reconfigured, or abandoned mid-invocation (the caller was cancelled): an
                     # environment whose state is unknown is never reused.
@@ -344,8 +351,12 @@ class LambdaFunction:
         if pool is None or pool.closed or pool.loop is not loop:
             if pool is not None:
                 pool.close()  # environments of a loop that is gone cannot be driven from this one
-            pool = self._pool = WorkerPool(self.concurrency)
+            pool = self._pool = WorkerPool(self.concurrency, self.idle_limit_seconds, self._count_reaped)
         return pool
+
+    def _count_reaped(self) -> None:
+        self.reaped += 1
+        logger.info("%s: shut down an execution environment idle for %g s", self.name, self.idle_limit_seconds)
 
     def _context(self, log_stream_name: str) -> LambdaContext:
         """The context an in-process handler gets, its deadline counted from now."""

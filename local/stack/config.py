@@ -13,6 +13,7 @@ from local.api_gateway.config import GatewayConfig
 from local.cloud.assembly import CloudAssembly
 from local.cloud.resources.api_gateway import Api
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
+from local.lambda_runtime.pool import DEFAULT_IDLE_LIMIT_SECONDS
 from local.moto_server import DEFAULT_TTL_SWEEP_SECONDS, Mode
 
 # What `cdk deploy --outputs-file` would write, for `python -m local ...` to find the running stack.
@@ -52,6 +53,8 @@ class StackConfig:
     sweep_interval: float | Literal["template"] | None = SCHEDULED
     # How often moto deletes items whose TTL has passed, as DynamoDB's TTL does (None: never).
     ttl_sweep_seconds: float | None = DEFAULT_TTL_SWEEP_SECONDS
+    # How long a function's execution environment may stay idle before it is shut down, as Lambda does (0: never).
+    environment_idle_seconds: float = DEFAULT_IDLE_LIMIT_SECONDS
     # None: each queue's visibility timeout from the template (60 s). Tests shorten it so a failed record
     # (its FIFO group held back until the timeout, as on AWS) is retried within a test's patience.
     queue_visibility_timeout: int | None = None

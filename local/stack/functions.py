@@ -29,8 +29,10 @@ def local_function(
     layers: dict[Path, Path],
     runtime_dir: Path,
     region: str,
+    idle_limit_seconds: float,
 ) -> LambdaFunction:
-    """The function `logical_id` declares: its handler, code asset, layers, timeout, memory and concurrency."""
+    """The function `logical_id` declares: its handler, code asset, layers, timeout, memory and concurrency; its
+    environments shut down after `idle_limit_seconds` idle (0: never)."""
     declared = template.functions[logical_id]
     return LambdaFunction(
         deployment.ref(logical_id),
@@ -41,6 +43,7 @@ def local_function(
         timeout_seconds=declared.timeout,
         memory_mb=declared.memory_size,
         concurrency=declared.reserved_concurrency or DEFAULT_LOCAL_CONCURRENCY,
+        idle_limit_seconds=idle_limit_seconds,
         region=region,
         account=DEFAULT_ACCOUNT,
     )

@@ -119,7 +119,7 @@ def http_api_event(request: web.Request, route_key: str, principals: Principals)
 
 def _local_stats(stack: LocalStack) -> dict[str, Any]:
     """What CloudWatch would show on AWS: invocations, errors, cold starts (Init Duration lines) and the pumps'
-    counters."""
+    counters; and the execution environments shut down for idleness (`reaped`), which AWS does not report."""
     gateway = stack.running_gateway()
     front_door = stack.front_door
     return {
@@ -129,6 +129,7 @@ def _local_stats(stack: LocalStack) -> dict[str, Any]:
                 "errors": f.errors,
                 "timeouts": f.timeouts,
                 "cold_starts": f.cold_starts,
+                "reaped": f.reaped,
             }
             for name, f in stack.functions.items()
         },

@@ -221,7 +221,15 @@ class LocalStack:
         runtime_dir = await loop.run_in_executor(None, runtime_provided)
         layers = await loop.run_in_executor(None, local_layers, template)
         self.functions = {
-            logical_id: local_function(template, deployment, logical_id, layers, runtime_dir, self.config.region)
+            logical_id: local_function(
+                template,
+                deployment,
+                logical_id,
+                layers,
+                runtime_dir,
+                self.config.region,
+                self.config.environment_idle_seconds,
+            )
             for logical_id in template.functions
         }
         routes = {key: self.functions[route.function_logical_id] for key, route in websocket_api.routes.items()}

@@ -316,16 +316,23 @@ async def test_admin_routes_answer_through_the_gateway(local_stack: LocalStack, 
     await client.request("subscribe", streams=[{"stream_type": "alerts"}])
 
     def get(path: str) -> Any:
-        request = signed_request("GET", f"{local_stack.http_url}/admin{path}", region=local_stack.config.region)
+        request = signed_request("GET", f"{local_stack.http_url}{path}", region=local_stack.config.region)
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
-    info = await asyncio.to_thread(get, f"/connections/{client.client_id}")
+    info = await asyncio.to_thread(get, f"/admin/connections/{client.client_id}")
     assert info["user_id"] == "admin-watched"
-    subscriptions = await asyncio.to_thread(get, f"/connections/{client.client_id}/subscriptions")
+    subscriptions = await asyncio.to_thread(get, f"/admin/connections/{client.client_id}/subscriptions")
     assert [s["stream_type"] for s in subscriptions["subscriptions"]] == ["alerts"]
-    stats = await asyncio.to_thread(get, "/stats")
+    stats = await asyncio.to_thread(get, "/admin/stats")
     assert stats["connections"] >= 1 and stats["subscriptions"] >= 1
+    # The local-only counters: each function's, as CloudWatch would show them, with the environments shut down
+    # for idleness
+    functions = (await asyncio.to_thread(get, "/local/stats"))["functions"]
+    assert {name: counters["reaped"] for name, counters in functions.items()} == {
+        name: function.reaped for name, function in local_stack.functions.items()
+    }
+    assert sum(counters["cold_starts"] for counters in functions.values()) >= 1
 
 
 # ---------------------------------------------------------------- dashboard files and the command line

@@ -630,6 +630,108 @@ def test_a_callable_handler_takes_no_code(code: Path) -> None:
         LambdaFunction("f", lambda event, context: None, code_dirs=[code])
 
 
+# ---------------------------------------------------------------- idle environments shut down
+
+
+async def burst(function: LambdaFunction, markers: Path, size: int) -> list[int]:
+    """`size` invocations of `app.in_flight` held until all run at once, so that the function scales out to as
+    many environments; their process ids."""
+    calls = [asyncio.ensure_future(function.invoke({"dir": str(markers), "n": n})) for n in range(size)]
+    await eventually(lambda: len(list(markers.glob("running-*"))) == size, what=f"{size} invocations in flight")
+    pids = function.environment_pids
+    (markers / "release").touch()
+    await asyncio.gather(*calls)
+    return pids
+
+
+async def test_environments_idle_past_the_limit_are_shut_down_and_the_next_invocation_starts_cold(
+    make: Callable[..., LambdaFunction], tmp_path: Path
+) -> None:
+    # GIVEN a function that a burst of three invocations scaled out to three environments
+    function = make("app.in_flight", concurrency=3, timeout_seconds=30, idle_limit_seconds=0.3)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    pids = await burst(function, markers, 3)
+    assert (len(pids), function.cold_starts) == (3, 3)
+    templates = function.template_pids
+    assert templates
+
+    # WHEN no invocation comes for longer than the idle limit
+    # THEN every environment is shut down, its process gone, each counted
+    await eventually(lambda: function.warm_environments == 0, what="the idle environments to be shut down")
+    await eventually(lambda: all(process_gone(pid) for pid in pids), what="their processes to exit")
+    assert (function.reaped, function.errors) == (3, 0)
+    # AND the template they were forked from is kept for the next cold start
+    assert function.template_pids == templates
+
+    # WHEN the function is invoked again THEN it starts cold in a new environment and succeeds
+    assert await function.invoke({"dir": str(markers), "n": 3}) == 1
+    (pid,) = function.environment_pids
+    assert pid not in pids
+    assert (function.cold_starts, function.errors, function.reaped) == (4, 0, 3)
+
+
+async def test_an_environment_invoked_more_often_than_the_limit_keeps_running_with_its_module_state(
+    make: Callable[..., LambdaFunction],
+) -> None:
+    # GIVEN a function whose environments are shut down after half a second idle
+    function = make("app.identity", idle_limit_seconds=0.5)
+    answers = [await function.invoke({})]
+    # WHEN it is invoked every 0.1 s for four times the limit
+    until = time.monotonic() + 2.0
+    while time.monotonic() < until:
+        await asyncio.sleep(0.1)
+        answers.append(await function.invoke({}))
+    # THEN the one environment answered every time and its module state counted every invocation
+    assert {answer["pid"] for answer in answers} == {answers[0]["pid"]}
+    assert [answer["count"] for answer in answers] == list(range(1, len(answers) + 1))
+    assert (function.reaped, function.cold_starts) == (0, 1)
+    # AND once the invocations stop it is shut down like any other
+    await eventually(lambda: function.reaped == 1, what="the environment to be shut down once idle")
+    await eventually(lambda: process_gone(answers[0]["pid"]), what="its process to exit")
+
+
+async def test_an_invocation_longer_than_the_limit_keeps_its_environment(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a function whose environments are shut down after 0.3 s idle
+    function = make("app.sleep", idle_limit_seconds=0.3, timeout_seconds=10)
+    # WHEN an invocation runs for three times that THEN its environment is busy, not idle: it answers the next one
+    pid = await function.invoke({"seconds": 1})
+    assert await function.invoke({"seconds": 0}) == pid
+    assert (function.reaped, function.cold_starts, function.errors) == (0, 1, 0)
+
+
+async def test_a_limit_of_zero_never_shuts_an_environment_down(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a function that never shuts its environments down for idleness, warm, and one that does after 0.3 s,
+    # warmed after it
+    kept = make("app.identity", idle_limit_seconds=0, name="quanttrade-kept")
+    shut = make("app.identity", idle_limit_seconds=0.3, name="quanttrade-shut")
+    kept_pid = (await kept.invoke({}))["pid"]
+    await shut.invoke({})
+    # WHEN both have been idle long enough for the second's environment to be shut down
+    await eventually(lambda: shut.reaped == 1, what="the second function's environment to be shut down")
+    # THEN the first's environment is still there, with its module state
+    assert (kept.warm_environments, kept.reaped) == (1, 0)
+    assert await kept.invoke({}) == {"pid": kept_pid, "count": 2}
+    assert kept.cold_starts == 1
+
+
+async def test_reconfiguring_and_closing_leave_no_idle_timer_behind(make: Callable[..., LambdaFunction]) -> None:
+    # GIVEN a warm environment waiting out its idle limit
+    function = make("app.environment", environment={"STAGE": "one"}, idle_limit_seconds=30)
+    await function.invoke({})
+    pool = function._pool
+    assert pool is not None and len(pool.idle_timers) == 1
+    # WHEN the configuration changes THEN the retired environment's timer goes with it
+    function.configure(environment={"STAGE": "two"})
+    assert pool.idle_timers == {}
+    assert (await function.invoke({}))["STAGE"] == "two"
+    (timer,) = pool.idle_timers.values()
+    # WHEN the function is closed THEN no timer is left to fire, and nothing was counted as shut down for idleness
+    await function.aclose()
+    assert pool.idle_timers == {} and timer.cancelled()
+    assert function.reaped == 0
+
+
 # ---------------------------------------------------------------- environments forked from a template
 
 
