@@ -265,3 +265,36 @@ def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_i
     # so a count nine seconds later is the second of its minute
     wired.clock.now = minute + 670
     assert wired.store.count_in_window("connect#counted", 60) == pytest.approx(2)
+
+
+def test_a_disconnect_queries_only_the_indexes_its_connection_counts_rows_in(wired: Wired) -> None:
+    from tests.dynamo_calls import DynamoCalls
+
+    # GIVEN connections owning nothing, one subscription, one room; and rows whose connection row is gone
+    calls = DynamoCalls(wired.store._raw)
+    wired.connect("bare")
+    wired.connect("subscribed")
+    wired.send("subscribed", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.connect("member")
+    wired.send("member", {"action": "joinRoom", "room": "lobby"})
+    wired.connect("orphan")
+    wired.send("orphan", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    wired.send("orphan", {"action": "joinRoom", "room": "desk"})
+    wired.store.delete_connection("orphan")
+
+    def queries_of_disconnect(connection_id: str) -> dict[str, int]:
+        calls.reset()
+        wired.service.disconnect(connection_id)
+        return {key.split("/")[0]: n for key, n in calls.queries.items()}
+
+    # WHEN each disconnects, THEN the counters on the connection row decide which index is read
+    subscriptions, rooms = wired.settings.subscriptions_table, wired.settings.rooms_table
+    assert queries_of_disconnect("bare") == {}
+    assert queries_of_disconnect("subscribed") == {subscriptions: 1}
+    assert queries_of_disconnect("member") == {rooms: 1}
+    # AND without the row both indexes are read, and what they find is removed all the same
+    assert queries_of_disconnect("orphan") == {subscriptions: 1, rooms: 1}
+    for connection_id in ("subscribed", "member", "orphan"):
+        assert wired.store.subscriptions_of(connection_id) == [] and wired.store.rooms_of(connection_id) == []
+    assert wired.store.subscribers("alerts:*") == []
+    assert room_count_item(wired, "lobby") == 0 and room_count_item(wired, "desk") == 0

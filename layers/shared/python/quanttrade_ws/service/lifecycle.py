@@ -45,8 +45,14 @@ class Lifecycle(ServiceCore):
         Returns whether there was anything to remove.
         """
         connection = self.store.get_connection(connection_id)
-        subscriptions = self.store.subscriptions_of(connection_id)
-        rooms = self.store.rooms_of(connection_id)
+        # The row's counters move in the same transactions as the rows they count, so a connection whose
+        # counters are zero owns nothing and its index Queries are skipped (most connections never join a
+        # room: that is one Query fewer each). Without its row (a second $disconnect, a connection the
+        # sweeper removed half-way) only the index can tell.
+        owns_subscriptions = connection is None or connection.subscription_count > 0
+        owns_rooms = connection is None or connection.room_count > 0
+        subscriptions = self.store.subscriptions_of(connection_id) if owns_subscriptions else []
+        rooms = self.store.rooms_of(connection_id) if owns_rooms else []
         if connection is not None and connection.session_id:
             # Only if the session is still this connection's: after a resume elsewhere (a proactive
             # reconnect, or a client back before the sweeper found this one) the live connection's is newer.
