@@ -33,6 +33,7 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
     ready_failures: list[dict[str, Any]] = []
     ready_times: list[float] = []
     probe_ms: list[float] = []
+    probe_times: list[str] = []  # when each probe was sent (UTC): a slow one can be looked up in the dev log
     probes_lost = 0
     ticks_per_minute: list[float] = []
     minute_started, minute_ticks = began, everything.total()
@@ -63,6 +64,7 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
                 probes_lost += 1
             else:
                 probe_ms.append((arrived - sent) * 1000)
+                probe_times.append(time.strftime("%H:%M:%S", time.gmtime(sent)))
             next_probe += args.probe_interval
         if now - minute_started >= 60:
             total = everything.total()
@@ -115,6 +117,10 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
         endurance_probe_p50_ms=_round(percentile(probe_ms, 0.5)),
         endurance_probe_p99_ms=_round(percentile(probe_ms, 0.99)),
         endurance_probe_max_ms=_round(max(probe_ms) if probe_ms else None),
+        # The slowest five, (when sent, milliseconds), to look up in the dev log.
+        endurance_probe_slowest=sorted(
+            zip(probe_times, (_round(ms) for ms in probe_ms), strict=True), key=lambda p: -(p[1] or 0)
+        )[:5],
         endurance_cpu_seconds_per_minute=round(
             (samples[-1]["cpu_seconds"] - after_first_minute[0]["cpu_seconds"])
             / max((samples[-1]["t"] - after_first_minute[0]["t"]) / 60, 1e-9),
