@@ -88,8 +88,10 @@ def patch() -> None:
     """
     import copy
 
+    from moto.core.responses import ActionResult
     from moto.dynamodb import models
     from moto.dynamodb.models.table import Table
+    from moto.dynamodb.models.utilities import dynamo_to_dict
     from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
     if getattr(models, "_quanttrade_patched", False):
@@ -149,12 +151,20 @@ def patch() -> None:
 
     serialized = DynamoResult.execute_result
 
+    def unconverted(self: Any, result: object) -> None:
+        # moto converts the whole result to plain values here, before anyone knows the operation, and a
+        # data-plane answer was then walked a second time to write it: a dict (every data-plane answer, which
+        # moto may still add members to) waits for `plain_json`, which converts it once.
+        ActionResult.__init__(self, result if isinstance(result, dict) else dynamo_to_dict(result))
+
     def plain_json(self: Any, context: Any) -> Any:
         if context.operation_model.name not in PLAIN_ANSWERS or isinstance(self.result, BaseException):
+            self._result = dynamo_to_dict(self.result)
             return serialized(self, context)
         content_type = f"application/x-amz-json-{context.service_model.metadata['jsonVersion']}"
         return 200, {"Content-Type": content_type}, json.dumps(_plain(self.result))
 
+    DynamoResult.__init__ = unconverted  # type: ignore[method-assign]
     DynamoResult.execute_result = plain_json  # type: ignore[method-assign]
     DynamoHandler.call_action = atomic_call_action  # type: ignore[method-assign]
     Table.query = partition_query  # type: ignore[method-assign]
@@ -371,16 +381,34 @@ def _project_names_directly() -> None:
 
 
 def _plain(value: Any) -> Any:
-    """A data-plane result as DynamoDB's JSON protocol writes it: no null members, blobs in base64, epoch times."""
+    """A data-plane result as DynamoDB's JSON protocol writes it, in one pass over moto's own objects (what its
+    `dynamo_to_dict` and serializer make of them): attribute values as `{type: value}`, no null members, blobs in
+    base64, epoch times."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, DynamoType):
+        if value.type == "B":
+            return {"B": _base64(value.value)}
+        if value.type == "BS":
+            return {"BS": [_base64(member) for member in value.value]}
+        return {value.type: _plain(value.value)}
+    if hasattr(value, "to_json"):
+        return _plain(value.to_json())
     if isinstance(value, dict):
         return {key: _plain(member) for key, member in value.items() if member is not None}
     if isinstance(value, list | tuple):
         return [_plain(member) for member in value]
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
-    if isinstance(value, datetime):
-        return value.timestamp()
     return value
+
+
+def _base64(value: bytes | str) -> str:
+    """A stored blob in base64 (moto keeps one as it came over the wire, in base64, or as bytes after a projection);
+    decoded and encoded again, as moto's serializer does, so the text is the canonical one."""
+    return base64.b64encode(value if isinstance(value, bytes) else base64.b64decode(value)).decode()
 
 
 class _OnePartition:
