@@ -74,9 +74,10 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
             cpu_per_minute.append(cpu_by_kind(samples[minute_sample], last))
             reference_per_minute.append(round(statistics.median(s["reference_ms"] for s in samples[minute_sample:]), 1))
             minute_sample = len(samples) - 1
+            processes = sum(kind["processes"] for kind in last["by_kind"].values())
             print(
                 f"  {len(ticks_per_minute):>3} min  rss {last['rss_mib']:>7.1f} MiB  pss {last['pss_mib']:>7.1f} MiB  "
-                f"cpu {last['cpu_seconds']:>7.1f} s  "
+                f"cpu {last['cpu_seconds']:>7.1f} s  processes {processes:.0f}  "
                 f"ticks/s {ticks_per_minute[-1]:5.2f}  probe p50 {percentile(probe_ms[-2:], 0.5) or 0:6.0f} ms  "
                 f"ready failures {len(ready_failures)}  cpu/min {cpu_per_minute[-1]}  "
                 f"reference {reference_per_minute[-1]} ms",
@@ -93,7 +94,10 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
         endurance_rss_mib_first_minute=baseline,
         endurance_rss_by_kind_first_minute=after_first_minute[0]["by_kind"],
         endurance_rss_mib_end=samples[-1]["rss_mib"],
+        # The peak over the run against the first minute; and where the run ended, since environments a burst
+        # started are shut down again after their idle limit (a peak can be a burst, an end above it a leak).
         endurance_rss_growth_mib_after_first_minute=round(max(s["rss_mib"] for s in after_first_minute) - baseline, 1),
+        endurance_rss_change_mib_end_vs_first_minute=round(samples[-1]["rss_mib"] - baseline, 1),
         endurance_rss_by_kind_end=samples[-1]["by_kind"],
         # Forked execution environments share their template's pages: PSS counts those once.
         endurance_pss_mib_first_minute=after_first_minute[0]["pss_mib"],
