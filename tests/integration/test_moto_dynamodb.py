@@ -4,7 +4,7 @@ Query by partition as DynamoDB does, and deletes items whose TTL has passed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -489,31 +489,36 @@ def _index_outcomes(client: Any) -> list[Any]:
     return outcomes
 
 
-SHIPPED_MOTO_INDEXES = """
-import json, boto3
-from moto import mock_aws
-from tests.integration.test_moto_dynamodb import _index_outcomes
-with mock_aws():
-    print(json.dumps(_index_outcomes(boto3.client("dynamodb", region_name="us-east-1"))))
-"""
+def _here_and_as_moto_ships(moto: MotoServer, outcomes: Callable[[Any], Any], table: str) -> tuple[Any, Any]:
+    """What `outcomes(client)` (a function of this module that creates `table`) returns against the stack's moto,
+    and against moto as it ships, run in a process of its own (so nothing in this one can have patched it)."""
+    import json
+    import subprocess
+    import sys
+
+    client = moto.client("dynamodb")
+    try:
+        here = outcomes(client)
+    finally:
+        client.delete_table(TableName=table)
+    script = "\n".join(
+        [
+            "import json, boto3",
+            "from moto import mock_aws",
+            f"from tests.integration.test_moto_dynamodb import {outcomes.__name__}",
+            "with mock_aws():",
+            f"    print(json.dumps({outcomes.__name__}(boto3.client('dynamodb', region_name='us-east-1'))))",
+        ]
+    )
+    shipped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return here, json.loads(shipped)
 
 
 def test_index_queries_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
     # GIVEN the stack's moto (an index Query picks its partition's items without sorting the table)
     # and moto as it ships, in a process of its own
-    import json
-    import subprocess
-    import sys
-
     # WHEN both answer the same index queries, page by page
-    client = moto.client("dynamodb")
-    try:
-        patched = _index_outcomes(client)
-    finally:
-        client.delete_table(TableName=INDEXED)
-    shipped = json.loads(
-        subprocess.run([sys.executable, "-c", SHIPPED_MOTO_INDEXES], capture_output=True, text=True, check=True).stdout
-    )
+    patched, shipped = _here_and_as_moto_ships(moto, _index_outcomes, INDEXED)
 
     # THEN every item comes in the same order, with the same paging keys and refusals
     assert patched == shipped
@@ -592,33 +597,11 @@ def _projection_outcomes(client: Any) -> list[Any]:
     return outcomes
 
 
-SHIPPED_MOTO_PROJECTIONS = """
-import json, boto3
-from moto import mock_aws
-from tests.integration.test_moto_dynamodb import _projection_outcomes
-with mock_aws():
-    print(json.dumps(_projection_outcomes(boto3.client("dynamodb", region_name="us-east-1"))))
-"""
-
-
 def test_projected_reads_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
     # GIVEN the stack's moto (a projection of top-level names picks the stored attributes directly)
     # and moto as it ships, in a process of its own
-    import json
-    import subprocess
-    import sys
-
     # WHEN both answer the same projected Queries, GetItems and Scans
-    client = moto.client("dynamodb")
-    try:
-        patched = _projection_outcomes(client)
-    finally:
-        client.delete_table(TableName=PROJECTED)
-    shipped = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", SHIPPED_MOTO_PROJECTIONS], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    patched, shipped = _here_and_as_moto_ships(moto, _projection_outcomes, PROJECTED)
 
     # THEN every item has the same attributes with the same values
     assert patched == shipped
