@@ -28,6 +28,7 @@ class _QueryState(threading.local):
 
 
 _QUERY_RESULTS = _QueryState()
+
 # The data-plane answers: plain DynamoDB JSON (items, keys, counts, capacity), written out as it is.
 PLAIN_ANSWERS = frozenset(
     {
@@ -93,6 +94,11 @@ def patch() -> None:
     The checks that depend only on the text, its names and the key schema are
     made once for each, and a condition's text is split into tokens once
     (`_check_update_expressions_once`, `_lex_conditions_once`): ~0.9 ms.
+
+    A Query's answer (the fan-out's audience: 1,000 subscriptions) cost moto 0.27 s: it deep-copied the matching
+    items, projected each through plain Python values and boto3's serializer, and converted the answer twice.
+    Here the items are not copied (the answer is written under the request lock), a projection of top-level
+    names picks the stored attributes (`_project_names_directly`), and the answer is converted once: ~0.1 s.
     """
     from moto.core.responses import ActionResult
     from moto.dynamodb import models
@@ -379,9 +385,9 @@ def _project_names_directly() -> None:
     attribute at a time, each with a size check over everything already in it: 60% of moto's CPU for the fan-out's
     1,000-subscriber audience Query (py-spy). A projection of top-level names only, which is what the service asks
     for, here picks those attributes as stored, as a read without a projection returns them. The values are shared,
-    not copied: the projected item is only read, to write this request's answer under the request lock (and a
-    Query has copied its items already). It skips the size check (the item passed it on write), as moto's own
-    `Item.__deepcopy__` does. A path into a map or a list goes moto's way."""
+    not copied: the projected item is only read, to write this request's answer under the request lock. It skips
+    the size check (the item passed it on write), as moto's own `Item.__deepcopy__` does. A path into a map or a
+    list goes moto's way."""
     from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
 
     project = Item.project
