@@ -183,9 +183,9 @@ def patch() -> None:
 
     def unconverted(self: Any, result: object) -> None:
         # moto converts the whole result to plain values here, before anyone knows the operation, and a
-        # data-plane answer was then walked a second time to write it: a dict (every data-plane answer, which
-        # moto may still add members to) waits for `plain_json`, which converts it once.
-        ActionResult.__init__(self, result if isinstance(result, dict) else dynamo_to_dict(result))
+        # data-plane answer was then walked a second time to write it: `plain_json` converts it, once, for
+        # whichever writer the operation takes (moto may still add members to the result before then).
+        ActionResult.__init__(self, result)
 
     def plain_json(self: Any, context: Any) -> Any:
         if context.operation_model.name not in PLAIN_ANSWERS or isinstance(self.result, BaseException):
