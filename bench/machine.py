@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,6 @@ def reference_work_ms() -> float:
     interpreter's everyday diet). On a shared virtual machine the same work costs more or less from one
     minute to the next; a long run that takes this beside its own CPU figures can tell a slower machine
     from a stack that does more."""
-    import time
-
     document = {"stream": "market_data:AAPL", "seq": 12345, "payload": {"price": 187.25, "volume": 300, "tags": ["a"]}}
     started = time.process_time()
     for _ in range(REFERENCE_ROUND_TRIPS):
