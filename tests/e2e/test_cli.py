@@ -178,10 +178,17 @@ async def test_listen_with_outputs_and_a_token_prints_the_ticks_and_exits_after_
     assert "connect" in kinds and "subscribe" in kinds  # the replies to hello and subscribe, in either order
     ticks = [line for line in lines if line.split()[1] == "market_data"]
     assert len(ticks) == 2, lines
-    for line, event_id, price in zip(ticks, ids, (42.5, 43.75), strict=True):
+    # Each published tick is printed once, with its price, in seq order: the order the ticks entered their FIFO
+    # group, which the pipe's concurrent pollers may make differ from the publish order (ADR 0002).
+    unprinted = dict(zip(ids, (42.5, 43.75), strict=True))
+    seqs = []
+    for line in ticks:
         assert " market_data:CLIX #" in line
+        seqs.append(int(line.split(" market_data:CLIX #", 1)[1].split()[0]))
         payload = json.loads(line[line.index("{") :])
-        assert payload["event_id"] == event_id and payload["price"] == price
+        assert unprinted.pop(payload["event_id"]) == payload["price"]
+    assert unprinted == {}
+    assert seqs[1] == seqs[0] + 1
     assert token not in done.out + done.err
 
 
