@@ -789,6 +789,33 @@ async def test_a_stream_reset_on_the_server_is_followed(server: FakeServer, make
     assert seqs(await take(client, 1)) == [(STREAM, 1)]
 
 
+async def test_a_head_read_before_the_old_connection_delivered_more_is_not_a_reset(
+    server: FakeServer, make_client: Any
+) -> None:
+    # GIVEN a client replacing its connection, whose resume the server answers with the stream head it read
+    # before one more message was sequenced, a message the still-open old connection delivers first
+    async def resume_with_the_head_read_earlier(connection: FakeConnection, frame: protocol.Resume) -> None:
+        connection.session = server.sessions[frame.session_token]
+        head = len(server.history[STREAM])
+        await server.publish()
+        await eventually(lambda: client.last_seq.get(STREAM) == head + 1, what="the old connection's delivery")
+        await server.resume(connection, frame, heads={STREAM: head})
+
+    server.on_resume = resume_with_the_head_read_earlier
+    client = make_client(max_connection_seconds=0.6, reconnect_at=0.5)
+    await client.connect()
+    await client.subscribe("market_data", symbol="AAPL")
+    await server.publish()
+    await server.publish()
+
+    # WHEN the connection is replaced and one more message follows
+    await eventually(lambda: server.connection(1).closed.is_set(), what="the old connection to be closed")
+    await server.publish()
+
+    # THEN the head below the client's latest seq is not taken for a reset: no message comes twice
+    assert seqs(await take(client, 4)) == [(STREAM, 1), (STREAM, 2), (STREAM, 3), (STREAM, 4)]
+
+
 async def test_a_token_provider_is_asked_for_every_connection(server: FakeServer, make_client: Any) -> None:
     issued: list[str] = []
 

@@ -77,8 +77,9 @@ class Session:
         connection.buffering = True
         try:
             reply: Message | None
+            sent: dict[str, int] = {}
             try:
-                resumed = await self._resume(connection)
+                resumed, sent = await self._resume(connection)
             except AuthFailed as error:
                 # The server no longer knows the session (expired, or its store was reset):
                 # start a new one, re-make what the application asked for, then fetch the gap.
@@ -86,7 +87,9 @@ class Session:
                 session_resumed = False
                 await self._hello(connection)
                 await self._restore(connection, set(), set())
-                reply = await self._resume(connection) if self.resume_points() else None
+                reply = None
+                if self.resume_points():
+                    reply, sent = await self._resume(connection)
             else:
                 session_resumed, reply = True, resumed
                 await self._restore(
@@ -100,7 +103,7 @@ class Session:
             # next connection's resume replays them.
             connection.buffer.clear()
             raise
-        streams = self._apply_resumed(reply)
+        streams = self._apply_resumed(reply, sent)
         self._release(connection)
         self.last_resume = ResumeReport(
             session_resumed=session_resumed,
@@ -126,8 +129,9 @@ class Session:
             return
         connection.buffering = True
         reply: Message | None = None
+        sent: dict[str, int] = {}
         try:
-            reply = await self._resume(connection)
+            reply, sent = await self._resume(connection)
         except QuantTradeError as error:
             logger.warning("catch-up resume failed", extra={"code": error.code, "reason": error.message})
         if connection.closed.is_set():
@@ -135,7 +139,7 @@ class Session:
             connection.buffer.clear()
             connection.buffering = False
             return
-        streams = self._apply_resumed(reply)
+        streams = self._apply_resumed(reply, sent)
         self._release(connection)
         if not all(bool(result.get("recovered", True)) for result in streams.values()):
             logger.warning("catch-up found a gap it could not replay", extra={"streams": streams})
@@ -151,16 +155,18 @@ class Session:
         self.client_id = reply.payload.get("client_id")
         self.limits = dict(reply.payload.get("limits") or {})
 
-    async def _resume(self, connection: Connection) -> Message:
+    async def _resume(self, connection: Connection) -> tuple[Message, dict[str, int]]:
+        """The `resume` reply, and the resume points it was asked with."""
         assert self.token is not None
+        points = self.resume_points()
         reply = await connection.request(
-            {"action": "resume", "session_token": self.token, "last_seq": self.resume_points()}, self.request_timeout
+            {"action": "resume", "session_token": self.token, "last_seq": points}, self.request_timeout
         )
         # Session tokens are single-use: the one just sent is spent. Keep the next one at once, before
         # anything else on this connection (re-subscribing, say) can fail and leave only the spent one.
         if isinstance(reply.payload.get("session_token"), str):
             self.token = reply.payload["session_token"]
-        return reply
+        return reply, points
 
     def _wants(self, stream: str) -> bool:
         stream_id = StreamId.parse(stream)
@@ -197,7 +203,13 @@ class Session:
         except QuantTradeError as error:
             logger.warning("could not restore after reconnect", extra={"code": error.code, "reason": error.message})
 
-    def _apply_resumed(self, reply: Message | None) -> dict[str, dict[str, Any]]:
+    def _apply_resumed(self, reply: Message | None, sent: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """The reply's per-stream results; a stream whose server-side sequence restarted is forgotten.
+
+        A reset shows as a head below the point the resume was sent with: everything the client had seen
+        then was sequenced before the server read its head. The client's latest seq is no test, as an
+        older connection still open (a proactive replacement) may have delivered later messages since.
+        """
         if reply is None:
             return {}
         payload = reply.payload
@@ -207,8 +219,8 @@ class Session:
             self.client_id = payload["client_id"]
         streams = {str(k): v for k, v in (payload.get("streams") or {}).items() if isinstance(v, dict)}
         for stream, result in streams.items():
-            head, mine = result.get("last_seq"), self.order.last_seq.get(stream)
-            if isinstance(head, int) and mine is not None and head < mine:
+            head, asked_from = result.get("last_seq"), sent.get(stream)
+            if isinstance(head, int) and asked_from is not None and head < asked_from:
                 # The server's counter is behind what we saw: the stream was reset, and
                 # keeping the old mark would drop every new message as a duplicate.
                 self.order.forget(stream)
