@@ -44,6 +44,9 @@ PLAIN_ANSWERS = frozenset(
         "TransactWriteItems",
     }
 )
+# How often expired items are deleted (DynamoDB TTL). DynamoDB itself gives no bound ("within a few days");
+# a minute keeps the local tables, and moto's memory, at what the service keeps alive.
+DEFAULT_TTL_SWEEP_SECONDS = 60.0
 # DynamoDB's TTL leaves alone an item whose expiry is more than five years in the past (a value in
 # milliseconds or some other unit, most likely), so the sweep does too.
 TTL_IGNORED_AFTER_SECONDS = 5 * 365 * 24 * 3600
@@ -567,6 +570,9 @@ def release_free_memory() -> bool:
 
 def start_ttl_sweeper(interval: float) -> threading.Event:
     """Sweep expired items every `interval` seconds on a daemon thread; set the returned event to stop it."""
+    if not interval > 0:
+        # Not 0 or less: the wait below would return at once and the sweep would hold moto's lock in a loop.
+        raise ValueError(f"a TTL sweep interval must be more than 0 seconds, not {interval!r}")
     stop = threading.Event()
 
     def run() -> None:

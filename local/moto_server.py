@@ -41,14 +41,13 @@ import urllib.error
 import urllib.request
 from typing import IO, Any, Literal
 
+from local.cli.arguments import positive
+from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
 from local.moto_http import KeepAliveWsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4566
 READY_PREFIX = "MOTO_READY"
-# How often expired items are deleted (DynamoDB TTL). DynamoDB itself gives no bound ("within a few days");
-# a minute keeps the local tables, and moto's memory, at what the service keeps alive.
-DEFAULT_TTL_SWEEP_SECONDS = 60.0
 GRACEFUL_EXIT_SECONDS = 1.5
 DYNAMODB_TARGET_PREFIX = "DynamoDB_20120810."
 
@@ -382,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed on stdout)")
     parser.add_argument(
         "--ttl-sweep-seconds",
-        type=float,
+        type=positive(float, or_zero=True),
         default=DEFAULT_TTL_SWEEP_SECONDS,
         help="delete expired items (DynamoDB TTL) this often; 0 never",
     )

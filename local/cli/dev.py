@@ -11,6 +11,7 @@ from typing import Any
 from local.cli.arguments import positive
 from local.cli.local_target import quiet_development_warnings
 from local.lambda_runtime.pool import DEFAULT_IDLE_LIMIT_SECONDS
+from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -158,10 +159,10 @@ def add_command(commands: Any) -> None:
     dev.add_argument("--fault-seed", type=int, default=None, help="seed for --faults, to repeat a run's faults")
     dev.add_argument(
         "--ttl-sweep",
-        type=float,
-        default=60.0,
+        type=positive(float, or_zero=True),
+        default=DEFAULT_TTL_SWEEP_SECONDS,
         metavar="SECONDS",
-        help="delete items whose DynamoDB TTL has passed this often (60; 0: never)",
+        help="delete items whose DynamoDB TTL has passed this often (%(default)g; 0: never)",
     )
     dev.add_argument(
         "--environment-idle",

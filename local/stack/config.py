@@ -14,7 +14,8 @@ from local.cloud.assembly import CloudAssembly
 from local.cloud.resources.api_gateway import Api
 from local.lambda_runtime.environment import DEFAULT_ACCOUNT
 from local.lambda_runtime.pool import DEFAULT_IDLE_LIMIT_SECONDS
-from local.moto_server import DEFAULT_TTL_SWEEP_SECONDS, Mode
+from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
+from local.moto_server import Mode
 
 # What `cdk deploy --outputs-file` would write, for `python -m local ...` to find the running stack.
 OUTPUTS_FILE = Path(__file__).resolve().parents[2] / ".build" / "local" / "outputs.json"

@@ -612,3 +612,12 @@ def test_projected_reads_answer_as_unpatched_moto_does(moto: MotoServer) -> None
         *({"sk": {"N": str(n)}} for n in range(2, 5)),
     ]
     assert shipped[9] == [{}] * 5  # an absent attribute projects nothing
+
+
+@pytest.mark.parametrize("interval", [0, -1.0])
+def test_a_ttl_sweeper_needs_a_period_of_more_than_zero(interval: float) -> None:
+    # A period of 0 or less would sweep in a loop, holding moto's lock
+    from local.moto_dynamodb import start_ttl_sweeper
+
+    with pytest.raises(ValueError, match="more than 0 seconds"):
+        start_ttl_sweeper(interval)

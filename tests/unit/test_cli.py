@@ -216,6 +216,22 @@ def test_listen_refuses_counts_and_durations_that_are_not_positive(
     assert "listen: error: argument" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["dev", "--ttl-sweep", "-1"], ["dev", "--environment-idle", "-5"]])
+def test_dev_refuses_negative_periods(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # A negative sweep period would sweep moto's tables in a loop without pausing.
+    with pytest.raises(SystemExit) as exited:
+        parse(*argv)
+    assert exited.value.code == 2
+    assert "must be 0 or more" in capsys.readouterr().err
+
+
+def test_dev_periods_default_to_the_stack_s_and_take_zero_for_never() -> None:
+    from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
+
+    assert parse("dev").ttl_sweep == DEFAULT_TTL_SWEEP_SECONDS
+    assert parse("dev", "--ttl-sweep", "0").ttl_sweep == 0
+
+
 def test_help_explains_local_and_deployed_targets(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse("--help")
