@@ -8,15 +8,6 @@ the SDKs do) on one event-loop thread, and each request runs moto's WSGI app
 on a pool thread. The pool is large because a thread is held for the whole of
 an SQS long poll (up to 20 s) and the pumps, the simulator and the functions
 long-poll and call at once.
-
-Requests that `inline` picks run on the event-loop thread itself instead: moto's
-DynamoDB serves one request at a time anyway (`local.moto_dynamodb.REQUEST_LOCK`),
-so a pool thread bought it no parallelism, only the hand-over both ways (the pool's
-queue and wake-up, the loop's self-pipe, the GIL passed between threads): about a
-fifth of moto's CPU per UpdateItem, measured with sequential and with 8 concurrent
-callers. The price: while one runs, the loop reads no other request (a Query of
-1,000 subscriptions holds it about 0.1 s), as DynamoDB's lock already held every
-other DynamoDB request; requests on pool threads (SQS long polls) carry on.
 """
 
 from __future__ import annotations
@@ -36,7 +27,6 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-Inline = Callable[[dict[str, Any]], bool]  # whether a request (its WSGI environ) runs on the event-loop thread
 
 POOL_THREADS = 64
 MAX_BODY = 32 * 1024 * 1024  # over any AWS request the stack makes (a BatchWriteItem is at most 16 MB)
@@ -51,11 +41,8 @@ class KeepAliveWsgiServer:
     `shutdown()` and `server_close()`.
     """
 
-    def __init__(
-        self, host: str, port: int, app: WsgiApp, *, threads: int = POOL_THREADS, inline: Inline | None = None
-    ) -> None:
+    def __init__(self, host: str, port: int, app: WsgiApp, *, threads: int = POOL_THREADS) -> None:
         self._app = app
-        self._inline = inline
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -108,12 +95,9 @@ class KeepAliveWsgiServer:
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         body = await request.read()
         environ = _environ(request, body, self.server_port)
-        if self._inline is not None and self._inline(environ):
-            status, headers, payload = _call(self._app, environ)
-        else:
-            status, headers, payload = await asyncio.get_running_loop().run_in_executor(
-                self._pool, _call, self._app, environ
-            )
+        status, headers, payload = await asyncio.get_running_loop().run_in_executor(
+            self._pool, _call, self._app, environ
+        )
         code, _, reason = status.partition(" ")
         response = web.Response(status=int(code), reason=reason or None, body=payload)
         for name, value in headers:
@@ -156,7 +140,7 @@ def _environ(request: BaseRequest, body: bytes, port: int) -> dict[str, Any]:
 
 
 def _call(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    """Run the WSGI app to completion on this thread: (status line, headers, body)."""
+    """Run the WSGI app to completion on this (pool) thread: (status line, headers, body)."""
     answer: dict[str, Any] = {}
     written: list[bytes] = []
 

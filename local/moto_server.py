@@ -274,11 +274,7 @@ def _make_server(host: str, port: int) -> Any:
     backends.list_of_moto_modules = lambda: modules
 
     app = _dynamodb_first(DomainDispatcherApplication(create_backend_app))
-    return KeepAliveWsgiServer(host, port, app, inline=_is_dynamodb)
-
-
-def _is_dynamodb(environ: dict[str, Any]) -> bool:
-    return bool(environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET_PREFIX))
+    return KeepAliveWsgiServer(host, port, app)
 
 
 def _untracked_models() -> None:
@@ -319,7 +315,7 @@ def _dynamodb_first(app: Any) -> Any:
         from_wsgi_server = True  # as moto's own server marks its requests (moto then leaves the Date header to us)
 
     def dispatch(environ: dict[str, Any], start_response: Any) -> Any:
-        if not _is_dynamodb(environ):
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET_PREFIX):
             return app(environ, start_response)
         request = ServerRequest(environ)
         status, headers, body = DynamoHandler.dispatch(request, request.raw_url, dict(request.headers))

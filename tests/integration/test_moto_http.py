@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -91,36 +91,3 @@ def _receive_ignoring_the_stop(sqs: object, url: str) -> None:
         sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20)  # type: ignore[attr-defined]
     except Exception:  # the server went away mid-poll: what this test does to it
         return
-
-
-def test_requests_the_server_is_told_to_inline_run_on_its_event_loop_and_the_rest_on_pool_threads() -> None:
-    # GIVEN a server whose app records the thread each request ran on, inlining requests to /inline
-    import threading
-
-    from local.moto_http import KeepAliveWsgiServer
-
-    ran_on: dict[str, str] = {}
-
-    def app(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
-        ran_on[str(environ["PATH_INFO"])] = threading.current_thread().name
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
-
-    server = KeepAliveWsgiServer("127.0.0.1", 0, app, inline=lambda environ: environ["PATH_INFO"] == "/inline")
-    serving = threading.Thread(target=server.serve_forever, name="the-loop", daemon=True)
-    serving.start()
-    try:
-        # WHEN one request of each kind arrives
-        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
-        for path in ("/inline", "/pooled"):
-            connection.request("GET", path)
-            response = connection.getresponse()
-            assert (response.status, response.read()) == (200, b"ok")
-        connection.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-
-    # THEN the inlined one ran on the event loop's thread, the other on one of the pool's
-    assert ran_on["/inline"] == "the-loop"
-    assert ran_on["/pooled"].startswith("moto-request")
