@@ -10,9 +10,11 @@ Benchmarks print numbers, not pass/fail: a missed target is reported in the
 table and in the JSON, and the exit status is non-zero only when a benchmark
 could not run at all. A subset never overwrites bench/results.json, so that
 file always holds one complete run from one machine and one commit;
-`python -m bench.endurance` (an hour, not part of this) adds its figures to it
-under keys of its own (`endurance`, `capacity`, ...), each with its own machine
-section and command, and leaves the rest alone.
+`python -m bench.endurance` (an hour, not part of this), `bench.coalescing` and
+`bench.delivery_clients` add their figures to it under keys of their own
+(`endurance...`, `coalescing_...`, `delivery_clients_...`), each with its own
+machine section and command, and leave the rest alone; a full run here replaces
+only its own figures and keeps theirs (`separately_measured`).
 """
 
 from __future__ import annotations
@@ -256,6 +258,24 @@ def output_path(requested: Sequence[str], given: str | None) -> Path:
     return ROOT / "bench" / f"results-{'-'.join(sorted(set(requested)))}.json"
 
 
+def separately_measured(path: Path) -> dict[str, Any]:
+    """The figures in `path` of the benchmarks that run on their own and merge into the results file
+    (`bench.endurance`, an hour; `bench.coalescing`; `bench.delivery_clients`), which a run of this one keeps:
+    it replaces only its own."""
+    from bench.coalescing import PREFIX as COALESCING
+    from bench.delivery_clients import PREFIX as DELIVERY_CLIENTS
+    from bench.endurance import RESULTS_KEY as ENDURANCE
+
+    if not path.exists():
+        return {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    prefixes = (ENDURANCE, COALESCING, DELIVERY_CLIENTS)
+    return {key: value for key, value in previous.items() if key.startswith(prefixes)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.end_to_end.scenario import AUDIENCES, REPEATS
 
@@ -290,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         **figures,
     }
     path = output_path(args.benchmarks, args.output)
+    results.update(separately_measured(path))
     path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     print(f"written: {os.path.relpath(path, Path.cwd())}")
     return 0 if all(run["status"] == "ok" for run in runs.values()) else 1

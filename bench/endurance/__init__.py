@@ -25,3 +25,5 @@ process is only a client of it, as a user's dashboard would be:
 Figures are printed and merged into bench/results.json under "endurance"
 (or `--output`), with the machine section and the command.
 """
+
+RESULTS_KEY = "endurance"  # the default key in bench/results.json; every key of this benchmark starts with it

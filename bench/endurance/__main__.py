@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
+from bench.endurance import RESULTS_KEY
 from bench.endurance import __doc__ as DESCRIPTION
 from bench.endurance.dev_stack import ROOT, DevStack
 from bench.endurance.phases import run_async
@@ -30,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ready-interval", type=float, default=5.0)
     parser.add_argument("--probe-interval", type=float, default=30.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="merged under the key --key")
-    parser.add_argument("--key", default="endurance")
+    parser.add_argument("--key", default=RESULTS_KEY, help=f"starting with {RESULTS_KEY!r} (%(default)s)")
     args = parser.parse_args(argv)
+    if not args.key.startswith(RESULTS_KEY):
+        # `python -m bench` keeps this benchmark's figures by that prefix when it rewrites the file.
+        parser.error(f"--key must start with {RESULTS_KEY!r}: {args.key!r}")
     raise_fd_limit()
     figures: dict[str, Any] = {"command": "python -m bench.endurance " + " ".join(argv or sys.argv[1:])}
     figures["machine"] = machine.describe()
