@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "command": command,
-        "machine": {**machine_before, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine.at_end(machine_before),
         "total_seconds": total,
         "benchmarks": runs,
         "targets": judged,

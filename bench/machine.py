@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -69,13 +70,24 @@ def describe() -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         # Other work on a 2-core machine moves every figure: say how busy it was when they were taken.
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        # A shared virtual machine is itself faster or slower from one hour to the next (the same work has
+        # cost 36 to 73 ms minutes apart): say how fast it was, so runs on different days can be compared.
+        "reference_work_ms": _reference_work_median_ms(),
         **{f"git_{key}": value for key, value in git_commit().items()},
     }
 
 
 def at_end(described: dict[str, Any]) -> dict[str, Any]:
-    """A machine section taken before a run, with the load average as the run ends."""
-    return {**described, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    """A machine section taken before a run, with the load average and the reference work's cost as the run ends."""
+    return {
+        **described,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "reference_work_ms_at_end": _reference_work_median_ms(),
+    }
+
+
+def _reference_work_median_ms(times: int = 5) -> float:
+    return round(statistics.median(reference_work_ms() for _ in range(times)), 1)
 
 
 def merge_results(path: Path, updates: dict[str, Any], *, dropping_prefix: str | None = None) -> None:
