@@ -220,8 +220,11 @@ def process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # Killed but not yet reaped shows as a zombie.
-    status = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
+    # Killed but not yet reaped shows as a zombie; reaped since the signal above, it has no entry.
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
+    except FileNotFoundError:
+        return True
     return status.startswith("Z")
 
 
