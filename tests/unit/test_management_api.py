@@ -35,7 +35,7 @@ from quanttrade_ws.management_api.client import ManagementApiGateway
 from quanttrade_ws.management_api.connection_pool import ConnectionPool
 from quanttrade_ws.management_api.http_connection import HttpConnection
 from quanttrade_ws.management_api.retry import RetryPolicy, full_jitter_backoff
-from quanttrade_ws.management_api.sigv4 import SigV4Signer, canonical_uri, quote_segment
+from quanttrade_ws.management_api.sigv4 import BotocoreCredentials, SigV4Signer, canonical_uri, quote_segment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -386,6 +386,26 @@ def test_signing_key_is_cached_per_day_and_still_right_across_midnight(monkeypat
         # THEN the signature still matches botocore's, and the cached key belongs to that day
         assert headers["authorization"] == expected
         assert signer._key is not None and signer._key[1] == headers["x-amz-date"][:8]
+
+
+def test_default_credentials_are_those_of_boto3s_default_session(monkeypatch: Any) -> None:
+    # GIVEN boto3's default session (the one the function's DynamoDB client came from) with its own keys,
+    # and other keys in the environment, which a second, fresh session would resolve instead
+    import boto3
+    import botocore.session
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "environment-secret")
+    monkeypatch.setattr(
+        boto3,
+        "DEFAULT_SESSION",
+        boto3.Session(aws_access_key_id="AKIDDEFAULTSESSION", aws_secret_access_key="default-secret"),
+    )
+    monkeypatch.setattr(botocore.session, "get_session", lambda: pytest.fail("built a botocore session of its own"))
+    # WHEN the Management API client resolves its default credentials
+    resolved = BotocoreCredentials()()
+    # THEN they are the default session's, resolved without a session of its own
+    assert (resolved.access_key, resolved.secret_key) == ("AKIDDEFAULTSESSION", "default-secret")
 
 
 def test_canonical_uri_double_encodes_like_botocore() -> None:

@@ -74,11 +74,14 @@ class Credentials(Protocol):
 
 
 class BotocoreCredentials:
-    """Credentials from botocore's default chain, resolved once, refreshed by botocore when they near expiry.
+    """Credentials from boto3's default session, resolved once, refreshed by botocore when they near expiry.
 
     On Lambda these come from the environment and never change for the sandbox's
     lifetime; elsewhere (SSO, assumed roles) botocore's refreshable credentials
-    renew themselves inside `get_frozen_credentials`.
+    renew themselves inside `get_frozen_credentials`. The default session is the one
+    the function's boto3 clients (its DynamoDB client) were built from, so its chain
+    has already been resolved: a session of our own would cost a cold environment's
+    first post about 60 ms of CPU to load botocore's data and resolve the chain again.
     """
 
     def __init__(self) -> None:
@@ -89,9 +92,11 @@ class BotocoreCredentials:
         if self._resolved is None:
             with self._lock:
                 if self._resolved is None:
-                    import botocore.session
+                    import boto3
 
-                    resolved = botocore.session.get_session().get_credentials()
+                    if boto3.DEFAULT_SESSION is None:
+                        boto3.setup_default_session()
+                    resolved = boto3.DEFAULT_SESSION.get_credentials()  # type: ignore[union-attr]
                     if resolved is None:
                         raise GatewayError("no AWS credentials found for signing Management API calls")
                     self._resolved = resolved
