@@ -31,6 +31,7 @@ from __future__ import annotations
 import array
 import contextlib
 import decimal
+import gc
 import importlib
 import json
 import os
@@ -387,6 +388,9 @@ class ForkServer:
             return None
         sys.stdout.flush()
         sys.stderr.flush()
+        # The template's objects go to the collector's permanent generation: a collection in an environment
+        # never walks them, so it never writes to (and copies) the pages they share with the template.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             try:

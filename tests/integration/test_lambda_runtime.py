@@ -86,6 +86,7 @@ def context_of(event, context):
 
 
 def facts(event, context):
+    import gc
     import random
     import uuid
 
@@ -106,6 +107,7 @@ def facts(event, context):
         "sid": os.getsid(0),
         "fds": fds,
         "threads": len(os.listdir("/proc/self/task")),
+        "frozen": gc.get_freeze_count(),
         "init_token": INIT_TOKEN,
         "count": COUNT,
         "random": random.random(),
@@ -779,6 +781,9 @@ async def test_a_forked_environment_holds_nothing_of_the_template(make: Callable
 
     # THEN the template had imported boto3 before the environment's init phase (the first environment had not)
     assert (first["preloaded"], facts["preloaded"]) == (False, True)
+    # AND the template's objects, those preloads included, were frozen out of the collector's reach before the
+    # fork, so that collections in an environment never copy the pages it shares with the template
+    assert facts["frozen"] > first["frozen"] > 0
     # AND it is single-threaded, in its own session, and holds stdin, its log and its two channels only: no socket
     assert facts["threads"] == 1
     assert facts["sid"] == facts["pid"]
