@@ -638,6 +638,23 @@ def test_a_batch_of_new_events_is_sequenced_with_one_read_and_one_write(wired: W
     assert wired.store.stream_head("market_data:AAPL").last_seq == 6
 
 
+def test_a_batch_of_one_new_event_is_sequenced_with_one_read_and_one_write(wired: Wired, aws):
+    # GIVEN a subscriber of AAPL, its stream one tick in (a symbol's message group often hands over one event)
+    wired.connect("sub")
+    subscribe(wired, "sub", AAPL)
+    publish(wired, eb.market_data(price=1))
+    calls = DynamoCalls(aws["dynamodb"])
+
+    # WHEN one new tick is fanned out alone
+    publish(wired, eb.market_data(price=2))
+
+    # THEN it took its place with one BatchGetItem (its marker and its head) and one TransactWriteItems,
+    # not two GetItems before the write
+    assert calls.calls["BatchGetItem"] == 1 and calls.calls["TransactWriteItems"] == 1
+    assert calls.calls["GetItem"] == 0
+    assert [(m["payload"]["price"], m["seq"]) for m in data(wired, "sub")] == [(1, 1), (2, 2)]
+
+
 def test_a_redelivered_event_in_a_batch_keeps_its_seq_and_the_new_ones_follow(wired: Wired):
     # GIVEN a subscriber of AAPL, and a tick that was sequenced and delivered once already
     wired.connect("sub")

@@ -132,7 +132,7 @@ class EventFanOut:
     def _sequence_together(self, events: list[tuple[UpstreamEvent, dict[str, Any]]]) -> dict[str, tuple[int, str]]:
         """(seq, message) by SQS message id, from one read and one write for the whole batch where the store
         can; a record left out is sequenced alone by `_route` (a redelivery, a contended head, a failed write)."""
-        if len(events) < 2:
+        if not events:
             return {}
         try:
             placed = self.store.sequence_new_events([(e.detail.stream, e.id, _renderer(e)) for e, _ in events])
