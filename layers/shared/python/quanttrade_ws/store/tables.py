@@ -13,6 +13,7 @@ raises `StoreError`, which the client sees as INTERNAL.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -133,6 +134,9 @@ class DynamoTables:
                 # store's own (below): botocore's would multiply them.
                 config=Config(max_pool_connections=64, retries={"mode": "standard", "total_max_attempts": 1}),
             )
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if events is not None:
+            events.register("before-parse.dynamodb.Query", items_as_sent)
         self.backoff = backoff or Backoff()
         self._raw: Any = client
         self._db = _RetryingClient(client, self.backoff)
@@ -221,6 +225,25 @@ def failed(reasons: list[dict[str, Any]], index: int) -> bool:
 def chunks(values: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def items_as_sent(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    """A Query's items as DynamoDB sent them, spared botocore's walk of every attribute value through the model.
+
+    That walk costs about 20 us of CPU per row on the x86 bench machine: most of the fan-out's CPU for a large
+    audience (10,000 subscribers: about 300 ms before this). The wire form of an item is its parsed form for
+    every type but binary (B and BS: base64 on the wire, bytes once parsed), so an answer that may hold one is
+    left to botocore, as is any answer that is not a success.
+    """
+    body = response_dict.get("body")
+    if response_dict.get("status_code") != 200 or not isinstance(body, bytes) or b'"B"' in body or b'"BS"' in body:
+        return
+    answer = json.loads(body)
+    items = answer.pop("Items", None)
+    if not isinstance(items, list):
+        return
+    customized_response_dict["Items"] = items
+    response_dict["body"] = json.dumps(answer).encode()
 
 
 def _cancellation_reasons(error: Exception) -> list[dict[str, Any]]:
