@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -44,13 +44,22 @@ class FakeStore:
     def subscribe(self, key: str, connection_id: str, interval: float | None = None, **filters: str) -> None:
         self.subscriptions[key].append(Subscription(key, connection_id, "u", interval, filters))
 
+    page_size = 1_000_000  # subscriptions a Query page holds (DynamoDB's page is up to 1 MB)
+
     def subscribers(self, key: str) -> list[Subscription]:
+        return [subscription for page in self.subscriber_pages(key) for subscription in page]
+
+    def subscriber_pages(self, key: str) -> Iterator[list[Subscription]]:
         self.lookups[key] += 1
-        return list(self.subscriptions[key])
+        rows = list(self.subscriptions[key])
+        yield from (rows[start : start + self.page_size] for start in range(0, len(rows), self.page_size))
 
     def room_audience(self, room: str) -> list[Subscription]:
         self.lookups[f"room:{room}"] += 1
         return [Subscription(f"room:{room}", connection_id) for connection_id in self.rooms[room]]
+
+    def sequence_new_events(self, events: Any) -> None:
+        return None  # "does not apply": the fan-out sequences each event with sequence_event
 
     def sequence_event(self, stream: str, event_id: str, render: Callable[[int], str]) -> tuple[int, str, bool]:
         if event_id in self.broken_events:
@@ -385,6 +394,118 @@ def test_on_the_last_receive_an_unreachable_connection_is_closed_instead(fanout:
     assert eb.failures(response) == []
     assert gateway(fanout).closed == ["x"]
     assert fanout.metrics.totals["UndeliverableClosed"] == 1  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- large audiences, a page at a time
+
+
+def journal(fanout: EventFanOut, store: FakeStore) -> list[str]:
+    """What the fan-out does from now on, in order: Query pages read, chunks sent (their seqs), posts made."""
+    log: list[str] = []
+    read_pages, send, post_many = store.subscriber_pages, sender(fanout).send, gateway(fanout).post_many
+
+    def pages(key: str) -> Iterator[list[Subscription]]:
+        for number, page in enumerate(read_pages(key)):
+            log.append(f"page {number}")
+            yield page
+
+    def sent(queue_url: str, messages: list[Any]) -> list[Any]:
+        log.append(f"chunks of seq {sorted({json.loads(m.body)['seq'] for m in messages})}")
+        return send(queue_url, messages)
+
+    def posted(posts: Any, deadline: float | None = None) -> Any:
+        log.append(f"{len(posts)} posts")
+        return post_many(posts, deadline)
+
+    store.subscriber_pages = pages  # type: ignore[method-assign]
+    sender(fanout).send = sent  # type: ignore[method-assign]
+    gateway(fanout).post_many = posted  # type: ignore[method-assign]
+    return log
+
+
+@pytest.fixture
+def paged(store: FakeStore, clock: Clock, removed: list[str]) -> EventFanOut:
+    """Chunks of 3 connections, Query pages of 4 subscriptions; AAPL has 8 picky subscribers and 2 relaxed."""
+    store.page_size = 4
+    for index in range(8):
+        store.subscribe("market_data:AAPL", f"picky{index}", min_volume="5000")
+    store.subscribe("market_data:AAPL", "relaxed0")
+    store.subscribe("market_data:AAPL", "relaxed1")
+    fanout = make_fanout(store, clock, removed, chunk_size=3)
+    gateway(fanout).connect(*(s.connection_id for s in store.subscriptions["market_data:AAPL"]))
+    return fanout
+
+
+def posted(fanout: EventFanOut) -> list[str]:
+    """The connections that were posted something directly."""
+    return [connection_id for connection_id, frames in gateway(fanout).sent.items() if frames]
+
+
+def chunked_connections(fanout: EventFanOut) -> list[str]:
+    return sorted(c for m in sender(fanout).sent.get("delivery.fifo", []) for c in json.loads(m.body)["connections"])
+
+
+def test_a_large_audience_goes_out_in_chunks_as_its_pages_are_read(paged: EventFanOut, store: FakeStore):
+    # GIVEN an audience of 10 (over the chunk size of 3) that DynamoDB answers in pages of 4
+    log = journal(paged, store)
+
+    # WHEN a big tick (every subscriber's filter passes) is fanned out
+    response = paged.process_events(eb.records(eb.market_data(volume=10_000)))
+
+    # THEN from the second page on, the chunks of what was read went to the delivery queue before the next
+    # page was read, so delivery functions start on the first subscribers while the fan-out reads the rest
+    # (the first page waited for the second: an audience of two pages goes out in one round)
+    assert log == ["page 0", "page 1", "chunks of seq [1]", "page 2", "chunks of seq [1]"]
+    # AND every subscriber is in exactly one chunk, and nobody was posted to directly
+    assert chunked_connections(paged) == sorted(s.connection_id for s in store.subscriptions["market_data:AAPL"])
+    assert eb.failures(response) == [] and not posted(paged)
+
+
+def test_chunks_of_an_event_wait_for_the_direct_posts_to_its_stream_earlier_in_the_batch(
+    paged: EventFanOut, store: FakeStore
+):
+    # GIVEN a batch of a small tick (only the 2 relaxed subscribers: posted directly) then a big one (all 10)
+    log = journal(paged, store)
+
+    # WHEN it is fanned out
+    paged.process_events(eb.records(eb.market_data(volume=10), eb.market_data(volume=10_000)))
+
+    # THEN the big tick's chunks (its audience from the cache the first one filled) went out only after
+    # the small tick's posts, so it cannot overtake it
+    assert log == ["page 0", "page 1", "page 2", "2 posts", "chunks of seq [2]"]
+    assert chunked_connections(paged) == sorted(s.connection_id for s in store.subscriptions["market_data:AAPL"])
+
+
+def test_after_an_event_of_a_stream_went_by_chunks_the_later_ones_of_the_batch_follow_it(
+    paged: EventFanOut, store: FakeStore
+):
+    # GIVEN a batch of a big tick (10 subscribers: chunks) then a small one (2 subscribers)
+    log = journal(paged, store)
+
+    # WHEN it is fanned out
+    paged.process_events(eb.records(eb.market_data(volume=10_000), eb.market_data(volume=10)))
+
+    # THEN the small tick went by chunks too, behind the big one in the same delivery groups, not by a
+    # direct post that would reach its subscribers first
+    assert [line for line in log if not line.startswith("page")] == ["chunks of seq [1]"] * 2 + ["chunks of seq [2]"]
+    assert not posted(paged)
+    second = [m for m in sender(paged).sent["delivery.fifo"] if json.loads(m.body)["seq"] == 2]
+    assert sorted(c for m in second for c in json.loads(m.body)["connections"]) == ["relaxed0", "relaxed1"]
+
+
+def test_a_chunk_that_cannot_be_queued_fails_its_record_and_the_later_ones_of_its_group(
+    paged: EventFanOut, store: FakeStore
+):
+    # GIVEN a delivery queue that refuses every message
+    sender(paged).failing = True
+    records = eb.records(eb.market_data(volume=10_000), eb.market_data(volume=10))
+
+    # WHEN a big tick and a small one of the same message group are fanned out
+    response = paged.process_events(records)
+
+    # THEN both come back for redelivery, in order, and the small one was not posted past the failed one
+    assert eb.failures(response) == [record["messageId"] for record in records]
+    assert not posted(paged)
 
 
 def test_a_batch_whose_every_chunk_failed_answers_with_all_of_them(fanout: EventFanOut):

@@ -24,10 +24,9 @@ Going below one post per message:
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -150,11 +149,38 @@ class EventFanOut:
         detail = event.detail
         stream = detail.stream
         seq, message = place or self.store.sequence_event(stream, event.id, _renderer(event))[:2]
-        audience = self._audience(event)
-        if len(audience) > self.settings.chunk_size:
-            chunks = chunk_messages(stream, seq, message, audience, event.event_time, self.settings.chunk_size)
-            batch.chunks.append((record, chunks))
+        size = self.settings.chunk_size
+        # From the second page of its audience on, an event's chunks go to the delivery queue as the pages
+        # are read, so delivery functions start on a large audience before its last page is in (100,000
+        # subscribers are over a dozen pages). The first page waits for the second: an audience of one or two
+        # pages then goes out in one round of chunks, not a second round that queues behind the first in
+        # the same delivery groups. Unless this batch posts directly to the stream before this event: its
+        # chunks then wait for those posts (`_deliver`), so that this event cannot overtake that one.
+        send_now = stream not in batch.posted_streams
+        # Once an event of the stream went by chunks, the later ones of the batch follow it through the
+        # same delivery groups, even below the chunk size, rather than overtaking it with direct posts.
+        by_chunks = stream in batch.chunked_streams
+        audience: dict[str, bool] = {}
+        unsent: dict[str, bool] = {}
+        for number, part in enumerate(self._audience_parts(event)):
+            audience.update(part)
+            unsent.update(part)
+            if send_now and number > 0 and (by_chunks or len(audience) > size):
+                if not self._queue_chunks(
+                    chunk_messages(stream, seq, message, unsent, event.event_time, size), record, batch
+                ):
+                    return
+                unsent = {}
+        if by_chunks or len(audience) > size:
+            batch.chunked_streams.add(stream)
+            if unsent:
+                chunks = chunk_messages(stream, seq, message, unsent, event.event_time, size)
+                if send_now:
+                    self._queue_chunks(chunks, record, batch)
+                else:
+                    batch.chunks.append((record, chunks))
             return
+        batch.posted_streams.add(stream)
         for connection_id, latest_only in audience.items():
             batch.outbox[connection_id].append((stream if latest_only else None, message))
             batch.record_ids[connection_id].add(record["messageId"])
@@ -162,35 +188,56 @@ class EventFanOut:
 
     def audience(self, event: UpstreamEvent) -> list[str]:
         """Every connection that should get this event, once, in a stable order."""
-        return list(self._audience(event))
+        return [connection_id for part in self._audience_parts(event) for connection_id in part]
 
-    def _audience(self, event: UpstreamEvent) -> dict[str, bool]:
-        """The audience, each connection with whether the subscription that reached it is latest-only."""
+    def _audience_parts(self, event: UpstreamEvent) -> Iterator[dict[str, bool]]:
+        """The audience as it is read, a page of subscribers at a time: each connection once, with whether
+        the subscription that reached it is latest-only."""
         detail = event.detail
         type_key = f"{detail.stream_type.value}:*"
         keys = [detail.stream, type_key] if detail.symbol_key else [type_key]
-        chosen: dict[str, bool] = {}
+        chosen: set[str] = set()
         now = self._monotonic()
         # API Gateway authorised only the handshake: a subscriber whose access token has
         # expired gets nothing more (checked on every event, not when the audience was cached).
         wall_clock = self.clock()
         for key in keys:
-            subscriptions: list[Subscription] = self.audiences.get(key, functools.partial(self.store.subscribers, key))
-            for subscription in subscriptions:
-                if subscription.connection_id in chosen or not subscription.live_at(wall_clock):
-                    continue
-                if not detail.passes(subscription.filters):
-                    continue
-                if subscription.interval and not self._interval_due(subscription, now):
-                    continue
-                chosen[subscription.connection_id] = subscription.latest_only
+            for subscriptions in self._subscriber_pages(key):
+                part: dict[str, bool] = {}
+                for subscription in subscriptions:
+                    if subscription.connection_id in chosen or not subscription.live_at(wall_clock):
+                        continue
+                    if not detail.passes(subscription.filters):
+                        continue
+                    if subscription.interval and not self._interval_due(subscription, now):
+                        continue
+                    chosen.add(subscription.connection_id)
+                    part[subscription.connection_id] = subscription.latest_only
+                if part:
+                    yield part
         room = detail.data_room
         if room:
             members: list[Subscription] = self.audiences.get(f"room:{room}", lambda: self.store.room_audience(room))
+            part = {}
             for member in members:
-                if member.live_at(wall_clock):
-                    chosen.setdefault(member.connection_id, False)
-        return chosen
+                if member.live_at(wall_clock) and member.connection_id not in chosen:
+                    chosen.add(member.connection_id)
+                    part[member.connection_id] = False
+            if part:
+                yield part
+
+    def _subscriber_pages(self, key: str) -> Iterator[list[Subscription]]:
+        """One stream key's subscribers: from the cache at once, or page by page as DynamoDB answers (then cached)."""
+        cached: list[Subscription] | None = self.audiences.peek(key)
+        if cached is not None:
+            yield cached
+            return
+        read_at = self._monotonic()
+        read: list[Subscription] = []
+        for page in self.store.subscriber_pages(key):
+            read += page
+            yield page
+        self.audiences.put(key, read, read_at)
 
     def _interval_due(self, subscription: Subscription, now: float) -> bool:
         """At most one update per `interval` seconds for this subscription (state of the warm function)."""
@@ -201,7 +248,17 @@ class EventFanOut:
         self._last_sent[key] = now
         return True
 
+    def _queue_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: RecordBatch) -> bool:
+        """While routing: send a record's chunks now; if any is not sent, fail the record (and block its group)."""
+        if self.sender.send(self.settings.delivery_queue_url, chunks):
+            batch.fail(record)
+            return False
+        self.metrics.add_metric("DeliveryChunks", "Count", len(chunks))
+        return True
+
     def _send_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: RecordBatch) -> None:
+        """After the direct posts: send the chunks that waited for them; if any is not sent, fail the record
+        and the later records of its group."""
         if record["messageId"] in batch.failures:
             return
         if self.sender.send(self.settings.delivery_queue_url, chunks):

@@ -25,7 +25,10 @@ class RecordBatch:
     outbox: dict[str, list[tuple[str | None, str]]] = field(default_factory=lambda: defaultdict(list))
     record_ids: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     event_times: dict[str, datetime] = field(default_factory=dict)
+    # Chunks that wait for the direct posts (sent after them), by record.
     chunks: list[tuple[dict[str, Any], list[OutgoingMessage]]] = field(default_factory=list)
+    posted_streams: set[str] = field(default_factory=set)  # streams with direct posts in this batch
+    chunked_streams: set[str] = field(default_factory=set)  # streams with an event sent by chunks in this batch
     deadline: float | None = None  # for the gateway's retries of throttled posts, on the monotonic clock
 
     def fail(self, record: dict[str, Any]) -> None:

@@ -21,14 +21,24 @@ class TtlCache:
         self._entries: dict[str, tuple[float, Any]] = {}
 
     def get(self, key: str, load: Callable[[], Any]) -> Any:
-        now = self._monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        value = load()
-        if self.seconds > 0:
-            self._entries[key] = (now + self.seconds, value)
+        value = self.peek(key)
+        if value is None:
+            read_at = self._monotonic()
+            value = load()
+            self.put(key, value, read_at)
         return value
+
+    def peek(self, key: str) -> Any:
+        """The value kept for `key`, or None when there is none or it has expired."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._monotonic():
+            return entry[1]
+        return None
+
+    def put(self, key: str, value: Any, read_at: float) -> None:
+        """Keep `value` for `seconds` from `read_at` (the monotonic time its read began)."""
+        if self.seconds > 0:
+            self._entries[key] = (read_at + self.seconds, value)
 
     def forget_connection(self, connection_id: str) -> None:
         """Drop a removed connection from every cached audience at once."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from quanttrade_ws.models import Subscription
@@ -99,27 +99,32 @@ class DynamoSubscriptions(DynamoTables):
 
     def subscribers(self, stream_key: str) -> list[Subscription]:
         """Everyone subscribed to one stream key: a Query, never a Scan."""
-        return [
-            Subscription(
-                stream_key=stream_key,
-                connection_id=get_str(item, "connection_id"),
-                user_id=get_str(item, "user_id"),
-                interval=get_float(item, "interval"),
-                filters=get_string_map(item, "filters"),
-                token_expires_at=get_int(item, "token_expires_at"),
-                latest_only=get_flag(item, "latest_only"),
-            )
-            for item in self._query(
-                TableName=self.subscriptions_table,
-                KeyConditionExpression="stream_key = :k",
-                ExpressionAttributeValues={":k": s(stream_key)},
-                ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at, latest_only",
-                ExpressionAttributeNames={"#i": "interval"},
-                # Strongly consistent: a subscription written a moment ago must be seen
-                # once the fan-out's audience cache turns over (resume depends on it).
-                ConsistentRead=True,
-            )
-        ]
+        return [subscription for page in self.subscriber_pages(stream_key) for subscription in page]
+
+    def subscriber_pages(self, stream_key: str) -> Iterator[list[Subscription]]:
+        """`subscribers`, a page of the Query at a time (DynamoDB reads up to 1 MB a page: several thousand rows)."""
+        for items in self._query_pages(
+            TableName=self.subscriptions_table,
+            KeyConditionExpression="stream_key = :k",
+            ExpressionAttributeValues={":k": s(stream_key)},
+            ProjectionExpression="connection_id, user_id, #i, filters, token_expires_at, latest_only",
+            ExpressionAttributeNames={"#i": "interval"},
+            # Strongly consistent: a subscription written a moment ago must be seen
+            # once the fan-out's audience cache turns over (resume depends on it).
+            ConsistentRead=True,
+        ):
+            yield [
+                Subscription(
+                    stream_key=stream_key,
+                    connection_id=get_str(item, "connection_id"),
+                    user_id=get_str(item, "user_id"),
+                    interval=get_float(item, "interval"),
+                    filters=get_string_map(item, "filters"),
+                    token_expires_at=get_int(item, "token_expires_at"),
+                    latest_only=get_flag(item, "latest_only"),
+                )
+                for item in items
+            ]
 
     def subscriptions_of(self, connection_id: str) -> list[Subscription]:
         keys = [get_str(item, "stream_key") for item in self._owned(self.subscriptions_table, connection_id)]

@@ -208,9 +208,14 @@ class DynamoTables:
         )
 
     def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        for items in self._query_pages(**kwargs):
+            yield from items
+
+    def _query_pages(self, **kwargs: Any) -> Iterator[list[dict[str, Any]]]:
+        """A Query's items a page at a time, each page read with the store's retries (as `_scan_pages`)."""
         while True:
             page = self._db.query(**kwargs)
-            yield from page.get("Items", [])
+            yield page.get("Items", [])
             last = page.get("LastEvaluatedKey")
             if not last:
                 return
