@@ -76,21 +76,29 @@ class SimDynamoDB:
         return {"Responses": {table: found}, "UnprocessedKeys": {}}
 
     def query(self, TableName: str, ExpressionAttributeValues: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """One page of a Query: at most `query_rows_per_page` rows (DynamoDB's 1 MB), with the key to go on from."""
         key = str(next(iter(ExpressionAttributeValues.values()))["S"])
         if kwargs.get("IndexName"):
             raise NotImplementedError(f"the model serves only the fan-out's Queries, not {TableName} {kwargs}")
         # Audiences are subscriptions; data rooms have no members in these scenarios.
         count = self._audience_of(key) if TableName.endswith("subscriptions") else 0
-        units = max(0.5, count * 120 / 4096)  # strongly consistent reads of ~120-byte rows
+        start = (
+            int(kwargs["ExclusiveStartKey"]["connection_id"]["S"].rpartition("#")[2]) + 1
+            if "ExclusiveStartKey" in kwargs
+            else 0
+        )
+        rows = range(start, min(count, start + self.profile.query_rows_per_page))
+        units = max(0.5, len(rows) * 120 / 4096)  # strongly consistent reads of ~120-byte rows
         latency = self.profile.dynamodb_query
+        per_row = self.profile.query_seconds_per_item + self.profile.row_cpu_seconds
         self._call(
-            Latency(
-                latency.p50 + count * self.profile.query_seconds_per_item,
-                latency.p99 + count * self.profile.query_seconds_per_item,
-            ),
+            Latency(latency.p50 + len(rows) * per_row, latency.p99 + len(rows) * per_row),
             [(TableName, key, "r", units)],
         )
-        return {"Items": [_subscription_row(key, index) for index in range(count)]}
+        page: dict[str, Any] = {"Items": [_subscription_row(key, index) for index in rows]}
+        if rows and rows[-1] + 1 < count:
+            page["LastEvaluatedKey"] = {"stream_key": {"S": key}, **_subscription_row(key, rows[-1])}
+        return page
 
     def transact_write_items(self, TransactItems: list[dict[str, Any]]) -> dict[str, Any]:
         waits = []
