@@ -184,7 +184,8 @@ def test_queue_consumers_report_partial_batch_failures(synth: Synth) -> None:
 def test_delivery_functions_are_capped_where_the_management_api_quota_stays_full(synth: Synth) -> None:
     # Five functions of 64 posts in flight each are about the account's 10,000 calls/s; eight keep it full
     # while some wait on their next batch, their 429s retried to the deadline rather than failed (the AWS
-    # model: 100,000 subscribers in 11.0 s with 8, 12.1 s with 5, 12.4 s with 10; bench/README.md).
+    # model, before it charged the fan-out's CPU per row: 100,000 subscribers in 11.0 s with 8, 12.1 s with 5,
+    # 12.4 s with 10; bench/README.md).
     (mapping,) = [
         m["Properties"]
         for m in synth.resources("AWS::Lambda::EventSourceMapping").values()

@@ -265,7 +265,8 @@ DELIVERY = Function(
     # posts/s, so five are the account's 10,000 Management API calls/s. Eight keep the quota full while
     # some wait on their next batch; their 429s are retried until the deadline, not failed (without that
     # policy more functions only fail posts and redeliver whole chunks). The AWS model with 8: 100,000
-    # subscribers in 10.3 s warm, 11.0 s cold; 12.1 s with 5; minutes uncapped (bench/README.md).
+    # subscribers in 10.6 s warm, 11.1 s cold (2026-12-03); 12.1 s with 5 and minutes uncapped when measured
+    # before the fan-out's CPU per row was modelled (bench/README.md).
     max_concurrency=8,
     reserved_pool=2,
 )
