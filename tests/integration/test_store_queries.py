@@ -106,3 +106,25 @@ def test_items_are_taken_out_of_the_body_and_the_rest_is_left_to_botocore() -> N
     # THEN the items are handed over as sent, and everything else is still botocore's to parse
     assert customized == {"Items": [{"k": {"S": "a"}}]}
     assert json.loads(response["body"]) == {"Count": 1, "LastEvaluatedKey": {"k": {"S": "a"}}}
+
+
+def test_stores_sharing_a_client_take_the_items_once(
+    settings: Settings, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN two stores built over one client, as a warm function's parts and the tests may build them
+    from quanttrade_ws.store import tables as tables_module
+
+    runs: list[int] = []
+
+    def counted(**kwargs: Any) -> None:
+        runs.append(1)
+        items_as_sent(**kwargs)
+
+    monkeypatch.setattr(tables_module, "items_as_sent", counted)
+    provision(aws["dynamodb"], aws["sqs"], aws["events"], settings)
+    first, _second = DynamoTables(settings, aws["dynamodb"]), DynamoTables(settings, aws["dynamodb"])
+    aws["dynamodb"].put_item(TableName=first.subscriptions_table, Item=ITEM)
+
+    # WHEN one Query is answered; THEN the hook ran once for it, not once per store
+    assert query(aws["dynamodb"], first.subscriptions_table) == [ITEM]
+    assert runs == [1]

@@ -136,7 +136,8 @@ class DynamoTables:
             )
         events = getattr(getattr(client, "meta", None), "events", None)
         if events is not None:
-            events.register("before-parse.dynamodb.Query", items_as_sent)
+            # Once per client, however many stores share it.
+            events.register("before-parse.dynamodb.Query", items_as_sent, unique_id="quanttrade.items_as_sent")
         self.backoff = backoff or Backoff()
         self._raw: Any = client
         self._db = _RetryingClient(client, self.backoff)
