@@ -1,7 +1,7 @@
 """`python -m bench` (what `make bench` runs): every benchmark, one table, bench/results.json.
 
-    python -m bench                          all of them: delivery_worker, dynamodb_work, cost, cold_start,
-                                             lambda_runtime, end_to_end
+    python -m bench                          all of them: delivery_worker, dynamodb_work, audience_cpu, cost,
+                                             cold_start, lambda_runtime, end_to_end
     python -m bench end_to_end               a subset (written to bench/results-end_to_end.json)
     python -m bench end_to_end --repeats 5   fewer publishes per audience size
     python -m bench --output /tmp/r.json     write elsewhere
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # Cold start first, on a quiet machine; end to end last, as it is the longest and the busiest.
-ORDER = ("cold_start", "lambda_runtime", "delivery_worker", "dynamodb_work", "cost", "end_to_end")
+ORDER = ("cold_start", "lambda_runtime", "delivery_worker", "dynamodb_work", "audience_cpu", "cost", "end_to_end")
 NEEDS = {"cost": ("delivery_worker", "dynamodb_work")}
 
 
@@ -81,6 +81,7 @@ UNITS = (
     ("_ms", "ms", "end"),
     ("_per_cpu_second", "posts / CPU s", "end"),
     ("_microseconds_per_post", "us / post", "end"),
+    ("_microseconds_per_audience_row", "us / row", "end"),
     ("_cpu_seconds_per_1000_deliveries", "CPU s / 1k msgs", "end"),
     ("_per_second", "/ s", "end"),
     ("_seconds", "s", "end"),
@@ -116,6 +117,12 @@ def run_dynamodb_work(_: dict[str, Any], options: argparse.Namespace) -> dict[st
     from bench import dynamodb_work
 
     return dynamodb_work.run()
+
+
+def run_audience_cpu(_: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
+    from bench import audience_cpu
+
+    return audience_cpu.run()
 
 
 def run_cost(figures: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +167,7 @@ def run_end_to_end(_: dict[str, Any], options: argparse.Namespace) -> dict[str, 
 RUNNERS: dict[str, Callable[[dict[str, Any], argparse.Namespace], dict[str, Any]]] = {
     "delivery_worker": run_delivery_worker,
     "dynamodb_work": run_dynamodb_work,
+    "audience_cpu": run_audience_cpu,
     "cost": run_cost,
     "cold_start": run_cold_start,
     "lambda_runtime": run_lambda_runtime,

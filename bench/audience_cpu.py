@@ -1,0 +1,108 @@
+"""The fan-out's own CPU per audience row: what reading a large audience costs the function.
+
+The real `EventFanOut.process_events` and `DynamoStore` against moto in server
+mode (a process of its own, so its CPU is not counted), with 1,000 and then
+10,000 subscribers of one stream and no audience cache: the difference of the
+two, per row, is what the function spends reading, typing and filtering each
+subscription (the AWS model charges it, scaled to a Lambda's share of a core).
+Delivery is in memory, and above the chunk size the audience goes to an
+in-memory delivery queue, so posting is not counted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+SIZES = (1_000, 10_000)
+REPEATS = 7
+STREAM = "market_data:AAPL"
+
+
+def _record(index: int) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat()
+    event = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "MarketData",
+        "source": "quanttrade.market-data",
+        "account": "123456789012",
+        "time": now,
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"symbol": "AAPL", "price": 100 + index, "volume": 10, "timestamp": now},
+    }
+    return {"messageId": str(uuid.uuid4()), "body": json.dumps(event), "attributes": {"MessageGroupId": "AAPL"}}
+
+
+def _subscribe(client: Any, table: str, start: int, stop: int) -> None:
+    """Subscription rows as the store writes them, in bulk."""
+    rows = [
+        {
+            "stream_key": {"S": STREAM},
+            "connection_id": {"S": f"c{index:06d}AbCdEfGh="},
+            "user_id": {"S": f"user-{index}"},
+            "token_expires_at": {"N": "0"},
+            "latest_only": {"BOOL": False},
+        }
+        for index in range(start, stop)
+    ]
+    for offset in range(0, len(rows), 25):
+        request = {table: [{"PutRequest": {"Item": row}} for row in rows[offset : offset + 25]]}
+        while request:
+            request = client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+
+
+def run() -> dict[str, Any]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
+    from local.moto_server import MotoServer
+    from quanttrade_ws.config import Settings
+    from quanttrade_ws.fanout import EventFanOut
+    from quanttrade_ws.store.dynamo_store import DynamoStore
+    from tests.provision import provision
+
+    with MotoServer(port=0) as moto:
+        clients = {name: moto.client(name) for name in ("dynamodb", "sqs", "events")}
+        settings, _ = provision(
+            clients["dynamodb"],
+            clients["sqs"],
+            clients["events"],
+            Settings(jwt_secret="bench", session_secret="bench-session", subscriber_cache_seconds=0),
+        )
+        fanout = EventFanOut(
+            settings,
+            DynamoStore(settings, clients["dynamodb"]),
+            InMemoryGateway(),
+            InMemorySender(),
+            lambda _connection_id: None,
+            CountingMetrics(),
+        )
+        cpu_ms: dict[int, float] = {}
+        subscribed = 0
+        for size in SIZES:
+            _subscribe(clients["dynamodb"], settings.subscriptions_table, subscribed, size)
+            subscribed = size
+            samples = []
+            for index in range(REPEATS):
+                started = time.process_time()
+                fanout.process_events([_record(index)])
+                samples.append(time.process_time() - started)
+            cpu_ms[size] = statistics.median(samples) * 1000
+    small, large = SIZES
+    return {
+        f"fanout_event_cpu_{small}_subscribers_ms": round(cpu_ms[small], 1),
+        f"fanout_event_cpu_{large}_subscribers_ms": round(cpu_ms[large], 1),
+        "fanout_cpu_microseconds_per_audience_row": round((cpu_ms[large] - cpu_ms[small]) * 1000 / (large - small), 1),
+    }
+
+
+if __name__ == "__main__":
+    for key, value in run().items():
+        print(f"{key:50} {value}")
