@@ -11,33 +11,14 @@ in-memory delivery queue, so posting is not counted here.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 SIZES = (1_000, 10_000)
 REPEATS = 7
 STREAM = "market_data:AAPL"
-
-
-def _record(index: int) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat()
-    event = {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "MarketData",
-        "source": "quanttrade.market-data",
-        "account": "123456789012",
-        "time": now,
-        "region": "us-east-1",
-        "resources": [],
-        "detail": {"symbol": "AAPL", "price": 100 + index, "volume": 10, "timestamp": now},
-    }
-    return {"messageId": str(uuid.uuid4()), "body": json.dumps(event), "attributes": {"MessageGroupId": "AAPL"}}
 
 
 def _subscribe(client: Any, table: str, start: int, stop: int) -> None:
@@ -61,6 +42,7 @@ def _subscribe(client: Any, table: str, start: int, stop: int) -> None:
 def run() -> dict[str, Any]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    from bench.dynamodb_work import market_data_record
     from local.fakes import CountingMetrics, InMemoryGateway, InMemorySender
     from local.moto_server import MotoServer
     from quanttrade_ws.config import Settings
@@ -92,7 +74,7 @@ def run() -> dict[str, Any]:
             samples = []
             for index in range(REPEATS):
                 started = time.process_time()
-                fanout.process_events([_record(index)])
+                fanout.process_events([market_data_record("AAPL", index)])
                 samples.append(time.process_time() - started)
             cpu_ms[size] = statistics.median(samples) * 1000
     small, large = SIZES

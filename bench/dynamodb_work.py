@@ -20,7 +20,8 @@ SUBSCRIBERS = 10
 EVENTS = 50
 
 
-def _record(symbol: str, index: int) -> dict[str, Any]:
+def market_data_record(symbol: str, index: int) -> dict[str, Any]:
+    """An events-queue record of one MarketData tick, as the fan-out receives it."""
     now = datetime.now(UTC).isoformat()
     event = {
         "version": "0",
@@ -83,7 +84,7 @@ def _measure(bystanders: int) -> dict[str, float]:
         client.meta.events.register("after-call.dynamodb.*", count_items)
         fanout = EventFanOut(settings, store, gateway, InMemorySender(), lambda _cid: None, CountingMetrics())
         for index in range(EVENTS):
-            fanout.process_events([_record("AAPL", index)])
+            fanout.process_events([market_data_record("AAPL", index)])
         delivered = sum(len(gateway.sent[f"c{i:06d}"]) for i in range(SUBSCRIBERS))
         return {
             "calls_per_event": sum(calls.values()) / EVENTS,
