@@ -23,20 +23,16 @@ STREAM = "market_data:AAPL"
 
 def _subscribe(client: Any, table: str, start: int, stop: int) -> None:
     """Subscription rows as the store writes them, in bulk."""
-    rows = [
-        {
-            "stream_key": {"S": STREAM},
-            "connection_id": {"S": f"c{index:06d}AbCdEfGh="},
-            "user_id": {"S": f"user-{index}"},
-            "token_expires_at": {"N": "0"},
-            "latest_only": {"BOOL": False},
-        }
-        for index in range(start, stop)
-    ]
-    for offset in range(0, len(rows), 25):
-        request = {table: [{"PutRequest": {"Item": row}} for row in rows[offset : offset + 25]]}
-        while request:
-            request = client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+    from bench.dynamodb_work import put_rows
+
+    row = {"stream_key": {"S": STREAM}, "token_expires_at": {"N": "0"}, "latest_only": {"BOOL": False}}
+    put_rows(
+        client,
+        [
+            (table, {**row, "connection_id": {"S": f"c{index:06d}AbCdEfGh="}, "user_id": {"S": f"user-{index}"}})
+            for index in range(start, stop)
+        ],
+    )
 
 
 def run() -> dict[str, Any]:

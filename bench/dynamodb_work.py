@@ -107,6 +107,11 @@ def _add_bystanders(client: Any, settings: Any, count: int) -> None:
                 {"stream_key": {"S": f"market_data:S{index % 500}"}, "connection_id": {"S": connection_id}},
             )
         )
+    put_rows(client, rows)
+
+
+def put_rows(client: Any, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write (table, item) rows in BatchWriteItem calls of 25, again with what DynamoDB leaves unprocessed."""
     for start in range(0, len(rows), 25):
         request: dict[str, list[dict[str, Any]]] = {}
         for table, item in rows[start : start + 25]:
