@@ -17,7 +17,7 @@ from bench.aws_model.design_comparison import design_comparison
 from bench.aws_model.designs import DESIGNS, SHIPPED, VARIANT
 from bench.aws_model.goals import goals
 from bench.aws_model.grid import grid, markdown_table
-from bench.aws_model.profiles import AWS, LOCAL
+from bench.aws_model.profiles import AWS
 from bench.aws_model.validation import validate
 from quanttrade_ws.observability import logger as service_logger
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.skip_grid:
         figures["grid"] = grid(args.designs, args.max_deliveries, args.seconds, log)
     figures["profile_aws"] = asdict(AWS)
-    figures["profile_local"] = asdict(LOCAL)
+    figures["profile_local"] = figures["validation_local_end_to_end_1000"]["calibration"]["profile"]
     figures["designs"] = {name: asdict(design) for name, design in DESIGNS.items()}
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)
     with open(args.output, "w") as handle:

@@ -15,7 +15,7 @@ from bench.aws_model.designs import DESIGNS, SIX_ATTEMPTS_DELIVERY_CAP, THROTTLE
 from bench.aws_model.dynamodb import SimDynamoDB
 from bench.aws_model.lambda_function import LambdaFunction
 from bench.aws_model.management_api import ManagementApi, SimGateway
-from bench.aws_model.profiles import AWS, LOCAL
+from bench.aws_model.profiles import AWS, LOCAL, Profile
 from bench.aws_model.scheduler import Sim
 from bench.aws_model.sqs import SimQueue, SimSender
 from bench.aws_model.tally import Tally
@@ -66,10 +66,14 @@ class Outcome:
         return sorted(e.last_delivery - e.published_at for e in self.complete())
 
 
-def run_scenario(scenario: Scenario, horizon: float = 3600.0) -> Outcome:
-    """Publish `scenario.events` events at `scenario.rate` and run until every one is delivered (or `horizon`)."""
+def run_scenario(scenario: Scenario, horizon: float = 3600.0, profile: Profile | None = None) -> Outcome:
+    """Publish `scenario.events` events at `scenario.rate` and run until every one is delivered (or `horizon`).
+
+    `profile` replaces the one `scenario.profile` names (the local profile of a particular run).
+    """
     wall = time.perf_counter()
-    profile = AWS if scenario.profile == "aws" else LOCAL
+    if profile is None:
+        profile = AWS if scenario.profile == "aws" else LOCAL
     design = DESIGNS[scenario.design.removesuffix(VARIANT)]
     sim = Sim(scenario.seed)
     tally = Tally()

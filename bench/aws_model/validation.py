@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import asdict
 from typing import Any
 
 from bench.aws_model.figures import percentile
+from bench.aws_model.profiles import AUDIENCE_QUERY_MS, STACK_CPU_PER_1000_DELIVERIES, local_profile
 from bench.aws_model.scenario import Scenario, run_scenario
 
 
 def validate(results_path: str) -> dict[str, Any]:
-    """The local profile against bench/results.json's end_to_end_1000_* figures."""
+    """The local profile, with that run's own Query and CPU figures, against bench/results.json's end_to_end_1000_*."""
     measured = json.load(open(results_path))  # noqa: SIM115
+    profile = local_profile(measured)
     outcome = run_scenario(
-        Scenario(1000, 0.5, 1, 20, design="source_group", profile="local", keep_latencies=True), horizon=600
+        Scenario(1000, 0.5, 1, 20, design="source_group", profile="local", keep_latencies=True),
+        horizon=600,
+        profile=profile,
     )
     latencies = outcome.latencies or []
     times = outcome.times_to_last()
@@ -34,4 +39,10 @@ def validate(results_path: str) -> dict[str, Any]:
     comparison["within_25_percent"] = all(
         abs(entry["error_percent"]) <= 25 for entry in comparison.values() if isinstance(entry, dict)
     )
+    machine = measured.get("machine") or {}
+    comparison["calibration"] = {
+        "from": {key: measured[key] for key in (STACK_CPU_PER_1000_DELIVERIES, AUDIENCE_QUERY_MS)},
+        "run": {key: machine.get(key) for key in ("git_commit", "date", "reference_work_ms")},
+        "profile": asdict(profile),
+    }
     return comparison

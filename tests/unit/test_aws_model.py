@@ -11,7 +11,14 @@ import pytest
 from bench.aws_model.deliveries import Deliveries, EventRecord
 from bench.aws_model.lambda_function import LambdaFunction
 from bench.aws_model.management_api import ManagementApi, SimGateway
-from bench.aws_model.profiles import AWS, ms
+from bench.aws_model.profiles import (
+    AUDIENCE_QUERY_MS,
+    AWS,
+    LOCAL,
+    STACK_CPU_PER_1000_DELIVERIES,
+    local_profile,
+    ms,
+)
 from bench.aws_model.scenario import Scenario, run_scenario
 from bench.aws_model.scheduler import Sim
 from bench.aws_model.sqs import SimQueue
@@ -175,3 +182,23 @@ def test_environments_initialised_beforehand_pay_no_cold_start() -> None:
         o.events[0].last_delivery - o.events[0].published_at for o in (cold_outcome, warm_outcome)
     )
     assert first_warm < first_cold
+
+
+def test_the_local_profile_takes_the_checked_runs_own_query_and_cpu_figures() -> None:
+    measured = {STACK_CPU_PER_1000_DELIVERIES: 0.5, AUDIENCE_QUERY_MS: 120.0}
+    profile = local_profile(measured)
+    assert profile.post_cpu_seconds == pytest.approx(0.0005)
+    assert profile.query_seconds_per_item == pytest.approx(0.00012)
+    assert (
+        replace(profile, post_cpu_seconds=LOCAL.post_cpu_seconds, query_seconds_per_item=LOCAL.query_seconds_per_item)
+        == LOCAL
+    )
+    # A slower gateway in the measured run means a later last delivery in the model.
+    slow = run_scenario(Scenario(1000, 1.0, 1, 2, profile="local"), profile=profile)
+    fast = run_scenario(Scenario(1000, 1.0, 1, 2, profile="local"), profile=replace(profile, post_cpu_seconds=0.0001))
+    assert min(slow.times_to_last()) > max(fast.times_to_last())
+
+
+def test_a_run_without_the_end_to_end_figures_cannot_calibrate_the_local_profile() -> None:
+    with pytest.raises(ValueError, match=AUDIENCE_QUERY_MS):
+        local_profile({STACK_CPU_PER_1000_DELIVERIES: 0.5})
