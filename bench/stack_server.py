@@ -20,6 +20,7 @@ async def serve_stack(options: dict[str, Any]) -> None:
     """The whole local stack (moto in its own grandchild), announcing its endpoints and table names."""
     import logging
 
+    from local.heap import freeze_startup_heap
     from local.stack.config import StackConfig
     from local.stack.console_logging import configure_logging
     from local.stack.local_stack import LocalStack
@@ -29,6 +30,7 @@ async def serve_stack(options: dict[str, Any]) -> None:
     config = StackConfig(host="127.0.0.1", gateway_port=0, moto_port=0, jwt_secret=SECRET, dashboard=False, **options)
     stack = LocalStack(config)
     await stack.start()
+    freeze_startup_heap()  # as `make dev` does (local.cli.dev)
     try:
         announce(
             {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import signal
 import subprocess
@@ -42,12 +43,15 @@ import urllib.request
 from typing import IO, Any, Literal
 
 from local.cli.arguments import positive
+from local.heap import freeze_startup_heap
 from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
 from local.moto_http import KeepAliveWsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4566
 READY_PREFIX = "MOTO_READY"
+FREEZE_COMMAND = "freeze"  # a line on the child's stdin: its heap as it is now is startup's (`freeze_heap`)
+FROZEN_PREFIX = "MOTO_FROZEN"  # the child's answer, with how many objects it froze
 GRACEFUL_EXIT_SECONDS = 1.5
 DYNAMODB_TARGET_PREFIX = "DynamoDB_20120810."
 
@@ -144,7 +148,7 @@ class MotoServer:
             cwd=project_root,
             env=env,
         )
-        line = self._read_ready_line()
+        line = self._read_line()
         parts = line.split()
         if len(parts) != 3 or parts[0] != READY_PREFIX:
             errors = self._drain_stderr()
@@ -152,8 +156,8 @@ class MotoServer:
             raise MotoServerError(f"moto server did not start: {line.strip() or errors or 'no output'}")
         self.port = int(parts[2])
 
-    def _read_ready_line(self) -> str:
-        """The child's first stdout line, or '' if it does not print one in time (a hung child is killed)."""
+    def _read_line(self) -> str:
+        """The child's next stdout line, or '' if it does not print one within `start_timeout`."""
         assert self._process is not None and self._process.stdout is not None
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
@@ -214,6 +218,23 @@ class MotoServer:
             if stream is not None and not stream.closed:
                 stream.close()
         self._stderr = None
+
+    def freeze_heap(self) -> int | None:
+        """Tell a moto of its own process that what it holds now (its backends, the provisioned resources)
+        is startup's, kept out of its full collections (`local.heap`); how many objects it froze.
+
+        None if it did not answer in time, or if moto runs in this process (the caller's to manage).
+        """
+        process = self._process
+        if process is None or process.stdin is None or process.poll() is not None:
+            return None
+        try:
+            process.stdin.write(FREEZE_COMMAND + "\n")
+            process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return None  # the child is gone or going: `stop` and the readiness probe report it
+        parts = self._read_line().split()
+        return int(parts[1]) if len(parts) == 2 and parts[0] == FROZEN_PREFIX else None
 
     def reset(self) -> None:
         """Forget every table, queue, bus and item (moto's reset API): a clean slate without a restart."""
@@ -361,8 +382,11 @@ def _serve(host: str, port: int, ttl_sweep_seconds: float | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop: Ctrl-C reaches both
 
     def watch_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip() == FREEZE_COMMAND:
+                freeze_startup_heap()
+                print(f"{FROZEN_PREFIX} {gc.get_freeze_count()}", flush=True)
         # EOF on stdin means the parent closed it or died: either way, time to go.
-        sys.stdin.read()
         stopping.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()

@@ -15,6 +15,7 @@ from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from local.heap import freeze_startup_heap
     from local.stack.config import StackConfig
     from local.stack.console_logging import configure_logging
     from local.stack.local_stack import LocalStack
@@ -46,6 +47,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stopping.set)
         try:
             await stack.start()
+            freeze_startup_heap()  # this process serves the gateway for hours: see local.heap
             _print_banner(stack, args.no_simulator)
             await stopping.wait()
             print("\nstopping: closing connections ($disconnect for each), pumps, simulator, moto ...", flush=True)

@@ -294,6 +294,9 @@ class LocalStack:
         )
         for pipe in self.pipes:
             pipe.start()
+        # Provisioned: what moto holds now stays for the stack's life, so its full collections can skip it.
+        frozen = await loop.run_in_executor(None, self.moto.freeze_heap)
+        logger.debug("moto froze %s objects of its startup heap", frozen)
         interval = sweep_interval(template, self.config.sweep_interval)
         if interval:
             self._sweeper = loop.create_task(

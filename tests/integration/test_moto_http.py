@@ -91,3 +91,41 @@ def _receive_ignoring_the_stop(sqs: object, url: str) -> None:
         sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20)  # type: ignore[attr-defined]
     except Exception:  # the server went away mid-poll: what this test does to it
         return
+
+
+def test_moto_freezes_its_startup_heap_when_told_and_keeps_serving() -> None:
+    # GIVEN a moto server of its own process holding a table
+    server = MotoServer(port=0, ttl_sweep_seconds=0).start()
+    try:
+        dynamodb = server.client("dynamodb")
+        dynamodb.create_table(
+            TableName="kept",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        # WHEN the stack tells it that what it holds now is startup's
+        frozen = server.freeze_heap()
+
+        # THEN it moved its objects (tens of thousands: moto's backends and models) out of full collections,
+        # and the table is still there and writable
+        assert frozen is not None and frozen > 10_000
+        dynamodb.put_item(TableName="kept", Item={"pk": {"S": "after"}})
+        assert dynamodb.get_item(TableName="kept", Key={"pk": {"S": "after"}})["Item"]["pk"] == {"S": "after"}
+    finally:
+        server.stop()
+
+
+def test_a_moto_in_this_process_is_not_frozen_by_the_stack() -> None:
+    # GIVEN moto on a thread of the test's own process (the caller manages its own collector)
+    import gc
+
+    server = MotoServer(port=0, ttl_sweep_seconds=0, mode="thread").start()
+    try:
+        before = gc.get_freeze_count()
+        # WHEN asked to freeze, THEN nothing of this process moves
+        assert server.freeze_heap() is None
+        assert gc.get_freeze_count() == before
+    finally:
+        server.stop()
