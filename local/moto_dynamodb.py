@@ -102,6 +102,7 @@ def patch() -> None:
     items, projected each through plain Python values and boto3's serializer, and converted the answer twice.
     Here the items are not copied (the answer is written under the request lock), a projection of top-level
     names picks the stored attributes (`_project_names_directly`), and the answer is converted once: ~0.1 s.
+    Its items are sized without moto's per-attribute type calls (`_size_flat_attributes_directly`).
     """
     from moto.core.responses import ActionResult
     from moto.dynamodb import models
@@ -209,6 +210,7 @@ def patch() -> None:
     _lex_conditions_once()
     _walk_trees_by_type()
     _project_names_directly()
+    _size_flat_attributes_directly()
     models._quanttrade_patched = True  # type: ignore[attr-defined]
 
 
@@ -411,6 +413,36 @@ def _project_names_directly() -> None:
         return projected
 
     Item.project = project_names  # type: ignore[method-assign]
+
+
+def _size_flat_attributes_directly() -> None:
+    """moto sizes an item (against the 400 KB item limit on a write, the 1 MB page on a Query, twice per item
+    there) through five type checks per attribute, each a method call: 64% of moto's CPU for the fan-out's
+    1,000-row audience Query (cProfile). A string, binary, number, boolean or null attribute is sized here as
+    moto's `DynamoType.size` sizes it, without the calls; sets, lists and maps still go moto's way."""
+    from moto.dynamodb.models.dynamo_type import Item
+
+    def size(self: Any) -> int:
+        total = 0
+        for key, value in self.attrs.items():
+            total += len(key.encode("utf-8"))
+            kind, inner = value.type, value.value
+            if kind == "N":
+                total += len(str(inner))
+            elif kind in _FLAT_KINDS and isinstance(inner, str | bytes | bool):
+                if isinstance(inner, bool):
+                    total += 1
+                else:
+                    total += len(inner if isinstance(inner, bytes) else inner.encode("utf-8"))
+            else:
+                total += value.size()
+        return total
+
+    Item.size = size  # type: ignore[method-assign]
+
+
+# Attribute types whose value moto sizes as its bytes (a bool value as 1): `DynamoType.size`'s last two cases.
+_FLAT_KINDS = frozenset({"S", "B", "BOOL", "NULL"})
 
 
 def _plain(value: Any) -> Any:
