@@ -160,7 +160,7 @@ class SimQueue:
         failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
         sim.sleep(self.profile.sqs_delete.sample(sim.rng))
         self.tally.sqs_requests += 1  # the delete
-        groups = {m.group for m in batch}
+        groups = list(dict.fromkeys(m.group for m in batch))  # in batch order: a set's would vary run to run
         for group in groups:
             self.tally.group_busy[f"{self.name}:{group}"] += sim.now - began
         retry: dict[str, list[Message]] = defaultdict(list)
@@ -169,7 +169,7 @@ class SimQueue:
                 retry[message.group].append(message)
         self.tally.redelivered_records += sum(len(v) for v in retry.values())
         self.batches_in_flight -= 1
-        for group in groups - set(retry):
+        for group in (group for group in groups if group not in retry):
             self.in_flight.discard(group)
             if self.groups[group] and group not in self.order:
                 self.order.append(group)

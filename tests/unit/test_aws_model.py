@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -202,3 +203,35 @@ def test_the_local_profile_takes_the_checked_runs_own_query_and_cpu_figures() ->
 def test_a_run_without_the_end_to_end_figures_cannot_calibrate_the_local_profile() -> None:
     with pytest.raises(ValueError, match=AUDIENCE_QUERY_MS):
         local_profile({STACK_CPU_PER_1000_DELIVERIES: 0.5})
+
+
+def test_the_model_gives_the_same_figures_whatever_pythons_hash_seed() -> None:
+    # GIVEN a scenario whose batches hold several message groups (the order groups go back to the queue
+    # decides which is polled next)
+    import subprocess
+    import sys
+
+    script = (
+        "import logging\n"
+        "from quanttrade_ws.observability import logger\n"
+        "logger.setLevel(logging.CRITICAL)\n"
+        "from bench.aws_model.scenario import Scenario, run_scenario\n"
+        "outcome = run_scenario(Scenario(200, 40.0, 8, 60, design='symbol_group'))\n"
+        "print([round(t, 9) for t in outcome.times_to_last()])\n"
+    )
+
+    # WHEN it runs in interpreters with different string hashes
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+
+    # THEN every run times every event alike
+    assert len(runs) == 1
