@@ -52,6 +52,8 @@ DEFAULT_TTL_SWEEP_SECONDS = 60.0
 TTL_IGNORED_AFTER_SECONDS = 5 * 365 * 24 * 3600
 # Update expressions kept parsed: the service writes a few dozen distinct texts.
 PARSED_EXPRESSIONS = 1024
+# moto's attribute value class, bound by `patch`: moto itself is imported only where it serves.
+_DynamoType: Any = None
 
 
 def patch() -> None:
@@ -113,6 +115,10 @@ def patch() -> None:
 
     if getattr(models, "_quanttrade_patched", False):
         return
+    global _DynamoType
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    _DynamoType = DynamoType
     lock = REQUEST_LOCK
     call_action = DynamoHandler.call_action
 
@@ -211,6 +217,7 @@ def patch() -> None:
     _walk_trees_by_type()
     _project_names_directly()
     _size_flat_attributes_directly()
+    _compare_strings_directly()
     models._quanttrade_patched = True  # type: ignore[attr-defined]
 
 
@@ -441,6 +448,23 @@ def _size_flat_attributes_directly() -> None:
     Item.size = size  # type: ignore[method-assign]
 
 
+def _compare_strings_directly() -> None:
+    """moto orders two attribute values by their `cast_value`, five type checks each, for every comparison of a
+    sort: a Query sorts its partition by the sort key twice (the partition read, then moto's own sort), 2,000
+    comparisons for a 1,000-row audience. Two strings compare as their text here, which is what their cast
+    values are; every other pair goes moto's way."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    less_than = DynamoType.__lt__
+
+    def lt(self: Any, other: Any) -> bool:
+        if self.type == "S" and other.type == "S":
+            return bool(self.value < other.value)
+        return bool(less_than(self, other))
+
+    DynamoType.__lt__ = lt  # type: ignore[method-assign]
+
+
 # Attribute types whose value moto sizes as its bytes (a bool value as 1): `DynamoType.size`'s last two cases.
 _FLAT_KINDS = frozenset({"S", "B", "BOOL", "NULL"})
 
@@ -449,16 +473,17 @@ def _plain(value: Any) -> Any:
     """A data-plane result as DynamoDB's JSON protocol writes it, in one pass over moto's own objects (what its
     `dynamo_to_dict` and serializer make of them): attribute values as `{type: value}`, no null members, blobs in
     base64, epoch times."""
-    from moto.dynamodb.models.dynamo_type import DynamoType
-
+    if value.__class__ is _DynamoType:  # first: an answer is mostly attribute values
+        kind, inner = value.type, value.value
+        if kind == "B":
+            return {"B": _base64(inner)}
+        if kind == "BS":
+            return {"BS": [_base64(member) for member in inner]}
+        if inner.__class__ is str or inner.__class__ is bool:
+            return {kind: inner}  # S, N, BOOL, NULL: written as stored
+        return {kind: _plain(inner)}
     if isinstance(value, datetime):
         return value.timestamp()
-    if isinstance(value, DynamoType):
-        if value.type == "B":
-            return {"B": _base64(value.value)}
-        if value.type == "BS":
-            return {"BS": [_base64(member) for member in value.value]}
-        return {value.type: _plain(value.value)}
     if hasattr(value, "to_json"):
         return _plain(value.to_json())
     if isinstance(value, dict):

@@ -165,6 +165,7 @@ EVERY_TYPE = {
     "blobs": {"BS": [b"\x01", b"\x02\x03"]},
     "nested": {"M": {"inner": {"L": [{"S": "x"}, {"N": "1"}, {"NULL": True}, {"BOOL": False}]}}},
     "flag": {"BOOL": True},
+    "nothing": {"NULL": True},
 }
 
 

@@ -1,4 +1,4 @@
-"""moto sizes items (Query and Scan pages, BatchGetItem answers) as its own attribute sizes add up, patched or not."""
+"""moto, patched, sizes items (Query and Scan pages, BatchGetItem) and orders attribute values as unpatched."""
 
 from __future__ import annotations
 
@@ -46,3 +46,21 @@ def test_an_item_of_every_type_is_sized_as_moto_sizes_it() -> None:
     patch()
     item = Item(DynamoType({"S": "pk"}), None, {"pk": {"S": "pk"}, **ATTRIBUTES})
     assert item.size() == _as_moto_sizes_it(item) > 100
+
+
+def test_string_values_sort_in_moto_s_order_and_other_types_keep_theirs() -> None:
+    # GIVEN sort keys as a Query's partition holds them: strings (connection ids, any order), and numbers
+    patch()
+    texts = ["conn-b", "Conn-a", "conn-a", "", "é", "z", "conn-a0"]
+    numbers = ["10", "9", "-1.5", "1e3", "0"]
+
+    # WHEN they are sorted as moto's Query sorts them
+    by_text = sorted(DynamoType({"S": text}) for text in texts)
+    by_number = sorted(DynamoType({"N": number}) for number in numbers)
+
+    # THEN strings are in code point order (their cast values), numbers in numeric order
+    assert [value.value for value in by_text] == sorted(texts)
+    assert [value.value for value in by_number] == ["-1.5", "0", "9", "10", "1e3"]
+    # AND a string and a number are still not comparable, as in moto
+    with pytest.raises(TypeError):
+        _ = DynamoType({"S": "1"}) < DynamoType({"N": "1"})
