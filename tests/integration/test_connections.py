@@ -298,3 +298,36 @@ def test_a_disconnect_queries_only_the_indexes_its_connection_counts_rows_in(wir
         assert wired.store.subscriptions_of(connection_id) == [] and wired.store.rooms_of(connection_id) == []
     assert wired.store.subscribers("alerts:*") == []
     assert room_count_item(wired, "lobby") == 0 and room_count_item(wired, "desk") == 0
+
+
+def test_a_disconnect_deletes_its_subscription_rows_without_a_transaction(wired: Wired) -> None:
+    from tests.dynamo_calls import DynamoCalls
+
+    # GIVEN a connection with two subscriptions (the connection row's counter goes with the row itself)
+    calls = DynamoCalls(wired.store._raw)
+    wired.connect("leaving")
+    streams = [{"stream_type": "alerts"}, {"stream_type": "market_regime"}]
+    wired.send("leaving", {"action": "subscribe", "streams": streams})
+    assert len(wired.store.subscriptions_of("leaving")) == 2
+
+    # WHEN it disconnects
+    calls.reset()
+    wired.service.disconnect("leaving")
+
+    # THEN each row went in a conditional delete of its own (one write, where a transaction of one costs two),
+    # and nothing of it is left
+    assert calls.calls["TransactWriteItems"] == 0
+    assert calls.calls["DeleteItem"] == 3  # the two subscription rows and the connection row
+    assert wired.store.subscriptions_of("leaving") == []
+    assert wired.store.subscribers("alerts:*") == [] and wired.store.subscribers("market_regime:*") == []
+
+
+def test_removing_a_subscription_that_is_gone_says_so(wired: Wired) -> None:
+    # GIVEN a subscription removed once
+    wired.connect("twice")
+    wired.send("twice", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
+    assert wired.store.remove_subscription("alerts:*", "twice", adjust_connection=False) is True
+
+    # WHEN it is removed again, THEN there was nothing to remove
+    assert wired.store.remove_subscription("alerts:*", "twice", adjust_connection=False) is False
+    assert wired.store.remove_subscription("alerts:*", "twice") is False

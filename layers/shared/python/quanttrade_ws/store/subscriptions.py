@@ -76,26 +76,29 @@ class DynamoSubscriptions(DynamoTables):
     def remove_subscription(
         self, stream_key: str, connection_id: str, adjust_connection: bool = True, cost: int = 1
     ) -> bool:
-        """Unsubscribe, giving the subscription's `cost` back to the connection's count in the same transaction."""
+        """Unsubscribe, giving the subscription's `cost` back to the connection's count in the same transaction.
+
+        Returns whether the row was there to remove."""
         delete = {
-            "Delete": {
-                "TableName": self.subscriptions_table,
-                "Key": {"stream_key": s(stream_key), "connection_id": s(connection_id)},
-                "ConditionExpression": "attribute_exists(connection_id)",
-            }
+            "TableName": self.subscriptions_table,
+            "Key": {"stream_key": s(stream_key), "connection_id": s(connection_id)},
+            "ConditionExpression": "attribute_exists(connection_id)",
         }
-        items: list[dict[str, Any]] = [delete]
         if adjust_connection:
-            items.append(self._sub_count(connection_id, -cost))
-        # The row and its count go together or not at all: a row already gone leaves the counter alone.
-        reasons = self._transact(items)
-        if reasons is None:
-            return True
-        if failed(reasons, 0):
+            # The row and its count go together or not at all: a row already gone leaves the counter alone.
+            reasons = self._transact([{"Delete": delete}, self._sub_count(connection_id, -cost)])
+            if reasons is None:
+                return True
+            if failed(reasons, 0):
+                return False
+            # Only the counter's condition is left: the connection row, and its counter with it, is
+            # gone. The subscription still goes.
+        # The row alone: a conditional delete is the same write as a transaction of one, at half its capacity.
+        try:
+            self._db.delete_item(**delete)
+        except self._errors.ConditionalCheckFailedException:
             return False
-        # Only the counter's condition is left: the connection row, and its counter with it, is
-        # gone. The subscription still goes.
-        return self._transact([delete]) is None
+        return True
 
     def subscribers(self, stream_key: str) -> list[Subscription]:
         """Everyone subscribed to one stream key: a Query, never a Scan."""
