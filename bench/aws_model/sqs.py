@@ -169,7 +169,9 @@ class SimQueue:
                 retry[message.group].append(message)
         self.tally.redelivered_records += sum(len(v) for v in retry.values())
         self.batches_in_flight -= 1
-        for group in (group for group in groups if group not in retry):
+        for group in groups:
+            if group in retry:
+                continue
             self.in_flight.discard(group)
             if self.groups[group] and group not in self.order:
                 self.order.append(group)
