@@ -25,6 +25,9 @@ START_DEADLINE = 300.0
 STOP_DEADLINE = 60.0
 
 
+WORKERS = "lambda workers"  # the kind of every function template and execution environment process
+
+
 def process_tree(root: int) -> list[int]:
     """The root and every descendant."""
     found, pending = [], [root]
@@ -45,7 +48,7 @@ def _command(pid: int) -> str:
     if "local.moto_server" in text:
         return "moto"
     if "lambda_worker" in text:
-        return "lambda workers"
+        return WORKERS
     return "dev process" if "local dev" in text or "-m local" in text else text[:40]
 
 

@@ -10,7 +10,15 @@ import time
 from typing import Any
 
 from bench.endurance.clients import Publisher, Subscriber, Tokens
-from bench.endurance.dev_stack import DevStack, cpu_by_kind, local_stats, ready_status, stats_between, tree_usage
+from bench.endurance.dev_stack import (
+    WORKERS,
+    DevStack,
+    cpu_by_kind,
+    local_stats,
+    ready_status,
+    stats_between,
+    tree_usage,
+)
 from bench.machine import reference_work_ms
 from bench.measurement import percentile
 
@@ -99,6 +107,7 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
         endurance_rss_growth_mib_after_first_minute=round(max(s["rss_mib"] for s in after_first_minute) - baseline, 1),
         endurance_rss_change_mib_end_vs_first_minute=round(samples[-1]["rss_mib"] - baseline, 1),
         endurance_rss_by_kind_end=samples[-1]["by_kind"],
+        **environment_figures(after_first_minute),
         # Forked execution environments share their template's pages: PSS counts those once.
         endurance_pss_mib_first_minute=after_first_minute[0]["pss_mib"],
         endurance_pss_mib_end=samples[-1]["pss_mib"],
@@ -192,6 +201,31 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
         f"while delivering {figures[key + '_events_cpu_seconds_by_kind']}",
         flush=True,
     )
+
+
+def environment_figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many processes the stack ran over `samples` (from the first minute on), and the memory of those that
+    are one process each (the dev process and moto).
+
+    The summed RSS rises by a whole environment (about 57 MiB) when concurrency starts one, as Lambda
+    does, and falls when it idles out: these tell that from the same processes growing.
+    """
+
+    def processes(sample: dict[str, Any]) -> int:
+        return int(sum(kind["processes"] for kind in sample["by_kind"].values()))
+
+    def single_processes_rss(sample: dict[str, Any]) -> float:
+        return float(sum(kind["rss_mib"] for name, kind in sample["by_kind"].items() if name != WORKERS))
+
+    first = samples[0]
+    return {
+        "endurance_processes_first_minute": processes(first),
+        "endurance_processes_peak": max(processes(sample) for sample in samples),
+        "endurance_processes_end": processes(samples[-1]),
+        "endurance_rss_growth_mib_dev_and_moto_after_first_minute": round(
+            max(single_processes_rss(sample) for sample in samples) - single_processes_rss(first), 1
+        ),
+    }
 
 
 def disconnects_finished(log: str) -> int | None:
