@@ -82,7 +82,7 @@ async def endurance(stack: DevStack, args: argparse.Namespace, figures: dict[str
             cpu_per_minute.append(cpu_by_kind(samples[minute_sample], last))
             reference_per_minute.append(round(statistics.median(s["reference_ms"] for s in samples[minute_sample:]), 1))
             minute_sample = len(samples) - 1
-            processes = sum(kind["processes"] for kind in last["by_kind"].values())
+            processes = process_count(last)
             print(
                 f"  {len(ticks_per_minute):>3} min  rss {last['rss_mib']:>7.1f} MiB  pss {last['pss_mib']:>7.1f} MiB  "
                 f"cpu {last['cpu_seconds']:>7.1f} s  processes {processes:.0f}  "
@@ -203,6 +203,11 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
     )
 
 
+def process_count(sample: dict[str, Any]) -> int:
+    """How many of the stack's processes a `tree_usage` sample found, of every kind."""
+    return int(sum(kind["processes"] for kind in sample["by_kind"].values()))
+
+
 def environment_figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """How many processes the stack ran over `samples` (from the first minute on), and the memory of those that
     are one process each (the dev process and moto).
@@ -211,17 +216,14 @@ def environment_figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
     does, and falls when it idles out: these tell that from the same processes growing.
     """
 
-    def processes(sample: dict[str, Any]) -> int:
-        return int(sum(kind["processes"] for kind in sample["by_kind"].values()))
-
     def single_processes_rss(sample: dict[str, Any]) -> float:
         return float(sum(kind["rss_mib"] for name, kind in sample["by_kind"].items() if name != WORKERS))
 
     first = samples[0]
     return {
-        "endurance_processes_first_minute": processes(first),
-        "endurance_processes_peak": max(processes(sample) for sample in samples),
-        "endurance_processes_end": processes(samples[-1]),
+        "endurance_processes_first_minute": process_count(first),
+        "endurance_processes_peak": max(process_count(sample) for sample in samples),
+        "endurance_processes_end": process_count(samples[-1]),
         "endurance_rss_growth_mib_dev_and_moto_after_first_minute": round(
             max(single_processes_rss(sample) for sample in samples) - single_processes_rss(first), 1
         ),
