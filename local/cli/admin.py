@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import urllib.error
@@ -19,7 +18,7 @@ from typing import Any
 
 from local.cli.arguments import add_deployed_options, positive
 from local.cli.deployed import DEFAULT_REGION, aws_session, deployed_stack, is_deployed, local_only_profile
-from local.cli.local_target import ADMIN_PREFIX, DEFAULT_HTTP_URL
+from local.cli.local_target import ADMIN_PREFIX, DEFAULT_HTTP_URL, local_region
 
 _EXECUTE_API_HOST = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -53,7 +52,7 @@ def local_admin_request(args: argparse.Namespace, path: str) -> Any:
     from local.signed_http import signed_request as signed_as_admin
 
     url = (args.url or DEFAULT_HTTP_URL).rstrip("/") + path
-    return signed_as_admin("GET", url, region=args.region or os.environ.get("AWS_REGION", DEFAULT_REGION))
+    return signed_as_admin("GET", url, region=local_region())
 
 
 def admin_request(args: argparse.Namespace, path: str) -> Any:

@@ -27,13 +27,10 @@ def local_signing_key() -> str:
     secret = os.environ.get("QT_JWT_SECRET")
     if secret:
         return secret
-    from local.stack.config import OUTPUTS_FILE
-
     try:
-        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
-        outputs = next(iter(document.values()))
+        outputs = _running_stack_outputs()
         endpoint, secret_arn = outputs["LocalAwsEndpoint"], outputs["LocalSigningKeySecretArn"]
-    except (OSError, ValueError, StopIteration, KeyError, AttributeError):
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
         raise SystemExit(
             "no local stack is running (start it with `make dev`), and QT_JWT_SECRET is not set: "
             "there is no key to mint a token with"
@@ -53,16 +50,36 @@ def local_signing_key() -> str:
 
 def local_event_bus() -> str:
     """The bus of the running local stack: the EventBusName output of the template it runs (it carries the stage)."""
-    from local.stack.config import OUTPUTS_FILE
-
     try:
-        document = json.loads(OUTPUTS_FILE.read_text(encoding="utf-8"))
-        return str(next(iter(document.values()))["EventBusName"])
+        return str(_running_stack_outputs()["EventBusName"])
     except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
         raise SystemExit(
             "no local stack is running (start it with `make dev`) to take the event bus name from: "
             "give --bus NAME, or --outputs/--stack for a deployed stack"
         ) from None
+
+
+def local_region() -> str:
+    """The region the running local stack serves, whatever $AWS_REGION says.
+
+    The stack lives in one region (its ARNs carry it), and it refuses what is
+    signed for another, as AWS would: a developer's shell set up for a deployed
+    stage must not break the local commands. Without a running stack, the
+    region `make dev` uses.
+    """
+    from local.stack.config import StackConfig
+
+    try:
+        return str(_running_stack_outputs()["LocalSigningKeySecretArn"]).split(":")[3]
+    except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError, IndexError):
+        return StackConfig().region
+
+
+def _running_stack_outputs() -> Any:
+    """The outputs `make dev` wrote for the stack it runs (raises OSError or ValueError when there is none)."""
+    from local.stack.config import OUTPUTS_FILE
+
+    return next(iter(json.loads(OUTPUTS_FILE.read_text(encoding="utf-8")).values()))
 
 
 def quiet_development_warnings() -> None:

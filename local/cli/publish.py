@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
 
 from local.cli.arguments import add_deployed_options
 from local.cli.deployed import DEFAULT_REGION, aws_error, aws_session, deployed_stack, is_deployed
-from local.cli.local_target import DEFAULT_AWS_ENDPOINT, local_event_bus
+from local.cli.local_target import DEFAULT_AWS_ENDPOINT, local_event_bus, local_region
 
 
 def build_entry(detail_type: str | None, payload: dict[str, Any], bus: str) -> dict[str, Any]:
@@ -69,8 +68,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
             raise SystemExit("--profile/--aws alone name no stack: give --bus NAME, or --outputs/--stack")
     else:
         # moto accepts any keys; fixed ones keep a developer's real credentials out of local traffic.
-        region = args.region or os.environ.get("AWS_REGION", DEFAULT_REGION)
-        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=local_region()
+        )
         bus = args.bus or local_event_bus()
     entry = build_entry(detail_type, payload, bus)
     if not args.force:

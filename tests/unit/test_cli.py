@@ -591,14 +591,17 @@ def test_a_non_2xx_answer_is_a_clear_error_and_a_non_zero_exit(
 
 
 def test_local_admin_requests_are_signed_as_the_local_administrator(
-    admin_server: AdminServer, capsys: pytest.CaptureFixture[str]
+    admin_server: AdminServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # GIVEN a shell set up for a deployed stage in another region
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
     # WHEN the CLI reads the local admin API (IAM-authorised, as the deployed one is)
     assert main.main(["stats", "--url", admin_server.url]) == 0
     # THEN the request carries a SigV4 signature (service execute-api) that verifies with the local admin's keys
     assert admin_server.last.path == "/admin/stats"
     headers = admin_server.last.headers
     assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    # (in the local stack's region, not $AWS_REGION's: the stack would refuse that scope)
     signer = verify(
         method="GET",
         path="/admin/stats",
@@ -774,6 +777,21 @@ def test_local_publish_takes_the_bus_from_the_running_local_stack(
     write_outputs(tmp_path / "outputs.json", {"QuantTrade-dev": stack_outputs(EventBusName="quanttrade-dev")})
     # THEN publish uses that stage's bus
     assert local_target.local_event_bus() == "quanttrade-dev"
+
+
+def test_local_commands_use_the_running_local_stacks_region_whatever_aws_region_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import local.stack.config
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setattr(local.stack.config, "OUTPUTS_FILE", tmp_path / "outputs.json")
+    # GIVEN no local stack running THEN the region is the one `make dev` uses
+    assert local_target.local_region() == "us-east-1"
+    # GIVEN a local stack started in another region THEN its region, from the ARNs it wrote
+    arn = "arn:aws:secretsmanager:ap-southeast-2:123456789012:secret:QuantTradeJwt-AbCdEf"
+    write_outputs(tmp_path / "outputs.json", {"QuantTrade-prod": stack_outputs(LocalSigningKeySecretArn=arn)})
+    assert local_target.local_region() == "ap-southeast-2"
 
 
 def test_publish_with_only_a_profile_needs_a_bus(mocked_aws: None) -> None:
