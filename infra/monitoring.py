@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from aws_cdk import Aws, Duration
+from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
@@ -81,10 +81,11 @@ class Monitoring(Construct):
         delivery_lag_threshold_ms: float,
         queue_age_threshold_seconds: int,
         alarm_email: str | None,
+        removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, construct_id)
         self._physical_name = physical_name  # alarm and dashboard names, unique per stage
-        self.topic = self._alarm_topic(alarm_email, stage)
+        self.topic = self._alarm_topic(alarm_email, stage, removal_policy)
         self.alarms: list[cloudwatch.Alarm] = []
         self._api_id = websocket_api_id
         self._stage_name = stage_name
@@ -223,14 +224,20 @@ class Monitoring(Construct):
             period=period,
         )
 
-    def _alarm_topic(self, alarm_email: str | None, stage: str) -> sns.Topic:
+    def _alarm_topic(self, alarm_email: str | None, stage: str, removal_policy: RemovalPolicy) -> sns.Topic:
         # SNS encryption needs a customer managed key: CloudWatch cannot use
         # the AWS managed alias/aws/sns key to publish alarm notifications.
+        # It follows the stage's removal policy: a retained key keeps old
+        # notifications readable; a throwaway stage's is scheduled for deletion
+        # (after KMS's shortest waiting period) instead of costing a month each.
+        destroy = removal_policy == RemovalPolicy.DESTROY
         key = kms.Key(
             self,
             "AlarmTopicKey",
             description="Encrypts the QuantTrade alarm topic",
             enable_key_rotation=True,
+            removal_policy=removal_policy,
+            pending_window=Duration.days(7) if destroy else None,
         )
         key.add_to_resource_policy(
             iam.PolicyStatement(

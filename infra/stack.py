@@ -152,6 +152,7 @@ class QuantTradeStack(Stack):
             delivery_lag_threshold_ms=config.delivery_lag_threshold_ms,
             queue_age_threshold_seconds=config.queue_age_threshold_seconds,
             alarm_email=config.alarm_email,
+            removal_policy=removal,
         )
 
         CfnOutput(self, "WebSocketUrl", value=self.websocket.url, description="Clients connect here (wss://)")

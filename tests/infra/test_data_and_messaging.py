@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from quanttrade_ws import topology
 from tests.infra.conftest import Synth
@@ -48,6 +49,27 @@ def test_tables_survive_stack_deletion_by_default(synth: Synth) -> None:
     for declared in topology.TABLES:
         resource = synth.json["Resources"][synth.logical_id(synth.stack.tables[declared])]
         assert resource["DeletionPolicy"] == "Retain"
+
+
+def test_a_destroy_stage_keeps_only_api_gateways_account_wide_logging_setting(
+    synth: Synth, variant: Callable[[str], Synth]
+) -> None:
+    # GIVEN the default stage THEN the alarm topic's key is kept with the data it encrypted
+    (default_key,) = synth.resources("AWS::KMS::Key").values()
+    assert default_key["DeletionPolicy"] == "Retain"
+    # GIVEN a throwaway stage (removal_policy=destroy)
+    throwaway = variant("destroy")
+    # THEN nothing outlives the stack but the account's API Gateway logging role and the setting that names it,
+    # which other APIs in the account and region rely on
+    retained = {
+        resource["Type"]
+        for resource in throwaway.json["Resources"].values()
+        if resource.get("DeletionPolicy", "Delete") != "Delete"
+    }
+    assert retained == {"AWS::ApiGateway::Account", "AWS::IAM::Role"}
+    # AND the key is scheduled for deletion after KMS's shortest waiting period
+    (key,) = throwaway.resources("AWS::KMS::Key").values()
+    assert (key["DeletionPolicy"], key["Properties"]["PendingWindowInDays"]) == ("Delete", 7)
 
 
 def test_every_source_queue_has_a_matching_dead_letter_queue(synth: Synth) -> None:
