@@ -31,6 +31,15 @@ def test_the_cdk_cli_is_pinned_exactly_and_the_lock_agrees() -> None:
     assert lock["packages"][""]["devDependencies"]["aws-cdk"] == pinned
 
 
+def test_the_libraries_that_synthesize_a_deploy_are_pinned_exactly() -> None:
+    # A range would let a fresh environment pick a newer aws-cdk-lib than the pinned CLI reads
+    requirements = (REPO_ROOT / "requirements-dev.txt").read_text()
+    pins = dict(re.findall(r"^(aws-cdk-lib|constructs|cdk-nag)==(\S+)$", requirements, flags=re.MULTILINE))
+    assert sorted(pins) == ["aws-cdk-lib", "cdk-nag", "constructs"]
+    for version in pins.values():
+        _version(version)
+
+
 def test_the_pinned_cli_reads_the_cloud_assembly_this_aws_cdk_lib_writes() -> None:
     # GIVEN the CLI release that the installed library's cloud assembly schema names as the first to support it
     # (since 2025 the CLI, 2.1xxx.y, is versioned apart from aws-cdk-lib, 2.2xx.y: the schema links the two)
