@@ -74,7 +74,7 @@ def _print_banner(stack: Any, simulator_off: bool) -> None:
         f"  WebSocket    {url}",
         f"  Dashboard    {stack.dashboard_url}?token={token}",
         f"  Management   {stack.management_endpoint}/@connections/{{connectionId}}",
-        f"  Admin API    {stack.http_url}/admin/stats",
+        f"  Admin API    {stack.http_url}/admin/stats  (IAM-authorised, as deployed: `python -m local stats` signs)",
         f"  Ready        {stack.http_url}/ready",
         f"  AWS (moto)   {stack.aws_endpoint_url}  (DynamoDB, SQS, Secrets Manager, EventBridge bus "
         f"'{stack.event_bus_name}')",
