@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from quanttrade_ws.auth import ALL_PERMISSIONS
@@ -173,6 +173,15 @@ def conn(wired: Wired) -> Wired:
     return wired
 
 
+def _keys(value: Any) -> list[str]:
+    """Every key of every object in a decoded frame."""
+    if isinstance(value, dict):
+        return [str(key) for key in value] + [key for child in value.values() for key in _keys(child)]
+    if isinstance(value, list):
+        return [key for child in value for key in _keys(child)]
+    return []
+
+
 def exactly_one_good_reply(
     wired: Wired, body: str | bytes, sent: dict[str, Any] | None = None, record: bool = True
 ) -> dict[str, Any]:
@@ -193,9 +202,11 @@ def exactly_one_good_reply(
         assert isinstance(payload["message"], str) and payload["message"]
         assert len(payload["message"]) <= 1024, "error messages stay short whatever the input"
         text = body if isinstance(body, str) else body.decode(errors="replace")
+        # A problem's location joins the client's own keys with dots (`last_seq.py` for a key "py").
+        own = text + "".join(f".{key}" for key in _keys(sent))
         for leak in LEAKS:
             # a client may see its own key names echoed (cut short); anything else is a leak
-            assert leak not in payload["message"] or leak in text, leak
+            assert leak not in payload["message"] or leak in own, leak
     if record:  # --hypothesis-show-statistics shows which replies the random frames reached
         event(reply["payload"].get("error_code", reply["message_type"]))
     if isinstance(sent, dict):
@@ -227,6 +238,8 @@ def test_random_dicts_with_random_actions_and_fields(conn: Wired, frame: dict[st
 
 @EXAMPLES
 @given(frame=near_valid_frames)
+# A client's key that looks like a file suffix is echoed in the problem's location, which is not a leak.
+@example(frame={"action": "resume", "session_token": None, "last_seq": {"py": -1}})
 def test_near_valid_frames(conn: Wired, frame: dict[str, Any]) -> None:
     exactly_one_good_reply(conn, json.dumps(frame), frame)
 
