@@ -346,13 +346,24 @@ def test_an_event_whose_history_entry_expired_is_sequenced_anew(wired: Wired):
 # ---------------------------------------------------------------- invalid events
 
 
+def tick_with(**extra: object) -> str:
+    """A market data tick whose detail carries more fields."""
+    event = eb.market_data()
+    return json.dumps({**event, "detail": {**event["detail"], **extra}})
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
         ("{not json", "Expecting property name"),
         (json.dumps(eb.eventbridge_event("Gossip", {"x": 1})), "unknown detail-type"),
         (json.dumps({**eb.market_data(), "detail": {"symbol": "AAPL", "price": -3}}), "price"),
+        # Fields it may not carry: the server sets event_id on every data message
+        (tick_with(event_id="mine"), "set by the server"),
+        # A message API Gateway would refuse (413) for every subscriber on every receive
+        (tick_with(context="x" * 140_000), "a WebSocket message may carry"),
     ],
+    ids=["not-json", "unknown-type", "invalid-field", "reserved-name", "over-the-message-size"],
 )
 def test_an_invalid_event_goes_to_the_dlq_and_its_neighbours_are_delivered(wired: Wired, body, reason):
     # GIVEN a subscriber and a batch with a poison event between two valid ticks, all in one group

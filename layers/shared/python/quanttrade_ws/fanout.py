@@ -48,6 +48,8 @@ from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_e
 # metrics, returning the batch response. Posts still throttled this close to the end are failed
 # (their records come back) rather than retried into a Lambda timeout, which would fail the whole batch.
 DEADLINE_RESERVE_SECONDS = 2.0
+# A seq wider than any stream reaches (a million a second for 30 years), to size a message before it has one.
+WIDEST_SEQ = 10**15
 
 
 class Metrics(Protocol):
@@ -101,7 +103,7 @@ class EventFanOut:
         parsed: list[tuple[dict[str, Any], UpstreamEvent | str]] = []
         for record in records:
             try:
-                parsed.append((record, parse_upstream_event(json.loads(record["body"]))))
+                parsed.append((record, self._deliverable(parse_upstream_event(json.loads(record["body"])))))
             except (ValueError, RecursionError, InvalidEvent) as error:
                 # RecursionError: a body nested deeper than the JSON parser recurses is poison too.
                 parsed.append((record, str(error) or type(error).__name__))
@@ -127,6 +129,23 @@ class EventFanOut:
             self._send_chunks(chunks, record, batch)
         self._linger(started, len(records), topology.FANOUT.batch_size)
         return batch.response()
+
+    def _deliverable(self, event: UpstreamEvent) -> UpstreamEvent:
+        """The event, if API Gateway would take the message it becomes; InvalidEvent if not.
+
+        A message over the WebSocket message size is refused (413) for every subscriber on every
+        receive: as a transient failure it would hold its message group until the last receive,
+        and then close the connections of its whole audience as unreachable. It goes to the
+        dead-letter queue at once instead, with the reason.
+        """
+        limit = self.settings.limits.max_message_bytes
+        size = len(_renderer(event)(WIDEST_SEQ).encode())
+        if size > limit:
+            raise InvalidEvent(
+                f"{event.detail_type}: its message would be {size} bytes, "
+                f"over the {limit} a WebSocket message may carry"
+            )
+        return event
 
     def _sequence_together(self, events: list[tuple[UpstreamEvent, dict[str, Any]]]) -> dict[str, tuple[int, str]]:
         """(seq, message) by SQS message id, from one read and one write for the whole batch where the store

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from quanttrade_protocol.data import (
     AlertFields,
@@ -27,6 +27,8 @@ from quanttrade_protocol.data import (
 from quanttrade_ws.protocol import MessageType, Severity, StreamType
 
 SEVERITY_ORDER = {severity.value: rank for rank, severity in enumerate(Severity)}
+# What the server adds to a data message's payload (quanttrade_protocol.data.DataPayload).
+RESERVED_DETAIL_NAMES = frozenset({"event_id"})
 
 
 class _Detail(DataFields):
@@ -35,6 +37,17 @@ class _Detail(DataFields):
 
     stream_type: ClassVar[StreamType]
     message_type: ClassVar[MessageType]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_reserved_names(cls, data: Any) -> Any:
+        # Extra fields reach subscribers as sent, beside the ones the server adds: one of those
+        # names in the detail could not be both.
+        if isinstance(data, dict):
+            taken = sorted(RESERVED_DETAIL_NAMES & data.keys())
+            if taken:
+                raise ValueError(f"{', '.join(taken)} is set by the server on every data message, not by the event")
+        return data
 
     @property
     def symbol_key(self) -> str | None:
@@ -207,6 +220,7 @@ def parse_upstream_event(raw: dict[str, Any]) -> UpstreamEvent:
         return UpstreamEvent.model_validate({**raw, "detail": detail})
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)[:3]
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in error.errors(include_url=False)[:3]
         )
         raise InvalidEvent(f"{detail_type}: {problems}") from None
