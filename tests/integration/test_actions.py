@@ -254,6 +254,21 @@ def test_rate_window_counts_arrivals_not_processing_time(wired: Wired) -> None:
     assert_error(received(wired, "c1")[-1], "RATE_LIMIT")
 
 
+def test_frames_processed_after_a_later_ones_window_still_count(wired: Wired) -> None:
+    # GIVEN a frame of this second already counted, then a flood from the second before whose
+    # invocations queued past it (late, not lost)
+    wired.connect("c1")
+    now = wired.clock.now
+    wired.service.handle_frame("c1", '{"action": "ping"}', received_at=now)
+    for _ in range(100):
+        wired.service.handle_frame("c1", '{"action": "ping"}', received_at=now - 1)
+    # THEN the late frames count in the window that is open: the flood is limited, not free
+    assert_error(received(wired, "c1")[-1], "RATE_LIMIT")
+    # AND the connection's activity stays the newest frame's
+    connection = wired.store.get_connection("c1")
+    assert connection is not None and connection.last_activity == int(now)
+
+
 def test_rate_limit_is_per_connection(wired: Wired) -> None:
     wired.connect("busy")
     wired.connect("calm")

@@ -53,40 +53,47 @@ class DynamoConnections(DynamoTables):
         (when the frame arrived; now if not given), atomically.
 
         Tries the cheap case first (a new window, one write), and only when another
-        frame already opened this second does it add to the count. Returns the
-        updated row, or None when the connection is gone.
+        frame already opened this second does it add to the count; a frame from a
+        second already past counts in the open window. Returns the updated row, or
+        None when the connection is gone.
         """
         now = self.clock() if received_at is None else received_at
         window = int(now)
-        common = {":now": n(int(now)), ":w": n(window), ":exp": n(self._connection_expiry(now))}
+        common = {":now": n(int(now)), ":w": n(window), ":exp": n(self._connection_expiry(now)), ":one": n(cost)}
+        steps = (
+            # A new window: this frame opens it.
+            (
+                "SET last_activity = :now, rl_window = :w, rl_count = :one, expires_at = :exp",
+                "attribute_exists(pk) AND (attribute_not_exists(rl_window) OR rl_window < :w)",
+            ),
+            # Another frame already opened this second.
+            (
+                "SET last_activity = :now, expires_at = :exp ADD rl_count :one",
+                "attribute_exists(pk) AND rl_window = :w",
+            ),
+            # A late frame (its invocation queued past a later frame's second): it counts in the window
+            # that is open, or a flood whose invocations queue would go uncounted. Its activity is older
+            # than what the row holds, so that stays.
+            ("ADD rl_count :one", "attribute_exists(pk) AND rl_window > :w"),
+        )
         key = {"pk": s(connection_id)}
         for _ in range(3):
-            try:
-                result = self._db.update_item(
-                    TableName=self.connections_table,
-                    Key=key,
-                    UpdateExpression="SET last_activity = :now, rl_window = :w, rl_count = :one, expires_at = :exp",
-                    ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(rl_window) OR rl_window < :w)",
-                    ExpressionAttributeValues={**common, ":one": n(cost)},
-                    ReturnValues="ALL_NEW",
-                )
-                return _connection_from_item(result["Attributes"])
-            except self._errors.ConditionalCheckFailedException:
-                pass
-            try:
-                result = self._db.update_item(
-                    TableName=self.connections_table,
-                    Key=key,
-                    UpdateExpression="SET last_activity = :now, expires_at = :exp ADD rl_count :one",
-                    ConditionExpression="attribute_exists(pk) AND rl_window = :w",
-                    ExpressionAttributeValues={**common, ":one": n(cost)},
-                    ReturnValues="ALL_NEW",
-                )
-                return _connection_from_item(result["Attributes"])
-            except self._errors.ConditionalCheckFailedException:
-                if self.get_connection(connection_id) is None:
-                    return None
-                # The window moved on between the two writes: start over.
+            for update, condition in steps:
+                try:
+                    result = self._db.update_item(
+                        TableName=self.connections_table,
+                        Key=key,
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeValues={k: v for k, v in common.items() if k in update or k in condition},
+                        ReturnValues="ALL_NEW",
+                    )
+                    return _connection_from_item(result["Attributes"])
+                except self._errors.ConditionalCheckFailedException:
+                    pass
+            if self.get_connection(connection_id) is None:
+                return None
+            # The window moved on between the writes: start over.
         return self.get_connection(connection_id)
 
     def add_rate_warning(self, connection_id: str) -> int:
