@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from quanttrade_ws import fanout as fanout_module
 from quanttrade_ws.auth import ALL_PERMISSIONS
 from quanttrade_ws.delivery_chunks import CHUNK_SHARDS
 from quanttrade_ws.store.ports import JoinLimits
@@ -251,6 +252,33 @@ def test_interval_throttles_each_subscription_separately(wired: Wired):
     # THEN AAPL arrived once, MSFT each second
     assert seqs(wired, "mixed", "market_data:AAPL") == [1]
     assert seqs(wired, "mixed", "market_data:MSFT") == [1, 2, 3]
+
+
+def test_interval_state_stays_bounded_as_connections_come_and_go(wired: Wired, monkeypatch: pytest.MonkeyPatch):
+    # GIVEN a warm fan-out that keeps the interval state of at most ten subscriptions
+    monkeypatch.setattr(fanout_module, "INTERVAL_STATE_ENTRIES", 10)
+    # AND eight connections that had a tick with a one-second interval, then left
+    gone = [f"gone{n}" for n in range(8)]
+    for cid in gone:
+        wired.connect(cid, user_id=cid)
+        subscribe(wired, cid, {**AAPL, "interval": 1})
+    wired.clock.now = T0
+    publish(wired, eb.market_data(price=100, at=T0))
+    for cid in gone:
+        wired.send(cid, {"action": "unsubscribe", "streams": [AAPL]})
+    # WHEN three more subscribe with a minute's interval and get a tick
+    live = [f"live{n}" for n in range(3)]
+    for cid in live:
+        wired.connect(cid, user_id=cid)
+        subscribe(wired, cid, {**AAPL, "interval": 60})
+    wired.clock.now = T0 + 5
+    publish(wired, eb.market_data(price=105, at=T0 + 5))
+    # THEN past ten entries, those whose interval has passed made room: the state is the live ones'
+    assert sorted(wired.fanout._last_sent) == [(cid, "market_data:AAPL") for cid in live]
+    # AND they are still throttled: each got the last value on subscribing, then the tick of +5 s, not +6 s
+    wired.clock.now = T0 + 6
+    publish(wired, eb.market_data(price=106, at=T0 + 6))
+    assert [[m["payload"]["price"] for m in data(wired, cid)] for cid in live] == [[100, 105]] * 3
 
 
 # ---------------------------------------------------------------- sequence numbers and order

@@ -633,18 +633,6 @@ def test_gone_connections_are_removed_once_per_batch(fanout: EventFanOut, store:
     assert [m["stream"] for m in gateway(fanout).messages("live")] == ["market_data:AAPL", "market_data:MSFT"]
 
 
-def test_a_gone_connection_leaves_no_interval_state_behind(fanout: EventFanOut, store: FakeStore):
-    # GIVEN a throttled subscription (interval) whose connection turns out to be gone
-    store.subscribe("market_data:AAPL", "gone", interval=5)
-    store.subscribe("market_data:AAPL", "live", interval=5)
-    gateway(fanout).connect("live", "gone")
-    gateway(fanout).gone.add("gone")
-    # WHEN a tick is fanned out
-    fanout.process_events(eb.records(eb.market_data("AAPL")))
-    # THEN the warm function remembers intervals only for the live connection (no growth with churn)
-    assert {connection_id for connection_id, _key in fanout._last_sent} == {"live"}
-
-
 # ---------------------------------------------------------------- conflation and the coalescing window
 
 

@@ -48,6 +48,8 @@ from quanttrade_ws.upstream import InvalidEvent, UpstreamEvent, parse_upstream_e
 # metrics, returning the batch response. Posts still throttled this close to the end are failed
 # (their records come back) rather than retried into a Lambda timeout, which would fail the whole batch.
 DEADLINE_RESERVE_SECONDS = 2.0
+# The `interval` state a warm fan-out keeps, (connection, stream) pairs: about 40 MB at most.
+INTERVAL_STATE_ENTRIES = 100_000
 # A seq wider than any stream reaches (a million a second for 30 years), to size a message before it has one.
 WIDEST_SEQ = 10**15
 
@@ -81,7 +83,7 @@ class EventFanOut:
         self._monotonic = monotonic
         self._sleep = sleep
         self.audiences = TtlCache(settings.subscriber_cache_seconds, monotonic)
-        self._last_sent: dict[tuple[str, str], float] = {}
+        self._last_sent: dict[tuple[str, str], tuple[float, float]] = {}  # (sent at, interval)
 
     # ------------------------------------------------------------ events queue
 
@@ -259,13 +261,32 @@ class EventFanOut:
         self.audiences.put(key, read, read_at)
 
     def _interval_due(self, subscription: Subscription, now: float) -> bool:
-        """At most one update per `interval` seconds for this subscription (state of the warm function)."""
+        """At most one update per `interval` seconds for this subscription (state of the warm function).
+
+        Best effort, as any warm function's state is (a new environment starts without it). The
+        state is bounded however many connections come and go: past `INTERVAL_STATE_ENTRIES`,
+        the entries whose interval has passed go (they decide nothing any more), then the
+        longest unsent ones (a connection that went away is never sent to again).
+        """
         key = (subscription.connection_id, subscription.stream_key)
-        last = self._last_sent.get(key)
-        if last is not None and now - last < float(subscription.interval or 0):
+        interval = float(subscription.interval or 0)
+        entry = self._last_sent.get(key)
+        if entry is not None and now - entry[0] < interval:
             return False
-        self._last_sent[key] = now
+        self._last_sent.pop(key, None)  # to the back: the order is the order of sending
+        self._last_sent[key] = (now, interval)
+        if len(self._last_sent) > INTERVAL_STATE_ENTRIES:
+            self._trim_interval_state(now)
         return True
+
+    def _trim_interval_state(self, now: float) -> None:
+        # Down to nine tenths, so that a full state is trimmed once per tenth of it, not on every send.
+        keep = INTERVAL_STATE_ENTRIES * 9 // 10
+        state = self._last_sent
+        for key in [key for key, (sent_at, interval) in state.items() if now - sent_at >= interval]:
+            del state[key]
+        while len(state) > keep:
+            del state[next(iter(state))]
 
     def _queue_chunks(self, chunks: list[OutgoingMessage], record: dict[str, Any], batch: RecordBatch) -> bool:
         """While routing: send a record's chunks now; if any is not sent, fail the record (and block its group)."""
@@ -419,10 +440,9 @@ class EventFanOut:
             self.metrics.add_metric("DeliveryFailed", "Count", len(report.failed))
 
     def _let_go(self, connection_id: str) -> None:
-        """Remove a connection and what it owns, and forget it in the warm function's state."""
+        """Remove a connection and what it owns, and forget it in the cached audiences (its interval
+        state is left to age out: looking for it would cost a walk of all of it per connection)."""
         self.audiences.forget_connection(connection_id)
-        for key in [key for key in self._last_sent if key[0] == connection_id]:
-            del self._last_sent[key]
         try:
             self._remove_connection(connection_id)
         except Exception:
