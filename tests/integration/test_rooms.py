@@ -544,6 +544,28 @@ def test_rooms_above_the_presence_threshold_announce_no_joins_or_leaves(
     assert presence_notices(wired, "b") == []
 
 
+def test_flapping_in_and_out_of_a_room_is_limited_and_leaving_never_is(settings: Settings, aws: dict[str, Any]) -> None:
+    # GIVEN 3 joins per minute, a member of a chat room, and a user on two connections
+    wired = with_limits(settings, aws, room_joins_per_minute=3)
+    wired.connect("member", user_id="quiet")
+    wired.send("member", {"action": "joinRoom", "room": "desk"})
+    wired.connect("web", user_id="flapper")
+    wired.connect("bot", user_id="flapper")
+    # WHEN the user joins and leaves the room three times, from either connection
+    for cid in ("web", "bot", "web"):
+        assert wired.send(cid, {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
+        assert wired.send(cid, {"action": "leaveRoom", "room": "desk"})["message_type"] == "leave_room"
+    # THEN the fourth join is refused with RATE_LIMIT and announced to nobody
+    reply = wired.send("bot", {"action": "joinRoom", "room": "desk", "request_id": "j"})
+    assert (error_code(reply), reply["request_id"]) == ("RATE_LIMIT", "j")
+    assert len(presence_notices(wired, "member")) == 6
+    # AND another room has its own allowance
+    assert wired.send("web", {"action": "joinRoom", "room": "other"})["message_type"] == "join_room"
+    # AND a minute later the user may join again
+    wired.clock.now += 120
+    assert wired.send("bot", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
+
+
 def test_room_messages_are_limited_per_user_and_room(settings: Settings, aws: dict[str, Any]) -> None:
     # GIVEN 3 room messages per minute, and a user on two connections in two rooms
     wired = with_limits(settings, aws, room_messages_per_minute=3)

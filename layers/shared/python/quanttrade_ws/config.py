@@ -56,6 +56,8 @@ class Limits(BaseModel):
     rate_limit_warnings: int = Field(3, ge=0)  # RATE_LIMIT replies before the connection is closed
     resume_messages: int = Field(5000, ge=1)  # messages one resume replays, over all its streams
     room_messages_per_minute: int = Field(60, ge=1)  # per user and room, sliding window
+    # Joins per user and room, sliding window: each join and leave of a chat room is a post to every member.
+    room_joins_per_minute: int = Field(10, ge=1)
     presence_max_members: int = Field(100, ge=0)  # no join/leave notices in rooms with more members
     connections_per_minute: int = Field(60, ge=1)  # new connections per user, sliding window
     connections_per_user: int = Field(10, ge=1)  # open at once per user

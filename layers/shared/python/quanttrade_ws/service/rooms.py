@@ -36,6 +36,16 @@ class RoomActions(Lifecycle):
         refusal = room_refusal(identity, frame.room)
         if refusal:
             raise ProtocolError(ErrorCode.FORBIDDEN, refusal, ctx.request_id)
+        # A join and a leave are each announced to every member: flapping in and out of a room would
+        # turn the rate budget into a post per member per frame, out of the Management API quota
+        # every client shares. Leaving is never limited, so a refused user is out, not stuck.
+        joins = self.store.count_in_window(f"join#{frame.room}#{identity.user_id}", 60)
+        if joins > self.limits.room_joins_per_minute:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMIT,
+                f"More than {self.limits.room_joins_per_minute} joins per minute to '{frame.room}'; slow down",
+                ctx.request_id,
+            )
         outcome = self._join(ctx.connection, frame.room)
         if outcome is Outcome.FULL:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
