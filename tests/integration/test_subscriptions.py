@@ -113,6 +113,37 @@ def test_subscribing_twice_is_idempotent(wired: Wired) -> None:
     assert sub_count(wired, "a") == 1
 
 
+def test_resending_a_subscribe_of_held_streams_buys_no_writes_and_no_posts(wired: Wired) -> None:
+    # GIVEN a client holding two market data streams that have a last value
+    for symbol in ("AAPL", "MSFT"):
+        wired.store._db.put_item(
+            TableName=wired.settings.streams_table,
+            Item={
+                "stream": {"S": f"market_data:{symbol}"},
+                "seq": {"N": "0"},
+                "last_seq": {"N": "7"},
+                "last_message": {"S": json.dumps({"message_type": "market_data", "stream": f"market_data:{symbol}"})},
+                "last_message_seq": {"N": "7"},
+            },
+        )
+    wired.connect("a")
+    streams = [{"stream_type": "market_data", "symbol": symbol} for symbol in ("AAPL", "MSFT")]
+    wired.send("a", subscribe(*streams))
+    assert [m["message_type"] for m in received(wired, "a")] == ["subscribe", "market_data", "market_data"]
+    # WHEN it sends the same subscribe again
+    calls = DynamoCalls(wired.store._raw)
+    before = len(received(wired, "a"))
+    reply = wired.send("a", subscribe(*streams))
+    # THEN it is answered (each stream where it stands), with no last value again and no row rewritten
+    assert reply["payload"]["last_seq"] == {"market_data:AAPL": 7, "market_data:MSFT": 7}
+    assert len(received(wired, "a")) == before + 1
+    assert calls.calls["PutItem"] == 0
+    # AND a changed subscription is still rewritten
+    wired.send("a", subscribe({**streams[0], "interval": 5}))
+    assert calls.calls["PutItem"] == 1
+    assert [sub.interval for sub in wired.store.subscribers("market_data:AAPL")] == [5]
+
+
 def test_resubscribing_takes_the_newest_filters(wired: Wired) -> None:
     wired.connect("a")
     wired.send("a", subscribe({"stream_type": "market_data", "symbol": "AAPL", "filters": {"min_volume": "10"}}))

@@ -44,6 +44,7 @@ class SubscriptionActions(ServiceCore):
             for spec in specs
         ]
         added: list[str] = []
+        new: set[str] = set()  # of `added`, the streams this frame subscribed (not ones it refreshed)
         # Several streams go in one transaction (a frame of 50 was 50 sequential ones, past the
         # function's timeout on a slow table). More than a transaction holds (the frame allows 50
         # today) go in consecutive transactions, in the frame's order.
@@ -52,20 +53,23 @@ class SubscriptionActions(ServiceCore):
             batch = [(subscription, subscription_cost(subscription.stream_key)) for subscription in chunk]
             if len(chunk) > 1 and self.store.add_subscriptions(batch, limit):
                 added.extend(subscription.stream_key for subscription in chunk)
+                new.update(subscription.stream_key for subscription in chunk)
                 continue
             # One stream, or a batch refused as a whole (a stream already subscribed, the limit, the
             # connection gone): one transaction per stream, which refreshes what is already there and
             # stops exactly where the limit is reached.
-            if not self._subscribe_each(ctx, chunk, limit, added):
+            if not self._subscribe_each(ctx, chunk, limit, added, new):
                 return  # the connection is gone: nobody to answer
         # Where each single-symbol stream stands: the seq just before this subscription's first
         # message, so a client dropped before any message arrives can still resume from there.
         # One BatchGetItem for the frame (for one stream it costs what a GetItem does).
         heads = self.store.stream_heads(spec.key for spec in specs if spec.symbol)
+        # Only to streams this frame added: one a client already held has had it, and re-sending a frame
+        # of held streams must not buy a post per stream.
         last_values = {
             key: head.last_message
             for key, head in heads.items()
-            if head.last_message and key.startswith(f"{StreamType.MARKET_DATA.value}:")
+            if head.last_message and key in new and key.startswith(f"{StreamType.MARKET_DATA.value}:")
         }
         last_seq = {key: head.last_seq - (1 if key in last_values else 0) for key, head in heads.items()}
         self._answer(
@@ -80,9 +84,10 @@ class SubscriptionActions(ServiceCore):
             self.gateway.post(ctx.connection.connection_id, message.encode())
 
     def _subscribe_each(
-        self, ctx: ActionContext, subscriptions: list[Subscription], limit: int, added: list[str]
+        self, ctx: ActionContext, subscriptions: list[Subscription], limit: int, added: list[str], new: set[str]
     ) -> bool:
-        """Subscribe one stream after another, appending each one done to `added`.
+        """Subscribe one stream after another, appending each one done to `added` (and to `new` if it was not
+        already subscribed).
 
         Raises SUBSCRIPTION_LIMIT, naming what this frame added before it, at the first stream
         over the limit; False if the connection went away meanwhile.
@@ -101,6 +106,8 @@ class SubscriptionActions(ServiceCore):
             if outcome is Outcome.GONE:
                 return False
             added.append(key)
+            if outcome is Outcome.DONE:
+                new.add(key)
         return True
 
     def _check_stream(self, identity: Identity, spec: StreamSpec, request_id: str | None) -> None:

@@ -31,8 +31,10 @@ class DynamoSubscriptions(DynamoTables):
         if reasons is None:
             return Outcome.DONE
         if failed(reasons, 0):
-            # Already subscribed: keep one row, take the newest interval and filters.
-            self._db.put_item(TableName=self.subscriptions_table, Item=item)
+            # Already subscribed: keep one row, take the newest interval, filters and token expiry. A row
+            # that says all that already is left alone: a client re-sending what it holds buys no write.
+            if not _same_subscription(reasons[0].get("Item"), item):
+                self._db.put_item(TableName=self.subscriptions_table, Item=item)
             return Outcome.ALREADY
         return counter_outcome(reasons[1])
 
@@ -185,9 +187,23 @@ class DynamoSubscriptions(DynamoTables):
                 "TableName": self.subscriptions_table,
                 "Item": item,
                 "ConditionExpression": "attribute_not_exists(connection_id)",
+                # The row that is there, when there is one: add_subscription refreshes it only if it differs.
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
 
     def _sub_count(self, connection_id: str, delta: int, limit: int | None = None) -> dict[str, Any]:
         """A transaction step that moves the connection's subscription counter, below `limit` when adding."""
         return connection_counters(self.connections_table, connection_id, {"sub_count": (delta, limit)})
+
+
+def _same_subscription(stored: dict[str, Any] | None, item: dict[str, Any]) -> bool:
+    """Whether a stored subscription row already says what `item` would write (its TTL aside: a row outlives
+    its connection either way)."""
+    if not stored:
+        return False
+    return _without_ttl(stored) == _without_ttl(item)
+
+
+def _without_ttl(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in item.items() if name != "expires_at"}
