@@ -566,6 +566,30 @@ def test_flapping_in_and_out_of_a_room_is_limited_and_leaving_never_is(settings:
     assert wired.send("bot", {"action": "joinRoom", "room": "desk"})["message_type"] == "join_room"
 
 
+def test_a_rooms_count_expires_with_its_last_possible_member(wired: Wired) -> None:
+    def count_item(room: str) -> dict[str, Any]:
+        key = {"room": {"S": room}, "member_id": {"S": ROOM_META}}
+        return wired.store._db.get_item(TableName=wired.settings.rooms_table, Key=key)["Item"]
+
+    def membership_expiry(room: str, connection_id: str) -> int:
+        key = {"room": {"S": room}, "member_id": {"S": connection_id}}
+        return int(wired.store._db.get_item(TableName=wired.settings.rooms_table, Key=key)["Item"]["expires_at"]["N"])
+
+    # GIVEN a room named once, joined and left
+    wired.connect("a", user_id="u")
+    wired.send("a", {"action": "joinRoom", "room": "once"})
+    wired.send("a", {"action": "leaveRoom", "room": "once"})
+    # THEN its count item expires (TTL), as its memberships do, rather than staying forever
+    assert int(count_item("once")["expires_at"]["N"]) > wired.clock.now
+    # GIVEN a room the user joins, and later joins again from a second connection (the same seat)
+    wired.send("a", {"action": "joinRoom", "room": "desk"})
+    wired.clock.now += 600
+    wired.connect("b", user_id="u")
+    wired.send("b", {"action": "joinRoom", "room": "desk"})
+    # THEN the count lives as long as the newest membership
+    assert int(count_item("desk")["expires_at"]["N"]) == membership_expiry("desk", "b") > membership_expiry("desk", "a")
+
+
 def test_room_messages_are_limited_per_user_and_room(settings: Settings, aws: dict[str, Any]) -> None:
     # GIVEN 3 room messages per minute, and a user on two connections in two rooms
     wired = with_limits(settings, aws, room_messages_per_minute=3)

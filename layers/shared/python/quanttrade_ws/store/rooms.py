@@ -57,6 +57,16 @@ class DynamoRooms(DynamoTables):
             }
         }
         seat_key = {"room": s(room), "member_id": s(SEAT_PREFIX + user_id)}
+        # The room's count lives as long as the newest membership could: each join moves its expiry on, and
+        # once every member is gone it expires with them, so rooms named once do not pile up forever.
+        room_lives_on = {
+            "Update": {
+                "TableName": self.rooms_table,
+                "Key": {"room": s(room), "member_id": s(ROOM_META)},
+                "UpdateExpression": "SET expires_at = :exp",
+                "ExpressionAttributeValues": {":exp": n(self._connection_expiry(now))},
+            }
+        }
         # Every shape: the membership at index 0, the seat at index 1, the connection's counters last.
         new_seat = [
             membership,
@@ -76,9 +86,13 @@ class DynamoRooms(DynamoTables):
                 "Update": {
                     "TableName": self.rooms_table,
                     "Key": {"room": s(room), "member_id": s(ROOM_META)},
-                    "UpdateExpression": "ADD member_count :one",
+                    "UpdateExpression": "ADD member_count :one SET expires_at = :exp",
                     "ConditionExpression": "attribute_not_exists(member_count) OR member_count < :cap",
-                    "ExpressionAttributeValues": {":one": n(1), ":cap": n(limits.capacity)},
+                    "ExpressionAttributeValues": {
+                        ":one": n(1),
+                        ":cap": n(limits.capacity),
+                        ":exp": n(self._connection_expiry(now)),
+                    },
                 }
             },
             connection_counters(self.connections_table, connection_id, counters),
@@ -97,6 +111,7 @@ class DynamoRooms(DynamoTables):
                     },
                 }
             },
+            room_lives_on,
             connection_counters(self.connections_table, connection_id, counters),
         ]
         # The seat may appear or vanish between the two shapes (another connection of the
