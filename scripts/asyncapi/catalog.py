@@ -112,8 +112,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.RATE_LIMIT: "Frames worth more than `limits.messages_per_second` units in one second (each action "
     "weighs `limits.action_costs`). The frame was dropped and the error names no request; after repeated warnings "
     "the connection is closed. Also: more than `limits.room_messages_per_minute` room messages to one room, or "
-    "more than 10 joins of one room in a minute (the setting `limits.room_joins_per_minute`; both per user, and "
-    "this error names the request; the connection stays open).",
+    "more than 10 joins of one room in a minute (the setting `limits.room_joins_per_minute`), both per user; or "
+    "more than 3 resumes a minute on one connection (`limits.resumes_per_connection`; the session token is not "
+    "spent). This error names the request; the connection stays open.",
     ErrorCode.SUBSCRIPTION_LIMIT: "The subscription level's `limits.max_subscriptions` is reached (data rooms count "
     "1 each, a per-symbol wildcard `limits.wildcard_subscription_cost`).",
     ErrorCode.ROOM_LIMIT: "This connection is already in `limits.max_rooms` rooms.",

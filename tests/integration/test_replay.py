@@ -342,6 +342,24 @@ def test_the_token_from_resumed_resumes_again(wired: Wired, away):
     assert second[-1]["payload"]["subscriptions"] == [STREAM]
 
 
+def test_chaining_resumes_on_one_connection_is_limited_and_keeps_the_token(wired: Wired, away):
+    # GIVEN a connection that resumed and then chains each answer's token into the next resume
+    wired.connect("new")
+    token = away["token"]
+    for _ in range(3):
+        answer = resume(wired, "new", token, {STREAM: 0})
+        assert answer[-1]["message_type"] == "resumed", answer[-1]
+        token = answer[-1]["payload"]["session_token"]
+    # WHEN it resumes a fourth time within the minute
+    refused = resume(wired, "new", token, {STREAM: 0})
+    # THEN it is refused with RATE_LIMIT and nothing is replayed
+    assert [m["message_type"] for m in refused] == ["error"]
+    assert refused[0]["payload"]["error_code"] == "RATE_LIMIT"
+    # AND the token was not spent: a new connection (a reconnect) resumes with it
+    wired.connect("next")
+    assert resume(wired, "next", token, {STREAM: 5})[-1]["message_type"] == "resumed"
+
+
 @pytest.fixture
 def rewire_history(wired: Wired, aws: dict[str, Any]):
     def make(**overrides: Any) -> Wired:

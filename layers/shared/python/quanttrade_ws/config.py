@@ -55,6 +55,7 @@ class Limits(BaseModel):
     messages_per_second: int = Field(100, ge=1)
     rate_limit_warnings: int = Field(3, ge=0)  # RATE_LIMIT replies before the connection is closed
     resume_messages: int = Field(5000, ge=1)  # messages one resume replays, over all its streams
+    resumes_per_connection: int = Field(3, ge=1)  # per minute, sliding window: a client resumes twice
     room_messages_per_minute: int = Field(60, ge=1)  # per user and room, sliding window
     # Joins per user and room, sliding window: each join and leave of a chat room is a post to every member.
     room_joins_per_minute: int = Field(10, ge=1)

@@ -1,4 +1,5 @@
-"""Sliding-window counters: new connections per user, room joins and room messages per user and room.
+"""Sliding-window counters: new connections per user, room joins and room messages per user and room,
+resumes per connection.
 
 A frame's own per-second rate window lives on its connection row
 (`DynamoConnections.touch_connection`); these are the longer windows whose scope
@@ -12,7 +13,8 @@ from typing import Any
 from quanttrade_ws.store.codec import get_int, n, s
 from quanttrade_ws.store.tables import DynamoTables
 
-RATE_PREFIX = "rate#"  # sliding-window counters; their scopes start with a word of their own (connect#, join#, room#)
+# Sliding-window counters; their scopes start with a word of their own (connect#, join#, room#, resume#).
+RATE_PREFIX = "rate#"
 
 
 class DynamoRateWindows(DynamoTables):
