@@ -18,7 +18,7 @@ from quanttrade_ws.clock import Clock, wall_clock
 from quanttrade_ws.config import Settings
 from quanttrade_ws.connection_gateway import ConnectionGateway
 from quanttrade_ws.models import Connection, SessionSnapshot
-from quanttrade_ws.protocol import ErrorCode, MessageType, Payload, ServerMessage, error_message
+from quanttrade_ws.protocol import ErrorCode, MessageType, Payload, ProtocolError, ServerMessage, error_message
 from quanttrade_ws.rooms import MemberAliases
 from quanttrade_ws.store.ports import Store
 
@@ -70,6 +70,11 @@ class ServiceCore:
             ctx.connection.connection_id,
             ServerMessage(message_type=message_type, payload=payload, request_id=ctx.request_id, **extra),
         )
+
+    def _within_a_minute(self, scope: str, limit: int, refusal: str, request_id: str | None) -> None:
+        """Count one more under `scope` in its sliding minute; RATE_LIMIT (naming the request) past `limit`."""
+        if self.store.count_in_window(scope, 60) > limit:
+            raise ProtocolError(ErrorCode.RATE_LIMIT, refusal, request_id)
 
     def _expire(self, connection_id: str, request_id: str | None, reason: str = "Session expired") -> None:
         """API Gateway authorised only the handshake: token expiry is ours to enforce."""

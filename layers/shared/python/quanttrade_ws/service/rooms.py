@@ -39,13 +39,12 @@ class RoomActions(Lifecycle):
         # A join and a leave are each announced to every member: flapping in and out of a room would
         # turn the rate budget into a post per member per frame, out of the Management API quota
         # every client shares. Leaving is never limited, so a refused user is out, not stuck.
-        joins = self.store.count_in_window(f"join#{frame.room}#{identity.user_id}", 60)
-        if joins > self.limits.room_joins_per_minute:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMIT,
-                f"More than {self.limits.room_joins_per_minute} joins per minute to '{frame.room}'; slow down",
-                ctx.request_id,
-            )
+        self._within_a_minute(
+            f"join#{frame.room}#{identity.user_id}",
+            self.limits.room_joins_per_minute,
+            f"More than {self.limits.room_joins_per_minute} joins per minute to '{frame.room}'; slow down",
+            ctx.request_id,
+        )
         outcome = self._join(ctx.connection, frame.room)
         if outcome is Outcome.FULL:
             raise ProtocolError(ErrorCode.ROOM_FULL, f"Room '{frame.room}' is full", ctx.request_id)
@@ -153,13 +152,12 @@ class RoomActions(Lifecycle):
         if not self.store.is_member(frame.room, ctx.connection.connection_id):
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"Join '{frame.room}' before sending to it", ctx.request_id)
         # Per user, not per connection: a second connection does not double the allowance.
-        sent = self.store.count_in_window(f"room#{frame.room}#{identity.user_id}", 60)
-        if sent > self.limits.room_messages_per_minute:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMIT,
-                f"More than {self.limits.room_messages_per_minute} messages per minute to '{frame.room}'; slow down",
-                ctx.request_id,
-            )
+        self._within_a_minute(
+            f"room#{frame.room}#{identity.user_id}",
+            self.limits.room_messages_per_minute,
+            f"More than {self.limits.room_messages_per_minute} messages per minute to '{frame.room}'; slow down",
+            ctx.request_id,
+        )
         member_id = self.member_aliases.of(frame.room, identity.user_id)
         message = ServerMessage(
             message_type=MessageType.ROOM_MESSAGE,

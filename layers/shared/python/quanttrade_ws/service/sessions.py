@@ -139,12 +139,12 @@ class SessionActions(RoomActions, SubscriptionActions):
         # A resume may replay thousands of messages; a client resumes once on a new connection, then once
         # more to catch up. Chaining the tokens on one connection would replay without end. Counted before
         # the token is spent, so a refused resume keeps it.
-        if self.store.count_in_window(f"resume#{connection.connection_id}", 60) > self.limits.resumes_per_connection:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMIT,
-                f"More than {self.limits.resumes_per_connection} resumes a minute on one connection",
-                ctx.request_id,
-            )
+        self._within_a_minute(
+            f"resume#{connection.connection_id}",
+            self.limits.resumes_per_connection,
+            f"More than {self.limits.resumes_per_connection} resumes a minute on one connection",
+            ctx.request_id,
+        )
         # Single use: the `resumed` answer carries the next token. Of two resumes racing with one token on
         # two connections, exactly one gets past this line; the winner may retry a resume that failed.
         if not self.store.spend_session_token(session.token_id, session.expires_at, connection.connection_id):
