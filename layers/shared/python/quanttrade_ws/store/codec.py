@@ -43,3 +43,9 @@ def get_string_map(item: dict[str, Any], name: str) -> dict[str, str]:
     if not value or "M" not in value:
         return {}
     return {key: entry.get("S", "") for key, entry in value["M"].items()}
+
+
+def named_values(values: dict[str, Any], *expressions: str) -> dict[str, Any]:
+    """Of `values`, those the expressions name: DynamoDB refuses an ExpressionAttributeValues entry no
+    expression uses."""
+    return {name: value for name, value in values.items() if any(name in expression for expression in expressions)}

@@ -12,7 +12,7 @@ from typing import Any
 
 from quanttrade_ws.auth import Identity
 from quanttrade_ws.models import Connection
-from quanttrade_ws.store.codec import get_int, get_str, n, s
+from quanttrade_ws.store.codec import get_int, get_str, n, named_values, s
 from quanttrade_ws.store.ports import Outcome
 from quanttrade_ws.store.tables import DynamoTables
 
@@ -85,7 +85,7 @@ class DynamoConnections(DynamoTables):
                         Key=key,
                         UpdateExpression=update,
                         ConditionExpression=condition,
-                        ExpressionAttributeValues={k: v for k, v in common.items() if k in update or k in condition},
+                        ExpressionAttributeValues=named_values(common, update, condition),
                         ReturnValues="ALL_NEW",
                     )
                     return _connection_from_item(result["Attributes"])

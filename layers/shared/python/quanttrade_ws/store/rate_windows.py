@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quanttrade_ws.store.codec import get_int, n, s
+from quanttrade_ws.store.codec import get_int, n, named_values, s
 from quanttrade_ws.store.tables import DynamoTables
 
 # Sliding-window counters; their scopes start with a word of their own (connect#, join#, room#, resume#).
@@ -56,14 +56,13 @@ class DynamoRateWindows(DynamoTables):
         step = 0
         for _ in range(3 * len(steps)):
             update, condition = steps[step]
-            used = {name: value for name, value in values.items() if name in update or name in condition}
             try:
                 result = self._db.update_item(
                     TableName=self.connections_table,
                     Key={"pk": s(RATE_PREFIX + key)},
                     UpdateExpression=update,
                     ConditionExpression=condition,
-                    ExpressionAttributeValues=used,
+                    ExpressionAttributeValues=named_values(values, update, condition),
                     ReturnValues="ALL_NEW",
                     # A refusal shows where the buckets stand, so the next try is the step that fits:
                     # a count that moves the buckets on costs two writes, not four.

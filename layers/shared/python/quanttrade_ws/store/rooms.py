@@ -38,6 +38,7 @@ class DynamoRooms(DynamoTables):
 
         DONE: the user took a new seat; SHARED: the connection joined the user's seat."""
         now = self.clock()
+        expires = n(self._connection_expiry(now))  # every item the join writes lives as long as the connection may
         counters: dict[str, tuple[int, int | None]] = {"room_count": (1, limits.room_limit)}
         if limits.subscription_limit is not None:
             counters["sub_count"] = (1, limits.subscription_limit)
@@ -51,7 +52,7 @@ class DynamoRooms(DynamoTables):
                     "user_id": s(user_id),
                     "token_expires_at": n(token_expires_at),
                     "joined_at": n(int(now)),
-                    "expires_at": n(self._connection_expiry(now)),
+                    "expires_at": expires,
                 },
                 "ConditionExpression": "attribute_not_exists(member_id)",
             }
@@ -64,7 +65,7 @@ class DynamoRooms(DynamoTables):
                 "TableName": self.rooms_table,
                 "Key": {"room": s(room), "member_id": s(ROOM_META)},
                 "UpdateExpression": "SET expires_at = :exp",
-                "ExpressionAttributeValues": {":exp": n(self._connection_expiry(now))},
+                "ExpressionAttributeValues": {":exp": expires},
             }
         }
         # Every shape: the membership at index 0, the seat at index 1, the connection's counters last.
@@ -77,7 +78,7 @@ class DynamoRooms(DynamoTables):
                         **seat_key,
                         "user_id": s(user_id),
                         "conns": {"SS": [connection_id]},
-                        "expires_at": n(self._connection_expiry(now)),
+                        "expires_at": expires,
                     },
                     "ConditionExpression": "attribute_not_exists(member_id)",
                 }
@@ -91,7 +92,7 @@ class DynamoRooms(DynamoTables):
                     "ExpressionAttributeValues": {
                         ":one": n(1),
                         ":cap": n(limits.capacity),
-                        ":exp": n(self._connection_expiry(now)),
+                        ":exp": expires,
                     },
                 }
             },
@@ -107,7 +108,7 @@ class DynamoRooms(DynamoTables):
                     "ConditionExpression": "attribute_exists(member_id)",
                     "ExpressionAttributeValues": {
                         ":c": {"SS": [connection_id]},
-                        ":exp": n(self._connection_expiry(now)),
+                        ":exp": expires,
                     },
                 }
             },
