@@ -63,7 +63,7 @@ def _measure(bystanders: int) -> dict[str, float]:
         for index in range(SUBSCRIBERS):
             connection_id = f"c{index:06d}"
             gateway.connect(connection_id)
-            store.add_connection(Connection(connection_id, identity, 0, 0))
+            store.open_connection(Connection(connection_id, identity, 0, 0), cap=SUBSCRIBERS)
             store.add_subscription(Subscription("market_data:AAPL", connection_id, "bench"), limit=50)
         _add_bystanders(client, settings, bystanders)
 

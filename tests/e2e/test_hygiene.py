@@ -157,11 +157,11 @@ async def test_an_internal_failure_reaches_the_client_as_a_plain_internal_error(
 async def test_a_connect_that_fails_internally_is_refused_without_internals(
     local_stack: LocalStack, mint: Callable[..., str]
 ) -> None:
-    # GIVEN DynamoDB failing the $connect function's write of the connection's row, WHEN a client with a good
-    # token connects
+    # GIVEN DynamoDB failing the $connect function's one transaction (the connection's row and the user's
+    # claim), WHEN a client with a good token connects
     url = f"{local_stack.websocket_url}?token={mint('hygiene-connect')}"
     with (
-        fail_dynamodb(local_stack, "connect.handler", "PutItem") as fault,
+        fail_dynamodb(local_stack, "connect.handler", "TransactWriteItems") as fault,
         pytest.raises(websockets.InvalidStatus) as refused,
     ):
         await websockets.connect(url, open_timeout=10)
@@ -172,4 +172,4 @@ async def test_a_connect_that_fails_internally_is_refused_without_internals(
     assert response.status_code == 500
     body = response.body.decode()
     assert json.loads(body) == {"message": "Internal server error"}
-    assert internals_in(body, local_stack, "PutItem") == []
+    assert internals_in(body, local_stack, "TransactWriteItems") == []

@@ -235,17 +235,19 @@ def test_connect_stores_every_permission(wired: Wired) -> None:
     assert connection.identity.subscription_level == "enterprise"
 
 
-def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_in(wired: Wired) -> None:
+def test_a_connect_costs_two_dynamodb_writes_whatever_state_the_rate_window_is_in(wired: Wired) -> None:
     from tests.dynamo_calls import DynamoCalls
 
     calls = DynamoCalls(wired.store._raw)
     minute = (int(wired.clock.now) // 60 + 1) * 60
+    writes = ("UpdateItem", "PutItem", "TransactWriteItems")
 
     def connect_cost(connection_id: str) -> dict[str, int]:
         calls.reset()
         wired.connect(connection_id, user_id="counted")
+        connected = {op: n for op, n in calls.calls.items() if op in writes}
         wired.service.disconnect(connection_id)
-        return {op: n for op, n in calls.calls.items() if op in ("UpdateItem", "PutItem")}
+        return connected
 
     # GIVEN a user never seen; WHEN it connects: its rate item is created by the first try
     wired.clock.now = minute + 1
@@ -256,11 +258,11 @@ def test_a_connect_costs_four_dynamodb_calls_whatever_state_the_rate_window_is_i
     next_minute = connect_cost("next")
     wired.clock.now = minute + 661
     much_later = connect_cost("later")
-    # THEN the row, the open-connection claim and its release, and one rate-window write for a new user or
-    # the same minute, two when the minute moved on (a refused try, then the step that fits)
-    assert first == {"PutItem": 1, "UpdateItem": 3}
-    assert same == {"PutItem": 1, "UpdateItem": 3}
-    assert next_minute == {"PutItem": 1, "UpdateItem": 4} and much_later == {"PutItem": 1, "UpdateItem": 4}
+    # THEN the row and the open-connection claim in one transaction, and one rate-window write for a new
+    # user or the same minute, two when the minute moved on (a refused try, then the step that fits)
+    assert first == {"TransactWriteItems": 1, "UpdateItem": 1}
+    assert same == {"TransactWriteItems": 1, "UpdateItem": 1}
+    assert next_minute == {"TransactWriteItems": 1, "UpdateItem": 2} == much_later
     # AND the counts are right after those jumps: the ten-minute gap left nothing of the previous minute,
     # so a count nine seconds later is the second of its minute
     wired.clock.now = minute + 670

@@ -291,8 +291,8 @@ def test_sweeper_removes_connections_left_behind(rt: Runtime) -> None:
     # GIVEN a row whose $disconnect never ran (the gateway no longer knows it) and an idle but open one
     long_ago = int(time.time()) - rt.settings.idle_timeout_seconds - 60
     for connection_id in ("left-behind", "idle-but-open"):
-        rt.store.add_connection(
-            Connection(connection_id, identity(), connected_at=long_ago * 1000, last_activity=long_ago)
+        rt.store.open_connection(
+            Connection(connection_id, identity(), connected_at=long_ago * 1000, last_activity=long_ago), cap=10
         )
     rt.store.join_room("desk", "left-behind", "user-1", JoinLimits(capacity=1000, room_limit=10))
     rt.gateway.connect("idle-but-open")

@@ -197,7 +197,7 @@ def test_connect_refresh_and_disconnect_log_no_access_token(rt: Runtime, logs: C
 
     # THEN the handlers did log (DynamoDB calls at least), and no token or query string is in it
     text = logs()
-    assert "PutItem" in text and "UpdateItem" in text
+    assert "TransactWriteItems" in text and "UpdateItem" in text
     assert secrets_in(text, token, fresh, forged) == []
     assert "queryStringParameters" not in text
     assert "token=" not in text

@@ -25,17 +25,16 @@ class Lifecycle(ServiceCore):
         # A sliding window: a fixed minute would let twice the limit through around its boundary.
         if self.store.count_in_window(f"connect#{identity.user_id}", 60) > self.limits.connections_per_minute:
             raise ConnectRefused(429, "Too many new connections for this user")
-        self.store.add_connection(
+        opened = self.store.open_connection(
             Connection(
                 connection_id=connection_id,
                 identity=identity,
                 connected_at=connected_at_ms or int(now * 1000),
                 last_activity=int(now),
-            )
+            ),
+            self.limits.connections_per_user,
         )
-        # The row first, then the claim: an id in the user's set always has a row, so an id without one is stale.
-        if not self.store.claim_user_connection(identity.user_id, connection_id, self.limits.connections_per_user):
-            self.store.delete_connection(connection_id)
+        if not opened:
             raise ConnectRefused(429, f"This user already has {self.limits.connections_per_user} open connections")
 
     def disconnect(self, connection_id: str) -> bool:

@@ -22,9 +22,20 @@ USER_PREFIX = "user#"  # a user's open connections (the only kind under this pre
 class DynamoConnections(DynamoTables):
     """Connection rows and the user's open connections in the connections table."""
 
-    def add_connection(self, connection: Connection) -> None:
+    def open_connection(self, connection: Connection, cap: int) -> bool:
+        """Write the connection's row and add it to its user's open connections, if they hold fewer than `cap`.
+
+        One transaction: the row and the claim are written together or not at
+        all, so a refused connect leaves nothing to take back, and a connect costs
+        one write request, not two. The user's item keeps the ids themselves (a
+        string set), not a counter: adding and removing an id are idempotent, so a
+        repeated $connect or $disconnect cannot make it drift, and an id whose
+        connection row is gone (its $disconnect never came and the row expired)
+        can be recognised and dropped when the cap is hit.
+        """
         identity = connection.identity
-        item = {
+        expires_at = n(self._connection_expiry(self.clock()))
+        row = {
             "pk": s(connection.connection_id),
             "kind": s("connection"),
             "user_id": s(identity.user_id),
@@ -37,9 +48,30 @@ class DynamoConnections(DynamoTables):
             "last_activity": n(connection.last_activity),
             "room_count": n(0),
             "sub_count": n(0),
-            "expires_at": n(self._connection_expiry(self.clock())),
+            "expires_at": expires_at,
         }
-        self._db.put_item(TableName=self.connections_table, Item=item)
+        claim = {
+            "Update": {
+                "TableName": self.connections_table,
+                "Key": {"pk": s(USER_PREFIX + identity.user_id)},
+                "UpdateExpression": "SET kind = :kind, expires_at = :exp ADD conns :c",
+                "ConditionExpression": "attribute_not_exists(conns) OR size(conns) < :cap OR contains(conns, :cid)",
+                "ExpressionAttributeValues": {
+                    ":kind": s("user_connections"),
+                    ":exp": expires_at,
+                    ":c": {"SS": [connection.connection_id]},
+                    ":cap": n(cap),
+                    ":cid": s(connection.connection_id),
+                },
+            }
+        }
+        items = [{"Put": {"TableName": self.connections_table, "Item": row}}, claim]
+        for attempt in range(2):
+            if self._transact(items) is None:
+                return True
+            if attempt or not self._forget_closed_connections(identity.user_id, keep=connection.connection_id):
+                return False
+        return False
 
     def get_connection(self, connection_id: str) -> Connection | None:
         item = self._db.get_item(TableName=self.connections_table, Key={"pk": s(connection_id)}, ConsistentRead=True)
@@ -150,36 +182,6 @@ class DynamoConnections(DynamoTables):
         )
         old = result.get("Attributes")
         return _connection_from_item(old) if old and get_str(old, "kind") == "connection" else None
-
-    def claim_user_connection(self, user_id: str, connection_id: str, cap: int) -> bool:
-        """Add the connection to the user's open connections if they hold fewer than `cap`.
-
-        The user's item keeps the ids themselves (a string set), not a counter: adding
-        and removing an id are idempotent, so a repeated $connect or $disconnect cannot
-        make it drift, and an id whose connection row is gone (its $disconnect never
-        came and the row expired) can be recognised and dropped when the cap is hit.
-        Call it after the connection row is written, so a live id always has a row.
-        """
-        for attempt in range(2):
-            try:
-                self._db.update_item(
-                    TableName=self.connections_table,
-                    Key={"pk": s(USER_PREFIX + user_id)},
-                    UpdateExpression="SET kind = :kind, expires_at = :exp ADD conns :c",
-                    ConditionExpression="attribute_not_exists(conns) OR size(conns) < :cap OR contains(conns, :cid)",
-                    ExpressionAttributeValues={
-                        ":kind": s("user_connections"),
-                        ":exp": n(self._connection_expiry(self.clock())),
-                        ":c": {"SS": [connection_id]},
-                        ":cap": n(cap),
-                        ":cid": s(connection_id),
-                    },
-                )
-                return True
-            except self._errors.ConditionalCheckFailedException:
-                if attempt or not self._forget_closed_connections(user_id, keep=connection_id):
-                    return False
-        return False
 
     def release_user_connection(self, user_id: str, connection_id: str) -> None:
         self._db.update_item(
