@@ -295,7 +295,37 @@ def _make_server(host: str, port: int) -> Any:
     backends.list_of_moto_modules = lambda: modules
 
     app = _dynamodb_first(DomainDispatcherApplication(create_backend_app))
-    return KeepAliveWsgiServer(host, port, app)
+    return KeepAliveWsgiServer(host, port, app, inline=_dynamodb_item_operation)
+
+
+# DynamoDB operations bounded by the service's own caps (a transaction of 100 items, a batch of 100 keys or
+# 25 writes): short enough to run on the server's event-loop thread. A Query or a Scan reads up to 1 MB a
+# page and goes to a pool thread, so it never holds up the other requests' answers.
+INLINE_DYNAMODB_OPERATIONS = frozenset(
+    DYNAMODB_TARGET_PREFIX + operation
+    for operation in (
+        "GetItem",
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchGetItem",
+        "BatchWriteItem",
+        "TransactGetItems",
+        "TransactWriteItems",
+    )
+)
+
+
+def _dynamodb_item_operation(environ: dict[str, Any]) -> bool:
+    """An item operation, while no other DynamoDB request (a long Query, the TTL sweep) holds the lock
+    every one of them takes: the loop thread must not wait for it, or every other answer would wait too."""
+    from local.moto_dynamodb import REQUEST_LOCK
+
+    if environ.get("HTTP_X_AMZ_TARGET") not in INLINE_DYNAMODB_OPERATIONS or not REQUEST_LOCK.acquire(blocking=False):
+        return False
+    # The request takes it again. Should a pool thread take it in between, this one waits for that one.
+    REQUEST_LOCK.release()
+    return True
 
 
 def _untracked_models() -> None:

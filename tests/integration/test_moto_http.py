@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,68 @@ def test_a_moto_in_this_process_is_not_frozen_by_the_stack() -> None:
         assert gc.get_freeze_count() == before
     finally:
         server.stop()
+
+
+def test_requests_are_answered_while_a_dynamodb_request_holds_moto_up() -> None:
+    # GIVEN moto on a thread of this process, and a DynamoDB request in progress there (a long Query, the TTL
+    # sweep): it holds the lock every DynamoDB request takes, here held by the test
+    import threading
+
+    from local.moto_dynamodb import REQUEST_LOCK
+
+    server = MotoServer(port=0, ttl_sweep_seconds=0, mode="thread").start()
+    try:
+        dynamodb, sqs = server.client("dynamodb"), server.client("sqs")
+        dynamodb.create_table(
+            TableName="held",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        queue = sqs.create_queue(QueueName="beside")["QueueUrl"]
+        written = threading.Event()
+        with REQUEST_LOCK:
+            # WHEN an item write (one of the operations the server runs on its event-loop thread) arrives
+            writer = threading.Thread(
+                target=lambda: (
+                    dynamodb.put_item(TableName="held", Item={"pk": {"S": "waiting"}}),
+                    written.set(),
+                ),
+                daemon=True,
+            )
+            writer.start()
+            # THEN it waits for the lock, but on a pool thread, not on the server's event-loop thread
+            assert _wait_for(lambda: _threads_in("atomic_call_action")) == ["moto-request"]
+            # AND an SQS request is answered meanwhile
+            assert sqs.send_message(QueueUrl=queue, MessageBody="not held up")["MessageId"]
+            assert not written.is_set()
+        # AND once the lock is let go, the write goes through
+        assert written.wait(10)
+        assert dynamodb.get_item(TableName="held", Key={"pk": {"S": "waiting"}})["Item"]["pk"] == {"S": "waiting"}
+    finally:
+        server.stop()
+
+
+def _threads_in(function: str) -> list[str]:
+    """The name prefixes of this process's threads that are running `function` somewhere in their stack."""
+    import sys
+    import threading
+
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    found = []
+    for ident, frame in sys._current_frames().items():
+        current: Any = frame
+        while current is not None and current.f_code.co_name != function:
+            current = current.f_back
+        if current is not None:
+            found.append(names.get(ident, "?").rsplit("_", 1)[0])
+    return found
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
