@@ -290,3 +290,86 @@ def test_concurrent_receivers_never_hold_one_group_at_once_and_get_each_group_in
     assert not any(thread.is_alive() for thread in threads)
     assert overlaps == []
     assert seen == {str(group): list(range(per_group)) for group in range(groups)}
+
+
+def _sqs_and_events_outcomes(sqs: Any, events: Any) -> list[Any]:
+    """What SQS and EventBridge answer to calls of the shapes the stack makes, and to refusals: the parts of
+    each answer that do not vary from run to run (ids, receipt handles, digests and times do)."""
+    outcomes: list[Any] = []
+
+    def outcome(call: Any, *keep: str, **kwargs: Any) -> Any:
+        try:
+            answer = call(**kwargs)
+        except ClientError as error:
+            outcomes.append(
+                ("refused", error.response["Error"]["Code"], error.response["ResponseMetadata"]["HTTPStatusCode"])
+            )
+            return None
+        outcomes.append({key: answer.get(key) for key in keep})
+        return answer
+
+    url = outcome(sqs.create_queue, QueueName="parity")["QueueUrl"]
+    fifo = outcome(sqs.create_queue, QueueName="parity.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    outcome(sqs.send_message, QueueUrl=url, MessageBody="one")
+    batch = outcome(
+        sqs.send_message_batch, QueueUrl=url, Entries=[{"Id": f"e{i}", "MessageBody": f"m{i}"} for i in range(3)]
+    )
+    outcomes.append(sorted(entry["Id"] for entry in batch["Successful"]))
+    outcome(sqs.send_message_batch, "Successful", "Failed", QueueUrl=fifo, Entries=[{"Id": "a", "MessageBody": "x"}])
+    outcome(sqs.send_message, QueueUrl=fifo, MessageBody="no group")
+    outcome(sqs.send_message, QueueUrl=url + "-missing", MessageBody="nowhere")
+    received = outcome(sqs.receive_message, QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    outcomes.append(sorted(message["Body"] for message in received))
+    handles = [message["ReceiptHandle"] for message in received]
+    outcome(sqs.change_message_visibility, QueueUrl=url, ReceiptHandle=handles[0], VisibilityTimeout=0)
+    outcome(
+        sqs.change_message_visibility_batch,
+        "Failed",
+        QueueUrl=url,
+        Entries=[{"Id": "v", "ReceiptHandle": handles[1], "VisibilityTimeout": 5}],
+    )
+    outcome(sqs.delete_message, QueueUrl=url, ReceiptHandle=handles[2])
+    outcome(
+        sqs.delete_message_batch,
+        "Failed",
+        QueueUrl=url,
+        Entries=[{"Id": f"d{i}", "ReceiptHandle": h} for i, h in enumerate(handles[1:])],
+    )
+    outcome(sqs.get_queue_attributes, "Attributes", QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    outcome(events.create_event_bus, Name="parity-bus")
+    entry = {"Source": "parity", "DetailType": "tick", "Detail": '{"a": 1}', "EventBusName": "parity-bus"}
+    outcome(events.put_events, "FailedEntryCount", Entries=[entry, {**entry, "EventBusName": "missing-bus"}])
+    outcome(events.put_events, "FailedEntryCount", Entries=[{**entry, "Detail": "not json"}])
+    outcome(events.describe_event_bus, "Name", Name="missing-bus")
+    return outcomes
+
+
+SHIPPED_SQS_AND_EVENTS = """
+import json, boto3
+from moto import mock_aws
+from tests.integration.test_moto_sqs import _sqs_and_events_outcomes
+with mock_aws():
+    clients = (boto3.client(name, region_name="us-east-1") for name in ("sqs", "events"))
+    print(json.dumps(_sqs_and_events_outcomes(*clients)))
+"""
+
+
+def test_sqs_and_eventbridge_answer_as_unpatched_moto_does(moto: MotoServer) -> None:
+    # GIVEN the stack's moto (these requests handed straight to their handlers, the ones that never wait run
+    # on the server's event-loop thread, receipt handles drawn at once) and moto as it ships, in a process of
+    # its own (so nothing in this one can have patched it)
+    import json
+    import subprocess
+    import sys
+
+    # WHEN both take the same sends, receives, visibility changes, deletes and PutEvents, good and bad
+    served = _sqs_and_events_outcomes(moto.client("sqs"), moto.client("events"))
+    shipped = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SHIPPED_SQS_AND_EVENTS], capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+    # THEN every answer and every refusal is the same
+    assert json.loads(json.dumps(served)) == shipped
+    assert sum(1 for item in shipped if isinstance(item, list) and item[:1] == ["refused"]) >= 4
