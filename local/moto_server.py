@@ -44,7 +44,7 @@ from typing import IO, Any, Literal
 
 from local.cli.arguments import positive
 from local.heap import freeze_startup_heap
-from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS
+from local.moto_dynamodb import DEFAULT_TTL_SWEEP_SECONDS, REQUEST_LOCK
 from local.moto_http import KeepAliveWsgiServer
 
 DEFAULT_HOST = "127.0.0.1"
@@ -319,9 +319,20 @@ INLINE_DYNAMODB_OPERATIONS = frozenset(
 # SQS and EventBridge operations that never wait: sends, deletes, visibility changes and PutEvents (whose
 # deliveries to queues are sends). A ReceiveMessage may wait up to 20 s for messages: always a pool thread's.
 INLINE_OPERATIONS = frozenset(
-    [SQS_TARGET_PREFIX + operation for operation in ("SendMessage", "SendMessageBatch", "DeleteMessage")]
-    + [SQS_TARGET_PREFIX + operation for operation in ("DeleteMessageBatch", "ChangeMessageVisibility")]
-    + [SQS_TARGET_PREFIX + "ChangeMessageVisibilityBatch", EVENTS_TARGET_PREFIX + "PutEvents"]
+    {
+        *(
+            SQS_TARGET_PREFIX + operation
+            for operation in (
+                "SendMessage",
+                "SendMessageBatch",
+                "DeleteMessage",
+                "DeleteMessageBatch",
+                "ChangeMessageVisibility",
+                "ChangeMessageVisibilityBatch",
+            )
+        ),
+        EVENTS_TARGET_PREFIX + "PutEvents",
+    }
 )
 
 
@@ -329,8 +340,6 @@ def _runs_inline(environ: dict[str, Any]) -> bool:
     """A request that never waits: one of `INLINE_OPERATIONS`, or a DynamoDB item operation while no other
     DynamoDB request (a long Query, the TTL sweep) holds the lock every one of them takes. The loop thread
     must not wait for that lock, or every other answer would wait too."""
-    from local.moto_dynamodb import REQUEST_LOCK
-
     target = environ.get("HTTP_X_AMZ_TARGET")
     if target in INLINE_OPERATIONS:
         return True
