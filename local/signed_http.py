@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -48,13 +48,29 @@ def authenticate(
     request: BaseRequest, body: bytes, principals: Principals, *, region: str, service: str = "execute-api"
 ) -> Principal:
     """The principal whose SigV4 signature (for `service`) the request carries; SignatureError if none."""
+    return authenticate_parts(
+        request.method, request.raw_path, request.headers.items(), body, principals, region=region, service=service
+    )
+
+
+def authenticate_parts(
+    method: str,
+    raw_path: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    principals: Principals,
+    *,
+    region: str,
+    service: str = "execute-api",
+) -> Principal:
+    """`authenticate` for a request as received by a server other than aiohttp's: its target as sent, its headers."""
     # As sent on the wire: aiohttp's `query_string` is decoded, and SigV4 canonicalises the encoded form.
-    path, _, query = request.raw_path.partition("?")
+    path, _, query = raw_path.partition("?")
     signed = verify(
-        method=request.method,
+        method=method,
         path=path,
         query=query,
-        headers=request.headers.items(),
+        headers=headers,
         body=body,
         lookup=principals.credentials,
         service=service,
@@ -66,13 +82,13 @@ def authenticate(
     return principal
 
 
-def request_context(request: BaseRequest, region: str, principal: Principal) -> dict[str, str]:
-    """The global condition keys API Gateway supplies to IAM for a request."""
+def request_context(remote: str | None, region: str, principal: Principal) -> dict[str, str]:
+    """The global condition keys API Gateway supplies to IAM for a request from the address `remote`."""
     return {
         **principal.condition_keys(),
         "aws:RequestedRegion": region,
         "aws:SecureTransport": "false",
-        "aws:SourceIp": request.remote or "127.0.0.1",
+        "aws:SourceIp": remote or "127.0.0.1",
     }
 
 
@@ -119,7 +135,9 @@ def require_invoke(
                 return signature_refusal(error)
             path = request.path.removeprefix(strip_prefix) if strip_prefix else request.path
             resource = f"arn:aws:execute-api:{region}:{account}:{api_id}/{stage}/{request.method}{path or '/'}"
-            decision = principal.decide("execute-api:Invoke", resource, request_context(request, region, principal))
+            decision = principal.decide(
+                "execute-api:Invoke", resource, request_context(request.remote, region, principal)
+            )
             if decision is not Decision.ALLOW:
                 return access_denied(principal, "execute-api:Invoke", resource, decision)
             request[PRINCIPAL_KEY] = principal

@@ -36,7 +36,7 @@ def management_error(status: int, error_type: str, message: str | None) -> web.R
     # botocore takes the error code from x-amzn-ErrorType, so `client.exceptions.<Type>` is raised.
     return web.Response(
         status=status,
-        body=json.dumps({"message": message}),
+        body=json.dumps({"message": message}).encode(),
         content_type=JSON,
         headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": new_id()},
     )

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -25,7 +25,7 @@ from local.api_gateway.management_faults import INTERNAL_ERROR, THROTTLED, Manag
 from local.api_gateway.throttle import TokenBucket
 from local.iam import Decision
 from local.principals import Principal, Principals
-from local.signed_http import access_denied, authenticate, request_context, signature_refusal
+from local.signed_http import access_denied, authenticate_parts, request_context, signature_refusal
 from local.sigv4 import SignatureError
 
 logger = logging.getLogger("quanttrade.local.gateway")
@@ -41,6 +41,19 @@ class ManagementCall(NamedTuple):
     method: str
     connection_id: str
     status: int
+
+
+class ManagementRequest(NamedTuple):
+    """One Management API call as received, from aiohttp's route or from the fast path."""
+
+    method: str
+    raw_path: str  # the target as sent, still percent-encoded: what SigV4 signed
+    headers: Iterable[tuple[str, str]]  # every header received, repeats included
+    body: bytes
+    stage: str | None  # the path's stage segment; None for the bare `/@connections/{id}`
+    connection_id: str  # decoded
+    remote: str | None  # the caller's address
+    transport: asyncio.BaseTransport | None  # the caller's connection: whether it is still there
 
 
 class ManagementApi:
@@ -81,48 +94,68 @@ class ManagementApi:
         self._config = config
 
     async def handle(self, request: web.Request) -> web.Response:
-        response = await self._serve(request)
-        self.calls.append(ManagementCall(request.method, request.match_info["connection_id"], response.status))
-        return response
-
-    async def _serve(self, request: web.Request) -> web.Response:
-        config = self._config
-        limit = config.max_message_bytes
+        """The aiohttp route's handler (see `management_fast_path` for the requests that never reach it)."""
+        method, connection_id = request.method, request.match_info["connection_id"]
+        limit = self._config.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
-            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+            return self._record(method, connection_id, _too_large())
         try:
             data = await request.read()  # the signature covers the body
         except web.HTTPRequestEntityTooLarge:
-            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+            return self._record(method, connection_id, _too_large())
+        call = ManagementRequest(
+            method,
+            request.raw_path,
+            request.headers.items(),
+            data,
+            request.match_info.get("stage"),
+            connection_id,
+            request.remote,
+            request.transport,
+        )
+        return await self.answer(call)
+
+    async def answer(self, call: ManagementRequest) -> web.Response:
+        """The answer to one call, recorded in `calls`, whichever server received it."""
+        return self._record(call.method, call.connection_id, await self._serve(call))
+
+    def _record(self, method: str, connection_id: str, response: web.Response) -> web.Response:
+        self.calls.append(ManagementCall(method, connection_id, response.status))
+        return response
+
+    async def _serve(self, call: ManagementRequest) -> web.Response:
+        config = self._config
+        data = call.body
         try:
-            principal = authenticate(request, data, self.principals, region=config.region)
+            principal = authenticate_parts(
+                call.method, call.raw_path, call.headers, data, self.principals, region=config.region
+            )
         except SignatureError as error:
             return signature_refusal(error)
-        stage = request.match_info.get("stage")
-        if stage is not None and stage != config.stage:
+        if call.stage is not None and call.stage != config.stage:
             return management_error(403, "ForbiddenException", "Forbidden")
-        connection_id = request.match_info["connection_id"]
+        connection_id = call.connection_id
+        method = call.method
         resource = (
             f"arn:aws:execute-api:{config.region}:{config.account}:{config.api_id}/"
-            f"{config.stage}/{request.method}/@connections/{connection_id}"
+            f"{config.stage}/{method}/@connections/{connection_id}"
         )
-        decision = self._decide(principal, resource, request)
+        decision = self._decide(principal, resource, call.remote)
         if decision is not Decision.ALLOW:
             return access_denied(principal, MANAGE_CONNECTIONS, resource, decision)
-        fault = self.faults.pick(request.method, connection_id, principal.name)
+        fault = self.faults.pick(method, connection_id, principal.name)
         if isinstance(fault, tuple):
             return management_error(*fault)
         if fault is not None:
             if fault.kind != "delay":
                 return management_error(*answer_of(fault.kind))
             await asyncio.sleep(fault.delay)
-            if request.transport is None or request.transport.is_closing():
+            if call.transport is None or call.transport.is_closing():
                 # The caller gave up (its timeout) or died meanwhile: the call is not carried out.
                 fault.dropped += 1
                 return management_error(*INTERNAL_ERROR)
         if not self._bucket.take():
             return management_error(*THROTTLED)
-        method = request.method
         if method == hdrs.METH_POST:
             return await self._post(connection_id, data)
         if method == hdrs.METH_GET:
@@ -131,18 +164,17 @@ class ManagementApi:
             return self._delete(connection_id)
         return management_error(405, "MethodNotAllowedException", "Method Not Allowed")
 
-    def _decide(self, principal: Principal, resource: str, request: web.Request) -> Decision:
+    def _decide(self, principal: Principal, resource: str, remote: str | None) -> Decision:
         # The fan-out posts every message of an event to the same connections: evaluating its policies once per
         # (caller, connection ARN, source address) rather than per post takes a share of each post's CPU. The
         # decision depends on nothing else (the ARN names the region, the stage and the method; a principal and
         # its policies never change), so a cached one is the one IAM would give.
-        remote = request.remote or ""
-        key = (id(principal), resource, remote)
+        key = (id(principal), resource, remote or "")
         cached = self._decisions.get(key)
         if cached is not None and cached[0] is principal:
             return cached[1]
         decision = principal.decide(
-            MANAGE_CONNECTIONS, resource, request_context(request, self._config.region, principal)
+            MANAGE_CONNECTIONS, resource, request_context(remote, self._config.region, principal)
         )
         if len(self._decisions) >= DECISIONS_KEPT:
             self._decisions.clear()  # closed connections' entries go; live ones come back on their next post
@@ -151,7 +183,7 @@ class ManagementApi:
 
     async def _post(self, connection_id: str, data: bytes) -> web.Response:
         if len(data) > self._config.max_message_bytes:
-            return management_error(413, "PayloadTooLargeException", "Request entity too large")
+            return _too_large()
         connection = self._connections.get(connection_id)
         if connection is None or connection.close_intent is not None:
             return gone()
@@ -182,7 +214,7 @@ class ManagementApi:
             },
             "lastActiveAt": _iso(connection.last_active),
         }
-        return web.Response(status=200, body=json.dumps(info), content_type=JSON)
+        return web.Response(status=200, body=json.dumps(info).encode(), content_type=JSON)
 
     def _delete(self, connection_id: str) -> web.Response:
         connection = self._connections.get(connection_id)
@@ -190,6 +222,10 @@ class ManagementApi:
             return gone()
         self._close(connection, WSCloseCode.OK, "")
         return web.Response(status=204)
+
+
+def _too_large() -> web.Response:
+    return management_error(413, "PayloadTooLargeException", "Request entity too large")
 
 
 def _limits_of(config: GatewayConfig) -> tuple[float, int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -18,6 +19,7 @@ from local.api_gateway.authorizer import RequestAuthorizer, parse_identity_sourc
 from local.api_gateway.config import GatewayConfig
 from local.api_gateway.health import HealthEndpoints, ReadinessCheck
 from local.api_gateway.management_api import ManagementApi, ManagementCall
+from local.api_gateway.management_fast_path import ManagementFastPath
 from local.api_gateway.management_faults import ManagementFault
 from local.api_gateway.websocket_stage import WebSocketStage
 from local.lambda_runtime.function import LambdaFunction
@@ -77,6 +79,7 @@ class LocalGateway:
         self._health = HealthEndpoints(config, self._stage.connections, readiness_checks or {})
         self._root_handler = root_handler
         self._runner: web.AppRunner | None = None
+        self._fast_path: ManagementFastPath | None = None
         self._port: int | None = None
         self._app = self._build_app(extra_routes)
 
@@ -139,6 +142,11 @@ class LocalGateway:
         """The last Management API calls (at most `management_api.RECORDED_CALLS`) and their statuses."""
         return self._management_api.calls
 
+    @property
+    def fast_path_handovers(self) -> int:
+        """Connections the Management API's fast path handed to aiohttp (see `management_fast_path`)."""
+        return 0 if self._fast_path is None else self._fast_path.handed_over
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -154,9 +162,11 @@ class LocalGateway:
             shutdown_timeout=STOP_HANDLER_GRACE_SECONDS,
         )
         await runner.setup()
+        assert runner.server is not None
         sock = _bind(self.config.host, self.config.port)
         self._port = sock.getsockname()[1]
-        await web.SockSite(runner, sock).start()
+        self._fast_path = ManagementFastPath(self._management_api, runner.server)
+        await _GatewaySite(runner, sock, self._fast_path).start()
         self._runner = runner
         self._health.started_at = time.monotonic()
         logger.info("local gateway listening on %s (management API %s)", self.url, self.management_endpoint)
@@ -172,6 +182,9 @@ class LocalGateway:
         deadline = time.monotonic() + self.config.stop_disconnect_seconds
         await self._stage.close_all()
         await self._runner.cleanup()
+        if self._fast_path is not None:
+            self._fast_path.close()
+            self._fast_path = None
         await self._stage.wait_for_finishing(deadline)
         self._release_functions()
         self._runner = None
@@ -286,6 +299,19 @@ class LocalGateway:
         if host == "::":
             return "[::1]"
         return f"[{host}]" if ":" in host else host
+
+
+class _GatewaySite(web.SockSite):
+    """aiohttp's site for a bound socket, whose connections start on the Management API's fast path."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, fast_path: ManagementFastPath) -> None:
+        super().__init__(runner, sock)
+        self._fast_path = fast_path
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._fast_path, sock=self._sock, backlog=self._backlog)
 
 
 def _bind(host: str, port: int) -> socket.socket:

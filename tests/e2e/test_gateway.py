@@ -1225,3 +1225,124 @@ async def test_an_in_process_test_double_still_gets_lambdas_timeout() -> None:
     finally:
         release.set()
         slow.shutdown()
+
+
+# ---------------------------------------------------------------- the Management API's fast path
+
+
+async def http_exchange(stack: Stack, *requests: bytes, split: bool = False) -> list[bytes]:
+    """Raw HTTP/1.1 on one connection: the requests written together (or a byte at a time), one answer each."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    try:
+        data = b"".join(requests)
+        if split:
+            for index in range(len(data)):
+                writer.write(data[index : index + 1])
+                await writer.drain()
+        else:
+            writer.write(data)
+        return [await asyncio.wait_for(read_answer(reader), 5) for _ in requests]
+    finally:
+        writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    return head + (await reader.readexactly(int(length[1])) if length else b"")
+
+
+def signed_call(stack: Stack, method: str, path: str, data: bytes = b"", **extra: str) -> bytes:
+    """A Management API request as boto3 sends it, signed by the local administrator."""
+    url = f"{stack.gateway.http_url}{path}"
+    headers = {"Host": f"127.0.0.1:{stack.gateway.port}", **signed(url, data, method=method), **extra}
+    if data or method != "GET":
+        headers["Content-Length"] = str(len(data))
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"{method} {path} HTTP/1.1\r\n{lines}\r\n".encode() + data
+
+
+def comparable(answer: bytes) -> bytes:
+    """An answer without what differs between two identical calls: the date and API Gateway's request id."""
+    answer = re.sub(rb"\r\nDate: [^\r]+", b"\r\nDate: -", answer)
+    return re.sub(rb"x-amzn-RequestId: [^\r]+", b"x-amzn-RequestId: -", answer)
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_the_fast_path_answers_management_calls_byte_for_byte_as_aiohttp_does(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    wire_id = connection_id.replace("=", "%3D")
+    calls = {
+        "post": lambda: signed_call(stack, "POST", f"/{stack.gateway.config.stage}/@connections/{wire_id}", b"hi"),
+        "post, bare path": lambda: signed_call(stack, "POST", f"/@connections/{wire_id}", b"{}"),
+        "post to a gone connection": lambda: signed_call(stack, "POST", "/@connections/AAAAAAAAAAAAAAA%3D", b"x"),
+        "another stage": lambda: signed_call(stack, "POST", f"/prod/@connections/{wire_id}", b"x"),
+        "unsigned": lambda: f"POST /@connections/{wire_id} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".encode(),
+        "forged": lambda: signed_call(stack, "POST", f"/@connections/{wire_id}", b"x").replace(
+            b"\r\n\r\nx", b"\r\n\r\ny"
+        ),
+        "get, another stage": lambda: signed_call(stack, "GET", f"/prod/@connections/{wire_id}"),
+    }
+    for name, call in calls.items():
+        handed_over = stack.gateway.fast_path_handovers
+        # WHEN the call is the first on its connection, the fast path answers it
+        (fast,) = await http_exchange(stack, call())
+        assert stack.gateway.fast_path_handovers == handed_over, name
+        # AND after a health check the same call goes to aiohttp
+        health, through_aiohttp = await http_exchange(stack, HEALTH, call())
+        assert stack.gateway.fast_path_handovers == handed_over + 1, name
+        assert health.startswith(b"HTTP/1.1 200 OK\r\n")
+        # THEN both answers are the same bytes
+        assert comparable(fast) == comparable(through_aiohttp), name
+    # AND the posts that were allowed arrived, in order: two per path
+    assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)] == ["hi", "hi", "{}", "{}"]
+    (answer,) = await http_exchange(stack, signed_call(stack, "GET", f"/@connections/{wire_id}"))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["identity"]["sourceIp"] == "127.0.0.1"
+    (answer,) = await http_exchange(stack, signed_call(stack, "DELETE", f"/@connections/{wire_id}"))
+    assert answer.startswith(b"HTTP/1.1 204 No Content\r\nDate: ")
+    assert await closed(ws) == (1000, "")
+
+
+async def test_pipelined_and_trickled_calls_are_answered_in_order_and_anything_else_goes_to_aiohttp(
+    stack: Stack,
+) -> None:
+    ws, connection_id = await stack.connect()
+    path = f"/@connections/{connection_id.replace('=', '%3D')}"
+    posts = [signed_call(stack, "POST", path, str(index).encode()) for index in range(3)]
+    # WHEN three posts and a health check arrive in one write, and then again a byte at a time
+    for split in (False, True):
+        answers = await http_exchange(stack, *posts, HEALTH, split=split)
+        # THEN each gets its own answer in order, and the health check is served by aiohttp on the same connection
+        assert [answer.split(b"\r\n", 1)[0] for answer in answers] == [b"HTTP/1.1 200 OK"] * 4
+        assert json.loads(answers[3].partition(b"\r\n\r\n")[2])["status"] == "ok"
+        assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)] == ["0", "1", "2"]
+    # AND a chunked body, a header the fast path does not take, or an unknown method go to aiohttp as they are
+    chunked = signed_call(stack, "POST", path, b"chunk", **{"Transfer-Encoding": "chunked"})
+    chunked = chunked.replace(b"Content-Length: 5\r\n", b"").replace(
+        b"\r\n\r\nchunk", b"\r\n\r\n5\r\nchunk\r\n0\r\n\r\n"
+    )
+    handed_over = stack.gateway.fast_path_handovers
+    (answer,) = await http_exchange(stack, chunked)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert await asyncio.wait_for(ws.recv(), 5) == "chunk"
+    (answer,) = await http_exchange(stack, signed_call(stack, "PUT", path, b"x"))
+    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    (answer,) = await http_exchange(stack, b"POST " + path.encode() + b" HTTP/1.1\r\nHost x\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert stack.gateway.fast_path_handovers == handed_over + 3
+    await ws.close()
+
+
+async def test_stopping_closes_idle_keep_alive_connections_of_the_fast_path(launch: Launch) -> None:
+    stack = await launch()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    writer.write(signed_call(stack, "POST", "/@connections/AAAAAAAAAAAAAAA%3D", b"x"))
+    assert (await asyncio.wait_for(read_answer(reader), 5)).startswith(b"HTTP/1.1 410 Gone\r\n")
+    # WHEN the gateway stops with the keep-alive connection idle
+    await asyncio.wait_for(stack.gateway.stop(), 10)
+    # THEN the connection is closed
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
