@@ -101,6 +101,7 @@ class FastPathConnection(asyncio.Protocol):
         self._idle_timer = self._loop.call_later(KEEPALIVE_SECONDS, self._close_if_idle)
 
     def data_received(self, data: bytes) -> None:
+        self._last_active = self._loop.time()
         self._buffer = self._buffer + data if self._buffer else data
         if self._busy or self._writing_paused:
             if len(self._buffer) > PAUSE_READING_ABOVE and not self._reading_paused:
@@ -200,8 +201,8 @@ class FastPathConnection(asyncio.Protocol):
         if self._closed:
             return
         idle = self._loop.time() - self._last_active
-        if not self._busy and not self._buffer and idle >= KEEPALIVE_SECONDS:
-            self.close()
+        if not self._busy and idle >= KEEPALIVE_SECONDS:
+            self.close()  # a request left half-sent that long is not coming either
         else:
             self._idle_timer = self._loop.call_later(max(KEEPALIVE_SECONDS - idle, 1.0), self._close_if_idle)
 

@@ -1346,3 +1346,22 @@ async def test_stopping_closes_idle_keep_alive_connections_of_the_fast_path(laun
     # THEN the connection is closed
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_a_connection_idle_past_the_keep_alive_limit_is_closed_even_with_a_request_half_sent(
+    launch: Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local.api_gateway import management_fast_path
+
+    monkeypatch.setattr(management_fast_path, "KEEPALIVE_SECONDS", 0.3)
+    stack = await launch()
+    half_sent = signed_call(stack, "POST", "/@connections/AAAAAAAAAAAAAAA%3D", b"xyz")[:-2]
+    connections = []
+    for first in (b"", half_sent):
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+        writer.write(first)
+        connections.append((reader, writer))
+    # WHEN neither connection sends anything more, THEN the gateway closes both
+    for reader, writer in connections:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
