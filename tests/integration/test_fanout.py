@@ -81,6 +81,25 @@ def rewire(wired: Wired, aws: dict[str, Any]):
 # ---------------------------------------------------------------- routing
 
 
+def test_alerts_that_send_their_own_timestamp_as_text_are_delivered_in_order(wired: Wired):
+    # GIVEN a subscriber of alerts, and upstream alerts that carry a timestamp the Alert type does not declare
+    wired.connect("ops")
+    subscribe(wired, "ops", {"stream_type": "alerts"})
+    alerts = [eb.alert(), eb.alert(), eb.alert()]
+    for alert, stamp in zip(alerts, ("2027-01-15T08:00:05.000Z", "not a time", 1_800_000_000), strict=True):
+        alert["detail"]["timestamp"] = stamp
+    # WHEN they are fanned out, in one batch and then one at a time
+    assert publish(wired, *alerts[:2]) == {"batchItemFailures": []}
+    assert publish(wired, alerts[2]) == {"batchItemFailures": []}
+    # THEN each arrives once, in order, with its timestamp as sent, and no record failed
+    assert [m["payload"]["timestamp"] for m in data(wired, "ops")] == [
+        "2027-01-15T08:00:05.000Z",
+        "not a time",
+        1_800_000_000,
+    ]
+    assert seqs(wired, "ops") == [1, 2, 3]
+
+
 def test_symbol_type_and_room_audiences_each_get_the_event_and_nobody_else(wired: Wired):
     # GIVEN a subscriber of market_data:AAPL, one of every market_data symbol, a member of the
     # market_data_AAPL data room, and bystanders on MSFT, on predictions:AAPL and in another room

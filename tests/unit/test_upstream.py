@@ -101,6 +101,35 @@ def test_event_time_is_the_detail_timestamp_else_the_eventbridge_time():
     assert parse_upstream_event(alert).event_time == datetime.fromtimestamp(1_800_000_005.0, UTC)
 
 
+@pytest.mark.parametrize(
+    ("event", "stamp"),
+    [
+        (eb.alert, "2027-01-15T08:00:05.000Z"),
+        (eb.performance, "2027-01-15T08:00:05+00:00"),
+        (eb.regime, "2027-01-15T08:00:05"),
+        (eb.system_status, "2027-01-15 08:00:05.000000Z"),
+    ],
+)
+def test_a_timestamp_sent_as_text_by_a_type_that_does_not_declare_one_is_read_as_a_time(event, stamp):
+    # GIVEN an event of a type without a declared timestamp that sends one anyway, as text
+    sent = event(at=1_800_000_000.0)
+    sent["detail"]["timestamp"] = stamp
+    parsed = parse_upstream_event(sent)
+    # THEN it is kept as sent, and it is the event's time
+    assert parsed.detail.timestamp == stamp
+    assert parsed.event_time == datetime(2027, 1, 15, 8, 0, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("stamp", ["soon", 1_800_000_009, None, ["2027-01-15"]])
+def test_a_timestamp_that_is_no_time_falls_back_to_the_eventbridge_time(stamp):
+    # GIVEN an alert whose extra timestamp is not a time
+    sent = eb.alert(at=1_800_000_005.0)
+    sent["detail"]["timestamp"] = stamp
+    parsed = parse_upstream_event(sent)
+    # THEN the event's time is EventBridge's
+    assert parsed.event_time == datetime.fromtimestamp(1_800_000_005.0, UTC)
+
+
 def test_a_naive_timestamp_is_taken_as_utc():
     # GIVEN a tick whose timestamp has no zone
     event = eb.market_data()

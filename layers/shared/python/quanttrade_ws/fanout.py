@@ -202,10 +202,11 @@ class EventFanOut:
                     batch.chunks.append((record, chunks))
             return
         batch.posted_streams.add(stream)
+        event_time = event.event_time
         for connection_id, latest_only in audience.items():
             batch.outbox[connection_id].append((stream if latest_only else None, message))
             batch.record_ids[connection_id].add(record["messageId"])
-            batch.event_times.setdefault(connection_id, event.event_time)
+            batch.event_times.setdefault(connection_id, event_time)
 
     def audience(self, event: UpstreamEvent) -> list[str]:
         """Every connection that should get this event, once, in a stable order."""

@@ -181,8 +181,19 @@ class UpstreamEvent(EventBridgeModel):
 
     @property
     def event_time(self) -> datetime:
-        """When the upstream service says the event happened (detail.timestamp when given)."""
-        stamp = getattr(self.detail, "timestamp", None) or self.time
+        """When the upstream service says the event happened: detail.timestamp when it is a time, else EventBridge's.
+
+        Market data and predictions declare a timestamp; the other types may still send one, kept as sent
+        (ISO 8601 text, a number, anything): text that reads as a time counts, the rest falls back.
+        """
+        stamp = getattr(self.detail, "timestamp", None)
+        if isinstance(stamp, str):
+            try:
+                stamp = datetime.fromisoformat(stamp)
+            except ValueError:
+                stamp = None
+        if not isinstance(stamp, datetime):
+            stamp = self.time
         return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
