@@ -83,7 +83,7 @@ class FastPathConnection(asyncio.Protocol):
         self._transport: Any = None
         self._remote: str | None = None
         self._buffer = b""
-        self._busy = False  # a request is being answered
+        self._answering: asyncio.Task[None] | None = None  # the request being answered
         self._reading_paused = False
         self._writing_paused = False
         self._closed = False
@@ -103,7 +103,7 @@ class FastPathConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_active = self._loop.time()
         self._buffer = self._buffer + data if self._buffer else data
-        if self._busy or self._writing_paused:
+        if self._answering is not None or self._writing_paused:
             if len(self._buffer) > PAUSE_READING_ABOVE and not self._reading_paused:
                 self._reading_paused = True
                 self._transport.pause_reading()
@@ -124,20 +124,21 @@ class FastPathConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if not self._busy:
-            self._take_requests()
+        self._take_requests()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._transport.close()
+        if self._answering is not None:
+            self._answering.cancel()  # the gateway stops: a call held by an injected delay is not carried out
         self._forget()
 
     # ------------------------------------------------------------ requests
 
     def _take_requests(self) -> None:
         """Start answering the next complete request in the buffer; hand the connection over if it is not ours."""
-        if self._closed or self._busy or self._writing_paused:
+        if self._closed or self._answering is not None or self._writing_paused:
             return
         if self._reading_paused:
             self._reading_paused = False
@@ -160,11 +161,10 @@ class FastPathConnection(asyncio.Protocol):
         if len(buffer) < start + length:
             return  # the body is still coming
         self._buffer = buffer[start + length :]
-        self._busy = True
         call = ManagementRequest(
             method, target, headers, buffer[start : start + length], stage, connection_id, self._remote, self._transport
         )
-        self._loop.create_task(self._answer(call))
+        self._answering = self._loop.create_task(self._answer(call))
 
     async def _answer(self, call: ManagementRequest) -> None:
         started = time.monotonic()
@@ -177,7 +177,7 @@ class FastPathConnection(asyncio.Protocol):
             self._transport.write(_response_bytes(response))
             if access_logger.isEnabledFor(logging.DEBUG):
                 _log(call, response, time.monotonic() - started)
-        self._busy = False
+        self._answering = None
         self._last_active = self._loop.time()
         self._take_requests()
 
@@ -201,7 +201,7 @@ class FastPathConnection(asyncio.Protocol):
         if self._closed:
             return
         idle = self._loop.time() - self._last_active
-        if not self._busy and idle >= KEEPALIVE_SECONDS:
+        if self._answering is None and idle >= KEEPALIVE_SECONDS:
             self.close()  # a request left half-sent that long is not coming either
         else:
             self._idle_timer = self._loop.call_later(max(KEEPALIVE_SECONDS - idle, 1.0), self._close_if_idle)

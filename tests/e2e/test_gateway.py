@@ -1336,16 +1336,29 @@ async def test_pipelined_and_trickled_calls_are_answered_in_order_and_anything_e
     await ws.close()
 
 
-async def test_stopping_closes_idle_keep_alive_connections_of_the_fast_path(launch: Launch) -> None:
+async def test_stopping_closes_the_fast_paths_connections_and_drops_a_call_still_held(launch: Launch) -> None:
     stack = await launch()
-    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
-    writer.write(signed_call(stack, "POST", "/@connections/AAAAAAAAAAAAAAA%3D", b"x"))
-    assert (await asyncio.wait_for(read_answer(reader), 5)).startswith(b"HTTP/1.1 410 Gone\r\n")
-    # WHEN the gateway stops with the keep-alive connection idle
+    ws, connection_id = await stack.connect()
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    idle_writer.write(signed_call(stack, "POST", "/@connections/AAAAAAAAAAAAAAA%3D", b"x"))
+    assert (await asyncio.wait_for(read_answer(idle_reader), 5)).startswith(b"HTTP/1.1 410 Gone\r\n")
+    held_reader, held_writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    stack.gateway.add_management_fault("delay", delay=60.0)
+    held_writer.write(signed_call(stack, "POST", f"/@connections/{connection_id.replace('=', '%3D')}", b"late"))
+
+    def answering() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if "FastPathConnection._answer" in repr(task.get_coro())]
+
+    await eventually(answering, what="the post to be held by the delay")
+    # WHEN the gateway stops with one connection idle and one call held
     await asyncio.wait_for(stack.gateway.stop(), 10)
-    # THEN the connection is closed
-    assert await asyncio.wait_for(reader.read(), 5) == b""
-    writer.close()
+    # THEN both connections are closed, the held call is dropped rather than left running, and nothing arrived
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+    assert await asyncio.wait_for(held_reader.read(), 5) == b""
+    await eventually(lambda: not answering(), what="the held call to end")
+    assert await closed(ws) == (1001, "Going away")
+    idle_writer.close()
+    held_writer.close()
 
 
 async def test_a_connection_idle_past_the_keep_alive_limit_is_closed_even_with_a_request_half_sent(
