@@ -1,9 +1,10 @@
 """Integration fixtures and helpers: the synthesized cloud assembly, once per session, for the tests
-that run what the template declares, and the readers the service tests share (a connection's row,
-what it received, the error code of a reply)."""
+that run what the template declares, the stack's moto for the tests of its patches, and the readers
+the service tests share (a connection's row, what it received, the error code of a reply)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from infra.layers_build import BUILD_DIR, DepsLayerUnavailable, ensure_deps_layer
 from local.cloud.assembly import CloudAssembly
 from local.cloud.synth import synthesize
+from local.moto_server import MotoServer
 from quanttrade_ws.models import Connection
 from tests.conftest import Wired
 
@@ -47,3 +49,13 @@ def assembly() -> CloudAssembly:
         (stand_in / "python").mkdir(parents=True, exist_ok=True)
         context["deps_layer_dir"] = str(stand_in)
     return synthesize(context)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """The stack's moto server (its own process, every patch of the stack), without the TTL sweep."""
+    server = MotoServer(port=0, ttl_sweep_seconds=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()

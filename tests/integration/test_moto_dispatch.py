@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from local.moto_server import MotoServer
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer(port=0, ttl_sweep_seconds=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_text_that_reads_like_a_query_string_is_stored_and_runs_nothing_else(moto: MotoServer) -> None:

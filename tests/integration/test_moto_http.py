@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from local.moto_server import MotoServer
 from local.sigv4 import Credentials, sign_headers
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer(port=0, ttl_sweep_seconds=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _signed(moto: MotoServer, operation: str, body: dict[str, object]) -> tuple[bytes, dict[str, str]]:
