@@ -388,8 +388,7 @@ def _json_bodies_are_not_query_strings() -> None:
     protocols on X-Amz-Target alone. A request with an `application/x-amz-json`
     content type therefore skips that parse (its query-string view is then what
     moto builds for an empty body: the URL's query, else the headers); the body
-    stays the text the handlers read. The parse was also about a tenth of
-    moto's CPU per DynamoDB request.
+    stays the text the handlers read.
     """
     from moto.core.responses import BaseResponse
 
