@@ -1,6 +1,6 @@
 """A local stand-in for one stage of an API Gateway WebSocket API.
 
-One aiohttp server on one port plays both halves of the managed service:
+One server on one port plays both halves of the managed service:
 
 * the WebSocket endpoint clients connect to (`ws://host:port/`), with the
   `$connect` REQUEST authorizer, the `$connect` / `$disconnect` / message routes
@@ -19,7 +19,7 @@ endpoint URLs differ.
 
 The modules, one concern each:
 
-* `server`: `LocalGateway`, the stage as one aiohttp app: its routes, start and stop;
+* `server`: `LocalGateway`, the stage's aiohttp app: its routes, start and stop;
 * `config`: `GatewayConfig`, the stage's settings (API Gateway's quotas by default);
 * `websocket_stage`: the handshake, frames to routes, closing and `$disconnect`;
 * `authorizer`: the `$connect` REQUEST authorizer call and its policy answer;
@@ -27,6 +27,8 @@ The modules, one concern each:
 * `connection_timers`: the idle timeout and the maximum connection duration;
 * `lambda_events`: the event shapes and ids the routes' functions receive;
 * `management_api`: `POST|GET|DELETE @connections/{id}`, signed and authorised;
+* `management_fast_path`: every connection's first stop; answers plain Management API calls
+  without aiohttp's request machinery and hands anything else to aiohttp;
 * `management_faults`: faults injected into Management API calls on purpose;
 * `error_responses`: API Gateway's error answers (handshake refusals, Management API errors);
 * `throttle`: the token bucket API Gateway throttles with;

@@ -1,4 +1,4 @@
-"""`LocalGateway`: one WebSocket API stage and its Management API, served by one aiohttp app on one port."""
+"""`LocalGateway`: one WebSocket API stage and its Management API on one port (aiohttp, and a fast path for posts)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ STOP_HANDLER_GRACE_SECONDS = 0.5  # see LocalGateway.start
 
 class LocalGateway:
     """An API Gateway WebSocket API stage with its Management API, served by one aiohttp app.
+
+    Connections start on the Management API's fast path (`management_fast_path`), which answers plain
+    Management API calls itself and hands every other connection to the app.
 
     `handlers` maps route keys (`$connect`, `$disconnect`, `$default`, actions)
     to `LambdaFunction`s or plain `handler(event, context)` callables; plain
