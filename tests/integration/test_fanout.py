@@ -81,6 +81,22 @@ def rewire(wired: Wired, aws: dict[str, Any]):
 # ---------------------------------------------------------------- routing
 
 
+def test_a_system_status_that_sends_a_symbol_of_any_type_reaches_the_status_subscribers(wired: Wired):
+    # GIVEN a subscriber of system status, and statuses carrying a `symbol` that type does not declare
+    wired.connect("ops")
+    subscribe(wired, "ops", {"stream_type": "system_status"})
+    statuses = [eb.system_status(), eb.system_status()]
+    statuses[0]["detail"]["symbol"] = 5
+    statuses[1]["detail"]["symbol"] = "AAPL"
+    # WHEN they are fanned out
+    assert publish(wired, *statuses) == {"batchItemFailures": []}
+    # THEN both arrive on the one system_status stream, each symbol as sent
+    assert [(m["stream"], m["payload"]["symbol"]) for m in data(wired, "ops")] == [
+        ("system_status", 5),
+        ("system_status", "AAPL"),
+    ]
+
+
 def test_alerts_that_send_their_own_timestamp_as_text_are_delivered_in_order(wired: Wired):
     # GIVEN a subscriber of alerts, and upstream alerts that carry a timestamp the Alert type does not declare
     wired.connect("ops")

@@ -130,6 +130,17 @@ def test_a_timestamp_that_is_no_time_falls_back_to_the_eventbridge_time(stamp):
     assert parsed.event_time == datetime.fromtimestamp(1_800_000_005.0, UTC)
 
 
+@pytest.mark.parametrize("symbol", [5, {"name": "AAPL"}, "AAPL", "x" * 5000])
+def test_a_symbol_sent_by_a_type_that_does_not_declare_one_is_data_not_a_stream(symbol):
+    # GIVEN a system status (its stream names no symbol) that sends a `symbol` anyway
+    sent = eb.system_status()
+    sent["detail"]["symbol"] = symbol
+    parsed = parse_upstream_event(sent)
+    # THEN it stays in the payload as sent, and the event goes to the type's one stream
+    assert parsed.detail.symbol == symbol
+    assert parsed.detail.stream == "system_status"
+
+
 def test_a_naive_timestamp_is_taken_as_utc():
     # GIVEN a tick whose timestamp has no zone
     event = eb.market_data()

@@ -51,7 +51,9 @@ class _Detail(DataFields):
 
     @property
     def symbol_key(self) -> str | None:
-        return getattr(self, "symbol", None)
+        # Only a declared symbol (validated as one) scopes the stream. A type without one may still send a
+        # `symbol`, of any JSON type: that is data, kept as sent (a system status names no symbol stream).
+        return getattr(self, "symbol", None) if "symbol" in type(self).model_fields else None
 
     @property
     def stream(self) -> str:
