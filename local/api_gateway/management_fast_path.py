@@ -244,15 +244,19 @@ def _parse_head(
     if length is not None and length > max_body:
         return None  # aiohttp's route answers 413 without reading it
     stage = request[3]
-    connection_id = request[4].replace(b"%3D", b"=").replace(b"%3d", b"=")
     return (
         request[1].decode(),
         request[2].decode(),
         None if stage is None else stage.decode(),
-        connection_id.decode(),
+        _unescaped(request[4].decode()),
         headers,
         length or 0,
     )
+
+
+def _unescaped(path: str) -> str:
+    # `%3D` is the only escape `_REQUEST_LINE` lets through: decoding it gives the path as aiohttp decodes it.
+    return path.replace("%3D", "=").replace("%3d", "=")
 
 
 _date_second = -1
@@ -297,7 +301,7 @@ def _log(call: ManagementRequest, response: web.Response, seconds: float) -> Non
         call.remote,
         request_time(time.time()),
         call.method,
-        call.raw_path.replace("%3D", "=").replace("%3d", "="),
+        _unescaped(call.raw_path),
         response.status,
         len(_body_of(response)),
         seconds * 1000,
