@@ -12,8 +12,11 @@ from local.lambda_runtime.function import LambdaFunction
 from local.principals import Principal, Principals
 
 # Lambda's default concurrency is the account's (1,000); two cores cannot hold that many interpreters.
-# Functions without reserved concurrency get this many execution environments locally.
-DEFAULT_LOCAL_CONCURRENCY = 8
+# Functions without reserved concurrency get this many execution environments locally. Four keep both
+# cores busy while invocations wait on DynamoDB and the gateway; more only add cold starts and switching:
+# 1,000 clients connecting and subscribing in waves of 250 cost the stack 27.7 and 30.3 CPU-s with 4
+# against 32.6 and 34.2 with 8 (alternated, `bench.stack_server`, the 2-core development machine).
+DEFAULT_LOCAL_CONCURRENCY = 4
 
 
 def local_layers(template: Template) -> dict[Path, Path]:

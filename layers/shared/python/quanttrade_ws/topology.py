@@ -218,7 +218,6 @@ class Function:
     batch_size: int = 10
     # The queue mapping's MaximumConcurrency (None: up to what the queue allows).
     max_concurrency: int | None = None
-    reserved_pool: int = 8  # local stack: worker threads, like Lambda's concurrency for this function
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -236,7 +235,6 @@ MESSAGE = Function(
     reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS),
     writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
     posts_to_connections=True,
-    reserved_pool=16,
 )
 FANOUT = Function(
     "fanout",
@@ -249,7 +247,6 @@ FANOUT = Function(
     dead_letters_of=EVENTS_QUEUE,
     timeout_seconds=30,
     memory_mb=1024,
-    reserved_pool=1,
 )
 DELIVERY = Function(
     "delivery",
@@ -268,7 +265,6 @@ DELIVERY = Function(
     # subscribers in 10.6 s warm, 11.1 s cold (2026-12-03); 12.1 s with 5 and minutes uncapped when measured
     # before the fan-out's CPU per row was modelled (bench/README.md).
     max_concurrency=8,
-    reserved_pool=2,
 )
 SWEEPER = Function(
     "sweeper",
@@ -277,9 +273,8 @@ SWEEPER = Function(
     writes=(CONNECTIONS, SUBSCRIPTIONS, ROOMS),
     posts_to_connections=True,
     timeout_seconds=300,
-    reserved_pool=1,
 )
-ADMIN = Function("admin", "admin.handler", reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS), reserved_pool=2)
+ADMIN = Function("admin", "admin.handler", reads=(CONNECTIONS, SUBSCRIPTIONS, ROOMS, STREAMS))
 
 FUNCTIONS: tuple[Function, ...] = (AUTHORIZER, CONNECT, DISCONNECT, MESSAGE, FANOUT, DELIVERY, SWEEPER, ADMIN)
 
