@@ -250,6 +250,58 @@ print(released, before, rss())
     assert before - after > 100 * 2**20
 
 
+def test_reads_and_deletes_of_missing_keys_leave_no_partition_behind() -> None:
+    # GIVEN the stack's moto (in a fresh interpreter, to look at the table moto holds) with two items
+    script = """
+import boto3
+from moto import mock_aws
+from moto.dynamodb.models import dynamodb_backends
+from local.moto_dynamodb import patch
+
+patch()
+with mock_aws():
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    db.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    key = lambda pk: {"pk": {"S": pk}, "sk": {"N": "1"}}
+    db.put_item(TableName="t", Item=key("kept"))
+    db.put_item(TableName="t", Item=key("emptied"))
+    found = [db.get_item(TableName="t", Key=key("kept"))["Item"]["pk"]["S"]]
+    # WHEN keys in partitions that hold nothing are read, deleted, written under a failed condition,
+    # and a transaction writing one is refused; and the other partition's only item is deleted
+    assert "Item" not in db.get_item(TableName="t", Key=key("read"))
+    db.batch_get_item(RequestItems={"t": {"Keys": [key("batch-read"), key("kept")]}})
+    db.delete_item(TableName="t", Key=key("deleted"))
+    db.delete_item(TableName="t", Key=key("emptied"))
+    try:
+        db.put_item(TableName="t", Item=key("refused"), ConditionExpression="attribute_exists(pk)")
+    except db.exceptions.ConditionalCheckFailedException:
+        pass
+    try:
+        check = {"TableName": "t", "Key": key("kept"), "ConditionExpression": "attribute_not_exists(pk)"}
+        db.transact_write_items(
+            TransactItems=[{"Put": {"TableName": "t", "Item": key("rolled-back")}}, {"ConditionCheck": check}]
+        )
+    except db.exceptions.TransactionCanceledException:
+        pass
+    table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
+    print(" ".join(found + sorted(partition.value for partition in table.items)))
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+    # THEN moto holds only the partition that has an item, which still reads as before
+    assert out == ["kept", "kept"]
+
+
 # Update requests of every shape the expression machinery handles, each text used again with other values:
 # a parsed text is shared between requests, so a value must never leak from one request into the next.
 UPDATES: list[dict[str, Any]] = [
