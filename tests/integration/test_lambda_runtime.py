@@ -222,10 +222,11 @@ def process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # Killed but not yet reaped shows as a zombie; reaped since the signal above, it has no entry.
+    # Killed but not yet reaped shows as a zombie; reaped since the signal above, it has no entry, and reaped
+    # between opening its stat file and reading it, the read fails with ESRCH (ProcessLookupError).
     try:
         status = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
     return status.startswith("Z")
 
