@@ -302,6 +302,56 @@ with mock_aws():
     assert out == ["kept", "kept"]
 
 
+def test_stored_items_hold_their_key_once_and_share_attribute_names() -> None:
+    # GIVEN the stack's moto (in a fresh interpreter, to look at the items moto holds)
+    script = """
+import boto3
+from moto import mock_aws
+from moto.dynamodb.models import dynamodb_backends
+from moto.dynamodb.models.dynamo_type import DynamoType
+from local.moto_dynamodb import patch
+
+patch()
+with mock_aws():
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    db.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    item = lambda pk: {"pk": {"S": pk}, "sk": {"N": "0"}, "alias": {"S": pk}, "zero": {"N": "0"}, "text": {"S": "m"}}
+    # WHEN items are written by each kind of write
+    db.put_item(TableName="t", Item=item("put"))
+    db.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": item("transacted")}}])
+    db.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": item("batched")}}]})
+    table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
+    stored = [table.get_item(DynamoType({"S": pk}), DynamoType({"N": "0"})) for pk in ("put", "transacted", "batched")]
+    names = [list(stored_item.attrs) for stored_item in stored]
+    print(all(s.attrs["pk"] is s.hash_key and s.attrs["sk"] is s.range_key for s in stored))
+    print(all(a is b for other in names[1:] for a, b in zip(names[0], other, strict=True)))
+    # AND attributes holding the same values as the key are changed
+    for pk in ("put", "transacted", "batched"):
+        db.update_item(
+            TableName="t", Key={"pk": {"S": pk}, "sk": {"N": "0"}}, UpdateExpression="SET alias = :x ADD zero :one",
+            ExpressionAttributeValues={":x": {"S": "changed"}, ":one": {"N": "1"}},
+        )
+    changed = {"alias": {"S": "changed"}, "zero": {"N": "1"}}
+    for pk in ("put", "transacted", "batched"):
+        print(db.get_item(TableName="t", Key={"pk": {"S": pk}, "sk": {"N": "0"}})["Item"] == {**item(pk), **changed})
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+    # THEN each item's key attributes are its key objects, every item names its attributes with the same
+    # strings, and each reads back with its key as written and the other attributes changed
+    assert out == ["True", "True", "True", "True", "True"]
+
+
 # Update requests of every shape the expression machinery handles, each text used again with other values:
 # a parsed text is shared between requests, so a value must never leak from one request into the next.
 UPDATES: list[dict[str, Any]] = [
