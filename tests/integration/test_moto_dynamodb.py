@@ -250,12 +250,13 @@ print(released, before, rss())
     assert before - after > 100 * 2**20
 
 
-def test_reads_and_deletes_of_missing_keys_leave_no_partition_behind() -> None:
-    # GIVEN the stack's moto (in a fresh interpreter, to look at the table moto holds) with two items
-    script = """
+# A fresh interpreter's moto, patched as the stack's, holding a table `t` keyed (pk: S, sk: N), as `db`: the
+# tests that look at the table moto holds continue it inside its `with mock_aws():` and print what they found.
+_FRESH_MOTO_WITH_TABLE = """
 import boto3
 from moto import mock_aws
 from moto.dynamodb.models import dynamodb_backends
+from moto.dynamodb.models.dynamo_type import DynamoType
 from local.moto_dynamodb import patch
 
 patch()
@@ -269,6 +270,21 @@ with mock_aws():
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+"""
+
+
+def _in_fresh_moto(script: str) -> list[str]:
+    """What `script`, run on in `_FRESH_MOTO_WITH_TABLE`, printed, word by word."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", _FRESH_MOTO_WITH_TABLE + script]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_reads_and_deletes_of_missing_keys_leave_no_partition_behind() -> None:
+    # GIVEN the stack's moto (in a fresh interpreter, to look at the table moto holds) with two items
+    script = """
     key = lambda pk: {"pk": {"S": pk}, "sk": {"N": "1"}}
     db.put_item(TableName="t", Item=key("kept"))
     db.put_item(TableName="t", Item=key("emptied"))
@@ -293,10 +309,7 @@ with mock_aws():
     table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
     print(" ".join(found + sorted(partition.value for partition in table.items)))
 """
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    out = _in_fresh_moto(script)
 
     # THEN moto holds only the partition that has an item, which still reads as before
     assert out == ["kept", "kept"]
@@ -305,23 +318,6 @@ with mock_aws():
 def test_stored_items_hold_their_key_once_and_share_attribute_names() -> None:
     # GIVEN the stack's moto (in a fresh interpreter, to look at the items moto holds)
     script = """
-import boto3
-from moto import mock_aws
-from moto.dynamodb.models import dynamodb_backends
-from moto.dynamodb.models.dynamo_type import DynamoType
-from local.moto_dynamodb import patch
-
-patch()
-with mock_aws():
-    db = boto3.client("dynamodb", region_name="us-east-1")
-    db.create_table(
-        TableName="t",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
     item = lambda pk: {"pk": {"S": pk}, "sk": {"N": "0"}, "alias": {"S": pk}, "zero": {"N": "0"}, "text": {"S": "m"}}
     # WHEN items are written by each kind of write
     db.put_item(TableName="t", Item=item("put"))
@@ -342,10 +338,7 @@ with mock_aws():
     for pk in ("put", "transacted", "batched"):
         print(db.get_item(TableName="t", Key={"pk": {"S": pk}, "sk": {"N": "0"}})["Item"] == {**item(pk), **changed})
 """
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    out = _in_fresh_moto(script)
 
     # THEN each item's key attributes are its key objects, every item names its attributes with the same
     # strings, and each reads back with its key as written and the other attributes changed
