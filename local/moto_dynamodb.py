@@ -570,7 +570,7 @@ def _store_items_compactly() -> None:
     """
     import sys
 
-    from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
+    from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
 
     intern = sys.intern
 
@@ -579,12 +579,12 @@ def _store_items_compactly() -> None:
         self.range_key = range_key
         self.attrs = LimitedSizeDict()
         for name, value in attrs.items():
-            self.attrs[intern(name)] = _key_or_new(value, hash_key, range_key, DynamoType)
+            self.attrs[intern(name)] = _key_or_new(value, hash_key, range_key)
 
     Item.__init__ = compact_init  # type: ignore[method-assign]
 
 
-def _key_or_new(value: Any, hash_key: Any, range_key: Any, new: Any) -> Any:
+def _key_or_new(value: Any, hash_key: Any, range_key: Any) -> Any:
     """The key object, for an attribute whose value is the very string its key was made from; else a new one.
 
     CPython shares some equal strings (single characters, for one), so an attribute merely equal to the key may
@@ -594,7 +594,7 @@ def _key_or_new(value: Any, hash_key: Any, range_key: Any, new: Any) -> Any:
         for key in (hash_key, range_key):
             if key is not None and value.get(key.type) is key.value:
                 return key
-    return new(value)
+    return _DynamoType(value)
 
 
 def _plain(value: Any) -> Any:

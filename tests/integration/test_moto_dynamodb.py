@@ -319,23 +319,24 @@ def test_stored_items_hold_their_key_once_and_share_attribute_names() -> None:
     # GIVEN the stack's moto (in a fresh interpreter, to look at the items moto holds)
     script = """
     item = lambda pk: {"pk": {"S": pk}, "sk": {"N": "0"}, "alias": {"S": pk}, "zero": {"N": "0"}, "text": {"S": "m"}}
+    written = ("put", "transacted", "batched")
     # WHEN items are written by each kind of write
     db.put_item(TableName="t", Item=item("put"))
     db.transact_write_items(TransactItems=[{"Put": {"TableName": "t", "Item": item("transacted")}}])
     db.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": item("batched")}}]})
     table = dynamodb_backends["123456789012"]["us-east-1"].tables["t"]
-    stored = [table.get_item(DynamoType({"S": pk}), DynamoType({"N": "0"})) for pk in ("put", "transacted", "batched")]
+    stored = [table.get_item(DynamoType({"S": pk}), DynamoType({"N": "0"})) for pk in written]
     names = [list(stored_item.attrs) for stored_item in stored]
     print(all(s.attrs["pk"] is s.hash_key and s.attrs["sk"] is s.range_key for s in stored))
     print(all(a is b for other in names[1:] for a, b in zip(names[0], other, strict=True)))
     # AND attributes holding the same values as the key are changed
-    for pk in ("put", "transacted", "batched"):
+    for pk in written:
         db.update_item(
             TableName="t", Key={"pk": {"S": pk}, "sk": {"N": "0"}}, UpdateExpression="SET alias = :x ADD zero :one",
             ExpressionAttributeValues={":x": {"S": "changed"}, ":one": {"N": "1"}},
         )
     changed = {"alias": {"S": "changed"}, "zero": {"N": "1"}}
-    for pk in ("put", "transacted", "batched"):
+    for pk in written:
         print(db.get_item(TableName="t", Key={"pk": {"S": pk}, "sk": {"N": "0"}})["Item"] == {**item(pk), **changed})
 """
     out = _in_fresh_moto(script)
