@@ -1336,6 +1336,41 @@ async def test_pipelined_and_trickled_calls_are_answered_in_order_and_anything_e
     await ws.close()
 
 
+async def test_the_answers_of_one_turn_of_the_loop_are_written_together_each_in_its_connections_order(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local.api_gateway.management_fast_path import ManagementFastPath
+
+    written_together: list[int] = []
+    write_replies = ManagementFastPath.write_replies
+
+    def counted(self: ManagementFastPath) -> None:
+        written_together.append(len(self._replies))
+        write_replies(self)
+
+    monkeypatch.setattr(ManagementFastPath, "write_replies", counted)
+    ws, connection_id = await stack.connect()
+    path = f"/@connections/{connection_id.replace('=', '%3D')}"
+    callers = [await asyncio.open_connection("127.0.0.1", stack.gateway.port) for _ in range(20)]
+    # WHEN twenty callers each send two posts at once, as a fan-out's connections do
+    for number, (_, writer) in enumerate(callers):
+        writer.write(b"".join(signed_call(stack, "POST", path, f"{number}.{n}".encode()) for n in range(2)))
+    answers = [[await asyncio.wait_for(read_answer(reader), 5) for _ in range(2)] for reader, _ in callers]
+    # THEN each caller gets an answer per post, on its own connection
+    assert [[answer.split(b"\r\n", 1)[0] for answer in pair] for pair in answers] == [[b"HTTP/1.1 200 OK"] * 2] * 20
+    # AND the answers that one turn of the loop gave were written together, not one by one
+    assert sum(written_together) == 40
+    assert max(written_together) >= 10, written_together
+    # AND every post arrived, each caller's in the order it sent them
+    received = [await asyncio.wait_for(ws.recv(), 5) for _ in range(40)]
+    for number in range(20):
+        sent_by_caller = [message for message in received if message.split(".")[0] == str(number)]
+        assert sent_by_caller == [f"{number}.0", f"{number}.1"]
+    for _, writer in callers:
+        writer.close()
+    await ws.close()
+
+
 async def test_stopping_closes_the_fast_paths_connections_and_drops_a_call_still_held(launch: Launch) -> None:
     stack = await launch()
     ws, connection_id = await stack.connect()
