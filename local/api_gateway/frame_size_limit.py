@@ -13,6 +13,8 @@ from aiohttp import WSCloseCode, web
 from aiohttp.http_websocket import WebSocketError
 from aiohttp.web_request import BaseRequest
 
+from local.api_gateway.turn_writes import TurnWrites
+
 logger = logging.getLogger("quanttrade.local.gateway")
 
 
@@ -95,11 +97,21 @@ def _frame_header_length(header: bytearray) -> int:
 
 
 class GatewayWebSocket(web.WebSocketResponse):
-    """A WebSocketResponse with API Gateway's per-frame size limit in front of its parser."""
+    """A WebSocketResponse with API Gateway's per-frame size limit in front of its parser, whose own messages
+    and close go after the frames posted to it before them (which `writes` holds until the turn's end)."""
 
-    def __init__(self, *, max_frame_bytes: int | None, **kwargs: Any) -> None:
+    def __init__(self, *, max_frame_bytes: int | None, writes: TurnWrites, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._max_frame_bytes = max_frame_bytes
+        self._writes = writes
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        self._writes.flush()
+        await super().send_str(data, compress)
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        self._writes.flush()
+        return await super().close(code=code, message=message, drain=drain)
 
     def _post_start(self, request: BaseRequest, *args: Any, **kwargs: Any) -> None:
         protocol = request.protocol

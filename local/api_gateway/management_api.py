@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import WSCloseCode, hdrs, web
 
 from local.api_gateway.config import GatewayConfig
 from local.api_gateway.connection import Connection
 from local.api_gateway.error_responses import JSON, gone, management_error
 from local.api_gateway.management_faults import INTERNAL_ERROR, THROTTLED, ManagementFaults, answer_of
 from local.api_gateway.throttle import TokenBucket
+from local.api_gateway.turn_writes import TurnWrites
 from local.iam import Decision
 from local.principals import Principal, Principals
 from local.signed_http import access_denied, authenticate_parts, request_context, signature_refusal
@@ -65,11 +66,13 @@ class ManagementApi:
         principals: Principals,
         connections: Mapping[str, Connection],
         close: CloseConnection,
+        writes: TurnWrites,
     ) -> None:
         # Who may call it (SigV4 + execute-api:ManageConnections).
         self.principals = principals
         self._connections = connections
         self._close = close
+        self._writes = writes  # posted frames go out with the turn's other writes
         # The last calls and their answers, as API Gateway's execution logs would show them (its access
         # log cannot: a keep-alive connection opened while INFO was off is never logged). Bounded: the
         # stack runs for hours at thousands of posts a second.
@@ -193,11 +196,8 @@ class ManagementApi:
             return gone()
         if transport.get_write_buffer_size() > self._config.client_buffer_bytes:
             return management_error(429, "LimitExceededException", "Client side buffer is full")
-        try:
-            # API Gateway delivers posted data as one text frame, byte for byte.
-            await ws.send_frame(data, WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
-            return gone()
+        # API Gateway delivers posted data as one text frame, byte for byte.
+        self._writes.write(transport, text_frame(data))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("POST @connections/%s %d bytes", connection_id, len(data))
         return web.Response(status=200)
@@ -222,6 +222,16 @@ class ManagementApi:
             return gone()
         self._close(connection, WSCloseCode.OK, "")
         return web.Response(status=204)
+
+
+def text_frame(data: bytes) -> bytes:
+    """`data` as one unmasked, final WebSocket text frame (RFC 6455 section 5.2), as a server sends it."""
+    length = len(data)
+    if length < 126:
+        return bytes((0x81, length)) + data
+    if length < 1 << 16:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + length.to_bytes(8, "big") + data
 
 
 def _too_large() -> web.Response:

@@ -21,6 +21,7 @@ from local.api_gateway.health import HealthEndpoints, ReadinessCheck
 from local.api_gateway.management_api import ManagementApi, ManagementCall
 from local.api_gateway.management_fast_path import ManagementFastPath
 from local.api_gateway.management_faults import ManagementFault
+from local.api_gateway.turn_writes import TurnWrites
 from local.api_gateway.websocket_stage import WebSocketStage
 from local.lambda_runtime.function import LambdaFunction
 from local.lambda_runtime.in_process import Handler
@@ -74,10 +75,16 @@ class LocalGateway:
             else RequestAuthorizer(self._as_function("authorizer", authorizer, wrapped), identity_sources)
         )
         self._routes = routes
-        self._stage = WebSocketStage(config, routes, self._authorizer)
+        # The gateway's bursts of writes (posted frames, the Management API's answers) go out once per turn.
+        self._writes = TurnWrites()
+        self._stage = WebSocketStage(config, routes, self._authorizer, self._writes)
         # Who may call the Management API (SigV4 + execute-api:ManageConnections); default: the local admin only.
         self._management_api = ManagementApi(
-            config, principals or Principals(config.account), self._stage.connections, self._stage.request_close
+            config,
+            principals or Principals(config.account),
+            self._stage.connections,
+            self._stage.request_close,
+            self._writes,
         )
         self._health = HealthEndpoints(config, self._stage.connections, readiness_checks or {})
         self._root_handler = root_handler
@@ -168,7 +175,7 @@ class LocalGateway:
         assert runner.server is not None
         sock = _bind(self.config.host, self.config.port)
         self._port = sock.getsockname()[1]
-        self._fast_path = ManagementFastPath(self._management_api, runner.server)
+        self._fast_path = ManagementFastPath(self._management_api, runner.server, self._writes)
         await _GatewaySite(runner, sock, self._fast_path).start()
         self._runner = runner
         self._health.started_at = time.monotonic()

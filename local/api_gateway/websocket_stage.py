@@ -39,6 +39,7 @@ from local.api_gateway.lambda_events import (
     status_of,
 )
 from local.api_gateway.throttle import TokenBucket
+from local.api_gateway.turn_writes import TurnWrites
 from local.lambda_runtime.errors import LambdaShutdownError
 from local.lambda_runtime.function import LambdaFunction
 
@@ -65,8 +66,10 @@ class WebSocketStage:
         config: GatewayConfig,
         routes: Mapping[str, LambdaFunction],
         authorizer: RequestAuthorizer | None,
+        writes: TurnWrites,
     ) -> None:
         self._routes = dict(routes)
+        self._writes = writes  # what the Management API posts to connections, until the turn's end
         self._authorizer = authorizer
         self._message_routes = frozenset(key for key in self._routes if key not in _SPECIAL_ROUTES)
         self._route_field = _parse_route_selection(config.route_selection_expression)
@@ -111,6 +114,7 @@ class WebSocketStage:
         config = self.config
         ws = GatewayWebSocket(
             max_frame_bytes=config.max_frame_bytes,
+            writes=self._writes,
             protocols=(protocol,) if protocol else (),
             compress=False,  # API Gateway negotiates no permessage-deflate
             max_msg_size=config.max_message_bytes + 1,  # aiohttp rejects sizes >= its limit

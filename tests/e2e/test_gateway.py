@@ -545,6 +545,12 @@ async def test_post_delivers_the_exact_bytes_as_one_text_frame_in_order(stack: S
 
     await asyncio.to_thread(post_many)
     assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(50)] == [str(index) for index in range(50)]
+
+    # AND so are posts of every size a frame encodes its length differently for, up to the largest message
+    for size in (125, 126, 65_535, 65_536, stack.gateway.config.max_message_bytes):
+        data = bytes(ord("a") + index % 26 for index in range(size))
+        await asyncio.to_thread(client.post_to_connection, ConnectionId=connection_id, Data=data)
+        assert (await asyncio.wait_for(ws.recv(), 5)).encode() == data, size
     await ws.close()
 
 
@@ -1336,19 +1342,19 @@ async def test_pipelined_and_trickled_calls_are_answered_in_order_and_anything_e
     await ws.close()
 
 
-async def test_the_answers_of_one_turn_of_the_loop_are_written_together_each_in_its_connections_order(
+async def test_the_writes_of_one_turn_of_the_loop_go_out_together_each_connection_in_order(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from local.api_gateway.management_fast_path import ManagementFastPath
+    from local.api_gateway.turn_writes import TurnWrites
 
     written_together: list[int] = []
-    write_replies = ManagementFastPath.write_replies
+    flush = TurnWrites.flush
 
-    def counted(self: ManagementFastPath) -> None:
-        written_together.append(len(self._replies))
-        write_replies(self)
+    def counted(self: TurnWrites) -> None:
+        written_together.append(len(self._queued))
+        flush(self)
 
-    monkeypatch.setattr(ManagementFastPath, "write_replies", counted)
+    monkeypatch.setattr(TurnWrites, "flush", counted)
     ws, connection_id = await stack.connect()
     path = f"/@connections/{connection_id.replace('=', '%3D')}"
     callers = [await asyncio.open_connection("127.0.0.1", stack.gateway.port) for _ in range(20)]
@@ -1358,17 +1364,53 @@ async def test_the_answers_of_one_turn_of_the_loop_are_written_together_each_in_
     answers = [[await asyncio.wait_for(read_answer(reader), 5) for _ in range(2)] for reader, _ in callers]
     # THEN each caller gets an answer per post, on its own connection
     assert [[answer.split(b"\r\n", 1)[0] for answer in pair] for pair in answers] == [[b"HTTP/1.1 200 OK"] * 2] * 20
-    # AND the answers that one turn of the loop gave were written together, not one by one
-    assert sum(written_together) == 40
-    assert max(written_together) >= 10, written_together
     # AND every post arrived, each caller's in the order it sent them
     received = [await asyncio.wait_for(ws.recv(), 5) for _ in range(40)]
     for number in range(20):
         sent_by_caller = [message for message in received if message.split(".")[0] == str(number)]
         assert sent_by_caller == [f"{number}.0", f"{number}.1"]
+    # AND the answers and frames of one turn of the loop were written together, not one by one
+    assert sum(written_together) == 80
+    assert max(written_together) >= 20, written_together
     for _, writer in callers:
         writer.close()
     await ws.close()
+
+
+async def test_a_route_response_or_a_close_goes_after_the_frames_posted_before_it(stack: Stack) -> None:
+    from local.api_gateway.management_api import text_frame
+
+    ws, connection_id = await stack.connect()
+    connection = stack.gateway._stage.connections[connection_id]
+    assert connection.ws is not None and connection.transport is not None
+    writes = stack.gateway._writes
+    # WHEN a route's response is sent in the same turn as a frame posted before it, still held for the turn's end
+    writes.write(connection.transport, text_frame(b"posted"))
+    await connection.ws.send_str("route response")
+    # THEN the posted frame arrives first
+    assert [await asyncio.wait_for(ws.recv(), 5) for _ in range(2)] == ["posted", "route response"]
+    # AND likewise a close: the frame posted before it is not lost behind it
+    writes.write(connection.transport, text_frame(b"last words"))
+    await connection.ws.close(code=1000, message=b"bye")
+    assert await asyncio.wait_for(ws.recv(), 5) == "last words"
+    assert await closed(ws) == (1000, "bye")
+
+
+async def test_a_post_and_a_delete_that_arrive_together_deliver_the_post_before_the_close(stack: Stack) -> None:
+    ws, connection_id = await stack.connect()
+    path = f"/@connections/{connection_id.replace('=', '%3D')}"
+    poster, closer = [await asyncio.open_connection("127.0.0.1", stack.gateway.port) for _ in range(2)]
+    # WHEN a post and a DELETE of the same connection arrive in one turn of the gateway's loop, the post first
+    poster[1].write(signed_call(stack, "POST", path, b"last"))
+    closer[1].write(signed_call(stack, "DELETE", path))
+    posted = await asyncio.wait_for(read_answer(poster[0]), 5)
+    deleted = await asyncio.wait_for(read_answer(closer[0]), 5)
+    # THEN the post was taken, and its frame reached the client before the close did
+    assert posted.startswith(b"HTTP/1.1 200 OK\r\n") and deleted.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert await asyncio.wait_for(ws.recv(), 5) == "last"
+    assert await closed(ws) == (1000, "")
+    for _, writer in (poster, closer):
+        writer.close()
 
 
 async def test_stopping_closes_the_fast_paths_connections_and_drops_a_call_still_held(launch: Launch) -> None:
