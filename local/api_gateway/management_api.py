@@ -192,8 +192,8 @@ class ManagementApi:
             return gone()
         transport = connection.transport
         ws = connection.ws
-        if transport is None or ws is None or transport.is_closing():
-            return gone()
+        if transport is None or ws is None or transport.is_closing() or ws.closed:
+            return gone()  # ws.closed: its close handshake has begun, and no data frame may follow a close
         if transport.get_write_buffer_size() > self._config.client_buffer_bytes:
             return management_error(429, "LimitExceededException", "Client side buffer is full")
         # API Gateway delivers posted data as one text frame, byte for byte.

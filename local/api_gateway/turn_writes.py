@@ -29,7 +29,7 @@ import asyncio
 
 
 class TurnWrites:
-    """Writes queued in this turn of the event loop, in order, written at the start of the next."""
+    """Writes queued in this turn of the event loop, written together and in order once the turn's callbacks ran."""
 
     def __init__(self) -> None:
         self._queued: list[tuple[asyncio.WriteTransport, bytes]] = []

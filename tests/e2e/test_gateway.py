@@ -1381,6 +1381,7 @@ async def test_a_route_response_or_a_close_goes_after_the_frames_posted_before_i
     from local.api_gateway.management_api import text_frame
 
     ws, connection_id = await stack.connect()
+    # Only from inside the gateway can a write be made in the same turn as a queued frame: reach in for it.
     connection = stack.gateway._stage.connections[connection_id]
     assert connection.ws is not None and connection.transport is not None
     writes = stack.gateway._writes
