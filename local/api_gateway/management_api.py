@@ -160,7 +160,7 @@ class ManagementApi:
         if not self._bucket.take():
             return management_error(*THROTTLED)
         if method == hdrs.METH_POST:
-            return await self._post(connection_id, data)
+            return self._post(connection_id, data)
         if method == hdrs.METH_GET:
             return self._get(connection_id)
         if method == hdrs.METH_DELETE:
@@ -184,7 +184,7 @@ class ManagementApi:
         self._decisions[key] = (principal, decision)
         return decision
 
-    async def _post(self, connection_id: str, data: bytes) -> web.Response:
+    def _post(self, connection_id: str, data: bytes) -> web.Response:
         if len(data) > self._config.max_message_bytes:
             return _too_large()
         connection = self._connections.get(connection_id)
