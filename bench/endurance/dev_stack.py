@@ -68,8 +68,8 @@ def tree_usage(root: int) -> dict[str, Any]:
     return {
         "rss_mib": round(sum(kind["rss_mib"] for kind in by_kind.values()), 1),
         "pss_mib": round(sum(kind["pss_mib"] for kind in by_kind.values()), 1),
-        "cpu_seconds": round(sum(kind["cpu_seconds"] for kind in by_kind.values()), 1),
-        "by_kind": {name: {k: round(v, 1) for k, v in kind.items()} for name, kind in by_kind.items()},
+        "cpu_seconds": round(sum(kind["cpu_seconds"] for kind in by_kind.values()), 2),  # the kernel counts 10 ms ticks
+        "by_kind": {name: {k: round(v, 2) for k, v in kind.items()} for name, kind in by_kind.items()},
     }
 
 
@@ -188,9 +188,13 @@ def stats_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 
 def cpu_by_kind(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     """CPU seconds each kind of process spent between two `tree_usage` readings (an ended process counts with
-    its parent)."""
-    kinds = after["by_kind"]
+    its parent), to a tenth."""
+    return {kind: round(seconds, 1) for kind, seconds in cpu_seconds_between(before, after).items()}
+
+
+def cpu_seconds_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """`cpu_by_kind`, unrounded."""
     return {
-        kind: round(usage["cpu_seconds"] - before["by_kind"].get(kind, {}).get("cpu_seconds", 0.0), 1)
-        for kind, usage in kinds.items()
+        kind: usage["cpu_seconds"] - before["by_kind"].get(kind, {}).get("cpu_seconds", 0.0)
+        for kind, usage in after["by_kind"].items()
     }

@@ -14,6 +14,7 @@ from bench.endurance.dev_stack import (
     WORKERS,
     DevStack,
     cpu_by_kind,
+    cpu_seconds_between,
     local_stats,
     ready_status,
     stats_between,
@@ -174,8 +175,13 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
     by_event: list[dict[str, float | None]] = []
     incomplete = 0
     for _ in range(events):
+        cpu_before = await loop.run_in_executor(None, tree_usage, stack.process.pid)
+        clients_cpu_before = time.process_time()
         event_id, sent = await loop.run_in_executor(None, publisher.publish, CAPACITY_SYMBOL)
         arrivals = await asyncio.gather(*(client.wait_for(event_id, 30) for client in held))
+        clients_cpu = time.process_time() - clients_cpu_before
+        cpu_after = await loop.run_in_executor(None, tree_usage, stack.process.pid)
+        stack_cpu = cpu_seconds_between(cpu_before, cpu_after)
         incomplete += sum(arrival is None for arrival in arrivals)
         event_ms = [(arrival - sent) * 1000 for arrival in arrivals if arrival is not None]
         latencies.extend(event_ms)
@@ -185,6 +191,12 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
                 "p50": _round(percentile(event_ms, 0.5)),
                 "p99": _round(percentile(event_ms, 0.99)),
                 "max": _round(max(event_ms, default=None)),
+                "stack_cpu_ms": round(sum(stack_cpu.values()) * 1000),
+                # Which process spent the event's time: a slow event told apart from a costly one.
+                "cpu_ms_by_kind": {
+                    **{kind: round(seconds * 1000) for kind, seconds in stack_cpu.items()},
+                    "benchmark (clients, publisher)": round(clients_cpu * 1000),
+                },
             }
         )
     delivered = await loop.run_in_executor(None, tree_usage, stack.process.pid)
@@ -208,7 +220,8 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
     print(
         f"  {clients} clients: subscribed in {subscribed_seconds:.1f} s, one event to all: "
         f"p50 {figures[key + '_latency_p50_ms']} ms p99 {figures[key + '_latency_p99_ms']} ms, missing {incomplete}; "
-        f"p99 by event {[event['p99'] for event in by_event]} ms\n"
+        f"p99 by event {[event['p99'] for event in by_event]} ms, the stack's CPU by event "
+        f"{[event['stack_cpu_ms'] for event in by_event]} ms\n"
         f"    CPU s by process while connecting {figures[key + '_connect_cpu_seconds_by_kind']}, "
         f"while delivering {figures[key + '_events_cpu_seconds_by_kind']}",
         flush=True,
