@@ -172,7 +172,7 @@ async def capacity(stack: DevStack, clients: int, events: int, figures: dict[str
     stats_subscribed = await loop.run_in_executor(None, local_stats)
     publisher = Publisher()
     latencies: list[float] = []
-    by_event: list[dict[str, float | None]] = []
+    by_event: list[dict[str, Any]] = []  # figures, and CPU by kind, of each event
     incomplete = 0
     for _ in range(events):
         cpu_before = await loop.run_in_executor(None, tree_usage, stack.process.pid)
