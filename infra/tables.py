@@ -47,9 +47,7 @@ class Tables(Construct):
                     index_name=index.name,
                     partition_key=_attribute(declared, index.partition_key),
                     sort_key=_attribute(declared, index.sort_key) if index.sort_key else None,
-                    # Cleanup reads whole rows through the index; a keys-only
-                    # projection would cost a second read per item.
-                    projection_type=dynamodb.ProjectionType.ALL,
+                    projection_type=dynamodb.ProjectionType(index.projection),
                 )
             self._by_logical_id[declared.logical_id] = table
 

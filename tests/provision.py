@@ -52,7 +52,7 @@ def create_tables(dynamodb: Any, settings: Settings) -> None:
                     "IndexName": index.name,
                     "KeySchema": [{"AttributeName": index.partition_key, "KeyType": "HASH"}]
                     + ([{"AttributeName": index.sort_key, "KeyType": "RANGE"}] if index.sort_key else []),
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                    "Projection": {"ProjectionType": index.projection},
                 }
                 for index in table.indexes
             ]

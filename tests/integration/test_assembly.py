@@ -123,7 +123,7 @@ def test_every_table_has_its_keys_indexes_ttl_and_on_demand_billing(template: Te
                 want.partition_key,
                 want.sort_key,
             )
-            assert index.projection_type == "ALL"
+            assert index.projection_type == want.projection
         for attribute in {k.attribute for k in table.key_schema}:
             assert table.attribute_types[attribute] == declared.key_type(attribute)
 

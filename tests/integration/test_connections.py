@@ -316,8 +316,9 @@ def test_a_disconnect_deletes_its_subscription_rows_without_a_transaction(wired:
     calls.reset()
     wired.service.disconnect("leaving")
 
-    # THEN each row went in a conditional delete of its own (one write, where a transaction of one costs two),
-    # and nothing of it is left
+    # THEN its rows were read from the index alone (it holds whole rows: no second read of them), each row went
+    # in a conditional delete of its own (one write, where a transaction of one costs two), and nothing is left
+    assert calls.calls["Query"] == 1 and calls.calls["BatchGetItem"] == 0
     assert calls.calls["TransactWriteItems"] == 0
     assert calls.calls["DeleteItem"] == 3  # the two subscription rows and the connection row
     assert wired.store.subscriptions_of("leaving") == []

@@ -387,6 +387,33 @@ def test_resume_replays_only_streams_the_session_held(wired: Wired, away):
         assert streams[other] == {"recovered": False, "replayed": 0, "error": "FORBIDDEN"}
 
 
+def test_what_a_resume_re_attaches_is_replayed_before_the_index_shows_it(wired: Wired, monkeypatch):
+    # GIVEN a client on AAPL and in the MSFT data room, away while both moved on
+    wired.connect("old")
+    token = hello(wired, "old")
+    subscribe(wired, "old", AAPL)
+    assert wired.send("old", {"action": "joinRoom", "room": "market_data_MSFT"})["message_type"] == "join_room"
+    publish(wired, eb.market_data("AAPL"), eb.market_data("MSFT"))
+    drop(wired, "old")
+    publish(wired, *ticks(2), *ticks(2, "MSFT"))
+    # AND the by_connection index lags behind the new connection's rows, as a global secondary index may
+    lagging = {"new"}
+    subscriptions_of, rooms_of = wired.store.subscriptions_of, wired.store.rooms_of
+    monkeypatch.setattr(wired.store, "subscriptions_of", lambda c: [] if c in lagging else subscriptions_of(c))
+    monkeypatch.setattr(wired.store, "rooms_of", lambda c: [] if c in lagging else rooms_of(c))
+    # WHEN a new connection resumes both
+    wired.connect("new")
+    received = resume(wired, "new", token, {STREAM: 1, "market_data:MSFT": 1})
+    # THEN both are replayed: what the resume itself re-attached counts as held
+    assert [(m["stream"], m["seq"]) for m in received[:-1]] == [
+        (STREAM, 2),
+        (STREAM, 3),
+        ("market_data:MSFT", 2),
+        ("market_data:MSFT", 3),
+    ]
+    assert received[-1]["payload"]["recovered"] is True
+
+
 def test_a_data_room_counts_as_holding_its_stream(wired: Wired):
     # GIVEN a client that received MSFT through its data room, not a subscription, and went away
     wired.connect("old")

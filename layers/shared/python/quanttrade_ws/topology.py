@@ -25,6 +25,9 @@ class Index:
     name: str
     partition_key: str
     sort_key: str | None = None
+    # Whole rows: cleanup reads a connection's rows through its index, and a keys-only
+    # projection would cost a second read for each.
+    projection: str = "ALL"
 
 
 @dataclass(frozen=True)

@@ -194,8 +194,10 @@ class SessionActions(RoomActions, SubscriptionActions):
         # Only streams this connection now receives are replayed (its own subscriptions and data rooms, the
         # session's re-attached ones among them), and at most limits.resume_messages messages in all:
         # one small frame must not buy a replay of every stream the server keeps.
-        held_keys = {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
-        held_rooms = set(self.store.rooms_of(connection.connection_id))
+        # What this resume re-attached counts whatever the index says: a global secondary index is only
+        # eventually consistent, so rows written a moment ago may not be in it yet (on DynamoDB, not in moto).
+        held_keys = set(subscriptions) | {s.stream_key for s in self.store.subscriptions_of(connection.connection_id)}
+        held_rooms = set(rooms) | set(self.store.rooms_of(connection.connection_id))
         budget = [self.limits.resume_messages]  # one mutable cell that every _replay below spends from
         results: dict[str, StreamReplay] = {}
         heads: dict[str, int] = {}  # each replayed stream's latest seq, where a catch-up replay starts

@@ -9,7 +9,7 @@ from quanttrade_ws.models import Subscription
 from quanttrade_ws.store.codec import get_flag, get_float, get_int, get_str, get_string_map, n, s
 from quanttrade_ws.store.connections import connection_counters, counter_outcome
 from quanttrade_ws.store.ports import Outcome
-from quanttrade_ws.store.tables import TRANSACTION_ACTIONS, DynamoTables, chunks, failed
+from quanttrade_ws.store.tables import TRANSACTION_ACTIONS, DynamoTables, failed
 
 # A batch subscribe spends one action on the connection's counter; the rest are its rows.
 SUBSCRIPTIONS_PER_TRANSACTION = TRANSACTION_ACTIONS - 1
@@ -132,35 +132,18 @@ class DynamoSubscriptions(DynamoTables):
             ]
 
     def subscriptions_of(self, connection_id: str) -> list[Subscription]:
-        keys = [get_str(item, "stream_key") for item in self._owned(self.subscriptions_table, connection_id)]
-        if not keys:
-            return []
-        # The index projects keys only; fetch the rows for their filters and intervals.
-        found = []
-        for chunk in chunks(keys, 100):
-            request = {
-                self.subscriptions_table: {
-                    "Keys": [{"stream_key": s(k), "connection_id": s(connection_id)} for k in chunk]
-                }
-            }
-            while request:
-                response = self._db.batch_get_item(RequestItems=request)
-                found.extend(response["Responses"].get(self.subscriptions_table, []))
-                request = response.get("UnprocessedKeys") or {}
-        return sorted(
-            (
-                Subscription(
-                    stream_key=get_str(item, "stream_key"),
-                    connection_id=connection_id,
-                    user_id=get_str(item, "user_id"),
-                    interval=get_float(item, "interval"),
-                    filters=get_string_map(item, "filters"),
-                    latest_only=get_flag(item, "latest_only"),
-                )
-                for item in found
-            ),
-            key=lambda subscription: subscription.stream_key,
-        )
+        """A connection's subscriptions in stream key order: one Query of its index, which holds whole rows."""
+        return [
+            Subscription(
+                stream_key=get_str(item, "stream_key"),
+                connection_id=connection_id,
+                user_id=get_str(item, "user_id"),
+                interval=get_float(item, "interval"),
+                filters=get_string_map(item, "filters"),
+                latest_only=get_flag(item, "latest_only"),
+            )
+            for item in self._owned(self.subscriptions_table, connection_id)
+        ]
 
     def count_subscriptions(self) -> int:
         return self._count(self.subscriptions_table)

@@ -200,7 +200,8 @@ class DynamoTables:
             kwargs["ExclusiveStartKey"] = last
 
     def _owned(self, table: str, connection_id: str) -> Iterator[dict[str, Any]]:
-        """The keys of a connection's rows in the subscriptions or rooms table: a Query of its `by_connection` index."""
+        """A connection's rows in the subscriptions or rooms table, in the index's sort key order: a Query of its
+        `by_connection` index (which projects whole rows)."""
         return self._query(
             TableName=table,
             IndexName="by_connection",
