@@ -302,7 +302,7 @@ def test_a_disconnect_queries_only_the_indexes_its_connection_counts_rows_in(wir
     assert room_count_item(wired, "lobby") == 0 and room_count_item(wired, "desk") == 0
 
 
-def test_a_disconnect_deletes_its_subscription_rows_without_a_transaction(wired: Wired) -> None:
+def test_a_disconnect_deletes_its_subscription_rows_in_one_batch_without_a_transaction(wired: Wired) -> None:
     from tests.dynamo_calls import DynamoCalls
 
     # GIVEN a connection with two subscriptions (the connection row's counter goes with the row itself)
@@ -316,11 +316,12 @@ def test_a_disconnect_deletes_its_subscription_rows_without_a_transaction(wired:
     calls.reset()
     wired.service.disconnect("leaving")
 
-    # THEN its rows were read from the index alone (it holds whole rows: no second read of them), each row went
-    # in a conditional delete of its own (one write, where a transaction of one costs two), and nothing is left
+    # THEN its rows were read from the index alone (it holds whole rows: no second read of them) and deleted in
+    # one BatchWriteItem (no transaction: the counter goes with the connection row), and nothing is left
     assert calls.calls["Query"] == 1 and calls.calls["BatchGetItem"] == 0
     assert calls.calls["TransactWriteItems"] == 0
-    assert calls.calls["DeleteItem"] == 3  # the two subscription rows and the connection row
+    assert calls.calls["BatchWriteItem"] == 1
+    assert calls.calls["DeleteItem"] == 1  # the connection row
     assert wired.store.subscriptions_of("leaving") == []
     assert wired.store.subscribers("alerts:*") == [] and wired.store.subscribers("market_regime:*") == []
 
@@ -329,8 +330,7 @@ def test_removing_a_subscription_that_is_gone_says_so(wired: Wired) -> None:
     # GIVEN a subscription removed once
     wired.connect("twice")
     wired.send("twice", {"action": "subscribe", "streams": [{"stream_type": "alerts"}]})
-    assert wired.store.remove_subscription("alerts:*", "twice", adjust_connection=False) is True
+    assert wired.store.remove_subscription("alerts:*", "twice") is True
 
     # WHEN it is removed again, THEN there was nothing to remove
-    assert wired.store.remove_subscription("alerts:*", "twice", adjust_connection=False) is False
     assert wired.store.remove_subscription("alerts:*", "twice") is False

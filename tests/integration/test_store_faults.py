@@ -506,3 +506,70 @@ def test_batch_reads_of_stream_heads_are_consistent(wired: Wired) -> None:
     # THEN one request, reading consistently (a head written a moment ago must be seen)
     [request] = asked
     assert request["RequestItems"][wired.settings.streams_table]["ConsistentRead"] is True
+
+
+# ---------------------------------------------------------------- batch deletes of a closing connection's rows
+
+BATCH_WRITE = "BatchWriteItem"
+
+
+def first_write_only(wired: Wired) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
+    """An answer that deletes the first row asked (in moto, as DynamoDB would) and leaves the others unprocessed."""
+
+    def answer(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        [(table, writes)] = request["RequestItems"].items()
+        wired.store._raw.delete_item(TableName=table, Key=writes[0]["DeleteRequest"]["Key"])
+        return 200, {"UnprocessedItems": {table: writes[1:]} if writes[1:] else {}}
+
+    return answer
+
+
+def nothing_written(request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """DynamoDB's answer when it wrote none of a batch (throttled): all of it back as unprocessed."""
+    return 200, {"UnprocessedItems": request["RequestItems"]}
+
+
+def subscribed_to_many(wired: Wired, connection_id: str, count: int) -> list[str]:
+    wired.connect(connection_id)
+    symbols = [f"S{index:02d}" for index in range(count)]
+    for start in range(0, count, 10):
+        assert wired.send(connection_id, subscribe(*symbols[start : start + 10]))["message_type"] == "subscribe"
+    keys = [f"market_data:{symbol}" for symbol in symbols]
+    assert [s.stream_key for s in wired.store.subscriptions_of(connection_id)] == keys
+    return keys
+
+
+def test_a_disconnect_deletes_its_subscription_rows_25_a_call_and_sends_unprocessed_ones_again(wired: Wired) -> None:
+    # GIVEN a connection subscribed to 30 streams, and DynamoDB deleting only the first row of the first batch,
+    # then none of the next
+    subscribed_to_many(wired, "many", 30)
+    waits: list[float] = []
+    wired.store.backoff.sleep = waits.append
+    with inject(wired, BATCH_WRITE).next(1, first_write_only(wired)).next(1, nothing_written) as faults:
+        # WHEN it disconnects
+        wired.service.disconnect("many")
+    # THEN two batches (25 rows, then 5) went, the first one's leftovers again after a backoff each, and every
+    # row is gone
+    assert (faults.injected, faults.passed) == (2, 2)
+    assert len(waits) == 2
+    assert wired.store.subscriptions_of("many") == []
+    assert items(wired, wired.settings.subscriptions_table) == []
+
+
+def test_subscription_rows_still_unprocessed_after_the_retries_are_deleted_one_by_one(wired: Wired) -> None:
+    # GIVEN a connection on three streams, and DynamoDB never processing a batch write
+    keys = subscribed_to_many(wired, "stuck", 3)
+    deleted_one_by_one: list[str] = []
+
+    def count_delete(params: dict[str, Any], **_: Any) -> None:
+        if params["TableName"] == wired.settings.subscriptions_table:
+            deleted_one_by_one.append(params["Key"]["stream_key"]["S"])
+
+    wired.store._raw.meta.events.register("provide-client-params.dynamodb.DeleteItem", count_delete)
+    with inject(wired, BATCH_WRITE).always(nothing_written) as faults:
+        # WHEN it disconnects
+        wired.service.disconnect("stuck")
+    # THEN the batch was tried a bounded number of times, then each row was deleted on its own
+    assert faults.injected == wired.store.backoff.attempts
+    assert deleted_one_by_one == keys
+    assert items(wired, wired.settings.subscriptions_table) == []

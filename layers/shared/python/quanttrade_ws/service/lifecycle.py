@@ -59,8 +59,7 @@ class Lifecycle(ServiceCore):
                 SessionSnapshot(connection.session_id, connection.identity.user_id, tuple(subscriptions), tuple(rooms)),
                 held_by=connection_id,
             )
-        for subscription in subscriptions:
-            self.store.remove_subscription(subscription.stream_key, connection_id, adjust_connection=False)
+        self.store.remove_subscriptions_of(connection_id, [subscription.stream_key for subscription in subscriptions])
         for room in rooms:
             self.store.leave_room(room, connection_id, adjust_connection=False)
         removed = self.store.delete_connection(connection_id)

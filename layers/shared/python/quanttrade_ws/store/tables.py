@@ -44,10 +44,11 @@ RETRYABLE_ERRORS = frozenset(
 # before the store took retries over.
 TRANSPORT_ERRORS = (BotocoreConnectionError, HTTPClientError)
 CONDITION_FAILED = "ConditionalCheckFailed"
-# DynamoDB's caps: actions in one TransactWriteItems, keys in one BatchGetItem.
+# DynamoDB's caps: actions in one TransactWriteItems, keys in one BatchGetItem, requests in one BatchWriteItem.
 TRANSACTION_ACTIONS = 100
 TRANSACTION_BYTES = 4 * 1024 * 1024  # DynamoDB's cap on one transaction's items together
 BATCH_GET_KEYS = 100
+BATCH_WRITE_ITEMS = 25
 
 _T = TypeVar("_T")
 
