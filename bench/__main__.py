@@ -10,9 +10,9 @@ Benchmarks print numbers, not pass/fail: a missed target is reported in the
 table and in the JSON, and the exit status is non-zero only when a benchmark
 could not run at all. A subset never overwrites bench/results.json, so that
 file always holds one complete run from one machine and one commit;
-`python -m bench.endurance` (an hour, not part of this), `bench.coalescing` and
-`bench.delivery_clients` add their figures to it under keys of their own
-(`endurance...`, `coalescing_...`, `delivery_clients_...`), each with its own
+`python -m bench.endurance` (an hour, not part of this), `bench.coalescing`,
+`bench.delivery_clients` and `bench.disconnects` add their figures to it under keys of their own
+(`endurance...`, `coalescing_...`, `delivery_clients_...`, `disconnects_...`), each with its own
 machine section and command, and leave the rest alone; a full run here replaces
 only its own figures and keeps theirs (`separately_measured`).
 """
@@ -268,10 +268,11 @@ def output_path(requested: Sequence[str], given: str | None) -> Path:
 
 def separately_measured(path: Path) -> dict[str, Any]:
     """The figures in `path` of the benchmarks that run on their own and merge into the results file
-    (`bench.endurance`, an hour; `bench.coalescing`; `bench.delivery_clients`), which a run of this one keeps:
-    it replaces only its own."""
+    (`bench.endurance`, an hour; `bench.coalescing`; `bench.delivery_clients`; `bench.disconnects`), which a run
+    of this one keeps: it replaces only its own."""
     from bench.coalescing import PREFIX as COALESCING
     from bench.delivery_clients import PREFIX as DELIVERY_CLIENTS
+    from bench.disconnects import PREFIX as DISCONNECTS
     from bench.endurance import RESULTS_KEY as ENDURANCE
 
     if not path.exists():
@@ -280,7 +281,7 @@ def separately_measured(path: Path) -> dict[str, Any]:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return {}
-    prefixes = (ENDURANCE, COALESCING, DELIVERY_CLIENTS)
+    prefixes = (ENDURANCE, COALESCING, DELIVERY_CLIENTS, DISCONNECTS)
     return {key: value for key, value in previous.items() if key.startswith(prefixes)}
 
 

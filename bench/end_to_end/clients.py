@@ -64,10 +64,19 @@ def _unpack(message: dict[str, Any]) -> list[dict[str, Any]]:
 class ClientPool:
     """WebSocket clients of one server, each reading in its own task and recording arrivals."""
 
-    def __init__(self, url: str, arrivals: Arrivals, *, subscribe: bool, token_secret: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        arrivals: Arrivals,
+        *,
+        subscribe: bool,
+        token_secret: str | None = None,
+        subscribe_frame: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self.arrivals = arrivals
         self.subscribe = subscribe
+        self.subscribe_frame = subscribe_frame or SUBSCRIBE  # what each client sends, when it subscribes
         self.token_secret = token_secret
         self.connections: list[Any] = []
         self.readers: list[asyncio.Task[None]] = []
@@ -118,7 +127,7 @@ class ClientPool:
         try:
             if self.subscribe:
                 request_id = f"sub-{index}"
-                await connection.send(json.dumps({**SUBSCRIBE, "request_id": request_id}))
+                await connection.send(json.dumps({**self.subscribe_frame, "request_id": request_id}))
                 while True:
                     reply = json.loads(await asyncio.wait_for(connection.recv(), 120))
                     if reply.get("request_id") == request_id:

@@ -49,7 +49,8 @@ def _command(pid: int) -> str:
         return "moto"
     if "lambda_worker" in text:
         return WORKERS
-    return "dev process" if "local dev" in text or "-m local" in text else text[:40]
+    # `bench.stack_server` runs the same stack (gateway, pumps, front door) in a benchmark's child process.
+    return "dev process" if "local dev" in text or "-m local" in text or "bench.stack_server" in text else text[:40]
 
 
 def tree_usage(root: int) -> dict[str, Any]:
