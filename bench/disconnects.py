@@ -5,11 +5,10 @@
 For each number of streams, a fresh stack (`bench.stack_server`, simulator off)
 and `--clients` clients, each subscribed to that many streams, all closed at
 once. Measured from the first close until the disconnect function has been
-invoked once per client (the stack's own counters, `/local/stats`, count an
-invocation as it starts) and the subscriptions table is empty (a counting Scan
-every `POLL_SECONDS`, whose cost in moto is part of the figure): the time it
-took, and the stack's CPU per `$disconnect` by kind of process (`/proc`, the
-clients' process not included).
+invoked once per client and has none in flight (the stack's own counters,
+`/local/stats`): the time it took, and the stack's CPU per `$disconnect` by
+kind of process (`/proc`, the clients' process not included). Then every
+subscription row must be gone.
 
 Why: Ctrl-C closes every connection and gives their `$disconnect`s a budget of
 a few seconds. These figures say how many fit in it on this machine, and what
@@ -37,7 +36,7 @@ PREFIX = "disconnects_"  # this benchmark's keys in bench/results.json
 CLIENTS = 1000
 STREAMS = (1, 5)
 DISCONNECT_DEADLINE = 300.0
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.1
 STACK_OPTIONS = {
     "simulator": False,
     "connect_rate_per_second": None,
@@ -53,11 +52,11 @@ def subscribe_frame(streams: int) -> dict[str, Any]:
     return {**SUBSCRIBE, "streams": wanted}
 
 
-def disconnects_done(stats: dict[str, Any]) -> tuple[int, int]:
-    """(invocations, errors) of the disconnect function so far, from `/local/stats`."""
+def disconnect_counters(stats: dict[str, Any]) -> tuple[int, int, int]:
+    """(invocations, in flight, errors) of the disconnect function, from `/local/stats`."""
     functions = stats.get("functions", {})
     counters: dict[str, Any] = next((c for name, c in functions.items() if "DisconnectFunction" in name), {})
-    return int(counters.get("invocations", 0)), int(counters.get("errors", 0))
+    return int(counters.get("invocations", 0)), int(counters.get("in_flight", 0)), int(counters.get("errors", 0))
 
 
 async def measure(clients: int, streams: int) -> dict[str, Any]:
@@ -76,20 +75,21 @@ async def measure(clients: int, streams: int) -> dict[str, Any]:
         if setup["clients"] < clients:
             raise RuntimeError(f"only {setup['clients']} of {clients} clients could connect and subscribe")
         before_stats = await loop.run_in_executor(None, stack_stats, http_url)
-        invoked_before, errors_before = disconnects_done(before_stats)
+        invoked_before, _, errors_before = disconnect_counters(before_stats)
         usage_before = tree_usage(stack.pid)
         started = time.monotonic()
         await pool.close()
         closed = time.monotonic() - started
         deadline = started + DISCONNECT_DEADLINE
         while True:
-            invoked, errors = disconnects_done(await loop.run_in_executor(None, stack_stats, http_url))
-            rows_left = await loop.run_in_executor(None, count_rows)
-            if (invoked - invoked_before >= clients and rows_left == 0) or time.monotonic() > deadline:
+            stats = await loop.run_in_executor(None, stack_stats, http_url)
+            invoked, in_flight, errors = disconnect_counters(stats)
+            if (invoked - invoked_before >= clients and in_flight == 0) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(POLL_SECONDS)
         seconds = time.monotonic() - started
         usage_after = tree_usage(stack.pid)
+        rows_left = await loop.run_in_executor(None, count_rows)
     by_kind = cpu_seconds_between(usage_before, usage_after)
     done = invoked - invoked_before
     return {

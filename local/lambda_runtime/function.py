@@ -41,9 +41,11 @@ class LambdaFunction:
     this process (test doubles only; no code or layers then).
 
     Counters, as CloudWatch's metrics: `invocations`, `errors` (handler errors,
-    init failures, runtime exits), `timeouts`, and `cold_starts`; and `reaped`,
-    the environments shut down after `idle_limit_seconds` without an invocation
-    (0: never), which Lambda does without telling.
+    init failures, runtime exits), `timeouts`, and `cold_starts`; `in_flight`,
+    the invocations begun and not yet answered (those waiting for a free
+    environment too); and `reaped`, the environments shut down after
+    `idle_limit_seconds` without an invocation (0: never), which Lambda does
+    without telling.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class LambdaFunction:
         self.arn = f"arn:aws:lambda:{region}:{account}:function:{name}"
         self.log_group_name = f"/aws/lambda/{name}"
         self.invocations = 0
+        self.in_flight = 0
         self.errors = 0
         self.timeouts = 0
         self.cold_starts = 0
@@ -174,6 +177,13 @@ class LambdaFunction:
         toward the timeout: it stands in for Lambda scaling out.
         """
         self.invocations += 1
+        self.in_flight += 1
+        try:
+            return await self._answer(event, trace_id)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, event: Any, trace_id: str | None) -> Any:
         if self._in_process is not None:
             try:
                 return await self._in_process.invoke(event, self.timeout_seconds, self._context)

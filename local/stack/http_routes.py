@@ -118,14 +118,16 @@ def http_api_event(request: web.Request, route_key: str, principals: Principals)
 
 
 def _local_stats(stack: LocalStack) -> dict[str, Any]:
-    """What CloudWatch would show on AWS: invocations, errors, cold starts (Init Duration lines) and the pumps'
-    counters; and the execution environments shut down for idleness (`reaped`), which AWS does not report."""
+    """What CloudWatch would show on AWS: invocations (and those in flight), errors, cold starts (Init Duration
+    lines) and the pumps' counters; and the execution environments shut down for idleness (`reaped`), which AWS
+    does not report."""
     gateway = stack.running_gateway()
     front_door = stack.front_door
     return {
         "functions": {
             name: {
                 "invocations": f.invocations,
+                "in_flight": f.in_flight,
                 "errors": f.errors,
                 "timeouts": f.timeouts,
                 "cold_starts": f.cold_starts,

@@ -352,12 +352,15 @@ async def test_concurrency_caps_the_environments_running_at_once(
 
     # WHEN two are running (and the rest queued)
     await eventually(lambda: len(list(markers.glob("running-*"))) == 2, what="two invocations in flight")
+    # THEN all six count as in flight, those waiting for an environment too
+    assert function.in_flight == 6
     (markers / "release").touch()
     seen = await asyncio.gather(*calls)
 
-    # THEN no invocation ever saw more than two running, and only two environments were started
+    # THEN no invocation ever saw more than two running, only two environments were started, none is in flight
     assert max(seen) == 2
     assert function.cold_starts == 2
+    assert (function.invocations, function.in_flight) == (6, 0)
 
 
 async def test_waiting_for_a_free_environment_does_not_count_toward_the_timeout(

@@ -64,13 +64,13 @@ def test_the_disconnect_benchmark_subscribes_each_client_to_as_many_distinct_str
 
 
 def test_the_disconnect_benchmark_reads_the_disconnect_functions_counters() -> None:
-    from bench.disconnects import disconnects_done
+    from bench.disconnects import disconnect_counters
 
     stats = {
         "functions": {
-            "FunctionsConnectFunctionAA697F77": {"invocations": 9, "errors": 0},
-            "FunctionsDisconnectFunction05B6DD4C": {"invocations": 7, "errors": 1},
+            "FunctionsConnectFunctionAA697F77": {"invocations": 9, "in_flight": 0, "errors": 0},
+            "FunctionsDisconnectFunction05B6DD4C": {"invocations": 7, "in_flight": 2, "errors": 1},
         }
     }
-    assert disconnects_done(stats) == (7, 1)
-    assert disconnects_done({"error": "refused"}) == (0, 0)
+    assert disconnect_counters(stats) == (7, 2, 1)
+    assert disconnect_counters({"error": "refused"}) == (0, 0, 0)
