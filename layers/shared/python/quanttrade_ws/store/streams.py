@@ -198,21 +198,18 @@ class DynamoStreams(DynamoTables):
         """
         wanted = list(dict.fromkeys(keys))  # BatchGetItem refuses a key named twice
         found: dict[tuple[str, int], dict[str, Any]] = {}
+
+        def read(request: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            response = self._db.batch_get_item(
+                RequestItems={self.streams_table: {"Keys": request, "ConsistentRead": True}}
+            )
+            for item in response.get("Responses", {}).get(self.streams_table, []):
+                found[(get_str(item, "stream"), get_int(item, "seq"))] = item
+            return list((response.get("UnprocessedKeys") or {}).get(self.streams_table, {}).get("Keys", []))
+
         left: list[dict[str, Any]] = []
         for chunk in chunks(wanted, BATCH_GET_KEYS):
-            request = [{"stream": s(stream), "seq": n(seq)} for stream, seq in chunk]
-            for attempt in range(self.backoff.attempts):
-                response = self._db.batch_get_item(
-                    RequestItems={self.streams_table: {"Keys": request, "ConsistentRead": True}}
-                )
-                for item in response.get("Responses", {}).get(self.streams_table, []):
-                    found[(get_str(item, "stream"), get_int(item, "seq"))] = item
-                request = (response.get("UnprocessedKeys") or {}).get(self.streams_table, {}).get("Keys", [])
-                if not request:
-                    break
-                if attempt + 1 < self.backoff.attempts:
-                    self.backoff.wait(attempt)
-            left.extend(request)
+            left += self._until_processed([{"stream": s(stream), "seq": n(seq)} for stream, seq in chunk], read)
         for key in left:
             item = self._db.get_item(TableName=self.streams_table, Key=key, ConsistentRead=True).get("Item")
             if item:

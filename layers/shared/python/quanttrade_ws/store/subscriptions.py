@@ -108,19 +108,16 @@ class DynamoSubscriptions(DynamoTables):
         of times; whatever is still left then is deleted one DeleteItem at a time.
         """
         keys = [{"stream_key": s(key), "connection_id": s(connection_id)} for key in dict.fromkeys(stream_keys)]
+
+        def delete(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            response = self._db.batch_write_item(RequestItems={self.subscriptions_table: requests})
+            return list((response.get("UnprocessedItems") or {}).get(self.subscriptions_table, []))
+
         left: list[dict[str, Any]] = []
         for chunk in chunks(keys, BATCH_WRITE_ITEMS):
-            requests = [{"DeleteRequest": {"Key": key}} for key in chunk]
-            for attempt in range(self.backoff.attempts):
-                response = self._db.batch_write_item(RequestItems={self.subscriptions_table: requests})
-                requests = (response.get("UnprocessedItems") or {}).get(self.subscriptions_table, [])
-                if not requests:
-                    break
-                if attempt + 1 < self.backoff.attempts:
-                    self.backoff.wait(attempt)
-            left.extend(request["DeleteRequest"]["Key"] for request in requests)
-        for key in left:
-            self._db.delete_item(TableName=self.subscriptions_table, Key=key)
+            left += self._until_processed([{"DeleteRequest": {"Key": key}} for key in chunk], delete)
+        for request in left:
+            self._db.delete_item(TableName=self.subscriptions_table, Key=request["DeleteRequest"]["Key"])
 
     def subscribers(self, stream_key: str) -> list[Subscription]:
         """Everyone subscribed to one stream key: a Query, never a Scan."""

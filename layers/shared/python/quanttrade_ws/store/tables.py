@@ -183,6 +183,17 @@ class DynamoTables:
                 self.backoff.wait(attempt)
         raise StoreError(f"transaction still conflicting or throttled after {self.backoff.attempts} attempts")
 
+    def _until_processed(self, requests: list[_T], send: Callable[[list[_T]], list[_T]]) -> list[_T]:
+        """Send a batch (`send` returns what DynamoDB left unprocessed: throttling, its answer cap), then what was
+        left again with the store's backoff, a bounded number of times; returns what is still left after that."""
+        for attempt in range(self.backoff.attempts):
+            requests = send(requests)
+            if not requests:
+                return []
+            if attempt + 1 < self.backoff.attempts:
+                self.backoff.wait(attempt)
+        return requests
+
     def _count(self, table: str, condition: str | None = None, values: dict[str, Any] | None = None) -> int:
         """Admin statistics only: a counting Scan, never on a hot path."""
         kwargs: dict[str, Any] = {"TableName": table, "Select": "COUNT"}
