@@ -30,7 +30,7 @@ from bench.child_process import ChildProcess
 from bench.end_to_end.clients import SUBSCRIBE, SYMBOL, Arrivals, ClientPool
 from bench.endurance.dev_stack import cpu_seconds_between, tree_usage
 from bench.measurement import raise_fd_limit
-from bench.stack_server import SECRET, stack_stats
+from bench.stack_server import SECRET, stack_client, stack_stats
 
 PREFIX = "disconnects_"  # this benchmark's keys in bench/results.json
 CLIENTS = 1000
@@ -109,15 +109,7 @@ async def measure(clients: int, streams: int) -> dict[str, Any]:
 
 def subscription_rows(info: dict[str, Any]) -> Callable[[], int]:
     """A count of the stack's subscription rows (one counting Scan a call)."""
-    import boto3
-
-    client = boto3.client(
-        "dynamodb",
-        region_name="us-east-1",
-        endpoint_url=info["aws_endpoint_url"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = stack_client("dynamodb", info["aws_endpoint_url"])
     table = info["subscriptions_table"]
     return lambda: int(client.scan(TableName=table, Select="COUNT", ConsistentRead=True)["Count"])
 

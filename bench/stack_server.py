@@ -64,17 +64,23 @@ def stack_stats(http_url: str) -> dict[str, Any]:
         return {"error": str(error)}
 
 
-def events_client(endpoint: str) -> Any:
-    """An EventBridge client of the local stack's moto, to publish as upstream services do."""
+def stack_client(service: str, endpoint: str) -> Any:
+    """A boto3 client of one of the local stack's AWS services (`aws_endpoint_url`)."""
     import boto3
 
-    return boto3.client(
-        "events",
+    make_client: Any = boto3.client  # the stubs' overloads take a literal service name, not one given at run time
+    return make_client(
+        service,
         region_name="us-east-1",
         endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+def events_client(endpoint: str) -> Any:
+    """An EventBridge client of the local stack's moto, to publish as upstream services do."""
+    return stack_client("events", endpoint)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,9 @@ def subscriber_query_ms(endpoint: str, table: str, stream_key: str, runs: int = 
     is moto's Python serialisation, and this figure shows how much of the
     publish-to-receive latency is the emulator rather than the service.
     """
-    import boto3
+    from bench.stack_server import stack_client
 
-    client = boto3.client(
-        "dynamodb",
-        region_name="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = stack_client("dynamodb", endpoint)
     samples, items = [], 0
     for _ in range(runs):
         kwargs: dict[str, Any] = {
